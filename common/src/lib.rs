@@ -1,0 +1,17 @@
+//! `heimdall-common`: what the agent and the aggregator must agree on.
+//!
+//! - [`record`]: the log record model (labels, levels, flags).
+//! - [`wire`]: the versioned frame codec spoken over QUIC (pure: bytes in, bytes out).
+//! - [`tls`]: loading certificates and building the mutual-TLS QUIC configurations.
+//! - [`config`]: value types shared by both configuration files (sizes, durations).
+//!
+//! Nothing else is shared; the agent and the aggregator never depend on each other.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod record;
+pub mod tls;
+pub mod wire;
+
+/// Version of the Heimdall binaries, reported in `Hello` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

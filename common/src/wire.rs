@@ -1,0 +1,1080 @@
+//! The Heimdall wire protocol: versioned, length-prefixed frames.
+//!
+//! This module is a pure codec: it takes and returns bytes and knows nothing of sockets,
+//! clocks or tasks, so it is deterministic, property-tested and fuzzed. Every decoder
+//! enforces the [`Limits`] it is given and returns an [`Error`] on any malformed input;
+//! it never panics and never allocates more than the limits allow.
+//!
+//! The format is specified in `common/PROTOCOL.md`. In short, a frame is
+//! `u32 length (big-endian) | u8 type | body`, where `length` counts the type byte and
+//! the body. A `Batch` body carries an lz4-compressed payload with a CRC32C of the
+//! uncompressed bytes; the payload is a sequence of tagged sections so that newer
+//! agents can add sections that older aggregators skip.
+
+use crate::record::{flags, Labels, Level, LogRecord};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Protocol version spoken by this build. Bumped on incompatible changes only;
+/// compatible additions use new payload sections or capability bits.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN identifier negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"heimdall/1";
+
+/// Bytes in a frame header: the length prefix and the type byte.
+pub const HEADER_LEN: usize = 5;
+
+/// Frame type bytes.
+pub mod frame_type {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const REFUSE: u8 = 0x03;
+    pub const BATCH: u8 = 0x10;
+    pub const ACK: u8 = 0x11;
+    pub const REJECT: u8 = 0x12;
+    pub const HEARTBEAT: u8 = 0x20;
+}
+
+/// Payload section tags inside a batch.
+pub mod section {
+    /// The batch's stream table: label sets referred to by index.
+    pub const STREAMS: u8 = 1;
+    /// The log records.
+    pub const RECORDS: u8 = 2;
+}
+
+/// Payload compression codecs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// Stored as is.
+    None = 0,
+    /// lz4 block format (`lz4_flex::block`).
+    Lz4 = 1,
+}
+
+/// Reasons carried by `Refuse` and `Reject`; the text next to them is for humans.
+pub mod reason {
+    /// The peer speaks a protocol version we do not.
+    pub const UNSUPPORTED_VERSION: u16 = 1;
+    /// The frame could not be decoded or broke a limit.
+    pub const MALFORMED: u16 = 2;
+    /// The payload's checksum did not match.
+    pub const CHECKSUM: u16 = 3;
+    /// The batch is well-formed but breaks a limit of the receiver.
+    pub const TOO_LARGE: u16 = 4;
+    /// A frame arrived that is not allowed at this point of the conversation.
+    pub const UNEXPECTED: u16 = 5;
+    /// The receiver cannot take the batch now; the sender should retry later.
+    pub const UNAVAILABLE: u16 = 6;
+    /// Authentication or identity problem.
+    pub const IDENTITY: u16 = 7;
+}
+
+/// Limits every decoder enforces. Both sides should use the same values; the aggregator
+/// announces its `max_frame_bytes` in `Welcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame, header included.
+    pub max_frame_bytes: u32,
+    /// Largest uncompressed batch payload.
+    pub max_payload_bytes: u32,
+    /// Most records in one batch.
+    pub max_records: u32,
+    /// Longest line in a record.
+    pub max_line_bytes: u32,
+    /// Most streams in one batch.
+    pub max_streams: u32,
+    /// Most labels on one stream.
+    pub max_labels: u32,
+    /// Longest label name or value, and longest string field elsewhere.
+    pub max_string_bytes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 16 << 20,
+            max_payload_bytes: 64 << 20,
+            max_records: 1_000_000,
+            max_line_bytes: 4 << 20,
+            max_streams: 65_536,
+            max_labels: 64,
+            max_string_bytes: 4096,
+        }
+    }
+}
+
+/// Everything that can be wrong with bytes handed to the decoder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The length prefix announces a frame larger than allowed.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: u64, max: u32 },
+    /// The length prefix is zero: there is not even a type byte.
+    #[error("empty frame (length 0)")]
+    EmptyFrame,
+    /// The type byte names no known frame.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownFrameType(u8),
+    /// A field runs past the end of its frame or section.
+    #[error("truncated {what}")]
+    Truncated { what: &'static str },
+    /// Bytes are left over after a complete frame body or section.
+    #[error("{count} unexpected trailing bytes after {what}")]
+    TrailingBytes { what: &'static str, count: usize },
+    /// A variable-length integer is longer than 10 bytes or overflows 64 bits.
+    #[error("malformed varint in {what}")]
+    BadVarint { what: &'static str },
+    /// A count or length breaks a configured limit.
+    #[error("{what} is {value}, above the limit of {max}")]
+    LimitExceeded { what: &'static str, value: u64, max: u64 },
+    /// A string field is not UTF-8.
+    #[error("{what} is not valid UTF-8")]
+    InvalidUtf8 { what: &'static str },
+    /// The payload codec byte is unknown.
+    #[error("unknown payload codec {0}")]
+    UnknownCodec(u8),
+    /// The compressed payload could not be decompressed to the announced size.
+    #[error("payload does not decompress: {0}")]
+    Decompress(String),
+    /// The payload's CRC32C differs from the one in the header.
+    #[error("payload checksum mismatch: header says {expected:08x}, payload has {actual:08x}")]
+    ChecksumMismatch { expected: u32, actual: u32 },
+    /// A record refers to a stream index outside the batch's stream table.
+    #[error("record refers to stream {index} but the batch has {streams} streams")]
+    BadStreamIndex { index: u64, streams: usize },
+    /// A record carries an unknown level byte.
+    #[error("unknown level {0}")]
+    BadLevel(u8),
+    /// A record carries flag bits this version does not know.
+    #[error("unknown record flags 0x{0:02x}")]
+    BadFlags(u8),
+    /// A required section is missing or repeated.
+    #[error("batch payload {0}")]
+    BadSections(&'static str),
+}
+
+/// Result of [`check`]: whether a whole frame is present at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// A whole frame of this many bytes (header included) is present.
+    Complete(usize),
+    /// More bytes are needed; at least this many in total.
+    Incomplete(usize),
+}
+
+/// `Hello`: the first frame an agent sends on a new connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    /// The agent's idea of its id; the aggregator trusts the client certificate instead.
+    pub agent_id: String,
+    pub host: String,
+    pub agent_version: String,
+    /// Capability bits (none defined yet).
+    pub capabilities: u64,
+}
+
+/// `Welcome`: the aggregator accepts the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub version: u16,
+    /// The identity the aggregator took from the client certificate.
+    pub agent_id: String,
+    pub server_id: String,
+    /// Largest frame the aggregator accepts.
+    pub max_frame_bytes: u32,
+    pub capabilities: u64,
+}
+
+/// `Refuse`: the aggregator will not talk to this agent; the connection closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refuse {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// `Batch`: records (and later aggregates and anomaly events) from one agent.
+///
+/// Identity is `(agent, epoch, seq)`: `epoch` is chosen at random when the agent's spool
+/// is created, `seq` grows by one per batch. `floor` is the lowest `seq` the agent may
+/// still send, so the aggregator can forget older ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub epoch: u64,
+    pub seq: u64,
+    pub floor: u64,
+    pub codec: Codec,
+    /// Size of the payload once decompressed.
+    pub raw_len: u32,
+    /// CRC32C of the uncompressed payload.
+    pub crc: u32,
+    /// The payload as sent (compressed per `codec`).
+    pub payload: Bytes,
+}
+
+/// `Ack`: the batch is durable at the aggregator (or was already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// `Reject`: the batch can never be accepted; the agent dead-letters it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub epoch: u64,
+    pub seq: u64,
+    pub code: u16,
+    pub reason: String,
+}
+
+/// `Heartbeat`: agent health, sent on the control stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Heartbeat {
+    /// Agent clock, nanoseconds since the Unix epoch.
+    pub time_ns: i64,
+    /// Bytes waiting in the spool.
+    pub spool_bytes: u64,
+    /// Batches waiting in the spool.
+    pub spool_batches: u64,
+    /// Age of the oldest unacknowledged batch, nanoseconds.
+    pub lag_ns: u64,
+    /// Files being tailed.
+    pub files: u64,
+}
+
+/// Any frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome(Welcome),
+    Refuse(Refuse),
+    Batch(Batch),
+    Ack(Ack),
+    Reject(Reject),
+    Heartbeat(Heartbeat),
+}
+
+impl Frame {
+    /// The frame's type byte.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => frame_type::HELLO,
+            Frame::Welcome(_) => frame_type::WELCOME,
+            Frame::Refuse(_) => frame_type::REFUSE,
+            Frame::Batch(_) => frame_type::BATCH,
+            Frame::Ack(_) => frame_type::ACK,
+            Frame::Reject(_) => frame_type::REJECT,
+            Frame::Heartbeat(_) => frame_type::HEARTBEAT,
+        }
+    }
+
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Refuse(_) => "refuse",
+            Frame::Batch(_) => "batch",
+            Frame::Ack(_) => "ack",
+            Frame::Reject(_) => "reject",
+            Frame::Heartbeat(_) => "heartbeat",
+        }
+    }
+
+    /// Appends the encoded frame to `dst`.
+    ///
+    /// # Panics
+    /// If a string field is longer than `u32::MAX` bytes or the frame exceeds 4 GiB;
+    /// senders keep far below [`Limits`].
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u8(self.type_byte());
+        match self {
+            Frame::Hello(h) => {
+                dst.put_u16(h.version);
+                put_str(dst, &h.agent_id);
+                put_str(dst, &h.host);
+                put_str(dst, &h.agent_version);
+                dst.put_u64(h.capabilities);
+            }
+            Frame::Welcome(w) => {
+                dst.put_u16(w.version);
+                put_str(dst, &w.agent_id);
+                put_str(dst, &w.server_id);
+                dst.put_u32(w.max_frame_bytes);
+                dst.put_u64(w.capabilities);
+            }
+            Frame::Refuse(r) => {
+                dst.put_u16(r.code);
+                put_str(dst, &r.reason);
+            }
+            Frame::Batch(b) => {
+                dst.put_u64(b.epoch);
+                dst.put_u64(b.seq);
+                dst.put_u64(b.floor);
+                dst.put_u8(b.codec as u8);
+                dst.put_u32(b.raw_len);
+                dst.put_u32(b.crc);
+                dst.put_slice(&b.payload);
+            }
+            Frame::Ack(a) => {
+                dst.put_u64(a.epoch);
+                dst.put_u64(a.seq);
+            }
+            Frame::Reject(r) => {
+                dst.put_u64(r.epoch);
+                dst.put_u64(r.seq);
+                dst.put_u16(r.code);
+                put_str(dst, &r.reason);
+            }
+            Frame::Heartbeat(h) => {
+                dst.put_i64(h.time_ns);
+                dst.put_u64(h.spool_bytes);
+                dst.put_u64(h.spool_batches);
+                dst.put_u64(h.lag_ns);
+                dst.put_u64(h.files);
+            }
+        }
+        let len = u32::try_from(dst.len() - start - 4).expect("frame larger than 4 GiB");
+        dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The encoded frame as one buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+}
+
+/// Says whether `src` begins with a whole frame, without decoding it.
+///
+/// # Errors
+/// [`Error::FrameTooLarge`] or [`Error::EmptyFrame`] when the length prefix is impossible;
+/// the caller should drop the connection or stream, since framing is lost.
+pub fn check(src: &[u8], limits: &Limits) -> Result<Status, Error> {
+    if src.len() < 4 {
+        return Ok(Status::Incomplete(HEADER_LEN));
+    }
+    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as u64;
+    if len == 0 {
+        return Err(Error::EmptyFrame);
+    }
+    let total = len + 4;
+    if total > limits.max_frame_bytes as u64 {
+        return Err(Error::FrameTooLarge {
+            len: total,
+            max: limits.max_frame_bytes,
+        });
+    }
+    let total = total as usize;
+    if src.len() < total {
+        Ok(Status::Incomplete(total))
+    } else {
+        Ok(Status::Complete(total))
+    }
+}
+
+/// Decodes exactly one frame occupying all of `src`.
+///
+/// # Errors
+/// Any [`Error`] when `src` is not exactly one well-formed frame within `limits`.
+pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
+    match check(&src, limits)? {
+        Status::Incomplete(_) => return Err(Error::Truncated { what: "frame" }),
+        Status::Complete(n) if n != src.len() => {
+            return Err(Error::TrailingBytes {
+                what: "frame",
+                count: src.len() - n,
+            })
+        }
+        Status::Complete(_) => {}
+    }
+    let mut r = Reader::new(src.slice(4..));
+    let ty = r.u8("frame type")?;
+    let frame = match ty {
+        frame_type::HELLO => Frame::Hello(Hello {
+            version: r.u16("hello.version")?,
+            agent_id: r.string("hello.agent_id", limits)?,
+            host: r.string("hello.host", limits)?,
+            agent_version: r.string("hello.agent_version", limits)?,
+            capabilities: r.u64("hello.capabilities")?,
+        }),
+        frame_type::WELCOME => Frame::Welcome(Welcome {
+            version: r.u16("welcome.version")?,
+            agent_id: r.string("welcome.agent_id", limits)?,
+            server_id: r.string("welcome.server_id", limits)?,
+            max_frame_bytes: r.u32("welcome.max_frame_bytes")?,
+            capabilities: r.u64("welcome.capabilities")?,
+        }),
+        frame_type::REFUSE => Frame::Refuse(Refuse {
+            code: r.u16("refuse.code")?,
+            reason: r.string("refuse.reason", limits)?,
+        }),
+        frame_type::BATCH => {
+            let epoch = r.u64("batch.epoch")?;
+            let seq = r.u64("batch.seq")?;
+            let floor = r.u64("batch.floor")?;
+            let codec = match r.u8("batch.codec")? {
+                0 => Codec::None,
+                1 => Codec::Lz4,
+                c => return Err(Error::UnknownCodec(c)),
+            };
+            let raw_len = r.u32("batch.raw_len")?;
+            if raw_len > limits.max_payload_bytes {
+                return Err(Error::LimitExceeded {
+                    what: "batch payload size",
+                    value: raw_len as u64,
+                    max: limits.max_payload_bytes as u64,
+                });
+            }
+            let crc = r.u32("batch.crc")?;
+            let payload = r.rest();
+            if codec == Codec::None && payload.len() != raw_len as usize {
+                return Err(Error::Decompress(format!(
+                    "uncompressed payload is {} bytes, header says {raw_len}",
+                    payload.len()
+                )));
+            }
+            Frame::Batch(Batch {
+                epoch,
+                seq,
+                floor,
+                codec,
+                raw_len,
+                crc,
+                payload,
+            })
+        }
+        frame_type::ACK => Frame::Ack(Ack {
+            epoch: r.u64("ack.epoch")?,
+            seq: r.u64("ack.seq")?,
+        }),
+        frame_type::REJECT => Frame::Reject(Reject {
+            epoch: r.u64("reject.epoch")?,
+            seq: r.u64("reject.seq")?,
+            code: r.u16("reject.code")?,
+            reason: r.string("reject.reason", limits)?,
+        }),
+        frame_type::HEARTBEAT => Frame::Heartbeat(Heartbeat {
+            time_ns: r.i64("heartbeat.time_ns")?,
+            spool_bytes: r.u64("heartbeat.spool_bytes")?,
+            spool_batches: r.u64("heartbeat.spool_batches")?,
+            lag_ns: r.u64("heartbeat.lag_ns")?,
+            files: r.u64("heartbeat.files")?,
+        }),
+        other => return Err(Error::UnknownFrameType(other)),
+    };
+    r.finish("frame body")?;
+    Ok(frame)
+}
+
+/// Takes one frame off the front of `buf` if a whole one is there.
+///
+/// # Errors
+/// As [`check`] and [`parse`]. After an error the buffer's framing cannot be trusted.
+pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Error> {
+    match check(buf, limits)? {
+        Status::Incomplete(_) => Ok(None),
+        Status::Complete(n) => parse(buf.split_to(n).freeze(), limits).map(Some),
+    }
+}
+
+/// The decoded content of a batch payload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchContent {
+    /// The stream table; records refer to it by index.
+    pub streams: Vec<Labels>,
+    /// The records, in the order the agent read them.
+    pub records: Vec<LogRecord>,
+}
+
+impl BatchContent {
+    /// Encodes the payload sections (uncompressed).
+    pub fn encode_payload(&self, dst: &mut BytesMut) {
+        let mut body = BytesMut::new();
+        put_varint(&mut body, self.streams.len() as u64);
+        for s in &self.streams {
+            put_varint(&mut body, s.len() as u64);
+            for (k, v) in s.iter() {
+                put_str(&mut body, k);
+                put_str(&mut body, v);
+            }
+        }
+        put_section(dst, section::STREAMS, &body);
+
+        body.clear();
+        put_varint(&mut body, self.records.len() as u64);
+        let mut prev_time = 0i64;
+        for rec in &self.records {
+            put_varint(&mut body, rec.stream as u64);
+            put_varint(&mut body, zigzag(rec.time_ns.wrapping_sub(prev_time)));
+            put_varint(&mut body, zigzag(rec.observed_ns.wrapping_sub(rec.time_ns)));
+            prev_time = rec.time_ns;
+            body.put_u8(rec.level as u8);
+            body.put_u8(rec.flags);
+            put_varint(&mut body, rec.redacted as u64);
+            body.put_u64_le(rec.template_id);
+            put_varint(&mut body, rec.line.len() as u64);
+            body.put_slice(&rec.line);
+        }
+        put_section(dst, section::RECORDS, &body);
+    }
+
+    /// Decodes payload sections, skipping sections this version does not know.
+    ///
+    /// # Errors
+    /// Any [`Error`] on malformed input or broken limits.
+    pub fn decode_payload(payload: Bytes, limits: &Limits) -> Result<BatchContent, Error> {
+        let mut r = Reader::new(payload);
+        let mut streams: Option<Vec<Labels>> = None;
+        let mut records: Option<Vec<LogRecord>> = None;
+        while r.remaining() > 0 {
+            let tag = r.u8("section tag")?;
+            let len = r.varint("section length")?;
+            let body = r.take(len, "section body")?;
+            let mut s = Reader::new(body);
+            match tag {
+                section::STREAMS => {
+                    if streams.is_some() {
+                        return Err(Error::BadSections("has two stream tables"));
+                    }
+                    let n = s.count("stream count", limits.max_streams, 1)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let nl = s.count("label count", limits.max_labels, 2)?;
+                        let mut pairs = Vec::with_capacity(nl);
+                        for _ in 0..nl {
+                            let k = s.string("label name", limits)?;
+                            let val = s.string("label value", limits)?;
+                            pairs.push((k, val));
+                        }
+                        v.push(Labels::new(pairs));
+                    }
+                    s.finish("stream table")?;
+                    streams = Some(v);
+                }
+                section::RECORDS => {
+                    if records.is_some() {
+                        return Err(Error::BadSections("has two record sections"));
+                    }
+                    let nstreams = streams
+                        .as_ref()
+                        .ok_or(Error::BadSections("has records before its stream table"))?
+                        .len();
+                    let n = s.count("record count", limits.max_records, 13)?;
+                    let mut v = Vec::with_capacity(n);
+                    let mut prev_time = 0i64;
+                    for _ in 0..n {
+                        let stream = s.varint("record stream")?;
+                        if stream >= nstreams as u64 {
+                            return Err(Error::BadStreamIndex {
+                                index: stream,
+                                streams: nstreams,
+                            });
+                        }
+                        let time_ns = prev_time.wrapping_add(unzigzag(s.varint("record time")?));
+                        let observed_ns =
+                            time_ns.wrapping_add(unzigzag(s.varint("record observed time")?));
+                        prev_time = time_ns;
+                        let lv = s.u8("record level")?;
+                        let level = Level::from_u8(lv).ok_or(Error::BadLevel(lv))?;
+                        let fl = s.u8("record flags")?;
+                        if fl & !flags::KNOWN != 0 {
+                            return Err(Error::BadFlags(fl));
+                        }
+                        let redacted = s.varint("record redaction count")?;
+                        let redacted = u32::try_from(redacted).map_err(|_| Error::LimitExceeded {
+                            what: "redaction count",
+                            value: redacted,
+                            max: u32::MAX as u64,
+                        })?;
+                        let template_id = s.u64_le("record template id")?;
+                        let line_len = s.varint("line length")?;
+                        if line_len > limits.max_line_bytes as u64 {
+                            return Err(Error::LimitExceeded {
+                                what: "line length",
+                                value: line_len,
+                                max: limits.max_line_bytes as u64,
+                            });
+                        }
+                        let line = s.take(line_len, "line")?;
+                        v.push(LogRecord {
+                            stream: stream as u32,
+                            time_ns,
+                            observed_ns,
+                            level,
+                            template_id,
+                            flags: fl,
+                            redacted,
+                            line,
+                        });
+                    }
+                    s.finish("record section")?;
+                    records = Some(v);
+                }
+                // Sections from newer agents: skipped, so additions stay compatible.
+                _ => {}
+            }
+        }
+        Ok(BatchContent {
+            streams: streams.ok_or(Error::BadSections("has no stream table"))?,
+            records: records.unwrap_or_default(),
+        })
+    }
+}
+
+impl Batch {
+    /// Encodes `content`, compresses it with `codec` and computes the checksum.
+    pub fn seal(epoch: u64, seq: u64, floor: u64, codec: Codec, content: &BatchContent) -> Batch {
+        let mut raw = BytesMut::new();
+        content.encode_payload(&mut raw);
+        Batch::seal_payload(epoch, seq, floor, codec, &raw)
+    }
+
+    /// Compresses an already-encoded payload and computes the checksum.
+    ///
+    /// # Panics
+    /// If the payload is 4 GiB or larger.
+    pub fn seal_payload(epoch: u64, seq: u64, floor: u64, codec: Codec, raw: &[u8]) -> Batch {
+        let crc = crc32c::crc32c(raw);
+        let raw_len = u32::try_from(raw.len()).expect("batch payload of 4 GiB or more");
+        let payload = match codec {
+            Codec::None => Bytes::copy_from_slice(raw),
+            Codec::Lz4 => Bytes::from(lz4_flex::block::compress(raw)),
+        };
+        Batch {
+            epoch,
+            seq,
+            floor,
+            codec,
+            raw_len,
+            crc,
+            payload,
+        }
+    }
+
+    /// Decompresses the payload and verifies its checksum.
+    ///
+    /// # Errors
+    /// [`Error::Decompress`] or [`Error::ChecksumMismatch`].
+    pub fn raw_payload(&self, limits: &Limits) -> Result<Bytes, Error> {
+        if self.raw_len > limits.max_payload_bytes {
+            return Err(Error::LimitExceeded {
+                what: "batch payload size",
+                value: self.raw_len as u64,
+                max: limits.max_payload_bytes as u64,
+            });
+        }
+        let raw = match self.codec {
+            Codec::None => self.payload.clone(),
+            Codec::Lz4 => {
+                let mut out = vec![0u8; self.raw_len as usize];
+                let n = lz4_flex::block::decompress_into(&self.payload, &mut out)
+                    .map_err(|e| Error::Decompress(e.to_string()))?;
+                if n != out.len() {
+                    return Err(Error::Decompress(format!(
+                        "decompressed to {n} bytes, header says {}",
+                        self.raw_len
+                    )));
+                }
+                Bytes::from(out)
+            }
+        };
+        let actual = crc32c::crc32c(&raw);
+        if actual != self.crc {
+            return Err(Error::ChecksumMismatch {
+                expected: self.crc,
+                actual,
+            });
+        }
+        Ok(raw)
+    }
+
+    /// Decompresses, verifies and decodes the payload.
+    ///
+    /// # Errors
+    /// Any [`Error`] from decompression, checksum or decoding.
+    pub fn open(&self, limits: &Limits) -> Result<BatchContent, Error> {
+        BatchContent::decode_payload(self.raw_payload(limits)?, limits)
+    }
+}
+
+fn put_section(dst: &mut BytesMut, tag: u8, body: &[u8]) {
+    dst.put_u8(tag);
+    put_varint(dst, body.len() as u64);
+    dst.put_slice(body);
+}
+
+fn put_str(dst: &mut BytesMut, s: &str) {
+    put_varint(dst, s.len() as u64);
+    dst.put_slice(s.as_bytes());
+}
+
+/// Appends `v` as an unsigned LEB128 varint.
+pub fn put_varint(dst: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        dst.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    dst.put_u8(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// A bounds-checked reader over a frame or section body.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn new(buf: Bytes) -> Reader {
+        Reader { buf }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn need(&self, n: usize, what: &'static str) -> Result<(), Error> {
+        if self.buf.len() < n {
+            Err(Error::Truncated { what })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, Error> {
+        self.need(1, what)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, Error> {
+        self.need(2, what)?;
+        Ok(self.buf.get_u16())
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, Error> {
+        self.need(4, what)?;
+        Ok(self.buf.get_u32())
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, Error> {
+        self.need(8, what)?;
+        Ok(self.buf.get_u64())
+    }
+
+    fn u64_le(&mut self, what: &'static str) -> Result<u64, Error> {
+        self.need(8, what)?;
+        Ok(self.buf.get_u64_le())
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<i64, Error> {
+        self.need(8, what)?;
+        Ok(self.buf.get_i64())
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, Error> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8(what)?;
+            let low = (b & 0x7f) as u64;
+            if i == 9 && b > 1 {
+                return Err(Error::BadVarint { what });
+            }
+            v |= low << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Error::BadVarint { what })
+    }
+
+    /// Reads a count bounded by `max` and by what the remaining bytes could hold at
+    /// `min_item_bytes` each, so a forged count cannot make us allocate.
+    fn count(&mut self, what: &'static str, max: u32, min_item_bytes: usize) -> Result<usize, Error> {
+        let n = self.varint(what)?;
+        if n > max as u64 {
+            return Err(Error::LimitExceeded {
+                what,
+                value: n,
+                max: max as u64,
+            });
+        }
+        if n.saturating_mul(min_item_bytes as u64) > self.remaining() as u64 {
+            return Err(Error::Truncated { what });
+        }
+        Ok(n as usize)
+    }
+
+    fn take(&mut self, n: u64, what: &'static str) -> Result<Bytes, Error> {
+        if n > self.buf.len() as u64 {
+            return Err(Error::Truncated { what });
+        }
+        Ok(self.buf.split_to(n as usize))
+    }
+
+    fn string(&mut self, what: &'static str, limits: &Limits) -> Result<String, Error> {
+        let n = self.varint(what)?;
+        if n > limits.max_string_bytes as u64 {
+            return Err(Error::LimitExceeded {
+                what,
+                value: n,
+                max: limits.max_string_bytes as u64,
+            });
+        }
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| Error::InvalidUtf8 { what })
+    }
+
+    fn rest(&mut self) -> Bytes {
+        self.buf.split_off(0)
+    }
+
+    fn finish(&self, what: &'static str) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::TrailingBytes {
+                what,
+                count: self.buf.len(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_content() -> BatchContent {
+        BatchContent {
+            streams: vec![
+                Labels::new([("host", "web1"), ("source", "/var/log/app.log")]),
+                Labels::new([("host", "web1"), ("source", "/var/log/other.log")]),
+            ],
+            records: vec![
+                LogRecord {
+                    stream: 0,
+                    time_ns: 1_700_000_000_000_000_000,
+                    observed_ns: 1_700_000_000_000_000_100,
+                    level: Level::Error,
+                    template_id: 42,
+                    flags: flags::TRUNCATED,
+                    redacted: 2,
+                    line: Bytes::from_static(b"error: disk full"),
+                },
+                LogRecord {
+                    stream: 1,
+                    time_ns: 1_699_999_999_000_000_000,
+                    observed_ns: 1_700_000_000_000_000_000,
+                    level: Level::Info,
+                    template_id: 0,
+                    flags: flags::INVALID_UTF8,
+                    redacted: 0,
+                    line: Bytes::from_static(b"\xff\xfe bytes"),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn batch_round_trip_lz4() {
+        let content = sample_content();
+        let b = Batch::seal(7, 9, 3, Codec::Lz4, &content);
+        let bytes = Frame::Batch(b.clone()).to_bytes();
+        let limits = Limits::default();
+        let Frame::Batch(back) = parse(bytes, &limits).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(back, b);
+        assert_eq!(back.open(&limits).unwrap(), content);
+    }
+
+    #[test]
+    fn corrupt_payload_fails_checksum() {
+        let b = Batch::seal(1, 1, 1, Codec::None, &sample_content());
+        let mut payload = b.payload.to_vec();
+        let last = payload.len() - 1;
+        payload[last] ^= 0x55;
+        let bad = Batch {
+            payload: Bytes::from(payload),
+            ..b
+        };
+        assert!(matches!(
+            bad.open(&Limits::default()),
+            Err(Error::ChecksumMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let limits = Limits {
+            max_frame_bytes: 1024,
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::new();
+        buf.put_u32(1_000_000);
+        buf.put_u8(frame_type::BATCH);
+        assert!(matches!(
+            decode(&mut buf, &limits),
+            Err(Error::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn incomplete_is_not_an_error() {
+        let bytes = Frame::Ack(Ack { epoch: 1, seq: 2 }).to_bytes();
+        let limits = Limits::default();
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            assert_eq!(decode(&mut buf, &limits).unwrap(), None);
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            decode(&mut buf, &limits).unwrap(),
+            Some(Frame::Ack(Ack { epoch: 1, seq: 2 }))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn unknown_sections_are_skipped() {
+        let content = sample_content();
+        let mut raw = BytesMut::new();
+        put_section(&mut raw, 99, b"from the future");
+        content.encode_payload(&mut raw);
+        put_section(&mut raw, 100, b"");
+        let back = BatchContent::decode_payload(raw.freeze(), &Limits::default()).unwrap();
+        assert_eq!(back, content);
+    }
+
+    #[test]
+    fn forged_counts_do_not_allocate() {
+        // A stream table announcing 60,000 streams in a 4-byte body.
+        let mut body = BytesMut::new();
+        put_varint(&mut body, 60_000);
+        let mut raw = BytesMut::new();
+        put_section(&mut raw, section::STREAMS, &body);
+        assert!(matches!(
+            BatchContent::decode_payload(raw.freeze(), &Limits::default()),
+            Err(Error::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn varint_overflow_is_an_error() {
+        let mut r = Reader::new(Bytes::from_static(&[0xff; 11]));
+        assert!(matches!(r.varint("x"), Err(Error::BadVarint { .. })));
+        let mut r = Reader::new(Bytes::from_static(&[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ]));
+        assert_eq!(r.varint("x").unwrap(), u64::MAX);
+    }
+
+    fn arb_labels() -> impl Strategy<Value = Labels> {
+        proptest::collection::vec(("[a-z_]{1,12}", "\\PC{0,24}"), 0..5).prop_map(Labels::new)
+    }
+
+    fn arb_content() -> impl Strategy<Value = BatchContent> {
+        proptest::collection::vec(arb_labels(), 1..4).prop_flat_map(|streams| {
+            let n = streams.len() as u32;
+            let rec = (
+                0..n,
+                any::<i64>(),
+                any::<i64>(),
+                0u8..7,
+                any::<u64>(),
+                0u8..=flags::KNOWN,
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(stream, t, o, lv, tid, fl, red, line)| LogRecord {
+                    stream,
+                    time_ns: t,
+                    observed_ns: o,
+                    level: Level::from_u8(lv).unwrap(),
+                    template_id: tid,
+                    flags: fl,
+                    redacted: red,
+                    line: Bytes::from(line),
+                });
+            (Just(streams), proptest::collection::vec(rec, 0..40))
+                .prop_map(|(streams, records)| BatchContent { streams, records })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_batch_round_trip(content in arb_content(), epoch: u64, seq: u64, lz4: bool) {
+            let codec = if lz4 { Codec::Lz4 } else { Codec::None };
+            let b = Batch::seal(epoch, seq, seq / 2, codec, &content);
+            let limits = Limits::default();
+            let mut buf = BytesMut::new();
+            Frame::Batch(b.clone()).encode(&mut buf);
+            Frame::Ack(Ack { epoch, seq }).encode(&mut buf);
+            let f1 = decode(&mut buf, &limits).unwrap().unwrap();
+            let f2 = decode(&mut buf, &limits).unwrap().unwrap();
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(f2, Frame::Ack(Ack { epoch, seq }));
+            let Frame::Batch(back) = f1 else { panic!("not a batch") };
+            prop_assert_eq!(back.open(&limits).unwrap(), content);
+        }
+
+        #[test]
+        fn prop_control_frames_round_trip(
+            id in "\\PC{0,40}", host in "\\PC{0,40}", caps: u64, v: u16,
+            n1: u64, n2: u64, t: i64,
+        ) {
+            let limits = Limits::default();
+            let frames = [
+                Frame::Hello(Hello { version: v, agent_id: id.clone(), host: host.clone(), agent_version: "1".into(), capabilities: caps }),
+                Frame::Welcome(Welcome { version: v, agent_id: id.clone(), server_id: host.clone(), max_frame_bytes: n1 as u32, capabilities: caps }),
+                Frame::Refuse(Refuse { code: v, reason: id.clone() }),
+                Frame::Reject(Reject { epoch: n1, seq: n2, code: v, reason: host.clone() }),
+                Frame::Heartbeat(Heartbeat { time_ns: t, spool_bytes: n1, spool_batches: n2, lag_ns: n1 ^ n2, files: caps }),
+            ];
+            for f in frames {
+                prop_assert_eq!(parse(f.to_bytes(), &limits).unwrap(), f);
+            }
+        }
+
+        /// The decoder returns errors, never panics, on arbitrary bytes.
+        #[test]
+        fn prop_decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let limits = Limits { max_frame_bytes: 4096, ..Limits::default() };
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(f)) = decode(&mut buf, &limits) {
+                if let Frame::Batch(b) = f {
+                    let _ = b.open(&limits);
+                }
+            }
+            let _ = BatchContent::decode_payload(Bytes::from(data), &limits);
+        }
+
+        /// Flipping any byte of a valid frame gives an error or a different valid frame, never a panic.
+        #[test]
+        fn prop_mutated_batches_never_panic(content in arb_content(), pos: usize, byte: u8) {
+            let limits = Limits::default();
+            let mut raw = BytesMut::new();
+            content.encode_payload(&mut raw);
+            let mut raw = raw.to_vec();
+            if !raw.is_empty() {
+                let p = pos % raw.len();
+                raw[p] = byte;
+            }
+            let _ = BatchContent::decode_payload(Bytes::from(raw), &limits);
+        }
+    }
+}
