@@ -1,1 +1,177 @@
-//! placeholder
+//! `heimdall-agent`: the edge log agent.
+//!
+//! Layout:
+//! - [`config`]: the TOML file and its validation.
+//! - [`sources`]: where lines come from ([`sources::file`] tails files).
+//! - [`pipeline`]: stages between sources and the spool ([`pipeline::batch`]).
+//! - [`spool`]: the bounded on-disk log of batches, source of truth for checkpoints.
+//! - [`ship`]: QUIC + mutual TLS delivery to the aggregator.
+//!
+//! Data flows source thread → bounded channel → batcher task → spool → shipper task.
+//! Shutdown: sources stop on the token, the batcher drains behind them into the spool,
+//! the shipper delivers what it can within the grace period, and the spool keeps the rest.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod pipeline;
+pub mod ship;
+pub mod sources;
+pub mod spool;
+
+use config::AgentConfig;
+use heimdall_common::record::Labels;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Chunks buffered between the file sources and the batcher.
+const CHUNK_CHANNEL: usize = 64;
+
+/// Structural failures that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] spool::Error),
+    /// The TLS files are missing or unreadable.
+    #[error("TLS: {0}")]
+    Tls(#[from] heimdall_common::tls::Error),
+    /// A thread could not be started.
+    #[error("cannot start {0}: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains.
+///
+/// # Errors
+/// [`Error`] for structural failures at start.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    match heimdall_common::tls::check_own_certificate(&cfg.tls.cert) {
+        Ok(info) => tracing::info!(identity = info.common_name.as_deref().unwrap_or("?"), "agent certificate loaded"),
+        Err(e @ heimdall_common::tls::Error::NotValidNow { .. }) => {
+            // Keep tailing into the spool: a renewed certificate is picked up at the
+            // next connection attempt without a restart.
+            tracing::error!(error = %e, "agent certificate is not valid now; spooling until it is renewed");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    heimdall_common::tls::load_certs(&cfg.tls.ca)?;
+    heimdall_common::tls::load_key(&cfg.tls.key)?;
+
+    let spool_dir = cfg.state_dir.join("spool");
+    let limits = spool::SpoolLimits {
+        max_bytes: cfg.spool_max_bytes,
+        segment_bytes: cfg.spool_segment_bytes,
+        memory_bytes: cfg.spool_memory_bytes,
+    };
+    let dir = spool_dir.clone();
+    let recovered = tokio::task::spawn_blocking(move || spool::Spool::open(&dir, limits))
+        .await
+        .expect("spool open task does not panic")?;
+    if recovered.lost_entries > 0 {
+        metrics::counter!("heimdall_agent_spool_lost_entries_total").increment(recovered.lost_entries);
+    }
+    let spool = Arc::new(recovered.spool);
+    let st = spool.stats();
+    tracing::info!(
+        spool = %spool_dir.display(),
+        pending_batches = st.batches,
+        checkpoints = recovered.checkpoints.len(),
+        "spool opened"
+    );
+
+    let mut base = Labels::new([("host", cfg.host.as_str())]);
+    for (k, v) in &cfg.labels {
+        base.insert(k.clone(), v.clone());
+    }
+    let files = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_CHANNEL);
+    let mut threads = Vec::new();
+    for (i, src) in cfg.files.iter().enumerate() {
+        tracing::info!(include = ?src.include, "tailing files");
+        let tailer = sources::file::FileTailer::new(src.clone(), base.clone(), recovered.checkpoints.clone());
+        let (tx, token, files) = (tx.clone(), shutdown.child_token(), files.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("file-source-{i}"))
+            .spawn(move || sources::file::run(tailer, tx, files, token))
+            .map_err(|e| Error::Thread("file source", e))?;
+        threads.push(h);
+    }
+    drop(tx);
+
+    let batcher = tokio::spawn(pipeline::batch::run(
+        rx,
+        spool.clone(),
+        cfg.batch_max_bytes,
+        cfg.batch_max_records,
+        cfg.batch_timeout,
+    ));
+    let ship_stop = CancellationToken::new();
+    let shipper = ship::Shipper {
+        cfg: ship::ShipConfig {
+            endpoints: cfg.endpoints.clone(),
+            server_name: cfg.server_name.clone(),
+            tls: cfg.tls.clone(),
+            window: cfg.window,
+            max_backoff: cfg.max_backoff,
+            heartbeat: cfg.heartbeat,
+            host: cfg.host.clone(),
+        },
+        spool: spool.clone(),
+        files,
+    };
+    let shipper = tokio::spawn(shipper.run(ship_stop.clone()));
+    let housekeeping = {
+        let spool = spool.clone();
+        let token = shutdown.child_token();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let s = spool.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let r = s.flush_state();
+                    (r, s.stats())
+                })
+                .await
+                {
+                    Ok((Err(e), _)) => tracing::error!(error = %e, "cannot write spool state"),
+                    Ok((Ok(()), st)) => {
+                        metrics::gauge!("heimdall_agent_spool_batches").set(st.batches as f64);
+                        metrics::gauge!("heimdall_agent_spool_lag_seconds").set(st.oldest_age_ns as f64 / 1e9);
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+
+    shutdown.cancelled().await;
+    let deadline = Instant::now() + cfg.shutdown_grace;
+    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining the pipeline into the spool");
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    let _ = tokio::time::timeout_at(deadline.into(), joined).await;
+    if tokio::time::timeout_at(deadline.into(), batcher).await.is_err() {
+        tracing::warn!("pipeline did not drain within the grace period; unspooled lines are read again at the next start");
+    }
+    while spool.stats().batches > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = spool.stats().batches;
+    ship_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), shipper).await;
+    housekeeping.abort();
+    spool.close();
+    let s = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || s.flush_state()).await;
+    tracing::info!(batches_left_in_spool = left, "agent stopped");
+    Ok(())
+}

@@ -1,1 +1,140 @@
-fn main() {}
+//! `heimdall-agent` command line: parse → load config → init tracing and metrics → run.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use heimdall_agent::config::{AgentConfig, Overrides};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_CONFIG: &str = "/etc/heimdall/agent.toml";
+
+/// Heimdall edge log agent: tails log files, spools batches on disk and ships them to a
+/// Heimdall aggregator over QUIC with mutual TLS.
+///
+/// Without a subcommand, `run` is assumed. Configuration is read from --config (default
+/// /etc/heimdall/agent.toml; built-in defaults when that file does not exist). Exit
+/// codes: 0 after a clean shutdown, 64 for a bad configuration or usage, 1 for a
+/// runtime failure.
+#[derive(Parser, Debug)]
+#[command(name = "heimdall-agent", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Tail, spool and ship until SIGTERM or SIGINT (the default).
+    Run(RunArgs),
+    /// Validate the configuration and exit: 0 when valid, 64 with every problem named.
+    CheckConfig(RunArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(short, long, env = "HEIMDALL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Tail files matching this glob instead of the configured ones (repeatable).
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
+    /// Directory for the spool and state (overrides `state_dir`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Aggregator address host:port (repeatable; overrides `output.endpoints`).
+    #[arg(long = "endpoint", value_name = "HOST:PORT")]
+    endpoint: Vec<String>,
+    /// Address for /metrics, or "" to disable (overrides `metrics.listen`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Log filter, e.g. `info` or `heimdall_agent=debug` (also RUST_LOG).
+    #[arg(long, env = "HEIMDALL_LOG", default_value = "info")]
+    log: String,
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read config {}", path.display())),
+    };
+    let ov = Overrides {
+        include: args.include.clone(),
+        state_dir: args.state_dir.clone(),
+        endpoints: args.endpoint.clone(),
+        metrics_listen: args.metrics_listen.clone(),
+    };
+    AgentConfig::load(&text, &ov).with_context(|| format!("invalid config {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, check) = match cli.command {
+        Some(Command::Run(a)) => (a, false),
+        Some(Command::CheckConfig(a)) => (a, true),
+        None => (cli.run, false),
+    };
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heimdall-agent: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    if check {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heimdall-agent: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        if let Some(addr) = cfg.metrics_listen {
+            if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+            {
+                tracing::error!(%addr, error = %e, "cannot serve metrics");
+                return ExitCode::from(1);
+            }
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match heimdall_agent::run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "agent failed");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

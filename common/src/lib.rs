@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod quic;
 pub mod record;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,132 @@
+//! Shipping: sends spooled batches to an aggregator over QUIC with mutual TLS.
+//!
+//! Owns connection management: endpoints tried in order, exponential backoff with full
+//! jitter between attempts, and the client certificate, re-read from disk at every
+//! connection attempt so renewed certificates take effect without a restart. A batch
+//! leaves the spool only after the aggregator's `Ack` (or is dead-lettered after a
+//! `Reject`); anything unacknowledged when a connection drops is sent again on the
+//! next one, and the aggregator's batch identity makes the resend harmless.
+
+pub mod conn;
+
+use crate::spool::Spool;
+use heimdall_common::tls::{self, TlsFiles};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How to ship.
+#[derive(Clone, Debug)]
+pub struct ShipConfig {
+    pub endpoints: Vec<String>,
+    pub server_name: String,
+    pub tls: TlsFiles,
+    pub window: usize,
+    pub max_backoff: Duration,
+    pub heartbeat: Duration,
+    pub host: String,
+}
+
+/// The shipper task.
+pub struct Shipper {
+    pub cfg: ShipConfig,
+    pub spool: Arc<Spool>,
+    /// Files being tailed, reported in heartbeats.
+    pub files: Arc<AtomicU64>,
+}
+
+/// Backoff before attempt `attempt` (0-based): 200 ms doubling up to `max`, with full jitter.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(16));
+    let cap = base.min(max);
+    cap.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+fn resolve(endpoint: &str) -> Option<SocketAddr> {
+    endpoint.to_socket_addrs().ok()?.next()
+}
+
+impl Shipper {
+    /// Runs until `stop` is cancelled. Unsent batches stay in the spool.
+    pub async fn run(self, stop: CancellationToken) {
+        let bind: SocketAddr = "[::]:0".parse().expect("valid literal");
+        let endpoint = match quinn::Endpoint::client(bind)
+            .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid literal")))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a UDP socket for shipping");
+                return;
+            }
+        };
+        let mut attempt = 0u32;
+        let mut idx = 0usize;
+        while !stop.is_cancelled() {
+            let ep_name = &self.cfg.endpoints[idx % self.cfg.endpoints.len()];
+            let outcome = match self.connect(&endpoint, ep_name).await {
+                Ok(c) => {
+                    tracing::info!(endpoint = %ep_name, "connected to aggregator");
+                    metrics::gauge!("heimdall_agent_connected").set(1.0);
+                    let r = conn::Conn::new(c, &self, stop.clone()).run().await;
+                    metrics::gauge!("heimdall_agent_connected").set(0.0);
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(delivered) => {
+                    if delivered {
+                        attempt = 0;
+                    }
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("heimdall_agent_ship_errors_total").increment(1);
+                    tracing::warn!(endpoint = %ep_name, error = %e, "shipping failed");
+                    idx += 1;
+                }
+            }
+            let wait = backoff(attempt, self.cfg.max_backoff);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        endpoint.close(0u32.into(), b"agent shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+
+    async fn connect(&self, endpoint: &quinn::Endpoint, name: &str) -> Result<quinn::Connection, conn::Error> {
+        let client = tls::client_config(&self.cfg.tls).map_err(conn::Error::Tls)?;
+        let addr = resolve(name).ok_or_else(|| conn::Error::Resolve(name.to_owned()))?;
+        let connecting = endpoint
+            .connect_with(client, addr, &self.cfg.server_name)
+            .map_err(|e| conn::Error::Connect(e.to_string()))?;
+        match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(conn::Error::Connection(e)),
+            Err(_) => Err(conn::Error::Connect("handshake timed out after 10s".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(30);
+        for a in 0..40 {
+            let b = backoff(a, max);
+            assert!(b <= max);
+            let base = Duration::from_millis(200).saturating_mul(1u32 << a.min(16)).min(max);
+            assert!(b >= base / 2, "attempt {a}: {b:?}");
+        }
+    }
+}

@@ -1,0 +1,919 @@
+//! The file source: tails files matched by globs, through rotations and restarts.
+//!
+//! Owns: glob expansion, file identity, read positions, line splitting, and the thread
+//! that drives them from inotify events (via `notify`) with a periodic stat fallback,
+//! since watches can be lost. Does not own durability: the checkpoints it emits are
+//! made durable by the spool, and it is seeded from the spool's at start.
+//!
+//! Identity is device+inode plus the fingerprint of the first line ([`FileKey`]):
+//! - rename rotation keeps the inode: the old file is read to its end under its new
+//!   name (or after it left the globs, until it has been quiet for `rotate_wait`);
+//! - copytruncate changes the fingerprint of the inode: the old position is detached
+//!   and the copy, recognised by fingerprint and by the hash of the bytes before the
+//!   old offset, carries on from there, so lines between the last read and the
+//!   truncation are read from the copy exactly once;
+//! - inode reuse is told apart by the fingerprint.
+//!
+//! A line without its newline is held until it is completed, or until its file is
+//! final (rotated away or deleted and quiet), when it is emitted flagged `NO_NEWLINE`.
+
+use super::fingerprint::{self, Fingerprint, TAIL_LEN};
+use super::{now_ns, Checkpoint, Chunk, FileKey, Line};
+use crate::config::{FileSource, ReadFrom};
+use bytes::Bytes;
+use heimdall_common::record::{flags, Labels};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read from a file per read call.
+const READ_BUF: usize = 64 << 10;
+/// Most bytes read from one file per pass, so one busy file cannot starve the others.
+const PASS_BUDGET: usize = 1 << 20;
+/// Checkpoints of files not seen for this long are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// First line incomplete: identity unknown, nothing read yet.
+    Pending,
+    /// Same fingerprint as a live file or a not-yet-verifiable copy: not read for now.
+    Deferred,
+    /// Being read.
+    Active,
+}
+
+struct Tracked {
+    dev: u64,
+    ino: u64,
+    path: PathBuf,
+    file: File,
+    fp: Option<Fingerprint>,
+    state: State,
+    /// Offset just after the last complete line handed downstream.
+    offset: u64,
+    /// Next byte to read; `read_pos - offset` bytes are held in `partial` (or skipped).
+    read_pos: u64,
+    partial: Vec<u8>,
+    /// The held line exceeded the cap; the rest of it is being skipped.
+    partial_truncated: bool,
+    /// Raw bytes just before `read_pos`, for tail hashes.
+    raw_tail: Vec<u8>,
+    /// Tail hash of the bytes before `offset`.
+    tail: u64,
+    source: String,
+    stream: Arc<Labels>,
+    /// Scan generation that last found this file at a glob path.
+    seen_gen: u64,
+    gone_since: Option<Instant>,
+    last_growth: Instant,
+    at_eof: bool,
+}
+
+impl Tracked {
+    fn key(&self) -> Option<FileKey> {
+        self.fp.map(|fp| FileKey {
+            dev: self.dev,
+            ino: self.ino,
+            fp: fp.hash,
+        })
+    }
+
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            key: self.key()?,
+            offset: self.offset,
+            tail: self.tail,
+            source: self.source.clone(),
+            updated_ns: now_ns(),
+        })
+    }
+
+    fn start_at(&mut self, offset: u64, tail: u64) {
+        self.offset = offset;
+        self.read_pos = offset;
+        self.tail = tail;
+        self.partial.clear();
+        self.partial_truncated = false;
+        self.raw_tail.clear();
+        self.at_eof = false;
+        self.state = State::Active;
+    }
+}
+
+/// Counters of what the tailer did, for tests and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub lines: u64,
+    pub bytes: u64,
+    pub truncated_lines: u64,
+    pub invalid_utf8_lines: u64,
+    pub truncations: u64,
+    pub copies_adopted: u64,
+    pub closed: u64,
+    pub open_errors: u64,
+}
+
+/// The synchronous core of the file source. [`run`] drives it on a thread.
+pub struct FileTailer {
+    cfg: FileSource,
+    base_labels: Labels,
+    tracked: HashMap<(u64, u64), Tracked>,
+    checkpoints: HashMap<FileKey, Checkpoint>,
+    /// No checkpoint existed at start and the first scan has not run: `read_from` applies.
+    initial: bool,
+    gen: u64,
+    buf: Vec<u8>,
+    warned: HashSet<PathBuf>,
+    pub stats: Stats,
+}
+
+impl FileTailer {
+    /// A tailer for `cfg`, resuming from `checkpoints` (recovered from the spool).
+    /// `base_labels` are added to every stream (host, static labels).
+    pub fn new(cfg: FileSource, base_labels: Labels, checkpoints: Vec<Checkpoint>) -> FileTailer {
+        let initial = checkpoints.is_empty();
+        let mut labels = base_labels;
+        for (k, v) in &cfg.labels {
+            labels.insert(k.clone(), v.clone());
+        }
+        FileTailer {
+            cfg,
+            base_labels: labels,
+            tracked: HashMap::new(),
+            checkpoints: checkpoints.into_iter().map(|c| (c.key, c)).collect(),
+            initial,
+            gen: 0,
+            buf: vec![0; READ_BUF],
+            warned: HashSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Files currently open.
+    pub fn open_files(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// Where reading stands for every known logical file (ahead of what is durable).
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        let mut v: Vec<_> = self.checkpoints.values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    fn stream_for(&self, source: &str) -> Arc<Labels> {
+        make_stream(&self.base_labels, source)
+    }
+
+    fn expand(&mut self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for pattern in &self.cfg.include {
+            let paths = match glob::glob(pattern) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(pattern, error = %e, "invalid glob");
+                    continue;
+                }
+            };
+            for entry in paths {
+                let Ok(path) = entry else { continue };
+                if self.cfg.exclude.iter().any(|x| x.matches_path(&path)) {
+                    continue;
+                }
+                if seen.insert(path.clone()) {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
+    /// Expands the globs, opens new files, follows renames, identifies files whose
+    /// fingerprint has become known, and notes files that left the globs.
+    pub fn scan(&mut self) {
+        self.gen += 1;
+        let gen = self.gen;
+        let now = Instant::now();
+        for path in self.expand() {
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                _ => continue,
+            };
+            let id = (meta.dev(), meta.ino());
+            if let Some(t) = self.tracked.get_mut(&id) {
+                t.seen_gen = gen;
+                t.gone_since = None;
+                if t.path != path {
+                    tracing::debug!(from = %t.path.display(), to = %path.display(), "file renamed");
+                    t.path = path;
+                }
+                continue;
+            }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.stats.open_errors += 1;
+                    metrics::counter!("heimdall_agent_file_errors_total", "kind" => "open").increment(1);
+                    if self.warned.insert(path.clone()) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot open file; skipping it");
+                    }
+                    continue;
+                }
+            };
+            self.warned.remove(&path);
+            let source = path.to_string_lossy().into_owned();
+            let stream = self.stream_for(&source);
+            self.tracked.insert(
+                id,
+                Tracked {
+                    dev: id.0,
+                    ino: id.1,
+                    path,
+                    file,
+                    fp: None,
+                    state: State::Pending,
+                    offset: 0,
+                    read_pos: 0,
+                    partial: Vec::new(),
+                    partial_truncated: false,
+                    raw_tail: Vec::new(),
+                    tail: 0,
+                    source,
+                    stream,
+                    seen_gen: gen,
+                    gone_since: None,
+                    last_growth: now,
+                    at_eof: false,
+                },
+            );
+        }
+        for t in self.tracked.values_mut() {
+            if t.seen_gen != gen && t.gone_since.is_none() {
+                t.gone_since = Some(now);
+            }
+        }
+        self.identify_waiting(false);
+        self.initial = false;
+        self.forget_old();
+        metrics::gauge!("heimdall_agent_files_open").set(self.tracked.len() as f64);
+        metrics::gauge!("heimdall_agent_checkpoints").set(self.checkpoints.len() as f64);
+    }
+
+    fn forget_old(&mut self) {
+        let cutoff = now_ns() - FORGET_AFTER.as_nanos() as i64;
+        let live: HashSet<FileKey> = self.tracked.values().filter_map(Tracked::key).collect();
+        self.checkpoints
+            .retain(|k, c| c.updated_ns >= cutoff || live.contains(k));
+    }
+
+    /// Identifies pending and deferred files. Files whose key has an exact checkpoint go
+    /// first, so that at start the original of a copy is claimed before its copy looks.
+    fn identify_waiting(&mut self, finalising: bool) {
+        let mut waiting: Vec<((u64, u64), bool)> = Vec::new();
+        for (id, t) in self.tracked.iter_mut() {
+            if t.state == State::Active {
+                continue;
+            }
+            if t.fp.is_none() {
+                let whole = finalising && t.gone_since.is_some();
+                match fingerprint::compute(&t.file, whole) {
+                    Ok(fp) => t.fp = fp,
+                    Err(e) => tracing::warn!(path = %t.path.display(), error = %e, "cannot read file"),
+                }
+            }
+            if let Some(key) = t.key() {
+                waiting.push((*id, self.checkpoints.contains_key(&key)));
+            }
+        }
+        waiting.sort_by_key(|(_, exact)| !exact);
+        for (id, _) in waiting {
+            self.identify(id);
+        }
+    }
+
+    fn identify(&mut self, id: (u64, u64)) {
+        let Some(t) = self.tracked.get(&id) else { return };
+        let Some(key) = t.key() else { return };
+        let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let verify = |file: &File, cp: &Checkpoint| -> bool {
+            matches!(fingerprint::tail_at(file, cp.offset), Ok(Some(h)) if h == cp.tail)
+        };
+
+        if let Some(cp) = self.checkpoints.get(&key).cloned() {
+            let t = self.tracked.get_mut(&id).expect("looked up above");
+            if size >= cp.offset && verify(&t.file, &cp) {
+                tracing::debug!(path = %t.path.display(), offset = cp.offset, "resuming file");
+                t.source = cp.source.clone();
+                t.stream = make_stream(&self.base_labels, &cp.source);
+                t.start_at(cp.offset, cp.tail);
+            } else {
+                // The inode was truncated while we were not looking: its old position
+                // may live on in a copy, so keep it detached and start this one afresh.
+                tracing::info!(path = %t.path.display(), "file was truncated; reading it from the start");
+                self.stats.truncations += 1;
+                t.start_at(0, 0);
+                self.detach(key);
+                self.record_position(id);
+            }
+            return;
+        }
+
+        // A different inode with the same first line: a copy (copytruncate), or a file
+        // that merely starts alike. Prefer the most recently moved candidate.
+        let candidate = self
+            .checkpoints
+            .values()
+            .filter(|c| c.key.fp == key.fp && (c.key.dev, c.key.ino) != id)
+            .max_by_key(|c| c.updated_ns)
+            .cloned();
+        let live_holder = self
+            .tracked
+            .iter()
+            .any(|(oid, o)| *oid != id && o.state == State::Active && o.fp.map(|f| f.hash) == Some(key.fp));
+        let t = self.tracked.get_mut(&id).expect("looked up above");
+        if live_holder {
+            // Its original is still being read with the same content: reading this one
+            // too would duplicate. It takes over if the original is truncated.
+            t.state = State::Deferred;
+            return;
+        }
+        if let Some(cp) = candidate {
+            if size < cp.offset {
+                // Not yet verifiable (a copy still being written, or a copy of less than
+                // we had read already): wait.
+                t.state = State::Deferred;
+                return;
+            }
+            if verify(&t.file, &cp) {
+                tracing::info!(path = %t.path.display(), offset = cp.offset, from = %cp.source, "continuing a rotated copy");
+                self.stats.copies_adopted += 1;
+                t.source = cp.source.clone();
+                t.start_at(cp.offset, cp.tail);
+                t.stream = make_stream(&self.base_labels, &cp.source);
+                self.checkpoints.remove(&cp.key);
+                self.record_position(id);
+                return;
+            }
+        }
+        let start = if self.initial && self.cfg.read_from == ReadFrom::End {
+            size
+        } else {
+            0
+        };
+        let tail = if start > 0 {
+            fingerprint::tail_at(&t.file, start).ok().flatten().unwrap_or(0)
+        } else {
+            0
+        };
+        tracing::debug!(path = %t.path.display(), start, "new file");
+        t.start_at(start, tail);
+        self.record_position(id);
+    }
+
+    fn detach(&mut self, key: FileKey) {
+        if let Some(mut cp) = self.checkpoints.remove(&key) {
+            cp.key.dev = 0;
+            cp.key.ino = 0;
+            self.checkpoints.insert(cp.key, cp);
+        }
+    }
+
+    fn record_position(&mut self, id: (u64, u64)) {
+        if let Some(cp) = self.tracked.get(&id).and_then(Tracked::checkpoint) {
+            self.checkpoints.insert(cp.key, cp);
+        }
+    }
+
+    /// Reads new data from every active file into `out`. Returns whether some file has
+    /// more to read than this pass's budget allowed.
+    pub fn read_all(&mut self, out: &mut Vec<Chunk>) -> bool {
+        let ids: Vec<_> = self.tracked.keys().copied().collect();
+        let mut more = false;
+        for id in ids {
+            match self.read_file(id, out) {
+                Ok(m) => more |= m,
+                Err(e) => {
+                    metrics::counter!("heimdall_agent_file_errors_total", "kind" => "read").increment(1);
+                    if let Some(t) = self.tracked.remove(&id) {
+                        tracing::warn!(path = %t.path.display(), error = %e, "read failed; will reopen at next scan");
+                    }
+                }
+            }
+        }
+        more
+    }
+
+    fn read_file(&mut self, id: (u64, u64), out: &mut Vec<Chunk>) -> io::Result<bool> {
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return Ok(false);
+        };
+        if t.state != State::Active {
+            return Ok(false);
+        }
+        let fp = t.fp.expect("active files have a fingerprint");
+        let size = t.file.metadata()?.len();
+        if size < t.read_pos || !fingerprint::matches(&t.file, fp)? {
+            self.truncated(id);
+            return Ok(true);
+        }
+        if size == t.read_pos {
+            t.at_eof = true;
+            return Ok(false);
+        }
+        t.at_eof = false;
+        t.last_growth = Instant::now();
+        let mut lines = Vec::new();
+        let mut last_complete: Option<(u64, u64)> = None;
+        let mut read = 0usize;
+        let max_line = self.cfg.max_line_bytes;
+        while read < PASS_BUDGET {
+            let n = t.file.read_at(&mut self.buf, t.read_pos)?;
+            if n == 0 {
+                t.at_eof = true;
+                break;
+            }
+            read += n;
+            let data = Bytes::copy_from_slice(&self.buf[..n]);
+            let mut start = 0usize;
+            for nl in memchr::memchr_iter(b'\n', &data) {
+                let piece = &data[start..nl];
+                let (bytes, mut fl) = if t.partial.is_empty() && !t.partial_truncated {
+                    if piece.len() > max_line {
+                        (data.slice(start..start + max_line), flags::TRUNCATED)
+                    } else {
+                        (data.slice(start..nl), 0)
+                    }
+                } else {
+                    let room = max_line.saturating_sub(t.partial.len());
+                    let mut fl = if t.partial_truncated { flags::TRUNCATED } else { 0 };
+                    if piece.len() > room {
+                        fl = flags::TRUNCATED;
+                    }
+                    t.partial.extend_from_slice(&piece[..piece.len().min(room)]);
+                    t.partial_truncated = false;
+                    (Bytes::from(std::mem::take(&mut t.partial)), fl)
+                };
+                let bytes = strip_cr(bytes);
+                if std::str::from_utf8(&bytes).is_err() {
+                    fl |= flags::INVALID_UTF8;
+                }
+                lines.push(Line { bytes, flags: fl });
+                let end = t.read_pos + nl as u64 + 1;
+                last_complete = Some((end, fingerprint::tail_hash(&t.raw_tail, &data[..=nl])));
+                start = nl + 1;
+            }
+            // Keep the incomplete rest, up to the cap; skip beyond it.
+            let rest = &data[start..];
+            if !rest.is_empty() {
+                let room = max_line.saturating_sub(t.partial.len());
+                if rest.len() > room {
+                    t.partial_truncated = true;
+                }
+                t.partial.extend_from_slice(&rest[..rest.len().min(room)]);
+            }
+            push_tail(&mut t.raw_tail, &data);
+            t.read_pos += n as u64;
+            if n < self.buf.len() {
+                t.at_eof = t.read_pos >= size;
+                break;
+            }
+        }
+        // Re-check identity: if the file was truncated and rewritten while we read,
+        // what we read may mix old and new content; drop it and start over.
+        if !fingerprint::matches(&t.file, fp)? {
+            self.truncated(id);
+            return Ok(true);
+        }
+        if let Some((end, tail)) = last_complete {
+            t.offset = end;
+            t.tail = tail;
+            self.emit(id, lines, out);
+        }
+        Ok(read >= PASS_BUDGET)
+    }
+
+    fn emit(&mut self, id: (u64, u64), lines: Vec<Line>, out: &mut Vec<Chunk>) {
+        let t = self.tracked.get(&id).expect("emitting for a tracked file");
+        let checkpoint = t.checkpoint().expect("active files have a key");
+        let bytes: usize = lines.iter().map(|l| l.bytes.len()).sum();
+        let truncated = lines.iter().filter(|l| l.flags & flags::TRUNCATED != 0).count() as u64;
+        let invalid = lines.iter().filter(|l| l.flags & flags::INVALID_UTF8 != 0).count() as u64;
+        self.stats.lines += lines.len() as u64;
+        self.stats.bytes += bytes as u64;
+        self.stats.truncated_lines += truncated;
+        self.stats.invalid_utf8_lines += invalid;
+        metrics::counter!("heimdall_agent_lines_read_total").increment(lines.len() as u64);
+        metrics::counter!("heimdall_agent_read_bytes_total").increment(bytes as u64);
+        if truncated > 0 {
+            metrics::counter!("heimdall_agent_lines_truncated_total").increment(truncated);
+        }
+        if invalid > 0 {
+            metrics::counter!("heimdall_agent_lines_invalid_utf8_total").increment(invalid);
+        }
+        self.checkpoints.insert(checkpoint.key, checkpoint.clone());
+        out.push(Chunk {
+            stream: t.stream.clone(),
+            observed_ns: now_ns(),
+            lines,
+            checkpoint,
+        });
+    }
+
+    /// The file under `id` no longer starts with its fingerprint, or shrank below our
+    /// position: it was truncated (copytruncate) or rewritten. Its old position is
+    /// detached for a copy to claim; the inode is read afresh from the start.
+    fn truncated(&mut self, id: (u64, u64)) {
+        let Some(t) = self.tracked.get_mut(&id) else { return };
+        tracing::info!(path = %t.path.display(), offset = t.offset, "file truncated; reading it from the start");
+        self.stats.truncations += 1;
+        metrics::counter!("heimdall_agent_file_truncations_total").increment(1);
+        let old = t.key();
+        t.fp = None;
+        t.state = State::Pending;
+        t.start_at(0, 0);
+        t.state = State::Pending;
+        if let Some(key) = old {
+            self.detach(key);
+        }
+        self.identify_waiting(false);
+    }
+
+    /// Closes files that left the globs (rotated away, deleted) once they are read to
+    /// the end and quiet for `rotate_wait`; a held partial line is emitted then.
+    pub fn close_finished(&mut self, out: &mut Vec<Chunk>) {
+        let wait = self.cfg.rotate_wait;
+        let now = Instant::now();
+        let due = |t: &Tracked| {
+            t.gone_since.is_some_and(|g| now.duration_since(g.max(t.last_growth)) >= wait)
+        };
+        if self.tracked.values().any(|t| t.state == State::Pending && due(t)) {
+            // Final files with a short first line and no newline get a whole-file
+            // fingerprint so their content can still be read.
+            self.identify_waiting(true);
+        }
+        let ids: Vec<_> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| due(t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            // One last read, then the held partial line.
+            let _ = self.read_file(id, out);
+            let Some(t) = self.tracked.get_mut(&id) else { continue };
+            if t.state == State::Active && !t.at_eof {
+                continue;
+            }
+            if t.state == State::Active && !t.partial.is_empty() {
+                let mut fl = flags::NO_NEWLINE;
+                if t.partial_truncated {
+                    fl |= flags::TRUNCATED;
+                }
+                let bytes = Bytes::from(std::mem::take(&mut t.partial));
+                if std::str::from_utf8(&bytes).is_err() {
+                    fl |= flags::INVALID_UTF8;
+                }
+                t.offset = t.read_pos;
+                t.tail = fingerprint::tail_hash(&[], &t.raw_tail);
+                self.emit(id, vec![Line { bytes, flags: fl }], out);
+            }
+            if let Some(t) = self.tracked.remove(&id) {
+                tracing::debug!(path = %t.path.display(), "closed file that left the globs");
+                self.stats.closed += 1;
+            }
+        }
+    }
+
+    /// Directories to watch for each include glob: the literal prefix, recursively when
+    /// the pattern has wildcards below it.
+    pub fn watch_roots(&self) -> Vec<(PathBuf, bool)> {
+        self.cfg
+            .include
+            .iter()
+            .map(|g| {
+                let mut root = PathBuf::from("/");
+                let mut comps = Path::new(g).components().peekable();
+                let mut recursive = false;
+                while let Some(c) = comps.next() {
+                    let s = c.as_os_str().to_string_lossy();
+                    if s.contains(['*', '?', '[']) {
+                        recursive = comps.peek().is_some() || s.contains("**");
+                        break;
+                    }
+                    if comps.peek().is_none() {
+                        break;
+                    }
+                    root.push(c);
+                }
+                (root, recursive)
+            })
+            .collect()
+    }
+}
+
+fn make_stream(base: &Labels, source: &str) -> Arc<Labels> {
+    let mut l = base.clone();
+    l.insert("source", source);
+    Arc::new(l)
+}
+
+fn strip_cr(b: Bytes) -> Bytes {
+    if b.last() == Some(&b'\r') {
+        b.slice(..b.len() - 1)
+    } else {
+        b
+    }
+}
+
+fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
+    if data.len() >= TAIL_LEN {
+        tail.clear();
+        tail.extend_from_slice(&data[data.len() - TAIL_LEN..]);
+    } else {
+        tail.extend_from_slice(data);
+        if tail.len() > TAIL_LEN {
+            tail.drain(..tail.len() - TAIL_LEN);
+        }
+    }
+}
+
+/// Drives a [`FileTailer`] on the calling thread until `shutdown` is cancelled or the
+/// receiving side of `tx` is closed. Chunks are sent with backpressure: when the
+/// pipeline is full, reading pauses (offsets stay where they are; nothing is lost).
+pub fn run(mut tailer: FileTailer, tx: mpsc::Sender<Chunk>, files: Arc<AtomicU64>, shutdown: CancellationToken) {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let rescan = matches!(
+                ev.kind,
+                EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            let _ = ev_tx.try_send(rescan);
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "file notifications unavailable; polling only"))
+    .ok();
+    if let Some(w) = watcher.as_mut() {
+        for (root, recursive) in tailer.watch_roots() {
+            let mode = if recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            if let Err(e) = w.watch(&root, mode) {
+                tracing::debug!(root = %root.display(), error = %e, "cannot watch; relying on polling");
+            }
+        }
+    }
+    let poll = tailer.cfg.poll_interval;
+    let mut next_scan = Instant::now();
+    let mut out = Vec::new();
+    let mut more = false;
+    let mut reported = 0u64;
+    while !shutdown.is_cancelled() {
+        let now = Instant::now();
+        if now >= next_scan {
+            tailer.scan();
+            tailer.close_finished(&mut out);
+            next_scan = now + poll;
+            let open = tailer.open_files() as u64;
+            files.fetch_add(open.wrapping_sub(reported), Ordering::Relaxed);
+            reported = open;
+        }
+        more |= tailer.read_all(&mut out);
+        for chunk in out.drain(..) {
+            if !send(&tx, chunk, &shutdown) {
+                return;
+            }
+        }
+        let mut rescan = false;
+        if more {
+            more = false;
+            while let Ok(r) = ev_rx.try_recv() {
+                rescan |= r;
+            }
+        } else {
+            let wait = next_scan.saturating_duration_since(Instant::now()).min(Duration::from_millis(250));
+            match ev_rx.recv_timeout(wait) {
+                Ok(r) => {
+                    rescan |= r;
+                    while let Ok(r) = ev_rx.try_recv() {
+                        rescan |= r;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        if rescan {
+            next_scan = Instant::now();
+        }
+    }
+    files.fetch_sub(reported, Ordering::Relaxed);
+}
+
+fn send(tx: &mpsc::Sender<Chunk>, mut chunk: Chunk, shutdown: &CancellationToken) -> bool {
+    loop {
+        match tx.try_send(chunk) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(c)) => {
+                if shutdown.is_cancelled() {
+                    // Not sent, so not spooled: its offsets were never made durable and it
+                    // is read again after the restart.
+                    return false;
+                }
+                chunk = c;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn cfg(dir: &Path) -> FileSource {
+        FileSource {
+            include: vec![format!("{}/*", dir.display())],
+            exclude: vec![],
+            max_line_bytes: 100,
+            read_from: ReadFrom::Beginning,
+            poll_interval: Duration::from_millis(10),
+            rotate_wait: Duration::ZERO,
+            labels: Default::default(),
+        }
+    }
+
+    fn append(p: &Path, s: &[u8]) {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        f.write_all(s).unwrap();
+    }
+
+    /// Scans and reads until nothing changes; returns lines as strings.
+    fn pump(t: &mut FileTailer) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            t.scan();
+            while t.read_all(&mut out) {}
+            t.close_finished(&mut out);
+        }
+        out.iter()
+            .flat_map(|c| c.lines.iter().map(|l| String::from_utf8_lossy(&l.bytes).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn tails_appends_and_holds_partial_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"one\ntwo\nthr");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["one", "two"]);
+        append(&p, b"ee\r\nfour\n");
+        assert_eq!(pump(&mut t), vec!["three", "four"]);
+        assert_eq!(pump(&mut t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn long_lines_are_truncated_and_flagged_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let long = "x".repeat(250);
+        append(&p, format!("short\n{long}\nafter\n").as_bytes());
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        let mut out = Vec::new();
+        t.scan();
+        t.read_all(&mut out);
+        let lines: Vec<_> = out.iter().flat_map(|c| c.lines.clone()).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1].bytes.len(), 100);
+        assert_eq!(lines[1].flags, flags::TRUNCATED);
+        assert_eq!(&lines[2].bytes[..], b"after");
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_with_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&dir.path().join("a.log"), b"ok\nbad \xff\xfe\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        let mut out = Vec::new();
+        t.scan();
+        t.read_all(&mut out);
+        let l = &out[0].lines;
+        assert_eq!(l[0].flags, 0);
+        assert_eq!(l[1].flags, flags::INVALID_UTF8);
+        assert_eq!(&l[1].bytes[..], b"bad \xff\xfe");
+    }
+
+    #[test]
+    fn rename_rotation_reads_old_file_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        append(&p, b"a1\na2\n");
+        let mut c = cfg(dir.path());
+        c.include = vec![format!("{}/*.log", dir.path().display())];
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["a1", "a2"]);
+        // The writer still has the old file open: it writes after the rename.
+        let mut old = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        std::fs::rename(&p, dir.path().join("app.log.1")).unwrap();
+        old.write_all(b"a3\npartial").unwrap();
+        append(&p, b"b1\n");
+        let mut got = pump(&mut t);
+        got.sort();
+        assert_eq!(got, vec!["a3", "b1", "partial"]);
+    }
+
+    #[test]
+    fn copytruncate_is_read_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        append(&p, b"line1\nline2\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["line1", "line2"]);
+        // Written after our last read, then rotated by copy + truncate.
+        append(&p, b"line3\nline4\n");
+        std::fs::copy(&p, dir.path().join("app.log.1")).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        append(&p, b"new1\n");
+        let mut got = pump(&mut t);
+        got.sort();
+        assert_eq!(got, vec!["line3", "line4", "new1"]);
+        assert_eq!(t.stats.copies_adopted, 1);
+        assert_eq!(pump(&mut t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn copy_of_a_live_file_is_not_read_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        append(&p, b"x1\nx2\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["x1", "x2"]);
+        std::fs::copy(&p, dir.path().join("backup.log")).unwrap();
+        append(&p, b"x3\n");
+        assert_eq!(pump(&mut t), vec!["x3"]);
+    }
+
+    #[test]
+    fn resumes_from_checkpoints_and_tells_inode_reuse_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"1\n2\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["1", "2"]);
+        let cps = t.checkpoints();
+        append(&p, b"3\n");
+        let mut t2 = FileTailer::new(cfg(dir.path()), Labels::default(), cps.clone());
+        assert_eq!(pump(&mut t2), vec!["3"]);
+        // Replace the file with different content (possibly the same inode).
+        std::fs::remove_file(&p).unwrap();
+        append(&p, b"other\n");
+        let mut t3 = FileTailer::new(cfg(dir.path()), Labels::default(), cps);
+        assert_eq!(pump(&mut t3), vec!["other"]);
+    }
+
+    #[test]
+    fn file_without_newline_is_emitted_when_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"no newline here");
+        let mut c = cfg(dir.path());
+        c.include = vec![format!("{}/*.log", dir.path().display())];
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        assert!(pump(&mut t).is_empty());
+        std::fs::rename(&p, dir.path().join("a.old")).unwrap();
+        let mut out = Vec::new();
+        t.scan();
+        t.close_finished(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0].lines[0].bytes[..], b"no newline here");
+        assert_eq!(out[0].lines[0].flags, flags::NO_NEWLINE);
+    }
+
+    #[test]
+    fn watch_roots_are_literal_prefixes() {
+        let mut c = cfg(Path::new("/tmp"));
+        c.include = vec!["/var/log/**/*.log".into(), "/srv/app/*.log".into()];
+        let t = FileTailer::new(c, Labels::default(), vec![]);
+        assert_eq!(
+            t.watch_roots(),
+            vec![(PathBuf::from("/var/log"), true), (PathBuf::from("/srv/app"), false)]
+        );
+    }
+}

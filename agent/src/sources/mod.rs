@@ -1,0 +1,71 @@
+//! Sources: where lines come from.
+//!
+//! A source emits [`Chunk`]s: lines from one file read in one go, together with the
+//! [`Checkpoint`] that says where reading stands after the chunk's last line. The
+//! checkpoint travels with the lines into the spool, so the spool, not a separate
+//! state file, is the source of truth for where to resume after a crash.
+
+pub mod file;
+pub mod fingerprint;
+
+use bytes::Bytes;
+use heimdall_common::record::Labels;
+use std::sync::Arc;
+
+/// Identity of a logical file: device and inode, plus the fingerprint of its first line.
+///
+/// The fingerprint tells inode reuse and truncation apart from the same file; a key
+/// with `dev == 0 && ino == 0` is *detached*: its file was truncated (copytruncate
+/// rotation), and a copy with the same fingerprint may take over its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub fp: u64,
+}
+
+impl FileKey {
+    /// Whether this key no longer belongs to an inode.
+    pub fn is_detached(&self) -> bool {
+        self.dev == 0 && self.ino == 0
+    }
+}
+
+/// Where reading of one logical file stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub key: FileKey,
+    /// Offset just after the last line handed downstream.
+    pub offset: u64,
+    /// Hash of the (up to) 64 bytes before `offset`, to verify a copy before adopting it.
+    pub tail: u64,
+    /// The `source` label of the file's stream (its path when first found).
+    pub source: String,
+    /// When this checkpoint last moved, nanoseconds since the Unix epoch.
+    pub updated_ns: i64,
+}
+
+/// One line as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub bytes: Bytes,
+    /// Bits from `heimdall_common::record::flags`.
+    pub flags: u8,
+}
+
+/// Lines read from one file in one go, and where reading stands after them.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub stream: Arc<Labels>,
+    pub observed_ns: i64,
+    pub lines: Vec<Line>,
+    pub checkpoint: Checkpoint,
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
