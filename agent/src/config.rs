@@ -224,7 +224,10 @@ impl AgentConfig {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let host = match raw.host {
             Some(h) if h.trim().is_empty() => {
-                p.push("host", "must not be empty (leave it out to use the hostname)");
+                p.push(
+                    "host",
+                    "must not be empty (leave it out to use the hostname)",
+                );
                 String::new()
             }
             Some(h) => h,
@@ -271,38 +274,61 @@ impl AgentConfig {
             }
             for (j, g) in s.include.iter().enumerate() {
                 if let Err(e) = glob::Pattern::new(g) {
-                    p.push(format!("{key}.include[{j}]"), format!("`{g}` is not a valid glob: {e}"));
+                    p.push(
+                        format!("{key}.include[{j}]"),
+                        format!("`{g}` is not a valid glob: {e}"),
+                    );
                 } else if !g.starts_with('/') {
-                    p.push(format!("{key}.include[{j}]"), format!("`{g}` must be an absolute path"));
+                    p.push(
+                        format!("{key}.include[{j}]"),
+                        format!("`{g}` must be an absolute path"),
+                    );
                 }
             }
             let mut exclude = Vec::new();
             for (j, g) in s.exclude.iter().enumerate() {
                 match glob::Pattern::new(g) {
                     Ok(pat) => exclude.push(pat),
-                    Err(e) => p.push(format!("{key}.exclude[{j}]"), format!("`{g}` is not a valid glob: {e}")),
+                    Err(e) => p.push(
+                        format!("{key}.exclude[{j}]"),
+                        format!("`{g}` is not a valid glob: {e}"),
+                    ),
                 }
             }
             let max_line_bytes = s.max_line_bytes.map_or(256 << 10, |b| b.0);
             if !(64..=(4 << 20)).contains(&max_line_bytes) {
-                p.push(format!("{key}.max_line_bytes"), "must be between 64B and 4MiB");
+                p.push(
+                    format!("{key}.max_line_bytes"),
+                    "must be between 64B and 4MiB",
+                );
             }
             let read_from = match s.read_from.as_deref() {
                 None | Some("beginning") => ReadFrom::Beginning,
                 Some("end") => ReadFrom::End,
                 Some(other) => {
-                    p.push(format!("{key}.read_from"), format!("`{other}`: expected `beginning` or `end`"));
+                    p.push(
+                        format!("{key}.read_from"),
+                        format!("`{other}`: expected `beginning` or `end`"),
+                    );
                     ReadFrom::Beginning
                 }
             };
             let poll_interval = s.poll_interval.map_or(Duration::from_secs(1), |d| d.0);
-            if poll_interval < Duration::from_millis(10) || poll_interval > Duration::from_secs(3600) {
-                p.push(format!("{key}.poll_interval"), "must be between 10ms and 1h");
+            if poll_interval < Duration::from_millis(10)
+                || poll_interval > Duration::from_secs(3600)
+            {
+                p.push(
+                    format!("{key}.poll_interval"),
+                    "must be between 10ms and 1h",
+                );
             }
             for k in s.labels.keys() {
                 check_label_name(&mut p, &format!("{key}.labels.{k}"), k);
                 if k == "host" || k == "source" {
-                    p.push(format!("{key}.labels.{k}"), "is set by the agent and cannot be overridden here");
+                    p.push(
+                        format!("{key}.labels.{k}"),
+                        "is set by the agent and cannot be overridden here",
+                    );
                 }
             }
             files.push(FileSource {
@@ -336,9 +362,14 @@ impl AgentConfig {
         let spool_segment_bytes = raw
             .spool
             .segment_bytes
-            .map_or((32u64 << 20).min(spool_max_bytes / 8).max(64 << 10), |b| b.0);
+            .map_or((32u64 << 20).min(spool_max_bytes / 8).max(64 << 10), |b| {
+                b.0
+            });
         if spool_segment_bytes < (64 << 10) || spool_segment_bytes > spool_max_bytes / 2 {
-            p.push("spool.segment_bytes", "must be at least 64KiB and at most half of spool.max_bytes");
+            p.push(
+                "spool.segment_bytes",
+                "must be at least 64KiB and at most half of spool.max_bytes",
+            );
         }
         let spool_memory_bytes = raw.spool.memory_bytes.map_or(64 << 20, |b| b.0);
 
@@ -350,14 +381,31 @@ impl AgentConfig {
             raw.output.endpoints
         };
         for (i, e) in endpoints.iter().enumerate() {
-            if !e.contains(':') || e.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).is_none() {
-                p.push(format!("output.endpoints[{i}]"), format!("`{e}` is not host:port"));
+            if !e.contains(':')
+                || e.rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .is_none()
+            {
+                p.push(
+                    format!("output.endpoints[{i}]"),
+                    format!("`{e}` is not host:port"),
+                );
             }
         }
         let tls = TlsFiles {
-            ca: raw.output.ca.unwrap_or_else(|| state_dir.join("tls/ca.pem")),
-            cert: raw.output.cert.unwrap_or_else(|| state_dir.join("tls/agent.pem")),
-            key: raw.output.key.unwrap_or_else(|| state_dir.join("tls/agent-key.pem")),
+            ca: raw
+                .output
+                .ca
+                .unwrap_or_else(|| state_dir.join("tls/ca.pem")),
+            cert: raw
+                .output
+                .cert
+                .unwrap_or_else(|| state_dir.join("tls/agent.pem")),
+            key: raw
+                .output
+                .key
+                .unwrap_or_else(|| state_dir.join("tls/agent-key.pem")),
         };
         let window = raw.output.window.unwrap_or(16) as usize;
         if !(1..=256).contains(&window) {
@@ -369,7 +417,10 @@ impl AgentConfig {
             Some(s) => match s.parse() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    p.push("metrics.listen", format!("`{s}` is not an address like 127.0.0.1:9601"));
+                    p.push(
+                        "metrics.listen",
+                        format!("`{s}` is not an address like 127.0.0.1:9601"),
+                    );
                     None
                 }
             },
@@ -390,8 +441,14 @@ impl AgentConfig {
             server_name: raw.output.server_name.unwrap_or_else(|| "localhost".into()),
             tls,
             window,
-            max_backoff: raw.output.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
-            heartbeat: raw.output.heartbeat.map_or(Duration::from_secs(10), |d| d.0),
+            max_backoff: raw
+                .output
+                .max_backoff
+                .map_or(Duration::from_secs(30), |d| d.0),
+            heartbeat: raw
+                .output
+                .heartbeat
+                .map_or(Duration::from_secs(10), |d| d.0),
             metrics_listen,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
         })
@@ -400,7 +457,10 @@ impl AgentConfig {
 
 fn check_label_name(p: &mut ConfigProblems, key: &str, name: &str) {
     let ok = !name.is_empty()
-        && name.chars().enumerate().all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        && name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
     if !ok {
         p.push(key, format!("`{name}` is not a valid label name (letters, digits, `_`; not starting with a digit)"));
     }

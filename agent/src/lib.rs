@@ -48,7 +48,10 @@ pub enum Error {
 /// [`Error`] for structural failures at start.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
     match heimdall_common::tls::check_own_certificate(&cfg.tls.cert) {
-        Ok(info) => tracing::info!(identity = info.common_name.as_deref().unwrap_or("?"), "agent certificate loaded"),
+        Ok(info) => tracing::info!(
+            identity = info.common_name.as_deref().unwrap_or("?"),
+            "agent certificate loaded"
+        ),
         Err(e @ heimdall_common::tls::Error::NotValidNow { .. }) => {
             // Keep tailing into the spool: a renewed certificate is picked up at the
             // next connection attempt without a restart.
@@ -70,7 +73,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
         .await
         .expect("spool open task does not panic")?;
     if recovered.lost_entries > 0 {
-        metrics::counter!("heimdall_agent_spool_lost_entries_total").increment(recovered.lost_entries);
+        metrics::counter!("heimdall_agent_spool_lost_entries_total")
+            .increment(recovered.lost_entries);
     }
     let spool = Arc::new(recovered.spool);
     let st = spool.stats();
@@ -90,7 +94,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
     let mut threads = Vec::new();
     for (i, src) in cfg.files.iter().enumerate() {
         tracing::info!(include = ?src.include, "tailing files");
-        let tailer = sources::file::FileTailer::new(src.clone(), base.clone(), recovered.checkpoints.clone());
+        let tailer = sources::file::FileTailer::new(
+            src.clone(),
+            base.clone(),
+            recovered.checkpoints.clone(),
+        );
         let (tx, token, files) = (tx.clone(), shutdown.child_token(), files.clone());
         let h = std::thread::Builder::new()
             .name(format!("file-source-{i}"))
@@ -142,7 +150,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
                     Ok((Err(e), _)) => tracing::error!(error = %e, "cannot write spool state"),
                     Ok((Ok(()), st)) => {
                         metrics::gauge!("heimdall_agent_spool_batches").set(st.batches as f64);
-                        metrics::gauge!("heimdall_agent_spool_lag_seconds").set(st.oldest_age_ns as f64 / 1e9);
+                        metrics::gauge!("heimdall_agent_spool_lag_seconds")
+                            .set(st.oldest_age_ns as f64 / 1e9);
                     }
                     Err(_) => {}
                 }
@@ -159,7 +168,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
         }
     });
     let _ = tokio::time::timeout_at(deadline.into(), joined).await;
-    if tokio::time::timeout_at(deadline.into(), batcher).await.is_err() {
+    if tokio::time::timeout_at(deadline.into(), batcher)
+        .await
+        .is_err()
+    {
         tracing::warn!("pipeline did not drain within the grace period; unspooled lines are read again at the next start");
     }
     while spool.stats().batches > 0 && Instant::now() < deadline {

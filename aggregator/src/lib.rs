@@ -1,1 +1,170 @@
-//! placeholder
+//! `heimdall-aggregator`: stores what agents ship and answers queries.
+//!
+//! Layout:
+//! - [`config`]: the TOML file and its validation.
+//! - [`certs`]: the private CA and the certificates it issues.
+//! - [`ingest`]: the QUIC server (mutual TLS, batch streams, agent status).
+//! - [`store`]: the hot tier (SQLite).
+//! - [`query`]: the query language and its execution.
+//! - [`api`]: HTTP (Loki-compatible endpoints, agents, metrics).
+//! - [`cli`]: the `heimdall` command-line client.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod query;
+pub mod store;
+
+use config::AggregatorConfig;
+use heimdall_common::wire::Limits;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Structural failures that stop the aggregator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TLS files are missing or invalid.
+    #[error("TLS: {0} (run `heimdall-aggregator init` to create a CA and certificates)")]
+    Tls(#[from] heimdall_common::tls::Error),
+    /// The database cannot be opened.
+    #[error(transparent)]
+    Store(#[from] store::hot::Error),
+    /// A socket cannot be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    StateDir(std::io::Error),
+}
+
+/// Where the aggregator actually listens (ports chosen by the OS when 0 was asked).
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ListenAddrs {
+    pub ingest: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// Name of the file in the state directory that records [`ListenAddrs`].
+pub const LISTEN_FILE: &str = "listen.json";
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted aggregator must get its port back at once.
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+/// Runs the aggregator until `shutdown` is cancelled, then drains.
+///
+/// # Errors
+/// [`Error`] for structural failures at start.
+pub async fn run(
+    cfg: AggregatorConfig,
+    shutdown: CancellationToken,
+    prometheus: Option<PrometheusHandle>,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(Error::StateDir)?;
+    if let Err(e) = heimdall_common::tls::check_own_certificate(&cfg.tls.cert) {
+        if matches!(e, heimdall_common::tls::Error::NotValidNow { .. }) {
+            tracing::error!(error = %e, "server certificate is not valid now; agents will refuse it");
+        } else {
+            return Err(e.into());
+        }
+    }
+    let server_config = heimdall_common::tls::server_config(&cfg.tls)?;
+    let db = cfg.db_path.clone();
+    let max_rows = cfg.max_group_rows;
+    let store = tokio::task::spawn_blocking(move || store::hot::HotStore::open(&db, max_rows))
+        .await
+        .expect("store open task does not panic")?;
+    let store = Arc::new(store);
+    let endpoint = quinn::Endpoint::server(server_config, cfg.ingest_listen).map_err(|source| {
+        Error::Bind {
+            what: "QUIC ingest",
+            addr: cfg.ingest_listen,
+            source,
+        }
+    })?;
+    let http = bind_tcp(cfg.api_listen).map_err(|source| Error::Bind {
+        what: "HTTP API",
+        addr: cfg.api_listen,
+        source,
+    })?;
+    let addrs = ListenAddrs {
+        ingest: endpoint.local_addr().map_err(Error::StateDir)?,
+        api: http.local_addr().map_err(Error::StateDir)?,
+    };
+    let listen_file = cfg.state_dir.join(LISTEN_FILE);
+    let tmp = listen_file.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&addrs).expect("addresses serialise"),
+    )
+    .and_then(|()| std::fs::rename(&tmp, &listen_file))
+    .map_err(Error::StateDir)?;
+    tracing::info!(ingest = %addrs.ingest, api = %addrs.api, db = %cfg.db_path.display(), "aggregator listening");
+
+    let registry = Arc::new(ingest::Registry::default());
+    let limits = Limits {
+        max_frame_bytes: cfg.max_frame_bytes,
+        ..Limits::default()
+    };
+    let listener = ingest::listener::Listener {
+        endpoint,
+        store: store.clone(),
+        registry: registry.clone(),
+        settings: ingest::listener::IngestSettings {
+            server_id: cfg.server_id.clone(),
+            limits,
+            max_streams_per_connection: cfg.max_streams_per_connection,
+        },
+    };
+    let ingest = tokio::spawn(listener.run(shutdown.child_token(), cfg.shutdown_grace));
+    let state = Arc::new(api::ApiState {
+        db_path: cfg.db_path.clone(),
+        registry,
+        prometheus,
+        max_limit: cfg.max_limit,
+        query_timeout: cfg.query_timeout,
+    });
+    let token = shutdown.child_token();
+    let api = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, api::router(state))
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "HTTP API failed");
+        }
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing in-flight batches");
+    let _ = ingest.await;
+    let _ = tokio::time::timeout(cfg.shutdown_grace, api).await;
+    // Every connection task is done, so this is the last handle: the writer commits what
+    // is queued and checkpoints the WAL.
+    match Arc::try_unwrap(store) {
+        Ok(mut s) => {
+            let _ = tokio::task::spawn_blocking(move || s.close()).await;
+        }
+        Err(_) => tracing::warn!("store still in use at shutdown; leaving it to close on exit"),
+    }
+    let _ = std::fs::remove_file(&listen_file);
+    tracing::info!("aggregator stopped");
+    Ok(())
+}

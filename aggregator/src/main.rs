@@ -1,1 +1,227 @@
-fn main() {}
+//! `heimdall-aggregator` command line: parse → load config → init tracing and metrics → run.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use heimdall_aggregator::certs;
+use heimdall_aggregator::config::{AggregatorConfig, Overrides, DEFAULT_STATE_DIR};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_CONFIG: &str = "/etc/heimdall/aggregator.toml";
+
+/// Heimdall aggregator: receives logs from Heimdall agents over QUIC with mutual TLS,
+/// stores them (SQLite hot tier) and answers queries over HTTP, including the Loki API
+/// that Grafana uses.
+///
+/// First run `heimdall-aggregator init` to make a private CA and certificates, then
+/// `heimdall-aggregator run`. Configuration is read from --config (default
+/// /etc/heimdall/aggregator.toml; built-in defaults when that file does not exist).
+/// Exit codes: 0 after a clean shutdown, 64 for a bad configuration or usage, 1 for a
+/// runtime failure.
+#[derive(Parser, Debug)]
+#[command(name = "heimdall-aggregator", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive, store and serve until SIGTERM or SIGINT (the default).
+    Run(RunArgs),
+    /// Validate the configuration and exit: 0 when valid, 64 with every problem named.
+    CheckConfig(RunArgs),
+    /// Make a private CA, a server certificate and a certificate for the local agent in
+    /// <state-dir>/tls (existing files are kept, so this is safe to re-run).
+    Init(InitArgs),
+    /// Issue a client certificate for an agent, signed by the CA in <state-dir>/tls.
+    IssueAgentCert(IssueArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(short, long, env = "HEIMDALL_AGGREGATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// State directory (overrides `state_dir`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// QUIC ingest address (overrides `ingest.listen`).
+    #[arg(long, value_name = "ADDR")]
+    ingest_listen: Option<String>,
+    /// HTTP API address (overrides `api.listen`).
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// Log filter, e.g. `info` or `heimdall_aggregator=debug` (also RUST_LOG).
+    #[arg(long, env = "HEIMDALL_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// State directory; certificates go to <DIR>/tls.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Extra names or addresses for the server certificate (repeatable); localhost,
+    /// 127.0.0.1, ::1 and the hostname are always included.
+    #[arg(long = "san", value_name = "NAME")]
+    san: Vec<String>,
+    /// Identity of the local agent's certificate. Default: the hostname.
+    #[arg(long)]
+    agent_name: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct IssueArgs {
+    /// The agent's identity (certificate common name), usually its hostname.
+    #[arg(long = "name", alias = "host")]
+    name: String,
+    /// Directory to write <name>.pem, <name>-key.pem and ca.pem into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 397)]
+    days: i64,
+    /// State directory holding tls/ca.pem and tls/ca-key.pem.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<AggregatorConfig> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read config {}", path.display())),
+    };
+    let ov = Overrides {
+        state_dir: args.state_dir.clone(),
+        ingest_listen: args.ingest_listen.clone(),
+        api_listen: args.api_listen.clone(),
+    };
+    AggregatorConfig::load(&text, &ov).with_context(|| format!("invalid config {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, check) = match cli.command {
+        Some(Command::Run(a)) => (a, false),
+        Some(Command::CheckConfig(a)) => (a, true),
+        Some(Command::Init(a)) => return init(a),
+        Some(Command::IssueAgentCert(a)) => return issue(a),
+        None => (cli.run, false),
+    };
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heimdall-aggregator: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    if check {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let prometheus = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
+    {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("heimdall-aggregator: cannot install metrics recorder: {e}");
+            None
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heimdall-aggregator: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match heimdall_aggregator::run(cfg, shutdown, prometheus).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "aggregator failed");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn init(a: InitArgs) -> ExitCode {
+    let mut names = certs::default_server_names();
+    names.extend(a.san);
+    let agent = a
+        .agent_name
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    match certs::init(&a.state_dir.join("tls"), &names, &agent) {
+        Ok(out) => {
+            if out.created.is_empty() {
+                println!(
+                    "everything already exists in {}",
+                    a.state_dir.join("tls").display()
+                );
+            }
+            for p in &out.created {
+                println!("created {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heimdall-aggregator init: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn issue(a: IssueArgs) -> ExitCode {
+    match certs::issue_agent(&a.state_dir.join("tls"), &a.name, &a.out, a.days) {
+        Ok((c, k)) => {
+            println!(
+                "created {} and {} (and ca.pem) for agent {}",
+                c.display(),
+                k.display(),
+                a.name
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heimdall-aggregator issue-agent-cert: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

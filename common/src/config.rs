@@ -33,7 +33,11 @@ impl ByteSize {
             "gib" => 1 << 30,
             "t" | "tb" => 1_000_000_000_000,
             "tib" => 1 << 40,
-            other => return Err(format!("unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+                ))
+            }
         };
         let v = num * mult as f64;
         if !(0.0..=u64::MAX as f64).contains(&v) {
@@ -112,7 +116,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{t}` is not a duration (expected e.g. 500ms, 10s, 5m, 1h)"));
+            return Err(format!(
+                "`{t}` is not a duration (expected e.g. 500ms, 10s, 5m, 1h)"
+            ));
         }
         let num: f64 = rest[..digits]
             .parse()
@@ -132,7 +138,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             "d" => 86400.0,
             "w" => 7.0 * 86400.0,
-            other => return Err(format!("unknown duration unit `{other}` in `{t}` (use ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` in `{t}` (use ms, s, m, h, d)"
+                ))
+            }
         };
         let part = num * secs;
         if !part.is_finite() || part < 0.0 || part > 1e12 {

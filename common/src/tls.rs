@@ -120,10 +120,11 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
 /// # Errors
 /// [`Error::BadCertificate`] when the DER does not parse.
 pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate {
-        path: PathBuf::new(),
-        reason: e.to_string(),
-    })?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| Error::BadCertificate {
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?;
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -194,7 +195,8 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     // 30 s always fits the VarInt range, so the conversion cannot fail.
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid idle timeout"),
+        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+            .expect("30 s is a valid idle timeout"),
     ));
     t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     t.receive_window(quinn::VarInt::from_u32(64 << 20));

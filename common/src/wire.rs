@@ -128,7 +128,11 @@ pub enum Error {
     BadVarint { what: &'static str },
     /// A count or length breaks a configured limit.
     #[error("{what} is {value}, above the limit of {max}")]
-    LimitExceeded { what: &'static str, value: u64, max: u64 },
+    LimitExceeded {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
     /// A string field is not UTF-8.
     #[error("{what} is not valid UTF-8")]
     InvalidUtf8 { what: &'static str },
@@ -588,11 +592,12 @@ impl BatchContent {
                             return Err(Error::BadFlags(fl));
                         }
                         let redacted = s.varint("record redaction count")?;
-                        let redacted = u32::try_from(redacted).map_err(|_| Error::LimitExceeded {
-                            what: "redaction count",
-                            value: redacted,
-                            max: u32::MAX as u64,
-                        })?;
+                        let redacted =
+                            u32::try_from(redacted).map_err(|_| Error::LimitExceeded {
+                                what: "redaction count",
+                                value: redacted,
+                                max: u32::MAX as u64,
+                            })?;
                         let template_id = s.u64_le("record template id")?;
                         let line_len = s.varint("line length")?;
                         if line_len > limits.max_line_bytes as u64 {
@@ -802,7 +807,12 @@ impl Reader {
 
     /// Reads a count bounded by `max` and by what the remaining bytes could hold at
     /// `min_item_bytes` each, so a forged count cannot make us allocate.
-    fn count(&mut self, what: &'static str, max: u32, min_item_bytes: usize) -> Result<usize, Error> {
+    fn count(
+        &mut self,
+        what: &'static str,
+        max: u32,
+        min_item_bytes: usize,
+    ) -> Result<usize, Error> {
         let n = self.varint(what)?;
         if n > max as u64 {
             return Err(Error::LimitExceeded {

@@ -75,7 +75,8 @@ impl Batcher {
                 line: line.bytes,
             });
         }
-        self.checkpoints.insert(chunk.checkpoint.key, chunk.checkpoint);
+        self.checkpoints
+            .insert(chunk.checkpoint.key, chunk.checkpoint);
         self.bytes >= self.max_bytes || self.content.records.len() >= self.max_records
     }
 
@@ -158,7 +159,9 @@ async fn spool_batch(spool: &Arc<Spool>, p: Pending) {
     loop {
         if !spool.has_room(size) {
             if !waited {
-                tracing::warn!("spool is full; pausing reading until the aggregator acknowledges data");
+                tracing::warn!(
+                    "spool is full; pausing reading until the aggregator acknowledges data"
+                );
                 metrics::counter!("heimdall_agent_spool_full_total").increment(1);
                 waited = true;
             }
@@ -170,7 +173,9 @@ async fn spool_batch(spool: &Arc<Spool>, p: Pending) {
         }
         let s = spool.clone();
         let sealed2 = sealed.clone();
-        let cps = checkpoints.take().expect("checkpoints are put back on failure");
+        let cps = checkpoints
+            .take()
+            .expect("checkpoints are put back on failure");
         let res = tokio::task::spawn_blocking(move || {
             let epoch = s.epoch();
             let cps_back = cps.clone();

@@ -97,8 +97,17 @@ impl<'a> Conn<'a> {
                     reason: r.reason,
                 })
             }
-            Some(other) => return Err(Error::Protocol(format!("expected welcome, got {}", other.name()))),
-            None => return Err(Error::Protocol("control stream closed during handshake".into())),
+            Some(other) => {
+                return Err(Error::Protocol(format!(
+                    "expected welcome, got {}",
+                    other.name()
+                )))
+            }
+            None => {
+                return Err(Error::Protocol(
+                    "control stream closed during handshake".into(),
+                ))
+            }
         }
 
         let hb = tokio::spawn(heartbeats(
@@ -126,7 +135,9 @@ impl<'a> Conn<'a> {
             tokio::pin!(notified);
             notified.as_mut().enable();
             while inflight.len() < window && !self.stop.is_cancelled() {
-                let Some(seq) = spool.next_unacked(cursor) else { break };
+                let Some(seq) = spool.next_unacked(cursor) else {
+                    break;
+                };
                 cursor = seq;
                 let s = spool.clone();
                 let Some(frame) = tokio::task::spawn_blocking(move || s.frame(seq))
@@ -170,7 +181,12 @@ impl<'a> Conn<'a> {
     }
 }
 
-async fn send_batch(conn: quinn::Connection, frame: bytes::Bytes, seq: u64, limits: Limits) -> Result<Outcome, Error> {
+async fn send_batch(
+    conn: quinn::Connection,
+    frame: bytes::Bytes,
+    seq: u64,
+    limits: Limits,
+) -> Result<Outcome, Error> {
     let started = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&frame).await.map_err(quic::Error::from)?;
@@ -181,12 +197,22 @@ async fn send_batch(conn: quinn::Connection, frame: bytes::Bytes, seq: u64, limi
     metrics::histogram!("heimdall_agent_batch_rtt_seconds").record(started.elapsed().as_secs_f64());
     match reply {
         Frame::Ack(a) if a.seq == seq => Ok(Outcome::Acked),
-        Frame::Reject(r) if r.seq == seq => Ok(Outcome::Rejected(format!("code {}: {}", r.code, r.reason))),
-        other => Err(Error::Protocol(format!("unexpected {} in answer to batch {seq}", other.name()))),
+        Frame::Reject(r) if r.seq == seq => {
+            Ok(Outcome::Rejected(format!("code {}: {}", r.code, r.reason)))
+        }
+        other => Err(Error::Protocol(format!(
+            "unexpected {} in answer to batch {seq}",
+            other.name()
+        ))),
     }
 }
 
-async fn heartbeats(mut send: quinn::SendStream, spool: Arc<Spool>, files: Arc<AtomicU64>, every: Duration) {
+async fn heartbeats(
+    mut send: quinn::SendStream,
+    spool: Arc<Spool>,
+    files: Arc<AtomicU64>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;

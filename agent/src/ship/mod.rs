@@ -101,7 +101,11 @@ impl Shipper {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
 
-    async fn connect(&self, endpoint: &quinn::Endpoint, name: &str) -> Result<quinn::Connection, conn::Error> {
+    async fn connect(
+        &self,
+        endpoint: &quinn::Endpoint,
+        name: &str,
+    ) -> Result<quinn::Connection, conn::Error> {
         let client = tls::client_config(&self.cfg.tls).map_err(conn::Error::Tls)?;
         let addr = resolve(name).ok_or_else(|| conn::Error::Resolve(name.to_owned()))?;
         let connecting = endpoint
@@ -125,7 +129,9 @@ mod tests {
         for a in 0..40 {
             let b = backoff(a, max);
             assert!(b <= max);
-            let base = Duration::from_millis(200).saturating_mul(1u32 << a.min(16)).min(max);
+            let base = Duration::from_millis(200)
+                .saturating_mul(1u32 << a.min(16))
+                .min(max);
             assert!(b >= base / 2, "attempt {a}: {b:?}");
         }
     }

@@ -222,7 +222,8 @@ impl FileTailer {
                 Ok(f) => f,
                 Err(e) => {
                     self.stats.open_errors += 1;
-                    metrics::counter!("heimdall_agent_file_errors_total", "kind" => "open").increment(1);
+                    metrics::counter!("heimdall_agent_file_errors_total", "kind" => "open")
+                        .increment(1);
                     if self.warned.insert(path.clone()) {
                         tracing::warn!(path = %path.display(), error = %e, "cannot open file; skipping it");
                     }
@@ -287,7 +288,9 @@ impl FileTailer {
                 let whole = finalising && t.gone_since.is_some();
                 match fingerprint::compute(&t.file, whole) {
                     Ok(fp) => t.fp = fp,
-                    Err(e) => tracing::warn!(path = %t.path.display(), error = %e, "cannot read file"),
+                    Err(e) => {
+                        tracing::warn!(path = %t.path.display(), error = %e, "cannot read file")
+                    }
                 }
             }
             if let Some(key) = t.key() {
@@ -301,7 +304,9 @@ impl FileTailer {
     }
 
     fn identify(&mut self, id: (u64, u64)) {
-        let Some(t) = self.tracked.get(&id) else { return };
+        let Some(t) = self.tracked.get(&id) else {
+            return;
+        };
         let Some(key) = t.key() else { return };
         let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
         let verify = |file: &File, cp: &Checkpoint| -> bool {
@@ -335,10 +340,9 @@ impl FileTailer {
             .filter(|c| c.key.fp == key.fp && (c.key.dev, c.key.ino) != id)
             .max_by_key(|c| c.updated_ns)
             .cloned();
-        let live_holder = self
-            .tracked
-            .iter()
-            .any(|(oid, o)| *oid != id && o.state == State::Active && o.fp.map(|f| f.hash) == Some(key.fp));
+        let live_holder = self.tracked.iter().any(|(oid, o)| {
+            *oid != id && o.state == State::Active && o.fp.map(|f| f.hash) == Some(key.fp)
+        });
         let t = self.tracked.get_mut(&id).expect("looked up above");
         if live_holder {
             // Its original is still being read with the same content: reading this one
@@ -370,7 +374,10 @@ impl FileTailer {
             0
         };
         let tail = if start > 0 {
-            fingerprint::tail_at(&t.file, start).ok().flatten().unwrap_or(0)
+            fingerprint::tail_at(&t.file, start)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
         } else {
             0
         };
@@ -402,7 +409,8 @@ impl FileTailer {
             match self.read_file(id, out) {
                 Ok(m) => more |= m,
                 Err(e) => {
-                    metrics::counter!("heimdall_agent_file_errors_total", "kind" => "read").increment(1);
+                    metrics::counter!("heimdall_agent_file_errors_total", "kind" => "read")
+                        .increment(1);
                     if let Some(t) = self.tracked.remove(&id) {
                         tracing::warn!(path = %t.path.display(), error = %e, "read failed; will reopen at next scan");
                     }
@@ -454,7 +462,11 @@ impl FileTailer {
                     }
                 } else {
                     let room = max_line.saturating_sub(t.partial.len());
-                    let mut fl = if t.partial_truncated { flags::TRUNCATED } else { 0 };
+                    let mut fl = if t.partial_truncated {
+                        flags::TRUNCATED
+                    } else {
+                        0
+                    };
                     if piece.len() > room {
                         fl = flags::TRUNCATED;
                     }
@@ -505,8 +517,14 @@ impl FileTailer {
         let t = self.tracked.get(&id).expect("emitting for a tracked file");
         let checkpoint = t.checkpoint().expect("active files have a key");
         let bytes: usize = lines.iter().map(|l| l.bytes.len()).sum();
-        let truncated = lines.iter().filter(|l| l.flags & flags::TRUNCATED != 0).count() as u64;
-        let invalid = lines.iter().filter(|l| l.flags & flags::INVALID_UTF8 != 0).count() as u64;
+        let truncated = lines
+            .iter()
+            .filter(|l| l.flags & flags::TRUNCATED != 0)
+            .count() as u64;
+        let invalid = lines
+            .iter()
+            .filter(|l| l.flags & flags::INVALID_UTF8 != 0)
+            .count() as u64;
         self.stats.lines += lines.len() as u64;
         self.stats.bytes += bytes as u64;
         self.stats.truncated_lines += truncated;
@@ -532,7 +550,9 @@ impl FileTailer {
     /// position: it was truncated (copytruncate) or rewritten. Its old position is
     /// detached for a copy to claim; the inode is read afresh from the start.
     fn truncated(&mut self, id: (u64, u64)) {
-        let Some(t) = self.tracked.get_mut(&id) else { return };
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return;
+        };
         tracing::info!(path = %t.path.display(), offset = t.offset, "file truncated; reading it from the start");
         self.stats.truncations += 1;
         metrics::counter!("heimdall_agent_file_truncations_total").increment(1);
@@ -553,9 +573,14 @@ impl FileTailer {
         let wait = self.cfg.rotate_wait;
         let now = Instant::now();
         let due = |t: &Tracked| {
-            t.gone_since.is_some_and(|g| now.duration_since(g.max(t.last_growth)) >= wait)
+            t.gone_since
+                .is_some_and(|g| now.duration_since(g.max(t.last_growth)) >= wait)
         };
-        if self.tracked.values().any(|t| t.state == State::Pending && due(t)) {
+        if self
+            .tracked
+            .values()
+            .any(|t| t.state == State::Pending && due(t))
+        {
             // Final files with a short first line and no newline get a whole-file
             // fingerprint so their content can still be read.
             self.identify_waiting(true);
@@ -569,7 +594,9 @@ impl FileTailer {
         for id in ids {
             // One last read, then the held partial line.
             let _ = self.read_file(id, out);
-            let Some(t) = self.tracked.get_mut(&id) else { continue };
+            let Some(t) = self.tracked.get_mut(&id) else {
+                continue;
+            };
             if t.state == State::Active && !t.at_eof {
                 continue;
             }
@@ -649,14 +676,21 @@ fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
 /// Drives a [`FileTailer`] on the calling thread until `shutdown` is cancelled or the
 /// receiving side of `tx` is closed. Chunks are sent with backpressure: when the
 /// pipeline is full, reading pauses (offsets stay where they are; nothing is lost).
-pub fn run(mut tailer: FileTailer, tx: mpsc::Sender<Chunk>, files: Arc<AtomicU64>, shutdown: CancellationToken) {
+pub fn run(
+    mut tailer: FileTailer,
+    tx: mpsc::Sender<Chunk>,
+    files: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
     use notify::{EventKind, RecursiveMode, Watcher};
     let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             let rescan = matches!(
                 ev.kind,
-                EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
             );
             let _ = ev_tx.try_send(rescan);
         }
@@ -703,7 +737,9 @@ pub fn run(mut tailer: FileTailer, tx: mpsc::Sender<Chunk>, files: Arc<AtomicU64
                 rescan |= r;
             }
         } else {
-            let wait = next_scan.saturating_duration_since(Instant::now()).min(Duration::from_millis(250));
+            let wait = next_scan
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(250));
             match ev_rx.recv_timeout(wait) {
                 Ok(r) => {
                     rescan |= r;
@@ -760,7 +796,11 @@ mod tests {
     }
 
     fn append(p: &Path, s: &[u8]) {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
         f.write_all(s).unwrap();
     }
 
@@ -773,7 +813,11 @@ mod tests {
             t.close_finished(&mut out);
         }
         out.iter()
-            .flat_map(|c| c.lines.iter().map(|l| String::from_utf8_lossy(&l.bytes).into_owned()))
+            .flat_map(|c| {
+                c.lines
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            })
             .collect()
     }
 
@@ -849,7 +893,12 @@ mod tests {
         // Written after our last read, then rotated by copy + truncate.
         append(&p, b"line3\nline4\n");
         std::fs::copy(&p, dir.path().join("app.log.1")).unwrap();
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
         append(&p, b"new1\n");
         let mut got = pump(&mut t);
         got.sort();
@@ -913,7 +962,10 @@ mod tests {
         let t = FileTailer::new(c, Labels::default(), vec![]);
         assert_eq!(
             t.watch_roots(),
-            vec![(PathBuf::from("/var/log"), true), (PathBuf::from("/srv/app"), false)]
+            vec![
+                (PathBuf::from("/var/log"), true),
+                (PathBuf::from("/srv/app"), false)
+            ]
         );
     }
 }

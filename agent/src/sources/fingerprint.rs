@@ -135,7 +135,11 @@ mod tests {
         let f = File::open(&p).unwrap();
         for off in [0usize, 10, 63, 64, 65, 300, 500] {
             let (prev, cur) = data[..off].split_at(off / 2);
-            assert_eq!(tail_at(&f, off as u64).unwrap(), Some(tail_hash(prev, cur)), "offset {off}");
+            assert_eq!(
+                tail_at(&f, off as u64).unwrap(),
+                Some(tail_hash(prev, cur)),
+                "offset {off}"
+            );
         }
         assert_eq!(tail_at(&f, 501).unwrap(), None);
     }

@@ -192,9 +192,12 @@ impl Spool {
                         max_seq = max_seq.max(seq);
                         if seq > inner.snapshot_seq && seq > inner.acked_through {
                             let frame_offset = (pos + frame_rel) as u64;
-                            let frame = if inner.mem_bytes + frame_len as u64 <= limits.memory_bytes {
+                            let frame = if inner.mem_bytes + frame_len as u64 <= limits.memory_bytes
+                            {
                                 inner.mem_bytes += frame_len as u64;
-                                Some(Bytes::copy_from_slice(&data[pos + frame_rel..pos + frame_rel + frame_len]))
+                                Some(Bytes::copy_from_slice(
+                                    &data[pos + frame_rel..pos + frame_rel + frame_len],
+                                ))
                             } else {
                                 None
                             };
@@ -226,8 +229,12 @@ impl Spool {
                     Err(reason) => {
                         if Some(id) == last_id {
                             tracing::warn!(segment = %path.display(), offset = pos, reason, "cutting off a torn spool entry (crash while writing)");
-                            let f = OpenOptions::new().write(true).open(&path).map_err(io_err("open", &path))?;
-                            f.set_len(good_end as u64).map_err(io_err("truncate", &path))?;
+                            let f = OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(io_err("open", &path))?;
+                            f.set_len(good_end as u64)
+                                .map_err(io_err("truncate", &path))?;
                             f.sync_all().map_err(io_err("fsync", &path))?;
                         } else {
                             lost += 1;
@@ -329,7 +336,10 @@ impl Spool {
             None => true,
             Some((_, id)) => {
                 let id = *id;
-                g.segments.iter().find(|s| s.id == id).is_none_or(|s| s.bytes >= self.limits.segment_bytes)
+                g.segments
+                    .iter()
+                    .find(|s| s.id == id)
+                    .is_none_or(|s| s.bytes >= self.limits.segment_bytes)
             }
         };
         if need_new {
@@ -353,7 +363,11 @@ impl Spool {
                 sealed: false,
             });
         }
-        let seg_id = g.active.as_ref().map(|(_, id)| *id).expect("active segment set above");
+        let seg_id = g
+            .active
+            .as_ref()
+            .map(|(_, id)| *id)
+            .expect("active segment set above");
         let path = seg_path(&self.dir, seg_id);
         let seg_bytes = g.segments.back().map_or(0, |s| s.bytes);
         let active = &mut g.active.as_mut().expect("active segment set above").0;
@@ -417,7 +431,9 @@ impl Spool {
     pub fn frame(&self, seq: u64) -> Result<Option<Bytes>, Error> {
         let (seg, off, len) = {
             let g = self.lock();
-            let Some(e) = find(&g.entries, seq) else { return Ok(None) };
+            let Some(e) = find(&g.entries, seq) else {
+                return Ok(None);
+            };
             if let Some(f) = &e.frame {
                 return Ok(Some(f.clone()));
             }
@@ -426,7 +442,8 @@ impl Spool {
         let path = seg_path(&self.dir, seg);
         let f = File::open(&path).map_err(io_err("open", &path))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, off).map_err(io_err("read", &path))?;
+        f.read_exact_at(&mut buf, off)
+            .map_err(io_err("read", &path))?;
         Ok(Some(Bytes::from(buf)))
     }
 
@@ -469,7 +486,10 @@ impl Spool {
     pub fn dead_letter(&self, seq: u64, reason: &str) -> Result<(), Error> {
         if let Some(frame) = self.frame(seq)? {
             let epoch = self.epoch();
-            let base = self.dir.join("dead-letter").join(format!("{epoch:016x}-{seq:020}"));
+            let base = self
+                .dir
+                .join("dead-letter")
+                .join(format!("{epoch:016x}-{seq:020}"));
             let bpath = base.with_extension("batch");
             fs::write(&bpath, &frame).map_err(io_err("write", &bpath))?;
             let rpath = base.with_extension("reason");
@@ -549,7 +569,9 @@ impl Spool {
         SpoolStats {
             bytes: g.total_bytes,
             batches: unacked.len() as u64,
-            oldest_age_ns: unacked.first().map_or(0, |e| e.created.elapsed().as_nanos() as u64),
+            oldest_age_ns: unacked
+                .first()
+                .map_or(0, |e| e.created.elapsed().as_nanos() as u64),
             acked_through: g.acked_through,
         }
     }
@@ -751,7 +773,10 @@ mod tests {
         let r = Spool::open(dir.path(), limits()).unwrap();
         let epoch = r.spool.epoch();
         for i in 1..=50u64 {
-            let seq = r.spool.append(vec![cp(9, i * 10)], |s, _| frame(s)).unwrap();
+            let seq = r
+                .spool
+                .append(vec![cp(9, i * 10)], |s, _| frame(s))
+                .unwrap();
             assert_eq!(seq, i);
         }
         for s in 1..=30 {
@@ -764,10 +789,15 @@ mod tests {
         assert_eq!(r.checkpoints, vec![cp(9, 500)]);
         assert_eq!(r.spool.next_unacked(0), Some(31));
         assert_eq!(r.spool.frame(40).unwrap().unwrap(), frame(40));
-        assert_eq!(r.spool.append(vec![], |s, floor| {
-            assert_eq!(floor, 31);
-            frame(s)
-        }).unwrap(), 51);
+        assert_eq!(
+            r.spool
+                .append(vec![], |s, floor| {
+                    assert_eq!(floor, 31);
+                    frame(s)
+                })
+                .unwrap(),
+            51
+        );
     }
 
     #[test]
@@ -801,7 +831,12 @@ mod tests {
         drop(r);
         let seg = seg_path(dir.path(), 1);
         let len = fs::metadata(&seg).unwrap().len();
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
         let r = Spool::open(dir.path(), limits()).unwrap();
         assert_eq!(r.checkpoints, vec![cp(1, 10)]);
         assert_eq!(r.spool.next_unacked(0), Some(1));
@@ -817,7 +852,9 @@ mod tests {
         r.spool.append(vec![], |s, _| frame(s)).unwrap();
         r.spool.dead_letter(1, "malformed").unwrap();
         assert_eq!(r.spool.next_unacked(0), None);
-        let n = fs::read_dir(dir.path().join("dead-letter")).unwrap().count();
+        let n = fs::read_dir(dir.path().join("dead-letter"))
+            .unwrap()
+            .count();
         assert_eq!(n, 2);
     }
 
@@ -825,7 +862,11 @@ mod tests {
     fn corrupt_state_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().unwrap();
         drop(Spool::open(dir.path(), limits()).unwrap());
-        fs::write(dir.path().join("state"), b"garbage garbage garbage garbage garbage").unwrap();
+        fs::write(
+            dir.path().join("state"),
+            b"garbage garbage garbage garbage garbage",
+        )
+        .unwrap();
         assert!(matches!(
             Spool::open(dir.path(), limits()),
             Err(Error::CorruptState { .. })

@@ -1,0 +1,413 @@
+//! The `heimdall` command-line client: queries the aggregator's HTTP API, lists agents,
+//! and `quickstart` runs an aggregator and an agent locally on embedded defaults.
+
+use crate::certs;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Heimdall command-line client: query logs stored by a Heimdall aggregator, list the
+/// agents that ship to it, or start a local aggregator and agent with `quickstart`.
+#[derive(Parser, Debug)]
+#[command(name = "heimdall", version, about, long_about)]
+pub struct Cli {
+    /// Aggregator HTTP API address.
+    #[arg(
+        long,
+        global = true,
+        env = "HEIMDALL_ADDR",
+        default_value = "http://127.0.0.1:3100"
+    )]
+    pub addr: String,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a log query, e.g. `heimdall query '{host="web1"} |= "error"' --since 1h`.
+    ///
+    /// Prints matching lines newest first (oldest first with --forward), each with its
+    /// time and its stream's labels.
+    Query(QueryArgs),
+    /// List the agents known to the aggregator with their status.
+    Agents,
+    /// Start an aggregator and an agent on this machine with embedded defaults:
+    /// certificates are made on first run, data is kept in SQLite under --dir.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    /// The query: a stream selector with optional line filters (|= != |~ !~).
+    pub query: String,
+    /// How far back to look (e.g. 15m, 1h, 7d). Ignored when --from is given.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Start of the range (RFC 3339 or Unix seconds/nanoseconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the range (RFC 3339 or Unix seconds/nanoseconds); default now.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Most lines to print.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub forward: bool,
+    /// Output: `text` (time, labels, line), `raw` (the line only) or `json` (one object per line).
+    #[arg(long, short, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuickstartArgs {
+    /// Directory for configuration, certificates, data and logs.
+    #[arg(long, default_value = "heimdall-data")]
+    pub dir: PathBuf,
+    /// Files to tail (repeatable). Default /var/log/**/*.log.
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// QUIC ingest address of the aggregator.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub ingest: String,
+    /// HTTP API address of the aggregator.
+    #[arg(long, default_value = "127.0.0.1:3100")]
+    pub api: String,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    let res = match cli.command {
+        Cmd::Query(q) => query(&cli.addr, &q),
+        Cmd::Agents => agents(&cli.addr),
+        Cmd::Quickstart(a) => quickstart(&a),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("heimdall: {e:#}");
+            1
+        }
+    }
+}
+
+fn get(url: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
+    let mut req = ureq::get(url).timeout(Duration::from_secs(60));
+    for (k, v) in params {
+        req = req.query(k, v);
+    }
+    match req.call() {
+        Ok(r) => r.into_json().context("invalid JSON from aggregator"),
+        Err(ureq::Error::Status(code, r)) => {
+            let body: Value = r.into_json().unwrap_or(Value::Null);
+            let msg = body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)");
+            bail!("aggregator answered {code}: {msg}")
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach the aggregator at {url}")),
+    }
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
+pub fn format_ns(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ns.to_string())
+}
+
+fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
+    let limit = a.limit.to_string();
+    let mut params = vec![
+        ("query", a.query.as_str()),
+        ("limit", limit.as_str()),
+        ("direction", if a.forward { "forward" } else { "backward" }),
+    ];
+    match &a.from {
+        Some(f) => params.push(("start", f)),
+        None => params.push(("since", &a.since)),
+    }
+    if let Some(t) = &a.to {
+        params.push(("end", t));
+    }
+    let v = get(
+        &format!("{}/loki/api/v1/query_range", addr.trim_end_matches('/')),
+        &params,
+    )?;
+    let mut lines: Vec<(i64, String, &str)> = Vec::new();
+    for s in v["data"]["result"].as_array().into_iter().flatten() {
+        let labels = s["stream"]
+            .as_object()
+            .map(|m| {
+                let inner: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
+                    .collect();
+                format!("{{{}}}", inner.join(", "))
+            })
+            .unwrap_or_default();
+        for e in s["values"].as_array().into_iter().flatten() {
+            let ts = e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+            lines.push((ts, labels.clone(), e[1].as_str().unwrap_or("")));
+        }
+    }
+    if a.forward {
+        lines.sort_by_key(|l| l.0);
+    } else {
+        lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+    }
+    lines.truncate(a.limit);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (ts, labels, line) in &lines {
+        let r = match a.output.as_str() {
+            "raw" => writeln!(out, "{line}"),
+            "json" => writeln!(
+                out,
+                "{}",
+                serde_json::json!({"ts": ts.to_string(), "time": format_ns(*ts), "labels": labels, "line": line})
+            ),
+            _ => writeln!(out, "{} {} {}", format_ns(*ts), labels, line),
+        };
+        if r.is_err() {
+            return Ok(()); // stdout closed (e.g. piped into head)
+        }
+    }
+    if lines.is_empty() {
+        eprintln!("no lines matched");
+    }
+    Ok(())
+}
+
+fn agents(addr: &str) -> anyhow::Result<()> {
+    let v = get(
+        &format!("{}/api/v1/agents", addr.trim_end_matches('/')),
+        &[],
+    )?;
+    println!(
+        "{:<24} {:<10} {:<9} {:>12} {:>8} {:>6} {:<25}",
+        "AGENT", "VERSION", "CONNECTED", "SPOOL_BYTES", "LAG_S", "FILES", "LAST_SEEN"
+    );
+    for a in v["data"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<10} {:<9} {:>12} {:>8.1} {:>6} {:<25}",
+            a["agent_id"].as_str().unwrap_or(""),
+            a["version"].as_str().unwrap_or(""),
+            a["connected"].as_bool().unwrap_or(false),
+            a["spool_bytes"].as_u64().unwrap_or(0),
+            a["lag_seconds"].as_f64().unwrap_or(0.0),
+            a["files"].as_u64().unwrap_or(0),
+            format_ns(a["last_seen_ns"].as_i64().unwrap_or(0)),
+        );
+    }
+    Ok(())
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let p = exe.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} not found next to {}; build everything with `cargo build --release`",
+            name,
+            exe.display()
+        );
+    }
+    Ok(p)
+}
+
+fn write_if_missing(path: &Path, text: &str) -> anyhow::Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
+}
+
+fn toml_str(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+fn quickstart(a: &QuickstartArgs) -> anyhow::Result<()> {
+    let agg_bin = sibling("heimdall-aggregator")?;
+    let agent_bin = sibling("heimdall-agent")?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let dir = a.dir.canonicalize()?;
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let tls = dir.join("aggregator/tls");
+    let made = certs::init(&tls, &certs::default_server_names(), &host)?;
+    if !made.created.is_empty() {
+        println!("made a private CA and certificates in {}", tls.display());
+    }
+    let agg_cfg = dir.join("aggregator.toml");
+    write_if_missing(
+        &agg_cfg,
+        &format!(
+            "# Heimdall aggregator, made by `heimdall quickstart`.\nstate_dir = {}\n\n[ingest]\nlisten = {:?}\n\n[api]\nlisten = {:?}\n",
+            toml_str(&dir.join("aggregator")),
+            a.ingest,
+            a.api
+        ),
+    )?;
+    let include = if a.include.is_empty() {
+        vec![heimdall_agent_default_include().to_owned()]
+    } else {
+        a.include.clone()
+    };
+    let agent_cfg = dir.join("agent.toml");
+    write_if_missing(
+        &agent_cfg,
+        &format!(
+            "# Heimdall agent, made by `heimdall quickstart`.\nstate_dir = {}\n\n[[files]]\ninclude = [{}]\n\n[output]\nendpoints = [{:?}]\nserver_name = \"localhost\"\nca = {}\ncert = {}\nkey = {}\n\n[metrics]\nlisten = \"127.0.0.1:9601\"\n",
+            toml_str(&dir.join("agent")),
+            include.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", "),
+            a.ingest,
+            toml_str(&made.ca),
+            toml_str(&made.agent_cert),
+            toml_str(&made.agent_key),
+        ),
+    )?;
+    let log = |name: &str| -> anyhow::Result<Stdio> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .with_context(|| format!("cannot open {name}"))?;
+        Ok(Stdio::from(f))
+    };
+    let mut agg = Command::new(&agg_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&agg_cfg)
+        .stdout(log("aggregator.log")?)
+        .stderr(log("aggregator.log")?)
+        .spawn()
+        .context("cannot start heimdall-aggregator")?;
+    let api = format!("http://{}", a.api);
+    let start = Instant::now();
+    loop {
+        if ureq::get(&format!("{api}/ready"))
+            .timeout(Duration::from_secs(1))
+            .call()
+            .is_ok()
+        {
+            break;
+        }
+        if let Some(st) = agg.try_wait()? {
+            bail!(
+                "the aggregator exited ({st}); see {}",
+                dir.join("aggregator.log").display()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            terminate(&mut agg);
+            bail!(
+                "the aggregator did not become ready in 30s; see {}",
+                dir.join("aggregator.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut agent = match Command::new(&agent_bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&agent_cfg)
+        .stdout(log("agent.log")?)
+        .stderr(log("agent.log")?)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            terminate(&mut agg);
+            return Err(e).context("cannot start heimdall-agent");
+        }
+    };
+    println!(
+        "\nHeimdall is running.\n\
+         \n  aggregator  QUIC ingest {ingest} (mutual TLS), HTTP API {api}\
+         \n  agent       tailing {include}\
+         \n  data        {db} (SQLite)\
+         \n  config      {agg_cfg}, {agent_cfg}\
+         \n  logs        {alog}, {glog}\
+         \n  metrics     {api}/metrics and http://127.0.0.1:9601/metrics\
+         \n\nTry, in another terminal:\
+         \n  heimdall query '{{host=\"{host}\"}} |= \"error\"' --since 1h\
+         \n  heimdall agents\
+         \n(the binaries are in {bindir}; Grafana can use {api} as a Loki data source)\
+         \n\nPress Ctrl-C to stop.",
+        ingest = a.ingest,
+        api = api,
+        include = include.join(", "),
+        db = dir.join("aggregator/hot.db").display(),
+        agg_cfg = agg_cfg.display(),
+        agent_cfg = agent_cfg.display(),
+        alog = dir.join("aggregator.log").display(),
+        glog = dir.join("agent.log").display(),
+        host = host,
+        bindir = agg_bin
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let why = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, std::io::Error>(None),
+                _ = int.recv() => return Ok(None),
+                _ = tick.tick() => {
+                    if let Some(st) = agent.try_wait()? { return Ok(Some(format!("the agent exited ({st})"))); }
+                    if let Some(st) = agg.try_wait()? { return Ok(Some(format!("the aggregator exited ({st})"))); }
+                }
+            }
+        }
+    })?;
+    println!("\nstopping (the agent flushes its spool, the aggregator commits what it has)…");
+    terminate(&mut agent);
+    terminate(&mut agg);
+    if let Some(why) = why {
+        bail!("{why}; see the logs in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn heimdall_agent_default_include() -> &'static str {
+    "/var/log/**/*.log"
+}
+
+/// Sends SIGTERM and waits up to 20 s, then kills.
+fn terminate(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,290 @@
+//! One agent connection: identity from the client certificate, `Hello`/`Welcome` on the
+//! control stream, heartbeats, and one task per batch stream.
+//!
+//! Every batch gets exactly one answer: `Ack` after its commit (or when it is a
+//! duplicate), `Reject` when it can never be accepted (malformed, checksum, limits).
+//! When the store cannot commit, the stream is reset without an answer and the agent
+//! resends. A bad batch never closes the connection.
+
+use super::listener::IngestSettings;
+use super::Registry;
+use crate::store::hot::{BatchId, HotStore, Outcome};
+use bytes::BytesMut;
+use heimdall_common::quic;
+use heimdall_common::tls;
+use heimdall_common::wire::{self, reason, Ack, Frame, Refuse, Reject, Welcome};
+use rustls::pki_types::CertificateDer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Handles one connection.
+pub struct Handler {
+    pub store: Arc<HotStore>,
+    pub registry: Arc<Registry>,
+    pub settings: IngestSettings,
+    pub shutdown: CancellationToken,
+}
+
+fn identity(conn: &quinn::Connection) -> Result<String, String> {
+    let any = conn.peer_identity().ok_or("no client certificate")?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| "unexpected peer identity type")?;
+    let first = certs.first().ok_or("empty certificate chain")?;
+    tls::peer_identity(first).map_err(|e| e.to_string())
+}
+
+impl Handler {
+    pub async fn run(self, conn: quinn::Connection) {
+        let remote = conn.remote_address();
+        let agent: Arc<str> = match identity(&conn) {
+            Ok(id) => id.into(),
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "refused connection: no usable identity in client certificate");
+                conn.close(1u32.into(), b"no identity");
+                return;
+            }
+        };
+        metrics::gauge!("heimdall_aggregator_connections").increment(1.0);
+        let res = self.serve(&conn, agent.clone()).await;
+        metrics::gauge!("heimdall_aggregator_connections").decrement(1.0);
+        self.registry.update(&agent, |a| a.connected = false);
+        match res {
+            Ok(why) => tracing::info!(%remote, agent = %agent, reason = %why, "agent disconnected"),
+            Err(e) => {
+                tracing::info!(%remote, agent = %agent, reason = %e, "agent connection ended")
+            }
+        }
+    }
+
+    async fn serve(&self, conn: &quinn::Connection, agent: Arc<str>) -> Result<String, String> {
+        let limits = self.settings.limits;
+        let (mut ctl_send, mut ctl_recv) =
+            tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+                .await
+                .map_err(|_| "no control stream within 10s".to_owned())?
+                .map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::new();
+        let hello = match tokio::time::timeout(
+            Duration::from_secs(10),
+            quic::read_frame(&mut ctl_recv, &mut buf, &limits),
+        )
+        .await
+        {
+            Ok(Ok(Some(Frame::Hello(h)))) => h,
+            Ok(Ok(Some(other))) => return Err(format!("expected hello, got {}", other.name())),
+            Ok(Ok(None)) => return Err("control stream closed before hello".into()),
+            Ok(Err(e)) => return Err(format!("bad hello: {e}")),
+            Err(_) => return Err("no hello within 10s".into()),
+        };
+        if hello.version != wire::PROTOCOL_VERSION {
+            let r = Frame::Refuse(Refuse {
+                code: reason::UNSUPPORTED_VERSION,
+                reason: format!(
+                    "protocol version {} is not supported; this aggregator speaks {}",
+                    hello.version,
+                    wire::PROTOCOL_VERSION
+                ),
+            });
+            let _ = quic::write_frame(&mut ctl_send, &r).await;
+            let _ = ctl_send.finish();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(2u32.into(), b"unsupported version");
+            return Err(format!("refused: protocol version {}", hello.version));
+        }
+        if hello.agent_id != *agent {
+            tracing::debug!(certificate = %agent, claimed = %hello.agent_id, "agent claims another id; using the certificate's");
+        }
+        let welcome = Frame::Welcome(Welcome {
+            version: wire::PROTOCOL_VERSION,
+            agent_id: agent.to_string(),
+            server_id: self.settings.server_id.clone(),
+            max_frame_bytes: limits.max_frame_bytes,
+            capabilities: 0,
+        });
+        quic::write_frame(&mut ctl_send, &welcome)
+            .await
+            .map_err(|e| e.to_string())?;
+        let remote = conn.remote_address().to_string();
+        self.registry.update(&agent, |a| {
+            a.host = hello.host.clone();
+            a.version = hello.agent_version.clone();
+            a.remote_addr = remote.clone();
+            a.connected = true;
+        });
+        tracing::info!(agent = %agent, host = %hello.host, version = %hello.agent_version, remote = %remote, "agent connected");
+
+        let registry = self.registry.clone();
+        let hb_agent = agent.clone();
+        let control = tokio::spawn(async move {
+            loop {
+                match quic::read_frame(&mut ctl_recv, &mut buf, &limits).await {
+                    Ok(Some(Frame::Heartbeat(h))) => registry.update(&hb_agent, |a| {
+                        a.spool_bytes = h.spool_bytes;
+                        a.spool_batches = h.spool_batches;
+                        a.lag_seconds = h.lag_ns as f64 / 1e9;
+                        a.files = h.files;
+                    }),
+                    Ok(Some(other)) => {
+                        tracing::warn!(agent = %hb_agent, frame = other.name(), "unexpected frame on control stream");
+                    }
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+
+        let sem = Arc::new(Semaphore::new(self.settings.max_streams_per_connection));
+        let result = loop {
+            let stream = tokio::select! {
+                _ = self.shutdown.cancelled() => break Ok("aggregator shutting down".to_owned()),
+                s = conn.accept_bi() => s,
+            };
+            let (send, recv) = match stream {
+                Ok(s) => s,
+                Err(quinn::ConnectionError::ApplicationClosed(c)) => {
+                    break Ok(format!(
+                        "closed by agent: {}",
+                        String::from_utf8_lossy(&c.reason)
+                    ))
+                }
+                Err(e) => break Err(e.to_string()),
+            };
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                break Ok(String::new());
+            };
+            let store = self.store.clone();
+            let registry = self.registry.clone();
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                handle_batch(send, recv, store, registry, agent, limits).await;
+                drop(permit);
+            });
+        };
+        // Let batches already being committed get their answers.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            sem.acquire_many(self.settings.max_streams_per_connection as u32),
+        )
+        .await;
+        control.abort();
+        if self.shutdown.is_cancelled() {
+            conn.close(0u32.into(), b"aggregator shutting down");
+        }
+        result
+    }
+}
+
+async fn handle_batch(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: Arc<HotStore>,
+    registry: Arc<Registry>,
+    agent: Arc<str>,
+    limits: wire::Limits,
+) {
+    let reject = |seq: u64, epoch: u64, code: u16, why: String| {
+        Frame::Reject(Reject {
+            epoch,
+            seq,
+            code,
+            reason: why,
+        })
+    };
+    let frame = match quic::read_single(&mut recv, &limits).await {
+        Ok(f) => f,
+        Err(quic::Error::Read(e)) => {
+            tracing::debug!(agent = %agent, error = %e, "batch stream failed");
+            return;
+        }
+        Err(e) => {
+            let code = if matches!(
+                e,
+                quic::Error::TooLong(_) | quic::Error::Wire(wire::Error::FrameTooLarge { .. })
+            ) {
+                reason::TOO_LARGE
+            } else {
+                reason::MALFORMED
+            };
+            count_reject(code);
+            tracing::warn!(agent = %agent, error = %e, "rejected malformed frame");
+            let _ = quic::write_frame(&mut send, &reject(0, 0, code, e.to_string())).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let Frame::Batch(batch) = frame else {
+        count_reject(reason::UNEXPECTED);
+        let why = format!("expected a batch on a batch stream, got {}", frame.name());
+        tracing::warn!(agent = %agent, "{why}");
+        let _ = quic::write_frame(&mut send, &reject(0, 0, reason::UNEXPECTED, why)).await;
+        let _ = send.finish();
+        return;
+    };
+    let (epoch, seq) = (batch.epoch, batch.seq);
+    let content = match tokio::task::spawn_blocking(move || {
+        let c = batch.open(&limits);
+        (batch, c)
+    })
+    .await
+    {
+        Ok((b, Ok(c))) => (b, c),
+        Ok((_, Err(e))) => {
+            let code = match e {
+                wire::Error::ChecksumMismatch { .. } => reason::CHECKSUM,
+                wire::Error::LimitExceeded { .. } => reason::TOO_LARGE,
+                _ => reason::MALFORMED,
+            };
+            count_reject(code);
+            tracing::warn!(agent = %agent, seq, error = %e, "rejected batch");
+            let _ = quic::write_frame(&mut send, &reject(seq, epoch, code, e.to_string())).await;
+            let _ = send.finish();
+            return;
+        }
+        Err(_) => return,
+    };
+    let (batch, content) = content;
+    let rows = content.records.len();
+    let id = BatchId {
+        agent: agent.clone(),
+        epoch,
+        seq,
+        floor: batch.floor,
+    };
+    match store.write(id, content).await {
+        Ok(outcome) => {
+            let result = match outcome {
+                Outcome::Stored(_) => "stored",
+                Outcome::Duplicate => "duplicate",
+            };
+            metrics::counter!("heimdall_aggregator_ingest_batches_total", "result" => result)
+                .increment(1);
+            if outcome != Outcome::Duplicate {
+                registry.update(&agent, |a| {
+                    a.batches += 1;
+                    a.rows += rows as u64;
+                });
+            }
+            let _ = quic::write_frame(&mut send, &Frame::Ack(Ack { epoch, seq })).await;
+            let _ = send.finish();
+        }
+        Err(e) => {
+            // Not stored: no answer, so the agent resends later.
+            metrics::counter!("heimdall_aggregator_ingest_batches_total", "result" => "failed")
+                .increment(1);
+            tracing::error!(agent = %agent, seq, error = %e, "cannot store batch");
+            let _ = send.reset(1u32.into());
+        }
+    }
+}
+
+fn count_reject(code: u16) {
+    let reason = match code {
+        reason::TOO_LARGE => "too_large",
+        reason::CHECKSUM => "checksum",
+        reason::UNEXPECTED => "unexpected",
+        _ => "malformed",
+    };
+    metrics::counter!("heimdall_aggregator_ingest_batches_total", "result" => "rejected", "reason" => reason).increment(1);
+}

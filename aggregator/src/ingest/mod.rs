@@ -1,0 +1,81 @@
+//! Ingest: the QUIC server agents ship to.
+//!
+//! Owns: accepting connections, authenticating agents by their client certificate,
+//! the handshake, per-batch streams (decode → validate → commit → answer), and the
+//! registry of agent status from heartbeats. Does not own storage (see `store`).
+//!
+//! - [`listener`]: the accept loop.
+//! - [`conn`]: one agent connection.
+
+pub mod conn;
+pub mod listener;
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Most agents remembered in the status registry; the longest-silent is forgotten first.
+const MAX_AGENTS: usize = 100_000;
+
+/// What an agent last told us.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentStatus {
+    pub agent_id: String,
+    pub host: String,
+    pub version: String,
+    pub remote_addr: String,
+    pub connected: bool,
+    /// ns since the Unix epoch.
+    pub last_seen_ns: i64,
+    pub spool_bytes: u64,
+    pub spool_batches: u64,
+    pub lag_seconds: f64,
+    pub files: u64,
+    pub batches: u64,
+    pub rows: u64,
+}
+
+/// Agent status by identity, bounded.
+#[derive(Default)]
+pub struct Registry {
+    agents: Mutex<HashMap<String, AgentStatus>>,
+}
+
+impl Registry {
+    /// Applies `f` to the agent's entry, creating it.
+    pub fn update(&self, agent_id: &str, f: impl FnOnce(&mut AgentStatus)) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if !g.contains_key(agent_id) && g.len() >= MAX_AGENTS {
+            if let Some(oldest) = g
+                .values()
+                .filter(|a| !a.connected)
+                .min_by_key(|a| a.last_seen_ns)
+                .map(|a| a.agent_id.clone())
+            {
+                g.remove(&oldest);
+            }
+        }
+        let e = g.entry(agent_id.to_owned()).or_insert_with(|| AgentStatus {
+            agent_id: agent_id.to_owned(),
+            ..AgentStatus::default()
+        });
+        e.last_seen_ns = now_ns();
+        f(e);
+        metrics::gauge!("heimdall_aggregator_agents_known").set(g.len() as f64);
+    }
+
+    /// Every known agent, sorted by id.
+    pub fn list(&self) -> Vec<AgentStatus> {
+        let g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = g.values().cloned().collect();
+        v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        v
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,8 @@
+//! Queries. Owns the query language and its evaluation over the stores; does not own
+//! storage layout (see `store`) or HTTP (see `api`).
+//!
+//! - [`parse`]: LogQL subset → AST, with the byte position of every error.
+//! - [`exec`]: runs a log query against the hot store.
+
+pub mod exec;
+pub mod parse;
