@@ -1,1 +1,466 @@
-//! placeholder
+//! Helpers for end-to-end tests: build and start the real `heimdall-aggregator` and
+//! `heimdall-agent` binaries on loopback, with certificates made for the test, and read
+//! back what the aggregator stored.
+//!
+//! Processes are killed when their handle drops, so a failing test leaves nothing
+//! running. Each process logs to a file in the test's directory; [`Proc::log_tail`]
+//! shows it when an assertion fails.
+
+use anyhow::{bail, Context};
+use heimdall_aggregator::certs::Ca;
+use heimdall_aggregator::ListenAddrs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Paths of the built binaries.
+#[derive(Debug)]
+pub struct Bins {
+    pub agent: PathBuf,
+    pub aggregator: PathBuf,
+    pub cli: PathBuf,
+}
+
+/// Builds the workspace binaries (once per test process) with the profile of the
+/// running test binary, and returns their paths.
+///
+/// # Panics
+/// If the build fails.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .to_owned();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins", "--quiet"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "building the binaries failed");
+        Bins {
+            agent: dir.join("heimdall-agent"),
+            aggregator: dir.join("heimdall-aggregator"),
+            cli: dir.join("heimdall"),
+        }
+    })
+}
+
+/// A private CA with a server certificate, for one test.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: Ca,
+    pub ca_pem: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl Pki {
+    /// Makes a CA and a server certificate for localhost in `dir`.
+    ///
+    /// # Errors
+    /// Certificate or file errors.
+    pub fn new(dir: &Path) -> anyhow::Result<Pki> {
+        Pki::named(dir, "Test CA")
+    }
+
+    /// As [`Pki::new`], with a chosen CA name (a foreign CA has a name of its own).
+    ///
+    /// # Errors
+    /// Certificate or file errors.
+    pub fn named(dir: &Path, ca_name: &str) -> anyhow::Result<Pki> {
+        std::fs::create_dir_all(dir)?;
+        let ca = Ca::generate(ca_name, 30)?;
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca.cert_pem())?;
+        let (c, k) = ca.issue(
+            "localhost",
+            &["localhost".into(), "127.0.0.1".into()],
+            false,
+            OffsetDateTime::now_utc() - time::Duration::hours(1),
+            30,
+        )?;
+        let server_cert = dir.join("server.pem");
+        let server_key = dir.join("server-key.pem");
+        std::fs::write(&server_cert, c)?;
+        std::fs::write(&server_key, k)?;
+        Ok(Pki {
+            dir: dir.to_owned(),
+            ca,
+            ca_pem,
+            server_cert,
+            server_key,
+        })
+    }
+
+    /// Issues a client certificate for `name`; returns (cert, key) paths.
+    ///
+    /// # Errors
+    /// Certificate or file errors.
+    pub fn agent_cert(&self, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        self.agent_cert_valid(
+            name,
+            OffsetDateTime::now_utc() - time::Duration::hours(1),
+            30,
+        )
+    }
+
+    /// Issues a client certificate with a chosen validity (e.g. already expired).
+    ///
+    /// # Errors
+    /// Certificate or file errors.
+    pub fn agent_cert_valid(
+        &self,
+        name: &str,
+        from: OffsetDateTime,
+        days: i64,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (c, k) = self.ca.issue(name, &[], true, from, days)?;
+        let cert = self.dir.join(format!("{name}.pem"));
+        let key = self.dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert, c)?;
+        std::fs::write(&key, k)?;
+        Ok((cert, key))
+    }
+}
+
+/// A child process with its log file.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                "info,heimdall_agent=debug,heimdall_aggregator=debug",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Proc {
+            child: Some(child),
+            log: log.to_owned(),
+        })
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    ///
+    /// # Errors
+    /// When the process does not exit within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let Some(mut c) = self.child.take() else {
+            return Ok(None);
+        };
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st.code());
+            }
+            if start.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("process did not exit within {timeout:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running aggregator.
+pub struct Aggregator {
+    pub proc: Proc,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub addrs: ListenAddrs,
+}
+
+impl Aggregator {
+    /// Starts an aggregator in `dir` (fresh ports unless `ports` is given).
+    ///
+    /// # Errors
+    /// When it does not become ready within 30 s.
+    pub fn start(dir: &Path, pki: &Pki, ports: Option<ListenAddrs>) -> anyhow::Result<Aggregator> {
+        let state_dir = dir.join("aggregator");
+        std::fs::create_dir_all(&state_dir)?;
+        let (ingest, api) = match ports {
+            Some(p) => (p.ingest.to_string(), p.api.to_string()),
+            None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
+        };
+        let config = dir.join("aggregator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\n[shutdown]\ngrace = \"5s\"\n",
+                state_dir.display().to_string(),
+                pki.ca_pem.display().to_string(),
+                pki.server_cert.display().to_string(),
+                pki.server_key.display().to_string(),
+            ),
+        )?;
+        let listen = state_dir.join(heimdall_aggregator::LISTEN_FILE);
+        let _ = std::fs::remove_file(&listen);
+        let mut proc = Proc::spawn(
+            &bins().aggregator,
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            &dir.join("aggregator.log"),
+        )?;
+        let start = Instant::now();
+        let addrs: ListenAddrs = loop {
+            if let Ok(b) = std::fs::read(&listen) {
+                if let Ok(a) = serde_json::from_slice(&b) {
+                    break a;
+                }
+            }
+            if !proc.running() {
+                bail!("aggregator exited at start:\n{}", proc.log_tail(30));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("aggregator not ready in 30s:\n{}", proc.log_tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Aggregator {
+            proc,
+            state_dir,
+            config,
+            addrs,
+        })
+    }
+
+    /// The SQLite database of the hot tier.
+    pub fn db(&self) -> PathBuf {
+        self.state_dir.join("hot.db")
+    }
+
+    /// HTTP base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addrs.api)
+    }
+
+    /// Restarts on the same ports (after `kill9` or `terminate`).
+    ///
+    /// # Errors
+    /// As [`Aggregator::start`].
+    pub fn restart(&mut self, dir: &Path, pki: &Pki) -> anyhow::Result<()> {
+        let again = Aggregator::start(dir, pki, Some(self.addrs))?;
+        *self = again;
+        Ok(())
+    }
+}
+
+/// Options for an agent under test.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub include: Vec<String>,
+    pub batch_timeout: &'static str,
+    pub poll_interval: &'static str,
+    pub rotate_wait: &'static str,
+    pub spool_max: &'static str,
+    pub extra: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            include: Vec::new(),
+            batch_timeout: "200ms",
+            poll_interval: "100ms",
+            rotate_wait: "2s",
+            spool_max: "256MiB",
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub proc: Proc,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Agent {
+    /// Writes the agent's config in `dir` and starts it.
+    ///
+    /// # Errors
+    /// Spawn failures.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        endpoint: SocketAddr,
+        pki: &Pki,
+        cert: (&Path, &Path),
+        opts: &AgentOptions,
+    ) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(dir)?;
+        let state_dir = dir.join("state");
+        let config = dir.join("agent.toml");
+        let include: Vec<String> = opts.include.iter().map(|g| format!("{g:?}")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n[metrics]\nlisten = \"\"\n[shutdown]\ngrace = \"5s\"\n{}",
+                state_dir.display().to_string(),
+                include.join(", "),
+                opts.poll_interval,
+                opts.rotate_wait,
+                opts.batch_timeout,
+                opts.spool_max,
+                pki.ca_pem.display().to_string(),
+                cert.0.display().to_string(),
+                cert.1.display().to_string(),
+                opts.extra,
+            ),
+        )?;
+        let proc = Proc::spawn(
+            &bins().agent,
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            &dir.join("agent.log"),
+        )?;
+        Ok(Agent {
+            proc,
+            state_dir,
+            config,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Starts the same agent again with the same config and state.
+    ///
+    /// # Errors
+    /// Spawn failures.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill9();
+        self.proc = Proc::spawn(
+            &bins().agent,
+            &["run", "--config", self.config.to_str().expect("utf-8 path")],
+            &self.dir.join("agent.log"),
+        )?;
+        Ok(())
+    }
+}
+
+/// Every stored line, with its `source` label, read straight from the hot tier.
+///
+/// # Errors
+/// SQLite errors.
+pub fn stored_lines(db: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut stmt =
+        conn.prepare("SELECT s.labels, l.line FROM logs l JOIN streams s ON s.id = l.stream_id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (labels, line) = r?;
+        let l = heimdall_aggregator::store::hot::parse_labels_key(&labels);
+        out.push((l.get("source").unwrap_or("").to_owned(), line));
+    }
+    Ok(out)
+}
+
+/// Number of stored lines (0 when the database does not exist yet).
+pub fn stored_count(db: &Path) -> u64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row("SELECT count(*) FROM logs", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .unwrap_or(0)
+}
+
+/// Waits until `count()` reaches `want` (and stays there briefly), or the timeout.
+/// Returns the last count seen.
+pub fn wait_for_count(want: u64, timeout: Duration, mut count: impl FnMut() -> u64) -> u64 {
+    let start = Instant::now();
+    let mut last = 0;
+    while start.elapsed() < timeout {
+        last = count();
+        if last >= want {
+            // Anything beyond `want` would be a duplicate still arriving: give it a moment.
+            std::thread::sleep(Duration::from_millis(500));
+            return count();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
+/// A QUIC client with the given certificate files, for tests that speak the protocol
+/// by hand.
+///
+/// # Errors
+/// TLS or socket errors.
+pub fn quic_client(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn::Endpoint> {
+    let cfg = heimdall_common::tls::client_config(&heimdall_common::tls::TlsFiles {
+        ca: ca.to_owned(),
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    })?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal"))?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}

@@ -1,0 +1,221 @@
+//! Every line written is stored exactly once, through rotations of both kinds, two
+//! `kill -9`s of the agent and a `kill -9` and restart of the aggregator.
+
+use heimdall_tests::{stored_lines, wait_for_count, Agent, AgentOptions, Aggregator, Pki};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const FILES: usize = 4;
+const TOTAL: usize = 100_000;
+const ROTATE_EVERY: usize = 2_000;
+
+fn line(file: usize, n: usize) -> String {
+    // Realistic, varied lengths; deterministic so a missing line can be named.
+    let pad = "abcdefghijklmnopqrstuvwxyz0123456789 ".repeat(1 + (n * 7919 + file * 31) % 6);
+    let kind = match n % 4 {
+        0 => format!(
+            "127.0.0.1 - - [23/Nov/2026:10:00:00 +0000] \"GET /api/{n} HTTP/1.1\" 200 {}",
+            n % 5000
+        ),
+        1 => format!("{{\"level\":\"info\",\"msg\":\"request done\",\"id\":{n},\"file\":{file}}}"),
+        2 => format!("Nov 23 10:00:00 host app[{file}]: worker {n} finished"),
+        _ => format!("ERROR something failed at step {n}"),
+    };
+    format!(
+        "f{file} n{n:06} {kind} {}",
+        &pad[..pad.len().min(10 + n % 150)]
+    )
+}
+
+struct Writer {
+    path: PathBuf,
+    file: File,
+    rotations: usize,
+}
+
+impl Writer {
+    fn open(path: PathBuf) -> Writer {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        Writer {
+            path,
+            file,
+            rotations: 0,
+        }
+    }
+
+    fn rotate(&mut self, tail: &mut dyn FnMut(&mut File)) {
+        self.rotations += 1;
+        let rotated = PathBuf::from(format!("{}.{}", self.path.display(), self.rotations));
+        if self.rotations % 2 == 1 {
+            // rename + create; the old handle gets a few more lines, as a real writer
+            // that reopens a moment after rotation would write them.
+            std::fs::rename(&self.path, &rotated).unwrap();
+            tail(&mut self.file);
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .unwrap();
+        } else {
+            // copytruncate, as logrotate does it.
+            std::fs::copy(&self.path, &rotated).unwrap();
+            self.file.set_len(0).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_line_stored_exactly_once_through_rotation_and_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pki = Pki::new(&root.join("pki")).unwrap();
+    let (cert, key) = pki.agent_cert("chaos-agent").unwrap();
+    let mut agg = Aggregator::start(root, &pki, None).unwrap();
+    let opts = AgentOptions {
+        include: vec![format!("{}/*", logs.display())],
+        ..AgentOptions::default()
+    };
+    let mut agent = Agent::start(
+        &root.join("agent"),
+        "chaos-agent",
+        agg.addrs.ingest,
+        &pki,
+        (&cert, &key),
+        &opts,
+    )
+    .unwrap();
+
+    let mut writers: Vec<Writer> = (0..FILES)
+        .map(|f| Writer::open(logs.join(format!("app{f}.log"))))
+        .collect();
+    let mut expected: Vec<String> = Vec::with_capacity(TOTAL);
+    let per_file = TOTAL / FILES;
+    let mut next = vec![0usize; FILES];
+    let mut written = 0usize;
+    while written < TOTAL {
+        for f in 0..FILES {
+            for _ in 0..125 {
+                if next[f] >= per_file {
+                    break;
+                }
+                let l = line(f, next[f]);
+                writeln!(writers[f].file, "{l}").unwrap();
+                expected.push(l);
+                next[f] += 1;
+                written += 1;
+                if next[f] % ROTATE_EVERY == 0 {
+                    let (fref, nref, eref) = (f, &mut next, &mut expected);
+                    let mut extra = |file: &mut File| {
+                        for _ in 0..3 {
+                            if nref[fref] < per_file {
+                                let l = line(fref, nref[fref]);
+                                writeln!(file, "{l}").unwrap();
+                                eref.push(l);
+                                nref[fref] += 1;
+                            }
+                        }
+                    };
+                    writers[f].rotate(&mut extra);
+                    written = next.iter().sum();
+                }
+            }
+        }
+        match written {
+            w if (20_000..20_500).contains(&w) && agent.proc.running() => {
+                agent.proc.kill9();
+                std::thread::sleep(Duration::from_millis(300));
+                agent.restart().unwrap();
+            }
+            w if (45_000..45_500).contains(&w) => {
+                agg.proc.kill9();
+                std::thread::sleep(Duration::from_secs(1));
+                agg.restart(root, &pki).unwrap();
+            }
+            w if (70_000..70_500).contains(&w) => {
+                agent.proc.kill9();
+                std::thread::sleep(Duration::from_millis(300));
+                agent.restart().unwrap();
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    assert_eq!(expected.len(), TOTAL);
+
+    let db = agg.db();
+    let got = wait_for_count(TOTAL as u64, Duration::from_secs(180), || {
+        heimdall_tests::stored_count(&db)
+    });
+    check_exactly_once(&db, &expected, &logs, &agent, &agg, got);
+    assert!(
+        agg.proc.running(),
+        "aggregator died:\n{}",
+        agg.proc.log_tail(40)
+    );
+    assert_eq!(
+        agent.proc.terminate(Duration::from_secs(20)).unwrap(),
+        Some(0),
+        "agent exit code"
+    );
+    assert_eq!(
+        agg.proc.terminate(Duration::from_secs(20)).unwrap(),
+        Some(0),
+        "aggregator exit code"
+    );
+}
+
+fn check_exactly_once(
+    db: &Path,
+    expected: &[String],
+    logs: &Path,
+    agent: &Agent,
+    agg: &Aggregator,
+    got: u64,
+) {
+    let stored = stored_lines(db).unwrap();
+    let mut counts: HashMap<&[u8], u32> = HashMap::with_capacity(stored.len());
+    for (_, l) in &stored {
+        *counts.entry(l.as_slice()).or_default() += 1;
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|l| !counts.contains_key(l.as_bytes()))
+        .collect();
+    let dups: Vec<(String, u32)> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(l, n)| (String::from_utf8_lossy(l).into_owned(), *n))
+        .collect();
+    let strange = stored.len() as i64 - expected.len() as i64;
+    let sum = |it: &mut dyn Iterator<Item = &[u8]>| {
+        it.fold(0u64, |a, l| a.wrapping_add(crc32c::crc32c(l) as u64))
+    };
+    let want_sum = sum(&mut expected.iter().map(|l| l.as_bytes()));
+    let got_sum = sum(&mut stored.iter().map(|(_, l)| l.as_slice()));
+    if !missing.is_empty() || !dups.is_empty() || strange != 0 || want_sum != got_sum {
+        let files: Vec<_> = std::fs::read_dir(logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        panic!(
+            "stored {} (count poll saw {got}) of {} lines: {} missing (first: {:?}), {} duplicated (first: {:?}), checksum {want_sum} vs {got_sum}\nfiles: {files:?}\nagent log:\n{}\naggregator log:\n{}",
+            stored.len(),
+            expected.len(),
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>(),
+            dups.len(),
+            dups.iter().take(5).collect::<Vec<_>>(),
+            agent.proc.log_tail(60),
+            agg.proc.log_tail(30),
+        );
+    }
+}

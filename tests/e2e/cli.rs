@@ -1,0 +1,140 @@
+//! The `heimdall` CLI answers a selector with line filters, newest first, with labels;
+//! bad configurations are refused naming the key.
+
+use heimdall_tests::{bins, stored_count, wait_for_count, Agent, AgentOptions, Aggregator, Pki};
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn query_prints_matching_lines_newest_first_with_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki = Pki::new(&root.join("pki")).unwrap();
+    let agg = Aggregator::start(root, &pki, None).unwrap();
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (c, k) = pki.agent_cert("web1").unwrap();
+    let opts = AgentOptions {
+        include: vec![format!("{}/*.log", logs.display())],
+        batch_timeout: "50ms",
+        ..AgentOptions::default()
+    };
+    let _agent = Agent::start(
+        &root.join("agent"),
+        "web1",
+        agg.addrs.ingest,
+        &pki,
+        (&c, &k),
+        &opts,
+    )
+    .unwrap();
+    let mut f = std::fs::File::create(logs.join("app.log")).unwrap();
+    for i in 0..30 {
+        let lvl = if i % 3 == 0 { "error" } else { "info" };
+        writeln!(f, "{lvl} event {i}").unwrap();
+        f.flush().unwrap();
+        // Separate batches so lines get distinct times.
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    assert_eq!(
+        wait_for_count(30, Duration::from_secs(30), || stored_count(&agg.db())),
+        30
+    );
+
+    let out = Command::new(&bins().cli)
+        .args([
+            "--addr",
+            &agg.url(),
+            "query",
+            r#"{host="web1"} |= "error" != "event 27""#,
+            "--since",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}");
+    assert!(
+        lines.iter().all(|l| l.contains(r#"host="web1""#)
+            && l.contains("source=")
+            && l.contains("error event")),
+        "{text}"
+    );
+    let nums: Vec<u32> = lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    // Newest first: batches arrive in order, so event numbers descend across batches.
+    assert_eq!(nums.first(), Some(&24), "{text}");
+    assert!(nums.windows(2).all(|w| w[0] / 10 >= w[1] / 10), "{text}");
+    assert!(!nums.contains(&27));
+
+    let bad = Command::new(&bins().cli)
+        .args(["--addr", &agg.url(), "query", r#"{host="web1" |= "x""#])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("position 13"),
+        "parse errors point at the problem: {err}"
+    );
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("agent.toml");
+    std::fs::write(&p, "[spool]\nmax_bytes = \"1GiB\"\nmax_byts = 3\n").unwrap();
+    let out = Command::new(&bins().agent)
+        .args(["check-config", "--config", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_byts"));
+
+    std::fs::write(
+        &p,
+        "[batch]\nmax_records = 0\n[[files]]\ninclude = [\"relative\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(&bins().agent)
+        .args(["check-config", "--config", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("batch.max_records") && err.contains("files[0].include[0]"),
+        "{err}"
+    );
+
+    let q = tmp.path().join("aggregator.toml");
+    std::fs::write(&q, "[api]\nlisten = \"not an address\"\n").unwrap();
+    let out = Command::new(&bins().aggregator)
+        .args(["check-config", "--config", q.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.listen"));
+
+    let ok = Command::new(&bins().agent)
+        .args(["check-config", "--config", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}

@@ -1,0 +1,218 @@
+//! Wrong CA, expired certificate, no certificate and non-QUIC traffic are all refused,
+//! with a log line that says why; nothing is stored from them and a good agent goes on.
+
+use heimdall_common::wire::{self, Batch, BatchContent, Codec, Frame, Hello, Limits};
+use heimdall_tests::{
+    quic_client, stored_count, wait_for_count, Agent, AgentOptions, Aggregator, Pki,
+};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Connects, says hello and sends one batch; any failure is returned as text.
+async fn attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<(), String> {
+    let conn = ep
+        .connect(addr, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = Frame::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        agent_id: "intruder".into(),
+        host: "intruder".into(),
+        agent_version: "0".into(),
+        capabilities: 0,
+    });
+    s.write_all(&hello.to_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = bytes::BytesMut::new();
+    match heimdall_common::quic::read_frame(&mut r, &mut buf, &Limits::default()).await {
+        Ok(Some(Frame::Welcome(_))) => {}
+        other => return Err(format!("no welcome: {other:?}")),
+    }
+    let content = BatchContent {
+        streams: vec![heimdall_common::record::Labels::new([("host", "intruder")])],
+        records: vec![],
+    };
+    let b = Frame::Batch(Batch::seal(1, 1, 1, Codec::Lz4, &content));
+    let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    s.write_all(&b.to_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    s.finish().map_err(|e| e.to_string())?;
+    heimdall_common::quic::read_single(&mut r, &Limits::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn no_client_auth(ca: &Path) -> quinn::Endpoint {
+    let tls = rustls::ClientConfig::builder_with_provider(heimdall_common::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(heimdall_common::tls::root_store(ca).unwrap())
+        .with_no_client_auth();
+    let cfg = heimdall_common::tls::client_config_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cfg);
+    ep
+}
+
+#[test]
+fn bad_certificates_and_plain_traffic_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki = Pki::new(&root.join("pki")).unwrap();
+    let agg = Aggregator::start(root, &pki, None).unwrap();
+    let addr = agg.addrs.ingest;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A certificate from another CA.
+    let other = Pki::named(&root.join("other-pki"), "Someone Else's CA").unwrap();
+    let (oc, ok) = other.agent_cert("stranger").unwrap();
+    // A certificate from the right CA that expired yesterday.
+    let (ec, ek) = pki
+        .agent_cert_valid(
+            "expired",
+            OffsetDateTime::now_utc() - time::Duration::days(3),
+            2,
+        )
+        .unwrap();
+    let results = rt.block_on(async {
+        let wrong_ca = quic_client(&pki.ca_pem, &oc, &ok).unwrap();
+        let expired = quic_client(&pki.ca_pem, &ec, &ek).unwrap();
+        let none = no_client_auth(&pki.ca_pem);
+        let r1 = attempt(&wrong_ca, addr).await;
+        let r2 = attempt(&expired, addr).await;
+        let r3 = attempt(&none, addr).await;
+        // Not QUIC at all: datagrams of garbage, and an empty one.
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..200u32 {
+            let junk: Vec<u8> = (0..(i % 1300 + 1)).map(|j| (j * 31 + i) as u8).collect();
+            udp.send_to(&junk, addr).await.unwrap();
+        }
+        udp.send_to(b"GET / HTTP/1.1\r\n\r\n", addr).await.unwrap();
+        [r1, r2, r3]
+    });
+    for (what, r) in ["wrong CA", "expired", "no certificate"]
+        .iter()
+        .zip(&results)
+    {
+        assert!(r.is_err(), "{what} was accepted");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = agg.proc.log_text();
+    let refusals = log.matches("refused connection").count();
+    assert!(
+        refusals >= 3,
+        "expected three refusals with reasons, log:\n{log}"
+    );
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("unknown issuer"),
+        "no reason for the wrong CA:\n{log}"
+    );
+    assert!(
+        log.contains("Expired") || log.contains("expired"),
+        "no reason for the expired certificate:\n{log}"
+    );
+    assert!(
+        log.contains("NoCertificatesPresented")
+            || log.contains("no certificates")
+            || log.contains("peer sent no certificates"),
+        "no reason for the missing certificate:\n{log}"
+    );
+    assert_eq!(
+        stored_count(&agg.db()),
+        0,
+        "something was stored from a refused client"
+    );
+
+    // The aggregator still serves a well-behaved agent.
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut f = std::fs::File::create(logs.join("good.log")).unwrap();
+    for i in 0..100 {
+        writeln!(f, "good line {i}").unwrap();
+    }
+    let (gc, gk) = pki.agent_cert("good").unwrap();
+    let opts = AgentOptions {
+        include: vec![format!("{}/*.log", logs.display())],
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start(&root.join("agent"), "good", addr, &pki, (&gc, &gk), &opts).unwrap();
+    let n = wait_for_count(100, Duration::from_secs(30), || stored_count(&agg.db()));
+    assert_eq!(n, 100, "agent log:\n{}", agent.proc.log_tail(30));
+    drop(rt);
+}
+
+#[test]
+fn agent_with_expired_certificate_says_so_and_keeps_spooling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki = Pki::new(&root.join("pki")).unwrap();
+    let agg = Aggregator::start(root, &pki, None).unwrap();
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("a.log"), "one\ntwo\n").unwrap();
+    let (ec, ek) = pki
+        .agent_cert_valid(
+            "late",
+            OffsetDateTime::now_utc() - time::Duration::days(10),
+            1,
+        )
+        .unwrap();
+    let opts = AgentOptions {
+        include: vec![format!("{}/*.log", logs.display())],
+        ..AgentOptions::default()
+    };
+    let mut agent = Agent::start(
+        &root.join("agent"),
+        "late",
+        agg.addrs.ingest,
+        &pki,
+        (&ec, &ek),
+        &opts,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let l = agent.proc.log_text();
+        if l.contains("not valid now") && l.contains("shipping failed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = agent.proc.log_text();
+    assert!(
+        l.contains("not valid now"),
+        "agent did not report its expired certificate:\n{l}"
+    );
+    assert!(
+        l.contains("shipping failed"),
+        "agent did not report the refused connection:\n{l}"
+    );
+    assert!(agent.proc.running(), "agent must keep running and spooling");
+    assert_eq!(stored_count(&agg.db()), 0);
+    // Renew the certificate in place: the next connection attempt uses it.
+    let (nc, nk) = pki.agent_cert("late-renewed").unwrap();
+    std::fs::copy(nc, &ec).unwrap();
+    std::fs::copy(nk, &ek).unwrap();
+    let n = wait_for_count(2, Duration::from_secs(30), || stored_count(&agg.db()));
+    assert_eq!(
+        n,
+        2,
+        "lines spooled while the certificate was expired were not delivered:\n{}",
+        agent.proc.log_tail(20)
+    );
+    assert_eq!(
+        agent.proc.terminate(Duration::from_secs(20)).unwrap(),
+        Some(0)
+    );
+}
