@@ -88,7 +88,7 @@ pub struct SpoolConfig {
     pub max_bytes: Option<ByteSize>,
     /// Size of one spool segment file. Default 32MiB (at most an eighth of `max_bytes`).
     pub segment_bytes: Option<ByteSize>,
-    /// Compressed batches kept in memory for sending without re-reading disk. Default 64MiB.
+    /// Compressed batches kept in memory for sending without re-reading disk. Default 16MiB.
     pub memory_bytes: Option<ByteSize>,
 }
 
@@ -371,7 +371,7 @@ impl AgentConfig {
                 "must be at least 64KiB and at most half of spool.max_bytes",
             );
         }
-        let spool_memory_bytes = raw.spool.memory_bytes.map_or(64 << 20, |b| b.0);
+        let spool_memory_bytes = raw.spool.memory_bytes.map_or(16 << 20, |b| b.0);
 
         let endpoints = if !ov.endpoints.is_empty() {
             ov.endpoints.clone()

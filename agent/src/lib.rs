@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Chunks buffered between the file sources and the batcher.
-const CHUNK_CHANNEL: usize = 64;
+const CHUNK_CHANNEL: usize = 16;
 
 /// Structural failures that stop the agent.
 #[derive(Debug, thiserror::Error)]

@@ -1,1 +1,157 @@
-//! placeholder
+//! Shared pieces of Heimdall's benchmarks: a generator of realistic mixed log lines
+//! (nginx access, JSON application logs, syslog, Java stack traces) and process
+//! accounting read from `/proc`.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Deterministic pseudo-random numbers (xorshift), so every run writes the same file.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const PATHS: &[&str] = &[
+    "/api/v1/users",
+    "/api/v1/orders",
+    "/static/app.js",
+    "/healthz",
+    "/login",
+    "/api/v2/search",
+    "/images/logo.png",
+];
+const AGENTS: &[&str] = &[
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "curl/8.4.0",
+    "Prometheus/2.48.0",
+    "Go-http-client/1.1",
+];
+const SERVICES: &[&str] = &["checkout", "payments", "inventory", "auth", "search"];
+const MSGS: &[&str] = &[
+    "request completed",
+    "cache miss",
+    "retrying upstream call",
+    "user session refreshed",
+    "db query slow",
+    "queue depth high",
+];
+const SYSLOG: &[&str] = &[
+    "sshd[2211]: Accepted publickey for deploy from 10.0.3.7 port 52144 ssh2",
+    "CRON[9912]: (root) CMD (/usr/lib/sysstat/sa1 1 1)",
+    "kernel: [12345.678901] eth0: link up, 1000 Mbps, full-duplex",
+    "systemd[1]: Started Daily apt download activities.",
+    "postfix/smtpd[3321]: connect from unknown[192.0.2.44]",
+];
+
+/// Writes one realistic line (or, for stack traces, several physical lines) and returns
+/// how many physical lines were written.
+pub fn write_line(out: &mut impl Write, rng: &mut Rng, i: u64) -> std::io::Result<u64> {
+    let ts_s = 1_763_880_000 + i / 50;
+    match rng.below(100) {
+        0..=39 => {
+            writeln!(
+                out,
+                "10.{}.{}.{} - - [23/Nov/2025:{:02}:{:02}:{:02} +0000] \"GET {}?id={} HTTP/1.1\" {} {} \"-\" \"{}\"",
+                rng.below(256), rng.below(256), rng.below(256),
+                (ts_s / 3600) % 24, (ts_s / 60) % 60, ts_s % 60,
+                PATHS[rng.below(PATHS.len() as u64) as usize], rng.below(1_000_000),
+                [200, 200, 200, 304, 404, 500][rng.below(6) as usize], rng.below(50_000),
+                AGENTS[rng.below(AGENTS.len() as u64) as usize]
+            )?;
+            Ok(1)
+        }
+        40..=74 => {
+            writeln!(
+                out,
+                "{{\"ts\":\"2025-11-23T10:{:02}:{:02}.{:03}Z\",\"level\":\"{}\",\"service\":\"{}\",\"msg\":\"{}\",\"trace_id\":\"{:016x}\",\"duration_ms\":{},\"user_id\":{}}}",
+                (ts_s / 60) % 60, ts_s % 60, rng.below(1000),
+                ["info", "info", "info", "debug", "warn", "error"][rng.below(6) as usize],
+                SERVICES[rng.below(SERVICES.len() as u64) as usize],
+                MSGS[rng.below(MSGS.len() as u64) as usize],
+                rng.next(), rng.below(2000), rng.below(100_000)
+            )?;
+            Ok(1)
+        }
+        75..=96 => {
+            writeln!(
+                out,
+                "Nov 23 10:{:02}:{:02} host-{} {}",
+                (ts_s / 60) % 60,
+                ts_s % 60,
+                rng.below(20),
+                SYSLOG[rng.below(SYSLOG.len() as u64) as usize]
+            )?;
+            Ok(1)
+        }
+        _ => {
+            writeln!(out, "2025-11-23 10:{:02}:{:02},{:03} ERROR [main] c.e.OrderService - failed to place order {}", (ts_s / 60) % 60, ts_s % 60, rng.below(1000), rng.below(1_000_000))?;
+            writeln!(
+                out,
+                "java.lang.IllegalStateException: inventory mismatch for sku {}",
+                rng.below(100_000)
+            )?;
+            writeln!(
+                out,
+                "\tat com.example.OrderService.place(OrderService.java:{})",
+                rng.below(400)
+            )?;
+            writeln!(out, "\tat com.example.Api.handle(Api.java:88)")?;
+            writeln!(out, "\tat java.base/java.lang.Thread.run(Thread.java:833)")?;
+            Ok(5)
+        }
+    }
+}
+
+/// Writes at least `lines` physical lines to `path`; returns (lines, bytes).
+///
+/// # Errors
+/// I/O errors.
+pub fn write_corpus(path: &Path, lines: u64, seed: u64) -> std::io::Result<(u64, u64)> {
+    let f = std::fs::File::create(path)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut rng = Rng::new(seed);
+    let mut n = 0;
+    let mut i = 0;
+    while n < lines {
+        n += write_line(&mut w, &mut rng, i)?;
+        i += 1;
+    }
+    w.flush()?;
+    Ok((n, std::fs::metadata(path)?.len()))
+}
+
+/// CPU seconds (user + system) and peak RSS in bytes of a live process, from `/proc`.
+pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    // Clock ticks are 100 per second on Linux for every supported architecture.
+    Some(((utime + stime) / 100.0, hwm * 1024))
+}

@@ -145,7 +145,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             }
         };
         let part = num * secs;
-        if !part.is_finite() || part < 0.0 || part > 1e12 {
+        if !part.is_finite() || !(0.0..=1e12).contains(&part) {
             return Err(format!("duration `{t}` is out of range"));
         }
         total += Duration::from_secs_f64(part);

@@ -188,8 +188,10 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
 }
 
 /// QUIC transport settings shared by both sides: keep-alives well inside the idle
-/// timeout so a quiet agent keeps its connection, and windows large enough for
-/// multi-megabyte batches on fast links.
+/// timeout so a quiet agent keeps its connection, and flow-control windows sized for a
+/// window of ~16 compressed batches in flight. The windows are also the memory bound:
+/// an aggregator buffers at most `receive_window` unread bytes per connection, an agent
+/// at most `send_window` unacknowledged bytes.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
@@ -198,10 +200,10 @@ pub fn transport_config() -> quinn::TransportConfig {
         quinn::IdleTimeout::try_from(Duration::from_secs(30))
             .expect("30 s is a valid idle timeout"),
     ));
-    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.send_window(8 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(128));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(16));
     t
 }

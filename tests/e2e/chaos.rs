@@ -156,6 +156,20 @@ fn every_line_stored_exactly_once_through_rotation_and_kills() {
         heimdall_tests::stored_count(&db)
     });
     check_exactly_once(&db, &expected, &logs, &agent, &agg, got);
+    // The scenarios really happened: copies continued, truncations seen, resumes after kills.
+    let log = agent.proc.log_text();
+    for (what, min) in [
+        ("continuing a rotated copy", 5),
+        ("file truncated", 5),
+        ("resuming file", 2),
+        ("connected to aggregator", 4),
+    ] {
+        let n = log.matches(what).count();
+        assert!(
+            n >= min,
+            "expected at least {min} `{what}` in the agent log, saw {n}"
+        );
+    }
     assert!(
         agg.proc.running(),
         "aggregator died:\n{}",

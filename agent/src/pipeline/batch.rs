@@ -86,7 +86,7 @@ impl Batcher {
         self.streams.clear();
         self.bytes = 0;
         let mut checkpoints: Vec<_> = self.checkpoints.drain().map(|(_, c)| c).collect();
-        checkpoints.sort_by(|a, b| a.key.cmp(&b.key));
+        checkpoints.sort_by_key(|c| c.key);
         Some(Pending {
             content: std::mem::take(&mut self.content),
             checkpoints,

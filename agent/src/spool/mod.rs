@@ -418,9 +418,12 @@ impl Spool {
     /// The first batch after `after` (exclusive) that is not yet acknowledged.
     pub fn next_unacked(&self, after: u64) -> Option<u64> {
         let g = self.lock();
+        let from = g
+            .entries
+            .partition_point(|e| e.seq <= after.max(g.acked_through));
         g.entries
-            .iter()
-            .find(|e| e.seq > after && e.seq > g.acked_through && !g.acked_above.contains(&e.seq))
+            .range(from..)
+            .find(|e| !g.acked_above.contains(&e.seq))
             .map(|e| e.seq)
     }
 
@@ -462,17 +465,12 @@ impl Spool {
                 let s = g.acked_through;
                 g.acked_above.remove(&s);
             }
-            let mut freed = 0;
-            let through = g.acked_through;
-            let above: Vec<u64> = g.acked_above.iter().copied().collect();
-            for e in g.entries.iter_mut() {
-                if e.seq <= through || above.binary_search(&e.seq).is_ok() {
-                    if let Some(f) = e.frame.take() {
-                        freed += f.len() as u64;
-                    }
+            // Each batch is acknowledged once, so freeing its own frame frees them all.
+            if let Ok(i) = g.entries.binary_search_by_key(&seq, |e| e.seq) {
+                if let Some(f) = g.entries[i].frame.take() {
+                    g.mem_bytes -= f.len() as u64;
                 }
             }
-            g.mem_bytes -= freed;
             g.state_dirty = true;
         }
         self.collect()
@@ -503,8 +501,7 @@ impl Spool {
     fn collect(&self) -> Result<(), Error> {
         let mut g = self.lock();
         let mut freed_any = false;
-        loop {
-            let Some(s) = g.segments.front() else { break };
+        while let Some(s) = g.segments.front() {
             if s.last_seq > g.acked_through {
                 break;
             }
