@@ -13,7 +13,7 @@ impl Rng {
         Rng(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -23,7 +23,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
@@ -84,7 +84,7 @@ pub fn write_line(out: &mut impl Write, rng: &mut Rng, i: u64) -> std::io::Resul
                 ["info", "info", "info", "debug", "warn", "error"][rng.below(6) as usize],
                 SERVICES[rng.below(SERVICES.len() as u64) as usize],
                 MSGS[rng.below(MSGS.len() as u64) as usize],
-                rng.next(), rng.below(2000), rng.below(100_000)
+                rng.next_u64(), rng.below(2000), rng.below(100_000)
             )?;
             Ok(1)
         }
