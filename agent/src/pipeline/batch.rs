@@ -57,6 +57,7 @@ impl Batcher {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
         }
+        let announce = chunk.lines.is_empty();
         let next = self.streams.len() as u32;
         let stream = *self.streams.entry(chunk.stream.clone()).or_insert_with(|| {
             self.content.streams.push((*chunk.stream).clone());
@@ -77,7 +78,9 @@ impl Batcher {
         }
         self.checkpoints
             .insert(chunk.checkpoint.key, chunk.checkpoint);
-        self.bytes >= self.max_bytes || self.content.records.len() >= self.max_records
+        // A chunk without lines only moves a position (a start at the end of a file, a
+        // refresh): spool it at once so the position is durable before lines follow.
+        announce || self.bytes >= self.max_bytes || self.content.records.len() >= self.max_records
     }
 
     /// Takes the open batch, if any.

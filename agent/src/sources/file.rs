@@ -37,8 +37,11 @@ use tokio_util::sync::CancellationToken;
 const READ_BUF: usize = 64 << 10;
 /// Most bytes read from one file per pass, so one busy file cannot starve the others.
 const PASS_BUDGET: usize = 256 << 10;
-/// Checkpoints of files not seen for this long are forgotten.
-const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Checkpoints of files not seen for this long are forgotten (the spool uses the same).
+const FORGET_AFTER: Duration = crate::spool::CHECKPOINT_TTL;
+/// Idle files that still exist re-announce their position this often, so that their
+/// checkpoints never age out.
+const REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -143,6 +146,9 @@ pub struct FileTailer {
     gen: u64,
     buf: Vec<u8>,
     warned: HashSet<PathBuf>,
+    /// Files whose position must reach the spool without new lines (a start at the end,
+    /// or an idle file whose checkpoint would otherwise age out).
+    announce: Vec<(u64, u64)>,
     pub stats: Stats,
 }
 
@@ -164,6 +170,7 @@ impl FileTailer {
             gen: 0,
             buf: vec![0; READ_BUF],
             warned: HashSet::new(),
+            announce: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -275,6 +282,16 @@ impl FileTailer {
         }
         self.identify_waiting(false);
         self.initial = false;
+        let stale = now_ns() - REFRESH_AFTER.as_nanos() as i64;
+        for (id, t) in &self.tracked {
+            let idle = t
+                .key()
+                .and_then(|k| self.checkpoints.get(&k))
+                .is_some_and(|c| c.updated_ns < stale);
+            if t.state == State::Active && idle {
+                self.announce.push(*id);
+            }
+        }
         self.forget_old();
         metrics::gauge!("heimdall_agent_files_open").set(self.tracked.len() as f64);
         metrics::gauge!("heimdall_agent_checkpoints").set(self.checkpoints.len() as f64);
@@ -290,7 +307,7 @@ impl FileTailer {
     /// Identifies pending and deferred files. Files whose key has an exact checkpoint go
     /// first, so that at start the original of a copy is claimed before its copy looks.
     fn identify_waiting(&mut self, finalising: bool) {
-        let mut waiting: Vec<((u64, u64), bool)> = Vec::new();
+        let mut waiting: Vec<((u64, u64), bool, bool)> = Vec::new();
         for (id, t) in self.tracked.iter_mut() {
             if t.state == State::Active {
                 continue;
@@ -305,16 +322,17 @@ impl FileTailer {
                 }
             }
             if let Some(key) = t.key() {
-                waiting.push((*id, self.checkpoints.contains_key(&key)));
+                let fin = finalising && t.gone_since.is_some();
+                waiting.push((*id, self.checkpoints.contains_key(&key), fin));
             }
         }
-        waiting.sort_by_key(|(_, exact)| !exact);
-        for (id, _) in waiting {
-            self.identify(id);
+        waiting.sort_by_key(|(_, exact, _)| !exact);
+        for (id, _, fin) in waiting {
+            self.identify(id, fin);
         }
     }
 
-    fn identify(&mut self, id: (u64, u64)) {
+    fn identify(&mut self, id: (u64, u64), finalising: bool) {
         let Some(t) = self.tracked.get(&id) else {
             return;
         };
@@ -344,31 +362,52 @@ impl FileTailer {
         }
 
         // A different inode with the same first line: a copy (copytruncate), or a file
-        // that merely starts alike. Prefer the most recently moved candidate.
-        let candidate = self
-            .checkpoints
-            .values()
-            .filter(|c| c.key.fp == key.fp && (c.key.dev, c.key.ino) != id)
-            .max_by_key(|c| c.updated_ns)
-            .cloned();
-        let live_holder = self.tracked.iter().any(|(oid, o)| {
-            *oid != id && o.state == State::Active && o.fp.map(|f| f.hash) == Some(key.fp)
-        });
-        let t = self.tracked.get_mut(&id).expect("looked up above");
-        if live_holder {
-            // Its original is still being read with the same content: reading this one
-            // too would duplicate. It takes over if the original is truncated.
-            t.state = State::Deferred;
-            return;
-        }
-        if let Some(cp) = candidate {
-            if size < cp.offset {
-                // Not yet verifiable (a copy still being written, or a copy of less than
-                // we had read already): wait.
-                t.state = State::Deferred;
+        // that merely starts alike (a CSV header, a banner). Content decides, not the
+        // first line alone.
+        let t = self.tracked.get(&id).expect("looked up above");
+        let holder = self
+            .tracked
+            .iter()
+            .find(|(oid, o)| {
+                **oid != id && o.state == State::Active && o.fp.map(|f| f.hash) == Some(key.fp)
+            })
+            .map(|(_, o)| o);
+        if let Some(h) = holder {
+            // The holder may have been truncated since it was last read (copytruncate):
+            // then this is probably its copy, which may take over once the truncation is
+            // processed (which identifies waiting files again).
+            let intact =
+                h.fp.is_some_and(|fp| fingerprint::matches(&h.file, fp).unwrap_or(false))
+                    && h.file.metadata().map(|m| m.len()).unwrap_or(0) >= h.offset;
+            if !intact {
+                self.tracked.get_mut(&id).expect("looked up above").state = State::Deferred;
                 return;
             }
-            if verify(&t.file, &cp) {
+            // A copy of a file still being read holds the same bytes up to where both
+            // reach: reading it too would duplicate them. It takes over if the original
+            // is truncated.
+            let m = size.min(h.offset);
+            let fp_len = t.fp.map_or(0, |f| f.len as u64);
+            let same = m > fp_len
+                && matches!(
+                    (fingerprint::tail_at(&t.file, m), fingerprint::tail_at(&h.file, m)),
+                    (Ok(Some(a)), Ok(Some(b))) if a == b
+                );
+            if same || (m <= fp_len && !finalising) {
+                self.tracked.get_mut(&id).expect("looked up above").state = State::Deferred;
+                return;
+            }
+        } else {
+            let candidate = self
+                .checkpoints
+                .values()
+                .filter(|c| c.key.fp == key.fp && (c.key.dev, c.key.ino) != id)
+                .max_by_key(|c| c.updated_ns)
+                .cloned();
+            // The original is gone or truncated: a copy made by copytruncate is complete
+            // and holds the bytes before the old position; carry on from there.
+            if let Some(cp) = candidate.filter(|cp| size >= cp.offset && verify(&t.file, cp)) {
+                let t = self.tracked.get_mut(&id).expect("looked up above");
                 tracing::info!(path = %t.path.display(), offset = cp.offset, from = %cp.source, "continuing a rotated copy");
                 self.stats.copies_adopted += 1;
                 t.source = cp.source.clone();
@@ -379,6 +418,7 @@ impl FileTailer {
                 return;
             }
         }
+        let t = self.tracked.get_mut(&id).expect("looked up above");
         let start = if self.initial && self.cfg.read_from == ReadFrom::End {
             size
         } else {
@@ -395,6 +435,11 @@ impl FileTailer {
         tracing::debug!(path = %t.path.display(), start, "new file");
         t.start_at(start, tail);
         self.record_position(id);
+        if start > 0 {
+            // Make the starting position durable before anything is read past it, so a
+            // crash before the first batch does not start at a later end.
+            self.announce.push(id);
+        }
     }
 
     fn detach(&mut self, key: FileKey) {
@@ -414,6 +459,15 @@ impl FileTailer {
     /// Reads new data from every active file into `out`. Returns whether some file has
     /// more to read than this pass's budget allowed.
     pub fn read_all(&mut self, out: &mut Vec<Chunk>) -> bool {
+        for id in std::mem::take(&mut self.announce) {
+            if self
+                .tracked
+                .get(&id)
+                .is_some_and(|t| t.state == State::Active)
+            {
+                self.emit(id, Vec::new(), out);
+            }
+        }
         let ids: Vec<_> = self.tracked.keys().copied().collect();
         let mut more = false;
         for id in ids {
@@ -978,6 +1032,42 @@ mod tests {
         w.write_all(b"written after delete\n").unwrap();
         assert_eq!(pump(&mut t), vec!["written after delete"]);
         assert_eq!(t.open_files(), 0, "closed once read and gone");
+    }
+
+    /// Regression: files that only share their first line (a CSV header) were taken for
+    /// copies of each other and deferred, and the new one was never read.
+    #[test]
+    fn files_sharing_a_header_are_not_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data.csv");
+        append(&p, b"time,host,value\n1,a,10\n2,a,20\n3,a,30\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t).len(), 4);
+        std::fs::rename(&p, dir.path().join("data.csv.1")).unwrap();
+        append(&p, b"time,host,value\n4,b,40\n");
+        assert_eq!(pump(&mut t), vec!["time,host,value", "4,b,40"]);
+        // And after a restart, with the old file gone.
+        std::fs::remove_file(dir.path().join("data.csv.1")).unwrap();
+        append(&p, b"5,b,50\n");
+        let mut t2 = FileTailer::new(cfg(dir.path()), Labels::default(), t.checkpoints());
+        assert_eq!(pump(&mut t2), vec!["5,b,50"]);
+    }
+
+    #[test]
+    fn starting_at_the_end_is_announced_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&dir.path().join("a.log"), b"old line\n");
+        let mut c = cfg(dir.path());
+        c.read_from = ReadFrom::End;
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        let mut out = Vec::new();
+        t.scan();
+        t.read_all(&mut out);
+        assert_eq!(out.len(), 1, "an announcement");
+        assert!(out[0].lines.is_empty());
+        assert_eq!(out[0].checkpoint.offset, 9);
+        append(&dir.path().join("a.log"), b"new line\n");
+        assert_eq!(pump(&mut t), vec!["new line"]);
     }
 
     /// Regression: after resuming at an offset, the tail hash of the next checkpoint

@@ -29,6 +29,8 @@ use tokio::sync::Notify;
 const STATE_MAGIC: u32 = 0x4853_5053; // "HSPS"
 const STATE_VERSION: u32 = 1;
 const ENTRY_HEADER: usize = 8;
+/// Checkpoints not updated for this long are dropped from the state file.
+pub const CHECKPOINT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// Failures of the spool. Any of these on append is structural: the agent stops.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +247,13 @@ impl Spool {
                 }
             }
             let bytes = good_end as u64;
-            if seg_last != 0 && seg_last <= inner.snapshot_seq {
+            if bytes == 0 {
+                // Created but never written (a crash between creating and appending): its
+                // name would collide with the next segment's.
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                continue;
+            }
+            if seg_last <= inner.snapshot_seq {
                 // Folded into the state before a crash stopped its deletion.
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
                 continue;
@@ -350,7 +358,7 @@ impl Spool {
             }
             let path = seg_path(&self.dir, seq);
             let f = OpenOptions::new()
-                .create(true)
+                .create_new(true)
                 .append(true)
                 .open(&path)
                 .map_err(io_err("create", &path))?;
@@ -526,6 +534,10 @@ impl Spool {
                 }
             }
             g.snapshot_seq = g.snapshot_seq.max(last);
+            // Files not seen for this long are forgotten (the tailer refreshes the
+            // checkpoints of idle files that still exist, so only gone ones age out).
+            let cutoff = crate::sources::now_ns() - CHECKPOINT_TTL.as_nanos() as i64;
+            g.snapshot.retain(|_, c| c.updated_ns >= cutoff);
             write_state(&self.dir, &g)?;
             g.state_dirty = false;
             let path = seg_path(&self.dir, id);
@@ -750,13 +762,17 @@ mod tests {
         }
     }
 
+    thread_local! {
+        static UPDATED: i64 = crate::sources::now_ns();
+    }
+
     fn cp(fp: u64, offset: u64) -> Checkpoint {
         Checkpoint {
             key: FileKey { dev: 1, ino: 2, fp },
             offset,
             tail: offset * 7,
             source: "/var/log/a.log".into(),
-            updated_ns: 5,
+            updated_ns: UPDATED.with(|u| *u),
         }
     }
 
@@ -840,6 +856,28 @@ mod tests {
         assert_eq!(r.spool.next_unacked(1), None);
         // The next batch reuses seq 2: the torn one was never acknowledged nor sent complete.
         assert_eq!(r.spool.append(vec![], |s, _| frame(s)).unwrap(), 2);
+    }
+
+    /// Regression: a crash between creating a segment and writing to it left an empty
+    /// file whose name the next segment reused, and collecting it unlinked the live one.
+    #[test]
+    fn empty_segment_left_by_a_crash_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Spool::open(dir.path(), limits()).unwrap();
+        r.spool.append(vec![cp(1, 10)], |s, _| frame(s)).unwrap();
+        drop(r);
+        File::create(seg_path(dir.path(), 2)).unwrap();
+        let r = Spool::open(dir.path(), limits()).unwrap();
+        assert!(!seg_path(dir.path(), 2).exists());
+        for _ in 0..40 {
+            r.spool.append(vec![cp(1, 20)], |s, _| frame(s)).unwrap();
+        }
+        for s in 1..=41 {
+            r.spool.ack(s).unwrap();
+        }
+        assert_eq!(r.spool.next_unacked(0), None);
+        assert_eq!(r.spool.append(vec![], |s, _| frame(s)).unwrap(), 42);
+        assert_eq!(r.spool.frame(42).unwrap().unwrap(), frame(42));
     }
 
     #[test]
