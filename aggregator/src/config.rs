@@ -46,6 +46,13 @@ pub struct IngestConfig {
     pub max_frame_bytes: Option<ByteSize>,
     /// Batches processed at once per connection. Default 64.
     pub max_streams_per_connection: Option<u32>,
+    /// Agent connections accepted at once. Default 10000.
+    pub max_connections: Option<u32>,
+    /// Connections one agent identity may hold at once. Default 4.
+    pub max_connections_per_agent: Option<u32>,
+    /// Memory for frames and decoded batches in flight, across all connections; beyond
+    /// it, agents wait (backpressure). Default 1GiB.
+    pub max_memory: Option<ByteSize>,
 }
 
 /// HTTP API.
@@ -87,6 +94,9 @@ pub struct AggregatorConfig {
     pub tls: TlsFiles,
     pub max_frame_bytes: u32,
     pub max_streams_per_connection: usize,
+    pub max_connections: usize,
+    pub max_connections_per_agent: usize,
+    pub max_memory_bytes: u64,
     pub api_listen: SocketAddr,
     pub max_limit: usize,
     pub query_timeout: Duration,
@@ -176,6 +186,21 @@ impl AggregatorConfig {
                 "must be between 1 and 1024",
             );
         }
+        let max_connections = raw.ingest.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            p.push("ingest.max_connections", "must be at least 1");
+        }
+        let max_per_agent = raw.ingest.max_connections_per_agent.unwrap_or(4);
+        if max_per_agent == 0 {
+            p.push("ingest.max_connections_per_agent", "must be at least 1");
+        }
+        let max_memory = raw.ingest.max_memory.map_or(1 << 30, |b| b.0);
+        if max_memory < 3 * max_frame {
+            p.push(
+                "ingest.max_memory",
+                "must be at least three times ingest.max_frame_bytes",
+            );
+        }
         let max_limit = raw.api.max_limit.unwrap_or(5000);
         if max_limit == 0 {
             p.push("api.max_limit", "must be at least 1");
@@ -201,6 +226,9 @@ impl AggregatorConfig {
             tls,
             max_frame_bytes: max_frame as u32,
             max_streams_per_connection: max_streams as usize,
+            max_connections: max_connections as usize,
+            max_connections_per_agent: max_per_agent as usize,
+            max_memory_bytes: max_memory,
             api_listen,
             max_limit: max_limit as usize,
             query_timeout: raw

@@ -69,6 +69,58 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     sock.listen(1024)
 }
 
+/// The QUIC endpoint, with a stateless-reset key kept in the state directory: after a
+/// crash and restart, the aggregator can still reset its old connections, so agents
+/// reconnect at once instead of waiting for their idle timeout.
+fn quic_endpoint(
+    cfg: &AggregatorConfig,
+    server: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, Error> {
+    let path = cfg.state_dir.join("quic-reset-key");
+    let key = match std::fs::read(&path) {
+        Ok(k) if k.len() == 32 => k,
+        _ => {
+            let mut k = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                .map_err(|_| Error::StateDir(std::io::Error::other("no system randomness")))?;
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(Error::StateDir)?;
+                f.write_all(&k)
+                    .and_then(|()| f.sync_all())
+                    .map_err(Error::StateDir)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(Error::StateDir)?;
+            k
+        }
+    };
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &key,
+    )));
+    let bind = |source| Error::Bind {
+        what: "QUIC ingest",
+        addr: cfg.ingest_listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(cfg.ingest_listen).map_err(bind)?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind)
+}
+
 /// Runs the aggregator until `shutdown` is cancelled, then drains.
 ///
 /// # Errors
@@ -93,13 +145,7 @@ pub async fn run(
         .await
         .expect("store open task does not panic")?;
     let store = Arc::new(store);
-    let endpoint = quinn::Endpoint::server(server_config, cfg.ingest_listen).map_err(|source| {
-        Error::Bind {
-            what: "QUIC ingest",
-            addr: cfg.ingest_listen,
-            source,
-        }
-    })?;
+    let endpoint = quic_endpoint(&cfg, server_config)?;
     let http = bind_tcp(cfg.api_listen).map_err(|source| Error::Bind {
         what: "HTTP API",
         addr: cfg.api_listen,
@@ -120,6 +166,7 @@ pub async fn run(
     tracing::info!(ingest = %addrs.ingest, api = %addrs.api, db = %cfg.db_path.display(), "aggregator listening");
 
     let registry = Arc::new(ingest::Registry::default());
+    let memory_kib = u32::try_from(cfg.max_memory_bytes / 1024).unwrap_or(u32::MAX);
     let limits = Limits {
         max_frame_bytes: cfg.max_frame_bytes,
         ..Limits::default()
@@ -132,7 +179,11 @@ pub async fn run(
             server_id: cfg.server_id.clone(),
             limits,
             max_streams_per_connection: cfg.max_streams_per_connection,
+            max_connections_per_agent: cfg.max_connections_per_agent,
+            memory: Arc::new(tokio::sync::Semaphore::new(memory_kib as usize)),
+            memory_kib,
         },
+        connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
     };
     let ingest = tokio::spawn(listener.run(shutdown.child_token(), cfg.shutdown_grace));
     let state = Arc::new(api::ApiState {

@@ -194,11 +194,11 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
 /// at most `send_window` unacknowledged bytes.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    // 30 s always fits the VarInt range, so the conversion cannot fail.
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    // 10 s always fits the VarInt range, so the conversion cannot fail.
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30))
-            .expect("30 s is a valid idle timeout"),
+        quinn::IdleTimeout::try_from(Duration::from_secs(10))
+            .expect("10 s is a valid idle timeout"),
     ));
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
     t.receive_window(quinn::VarInt::from_u32(16 << 20));

@@ -156,13 +156,15 @@ fn every_line_stored_exactly_once_through_rotation_and_kills() {
         heimdall_tests::stored_count(&db)
     });
     check_exactly_once(&db, &expected, &logs, &agent, &agg, got);
-    // The scenarios really happened: copies continued, truncations seen, resumes after kills.
+    // The scenarios really happened: copies continued, truncations seen, resumes after
+    // kills, a connection per agent start (the reconnection after the aggregator's
+    // restart may fall after the second kill; delivery across it is checked above).
     let log = agent.proc.log_text();
     for (what, min) in [
         ("continuing a rotated copy", 5),
         ("file truncated", 5),
         ("resuming file", 2),
-        ("connected to aggregator", 4),
+        ("connected to aggregator", 3),
     ] {
         let n = log.matches(what).count();
         assert!(

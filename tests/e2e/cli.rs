@@ -65,6 +65,7 @@ fn query_prints_matching_lines_newest_first_with_labels() {
     assert_eq!(lines.len(), 9, "{text}");
     assert!(
         lines.iter().all(|l| l.contains(r#"host="web1""#)
+            && l.contains(r#"agent="web1""#)
             && l.contains("source=")
             && l.contains("error event")),
         "{text}"

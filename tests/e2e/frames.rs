@@ -123,7 +123,11 @@ fn bad_frames_are_rejected_and_service_goes_on() {
         huge_prefix.put_u32(200 << 20);
         huge_prefix.put_u8(wire::frame_type::BATCH);
         huge_prefix.put_slice(&[0u8; 1024]);
-        let oversized = vec![0u8; 17 << 20];
+        // A frame whose header tells the truth: 17 MiB, over the 16 MiB limit.
+        let mut oversized = BytesMut::new();
+        oversized.put_u32((17 << 20) - 4);
+        oversized.put_u8(wire::frame_type::BATCH);
+        oversized.resize(17 << 20, 0);
         let mut bad_crc = Batch::seal(42, 2, 1, Codec::None, &content(3));
         let mut p = bad_crc.payload.to_vec();
         let last = p.len() - 1;
@@ -131,6 +135,12 @@ fn bad_frames_are_rejected_and_service_goes_on() {
         bad_crc.payload = Bytes::from(p);
         let bad_crc = Frame::Batch(bad_crc).to_bytes();
         let wrong_kind = hello.to_bytes();
+        let bad_ids: Vec<Bytes> = [(0u64, 0u64), (5, 9), (1 << 63, 1)]
+            .iter()
+            .map(|&(seq, floor)| {
+                Frame::Batch(Batch::seal(42, seq, floor, Codec::Lz4, &content(1))).to_bytes()
+            })
+            .collect();
 
         let mut out = Vec::new();
         for (what, bytes) in [
@@ -141,6 +151,9 @@ fn bad_frames_are_rejected_and_service_goes_on() {
             ("bad checksum", &bad_crc[..]),
             ("hello on a batch stream", &wrong_kind[..]),
             ("empty stream", &[][..]),
+            ("seq 0", &bad_ids[0][..]),
+            ("floor above seq", &bad_ids[1][..]),
+            ("seq beyond 2^63", &bad_ids[2][..]),
         ] {
             out.push((what, exchange(&conn, bytes).await));
         }
@@ -154,7 +167,7 @@ fn bad_frames_are_rejected_and_service_goes_on() {
     let codes: Vec<(&str, Option<u16>)> =
         answers.iter().map(|(w, a)| (*w, reject_code(a))).collect();
     assert_eq!(
-        codes[..7],
+        codes[..10],
         [
             ("garbage", Some(reason::MALFORMED)),
             ("truncated", Some(reason::MALFORMED)),
@@ -163,18 +176,21 @@ fn bad_frames_are_rejected_and_service_goes_on() {
             ("bad checksum", Some(reason::CHECKSUM)),
             ("hello on a batch stream", Some(reason::UNEXPECTED)),
             ("empty stream", Some(reason::MALFORMED)),
+            ("seq 0", Some(reason::MALFORMED)),
+            ("floor above seq", Some(reason::MALFORMED)),
+            ("seq beyond 2^63", Some(reason::MALFORMED)),
         ],
         "answers: {answers:?}"
     );
     assert!(
-        matches!(answers[7].1, Ok(Frame::Ack(a)) if a.seq == 1),
+        matches!(answers[10].1, Ok(Frame::Ack(a)) if a.seq == 1),
         "{:?}",
-        answers[7]
+        answers[10]
     );
     assert!(
-        matches!(answers[8].1, Ok(Frame::Ack(a)) if a.seq == 1),
+        matches!(answers[11].1, Ok(Frame::Ack(a)) if a.seq == 1),
         "{:?}",
-        answers[8]
+        answers[11]
     );
 
     writer.join().unwrap();

@@ -21,6 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Most line bytes one log query returns; beyond, the result is cut and marked partial.
+const MAX_RESULT_BYTES: usize = 64 << 20;
+
 /// Shared state of the API.
 pub struct ApiState {
     pub db_path: PathBuf,
@@ -109,9 +112,12 @@ fn range(
         (None, Some(d)) => {
             let d = heimdall_common::config::parse_duration(d)
                 .map_err(|e| bad(format!("since: {e}")))?;
-            end - d.as_nanos() as i64
+            i64::try_from(d.as_nanos())
+                .ok()
+                .and_then(|d| end.checked_sub(d))
+                .ok_or_else(|| bad("since: duration out of range"))?
         }
-        (None, None) => end - 3_600_000_000_000,
+        (None, None) => end.saturating_sub(3_600_000_000_000),
     };
     if start > end {
         return Err(bad("start must not be after end"));
@@ -145,6 +151,7 @@ async fn query_range(
         // Loki's end is inclusive for the newest line; make it so.
         end_ns: end.saturating_add(1),
         limit,
+        max_bytes: MAX_RESULT_BYTES,
         backward,
         deadline: Some(Instant::now() + st.query_timeout),
     };

@@ -47,10 +47,26 @@ impl Handler {
                 return;
             }
         };
+        let mut over = false;
+        self.registry.update(&agent, |a| {
+            over = a.connections >= self.settings.max_connections_per_agent;
+            if !over {
+                a.connections += 1;
+            }
+        });
+        if over {
+            tracing::warn!(%remote, agent = %agent, "refused connection: too many connections for this agent");
+            metrics::counter!("heimdall_aggregator_connections_refused_total", "reason" => "per_agent_limit").increment(1);
+            conn.close(3u32.into(), b"too many connections for this agent");
+            return;
+        }
         metrics::gauge!("heimdall_aggregator_connections").increment(1.0);
         let res = self.serve(&conn, agent.clone()).await;
         metrics::gauge!("heimdall_aggregator_connections").decrement(1.0);
-        self.registry.update(&agent, |a| a.connected = false);
+        self.registry.update(&agent, |a| {
+            a.connections = a.connections.saturating_sub(1);
+            a.connected = a.connections > 0;
+        });
         match res {
             Ok(why) => tracing::info!(%remote, agent = %agent, reason = %why, "agent disconnected"),
             Err(e) => {
@@ -154,11 +170,16 @@ impl Handler {
             let Ok(permit) = sem.clone().acquire_owned().await else {
                 break Ok(String::new());
             };
-            let store = self.store.clone();
-            let registry = self.registry.clone();
-            let agent = agent.clone();
+            let ctx = BatchCtx {
+                store: self.store.clone(),
+                registry: self.registry.clone(),
+                agent: agent.clone(),
+                limits,
+                memory: self.settings.memory.clone(),
+                budget: self.settings.memory_kib,
+            };
             tokio::spawn(async move {
-                handle_batch(send, recv, store, registry, agent, limits).await;
+                handle_batch(send, recv, ctx).await;
                 drop(permit);
             });
         };
@@ -176,14 +197,73 @@ impl Handler {
     }
 }
 
-async fn handle_batch(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    store: Arc<HotStore>,
-    registry: Arc<Registry>,
-    agent: Arc<str>,
-    limits: wire::Limits,
-) {
+/// How long a batch stream may take to arrive whole.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads one frame from a batch stream: the header first, so the memory it needs is
+/// reserved from the global budget before the body is buffered.
+async fn read_batch_frame(
+    recv: &mut quinn::RecvStream,
+    limits: &wire::Limits,
+    memory: &Arc<Semaphore>,
+    budget: u32,
+) -> Result<(Frame, tokio::sync::OwnedSemaphorePermit), (u16, String)> {
+    let mut header = [0u8; wire::HEADER_LEN];
+    match tokio::time::timeout(READ_TIMEOUT, recv.read_exact(&mut header)).await {
+        Err(_) => return Err((0, "no frame header within 30s".into())),
+        Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => {
+            return Err((
+                reason::MALFORMED,
+                "stream ended before a whole frame header".into(),
+            ))
+        }
+        Ok(Err(quinn::ReadExactError::ReadError(e))) => return Err((0, e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    let len = match wire::check(&header, limits) {
+        Ok(wire::Status::Incomplete(n)) | Ok(wire::Status::Complete(n)) => n,
+        Err(e @ wire::Error::FrameTooLarge { .. }) => {
+            return Err((reason::TOO_LARGE, e.to_string()))
+        }
+        Err(e) => return Err((reason::MALFORMED, e.to_string())),
+    };
+    let permit = memory
+        .clone()
+        .acquire_many_owned(kib(len).min(budget))
+        .await
+        .map_err(|_| (0u16, "shutting down".to_owned()))?;
+    let rest =
+        match tokio::time::timeout(READ_TIMEOUT, recv.read_to_end(len - wire::HEADER_LEN)).await {
+            Err(_) => return Err((0, "frame body not received within 30s".into())),
+            Ok(Err(quinn::ReadToEndError::TooLong)) => {
+                return Err((reason::MALFORMED, "bytes after the end of the frame".into()))
+            }
+            Ok(Err(quinn::ReadToEndError::Read(e))) => return Err((0, e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    buf.extend_from_slice(&header);
+    buf.extend_from_slice(&rest);
+    match wire::parse(buf.freeze(), limits) {
+        Ok(f) => Ok((f, permit)),
+        Err(e) => Err((reason::MALFORMED, e.to_string())),
+    }
+}
+
+/// Budget units: KiB, rounded up, at least one.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+}
+
+async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, ctx: BatchCtx) {
+    let BatchCtx {
+        store,
+        registry,
+        agent,
+        limits,
+        memory,
+        budget,
+    } = ctx;
     let reject = |seq: u64, epoch: u64, code: u16, why: String| {
         Frame::Reject(Reject {
             epoch,
@@ -192,25 +272,19 @@ async fn handle_batch(
             reason: why,
         })
     };
-    let frame = match quic::read_single(&mut recv, &limits).await {
+    let (frame, _frame_permit) = match read_batch_frame(&mut recv, &limits, &memory, budget).await {
         Ok(f) => f,
-        Err(quic::Error::Read(e)) => {
-            tracing::debug!(agent = %agent, error = %e, "batch stream failed");
+        Err((0, why)) => {
+            tracing::debug!(agent = %agent, error = %why, "batch stream failed");
+            let _ = send.reset(1u32.into());
             return;
         }
-        Err(e) => {
-            let code = if matches!(
-                e,
-                quic::Error::TooLong(_) | quic::Error::Wire(wire::Error::FrameTooLarge { .. })
-            ) {
-                reason::TOO_LARGE
-            } else {
-                reason::MALFORMED
-            };
+        Err((code, why)) => {
             count_reject(code);
-            tracing::warn!(agent = %agent, error = %e, "rejected malformed frame");
-            let _ = quic::write_frame(&mut send, &reject(0, 0, code, e.to_string())).await;
+            tracing::warn!(agent = %agent, error = %why, "rejected malformed frame");
+            let _ = quic::write_frame(&mut send, &reject(0, 0, code, why)).await;
             let _ = send.finish();
+            let _ = recv.stop(0u32.into());
             return;
         }
     };
@@ -222,15 +296,29 @@ async fn handle_batch(
         let _ = send.finish();
         return;
     };
-    let (epoch, seq) = (batch.epoch, batch.seq);
-    let content = match tokio::task::spawn_blocking(move || {
-        let c = batch.open(&limits);
-        (batch, c)
-    })
-    .await
-    {
-        Ok((b, Ok(c))) => (b, c),
-        Ok((_, Err(e))) => {
+    let (epoch, seq, floor) = (batch.epoch, batch.seq, batch.floor);
+    if seq == 0 || seq > i64::MAX as u64 || floor == 0 || floor > seq {
+        count_reject(reason::MALFORMED);
+        let why = format!(
+            "invalid batch identity: seq {seq}, floor {floor} (need 1 <= floor <= seq < 2^63)"
+        );
+        tracing::warn!(agent = %agent, "{why}");
+        let _ = quic::write_frame(&mut send, &reject(seq, epoch, reason::MALFORMED, why)).await;
+        let _ = send.finish();
+        return;
+    }
+    // Decoded records share the decompressed buffer; reserve it, and as much again for
+    // the record structures, from the global budget.
+    let Ok(_payload_permit) = memory
+        .clone()
+        .acquire_many_owned(kib(batch.raw_len as usize * 2).min(budget))
+        .await
+    else {
+        return;
+    };
+    let content = match tokio::task::spawn_blocking(move || batch.open(&limits)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             let code = match e {
                 wire::Error::ChecksumMismatch { .. } => reason::CHECKSUM,
                 wire::Error::LimitExceeded { .. } => reason::TOO_LARGE,
@@ -244,13 +332,17 @@ async fn handle_batch(
         }
         Err(_) => return,
     };
-    let (batch, content) = content;
+    let mut content = content;
+    // Provenance no agent can forge: the certificate's identity on every stream.
+    for s in &mut content.streams {
+        s.insert("agent", &*agent);
+    }
     let rows = content.records.len();
     let id = BatchId {
         agent: agent.clone(),
         epoch,
         seq,
-        floor: batch.floor,
+        floor,
     };
     match store.write(id, content).await {
         Ok(outcome) => {
@@ -277,6 +369,16 @@ async fn handle_batch(
             let _ = send.reset(1u32.into());
         }
     }
+}
+
+struct BatchCtx {
+    store: Arc<HotStore>,
+    registry: Arc<Registry>,
+    agent: Arc<str>,
+    limits: wire::Limits,
+    memory: Arc<Semaphore>,
+    /// Size of the whole budget in KiB: no reservation may ask for more.
+    budget: u32,
 }
 
 fn count_reject(code: u16) {

@@ -17,6 +17,11 @@ pub struct IngestSettings {
     pub server_id: String,
     pub limits: Limits,
     pub max_streams_per_connection: usize,
+    pub max_connections_per_agent: usize,
+    /// Global budget, in KiB, for frames and decoded batches being processed.
+    pub memory: Arc<tokio::sync::Semaphore>,
+    /// The budget's size in KiB.
+    pub memory_kib: u32,
 }
 
 /// Accepts agent connections until `shutdown`.
@@ -25,6 +30,8 @@ pub struct Listener {
     pub store: Arc<HotStore>,
     pub registry: Arc<Registry>,
     pub settings: IngestSettings,
+    /// One permit per connection allowed at once.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Listener {
@@ -41,6 +48,12 @@ impl Listener {
                 },
             };
             let remote = incoming.remote_address();
+            let Ok(slot) = self.connections.clone().try_acquire_owned() else {
+                metrics::counter!("heimdall_aggregator_connections_refused_total", "reason" => "global_limit").increment(1);
+                tracing::warn!(%remote, "refused connection: connection limit reached");
+                incoming.refuse();
+                continue;
+            };
             let handler = Handler {
                 store: self.store.clone(),
                 registry: self.registry.clone(),
@@ -57,6 +70,7 @@ impl Listener {
                     }
                 };
                 handler.run(conn).await;
+                drop(slot);
             });
         }
         tracker.close();

@@ -33,6 +33,8 @@ pub struct AgentStatus {
     pub files: u64,
     pub batches: u64,
     pub rows: u64,
+    /// Open connections from this agent.
+    pub connections: usize,
 }
 
 /// Agent status by identity, bounded.

@@ -17,6 +17,8 @@ pub struct LogRequest {
     /// Exclusive end, ns since the Unix epoch.
     pub end_ns: i64,
     pub limit: usize,
+    /// Most line bytes to return; the scan stops (partial) beyond it.
+    pub max_bytes: usize,
     /// Newest first.
     pub backward: bool,
     pub deadline: Option<Instant>,
@@ -54,6 +56,7 @@ pub fn run_log_query(
     let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
     let mut by_stream: HashMap<i64, Vec<Entry>> = HashMap::new();
     let mut lines = 0usize;
+    let mut bytes = 0usize;
     let complete = hot::scan_rows(
         conn,
         &ids,
@@ -63,15 +66,17 @@ pub fn run_log_query(
         req.deadline,
         |row| {
             if q.filters.iter().all(|f| f.matches(&row.line)) {
+                bytes += row.line.len();
                 by_stream.entry(row.stream_id).or_default().push(Entry {
                     ts: row.ts,
                     line: row.line,
                 });
                 lines += 1;
             }
-            lines < req.limit
+            lines < req.limit && bytes < req.max_bytes
         },
     )?;
+    let complete = complete && bytes < req.max_bytes;
     let labels: HashMap<i64, Labels> = streams.into_iter().collect();
     let mut out: Vec<(Labels, Vec<Entry>)> = by_stream
         .into_iter()

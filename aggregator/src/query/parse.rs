@@ -297,12 +297,16 @@ impl<'a> Parser<'a> {
                 });
             };
             let regex = match op {
-                MatchOp::Re | MatchOp::Nre => Some(Regex::new(&format!("^(?:{value})$")).map_err(
-                    |e| ParseError {
+                MatchOp::Re | MatchOp::Nre => {
+                    // Validate the pattern on its own first, so text such as `a)|(.*` cannot
+                    // close the anchoring group around it.
+                    let invalid = |e: regex::Error| ParseError {
                         pos: vpos,
                         message: format!("invalid regular expression: {e}"),
-                    },
-                )?),
+                    };
+                    Regex::new(&value).map_err(invalid)?;
+                    Some(Regex::new(&format!("^(?:{value})$")).map_err(invalid)?)
+                }
                 _ => None,
             };
             matchers.push(Matcher {
@@ -452,6 +456,7 @@ mod tests {
             (r#"{host="a" |= "x""#, 10, "expected `,` or `}`"),
             (r#"{host="a"} |= error"#, 14, "expected a quoted pattern"),
             (r#"{host=~"("}"#, 7, "invalid regular expression"),
+            (r#"{host=~"web1)|(?:.+"}"#, 7, "invalid regular expression"),
             (r#"{host="a"} |= "x"#, 14, "unterminated string"),
             (r#"{host=""}"#, 0, "at least one matcher"),
             (r#"{host="a"} # x"#, 11, "unexpected character"),

@@ -246,7 +246,7 @@ struct Writer {
 }
 
 /// Most stream ids cached by the writer; the cache is cleared when it grows past this.
-const STREAM_CACHE: usize = 100_000;
+const STREAM_CACHE: usize = 10_000;
 
 impl Writer {
     fn new(conn: Connection, path: PathBuf, max_group_rows: usize) -> Writer {
@@ -398,8 +398,10 @@ impl Writer {
         }
         // Record the identity: everything below `floor` is settled on the agent's side,
         // then advance the contiguous mark over ids seen above it.
-        let mut new_hw = hw.max(id.floor.saturating_sub(1) as i64);
-        if seq == new_hw + 1 {
+        // The connection handler guarantees 1 <= floor <= seq <= i64::MAX.
+        let floor = i64::try_from(id.floor).unwrap_or(i64::MAX);
+        let mut new_hw = hw.max(floor.saturating_sub(1));
+        if Some(seq) == new_hw.checked_add(1) {
             new_hw = seq;
         } else {
             self.conn
@@ -414,9 +416,9 @@ impl Writer {
                 .prepare_cached(
                     "SELECT 1 FROM batch_seen WHERE agent = ?1 AND epoch = ?2 AND seq = ?3",
                 )?
-                .query_row(params![agent, epoch, new_hw + 1], |_| Ok(()))
+                .query_row(params![agent, epoch, new_hw.saturating_add(1)], |_| Ok(()))
                 .optional()?;
-            if next.is_none() {
+            if next.is_none() || new_hw == i64::MAX {
                 break;
             }
             new_hw += 1;
