@@ -4,7 +4,7 @@
 //! Loading takes a `&str` so tests feed it directly. Validation reports every problem
 //! in one pass, each naming its key, before any file is opened or socket bound.
 
-use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration};
+use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
 use heimdall_common::tls::TlsFiles;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -67,6 +67,21 @@ pub struct FileSourceConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+impl FileSourceConfig {
+    /// A source for `include` with every other setting at its default.
+    pub fn with_include(include: Vec<String>) -> FileSourceConfig {
+        FileSourceConfig {
+            include,
+            exclude: Vec::new(),
+            max_line_bytes: None,
+            read_from: None,
+            poll_interval: None,
+            rotate_wait: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// Batching between the pipeline and the spool.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -121,14 +136,6 @@ pub struct OutputConfig {
 pub struct MetricsConfig {
     /// Address to serve `/metrics` on; empty string to disable. Default `127.0.0.1:9601`.
     pub listen: Option<String>,
-}
-
-/// Graceful shutdown.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long to drain pipelines and deliver the spool after SIGTERM. Default 10s.
-    pub grace: Option<HumanDuration>,
 }
 
 /// Where reading starts in files found at the first start.
@@ -190,16 +197,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/heimdall-agent";
 /// Default aggregator ingest address.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
 
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// TOML syntax, a wrong type or an unknown key; the message names the key.
-    #[error("{0}")]
-    Parse(String),
-    /// Values that parse but make no sense; each problem names its key.
-    #[error("{0}")]
-    Invalid(ConfigProblems),
-}
+pub use heimdall_common::config::LoadError as Error;
 
 impl AgentConfig {
     /// Parses and validates a configuration file's text, then applies `overrides`.
@@ -240,15 +238,7 @@ impl AgentConfig {
         let mut sources = raw.files;
         if !ov.include.is_empty() {
             if sources.is_empty() {
-                sources.push(FileSourceConfig {
-                    include: ov.include.clone(),
-                    exclude: Vec::new(),
-                    max_line_bytes: None,
-                    read_from: None,
-                    poll_interval: None,
-                    rotate_wait: None,
-                    labels: BTreeMap::new(),
-                });
+                sources.push(FileSourceConfig::with_include(ov.include.clone()));
             } else {
                 for s in &mut sources {
                     s.include = ov.include.clone();
@@ -256,15 +246,9 @@ impl AgentConfig {
             }
         }
         if sources.is_empty() {
-            sources.push(FileSourceConfig {
-                include: vec![DEFAULT_INCLUDE.to_owned()],
-                exclude: Vec::new(),
-                max_line_bytes: None,
-                read_from: None,
-                poll_interval: None,
-                rotate_wait: None,
-                labels: BTreeMap::new(),
-            });
+            sources.push(FileSourceConfig::with_include(vec![
+                DEFAULT_INCLUDE.to_owned()
+            ]));
         }
         let mut files = Vec::new();
         for (i, s) in sources.into_iter().enumerate() {

@@ -56,15 +56,10 @@ struct RunArgs {
 }
 
 fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
-    let (path, explicit) = match &args.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG), false),
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read config {}", path.display())),
-    };
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    let path = args.config.clone().unwrap_or_else(|| default.clone());
+    let text = heimdall_common::config::read_config_text(args.config.as_deref(), &default)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     let ov = Overrides {
         include: args.include.clone(),
         state_dir: args.state_dir.clone(),

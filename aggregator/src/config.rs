@@ -1,7 +1,7 @@
 //! Aggregator configuration: the raw TOML shape ([`AggregatorConfigFile`], unknown keys
 //! rejected, every field documented) and the validated runtime form ([`AggregatorConfig`]).
 
-use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration};
+use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
 use heimdall_common::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -77,14 +77,6 @@ pub struct StoreConfig {
     pub max_group_rows: Option<u32>,
 }
 
-/// Graceful shutdown.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long to finish in-flight batches after SIGTERM. Default 10s.
-    pub grace: Option<HumanDuration>,
-}
-
 /// The validated runtime configuration.
 #[derive(Clone, Debug)]
 pub struct AggregatorConfig {
@@ -108,16 +100,7 @@ pub struct AggregatorConfig {
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/heimdall-aggregator";
 
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// TOML syntax, a wrong type or an unknown key; the message names the key.
-    #[error("{0}")]
-    Parse(String),
-    /// Values that parse but make no sense; each problem names its key.
-    #[error("{0}")]
-    Invalid(ConfigProblems),
-}
+pub use heimdall_common::config::LoadError as Error;
 
 /// Command-line overrides.
 #[derive(Clone, Debug, Default)]

@@ -251,6 +251,43 @@ impl fmt::Display for ConfigProblems {
     }
 }
 
+/// Why a configuration could not be loaded (both programs use it).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// TOML syntax, a wrong type or an unknown key; the message names the key.
+    #[error("{0}")]
+    Parse(String),
+    /// Values that parse but make no sense; each problem names its key.
+    #[error("{0}")]
+    Invalid(ConfigProblems),
+}
+
+/// The `[shutdown]` section shared by both configuration files.
+#[derive(Debug, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long to drain and deliver in-flight data after SIGTERM. Default 10s.
+    pub grace: Option<HumanDuration>,
+}
+
+/// Reads a configuration file. An explicitly named file must exist; the default path
+/// may be absent, and then the built-in defaults apply (empty text).
+///
+/// # Errors
+/// The I/O error, for an explicit path or any error other than "not found".
+pub fn read_config_text(
+    explicit: Option<&std::path::Path>,
+    default: &std::path::Path,
+) -> std::io::Result<String> {
+    match explicit {
+        Some(p) => std::fs::read_to_string(p),
+        None => match std::fs::read_to_string(default) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            other => other,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,35 +1,20 @@
 //! The `heimdall` CLI answers a selector with line filters, newest first, with labels;
 //! bad configurations are refused naming the key.
 
-use heimdall_tests::{bins, stored_count, wait_for_count, Agent, AgentOptions, Aggregator, Pki};
+use heimdall_tests::{bins, wait_for_count, AgentOptions, Cluster};
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
 #[test]
 fn query_prints_matching_lines_newest_first_with_labels() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki")).unwrap();
-    let agg = Aggregator::start(root, &pki, None).unwrap();
-    let logs = root.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let (c, k) = pki.agent_cert("web1").unwrap();
+    let c = Cluster::start().unwrap();
     let opts = AgentOptions {
-        include: vec![format!("{}/*.log", logs.display())],
         batch_timeout: "50ms",
         ..AgentOptions::default()
     };
-    let _agent = Agent::start(
-        &root.join("agent"),
-        "web1",
-        agg.addrs.ingest,
-        &pki,
-        (&c, &k),
-        &opts,
-    )
-    .unwrap();
-    let mut f = std::fs::File::create(logs.join("app.log")).unwrap();
+    let _agent = c.agent("web1", opts).unwrap();
+    let mut f = std::fs::File::create(c.logs.join("app.log")).unwrap();
     for i in 0..30 {
         let lvl = if i % 3 == 0 { "error" } else { "info" };
         writeln!(f, "{lvl} event {i}").unwrap();
@@ -40,14 +25,14 @@ fn query_prints_matching_lines_newest_first_with_labels() {
         }
     }
     assert_eq!(
-        wait_for_count(30, Duration::from_secs(30), || stored_count(&agg.db())),
+        wait_for_count(30, Duration::from_secs(30), || c.count()),
         30
     );
 
     let out = Command::new(&bins().cli)
         .args([
             "--addr",
-            &agg.url(),
+            &c.agg.url(),
             "query",
             r#"{host="web1"} |= "error" != "event 27""#,
             "--since",
@@ -80,7 +65,7 @@ fn query_prints_matching_lines_newest_first_with_labels() {
     assert!(!nums.contains(&27));
 
     let bad = Command::new(&bins().cli)
-        .args(["--addr", &agg.url(), "query", r#"{host="web1" |= "x""#])
+        .args(["--addr", &c.agg.url(), "query", r#"{host="web1" |= "x""#])
         .output()
         .unwrap();
     assert!(!bad.status.success());

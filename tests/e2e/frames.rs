@@ -5,9 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use heimdall_common::record::{Labels, Level, LogRecord};
 use heimdall_common::wire::{self, reason, Batch, BatchContent, Codec, Frame, Hello, Limits};
-use heimdall_tests::{
-    quic_client, stored_count, wait_for_count, Agent, AgentOptions, Aggregator, Pki,
-};
+use heimdall_tests::{quic_client, wait_for_count, AgentOptions, Cluster};
 use std::io::Write;
 use std::time::Duration;
 
@@ -49,28 +47,10 @@ fn reject_code(f: &Result<Frame, String>) -> Option<u16> {
 
 #[test]
 fn bad_frames_are_rejected_and_service_goes_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki")).unwrap();
-    let agg = Aggregator::start(root, &pki, None).unwrap();
-
+    let c = Cluster::start().unwrap();
+    let (pki, agg, logs) = (&c.pki, &c.agg, c.logs.clone());
     // A well-behaved agent, writing throughout the test.
-    let logs = root.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let (gc, gk) = pki.agent_cert("good").unwrap();
-    let opts = AgentOptions {
-        include: vec![format!("{}/*.log", logs.display())],
-        ..AgentOptions::default()
-    };
-    let agent = Agent::start(
-        &root.join("agent"),
-        "good",
-        agg.addrs.ingest,
-        &pki,
-        (&gc, &gk),
-        &opts,
-    )
-    .unwrap();
+    let agent = c.agent("good", AgentOptions::default()).unwrap();
     let writer = {
         let logs = logs.clone();
         std::thread::spawn(move || {
@@ -194,14 +174,15 @@ fn bad_frames_are_rejected_and_service_goes_on() {
     );
 
     writer.join().unwrap();
-    let n = wait_for_count(2010, Duration::from_secs(30), || stored_count(&agg.db()));
+    let n = wait_for_count(2010, Duration::from_secs(30), || c.count());
     assert_eq!(
         n,
         2010,
         "good agent's 2000 lines + one hand-made batch of 10, once\nagent log:\n{}",
         agent.proc.log_tail(20)
     );
-    let mut agg = agg;
+    let mut c = c;
+    let agg = &mut c.agg;
     assert!(agg.proc.running());
     let log = agg.proc.log_text();
     assert!(log.contains("rejected"), "rejections are logged:\n{log}");

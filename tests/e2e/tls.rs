@@ -3,7 +3,7 @@
 
 use heimdall_common::wire::{self, Batch, BatchContent, Codec, Frame, Hello, Limits};
 use heimdall_tests::{
-    quic_client, stored_count, wait_for_count, Agent, AgentOptions, Aggregator, Pki,
+    quic_client, stored_count, wait_for_count, Agent, AgentOptions, Cluster, Pki,
 };
 use std::io::Write;
 use std::net::SocketAddr;
@@ -64,10 +64,8 @@ fn no_client_auth(ca: &Path) -> quinn::Endpoint {
 
 #[test]
 fn bad_certificates_and_plain_traffic_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki")).unwrap();
-    let agg = Aggregator::start(root, &pki, None).unwrap();
+    let c = Cluster::start().unwrap();
+    let (root, pki, agg) = (&c.root, &c.pki, &c.agg);
     let addr = agg.addrs.ingest;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,33 +133,22 @@ fn bad_certificates_and_plain_traffic_are_refused() {
     );
 
     // The aggregator still serves a well-behaved agent.
-    let logs = root.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut f = std::fs::File::create(logs.join("good.log")).unwrap();
+    let mut f = std::fs::File::create(c.logs.join("good.log")).unwrap();
     for i in 0..100 {
         writeln!(f, "good line {i}").unwrap();
     }
-    let (gc, gk) = pki.agent_cert("good").unwrap();
-    let opts = AgentOptions {
-        include: vec![format!("{}/*.log", logs.display())],
-        ..AgentOptions::default()
-    };
-    let agent = Agent::start(&root.join("agent"), "good", addr, &pki, (&gc, &gk), &opts).unwrap();
-    let n = wait_for_count(100, Duration::from_secs(30), || stored_count(&agg.db()));
+    let agent = c.agent("good", AgentOptions::default()).unwrap();
+    let n = wait_for_count(100, Duration::from_secs(30), || c.count());
     assert_eq!(n, 100, "agent log:\n{}", agent.proc.log_tail(30));
     drop(rt);
 }
 
 #[test]
 fn agent_with_expired_certificate_says_so_and_keeps_spooling() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let pki = Pki::new(&root.join("pki")).unwrap();
-    let agg = Aggregator::start(root, &pki, None).unwrap();
-    let logs = root.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::write(logs.join("a.log"), "one\ntwo\n").unwrap();
-    let (ec, ek) = pki
+    let c = Cluster::start().unwrap();
+    std::fs::write(c.logs.join("a.log"), "one\ntwo\n").unwrap();
+    let (ec, ek) = c
+        .pki
         .agent_cert_valid(
             "late",
             OffsetDateTime::now_utc() - time::Duration::days(10),
@@ -169,14 +156,14 @@ fn agent_with_expired_certificate_says_so_and_keeps_spooling() {
         )
         .unwrap();
     let opts = AgentOptions {
-        include: vec![format!("{}/*.log", logs.display())],
+        include: vec![format!("{}/*.log", c.logs.display())],
         ..AgentOptions::default()
     };
     let mut agent = Agent::start(
-        &root.join("agent"),
+        &c.root.join("agent"),
         "late",
-        agg.addrs.ingest,
-        &pki,
+        c.agg.addrs.ingest,
+        &c.pki,
         (&ec, &ek),
         &opts,
     )
@@ -199,12 +186,12 @@ fn agent_with_expired_certificate_says_so_and_keeps_spooling() {
         "agent did not report the refused connection:\n{l}"
     );
     assert!(agent.proc.running(), "agent must keep running and spooling");
-    assert_eq!(stored_count(&agg.db()), 0);
+    assert_eq!(c.count(), 0);
     // Renew the certificate in place: the next connection attempt uses it.
-    let (nc, nk) = pki.agent_cert("late-renewed").unwrap();
+    let (nc, nk) = c.pki.agent_cert("late-renewed").unwrap();
     std::fs::copy(nc, &ec).unwrap();
     std::fs::copy(nk, &ek).unwrap();
-    let n = wait_for_count(2, Duration::from_secs(30), || stored_count(&agg.db()));
+    let n = wait_for_count(2, Duration::from_secs(30), || c.count());
     assert_eq!(
         n,
         2,

@@ -464,3 +464,60 @@ pub fn quic_client(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn::
     ep.set_default_client_config(cfg);
     Ok(ep)
 }
+
+/// An aggregator with its PKI and a directory of log files, in a temporary directory
+/// that lives as long as the cluster: the common set-up of end-to-end tests.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub logs: PathBuf,
+    pub pki: Pki,
+    pub agg: Aggregator,
+}
+
+impl Cluster {
+    /// Makes the directories and the PKI and starts the aggregator.
+    ///
+    /// # Errors
+    /// As [`Aggregator::start`].
+    pub fn start() -> anyhow::Result<Cluster> {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().to_owned();
+        let logs = root.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let pki = Pki::new(&root.join("pki"))?;
+        let agg = Aggregator::start(&root, &pki, None)?;
+        Ok(Cluster {
+            tmp,
+            root,
+            logs,
+            pki,
+            agg,
+        })
+    }
+
+    /// Starts an agent named `name` with its own certificate, tailing `logs/*.log`
+    /// unless `opts.include` says otherwise.
+    ///
+    /// # Errors
+    /// Certificate or spawn failures.
+    pub fn agent(&self, name: &str, mut opts: AgentOptions) -> anyhow::Result<Agent> {
+        if opts.include.is_empty() {
+            opts.include = vec![format!("{}/*.log", self.logs.display())];
+        }
+        let (cert, key) = self.pki.agent_cert(name)?;
+        Agent::start(
+            &self.root.join(format!("agent-{name}")),
+            name,
+            self.agg.addrs.ingest,
+            &self.pki,
+            (&cert, &key),
+            &opts,
+        )
+    }
+
+    /// Lines stored so far.
+    pub fn count(&self) -> u64 {
+        stored_count(&self.agg.db())
+    }
+}
