@@ -4,6 +4,8 @@
 //! Loading takes a `&str` so tests feed it directly. Validation reports every problem
 //! in one pass, each naming its key, before any file is opened or socket bound.
 
+use crate::ship::ShipConfig;
+use crate::spool::SpoolLimits;
 use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
 use heimdall_common::tls::TlsFiles;
 use serde::Deserialize;
@@ -167,15 +169,8 @@ pub struct AgentConfig {
     pub batch_max_bytes: usize,
     pub batch_max_records: usize,
     pub batch_timeout: Duration,
-    pub spool_max_bytes: u64,
-    pub spool_segment_bytes: u64,
-    pub spool_memory_bytes: u64,
-    pub endpoints: Vec<String>,
-    pub server_name: String,
-    pub tls: TlsFiles,
-    pub window: usize,
-    pub max_backoff: Duration,
-    pub heartbeat: Duration,
+    pub spool: SpoolLimits,
+    pub ship: ShipConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
 }
@@ -412,27 +407,32 @@ impl AgentConfig {
         p.into_result().map_err(Error::Invalid)?;
         Ok(AgentConfig {
             state_dir,
-            host,
             labels: raw.labels,
             files,
             batch_max_bytes: batch_max_bytes as usize,
             batch_max_records: batch_max_records as usize,
             batch_timeout,
-            spool_max_bytes,
-            spool_segment_bytes,
-            spool_memory_bytes,
-            endpoints,
-            server_name: raw.output.server_name.unwrap_or_else(|| "localhost".into()),
-            tls,
-            window,
-            max_backoff: raw
-                .output
-                .max_backoff
-                .map_or(Duration::from_secs(30), |d| d.0),
-            heartbeat: raw
-                .output
-                .heartbeat
-                .map_or(Duration::from_secs(10), |d| d.0),
+            spool: SpoolLimits {
+                max_bytes: spool_max_bytes,
+                segment_bytes: spool_segment_bytes,
+                memory_bytes: spool_memory_bytes,
+            },
+            ship: ShipConfig {
+                endpoints,
+                server_name: raw.output.server_name.unwrap_or_else(|| "localhost".into()),
+                tls,
+                window,
+                max_backoff: raw
+                    .output
+                    .max_backoff
+                    .map_or(Duration::from_secs(30), |d| d.0),
+                heartbeat: raw
+                    .output
+                    .heartbeat
+                    .map_or(Duration::from_secs(10), |d| d.0),
+                host: host.clone(),
+            },
+            host,
             metrics_listen,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
         })
@@ -459,8 +459,8 @@ mod tests {
         let c = AgentConfig::load("", &Overrides::default()).unwrap();
         assert_eq!(c.files.len(), 1);
         assert_eq!(c.files[0].include, vec![DEFAULT_INCLUDE]);
-        assert_eq!(c.endpoints, vec![DEFAULT_ENDPOINT]);
-        assert_eq!(c.spool_max_bytes, 1 << 30);
+        assert_eq!(c.ship.endpoints, vec![DEFAULT_ENDPOINT]);
+        assert_eq!(c.spool.max_bytes, 1 << 30);
     }
 
     #[test]

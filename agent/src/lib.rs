@@ -47,7 +47,7 @@ pub enum Error {
 /// # Errors
 /// [`Error`] for structural failures at start.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    match heimdall_common::tls::check_own_certificate(&cfg.tls.cert) {
+    match heimdall_common::tls::check_own_certificate(&cfg.ship.tls.cert) {
         Ok(info) => tracing::info!(
             identity = info.common_name.as_deref().unwrap_or("?"),
             "agent certificate loaded"
@@ -59,15 +59,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
         }
         Err(e) => return Err(e.into()),
     }
-    heimdall_common::tls::load_certs(&cfg.tls.ca)?;
-    heimdall_common::tls::load_key(&cfg.tls.key)?;
+    heimdall_common::tls::load_certs(&cfg.ship.tls.ca)?;
+    heimdall_common::tls::load_key(&cfg.ship.tls.key)?;
 
     let spool_dir = cfg.state_dir.join("spool");
-    let limits = spool::SpoolLimits {
-        max_bytes: cfg.spool_max_bytes,
-        segment_bytes: cfg.spool_segment_bytes,
-        memory_bytes: cfg.spool_memory_bytes,
-    };
+    let limits = cfg.spool;
     let dir = spool_dir.clone();
     let recovered = tokio::task::spawn_blocking(move || spool::Spool::open(&dir, limits))
         .await
@@ -117,15 +113,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
     ));
     let ship_stop = CancellationToken::new();
     let shipper = ship::Shipper {
-        cfg: ship::ShipConfig {
-            endpoints: cfg.endpoints.clone(),
-            server_name: cfg.server_name.clone(),
-            tls: cfg.tls.clone(),
-            window: cfg.window,
-            max_backoff: cfg.max_backoff,
-            heartbeat: cfg.heartbeat,
-            host: cfg.host.clone(),
-        },
+        cfg: cfg.ship.clone(),
         spool: spool.clone(),
         files,
     };

@@ -153,6 +153,14 @@ impl fmt::Display for Labels {
     }
 }
 
+/// Nanoseconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// One log record inside a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {

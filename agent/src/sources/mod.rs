@@ -62,10 +62,4 @@ pub struct Chunk {
     pub checkpoint: Checkpoint,
 }
 
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub use heimdall_common::record::now_ns;

@@ -325,20 +325,24 @@ impl Spool {
         let seq = g.next_seq;
         let floor = g.acked_through + 1;
         let frame = build(seq, floor);
-        let mut body = BytesMut::with_capacity(frame.len() + 64);
-        body.put_u64(seq);
-        body.put_i64(crate::sources::now_ns());
-        body.put_u32(checkpoints.len() as u32);
+        // One buffer: header placeholder, body, then the header filled in, so the frame
+        // (the bulk of the entry) is copied once.
+        let mut rec =
+            BytesMut::with_capacity(ENTRY_HEADER + frame.len() + 64 + checkpoints.len() * 64);
+        rec.put_bytes(0, ENTRY_HEADER);
+        rec.put_u64(seq);
+        rec.put_i64(crate::sources::now_ns());
+        rec.put_u32(checkpoints.len() as u32);
         for c in &checkpoints {
-            put_checkpoint(&mut body, c);
+            put_checkpoint(&mut rec, c);
         }
-        body.put_u32(frame.len() as u32);
-        let frame_rel = ENTRY_HEADER + body.len();
-        body.put_slice(&frame);
-        let mut rec = BytesMut::with_capacity(body.len() + ENTRY_HEADER);
-        rec.put_u32(body.len() as u32);
-        rec.put_u32(crc32c::crc32c(&body));
-        rec.put_slice(&body);
+        rec.put_u32(frame.len() as u32);
+        let frame_rel = rec.len();
+        rec.put_slice(&frame);
+        let body_len = (rec.len() - ENTRY_HEADER) as u32;
+        let crc = crc32c::crc32c(&rec[ENTRY_HEADER..]);
+        rec[..4].copy_from_slice(&body_len.to_be_bytes());
+        rec[4..ENTRY_HEADER].copy_from_slice(&crc.to_be_bytes());
 
         let need_new = match &g.active {
             None => true,

@@ -431,16 +431,9 @@ impl Writer {
                 "INSERT INTO batch_hw(agent, epoch, acked_through, updated) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(agent, epoch) DO UPDATE SET acked_through = excluded.acked_through, updated = excluded.updated",
             )?
-            .execute(params![agent, epoch, new_hw, heimdall_common_now()])?;
+            .execute(params![agent, epoch, new_hw, heimdall_common::record::now_ns()])?;
         Ok(Outcome::Stored(content.records.len()))
     }
-}
-
-fn heimdall_common_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// One stored row, as read back.
