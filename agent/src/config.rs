@@ -4,14 +4,17 @@
 //! Loading takes a `&str` so tests feed it directly. Validation reports every problem
 //! in one pass, each naming its key, before any file is opened or socket bound.
 
+use crate::pipeline::multiline::{Multiline, Preset, Rule};
+use crate::pipeline::parse::{Format, Parser};
 use crate::ship::ShipConfig;
-use crate::spool::SpoolLimits;
+use crate::spool::{FullPolicy, SpoolLimits};
 use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
 use heimdall_common::tls::TlsFiles;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The configuration file as written.
@@ -28,6 +31,9 @@ pub struct AgentConfigFile {
     /// File sources; default one source tailing `/var/log/**/*.log`.
     #[serde(default)]
     pub files: Vec<FileSourceConfig>,
+    /// The systemd journal. Without this section the journal is read when this host
+    /// has one (`/var/log/journal` or `/run/log/journal`) and `journalctl` is installed.
+    pub journald: Option<JournaldConfig>,
     /// Batching.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -67,6 +73,77 @@ pub struct FileSourceConfig {
     /// Extra labels for streams from this source (e.g. `service = "nginx"`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A regular expression matched against each file's path; its named groups become
+    /// labels, e.g. `^/var/log/(?P<service>[^/]+)/` gives `service="nginx"` for
+    /// `/var/log/nginx/access.log`. Labels set in `labels` win.
+    pub labels_from_path: Option<String>,
+    /// Read files that look binary (a NUL byte in their first 4KiB). Default false:
+    /// they are skipped with a warning.
+    #[serde(default)]
+    pub allow_binary: bool,
+    /// Joining the lines of one record (stack traces). Default: off, one line a record.
+    pub multiline: Option<MultilineConfig>,
+    /// Extracting time and level from lines.
+    #[serde(default)]
+    pub parse: ParseConfig,
+}
+
+/// Multiline joining for a file source.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// A built-in rule set: `java`, `python` or `go`.
+    pub preset: Option<String>,
+    /// Regular expression: a line that matches starts a new record; other lines join
+    /// the open record (unless `continue_pattern` is also set and does not match).
+    pub start_pattern: Option<String>,
+    /// Regular expression: a line that matches continues the open record.
+    pub continue_pattern: Option<String>,
+    /// Complete an open record when no line has joined it for this long. Default 1s.
+    pub timeout: Option<HumanDuration>,
+    /// Most lines in one record. Default 1000.
+    pub max_lines: Option<u32>,
+    /// Most bytes in one record; longer records are cut and flagged `truncated`.
+    /// Default: the source's `max_line_bytes`.
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// Time and level extraction.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ParseConfig {
+    /// `auto` (JSON, logfmt or plain text, detected per line; default), `json`,
+    /// `logfmt`, `text`, or `none` (observed time, unknown level).
+    pub format: Option<String>,
+    /// UTC offset of timestamps that carry none, like `+02:00`. Default `+00:00`.
+    pub timezone: Option<String>,
+}
+
+/// The systemd journal source.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JournaldConfig {
+    /// Read the journal. Default true when this section is present.
+    pub enabled: Option<bool>,
+    /// Only these units (`_SYSTEMD_UNIT`, e.g. `nginx.service`); default every unit.
+    #[serde(default)]
+    pub include_units: Vec<String>,
+    /// Never these units.
+    #[serde(default)]
+    pub exclude_units: Vec<String>,
+    /// Read journal files from this directory instead of the system journal
+    /// (`journalctl --directory`).
+    pub directory: Option<PathBuf>,
+    /// The `journalctl` program. Default `journalctl` on the PATH.
+    pub journalctl: Option<PathBuf>,
+    /// Where to start when no cursor is checkpointed yet: `boot` (this boot's entries;
+    /// default), `beginning` (everything kept), or `end` (only new entries).
+    pub read_from: Option<String>,
+    /// Extra labels for journal streams.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Longest wait before restarting `journalctl` after it exits. Default 30s.
+    pub max_backoff: Option<HumanDuration>,
 }
 
 impl FileSourceConfig {
@@ -80,6 +157,10 @@ impl FileSourceConfig {
             poll_interval: None,
             rotate_wait: None,
             labels: BTreeMap::new(),
+            labels_from_path: None,
+            allow_binary: false,
+            multiline: None,
+            parse: ParseConfig::default(),
         }
     }
 }
@@ -107,6 +188,10 @@ pub struct SpoolConfig {
     pub segment_bytes: Option<ByteSize>,
     /// Compressed batches kept in memory for sending without re-reading disk. Default 16MiB.
     pub memory_bytes: Option<ByteSize>,
+    /// What to do at `max_bytes`: `block` (default: stop reading; files keep their
+    /// positions and nothing is lost) or `drop_oldest` (delete the oldest unsent
+    /// batches to make room; counted in `heimdall_agent_spool_dropped_*` and logged).
+    pub policy: Option<String>,
 }
 
 /// Where and how to ship.
@@ -157,6 +242,51 @@ pub struct FileSource {
     pub poll_interval: Duration,
     pub rotate_wait: Duration,
     pub labels: BTreeMap<String, String>,
+    pub labels_from_path: Option<regex::Regex>,
+    pub allow_binary: bool,
+    pub multiline: Option<Arc<Multiline>>,
+    pub parser: Parser,
+}
+
+impl FileSource {
+    /// A source for `include` with every other setting at its default.
+    pub fn with_include(include: Vec<String>) -> FileSource {
+        FileSource {
+            include,
+            exclude: Vec::new(),
+            max_line_bytes: 256 << 10,
+            read_from: ReadFrom::Beginning,
+            poll_interval: Duration::from_secs(1),
+            rotate_wait: Duration::from_secs(5),
+            labels: BTreeMap::new(),
+            labels_from_path: None,
+            allow_binary: false,
+            multiline: None,
+            parser: Parser::default(),
+        }
+    }
+}
+
+/// Where the journal source starts without a checkpointed cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalStart {
+    Boot,
+    Beginning,
+    End,
+}
+
+/// Whether and how the journal is read.
+#[derive(Clone, Debug)]
+pub struct Journald {
+    /// Configured explicitly: a missing `journalctl` is logged as an error, not skipped.
+    pub required: bool,
+    pub include_units: Vec<String>,
+    pub exclude_units: Vec<String>,
+    pub directory: Option<PathBuf>,
+    pub journalctl: PathBuf,
+    pub read_from: JournalStart,
+    pub labels: BTreeMap<String, String>,
+    pub max_backoff: Duration,
 }
 
 /// The validated runtime configuration.
@@ -166,6 +296,8 @@ pub struct AgentConfig {
     pub host: String,
     pub labels: BTreeMap<String, String>,
     pub files: Vec<FileSource>,
+    /// `None` when the journal is disabled.
+    pub journald: Option<Journald>,
     pub batch_max_bytes: usize,
     pub batch_max_records: usize,
     pub batch_timeout: Duration,
@@ -301,15 +433,47 @@ impl AgentConfig {
                     "must be between 10ms and 1h",
                 );
             }
-            for k in s.labels.keys() {
-                check_label_name(&mut p, &format!("{key}.labels.{k}"), k);
-                if k == "host" || k == "source" {
-                    p.push(
-                        format!("{key}.labels.{k}"),
-                        "is set by the agent and cannot be overridden here",
-                    );
-                }
-            }
+            check_source_labels(&mut p, &key, &s.labels);
+            let labels_from_path =
+                s.labels_from_path
+                    .as_deref()
+                    .and_then(|re| match regex::Regex::new(re) {
+                        Ok(r) if r.capture_names().flatten().next().is_some() => {
+                            for name in r.capture_names().flatten() {
+                                check_label_name(&mut p, &format!("{key}.labels_from_path"), name);
+                                if name == "host" || name == "source" {
+                                    p.push(
+                                        format!("{key}.labels_from_path"),
+                                        format!("group `{name}` names a label the agent sets"),
+                                    );
+                                }
+                            }
+                            Some(r)
+                        }
+                        Ok(_) => {
+                            p.push(
+                                format!("{key}.labels_from_path"),
+                                "needs at least one named group, like (?P<service>[^/]+)",
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            p.push(
+                                format!("{key}.labels_from_path"),
+                                format!("not a valid regular expression: {e}"),
+                            );
+                            None
+                        }
+                    });
+            let multiline = s.multiline.as_ref().and_then(|m| {
+                multiline(
+                    &mut p,
+                    &format!("{key}.multiline"),
+                    m,
+                    max_line_bytes as usize,
+                )
+            });
+            let parser = parser(&mut p, &format!("{key}.parse"), &s.parse);
             files.push(FileSource {
                 include: s.include,
                 exclude,
@@ -318,6 +482,10 @@ impl AgentConfig {
                 poll_interval,
                 rotate_wait: s.rotate_wait.map_or(Duration::from_secs(5), |d| d.0),
                 labels: s.labels,
+                labels_from_path,
+                allow_binary: s.allow_binary,
+                multiline,
+                parser,
             });
         }
 
@@ -351,6 +519,18 @@ impl AgentConfig {
             );
         }
         let spool_memory_bytes = raw.spool.memory_bytes.map_or(16 << 20, |b| b.0);
+        let policy = match raw.spool.policy.as_deref() {
+            None | Some("block") => FullPolicy::Block,
+            Some("drop_oldest") => FullPolicy::DropOldest,
+            Some(other) => {
+                p.push(
+                    "spool.policy",
+                    format!("`{other}`: expected `block` or `drop_oldest`"),
+                );
+                FullPolicy::Block
+            }
+        };
+        let journald = journald(&mut p, raw.journald);
 
         let endpoints = if !ov.endpoints.is_empty() {
             ov.endpoints.clone()
@@ -409,6 +589,7 @@ impl AgentConfig {
             state_dir,
             labels: raw.labels,
             files,
+            journald,
             batch_max_bytes: batch_max_bytes as usize,
             batch_max_records: batch_max_records as usize,
             batch_timeout,
@@ -416,6 +597,7 @@ impl AgentConfig {
                 max_bytes: spool_max_bytes,
                 segment_bytes: spool_segment_bytes,
                 memory_bytes: spool_memory_bytes,
+                policy,
             },
             ship: ShipConfig {
                 endpoints,
@@ -437,6 +619,180 @@ impl AgentConfig {
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
         })
     }
+}
+
+fn check_source_labels(p: &mut ConfigProblems, key: &str, labels: &BTreeMap<String, String>) {
+    for k in labels.keys() {
+        check_label_name(p, &format!("{key}.labels.{k}"), k);
+        if k == "host" || k == "source" {
+            p.push(
+                format!("{key}.labels.{k}"),
+                "is set by the agent and cannot be overridden here",
+            );
+        }
+    }
+}
+
+fn regex_at(p: &mut ConfigProblems, key: String, re: &str) -> Option<regex::bytes::Regex> {
+    match regex::bytes::Regex::new(re) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            p.push(key, format!("not a valid regular expression: {e}"));
+            None
+        }
+    }
+}
+
+fn multiline(
+    p: &mut ConfigProblems,
+    key: &str,
+    m: &MultilineConfig,
+    max_line_bytes: usize,
+) -> Option<Arc<Multiline>> {
+    let start = m
+        .start_pattern
+        .as_deref()
+        .and_then(|r| regex_at(p, format!("{key}.start_pattern"), r));
+    let cont = m
+        .continue_pattern
+        .as_deref()
+        .and_then(|r| regex_at(p, format!("{key}.continue_pattern"), r));
+    let rule = match (&m.preset, &m.start_pattern, &m.continue_pattern) {
+        (Some(name), None, None) => match Preset::from_name(name) {
+            Some(pr) => Rule::Preset(pr),
+            None => {
+                p.push(
+                    format!("{key}.preset"),
+                    format!("`{name}`: expected `java`, `python` or `go`"),
+                );
+                return None;
+            }
+        },
+        (Some(_), _, _) => {
+            p.push(
+                format!("{key}.preset"),
+                "cannot be combined with start_pattern or continue_pattern",
+            );
+            return None;
+        }
+        (None, None, None) => {
+            p.push(key, "needs `preset`, `start_pattern` or `continue_pattern`");
+            return None;
+        }
+        _ => Rule::Patterns { start, cont },
+    };
+    let timeout = m.timeout.map_or(Duration::from_secs(1), |d| d.0);
+    if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(60) {
+        p.push(format!("{key}.timeout"), "must be between 10ms and 60s");
+    }
+    let max_lines = m.max_lines.unwrap_or(1000);
+    if !(2..=100_000).contains(&max_lines) {
+        p.push(format!("{key}.max_lines"), "must be between 2 and 100000");
+    }
+    let max_bytes = m.max_bytes.map_or(max_line_bytes as u64, |b| b.0);
+    if !(64..=(4 << 20)).contains(&max_bytes) {
+        p.push(format!("{key}.max_bytes"), "must be between 64B and 4MiB");
+    }
+    Some(Arc::new(Multiline {
+        rule,
+        timeout,
+        max_lines: max_lines as usize,
+        max_bytes: max_bytes as usize,
+    }))
+}
+
+fn parser(p: &mut ConfigProblems, key: &str, c: &ParseConfig) -> Parser {
+    let format = match c.format.as_deref() {
+        None | Some("auto") => Format::Auto,
+        Some("json") => Format::Json,
+        Some("logfmt") => Format::Logfmt,
+        Some("text") => Format::Text,
+        Some("none") => Format::None,
+        Some(other) => {
+            p.push(
+                format!("{key}.format"),
+                format!("`{other}`: expected auto, json, logfmt, text or none"),
+            );
+            Format::Auto
+        }
+    };
+    let utc_offset_s = match c.timezone.as_deref() {
+        None | Some("UTC") | Some("Z") => 0,
+        Some(tz) => match parse_utc_offset(tz) {
+            Some(s) => s,
+            None => {
+                p.push(
+                    format!("{key}.timezone"),
+                    format!("`{tz}`: expected a UTC offset like +02:00 or -05:30"),
+                );
+                0
+            }
+        },
+    };
+    Parser {
+        format,
+        utc_offset_s,
+    }
+}
+
+fn parse_utc_offset(s: &str) -> Option<i32> {
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    ((0..=14).contains(&h) && (0..60).contains(&m)).then_some(sign * (h * 3600 + m * 60))
+}
+
+fn journald(p: &mut ConfigProblems, raw: Option<JournaldConfig>) -> Option<Journald> {
+    let present = raw.is_some();
+    let c = raw.unwrap_or_default();
+    if c.enabled == Some(false) {
+        return None;
+    }
+    check_source_labels(p, "journald", &c.labels);
+    for (field, units) in [
+        ("include_units", &c.include_units),
+        ("exclude_units", &c.exclude_units),
+    ] {
+        for (i, u) in units.iter().enumerate() {
+            if u.is_empty() || u.contains(['=', '+', ' ']) {
+                p.push(
+                    format!("journald.{field}[{i}]"),
+                    format!("`{u}` is not a unit name like nginx.service"),
+                );
+            }
+        }
+    }
+    let read_from = match c.read_from.as_deref() {
+        None | Some("boot") => JournalStart::Boot,
+        Some("beginning") => JournalStart::Beginning,
+        Some("end") => JournalStart::End,
+        Some(other) => {
+            p.push(
+                "journald.read_from",
+                format!("`{other}`: expected `boot`, `beginning` or `end`"),
+            );
+            JournalStart::Boot
+        }
+    };
+    let has_journal =
+        Path::new("/var/log/journal").is_dir() || Path::new("/run/log/journal").is_dir();
+    if !present && !has_journal {
+        return None;
+    }
+    Some(Journald {
+        required: present,
+        include_units: c.include_units,
+        exclude_units: c.exclude_units,
+        directory: c.directory,
+        journalctl: c.journalctl.unwrap_or_else(|| PathBuf::from("journalctl")),
+        read_from,
+        labels: c.labels,
+        max_backoff: c.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
+    })
 }
 
 fn check_label_name(p: &mut ConfigProblems, key: &str, name: &str) {

@@ -88,13 +88,27 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
     let files = Arc::new(AtomicU64::new(0));
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_CHANNEL);
     let mut threads = Vec::new();
+    let (journal_cps, file_cps): (Vec<_>, Vec<_>) = recovered
+        .checkpoints
+        .iter()
+        .cloned()
+        .partition(|c| c.key.is_journal());
+    if let Some(j) = cfg.journald.clone() {
+        let reader = sources::journald::JournalReader::new(j, &base, &journal_cps);
+        tracing::info!(
+            cursor = reader.cursor.as_deref().unwrap_or("(none)"),
+            "reading the journal"
+        );
+        let (tx, token) = (tx.clone(), shutdown.child_token());
+        let h = std::thread::Builder::new()
+            .name("journal-source".into())
+            .spawn(move || sources::journald::run(reader, tx, token))
+            .map_err(|e| Error::Thread("journal source", e))?;
+        threads.push(h);
+    }
     for (i, src) in cfg.files.iter().enumerate() {
         tracing::info!(include = ?src.include, "tailing files");
-        let tailer = sources::file::FileTailer::new(
-            src.clone(),
-            base.clone(),
-            recovered.checkpoints.clone(),
-        );
+        let tailer = sources::file::FileTailer::new(src.clone(), base.clone(), file_cps.clone());
         let (tx, token, files) = (tx.clone(), shutdown.child_token(), files.clone());
         let h = std::thread::Builder::new()
             .name(format!("file-source-{i}"))

@@ -6,9 +6,9 @@
 //! numbers (the spool assigns them) or delivery.
 
 use crate::sources::{Checkpoint, Chunk, FileKey};
-use crate::spool::Spool;
+use crate::spool::{FullPolicy, Spool};
 use bytes::{Bytes, BytesMut};
-use heimdall_common::record::{Labels, Level, LogRecord};
+use heimdall_common::record::{Labels, LogRecord};
 use heimdall_common::wire::{Batch, BatchContent, Codec, Frame};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,9 +67,13 @@ impl Batcher {
             self.bytes += line.bytes.len() + 24;
             self.content.records.push(LogRecord {
                 stream,
-                time_ns: chunk.observed_ns,
+                time_ns: if line.time_ns != 0 {
+                    line.time_ns
+                } else {
+                    chunk.observed_ns
+                },
                 observed_ns: chunk.observed_ns,
-                level: Level::Unknown,
+                level: line.level,
                 template_id: 0,
                 flags: line.flags,
                 redacted: 0,
@@ -161,6 +165,23 @@ async fn spool_batch(spool: &Arc<Spool>, p: Pending) {
     let mut waited = false;
     loop {
         if !spool.has_room(size) {
+            if spool.policy() == FullPolicy::DropOldest {
+                let s = spool.clone();
+                match tokio::task::spawn_blocking(move || s.drop_oldest(size)).await {
+                    Ok(Ok(d)) if d.batches > 0 => {
+                        tracing::warn!(
+                            batches = d.batches,
+                            records = d.records,
+                            bytes = d.bytes,
+                            "spool is full; dropped the oldest unsent batches (spool.policy = drop_oldest)"
+                        );
+                        continue;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot drop spooled batches"),
+                    Err(e) => tracing::error!(error = %e, "spool task failed"),
+                }
+            }
             if !waited {
                 tracing::warn!(
                     "spool is full; pausing reading until the aggregator acknowledges data"
@@ -217,10 +238,7 @@ mod tests {
             stream: stream.clone(),
             observed_ns: 1,
             lines: (0..n)
-                .map(|i| Line {
-                    bytes: Bytes::from(format!("line {i}")),
-                    flags: 0,
-                })
+                .map(|i| Line::new(Bytes::from(format!("line {i}")), 0))
                 .collect(),
             checkpoint: Checkpoint {
                 key: FileKey { dev: 1, ino: 1, fp },
@@ -228,6 +246,7 @@ mod tests {
                 tail: 0,
                 source: "/x".into(),
                 updated_ns: 0,
+                cursor: String::new(),
             },
         }
     }

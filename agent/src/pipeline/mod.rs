@@ -1,8 +1,13 @@
 //! The agent's pipeline between sources and the spool.
 //!
-//! Stages are synchronous types that are unit-tested and benchmarked without tokio,
-//! each wrapped by a small task; channels between tasks are bounded.
+//! Stages are synchronous types that are unit-tested and benchmarked without tokio.
+//! - [`multiline`]: joins the lines of one record. It runs inside the file source,
+//!   per file, because a record's checkpoint is the file position after its last line.
+//! - [`parse`]: event time and level from the record; run by each source on its own
+//!   thread, with that source's settings.
 //! - [`batch`]: groups records into batches by size and time, with the checkpoints
 //!   they cover, and hands sealed batches to the spool.
 
 pub mod batch;
+pub mod multiline;
+pub mod parse;

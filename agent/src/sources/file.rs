@@ -20,6 +20,7 @@
 use super::fingerprint::{self, Fingerprint, TAIL_LEN};
 use super::{now_ns, Checkpoint, Chunk, FileKey, Line};
 use crate::config::{FileSource, ReadFrom};
+use crate::pipeline::multiline::{Joined, Joiner};
 use bytes::Bytes;
 use heimdall_common::record::{flags, Labels};
 use std::collections::{HashMap, HashSet};
@@ -39,6 +40,8 @@ const READ_BUF: usize = 64 << 10;
 const PASS_BUDGET: usize = 256 << 10;
 /// Checkpoints of files not seen for this long are forgotten (the spool uses the same).
 const FORGET_AFTER: Duration = crate::spool::CHECKPOINT_TTL;
+/// Bytes at the start of a new file looked at for NUL bytes (binary files).
+const BINARY_PROBE: usize = 4096;
 /// Idle files that still exist re-announce their position this often, so that their
 /// checkpoints never age out.
 const REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -51,6 +54,8 @@ enum State {
     Deferred,
     /// Being read.
     Active,
+    /// Looks binary (NUL bytes in its first block) and binary files are not allowed.
+    Skipped,
 }
 
 struct Tracked {
@@ -78,6 +83,8 @@ struct Tracked {
     gone_since: Option<Instant>,
     last_growth: Instant,
     at_eof: bool,
+    /// The open multiline record, when the source joins lines.
+    joiner: Option<Joiner>,
 }
 
 impl Tracked {
@@ -96,6 +103,7 @@ impl Tracked {
             tail: self.tail,
             source: self.source.clone(),
             updated_ns: now_ns(),
+            cursor: String::new(),
         })
     }
 
@@ -119,6 +127,9 @@ impl Tracked {
         }
         self.at_eof = false;
         self.state = State::Active;
+        if let Some(j) = self.joiner.as_mut() {
+            j.reset();
+        }
     }
 }
 
@@ -133,6 +144,7 @@ pub struct Stats {
     pub copies_adopted: u64,
     pub closed: u64,
     pub open_errors: u64,
+    pub binary_skipped: u64,
 }
 
 /// The synchronous core of the file source. [`run`] drives it on a thread.
@@ -188,7 +200,11 @@ impl FileTailer {
     }
 
     fn stream_for(&self, source: &str) -> Arc<Labels> {
-        make_stream(&self.base_labels, source)
+        make_stream(
+            &self.base_labels,
+            self.cfg.labels_from_path.as_ref(),
+            source,
+        )
     }
 
     fn expand(&mut self) -> Vec<PathBuf> {
@@ -272,6 +288,7 @@ impl FileTailer {
                     gone_since: None,
                     last_growth: now,
                     at_eof: false,
+                    joiner: self.cfg.multiline.clone().map(Joiner::new),
                 },
             );
         }
@@ -309,7 +326,7 @@ impl FileTailer {
     fn identify_waiting(&mut self, finalising: bool) {
         let mut waiting: Vec<((u64, u64), bool, bool)> = Vec::new();
         for (id, t) in self.tracked.iter_mut() {
-            if t.state == State::Active {
+            if matches!(t.state, State::Active | State::Skipped) {
                 continue;
             }
             if t.fp.is_none() {
@@ -338,8 +355,11 @@ impl FileTailer {
         };
         let Some(key) = t.key() else { return };
         let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Nothing precedes offset 0 (a file identified, or a multiline record open,
+        // before anything was handed on), so there is no tail to compare.
         let verify = |file: &File, cp: &Checkpoint| -> bool {
-            matches!(fingerprint::tail_at(file, cp.offset), Ok(Some(h)) if h == cp.tail)
+            cp.offset == 0
+                || matches!(fingerprint::tail_at(file, cp.offset), Ok(Some(h)) if h == cp.tail)
         };
 
         if let Some(cp) = self.checkpoints.get(&key).cloned() {
@@ -347,7 +367,11 @@ impl FileTailer {
             if size >= cp.offset && verify(&t.file, &cp) {
                 tracing::debug!(path = %t.path.display(), offset = cp.offset, "resuming file");
                 t.source = cp.source.clone();
-                t.stream = make_stream(&self.base_labels, &cp.source);
+                t.stream = make_stream(
+                    &self.base_labels,
+                    self.cfg.labels_from_path.as_ref(),
+                    &cp.source,
+                );
                 t.start_at(cp.offset, cp.tail);
             } else {
                 // The inode was truncated while we were not looking: its old position
@@ -412,13 +436,25 @@ impl FileTailer {
                 self.stats.copies_adopted += 1;
                 t.source = cp.source.clone();
                 t.start_at(cp.offset, cp.tail);
-                t.stream = make_stream(&self.base_labels, &cp.source);
+                t.stream = make_stream(
+                    &self.base_labels,
+                    self.cfg.labels_from_path.as_ref(),
+                    &cp.source,
+                );
                 self.checkpoints.remove(&cp.key);
                 self.record_position(id);
                 return;
             }
         }
         let t = self.tracked.get_mut(&id).expect("looked up above");
+        if !self.cfg.allow_binary && looks_binary(&t.file) {
+            tracing::warn!(path = %t.path.display(), "skipping a binary file (NUL bytes in its first 4KiB; set allow_binary to read it)");
+            self.stats.binary_skipped += 1;
+            metrics::counter!("heimdall_agent_files_skipped_total", "reason" => "binary")
+                .increment(1);
+            t.state = State::Skipped;
+            return;
+        }
         let start = if self.initial && self.cfg.read_from == ReadFrom::End {
             size
         } else {
@@ -470,9 +506,13 @@ impl FileTailer {
         }
         let ids: Vec<_> = self.tracked.keys().copied().collect();
         let mut more = false;
+        let now = Instant::now();
         for id in ids {
             match self.read_file(id, out) {
-                Ok(m) => more |= m,
+                Ok(m) => {
+                    more |= m;
+                    self.flush_due(id, now, out);
+                }
                 Err(e) => {
                     metrics::counter!("heimdall_agent_file_errors_total", "kind" => "read")
                         .increment(1);
@@ -483,6 +523,21 @@ impl FileTailer {
             }
         }
         more
+    }
+
+    /// Completes a multiline record that has waited for its timeout.
+    fn flush_due(&mut self, id: (u64, u64), now: Instant, out: &mut Vec<Chunk>) {
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return;
+        };
+        if t.state != State::Active {
+            return;
+        }
+        if let Some(r) = t.joiner.as_mut().and_then(|j| j.flush_due(now)) {
+            t.offset = r.end;
+            t.tail = r.tail;
+            self.emit(id, vec![r.line], out);
+        }
     }
 
     fn read_file(&mut self, id: (u64, u64), out: &mut Vec<Chunk>) -> io::Result<bool> {
@@ -508,6 +563,7 @@ impl FileTailer {
         let mut last_complete: Option<(u64, u64)> = None;
         let mut read = 0usize;
         let max_line = self.cfg.max_line_bytes;
+        let now = Instant::now();
         while read < PASS_BUDGET {
             let n = t.file.read_at(&mut self.buf, t.read_pos)?;
             if n == 0 {
@@ -543,9 +599,21 @@ impl FileTailer {
                 if std::str::from_utf8(&bytes).is_err() {
                     fl |= flags::INVALID_UTF8;
                 }
-                lines.push(Line { bytes, flags: fl });
                 let end = t.read_pos + nl as u64 + 1;
-                last_complete = Some((end, fingerprint::tail_hash(&t.raw_tail, &data[..=nl])));
+                let tail = fingerprint::tail_hash(&t.raw_tail, &data[..=nl]);
+                let line = Line::new(bytes, fl);
+                match t.joiner.as_mut() {
+                    None => {
+                        lines.push(line);
+                        last_complete = Some((end, tail));
+                    }
+                    Some(j) => {
+                        if let Some(Joined { line, end, tail }) = j.push(line, end, tail, now) {
+                            lines.push(line);
+                            last_complete = Some((end, tail));
+                        }
+                    }
+                }
                 start = nl + 1;
             }
             // Keep the incomplete rest, up to the cap; skip beyond it.
@@ -578,9 +646,15 @@ impl FileTailer {
         Ok(read >= PASS_BUDGET)
     }
 
-    fn emit(&mut self, id: (u64, u64), lines: Vec<Line>, out: &mut Vec<Chunk>) {
+    fn emit(&mut self, id: (u64, u64), mut lines: Vec<Line>, out: &mut Vec<Chunk>) {
         let t = self.tracked.get(&id).expect("emitting for a tracked file");
         let checkpoint = t.checkpoint().expect("active files have a key");
+        let observed_ns = now_ns();
+        for l in &mut lines {
+            let p = self.cfg.parser.parse(&l.bytes, observed_ns);
+            l.time_ns = p.time_ns.unwrap_or(0);
+            l.level = p.level;
+        }
         let bytes: usize = lines.iter().map(|l| l.bytes.len()).sum();
         let truncated = lines
             .iter()
@@ -605,7 +679,7 @@ impl FileTailer {
         self.checkpoints.insert(checkpoint.key, checkpoint.clone());
         out.push(Chunk {
             stream: t.stream.clone(),
-            observed_ns: now_ns(),
+            observed_ns,
             lines,
             checkpoint,
         });
@@ -665,18 +739,42 @@ impl FileTailer {
             if t.state == State::Active && !t.at_eof {
                 continue;
             }
-            if t.state == State::Active && !t.partial.is_empty() {
-                let mut fl = flags::NO_NEWLINE;
-                if t.partial_truncated {
-                    fl |= flags::TRUNCATED;
+            if t.state == State::Active {
+                let mut lines = Vec::new();
+                let mut last = None;
+                if !t.partial.is_empty() {
+                    let mut fl = flags::NO_NEWLINE;
+                    if t.partial_truncated {
+                        fl |= flags::TRUNCATED;
+                    }
+                    let bytes = Bytes::from(std::mem::take(&mut t.partial));
+                    if std::str::from_utf8(&bytes).is_err() {
+                        fl |= flags::INVALID_UTF8;
+                    }
+                    let line = Line::new(bytes, fl);
+                    let tail = fingerprint::tail_hash(&[], &t.raw_tail);
+                    match t.joiner.as_mut() {
+                        None => {
+                            lines.push(line);
+                            last = Some((t.read_pos, tail));
+                        }
+                        Some(j) => {
+                            if let Some(r) = j.push(line, t.read_pos, tail, now) {
+                                lines.push(r.line);
+                                last = Some((r.end, r.tail));
+                            }
+                        }
+                    }
                 }
-                let bytes = Bytes::from(std::mem::take(&mut t.partial));
-                if std::str::from_utf8(&bytes).is_err() {
-                    fl |= flags::INVALID_UTF8;
+                if let Some(r) = t.joiner.as_mut().and_then(Joiner::take) {
+                    lines.push(r.line);
+                    last = Some((r.end, r.tail));
                 }
-                t.offset = t.read_pos;
-                t.tail = fingerprint::tail_hash(&[], &t.raw_tail);
-                self.emit(id, vec![Line { bytes, flags: fl }], out);
+                if let Some((end, tail)) = last {
+                    t.offset = end;
+                    t.tail = tail;
+                    self.emit(id, lines, out);
+                }
             }
             if let Some(t) = self.tracked.remove(&id) {
                 tracing::debug!(path = %t.path.display(), "closed file that left the globs");
@@ -712,10 +810,32 @@ impl FileTailer {
     }
 }
 
-fn make_stream(base: &Labels, source: &str) -> Arc<Labels> {
+fn make_stream(base: &Labels, from_path: Option<&regex::Regex>, source: &str) -> Arc<Labels> {
     let mut l = base.clone();
     l.insert("source", source);
+    if let Some(caps) = from_path.and_then(|re| re.captures(source)) {
+        for name in from_path
+            .into_iter()
+            .flat_map(|re| re.capture_names().flatten())
+        {
+            if let Some(m) = caps.name(name) {
+                if base.get(name).is_none() && !m.as_str().is_empty() {
+                    l.insert(name, m.as_str());
+                }
+            }
+        }
+    }
     Arc::new(l)
+}
+
+/// Whether the first bytes of `file` hold a NUL byte (an image, a database, a core
+/// file matched by a broad glob).
+fn looks_binary(file: &File) -> bool {
+    let mut buf = [0u8; BINARY_PROBE];
+    match fingerprint::read_full_at(file, &mut buf, 0) {
+        Ok(n) => memchr::memchr(0, &buf[..n]).is_some(),
+        Err(_) => false,
+    }
 }
 
 fn strip_cr(b: Bytes) -> Bytes {
@@ -850,13 +970,10 @@ mod tests {
 
     fn cfg(dir: &Path) -> FileSource {
         FileSource {
-            include: vec![format!("{}/*", dir.display())],
-            exclude: vec![],
             max_line_bytes: 100,
-            read_from: ReadFrom::Beginning,
             poll_interval: Duration::from_millis(10),
             rotate_wait: Duration::ZERO,
-            labels: Default::default(),
+            ..FileSource::with_include(vec![format!("{}/*", dir.display())])
         }
     }
 
@@ -884,6 +1001,98 @@ mod tests {
                     .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
             })
             .collect()
+    }
+
+    fn java_cfg(dir: &Path) -> FileSource {
+        use crate::pipeline::multiline::{Multiline, Preset, Rule};
+        FileSource {
+            multiline: Some(Arc::new(Multiline {
+                rule: Rule::Preset(Preset::Java),
+                timeout: Duration::from_secs(3600),
+                max_lines: 100,
+                max_bytes: 1000,
+            })),
+            max_line_bytes: 1000,
+            ..cfg(dir)
+        }
+    }
+
+    #[test]
+    fn multiline_record_open_at_a_restart_is_read_again_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        append(
+            &p,
+            b"2024-01-01 ERROR boom
+java.lang.IllegalStateException: x
+	at a.B.c(B.java:1)
+",
+        );
+        let mut t = FileTailer::new(java_cfg(dir.path()), Labels::default(), vec![]);
+        // The record is still open: nothing handed on, the checkpoint stays at 0.
+        assert!(pump(&mut t).is_empty());
+        let cps = t.checkpoints();
+        assert_eq!(cps[0].offset, 0);
+        // A restart reads the record again, and the next record completes it.
+        append(
+            &p,
+            b"	at a.B.d(B.java:2)
+2024-01-01 INFO next
+",
+        );
+        let mut t2 = FileTailer::new(java_cfg(dir.path()), Labels::default(), cps);
+        let got = pump(&mut t2);
+        assert_eq!(
+            got,
+            vec!["2024-01-01 ERROR boom\njava.lang.IllegalStateException: x\n\tat a.B.c(B.java:1)\n\tat a.B.d(B.java:2)"]
+        );
+        let cps = t2.checkpoints();
+        let first_len =
+            std::fs::read(&p).unwrap().len() as u64 - b"2024-01-01 INFO next\n".len() as u64;
+        assert_eq!(cps[0].offset, first_len);
+        // When the file is final (deleted and quiet) the open record is completed.
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(pump(&mut t2), vec!["2024-01-01 INFO next"]);
+    }
+
+    #[test]
+    fn records_get_time_and_level_and_path_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("nginx")).unwrap();
+        let p = dir.path().join("nginx/error.log");
+        append(
+            &p,
+            b"2024/03/05 06:07:08 [error] 12#0: upstream timed out\n",
+        );
+        let mut c = cfg(dir.path());
+        c.include = vec![format!("{}/*/*.log", dir.path().display())];
+        c.labels_from_path = Some(regex::Regex::new(r"/(?P<service>[^/]+)/[^/]+\.log$").unwrap());
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        let mut out = Vec::new();
+        t.scan();
+        t.read_all(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].stream.get("service"), Some("nginx"));
+        let l = &out[0].lines[0];
+        assert_eq!(l.level, heimdall_common::record::Level::Error);
+        assert_eq!(l.time_ns, 1_709_618_828 * 1_000_000_000);
+    }
+
+    #[test]
+    fn binary_files_are_skipped_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        append(
+            &dir.path().join("core.log"),
+            b"ELF\0\0\x01\x02 garbage\nmore\n",
+        );
+        append(&dir.path().join("ok.log"), b"text\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["text"]);
+        assert_eq!(t.stats.binary_skipped, 1);
+        let mut c = cfg(dir.path());
+        c.allow_binary = true;
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        assert_eq!(pump(&mut t).len(), 3);
     }
 
     #[test]

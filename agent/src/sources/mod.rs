@@ -7,9 +7,10 @@
 
 pub mod file;
 pub mod fingerprint;
+pub mod journald;
 
 use bytes::Bytes;
-use heimdall_common::record::Labels;
+use heimdall_common::record::{Labels, Level};
 use std::sync::Arc;
 
 /// Identity of a logical file: device and inode, plus the fingerprint of its first line.
@@ -24,7 +25,24 @@ pub struct FileKey {
     pub fp: u64,
 }
 
+/// `dev` of the keys of journal checkpoints: no file system has it.
+pub const JOURNAL_DEV: u64 = u64::MAX;
+
 impl FileKey {
+    /// The key of a journal source's checkpoint.
+    pub fn journal(source: &str) -> FileKey {
+        FileKey {
+            dev: JOURNAL_DEV,
+            ino: fingerprint::fnv1a(source.as_bytes()),
+            fp: 0,
+        }
+    }
+
+    /// Whether this is a journal source's key.
+    pub fn is_journal(&self) -> bool {
+        self.dev == JOURNAL_DEV
+    }
+
     /// Whether this key no longer belongs to an inode.
     pub fn is_detached(&self) -> bool {
         self.dev == 0 && self.ino == 0
@@ -43,14 +61,33 @@ pub struct Checkpoint {
     pub source: String,
     /// When this checkpoint last moved, nanoseconds since the Unix epoch.
     pub updated_ns: i64,
+    /// The journal cursor of the last entry handed downstream (journal sources only;
+    /// empty for files).
+    pub cursor: String,
 }
 
-/// One line as read.
+/// One record as read: a line, or the joined lines of a multiline record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
     pub bytes: Bytes,
     /// Bits from `heimdall_common::record::flags`.
     pub flags: u8,
+    /// Event time found in the record (ns since the Unix epoch); 0 when none was.
+    pub time_ns: i64,
+    /// Level found in the record.
+    pub level: Level,
+}
+
+impl Line {
+    /// A line with no time or level found yet.
+    pub fn new(bytes: Bytes, flags: u8) -> Line {
+        Line {
+            bytes,
+            flags,
+            time_ns: 0,
+            level: Level::Unknown,
+        }
+    }
 }
 
 /// Lines read from one file in one go, and where reading stands after them.

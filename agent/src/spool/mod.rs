@@ -27,7 +27,11 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 const STATE_MAGIC: u32 = 0x4853_5053; // "HSPS"
-const STATE_VERSION: u32 = 1;
+/// Version 2 added journal cursors to checkpoints; version 1 files are still read.
+const STATE_VERSION: u32 = 2;
+/// Set in an entry's checkpoint count when its checkpoints carry cursors (entries
+/// written before cursors existed do not have it).
+const CURSORS_FLAG: u32 = 1 << 31;
 const ENTRY_HEADER: usize = 8;
 /// Checkpoints not updated for this long are dropped from the state file.
 pub const CHECKPOINT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -68,6 +72,26 @@ pub struct SpoolLimits {
     pub segment_bytes: u64,
     /// Frames kept in memory for sending without reading disk.
     pub memory_bytes: u64,
+    /// What happens at `max_bytes`.
+    pub policy: FullPolicy,
+}
+
+/// What the agent does when the spool is at its cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Stop reading until the aggregator acknowledges data: sources keep their
+    /// positions and nothing is lost.
+    Block,
+    /// Delete the oldest unsent batches to make room, counting what was dropped.
+    DropOldest,
+}
+
+/// What [`Spool::drop_oldest`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub batches: u64,
+    pub records: u64,
+    pub bytes: u64,
 }
 
 struct EntryMeta {
@@ -302,6 +326,11 @@ impl Spool {
         self.lock().epoch
     }
 
+    /// What happens at the cap.
+    pub fn policy(&self) -> FullPolicy {
+        self.limits.policy
+    }
+
     /// Whether an entry of `len` bytes fits under the cap now.
     pub fn has_room(&self, len: u64) -> bool {
         let g = self.lock();
@@ -332,7 +361,7 @@ impl Spool {
         rec.put_bytes(0, ENTRY_HEADER);
         rec.put_u64(seq);
         rec.put_i64(crate::sources::now_ns());
-        rec.put_u32(checkpoints.len() as u32);
+        rec.put_u32(checkpoints.len() as u32 | CURSORS_FLAG);
         for c in &checkpoints {
             put_checkpoint(&mut rec, c);
         }
@@ -460,6 +489,76 @@ impl Spool {
         f.read_exact_at(&mut buf, off)
             .map_err(io_err("read", &path))?;
         Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Makes room for an entry of `len` bytes by deleting the oldest segments and the
+    /// unsent batches in them (the `drop_oldest` policy). Their checkpoints are kept:
+    /// sources do not read the dropped lines again. The aggregator learns from the next
+    /// batch's `floor` that the dropped sequence numbers will never come.
+    ///
+    /// # Errors
+    /// [`Error::Io`] writing the state file or deleting a segment.
+    pub fn drop_oldest(&self, len: u64) -> Result<Dropped, Error> {
+        let mut dropped = Dropped::default();
+        loop {
+            let (seqs, last) = {
+                let mut g = self.lock();
+                if g.total_bytes == 0 || g.total_bytes + len <= self.limits.max_bytes {
+                    break;
+                }
+                let Some(front) = g.segments.front() else {
+                    break;
+                };
+                let (id, last, sealed) = (front.id, front.last_seq, front.sealed);
+                if !sealed {
+                    // Only the active segment is left: seal it so that it can go and
+                    // the next append starts a new one.
+                    if g.active.as_ref().is_some_and(|(_, a)| *a == id) {
+                        g.active = None;
+                    }
+                    g.segments.front_mut().expect("checked above").sealed = true;
+                }
+                let acked_through = g.acked_through;
+                let seqs: Vec<u64> = g
+                    .entries
+                    .iter()
+                    .take_while(|e| e.seq <= last)
+                    .filter(|e| e.seq > acked_through && !g.acked_above.contains(&e.seq))
+                    .map(|e| e.seq)
+                    .collect();
+                (seqs, last)
+            };
+            for &seq in &seqs {
+                if let Ok(Some(frame)) = self.frame(seq) {
+                    dropped.bytes += frame.len() as u64;
+                    dropped.records += count_records(frame);
+                }
+                dropped.batches += 1;
+            }
+            {
+                let mut g = self.lock();
+                if last > g.acked_through {
+                    g.acked_through = last;
+                }
+                let through = g.acked_through;
+                g.acked_above.retain(|&s| s > through);
+                while g.acked_above.first() == Some(&(g.acked_through + 1)) {
+                    g.acked_through += 1;
+                    let s = g.acked_through;
+                    g.acked_above.remove(&s);
+                }
+                g.state_dirty = true;
+            }
+            self.collect()?;
+        }
+        if dropped.batches > 0 {
+            metrics::counter!("heimdall_agent_spool_dropped_batches_total")
+                .increment(dropped.batches);
+            metrics::counter!("heimdall_agent_spool_dropped_records_total")
+                .increment(dropped.records);
+            metrics::counter!("heimdall_agent_spool_dropped_bytes_total").increment(dropped.bytes);
+        }
+        Ok(dropped)
     }
 
     /// Marks batch `seq` delivered; frees segments that are wholly delivered.
@@ -597,6 +696,17 @@ impl Spool {
     }
 }
 
+/// Records in an encoded batch frame (0 if it cannot be opened).
+fn count_records(frame: Bytes) -> u64 {
+    let limits = heimdall_common::wire::Limits::default();
+    match heimdall_common::wire::parse(frame, &limits) {
+        Ok(heimdall_common::wire::Frame::Batch(b)) => {
+            b.open(&limits).map_or(0, |c| c.records.len() as u64)
+        }
+        _ => 0,
+    }
+}
+
 fn find(entries: &VecDeque<EntryMeta>, seq: u64) -> Option<&EntryMeta> {
     let i = entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
     entries.get(i)
@@ -629,13 +739,14 @@ fn put_checkpoint(b: &mut BytesMut, c: &Checkpoint) {
     b.put_u64(c.offset);
     b.put_u64(c.tail);
     b.put_i64(c.updated_ns);
-    let s = c.source.as_bytes();
-    let n = s.len().min(u16::MAX as usize);
-    b.put_u16(n as u16);
-    b.put_slice(&s[..n]);
+    for s in [c.source.as_bytes(), c.cursor.as_bytes()] {
+        let n = s.len().min(u16::MAX as usize);
+        b.put_u16(n as u16);
+        b.put_slice(&s[..n]);
+    }
 }
 
-fn get_checkpoint(b: &mut &[u8]) -> Result<Checkpoint, &'static str> {
+fn get_checkpoint(b: &mut &[u8], with_cursor: bool) -> Result<Checkpoint, &'static str> {
     if b.remaining() < 50 {
         return Err("truncated checkpoint");
     }
@@ -653,12 +764,25 @@ fn get_checkpoint(b: &mut &[u8]) -> Result<Checkpoint, &'static str> {
     }
     let source = String::from_utf8_lossy(&b[..n]).into_owned();
     b.advance(n);
+    let mut cursor = String::new();
+    if with_cursor {
+        if b.remaining() < 2 {
+            return Err("truncated checkpoint cursor");
+        }
+        let n = b.get_u16() as usize;
+        if b.remaining() < n {
+            return Err("truncated checkpoint cursor");
+        }
+        cursor = String::from_utf8_lossy(&b[..n]).into_owned();
+        b.advance(n);
+    }
     Ok(Checkpoint {
         key,
         offset,
         tail,
         source,
         updated_ns,
+        cursor,
     })
 }
 
@@ -684,10 +808,12 @@ fn parse_entry(data: &[u8]) -> Result<ParsedEntry, &'static str> {
     }
     let seq = b.get_u64();
     let _created = b.get_i64();
-    let n = b.get_u32() as usize;
+    let n = b.get_u32();
+    let with_cursor = n & CURSORS_FLAG != 0;
+    let n = (n & !CURSORS_FLAG) as usize;
     let mut cps = Vec::with_capacity(n.min(b.remaining() / 50));
     for _ in 0..n {
-        cps.push(get_checkpoint(&mut b)?);
+        cps.push(get_checkpoint(&mut b, with_cursor)?);
     }
     if b.remaining() < 4 {
         return Err("truncated frame length");
@@ -737,7 +863,7 @@ fn read_state(data: &[u8], g: &mut Inner) -> Result<(), String> {
         return Err("not a Heimdall spool state file".into());
     }
     let v = b.get_u32();
-    if v != STATE_VERSION {
+    if !(1..=STATE_VERSION).contains(&v) {
         return Err(format!("unsupported version {v}"));
     }
     g.epoch = b.get_u64();
@@ -745,7 +871,7 @@ fn read_state(data: &[u8], g: &mut Inner) -> Result<(), String> {
     g.snapshot_seq = b.get_u64();
     let n = b.get_u32();
     for _ in 0..n {
-        let c = get_checkpoint(&mut b).map_err(str::to_owned)?;
+        let c = get_checkpoint(&mut b, v >= 2).map_err(str::to_owned)?;
         g.snapshot.insert(c.key, c);
     }
     if b.has_remaining() {
@@ -763,6 +889,7 @@ mod tests {
             max_bytes: 1 << 20,
             segment_bytes: 4096,
             memory_bytes: 2048,
+            policy: FullPolicy::Block,
         }
     }
 
@@ -777,6 +904,11 @@ mod tests {
             tail: offset * 7,
             source: "/var/log/a.log".into(),
             updated_ns: UPDATED.with(|u| *u),
+            cursor: if fp % 2 == 0 {
+                format!("s=abc;i={offset:x}")
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -882,6 +1014,47 @@ mod tests {
         assert_eq!(r.spool.next_unacked(0), None);
         assert_eq!(r.spool.append(vec![], |s, _| frame(s)).unwrap(), 42);
         assert_eq!(r.spool.frame(42).unwrap().unwrap(), frame(42));
+    }
+
+    #[test]
+    fn drop_oldest_frees_room_keeps_checkpoints_and_moves_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let lim = SpoolLimits {
+            max_bytes: 64 << 10,
+            segment_bytes: 8 << 10,
+            memory_bytes: 1 << 20,
+            policy: FullPolicy::DropOldest,
+        };
+        let r = Spool::open(dir.path(), lim).unwrap();
+        let mut seq = 0;
+        while r.spool.has_room(600) {
+            seq = r
+                .spool
+                .append(vec![cp(1, seq + 1)], |s, _| frame(s))
+                .unwrap();
+        }
+        let before = r.spool.stats();
+        let d = r.spool.drop_oldest(600).unwrap();
+        assert!(d.batches > 0 && d.bytes > 0, "{d:?}");
+        assert!(r.spool.has_room(600));
+        let after = r.spool.stats();
+        assert_eq!(after.batches, before.batches - d.batches);
+        assert_eq!(after.acked_through, d.batches);
+        // The next batch tells the aggregator the dropped ones will never come.
+        let mut floor_seen = 0;
+        r.spool
+            .append(vec![cp(1, 999)], |s, f| {
+                floor_seen = f;
+                frame(s)
+            })
+            .unwrap();
+        assert_eq!(floor_seen, d.batches + 1);
+        assert_eq!(r.spool.next_unacked(0), Some(d.batches + 1));
+        drop(r);
+        // Dropped batches are gone for good; checkpoints are the newest.
+        let r = Spool::open(dir.path(), lim).unwrap();
+        assert_eq!(r.spool.next_unacked(0), Some(d.batches + 1));
+        assert_eq!(r.checkpoints, vec![cp(1, 999)]);
     }
 
     #[test]
