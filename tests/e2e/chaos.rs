@@ -235,3 +235,168 @@ fn check_exactly_once(
         );
     }
 }
+
+/// Three agents on "hosts" of their own, each writing rotation-heavy files for three
+/// minutes, while agents are `kill -9`ed at random moments, the aggregator is
+/// `kill -9`ed and restarted, and the network is cut for 60 s (the aggregator is away
+/// and comes back on the same address). Afterwards every line of every file is stored
+/// exactly once: counts and checksums per file.
+#[test]
+fn fleet_of_three_agents_survives_kills_restarts_and_a_network_cut() {
+    const AGENTS: usize = 3;
+    const FILES_PER_AGENT: usize = 2;
+    const RUN: Duration = Duration::from_secs(180);
+    const CUT_AT: Duration = Duration::from_secs(75);
+    const CUT_FOR: Duration = Duration::from_secs(60);
+    const AGG_KILL_AT: Duration = Duration::from_secs(30);
+    const ROTATE: usize = 1_500;
+
+    let seed = std::env::var("HEIMDALL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("chaos seed {seed} (set HEIMDALL_CHAOS_SEED to replay)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    let mut c = heimdall_tests::Cluster::start().unwrap();
+    let mut agents = Vec::new();
+    let mut writers: Vec<Vec<Writer>> = Vec::new();
+    for a in 0..AGENTS {
+        let dir = c.logs.join(format!("host{a}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = AgentOptions {
+            include: vec![format!("{}/*", dir.display())],
+            ..AgentOptions::default()
+        };
+        agents.push(c.agent(&format!("host{a}"), opts).unwrap());
+        writers.push(
+            (0..FILES_PER_AGENT)
+                .map(|f| Writer::open(dir.join(format!("svc{f}.log"))))
+                .collect(),
+        );
+    }
+    let fleet_line = |a: usize, f: usize, n: usize| format!("h{a} {}", line(f, n));
+    let mut expected: HashMap<(usize, usize), Vec<String>> = HashMap::new();
+    let mut next = vec![vec![0usize; FILES_PER_AGENT]; AGENTS];
+    let start = std::time::Instant::now();
+    let mut next_kill = Duration::from_secs(rng.u64(8..20));
+    let mut agg_killed = false;
+    let mut cut: Option<std::time::Instant> = None;
+    let mut cut_done = false;
+    let mut kills = 0;
+    while start.elapsed() < RUN {
+        for a in 0..AGENTS {
+            for f in 0..FILES_PER_AGENT {
+                for _ in 0..rng.usize(5..25) {
+                    let n = next[a][f];
+                    let l = fleet_line(a, f, n);
+                    writeln!(writers[a][f].file, "{l}").unwrap();
+                    expected.entry((a, f)).or_default().push(l);
+                    next[a][f] += 1;
+                    if next[a][f] % ROTATE == 0 {
+                        let (nref, eref) = (&mut next, &mut expected);
+                        let mut extra = |file: &mut File| {
+                            for _ in 0..3 {
+                                let l = fleet_line(a, f, nref[a][f]);
+                                writeln!(file, "{l}").unwrap();
+                                eref.entry((a, f)).or_default().push(l);
+                                nref[a][f] += 1;
+                            }
+                        };
+                        writers[a][f].rotate(&mut extra);
+                    }
+                }
+            }
+        }
+        let t = start.elapsed();
+        if t >= next_kill {
+            let a = rng.usize(..AGENTS);
+            agents[a].proc.kill9();
+            std::thread::sleep(Duration::from_millis(rng.u64(50..1500)));
+            agents[a].restart().unwrap();
+            kills += 1;
+            next_kill = t + Duration::from_secs(rng.u64(8..25));
+        }
+        if t >= AGG_KILL_AT && !agg_killed {
+            agg_killed = true;
+            c.agg.proc.kill9();
+            std::thread::sleep(Duration::from_millis(500));
+            c.agg.restart(&c.root, &c.pki).unwrap();
+        }
+        if t >= CUT_AT && cut.is_none() && !cut_done {
+            // The network cut: the aggregator is unreachable; agents keep tailing into
+            // their spools and retry with backoff.
+            c.agg.proc.kill9();
+            cut = Some(std::time::Instant::now());
+        }
+        if cut.is_some_and(|s| s.elapsed() >= CUT_FOR) {
+            c.agg.restart(&c.root, &c.pki).unwrap();
+            cut = None;
+            cut_done = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if cut.is_some() {
+        c.agg.restart(&c.root, &c.pki).unwrap();
+    }
+    assert!(cut_done && agg_killed && kills >= 5, "kills {kills}");
+    let total: usize = expected.values().map(Vec::len).sum();
+    let db = c.agg.db();
+    let got = wait_for_count(total as u64, Duration::from_secs(240), || {
+        heimdall_tests::stored_count(&db)
+    });
+    let stored = stored_lines(&db).unwrap();
+    let mut per_file: HashMap<(usize, usize), (usize, u64)> = HashMap::new();
+    let mut seen: HashMap<&[u8], u32> = HashMap::with_capacity(stored.len());
+    for (_, l) in &stored {
+        *seen.entry(l.as_slice()).or_default() += 1;
+        let s = String::from_utf8_lossy(l);
+        let mut it = s.split(' ');
+        let (Some(h), Some(f)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let key = (
+            h.trim_start_matches('h').parse().unwrap_or(usize::MAX),
+            f.trim_start_matches('f').parse().unwrap_or(usize::MAX),
+        );
+        let e = per_file.entry(key).or_default();
+        e.0 += 1;
+        e.1 = e.1.wrapping_add(crc32c::crc32c(l) as u64);
+    }
+    let mut report = Vec::new();
+    for (key, lines) in &expected {
+        let want_sum = lines.iter().fold(0u64, |s, l| {
+            s.wrapping_add(crc32c::crc32c(l.as_bytes()) as u64)
+        });
+        let (n, sum) = per_file.get(key).copied().unwrap_or_default();
+        let missing = lines
+            .iter()
+            .filter(|l| !seen.contains_key(l.as_bytes()))
+            .take(3)
+            .collect::<Vec<_>>();
+        if n != lines.len() || sum != want_sum {
+            report.push(format!(
+                "host{} svc{}: stored {n} of {}, checksum {sum} vs {want_sum}, missing e.g. {missing:?}",
+                key.0,
+                key.1,
+                lines.len()
+            ));
+        }
+    }
+    let dups = seen.values().filter(|&&n| n > 1).count();
+    if !report.is_empty() || dups > 0 || got != total as u64 {
+        panic!(
+            "seed {seed}: stored {} of {total} lines, {dups} duplicated\n{}\nagent log:\n{}\naggregator log:\n{}",
+            stored.len(),
+            report.join("\n"),
+            agents[0].proc.log_tail(40),
+            c.agg.proc.log_tail(20)
+        );
+    }
+    println!(
+        "fleet chaos: {total} lines from {AGENTS} agents, {kills} agent kills, one aggregator kill, a 60 s cut"
+    );
+    for a in &mut agents {
+        assert_eq!(a.proc.terminate(Duration::from_secs(20)).unwrap(), Some(0));
+    }
+}

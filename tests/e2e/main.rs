@@ -4,4 +4,6 @@
 mod chaos;
 mod cli;
 mod frames;
+mod journald;
+mod spool_cap;
 mod tls;

@@ -196,6 +196,26 @@ impl Proc {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`), while it runs.
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Sends `sig` (e.g. SIGHUP to reload).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -312,6 +332,12 @@ pub struct AgentOptions {
     pub poll_interval: &'static str,
     pub rotate_wait: &'static str,
     pub spool_max: &'static str,
+    pub spool_policy: &'static str,
+    /// The `[journald]` section's body; by default the journal is not read.
+    pub journald: String,
+    /// `[metrics] listen`; empty for none.
+    pub metrics_listen: String,
+    /// Appended to the config (start it with a section header).
     pub extra: String,
 }
 
@@ -323,6 +349,9 @@ impl Default for AgentOptions {
             poll_interval: "100ms",
             rotate_wait: "2s",
             spool_max: "256MiB",
+            spool_policy: "block",
+            journald: "enabled = false".into(),
+            metrics_listen: String::new(),
             extra: String::new(),
         }
     }
@@ -356,16 +385,19 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n[metrics]\nlisten = \"\"\n[shutdown]\ngrace = \"5s\"\n{}",
+                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\npolicy = {:?}\n[journald]\n{}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n[metrics]\nlisten = {:?}\n[shutdown]\ngrace = \"5s\"\n{}",
                 state_dir.display().to_string(),
                 include.join(", "),
                 opts.poll_interval,
                 opts.rotate_wait,
                 opts.batch_timeout,
                 opts.spool_max,
+                opts.spool_policy,
+                opts.journald,
                 pki.ca_pem.display().to_string(),
                 cert.0.display().to_string(),
                 cert.1.display().to_string(),
+                opts.metrics_listen,
                 opts.extra,
             ),
         )?;
@@ -417,6 +449,78 @@ pub fn stored_lines(db: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         out.push((l.get("source").unwrap_or("").to_owned(), line));
     }
     Ok(out)
+}
+
+/// A stored row: its stream labels, level name, event time and line.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub labels: heimdall_common::record::Labels,
+    pub level: String,
+    pub ts: i64,
+    pub line: Vec<u8>,
+}
+
+/// Every stored row, oldest first by insertion.
+///
+/// # Errors
+/// SQLite errors.
+pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut stmt = conn.prepare(
+        "SELECT s.labels, l.level, l.ts, l.line FROM logs l JOIN streams s ON s.id = l.stream_id ORDER BY l.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (labels, level, ts, line) = r?;
+        out.push(Row {
+            labels: heimdall_aggregator::store::hot::parse_labels_key(&labels),
+            level: heimdall_common::record::Level::from_u8(level as u8)
+                .unwrap_or_default()
+                .to_string(),
+            ts,
+            line,
+        });
+    }
+    Ok(out)
+}
+
+/// A free TCP port on loopback (bound and released).
+///
+/// # Panics
+/// If no port can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+/// The value of a Prometheus counter or gauge (summed over its label sets) at `url`.
+pub fn metric(url: &str, name: &str) -> Option<f64> {
+    let body = ureq::get(url).call().ok()?.into_string().ok()?;
+    let mut found = None;
+    for l in body.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 /// Number of stored lines (0 when the database does not exist yet).
