@@ -20,7 +20,8 @@ pub mod spool;
 
 use config::AgentConfig;
 use heimdall_common::record::Labels;
-use std::sync::atomic::AtomicU64;
+use sources::{Checkpoint, Chunk, FileKey};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -42,11 +43,112 @@ pub enum Error {
     Thread(&'static str, std::io::Error),
 }
 
-/// Runs the agent until `shutdown` is cancelled, then drains.
+/// The running sources: one thread per file source and one for the journal.
+struct Sources {
+    files: Vec<(
+        std::thread::JoinHandle<sources::file::FileTailer>,
+        CancellationToken,
+    )>,
+    journal: Option<(
+        std::thread::JoinHandle<sources::journald::JournalReader>,
+        CancellationToken,
+    )>,
+}
+
+impl Sources {
+    /// Starts the sources of `cfg`, resuming from `checkpoints`.
+    fn start(
+        cfg: &AgentConfig,
+        checkpoints: &[Checkpoint],
+        tx: &tokio::sync::mpsc::Sender<Chunk>,
+        files: &Arc<sources::Gauges>,
+        shutdown: &CancellationToken,
+    ) -> Result<Sources, Error> {
+        let mut base = Labels::new([("host", cfg.host.as_str())]);
+        for (k, v) in &cfg.labels {
+            base.insert(k.clone(), v.clone());
+        }
+        let (journal_cps, file_cps): (Vec<_>, Vec<_>) = checkpoints
+            .iter()
+            .cloned()
+            .partition(|c| c.key.is_journal());
+        let mut out = Sources {
+            files: Vec::new(),
+            journal: None,
+        };
+        if let Some(j) = cfg.journald.clone() {
+            let reader = sources::journald::JournalReader::new(j, &base, &journal_cps);
+            tracing::info!(
+                cursor = reader.cursor.as_deref().unwrap_or("(none)"),
+                "reading the journal"
+            );
+            let (tx, token) = (tx.clone(), shutdown.child_token());
+            let t = token.clone();
+            let h = std::thread::Builder::new()
+                .name("journal-source".into())
+                .spawn(move || sources::journald::run(reader, tx, t))
+                .map_err(|e| Error::Thread("journal source", e))?;
+            out.journal = Some((h, token));
+        }
+        for (i, src) in cfg.files.iter().enumerate() {
+            tracing::info!(include = ?src.include, "tailing files");
+            let tailer =
+                sources::file::FileTailer::new(src.clone(), base.clone(), file_cps.clone());
+            let (tx, token, files) = (tx.clone(), shutdown.child_token(), files.clone());
+            let stop = CancellationToken::new();
+            let s = stop.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("file-source-{i}"))
+                .spawn(move || sources::file::run(tailer, tx, files, token, s))
+                .map_err(|e| Error::Thread("file source", e))?;
+            out.files.push((h, stop));
+        }
+        Ok(out)
+    }
+
+    /// Stops every source once it has handed on what it read; returns where each
+    /// stood (ahead of the spool: what they sent is still on its way there).
+    async fn stop(self) -> Vec<Checkpoint> {
+        tokio::task::spawn_blocking(move || {
+            let mut by_key: HashMap<FileKey, Checkpoint> = HashMap::new();
+            let mut keep = |c: Checkpoint| match by_key.get(&c.key) {
+                Some(old) if old.updated_ns >= c.updated_ns => {}
+                _ => {
+                    by_key.insert(c.key, c);
+                }
+            };
+            if let Some((h, token)) = self.journal {
+                token.cancel();
+                if let Ok(r) = h.join() {
+                    r.position().into_iter().for_each(&mut keep);
+                }
+            }
+            for (_, stop) in &self.files {
+                stop.cancel();
+            }
+            for (h, _) in self.files {
+                if let Ok(t) = h.join() {
+                    t.checkpoints().into_iter().for_each(&mut keep);
+                }
+            }
+            by_key.into_values().collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains. A configuration sent
+/// on `reload` (SIGHUP) replaces the sources; file positions and the journal cursor
+/// carry over.
 ///
 /// # Errors
 /// [`Error`] for structural failures at start.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+    mut reload: tokio::sync::mpsc::Receiver<AgentConfig>,
+) -> Result<(), Error> {
     match heimdall_common::tls::check_own_certificate(&cfg.ship.tls.cert) {
         Ok(info) => tracing::info!(
             identity = info.common_name.as_deref().unwrap_or("?"),
@@ -81,43 +183,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
         "spool opened"
     );
 
-    let mut base = Labels::new([("host", cfg.host.as_str())]);
-    for (k, v) in &cfg.labels {
-        base.insert(k.clone(), v.clone());
-    }
-    let files = Arc::new(AtomicU64::new(0));
+    let files = Arc::new(sources::Gauges::default());
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_CHANNEL);
-    let mut threads = Vec::new();
-    let (journal_cps, file_cps): (Vec<_>, Vec<_>) = recovered
-        .checkpoints
-        .iter()
-        .cloned()
-        .partition(|c| c.key.is_journal());
-    if let Some(j) = cfg.journald.clone() {
-        let reader = sources::journald::JournalReader::new(j, &base, &journal_cps);
-        tracing::info!(
-            cursor = reader.cursor.as_deref().unwrap_or("(none)"),
-            "reading the journal"
-        );
-        let (tx, token) = (tx.clone(), shutdown.child_token());
-        let h = std::thread::Builder::new()
-            .name("journal-source".into())
-            .spawn(move || sources::journald::run(reader, tx, token))
-            .map_err(|e| Error::Thread("journal source", e))?;
-        threads.push(h);
-    }
-    for (i, src) in cfg.files.iter().enumerate() {
-        tracing::info!(include = ?src.include, "tailing files");
-        let tailer = sources::file::FileTailer::new(src.clone(), base.clone(), file_cps.clone());
-        let (tx, token, files) = (tx.clone(), shutdown.child_token(), files.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("file-source-{i}"))
-            .spawn(move || sources::file::run(tailer, tx, files, token))
-            .map_err(|e| Error::Thread("file source", e))?;
-        threads.push(h);
-    }
-    drop(tx);
-
+    let mut sources = Sources::start(&cfg, &recovered.checkpoints, &tx, &files, &shutdown)?;
     let batcher = tokio::spawn(pipeline::batch::run(
         rx,
         spool.clone(),
@@ -129,7 +197,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
     let shipper = ship::Shipper {
         cfg: cfg.ship.clone(),
         spool: spool.clone(),
-        files,
+        gauges: files.clone(),
     };
     let shipper = tokio::spawn(shipper.run(ship_stop.clone()));
     let housekeeping = {
@@ -161,15 +229,35 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Er
         })
     };
 
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            new = reload.recv() => {
+                let Some(new) = new else {
+                    shutdown.cancelled().await;
+                    break;
+                };
+                // Stop the sources after they have handed on everything they read,
+                // then start the new ones where the old ones stood.
+                let positions = sources.stop().await;
+                metrics::counter!("heimdall_agent_reloads_total").increment(1);
+                match Sources::start(&new, &positions, &tx, &files, &shutdown) {
+                    Ok(s) => {
+                        tracing::info!(files = new.files.len(), journald = new.journald.is_some(), "sources reloaded");
+                        sources = s;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the reloaded sources; keeping the previous ones");
+                        sources = Sources::start(&cfg, &positions, &tx, &files, &shutdown)?;
+                    }
+                }
+            }
+        }
+    }
+    drop(tx);
     let deadline = Instant::now() + cfg.shutdown_grace;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining the pipeline into the spool");
-    let joined = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-    });
-    let _ = tokio::time::timeout_at(deadline.into(), joined).await;
+    let _ = tokio::time::timeout_at(deadline.into(), sources.stop()).await;
     if tokio::time::timeout_at(deadline.into(), batcher)
         .await
         .is_err()

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
+    let nofile = raise_open_files_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
     tracing_subscriber::fmt()
@@ -94,6 +95,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match nofile {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit; many tailed files may fail to open")
+        }
+    }
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,8 +124,9 @@ fn main() -> ExitCode {
             tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        match heimdall_agent::run(cfg, shutdown).await {
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(signals(shutdown.clone(), args.clone(), reload_tx));
+        match heimdall_agent::run(cfg, shutdown, reload_rx).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent failed");
@@ -128,18 +136,56 @@ fn main() -> ExitCode {
     })
 }
 
-async fn signals(shutdown: CancellationToken) {
+/// Raises the soft limit of open files to the hard limit: every tailed file is an open
+/// descriptor (10,000 files is normal on a busy host; the usual soft limit is 1,024).
+fn raise_open_files_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// SIGTERM/SIGINT stop the agent; SIGHUP reads the configuration again and, when it
+/// is valid, reloads the sources (an invalid file is reported and the running
+/// configuration kept).
+async fn signals(
+    shutdown: CancellationToken,
+    args: RunArgs,
+    reload: tokio::sync::mpsc::Sender<AgentConfig>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                break;
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                match load(&args) {
+                    Ok(cfg) => {
+                        if reload.send(cfg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::error!("{e:#}; keeping the running configuration"),
+                }
+            }
+        }
     }
     shutdown.cancel();
 }

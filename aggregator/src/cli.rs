@@ -196,17 +196,25 @@ fn agents(addr: &str) -> anyhow::Result<()> {
         &[],
     )?;
     println!(
-        "{:<24} {:<10} {:<9} {:>12} {:>8} {:>6} {:<25}",
-        "AGENT", "VERSION", "CONNECTED", "SPOOL_BYTES", "LAG_S", "FILES", "LAST_SEEN"
+        "{:<24} {:<10} {:<9} {:>12} {:>8} {:>12} {:>6} {:<25}",
+        "AGENT",
+        "VERSION",
+        "CONNECTED",
+        "SPOOL_BYTES",
+        "LAG_S",
+        "UNREAD_BYTES",
+        "FILES",
+        "LAST_SEEN"
     );
     for a in v["data"].as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:<10} {:<9} {:>12} {:>8.1} {:>6} {:<25}",
+            "{:<24} {:<10} {:<9} {:>12} {:>8.1} {:>12} {:>6} {:<25}",
             a["agent_id"].as_str().unwrap_or(""),
             a["version"].as_str().unwrap_or(""),
             a["connected"].as_bool().unwrap_or(false),
             a["spool_bytes"].as_u64().unwrap_or(0),
             a["lag_seconds"].as_f64().unwrap_or(0.0),
+            a["unread_bytes"].as_u64().unwrap_or(0),
             a["files"].as_u64().unwrap_or(0),
             format_ns(a["last_seen_ns"].as_i64().unwrap_or(0)),
         );

@@ -247,6 +247,9 @@ pub struct Heartbeat {
     pub lag_ns: u64,
     /// Files being tailed.
     pub files: u64,
+    /// Read lag: bytes written to tailed files and not read yet. Optional on the wire
+    /// (absent in heartbeats from agents before it existed: 0).
+    pub unread_bytes: u64,
 }
 
 /// Any frame.
@@ -341,6 +344,7 @@ impl Frame {
                 dst.put_u64(h.spool_batches);
                 dst.put_u64(h.lag_ns);
                 dst.put_u64(h.files);
+                dst.put_u64(h.unread_bytes);
             }
         }
         let len = u32::try_from(dst.len() - start - 4).expect("frame larger than 4 GiB");
@@ -470,6 +474,11 @@ pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
             spool_batches: r.u64("heartbeat.spool_batches")?,
             lag_ns: r.u64("heartbeat.lag_ns")?,
             files: r.u64("heartbeat.files")?,
+            unread_bytes: if r.remaining() >= 8 {
+                r.u64("heartbeat.unread_bytes")?
+            } else {
+                0
+            },
         }),
         other => return Err(Error::UnknownFrameType(other)),
     };
@@ -1053,7 +1062,7 @@ mod tests {
                 Frame::Welcome(Welcome { version: v, agent_id: id.clone(), server_id: host.clone(), max_frame_bytes: n1 as u32, capabilities: caps }),
                 Frame::Refuse(Refuse { code: v, reason: id.clone() }),
                 Frame::Reject(Reject { epoch: n1, seq: n2, code: v, reason: host.clone() }),
-                Frame::Heartbeat(Heartbeat { time_ns: t, spool_bytes: n1, spool_batches: n2, lag_ns: n1 ^ n2, files: caps }),
+                Frame::Heartbeat(Heartbeat { time_ns: t, spool_bytes: n1, spool_batches: n2, lag_ns: n1 ^ n2, files: caps, unread_bytes: n1.rotate_left(3) }),
             ];
             for f in frames {
                 prop_assert_eq!(parse(f.to_bytes(), &limits).unwrap(), f);

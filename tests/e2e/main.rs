@@ -5,5 +5,7 @@ mod chaos;
 mod cli;
 mod frames;
 mod journald;
+mod reload;
+mod scale;
 mod spool_cap;
 mod tls;

@@ -6,7 +6,7 @@ use crate::spool::Spool;
 use bytes::BytesMut;
 use heimdall_common::quic;
 use heimdall_common::wire::{self, Frame, Heartbeat, Hello, Limits};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -113,7 +113,7 @@ impl<'a> Conn<'a> {
         let hb = tokio::spawn(heartbeats(
             ctl_send,
             self.shipper.spool.clone(),
-            self.shipper.files.clone(),
+            self.shipper.gauges.clone(),
             self.shipper.cfg.heartbeat,
         ));
         let res = self.ship().await;
@@ -210,7 +210,7 @@ async fn send_batch(
 async fn heartbeats(
     mut send: quinn::SendStream,
     spool: Arc<Spool>,
-    files: Arc<AtomicU64>,
+    gauges: Arc<crate::sources::Gauges>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -222,7 +222,8 @@ async fn heartbeats(
             spool_bytes: st.bytes,
             spool_batches: st.batches,
             lag_ns: st.oldest_age_ns,
-            files: files.load(Ordering::Relaxed),
+            files: gauges.files.load(Ordering::Relaxed),
+            unread_bytes: gauges.unread_bytes.load(Ordering::Relaxed),
         });
         if quic::write_frame(&mut send, &hb).await.is_err() {
             return;

@@ -12,7 +12,6 @@ pub mod conn;
 use crate::spool::Spool;
 use heimdall_common::tls::{self, TlsFiles};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,7 @@ pub struct Shipper {
     pub cfg: ShipConfig,
     pub spool: Arc<Spool>,
     /// Files being tailed, reported in heartbeats.
-    pub files: Arc<AtomicU64>,
+    pub gauges: Arc<crate::sources::Gauges>,
 }
 
 /// Backoff before attempt `attempt` (0-based): 200 ms doubling up to `max`, with full jitter.

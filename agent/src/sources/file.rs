@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -190,6 +190,19 @@ impl FileTailer {
     /// Files currently open.
     pub fn open_files(&self) -> usize {
         self.tracked.len()
+    }
+
+    /// Bytes written to the files being read and not read yet (read lag).
+    pub fn unread_bytes(&self) -> u64 {
+        self.tracked
+            .values()
+            .filter(|t| t.state == State::Active)
+            .map(|t| {
+                t.file
+                    .metadata()
+                    .map_or(0, |m| m.len().saturating_sub(t.read_pos))
+            })
+            .sum()
     }
 
     /// Where reading stands for every known logical file (ahead of what is durable).
@@ -861,12 +874,18 @@ fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
 /// Drives a [`FileTailer`] on the calling thread until `shutdown` is cancelled or the
 /// receiving side of `tx` is closed. Chunks are sent with backpressure: when the
 /// pipeline is full, reading pauses (offsets stay where they are; nothing is lost).
+///
+/// `stop` (a reload) ends it too, but only between passes, after every chunk read is
+/// sent: the returned tailer's checkpoints then say exactly where reading stands, and
+/// the reloaded sources start there. On `shutdown` unsent chunks are dropped instead:
+/// their lines were never spooled and are read again after the restart.
 pub fn run(
     mut tailer: FileTailer,
     tx: mpsc::Sender<Chunk>,
-    files: Arc<AtomicU64>,
+    gauges: Arc<super::Gauges>,
     shutdown: CancellationToken,
-) {
+    stop: CancellationToken,
+) -> FileTailer {
     use notify::{EventKind, RecursiveMode, Watcher};
     let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -899,20 +918,32 @@ pub fn run(
     let mut out = Vec::new();
     let mut more = false;
     let mut reported = 0u64;
-    while !shutdown.is_cancelled() {
+    let mut reported_unread = 0u64;
+    while !shutdown.is_cancelled() && !stop.is_cancelled() {
         let now = Instant::now();
         if now >= next_scan {
             tailer.scan();
             tailer.close_finished(&mut out);
             next_scan = now + poll;
             let open = tailer.open_files() as u64;
-            files.fetch_add(open.wrapping_sub(reported), Ordering::Relaxed);
+            gauges
+                .files
+                .fetch_add(open.wrapping_sub(reported), Ordering::Relaxed);
             reported = open;
+            let unread = tailer.unread_bytes();
+            gauges
+                .unread_bytes
+                .fetch_add(unread.wrapping_sub(reported_unread), Ordering::Relaxed);
+            reported_unread = unread;
         }
         more |= tailer.read_all(&mut out);
         for chunk in out.drain(..) {
             if !send(&tx, chunk, &shutdown) {
-                return;
+                gauges.files.fetch_sub(reported, Ordering::Relaxed);
+                gauges
+                    .unread_bytes
+                    .fetch_sub(reported_unread, Ordering::Relaxed);
+                return tailer;
             }
         }
         let mut rescan = false;
@@ -942,7 +973,11 @@ pub fn run(
             next_scan = Instant::now();
         }
     }
-    files.fetch_sub(reported, Ordering::Relaxed);
+    gauges.files.fetch_sub(reported, Ordering::Relaxed);
+    gauges
+        .unread_bytes
+        .fetch_sub(reported_unread, Ordering::Relaxed);
+    tailer
 }
 
 fn send(tx: &mpsc::Sender<Chunk>, mut chunk: Chunk, shutdown: &CancellationToken) -> bool {

@@ -275,6 +275,11 @@ impl JournalReader {
         c.checkpoint = cp;
     }
 
+    /// Where reading stands: the cursor of the last entry read.
+    pub fn position(&self) -> Option<Checkpoint> {
+        self.cursor.clone().map(|c| self.checkpoint(c))
+    }
+
     fn checkpoint(&self, cursor: String) -> Checkpoint {
         Checkpoint {
             key: self.key,
@@ -310,8 +315,14 @@ impl JournalReader {
 }
 
 /// Runs the journal source on the calling thread until `shutdown`: starts
-/// `journalctl`, reads its entries, restarts it with backoff when it exits.
-pub fn run(mut reader: JournalReader, tx: mpsc::Sender<Chunk>, shutdown: CancellationToken) {
+/// `journalctl`, reads its entries, restarts it with backoff when it exits. Every
+/// entry read is handed on before it returns the reader, whose cursor says where
+/// reading stands (a reload resumes there).
+pub fn run(
+    mut reader: JournalReader,
+    tx: mpsc::Sender<Chunk>,
+    shutdown: CancellationToken,
+) -> JournalReader {
     let mut attempt = 0u32;
     let mut warned_missing = false;
     while !shutdown.is_cancelled() {
@@ -335,7 +346,7 @@ pub fn run(mut reader: JournalReader, tx: mpsc::Sender<Chunk>, shutdown: Cancell
                     &shutdown,
                     super::super::ship::backoff(attempt, reader.cfg.max_backoff),
                 ) {
-                    return;
+                    return reader;
                 }
                 attempt = attempt.saturating_add(1);
                 continue;
@@ -376,7 +387,7 @@ pub fn run(mut reader: JournalReader, tx: mpsc::Sender<Chunk>, shutdown: Cancell
         let _ = killer.join();
         let stderr_text = errs.join().unwrap_or_default();
         if !ok || shutdown.is_cancelled() {
-            return;
+            return reader;
         }
         let msg = stderr_text.trim();
         metrics::counter!("heimdall_agent_journal_restarts_total").increment(1);
@@ -399,10 +410,11 @@ pub fn run(mut reader: JournalReader, tx: mpsc::Sender<Chunk>, shutdown: Cancell
             &shutdown,
             super::super::ship::backoff(attempt, reader.cfg.max_backoff),
         ) {
-            return;
+            return reader;
         }
         attempt = attempt.saturating_add(1);
     }
+    reader
 }
 
 /// Reads entries until `journalctl` exits. Returns false when the pipeline is closed.

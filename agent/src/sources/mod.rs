@@ -100,3 +100,13 @@ pub struct Chunk {
 }
 
 pub use heimdall_common::record::now_ns;
+
+/// Figures the sources keep up to date for heartbeats and metrics; each file source
+/// adds and removes its own share.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Files open.
+    pub files: std::sync::atomic::AtomicU64,
+    /// Bytes in tailed files not read yet (read lag).
+    pub unread_bytes: std::sync::atomic::AtomicU64,
+}

@@ -142,6 +142,7 @@ impl Handler {
                         a.spool_batches = h.spool_batches;
                         a.lag_seconds = h.lag_ns as f64 / 1e9;
                         a.files = h.files;
+                        a.unread_bytes = h.unread_bytes;
                     }),
                     Ok(Some(other)) => {
                         tracing::warn!(agent = %hb_agent, frame = other.name(), "unexpected frame on control stream");

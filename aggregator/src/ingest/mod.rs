@@ -29,8 +29,11 @@ pub struct AgentStatus {
     pub last_seen_ns: i64,
     pub spool_bytes: u64,
     pub spool_batches: u64,
+    /// Age of the oldest batch waiting in the agent's spool.
     pub lag_seconds: f64,
     pub files: u64,
+    /// Read lag: bytes written to the agent's files and not read yet.
+    pub unread_bytes: u64,
     pub batches: u64,
     pub rows: u64,
     /// Open connections from this agent.
