@@ -83,10 +83,10 @@ impl Sources {
                 "reading the journal"
             );
             let (tx, token) = (tx.clone(), shutdown.child_token());
-            let t = token.clone();
+            let (t, root) = (token.clone(), shutdown.clone());
             let h = std::thread::Builder::new()
                 .name("journal-source".into())
-                .spawn(move || sources::journald::run(reader, tx, t))
+                .spawn(move || sources::journald::run(reader, tx, t, root))
                 .map_err(|e| Error::Thread("journal source", e))?;
             out.journal = Some((h, token));
         }
@@ -186,6 +186,14 @@ pub async fn run(
     let files = Arc::new(sources::Gauges::default());
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_CHANNEL);
     let mut sources = Sources::start(&cfg, &recovered.checkpoints, &tx, &files, &shutdown)?;
+    // Where every source stood at its last stop (recovered ones at first), so that a
+    // source removed by one reload and added back by another resumes where it was.
+    let mut positions: HashMap<FileKey, Checkpoint> = recovered
+        .checkpoints
+        .iter()
+        .map(|c| (c.key, c.clone()))
+        .collect();
+    let mut current = cfg.clone();
     let batcher = tokio::spawn(pipeline::batch::run(
         rx,
         spool.clone(),
@@ -239,16 +247,26 @@ pub async fn run(
                 };
                 // Stop the sources after they have handed on everything they read,
                 // then start the new ones where the old ones stood.
-                let positions = sources.stop().await;
+                // (At shutdown the sources end anyway, so this cannot hang it.)
+                for c in sources.stop().await {
+                    match positions.get(&c.key) {
+                        Some(old) if old.updated_ns > c.updated_ns => {}
+                        _ => {
+                            positions.insert(c.key, c);
+                        }
+                    }
+                }
+                let now: Vec<Checkpoint> = positions.values().cloned().collect();
                 metrics::counter!("heimdall_agent_reloads_total").increment(1);
-                match Sources::start(&new, &positions, &tx, &files, &shutdown) {
+                match Sources::start(&new, &now, &tx, &files, &shutdown) {
                     Ok(s) => {
                         tracing::info!(files = new.files.len(), journald = new.journald.is_some(), "sources reloaded");
                         sources = s;
+                        current = new;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the reloaded sources; keeping the previous ones");
-                        sources = Sources::start(&cfg, &positions, &tx, &files, &shutdown)?;
+                        sources = Sources::start(&current, &now, &tx, &files, &shutdown)?;
                     }
                 }
             }

@@ -177,8 +177,10 @@ async fn signals(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 match load(&args) {
+                    // A reload still in progress takes this one's place: SIGHUPs
+                    // coalesce and never hold up SIGTERM.
                     Ok(cfg) => {
-                        if reload.send(cfg).await.is_err() {
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = reload.try_send(cfg) {
                             break;
                         }
                     }

@@ -12,15 +12,11 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 fn ingested(url: &str) -> u64 {
-    let Ok(r) = ureq::get(&format!("{url}/metrics")).call() else {
-        return 0;
-    };
-    let text = r.into_string().unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("heimdall_aggregator_ingest_rows_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    heimdall_tests::metric(
+        &format!("{url}/metrics"),
+        "heimdall_aggregator_ingest_rows_total",
+    )
+    .map_or(0, |v| v as u64)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -131,38 +131,26 @@ impl Joiner {
     pub fn push(&mut self, line: Line, end: u64, tail: u64, now: Instant) -> Option<Joined> {
         // Always asked, so a preset's phase follows every line, the first one too.
         let joins = self.continues(&line.bytes);
-        if !(joins && self.open.is_some()) {
-            let done = self.take();
-            self.open = Some(Open {
-                bytes: Vec::new(),
-                flags: 0,
-                lines: 0,
-                end,
-                tail,
-                last: now,
-            });
-            self.append(line, end, tail, now);
-            return done;
-        }
-        let full = self
+        let room = self
             .open
             .as_ref()
-            .is_some_and(|o| o.lines >= self.cfg.max_lines);
-        if full {
-            let done = self.take();
-            self.open = Some(Open {
-                bytes: Vec::new(),
-                flags: 0,
-                lines: 0,
-                end,
-                tail,
-                last: now,
-            });
+            .is_some_and(|o| o.lines < self.cfg.max_lines);
+        if joins && room {
             self.append(line, end, tail, now);
-            return done;
+            return None;
         }
+        // A new record: this line starts one, or the open one is at its line limit.
+        let done = self.take();
+        self.open = Some(Open {
+            bytes: Vec::new(),
+            flags: 0,
+            lines: 0,
+            end,
+            tail,
+            last: now,
+        });
         self.append(line, end, tail, now);
-        None
+        done
     }
 
     /// Completes the open record if it has waited for `timeout`.

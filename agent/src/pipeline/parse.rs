@@ -772,7 +772,7 @@ fn parse_epoch_decimal(b: &[u8]) -> Option<(i64, usize)> {
         let mut scale = 100_000_000i64;
         n += 1;
         while n < b.len() && b[n].is_ascii_digit() {
-            t += (b[n] - b'0') as i64 * scale;
+            t = t.checked_add((b[n] - b'0') as i64 * scale)?;
             scale /= 10;
             n += 1;
         }
@@ -783,9 +783,9 @@ fn parse_epoch_decimal(b: &[u8]) -> Option<(i64, usize)> {
 /// An integer epoch in s, ms, µs or ns, told apart by magnitude.
 fn epoch_to_ns(v: i64) -> Option<i64> {
     match v {
-        1_000_000_000..=9_999_999_999 => Some(v * 1_000_000_000),
-        1_000_000_000_000..=9_999_999_999_999 => Some(v * 1_000_000),
-        1_000_000_000_000_000..=9_999_999_999_999_999 => Some(v * 1_000),
+        1_000_000_000..=9_999_999_999 => v.checked_mul(1_000_000_000),
+        1_000_000_000_000..=9_999_999_999_999 => v.checked_mul(1_000_000),
+        1_000_000_000_000_000..=9_999_999_999_999_999 => v.checked_mul(1_000),
         1_000_000_000_000_000_000..=i64::MAX => Some(v),
         _ => None,
     }
@@ -957,6 +957,11 @@ mod tests {
     #[test]
     fn absurd_times_are_not_believed() {
         assert_eq!(p("1234567890123456789x").time_ns, None);
+        // Epochs whose nanoseconds overflow i64 (regression: overflowed and panicked in
+        // debug builds, killing the source thread).
+        assert_eq!(p(r#"{"ts":9300000000}"#).time_ns, None);
+        assert_eq!(p("time=9999999999999 level=info").time_ns, None);
+        assert_eq!(p("9223372036.9 x").time_ns, None);
         assert_eq!(p("2199-01-01T00:00:00Z future").time_ns, None);
         assert_eq!(p("12345 pid").time_ns, None);
     }

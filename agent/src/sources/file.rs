@@ -563,6 +563,14 @@ impl FileTailer {
         let fp = t.fp.expect("active files have a fingerprint");
         let size = t.file.metadata()?.len();
         if size < t.read_pos || !fingerprint::matches(&t.file, fp)? {
+            // Every line of an open multiline record was read and checked in earlier
+            // passes: hand it on before the file is read afresh (a copy that takes
+            // over resumes after it).
+            if let Some(r) = t.joiner.as_mut().and_then(Joiner::take) {
+                t.offset = r.end;
+                t.tail = r.tail;
+                self.emit(id, vec![r.line], out);
+            }
             self.truncated(id);
             return Ok(true);
         }
@@ -722,7 +730,17 @@ impl FileTailer {
     /// Closes files that left the globs (rotated away, deleted) once they are read to
     /// the end and quiet for `rotate_wait`; a held partial line is emitted then.
     pub fn close_finished(&mut self, out: &mut Vec<Chunk>) {
-        let wait = self.cfg.rotate_wait;
+        self.close_gone(out, self.cfg.rotate_wait);
+    }
+
+    /// Reads files that left the globs to their end and closes them, without waiting
+    /// for them to be quiet: a reload's new sources only find files at glob paths.
+    pub fn finish_gone(&mut self, out: &mut Vec<Chunk>) {
+        self.scan();
+        self.close_gone(out, Duration::ZERO);
+    }
+
+    fn close_gone(&mut self, out: &mut Vec<Chunk>, wait: Duration) {
         let now = Instant::now();
         let due = |t: &Tracked| {
             t.gone_since
@@ -971,6 +989,15 @@ pub fn run(
         }
         if rescan {
             next_scan = Instant::now();
+        }
+    }
+    if stop.is_cancelled() && !shutdown.is_cancelled() {
+        let mut out = Vec::new();
+        tailer.finish_gone(&mut out);
+        for chunk in out {
+            if !send(&tx, chunk, &shutdown) {
+                break;
+            }
         }
     }
     gauges.files.fetch_sub(reported, Ordering::Relaxed);

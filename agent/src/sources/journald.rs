@@ -318,10 +318,15 @@ impl JournalReader {
 /// `journalctl`, reads its entries, restarts it with backoff when it exits. Every
 /// entry read is handed on before it returns the reader, whose cursor says where
 /// reading stands (a reload resumes there).
+///
+/// `shutdown` is cancelled by a reload as well as at shutdown; `root` only at shutdown.
+/// Entries read are dropped only at shutdown (they were never spooled and are read
+/// again after the restart), never at a reload.
 pub fn run(
     mut reader: JournalReader,
     tx: mpsc::Sender<Chunk>,
     shutdown: CancellationToken,
+    root: CancellationToken,
 ) -> JournalReader {
     let mut attempt = 0u32;
     let mut warned_missing = false;
@@ -378,7 +383,7 @@ pub fn run(
             s
         });
         let had_cursor = reader.cursor.is_some();
-        let ok = pump(&mut reader, stdout, &tx, &shutdown);
+        let ok = pump(&mut reader, stdout, &tx, &shutdown, &root);
         let status = {
             let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
             let _ = c.kill();
@@ -423,6 +428,7 @@ fn pump(
     stdout: impl Read,
     tx: &mpsc::Sender<Chunk>,
     shutdown: &CancellationToken,
+    root: &CancellationToken,
 ) -> bool {
     let mut input = BufReader::with_capacity(256 << 10, stdout);
     let mut line = Vec::with_capacity(4096);
@@ -452,7 +458,7 @@ fn pump(
             }
         }
         for c in out.drain(..) {
-            if tx.blocking_send(c).is_err() {
+            if !send(tx, c, root) {
                 return false;
             }
         }
@@ -462,11 +468,28 @@ fn pump(
     }
     reader.flush(&mut out);
     for c in out.drain(..) {
-        if tx.blocking_send(c).is_err() {
+        if !send(tx, c, root) {
             return false;
         }
     }
     true
+}
+
+/// Sends with backpressure; gives up when the pipeline is gone or at shutdown.
+fn send(tx: &mpsc::Sender<Chunk>, mut c: Chunk, root: &CancellationToken) -> bool {
+    loop {
+        match tx.try_send(c) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if root.is_cancelled() {
+                    return false;
+                }
+                c = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
