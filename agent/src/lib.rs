@@ -147,7 +147,7 @@ impl Sources {
 pub async fn run(
     cfg: AgentConfig,
     shutdown: CancellationToken,
-    mut reload: tokio::sync::mpsc::Receiver<AgentConfig>,
+    mut reload: tokio::sync::watch::Receiver<Option<AgentConfig>>,
 ) -> Result<(), Error> {
     match heimdall_common::tls::check_own_certificate(&cfg.ship.tls.cert) {
         Ok(info) => tracing::info!(
@@ -240,10 +240,14 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            new = reload.recv() => {
-                let Some(new) = new else {
+            changed = reload.changed() => {
+                if changed.is_err() {
                     shutdown.cancelled().await;
                     break;
+                }
+                // Several SIGHUPs during one reload leave only the newest configuration.
+                let Some(new) = reload.borrow_and_update().clone() else {
+                    continue;
                 };
                 // Stop the sources after they have handed on everything they read,
                 // then start the new ones where the old ones stood.

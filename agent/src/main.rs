@@ -124,7 +124,7 @@ fn main() -> ExitCode {
             tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         }
         let shutdown = CancellationToken::new();
-        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let (reload_tx, reload_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(signals(shutdown.clone(), args.clone(), reload_tx));
         match heimdall_agent::run(cfg, shutdown, reload_rx).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -153,7 +153,7 @@ fn raise_open_files_limit() -> nix::Result<u64> {
 async fn signals(
     shutdown: CancellationToken,
     args: RunArgs,
-    reload: tokio::sync::mpsc::Sender<AgentConfig>,
+    reload: tokio::sync::watch::Sender<Option<AgentConfig>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -177,12 +177,10 @@ async fn signals(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 match load(&args) {
-                    // A reload still in progress takes this one's place: SIGHUPs
+                    // The newest configuration replaces one not yet applied: SIGHUPs
                     // coalesce and never hold up SIGTERM.
                     Ok(cfg) => {
-                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = reload.try_send(cfg) {
-                            break;
-                        }
+                        reload.send_replace(Some(cfg));
                     }
                     Err(e) => tracing::error!("{e:#}; keeping the running configuration"),
                 }

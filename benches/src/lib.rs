@@ -155,3 +155,90 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     // Clock ticks are 100 per second on Linux for every supported architecture.
     Some(((utime + stime) / 100.0, hwm * 1024))
 }
+
+/// A QUIC receiver that speaks Heimdall's protocol and counts records without storing
+/// them: the counterpart, for the agent, of the line-counting TCP receiver the peers
+/// ship to. Each batch is decoded (lz4, CRC) and acknowledged.
+pub struct CountingReceiver {
+    pub addr: std::net::SocketAddr,
+    pub records: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingReceiver {
+    /// Starts on loopback with the server certificate in `tls`, on a thread of its own.
+    ///
+    /// # Errors
+    /// TLS or socket errors.
+    pub fn start(tls: &heimdall_common::tls::TlsFiles) -> anyhow::Result<CountingReceiver> {
+        use heimdall_common::quic;
+        use heimdall_common::wire::{self, Ack, Frame, Welcome};
+        use std::sync::atomic::Ordering;
+        let cfg = heimdall_common::tls::server_config(tls)?;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let addr = socket.local_addr()?;
+        let records = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = records.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                let runtime = quinn::default_runtime().expect("tokio runtime");
+                let ep = quinn::Endpoint::new(Default::default(), Some(cfg), socket, runtime)
+                    .expect("endpoint");
+                let limits = wire::Limits::default();
+                while let Some(inc) = ep.accept().await {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        let Ok(conn) = inc.await else { return };
+                        let Ok((mut cs, mut cr)) = conn.accept_bi().await else {
+                            return;
+                        };
+                        let mut buf = bytes::BytesMut::new();
+                        let Ok(Some(Frame::Hello(h))) =
+                            quic::read_frame(&mut cr, &mut buf, &limits).await
+                        else {
+                            return;
+                        };
+                        let w = Frame::Welcome(Welcome {
+                            version: wire::PROTOCOL_VERSION,
+                            agent_id: h.agent_id,
+                            server_id: "counting-receiver".into(),
+                            max_frame_bytes: limits.max_frame_bytes,
+                            capabilities: 0,
+                        });
+                        if quic::write_frame(&mut cs, &w).await.is_err() {
+                            return;
+                        }
+                        tokio::spawn(async move {
+                            while let Ok(Some(_)) =
+                                quic::read_frame(&mut cr, &mut buf, &limits).await
+                            {
+                            }
+                        });
+                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                            let count = count.clone();
+                            tokio::spawn(async move {
+                                let Ok(Frame::Batch(b)) =
+                                    quic::read_single(&mut recv, &limits).await
+                                else {
+                                    return;
+                                };
+                                let Ok(content) = b.open(&limits) else { return };
+                                count.fetch_add(content.records.len() as u64, Ordering::Relaxed);
+                                let ack = Frame::Ack(Ack {
+                                    epoch: b.epoch,
+                                    seq: b.seq,
+                                });
+                                let _ = quic::write_frame(&mut send, &ack).await;
+                                let _ = send.finish();
+                            });
+                        }
+                    });
+                }
+            });
+        });
+        Ok(CountingReceiver { addr, records })
+    }
+}

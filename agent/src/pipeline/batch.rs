@@ -122,6 +122,11 @@ pub fn frame_for(sealed: &Batch, epoch: u64, seq: u64, floor: u64) -> Bytes {
 /// closes; then flushes what is left. Waits while the spool is at its cap (reading
 /// upstream pauses through the bounded channel) and retries failed writes (a full
 /// disk), so nothing handed to it is lost while the process lives.
+///
+/// # Performance
+/// Three steps run at once, joined by channels of one batch: filling the next batch,
+/// compressing the previous one, and writing (fsync) the one before. Order is kept, so
+/// checkpoints only move forward in the spool.
 pub async fn run(
     mut rx: mpsc::Receiver<Chunk>,
     spool: Arc<Spool>,
@@ -129,6 +134,34 @@ pub async fn run(
     max_records: usize,
     timeout: Duration,
 ) {
+    let (seal_tx, mut seal_rx) = mpsc::channel::<Pending>(1);
+    let (write_tx, mut write_rx) = mpsc::channel::<Sealed>(1);
+    let sealer = tokio::spawn(async move {
+        while let Some(p) = seal_rx.recv().await {
+            let sealed = tokio::task::spawn_blocking(move || Sealed {
+                records: p.content.records.len(),
+                batch: Arc::new(seal(&p.content)),
+                checkpoints: p.checkpoints,
+            })
+            .await;
+            match sealed {
+                Ok(s) => {
+                    if write_tx.send(s).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "batch sealing task failed"),
+            }
+        }
+    });
+    let writer = {
+        let spool = spool.clone();
+        tokio::spawn(async move {
+            while let Some(s) = write_rx.recv().await {
+                spool_batch(&spool, s).await;
+            }
+        })
+    };
     let mut b = Batcher::new(max_bytes, max_records);
     loop {
         let deadline = b.deadline(timeout);
@@ -141,13 +174,25 @@ pub async fn run(
         };
         if flush {
             if let Some(p) = b.take() {
-                spool_batch(&spool, p).await;
+                if seal_tx.send(p).await.is_err() {
+                    return;
+                }
             }
         }
     }
     if let Some(p) = b.take() {
-        spool_batch(&spool, p).await;
+        let _ = seal_tx.send(p).await;
     }
+    drop(seal_tx);
+    let _ = sealer.await;
+    let _ = writer.await;
+}
+
+/// A compressed batch on its way to the spool.
+struct Sealed {
+    records: usize,
+    batch: Arc<Batch>,
+    checkpoints: Vec<Checkpoint>,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -157,11 +202,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn spool_batch(spool: &Arc<Spool>, p: Pending) {
-    let records = p.content.records.len();
-    let sealed = Arc::new(seal(&p.content));
+async fn spool_batch(spool: &Arc<Spool>, s: Sealed) {
+    let records = s.records;
+    let sealed = s.batch;
     let size = sealed.payload.len() as u64 + 256;
-    let mut checkpoints = Some(p.checkpoints);
+    let mut checkpoints = Some(s.checkpoints);
     let mut waited = false;
     loop {
         if !spool.has_room(size) {

@@ -168,7 +168,16 @@ impl FileTailer {
     /// A tailer for `cfg`, resuming from `checkpoints` (recovered from the spool).
     /// `base_labels` are added to every stream (host, static labels).
     pub fn new(cfg: FileSource, base_labels: Labels, checkpoints: Vec<Checkpoint>) -> FileTailer {
-        let initial = checkpoints.is_empty();
+        // `read_from` applies to files of a source that has no position yet: at the
+        // agent's first start, or a source added later (by a reload).
+        let patterns: Vec<glob::Pattern> = cfg
+            .include
+            .iter()
+            .filter_map(|g| glob::Pattern::new(g).ok())
+            .collect();
+        let initial = !checkpoints
+            .iter()
+            .any(|c| !c.key.is_journal() && patterns.iter().any(|p| p.matches(&c.source)));
         let mut labels = base_labels;
         for (k, v) in &cfg.labels {
             labels.insert(k.clone(), v.clone());
@@ -594,6 +603,7 @@ impl FileTailer {
             read += n;
             let data = Bytes::copy_from_slice(&self.buf[..n]);
             let mut start = 0usize;
+            let mut last_nl = None;
             for nl in memchr::memchr_iter(b'\n', &data) {
                 let piece = &data[start..nl];
                 let (bytes, mut fl) = if t.partial.is_empty() && !t.partial_truncated {
@@ -620,15 +630,17 @@ impl FileTailer {
                 if std::str::from_utf8(&bytes).is_err() {
                     fl |= flags::INVALID_UTF8;
                 }
-                let end = t.read_pos + nl as u64 + 1;
-                let tail = fingerprint::tail_hash(&t.raw_tail, &data[..=nl]);
                 let line = Line::new(bytes, fl);
                 match t.joiner.as_mut() {
+                    // The position (and its tail hash) is needed only after the last
+                    // line of this buffer: computed once, below.
                     None => {
                         lines.push(line);
-                        last_complete = Some((end, tail));
+                        last_nl = Some(nl);
                     }
                     Some(j) => {
+                        let end = t.read_pos + nl as u64 + 1;
+                        let tail = fingerprint::tail_hash(&t.raw_tail, &data[..=nl]);
                         if let Some(Joined { line, end, tail }) = j.push(line, end, tail, now) {
                             lines.push(line);
                             last_complete = Some((end, tail));
@@ -636,6 +648,10 @@ impl FileTailer {
                     }
                 }
                 start = nl + 1;
+            }
+            if let Some(nl) = last_nl.take() {
+                let end = t.read_pos + nl as u64 + 1;
+                last_complete = Some((end, fingerprint::tail_hash(&t.raw_tail, &data[..=nl])));
             }
             // Keep the incomplete rest, up to the cap; skip beyond it.
             let rest = &data[start..];
@@ -1138,6 +1154,26 @@ java.lang.IllegalStateException: x
         let l = &out[0].lines[0];
         assert_eq!(l.level, heimdall_common::record::Level::Error);
         assert_eq!(l.time_ns, 1_709_618_828 * 1_000_000_000);
+    }
+
+    #[test]
+    fn read_from_end_applies_to_a_source_added_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        append(&old.join("a.log"), b"1\n");
+        let mut t = FileTailer::new(cfg(&old), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["1"]);
+        let cps = t.checkpoints();
+        append(&new.join("b.log"), b"before\n");
+        let mut c = cfg(&new);
+        c.read_from = ReadFrom::End;
+        // Positions of another source's files do not make this one's files known.
+        let mut t2 = FileTailer::new(c, Labels::default(), cps);
+        assert!(pump(&mut t2).is_empty());
+        append(&new.join("b.log"), b"after\n");
+        assert_eq!(pump(&mut t2), vec!["after"]);
     }
 
     #[test]
