@@ -385,11 +385,18 @@ fn fleet_of_three_agents_survives_kills_restarts_and_a_network_cut() {
     }
     let dups = seen.values().filter(|&&n| n > 1).count();
     if !report.is_empty() || dups > 0 || got != total as u64 {
+        // Keep the whole test directory (logs, spools, database) for the post-mortem.
+        let kept = c.tmp.path().to_owned();
+        std::mem::forget(std::mem::replace(&mut c.tmp, tempfile::tempdir().unwrap()));
+        let first_dup = seen
+            .iter()
+            .find(|(_, &n)| n > 1)
+            .map(|(l, _)| String::from_utf8_lossy(l).into_owned());
         panic!(
-            "seed {seed}: stored {} of {total} lines, {dups} duplicated\n{}\nagent log:\n{}\naggregator log:\n{}",
+            "seed {seed}: stored {} of {total} lines, {dups} duplicated (e.g. {first_dup:?})\n{}\nkept for inspection: {}\naggregator log:\n{}",
             stored.len(),
             report.join("\n"),
-            agents[0].proc.log_tail(40),
+            kept.display(),
             c.agg.proc.log_tail(20)
         );
     }

@@ -439,7 +439,15 @@ impl FileTailer {
                     (fingerprint::tail_at(&t.file, m), fingerprint::tail_at(&h.file, m)),
                     (Ok(Some(a)), Ok(Some(b))) if a == b
                 );
-            if same || (m <= fp_len && !finalising) {
+            // The holder may have been truncated between the checks above and the
+            // comparison (copytruncate runs while we look): then the comparison saw
+            // the truncated file, and this copy must wait for the truncation to be
+            // processed instead of being read from the start as a new file.
+            let still_intact = || {
+                h.fp.is_some_and(|fp| fingerprint::matches(&h.file, fp).unwrap_or(false))
+                    && h.file.metadata().map(|m| m.len()).unwrap_or(0) >= h.offset
+            };
+            if same || (m <= fp_len && !finalising) || !still_intact() {
                 self.tracked.get_mut(&id).expect("looked up above").state = State::Deferred;
                 return;
             }

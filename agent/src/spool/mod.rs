@@ -484,11 +484,16 @@ impl Spool {
             (e.seg, e.frame_offset, e.frame_len)
         };
         let path = seg_path(&self.dir, seg);
-        let f = File::open(&path).map_err(io_err("open", &path))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, off)
-            .map_err(io_err("read", &path))?;
-        Ok(Some(Bytes::from(buf)))
+        let read = File::open(&path).and_then(|f| {
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, off).map(|()| buf)
+        });
+        match read {
+            Ok(buf) => Ok(Some(Bytes::from(buf))),
+            // Dropped (`drop_oldest`) or delivered since the lookup: nothing to send.
+            Err(_) if find(&self.lock().entries, seq).is_none() => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
     }
 
     /// Makes room for an entry of `len` bytes by deleting the oldest segments and the
