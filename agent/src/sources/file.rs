@@ -18,7 +18,7 @@
 //! final (rotated away or deleted and quiet), when it is emitted flagged `NO_NEWLINE`.
 
 use super::fingerprint::{self, Fingerprint, TAIL_LEN};
-use super::{now_ns, Checkpoint, Chunk, FileKey, Line};
+use super::{now_ns, send, Checkpoint, Chunk, FileKey, Line};
 use crate::config::{FileSource, ReadFrom};
 use crate::pipeline::multiline::{Joined, Joiner};
 use bytes::Bytes;
@@ -1029,24 +1029,6 @@ pub fn run(
         .unread_bytes
         .fetch_sub(reported_unread, Ordering::Relaxed);
     tailer
-}
-
-fn send(tx: &mpsc::Sender<Chunk>, mut chunk: Chunk, shutdown: &CancellationToken) -> bool {
-    loop {
-        match tx.try_send(chunk) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(c)) => {
-                if shutdown.is_cancelled() {
-                    // Not sent, so not spooled: its offsets were never made durable and it
-                    // is read again after the restart.
-                    return false;
-                }
-                chunk = c;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

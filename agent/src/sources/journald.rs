@@ -13,7 +13,7 @@
 //! `hostname` (`_HOSTNAME`, the host that wrote the entry, which differs from `host`
 //! for journals forwarded with systemd-journal-remote).
 
-use super::{now_ns, Checkpoint, Chunk, FileKey, Line};
+use super::{now_ns, send, Checkpoint, Chunk, FileKey, Line};
 use crate::config::{JournalStart, Journald};
 use crate::pipeline::parse::{level_from_syslog, Parser};
 use bytes::Bytes;
@@ -473,23 +473,6 @@ fn pump(
         }
     }
     true
-}
-
-/// Sends with backpressure; gives up when the pipeline is gone or at shutdown.
-fn send(tx: &mpsc::Sender<Chunk>, mut c: Chunk, root: &CancellationToken) -> bool {
-    loop {
-        match tx.try_send(c) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                if root.is_cancelled() {
-                    return false;
-                }
-                c = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
 }
 
 fn pause(shutdown: &CancellationToken, d: Duration) -> bool {

@@ -110,3 +110,28 @@ pub struct Gauges {
     /// Bytes in tailed files not read yet (read lag).
     pub unread_bytes: std::sync::atomic::AtomicU64,
 }
+
+/// Sends a chunk from a source thread with backpressure: while the pipeline is full the
+/// source waits (its positions stay where they are). Gives up only when the pipeline is
+/// gone or `give_up` (shutdown) is cancelled: a chunk not sent was never spooled, and
+/// its lines are read again after the restart.
+pub fn send(
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+    mut chunk: Chunk,
+    give_up: &tokio_util::sync::CancellationToken,
+) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    loop {
+        match tx.try_send(chunk) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(c)) => {
+                if give_up.is_cancelled() {
+                    return false;
+                }
+                chunk = c;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
