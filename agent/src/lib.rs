@@ -61,7 +61,7 @@ impl Sources {
         cfg: &AgentConfig,
         checkpoints: &[Checkpoint],
         tx: &tokio::sync::mpsc::Sender<Chunk>,
-        files: &Arc<sources::Gauges>,
+        gauges: &Arc<sources::Gauges>,
         shutdown: &CancellationToken,
     ) -> Result<Sources, Error> {
         let mut base = Labels::new([("host", cfg.host.as_str())]);
@@ -94,12 +94,12 @@ impl Sources {
             tracing::info!(include = ?src.include, "tailing files");
             let tailer =
                 sources::file::FileTailer::new(src.clone(), base.clone(), file_cps.clone());
-            let (tx, token, files) = (tx.clone(), shutdown.child_token(), files.clone());
+            let (tx, token, gauges) = (tx.clone(), shutdown.child_token(), gauges.clone());
             let stop = CancellationToken::new();
             let s = stop.clone();
             let h = std::thread::Builder::new()
                 .name(format!("file-source-{i}"))
-                .spawn(move || sources::file::run(tailer, tx, files, token, s))
+                .spawn(move || sources::file::run(tailer, tx, gauges, token, s))
                 .map_err(|e| Error::Thread("file source", e))?;
             out.files.push((h, stop));
         }
@@ -110,17 +110,11 @@ impl Sources {
     /// stood (ahead of the spool: what they sent is still on its way there).
     async fn stop(self) -> Vec<Checkpoint> {
         tokio::task::spawn_blocking(move || {
-            let mut by_key: HashMap<FileKey, Checkpoint> = HashMap::new();
-            let mut keep = |c: Checkpoint| match by_key.get(&c.key) {
-                Some(old) if old.updated_ns >= c.updated_ns => {}
-                _ => {
-                    by_key.insert(c.key, c);
-                }
-            };
+            let mut out = Vec::new();
             if let Some((h, token)) = self.journal {
                 token.cancel();
                 if let Ok(r) = h.join() {
-                    r.position().into_iter().for_each(&mut keep);
+                    out.extend(r.position());
                 }
             }
             for (_, stop) in &self.files {
@@ -128,13 +122,23 @@ impl Sources {
             }
             for (h, _) in self.files {
                 if let Ok(t) = h.join() {
-                    t.checkpoints().into_iter().for_each(&mut keep);
+                    out.extend(t.checkpoints());
                 }
             }
-            by_key.into_values().collect()
+            out
         })
         .await
         .unwrap_or_default()
+    }
+}
+
+/// Records `c` unless a newer position of the same file or journal is known.
+fn keep_newest(positions: &mut HashMap<FileKey, Checkpoint>, c: Checkpoint) {
+    match positions.get(&c.key) {
+        Some(old) if old.updated_ns > c.updated_ns => {}
+        _ => {
+            positions.insert(c.key, c);
+        }
     }
 }
 
@@ -183,9 +187,9 @@ pub async fn run(
         "spool opened"
     );
 
-    let files = Arc::new(sources::Gauges::default());
+    let gauges = Arc::new(sources::Gauges::default());
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_CHANNEL);
-    let mut sources = Sources::start(&cfg, &recovered.checkpoints, &tx, &files, &shutdown)?;
+    let mut sources = Sources::start(&cfg, &recovered.checkpoints, &tx, &gauges, &shutdown)?;
     // Where every source stood at its last stop (recovered ones at first), so that a
     // source removed by one reload and added back by another resumes where it was.
     let mut positions: HashMap<FileKey, Checkpoint> = recovered
@@ -205,7 +209,7 @@ pub async fn run(
     let shipper = ship::Shipper {
         cfg: cfg.ship.clone(),
         spool: spool.clone(),
-        gauges: files.clone(),
+        gauges: gauges.clone(),
     };
     let shipper = tokio::spawn(shipper.run(ship_stop.clone()));
     let housekeeping = {
@@ -253,16 +257,11 @@ pub async fn run(
                 // then start the new ones where the old ones stood.
                 // (At shutdown the sources end anyway, so this cannot hang it.)
                 for c in sources.stop().await {
-                    match positions.get(&c.key) {
-                        Some(old) if old.updated_ns > c.updated_ns => {}
-                        _ => {
-                            positions.insert(c.key, c);
-                        }
-                    }
+                    keep_newest(&mut positions, c);
                 }
                 let now: Vec<Checkpoint> = positions.values().cloned().collect();
                 metrics::counter!("heimdall_agent_reloads_total").increment(1);
-                match Sources::start(&new, &now, &tx, &files, &shutdown) {
+                match Sources::start(&new, &now, &tx, &gauges, &shutdown) {
                     Ok(s) => {
                         tracing::info!(files = new.files.len(), journald = new.journald.is_some(), "sources reloaded");
                         sources = s;
@@ -270,7 +269,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the reloaded sources; keeping the previous ones");
-                        sources = Sources::start(&current, &now, &tx, &files, &shutdown)?;
+                        sources = Sources::start(&current, &now, &tx, &gauges, &shutdown)?;
                     }
                 }
             }

@@ -695,20 +695,16 @@ impl FileTailer {
         let t = self.tracked.get(&id).expect("emitting for a tracked file");
         let checkpoint = t.checkpoint().expect("active files have a key");
         let observed_ns = now_ns();
+        // One pass: parse each record and count what the metrics need.
+        let (mut bytes, mut truncated, mut invalid) = (0usize, 0u64, 0u64);
         for l in &mut lines {
             let p = self.cfg.parser.parse(&l.bytes, observed_ns);
             l.time_ns = p.time_ns.unwrap_or(0);
             l.level = p.level;
+            bytes += l.bytes.len();
+            truncated += u64::from(l.flags & flags::TRUNCATED != 0);
+            invalid += u64::from(l.flags & flags::INVALID_UTF8 != 0);
         }
-        let bytes: usize = lines.iter().map(|l| l.bytes.len()).sum();
-        let truncated = lines
-            .iter()
-            .filter(|l| l.flags & flags::TRUNCATED != 0)
-            .count() as u64;
-        let invalid = lines
-            .iter()
-            .filter(|l| l.flags & flags::INVALID_UTF8 != 0)
-            .count() as u64;
         self.stats.lines += lines.len() as u64;
         self.stats.bytes += bytes as u64;
         self.stats.truncated_lines += truncated;
