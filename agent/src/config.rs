@@ -6,6 +6,7 @@
 
 use crate::pipeline::multiline::{Multiline, Preset, Rule};
 use crate::pipeline::parse::{Format, Parser};
+use crate::pipeline::redact::{self, Action, CustomRule, Redactor, Validator};
 use crate::ship::ShipConfig;
 use crate::spool::{FullPolicy, SpoolLimits};
 use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
@@ -49,6 +50,60 @@ pub struct AgentConfigFile {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// PII redaction for every source (each source can add to it in its own `redact`).
+    #[serde(default)]
+    pub redact: RedactConfig,
+}
+
+/// PII redaction: the global `[redact]` section, or a source's own `redact` table,
+/// which adds rules and allow-list entries to the global ones and overrides its types.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// Redact at all. Default true.
+    pub enabled: Option<bool>,
+    /// Action for every built-in type not named in `types`: `mask` (default, `<email>`),
+    /// `pseudonym` (`<email:3f9a1c2e>`, keyed by `secret`), `partial` (last four kept,
+    /// `<card:****1111>`) or `drop` (discard the record).
+    pub action: Option<String>,
+    /// Per built-in type (`email`, `ipv4`, `ipv6`, `card`, `iban`, `ssn`, `phone`, `jwt`,
+    /// `aws_access_key`, `aws_secret_key`, `bearer`, `secret`, `url_password`,
+    /// `private_key`): an action, or `off`.
+    #[serde(default)]
+    pub types: BTreeMap<String, String>,
+    /// Custom rules.
+    #[serde(default)]
+    pub rules: Vec<RedactRuleConfig>,
+    /// Values never redacted, compared with exactly what a rule found (e.g. the
+    /// address of an internal service).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Regular expressions for values never redacted; each must match the whole value.
+    #[serde(default)]
+    pub allow_patterns: Vec<String>,
+    /// Key of the pseudonym HMAC-SHA256, at least 16 characters; every host that
+    /// shares it gives a value the same pseudonym. Global section only.
+    pub secret: Option<String>,
+    /// A file holding the key instead (surrounding whitespace ignored). Global only.
+    pub secret_file: Option<PathBuf>,
+    /// Hex characters of a pseudonym, 8 to 64. Default 8. Global only.
+    pub pseudonym_length: Option<u32>,
+}
+
+/// A custom redaction rule.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRuleConfig {
+    /// Type name used in masks and metrics (`<employee_id>`): lower-case letters,
+    /// digits and `_`, not a built-in type's name.
+    pub name: String,
+    /// Regular expression of what to redact. With a group named `value`, only the
+    /// group is redacted (`emp=(?P<value>E\d{6})`).
+    pub pattern: String,
+    /// A check the match must also pass: `luhn`, `mod97`, `ssn` or `ip`.
+    pub validator: Option<String>,
+    /// `mask`, `pseudonym`, `partial` or `drop`. Default: the section's `action`.
+    pub action: Option<String>,
 }
 
 /// One file source.
@@ -86,6 +141,8 @@ pub struct FileSourceConfig {
     /// Extracting time and level from lines.
     #[serde(default)]
     pub parse: ParseConfig,
+    /// Redaction for this source on top of the global `[redact]` section.
+    pub redact: Option<RedactConfig>,
 }
 
 /// Multiline joining for a file source.
@@ -144,6 +201,8 @@ pub struct JournaldConfig {
     pub labels: BTreeMap<String, String>,
     /// Longest wait before restarting `journalctl` after it exits. Default 30s.
     pub max_backoff: Option<HumanDuration>,
+    /// Redaction for journal entries on top of the global `[redact]` section.
+    pub redact: Option<RedactConfig>,
 }
 
 impl FileSourceConfig {
@@ -161,6 +220,7 @@ impl FileSourceConfig {
             allow_binary: false,
             multiline: None,
             parse: ParseConfig::default(),
+            redact: None,
         }
     }
 }
@@ -246,6 +306,8 @@ pub struct FileSource {
     pub allow_binary: bool,
     pub multiline: Option<Arc<Multiline>>,
     pub parser: Parser,
+    /// `None` when redaction is off for this source.
+    pub redact: Option<Arc<Redactor>>,
 }
 
 impl FileSource {
@@ -263,6 +325,7 @@ impl FileSource {
             allow_binary: false,
             multiline: None,
             parser: Parser::default(),
+            redact: Some(Arc::new(Redactor::builtin())),
         }
     }
 }
@@ -287,6 +350,8 @@ pub struct Journald {
     pub read_from: JournalStart,
     pub labels: BTreeMap<String, String>,
     pub max_backoff: Duration,
+    /// `None` when redaction is off for the journal.
+    pub redact: Option<Arc<Redactor>>,
 }
 
 /// The validated runtime configuration.
@@ -305,6 +370,9 @@ pub struct AgentConfig {
     pub ship: ShipConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// The global redaction settings (what `heimdall-agent redact` applies); `None`
+    /// when off.
+    pub redact: Option<Arc<Redactor>>,
 }
 
 /// Command-line overrides applied on top of the file.
@@ -377,6 +445,7 @@ impl AgentConfig {
                 DEFAULT_INCLUDE.to_owned()
             ]));
         }
+        let global = GlobalRedact::new(&mut p, &raw.redact);
         let mut files = Vec::new();
         for (i, s) in sources.into_iter().enumerate() {
             let key = format!("files[{i}]");
@@ -474,6 +543,7 @@ impl AgentConfig {
                 )
             });
             let parser = parser(&mut p, &format!("{key}.parse"), &s.parse);
+            let redact = global.redactor(&mut p, &format!("{key}.redact"), s.redact.as_ref());
             files.push(FileSource {
                 include: s.include,
                 exclude,
@@ -486,6 +556,7 @@ impl AgentConfig {
                 allow_binary: s.allow_binary,
                 multiline,
                 parser,
+                redact,
             });
         }
 
@@ -530,7 +601,8 @@ impl AgentConfig {
                 FullPolicy::Block
             }
         };
-        let journald = journald(&mut p, raw.journald);
+        let journald = journald(&mut p, raw.journald, &global);
+        let redact = global.redactor(&mut p, "redact", None);
 
         let endpoints = if !ov.endpoints.is_empty() {
             ov.endpoints.clone()
@@ -617,6 +689,7 @@ impl AgentConfig {
             host,
             metrics_listen,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
+            redact,
         })
     }
 }
@@ -746,7 +819,11 @@ fn parse_utc_offset(s: &str) -> Option<i32> {
     ((0..=14).contains(&h) && (0..60).contains(&m)).then_some(sign * (h * 3600 + m * 60))
 }
 
-fn journald(p: &mut ConfigProblems, raw: Option<JournaldConfig>) -> Option<Journald> {
+fn journald(
+    p: &mut ConfigProblems,
+    raw: Option<JournaldConfig>,
+    global: &GlobalRedact,
+) -> Option<Journald> {
     let present = raw.is_some();
     let c = raw.unwrap_or_default();
     if c.enabled == Some(false) {
@@ -792,7 +869,221 @@ fn journald(p: &mut ConfigProblems, raw: Option<JournaldConfig>) -> Option<Journ
         read_from,
         labels: c.labels,
         max_backoff: c.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
+        redact: global.redactor(p, "journald.redact", c.redact.as_ref()),
     })
+}
+
+/// The global `[redact]` section, checked once; sources build their redactors on it.
+struct GlobalRedact {
+    raw: RedactConfig,
+    secret: Option<Vec<u8>>,
+    pseudonym_len: usize,
+}
+
+impl GlobalRedact {
+    fn new(p: &mut ConfigProblems, raw: &RedactConfig) -> GlobalRedact {
+        let secret = match (&raw.secret, &raw.secret_file) {
+            (Some(_), Some(_)) => {
+                p.push(
+                    "redact.secret_file",
+                    "cannot be combined with redact.secret",
+                );
+                None
+            }
+            (Some(s), None) => Some(s.as_bytes().to_vec()),
+            (None, Some(f)) => match std::fs::read(f) {
+                Ok(b) => Some(b.trim_ascii().to_vec()),
+                Err(e) => {
+                    p.push(
+                        "redact.secret_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if secret.as_ref().is_some_and(|s| s.len() < 16) {
+            let key = if raw.secret.is_some() {
+                "redact.secret"
+            } else {
+                "redact.secret_file"
+            };
+            p.push(key, "must be at least 16 characters");
+        }
+        let pseudonym_len = raw.pseudonym_length.unwrap_or(8);
+        if !(8..=64).contains(&pseudonym_len) {
+            p.push("redact.pseudonym_length", "must be between 8 and 64");
+        }
+        GlobalRedact {
+            raw: raw.clone(),
+            secret,
+            pseudonym_len: pseudonym_len as usize,
+        }
+    }
+
+    /// The redactor for a source with its own section `local` (problems under `key`),
+    /// `None` when redaction is off there.
+    fn redactor(
+        &self,
+        p: &mut ConfigProblems,
+        key: &str,
+        local: Option<&RedactConfig>,
+    ) -> Option<Arc<Redactor>> {
+        let g = &self.raw;
+        if let Some(l) = local {
+            for (field, set) in [
+                ("secret", l.secret.is_some()),
+                ("secret_file", l.secret_file.is_some()),
+                ("pseudonym_length", l.pseudonym_length.is_some()),
+            ] {
+                if set {
+                    p.push(
+                        format!("{key}.{field}"),
+                        "can only be set in the global [redact] section",
+                    );
+                }
+            }
+        }
+        let enabled = local.and_then(|l| l.enabled).or(g.enabled).unwrap_or(true);
+        let action_of = |p: &mut ConfigProblems, k: String, v: &str| match Action::parse(v) {
+            Some(a) => Some(a),
+            None => {
+                p.push(
+                    k,
+                    format!("`{v}`: expected `mask`, `pseudonym`, `partial` or `drop`"),
+                );
+                None
+            }
+        };
+        let local_action = local
+            .and_then(|l| l.action.as_deref())
+            .and_then(|a| action_of(p, format!("{key}.action"), a));
+        // Problems of the global section are reported once, under `redact`.
+        let mut scratch = ConfigProblems::default();
+        let gp: &mut ConfigProblems = if key == "redact" {
+            &mut *p
+        } else {
+            &mut scratch
+        };
+        let global_action = g
+            .action
+            .as_deref()
+            .and_then(|a| action_of(gp, "redact.action".into(), a));
+        let default = local_action.or(global_action).unwrap_or(Action::Mask);
+        let mut settings = redact::Settings {
+            builtin: [Some(default); redact::BUILTIN.len()],
+            secret: self.secret.clone(),
+            pseudonym_len: self.pseudonym_len,
+            ..redact::Settings::default()
+        };
+        let mut apply = |p: &mut ConfigProblems, prefix: &str, c: &RedactConfig| {
+            for (t, v) in &c.types {
+                let Some(i) = redact::BUILTIN.iter().position(|b| b == t) else {
+                    p.push(
+                        format!("{prefix}.types.{t}"),
+                        format!(
+                            "unknown type; expected one of {}",
+                            redact::BUILTIN.join(", ")
+                        ),
+                    );
+                    continue;
+                };
+                settings.builtin[i] = if v == "off" {
+                    None
+                } else {
+                    action_of(p, format!("{prefix}.types.{t}"), v).or(settings.builtin[i])
+                };
+            }
+            for (j, r) in c.rules.iter().enumerate() {
+                let rk = format!("{prefix}.rules[{j}]");
+                let name_ok = !r.name.is_empty()
+                    && r.name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !name_ok {
+                    p.push(
+                        format!("{rk}.name"),
+                        "use lower-case letters, digits and `_`",
+                    );
+                } else if redact::BUILTIN.contains(&r.name.as_str()) {
+                    p.push(
+                        format!("{rk}.name"),
+                        "is a built-in type; pick another name",
+                    );
+                }
+                let pattern = regex_at(p, format!("{rk}.pattern"), &r.pattern);
+                let validator = r.validator.as_deref().and_then(|v| {
+                    let parsed = Validator::parse(v);
+                    if parsed.is_none() {
+                        p.push(
+                            format!("{rk}.validator"),
+                            format!("`{v}`: expected `luhn`, `mod97`, `ssn` or `ip`"),
+                        );
+                    }
+                    parsed
+                });
+                let action = match &r.action {
+                    Some(a) => action_of(p, format!("{rk}.action"), a).unwrap_or(default),
+                    None => default,
+                };
+                if let Some(pattern) = pattern {
+                    settings.rules.push(CustomRule {
+                        name: r.name.clone(),
+                        pattern,
+                        validator,
+                        action,
+                    });
+                }
+            }
+            for (j, a) in c.allow_patterns.iter().enumerate() {
+                if let Err(e) = regex::bytes::Regex::new(a) {
+                    p.push(
+                        format!("{prefix}.allow_patterns[{j}]"),
+                        format!("not a valid regular expression: {e}"),
+                    );
+                }
+            }
+            settings.allow.extend(c.allow.iter().cloned());
+            settings
+                .allow_patterns
+                .extend(c.allow_patterns.iter().cloned());
+        };
+        apply(gp, "redact", g);
+        drop(scratch);
+        if let Some(l) = local {
+            apply(p, key, l);
+        }
+        if !enabled {
+            return None;
+        }
+        let pseudonyms = settings.builtin.contains(&Some(Action::Pseudonym))
+            || settings.rules.iter().any(|r| r.action == Action::Pseudonym);
+        if pseudonyms && settings.secret.is_none() {
+            let is_pseudonym = |a: &Option<String>| a.as_deref() == Some("pseudonym");
+            let global_asks = is_pseudonym(&g.action)
+                || g.types.values().any(|v| v == "pseudonym")
+                || g.rules.iter().any(|r| is_pseudonym(&r.action));
+            // Reported once, where the pseudonym was asked for.
+            if key == "redact" || !global_asks {
+                p.push(
+                    "redact.secret",
+                    format!(
+                        "is needed (or redact.secret_file): `{key}` uses the `pseudonym` action"
+                    ),
+                );
+            }
+            return None;
+        }
+        match Redactor::new(settings) {
+            Ok(r) => Some(Arc::new(r)),
+            // Patterns were checked above; a failure here is reported, not hidden.
+            Err(e) => {
+                p.push(key, e.to_string());
+                None
+            }
+        }
+    }
 }
 
 fn check_label_name(p: &mut ConfigProblems, key: &str, name: &str) {
@@ -817,6 +1108,54 @@ mod tests {
         assert_eq!(c.files[0].include, vec![DEFAULT_INCLUDE]);
         assert_eq!(c.ship.endpoints, vec![DEFAULT_ENDPOINT]);
         assert_eq!(c.spool.max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("### Agent configuration").unwrap();
+        let block = &readme[start..];
+        let body = &block[block.find("```toml\n").unwrap() + 8..];
+        let body = &body[..body.find("```").unwrap()];
+        // The example points at a key file this machine does not have.
+        let body = body.replace(
+            "secret_file = \"/etc/heimdall/redact.key\"",
+            "secret = \"0123456789abcdef\"",
+        );
+        let c = AgentConfig::load(&body, &Overrides::default()).unwrap();
+        let r = c.files[0].redact.as_ref().unwrap();
+        let mut stats = crate::pipeline::redact::Stats::default();
+        let out = r.redact(b"emp=E123456 ops@example.com 10.0.0.9", &mut stats);
+        let crate::pipeline::redact::Outcome::Redacted(b, 2) = out else {
+            panic!("{out:?}")
+        };
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        assert!(
+            text.starts_with("emp=<employee_id> <email:") && text.ends_with("> 10.0.0.9"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn redaction_problems_name_their_keys() {
+        let bad = "[redact]\ntypes.mail = \"mask\"\ntypes.card = \"hide\"\nsecret = \"short\"\n[[redact.rules]]\nname = \"email\"\npattern = \"(\"\nvalidator = \"crc\"\n[[files]]\ninclude = [\"/x/*.log\"]\nredact = { secret = \"0123456789abcdef\", allow_patterns = [\"[\"] }\n";
+        let e = AgentConfig::load(bad, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "redact.types.mail",
+            "redact.types.card",
+            "redact.secret",
+            "redact.rules[0].name",
+            "redact.rules[0].pattern",
+            "redact.rules[0].validator",
+            "files[0].redact.secret",
+            "files[0].redact.allow_patterns[0]",
+        ] {
+            assert!(e.contains(&format!("`{key}`")), "{key} not named in {e}");
+        }
+        let off = AgentConfig::load("[redact]\nenabled = false\n", &Overrides::default()).unwrap();
+        assert!(off.redact.is_none() && off.files[0].redact.is_none());
     }
 
     #[test]

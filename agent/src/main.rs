@@ -31,6 +31,26 @@ enum Command {
     Run(RunArgs),
     /// Validate the configuration and exit: 0 when valid, 64 with every problem named.
     CheckConfig(RunArgs),
+    /// Redact lines read on stdin with the configured rules and write them to stdout,
+    /// to try rules before rolling them out. Records a `drop` rule matches are not
+    /// written; a summary of what was found goes to stderr.
+    Redact(RedactArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RedactArgs {
+    /// Configuration file (TOML); built-in defaults when it does not exist.
+    #[arg(short, long, env = "HEIMDALL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Use the rules of file source N (`files[N]`, from 0) instead of the global ones.
+    #[arg(long, value_name = "N", conflicts_with = "journald")]
+    source: Option<usize>,
+    /// Use the rules of the journal source.
+    #[arg(long)]
+    journald: bool,
+    /// Also write each finding (line, type, byte range, action) to stderr.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -74,6 +94,7 @@ fn main() -> ExitCode {
     let (args, check) = match cli.command {
         Some(Command::Run(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
+        Some(Command::Redact(a)) => return redact(&a),
         None => (cli.run, false),
     };
     let cfg = match load(&args) {
@@ -134,6 +155,76 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn redact(a: &RedactArgs) -> ExitCode {
+    let args = RunArgs {
+        config: a.config.clone(),
+        metrics_listen: Some(String::new()),
+        ..RunArgs::default()
+    };
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heimdall-agent: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let redactor = if a.journald {
+        match &cfg.journald {
+            Some(j) => j.redact.clone(),
+            None => {
+                eprintln!("heimdall-agent: the journal source is disabled in this configuration");
+                return ExitCode::from(64);
+            }
+        }
+    } else if let Some(n) = a.source {
+        match cfg.files.get(n) {
+            Some(f) => f.redact.clone(),
+            None => {
+                eprintln!(
+                    "heimdall-agent: --source {n}: the configuration has {} file sources",
+                    cfg.files.len()
+                );
+                return ExitCode::from(64);
+            }
+        }
+    } else {
+        cfg.redact.clone()
+    };
+    let Some(redactor) = redactor else {
+        eprintln!("heimdall-agent: redaction is disabled for this source; lines pass unchanged");
+        return ExitCode::from(64);
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut err = std::io::stderr().lock();
+    match heimdall_agent::pipeline::redact::filter(
+        &redactor,
+        &mut stdin.lock(),
+        &mut out,
+        &mut err,
+        a.explain,
+    ) {
+        Ok(sum) => {
+            let found: Vec<String> = sum.found.iter().map(|(t, n)| format!("{t}={n}")).collect();
+            eprintln!(
+                "{} lines, {} redacted, {} dropped{}{}",
+                sum.lines,
+                sum.redacted,
+                sum.dropped,
+                if found.is_empty() { "" } else { "; " },
+                found.join(" ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heimdall-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Raises the soft limit of open files to the hard limit: every tailed file is an open

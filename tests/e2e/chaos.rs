@@ -30,6 +30,19 @@ fn line(file: usize, n: usize) -> String {
     )
 }
 
+/// A line as the aggregator stores it: redacted by the agent's default rules (the
+/// `127.0.0.1` of the access-log lines becomes `<ipv4>`).
+fn stored(line: &str) -> String {
+    use heimdall_agent::pipeline::redact::{Outcome, Redactor, Stats};
+    static R: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+    let r = R.get_or_init(Redactor::builtin);
+    match r.redact(line.as_bytes(), &mut Stats::default()) {
+        Outcome::Clean => line.to_owned(),
+        Outcome::Redacted(b, _) => String::from_utf8(b.to_vec()).expect("redaction keeps UTF-8"),
+        Outcome::Drop => unreachable!("the default rules drop nothing"),
+    }
+}
+
 struct Writer {
     path: PathBuf,
     file: File,
@@ -109,7 +122,7 @@ fn every_line_stored_exactly_once_through_rotation_and_kills() {
                 }
                 let l = line(f, next[f]);
                 writeln!(writers[f].file, "{l}").unwrap();
-                expected.push(l);
+                expected.push(stored(&l));
                 next[f] += 1;
                 written += 1;
                 if next[f] % ROTATE_EVERY == 0 {
@@ -119,7 +132,7 @@ fn every_line_stored_exactly_once_through_rotation_and_kills() {
                             if nref[fref] < per_file {
                                 let l = line(fref, nref[fref]);
                                 writeln!(file, "{l}").unwrap();
-                                eref.push(l);
+                                eref.push(stored(&l));
                                 nref[fref] += 1;
                             }
                         }
@@ -291,7 +304,7 @@ fn fleet_of_three_agents_survives_kills_restarts_and_a_network_cut() {
                     let n = next[a][f];
                     let l = fleet_line(a, f, n);
                     writeln!(writers[a][f].file, "{l}").unwrap();
-                    expected.entry((a, f)).or_default().push(l);
+                    expected.entry((a, f)).or_default().push(stored(&l));
                     next[a][f] += 1;
                     if next[a][f] % ROTATE == 0 {
                         let (nref, eref) = (&mut next, &mut expected);
@@ -299,7 +312,7 @@ fn fleet_of_three_agents_survives_kills_restarts_and_a_network_cut() {
                             for _ in 0..3 {
                                 let l = fleet_line(a, f, nref[a][f]);
                                 writeln!(file, "{l}").unwrap();
-                                eref.entry((a, f)).or_default().push(l);
+                                eref.entry((a, f)).or_default().push(stored(&l));
                                 nref[a][f] += 1;
                             }
                         };

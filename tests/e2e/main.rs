@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod frames;
 mod journald;
+mod redact;
 mod reload;
 mod scale;
 mod spool_cap;

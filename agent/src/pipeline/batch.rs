@@ -76,7 +76,7 @@ impl Batcher {
                 level: line.level,
                 template_id: 0,
                 flags: line.flags,
-                redacted: 0,
+                redacted: line.redacted,
                 line: line.bytes,
             });
         }

@@ -18,7 +18,7 @@
 //! final (rotated away or deleted and quiet), when it is emitted flagged `NO_NEWLINE`.
 
 use super::fingerprint::{self, Fingerprint, TAIL_LEN};
-use super::{now_ns, send, Checkpoint, Chunk, FileKey, Line};
+use super::{now_ns, redact_line, send, Checkpoint, Chunk, FileKey, Line};
 use crate::config::{FileSource, ReadFrom};
 use crate::pipeline::multiline::{Joined, Joiner};
 use bytes::Bytes;
@@ -162,6 +162,7 @@ pub struct FileTailer {
     /// or an idle file whose checkpoint would otherwise age out).
     announce: Vec<(u64, u64)>,
     pub stats: Stats,
+    redact_stats: crate::pipeline::redact::Stats,
 }
 
 impl FileTailer {
@@ -193,6 +194,7 @@ impl FileTailer {
             warned: HashSet::new(),
             announce: Vec::new(),
             stats: Stats::default(),
+            redact_stats: crate::pipeline::redact::Stats::default(),
         }
     }
 
@@ -695,21 +697,29 @@ impl FileTailer {
         let t = self.tracked.get(&id).expect("emitting for a tracked file");
         let checkpoint = t.checkpoint().expect("active files have a key");
         let observed_ns = now_ns();
-        // One pass: parse each record and count what the metrics need.
-        let (mut bytes, mut truncated, mut invalid) = (0usize, 0u64, 0u64);
-        for l in &mut lines {
-            let p = self.cfg.parser.parse(&l.bytes, observed_ns);
-            l.time_ns = p.time_ns.unwrap_or(0);
-            l.level = p.level;
+        // One pass: parse and redact each record and count what the metrics need.
+        let (mut bytes, mut truncated, mut invalid, mut read) = (0usize, 0u64, 0u64, 0u64);
+        let parser = &self.cfg.parser;
+        let redactor = self.cfg.redact.as_deref();
+        let rstats = &mut self.redact_stats;
+        lines.retain_mut(|l| {
+            read += 1;
             bytes += l.bytes.len();
             truncated += u64::from(l.flags & flags::TRUNCATED != 0);
             invalid += u64::from(l.flags & flags::INVALID_UTF8 != 0);
+            let p = parser.parse(&l.bytes, observed_ns);
+            l.time_ns = p.time_ns.unwrap_or(0);
+            l.level = p.level;
+            redact_line(redactor, l, rstats)
+        });
+        if let Some(r) = redactor {
+            rstats.flush(r);
         }
-        self.stats.lines += lines.len() as u64;
+        self.stats.lines += read;
         self.stats.bytes += bytes as u64;
         self.stats.truncated_lines += truncated;
         self.stats.invalid_utf8_lines += invalid;
-        metrics::counter!("heimdall_agent_lines_read_total").increment(lines.len() as u64);
+        metrics::counter!("heimdall_agent_lines_read_total").increment(read);
         metrics::counter!("heimdall_agent_read_bytes_total").increment(bytes as u64);
         if truncated > 0 {
             metrics::counter!("heimdall_agent_lines_truncated_total").increment(truncated);

@@ -13,7 +13,7 @@
 //! `hostname` (`_HOSTNAME`, the host that wrote the entry, which differs from `host`
 //! for journals forwarded with systemd-journal-remote).
 
-use super::{now_ns, send, Checkpoint, Chunk, FileKey, Line};
+use super::{now_ns, redact_line, send, Checkpoint, Chunk, FileKey, Line};
 use crate::config::{JournalStart, Journald};
 use crate::pipeline::parse::{level_from_syslog, Parser};
 use bytes::Bytes;
@@ -153,6 +153,7 @@ pub struct JournalReader {
     pub entries: u64,
     pub excluded: u64,
     pub bad: u64,
+    redact_stats: crate::pipeline::redact::Stats,
 }
 
 impl JournalReader {
@@ -185,6 +186,7 @@ impl JournalReader {
             entries: 0,
             excluded: 0,
             bad: 0,
+            redact_stats: crate::pipeline::redact::Stats::default(),
         }
     }
 
@@ -251,6 +253,11 @@ impl JournalReader {
         let mut line = Line::new(Bytes::from(msg), fl);
         line.time_ns = e.time_ns;
         line.level = level;
+        let keep = redact_line(
+            self.cfg.redact.as_deref(),
+            &mut line,
+            &mut self.redact_stats,
+        );
         if self
             .open
             .as_ref()
@@ -270,8 +277,10 @@ impl JournalReader {
             lines: Vec::new(),
             checkpoint: cp.clone(),
         });
-        self.open_bytes += line.bytes.len();
-        c.lines.push(line);
+        if keep {
+            self.open_bytes += line.bytes.len();
+            c.lines.push(line);
+        }
         c.checkpoint = cp;
     }
 
@@ -293,6 +302,9 @@ impl JournalReader {
 
     /// Hands on the open chunk.
     pub fn flush(&mut self, out: &mut Vec<Chunk>) {
+        if let Some(r) = self.cfg.redact.as_deref() {
+            self.redact_stats.flush(r);
+        }
         if let Some(c) = self.open.take() {
             metrics::counter!("heimdall_agent_lines_read_total").increment(c.lines.len() as u64);
             metrics::counter!("heimdall_agent_read_bytes_total").increment(self.open_bytes as u64);
@@ -503,6 +515,7 @@ mod tests {
             read_from: JournalStart::Beginning,
             labels: BTreeMap::new(),
             max_backoff: Duration::from_secs(1),
+            redact: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Line {
     pub time_ns: i64,
     /// Level found in the record.
     pub level: Level,
+    /// Values redacted from `bytes`.
+    pub redacted: u32,
 }
 
 impl Line {
@@ -86,6 +88,7 @@ impl Line {
             flags,
             time_ns: 0,
             level: Level::Unknown,
+            redacted: 0,
         }
     }
 }
@@ -109,6 +112,28 @@ pub struct Gauges {
     pub files: std::sync::atomic::AtomicU64,
     /// Bytes in tailed files not read yet (read lag).
     pub unread_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Redacts a record in place with the source's redactor; false when a rule says to
+/// drop it.
+pub fn redact_line(
+    redactor: Option<&crate::pipeline::redact::Redactor>,
+    line: &mut Line,
+    stats: &mut crate::pipeline::redact::Stats,
+) -> bool {
+    use crate::pipeline::redact::Outcome;
+    let Some(r) = redactor else {
+        return true;
+    };
+    match r.redact(&line.bytes, stats) {
+        Outcome::Clean => true,
+        Outcome::Redacted(b, n) => {
+            line.bytes = b;
+            line.redacted = n;
+            true
+        }
+        Outcome::Drop => false,
+    }
 }
 
 /// Sends a chunk from a source thread with backpressure: while the pipeline is full the
