@@ -878,6 +878,7 @@ struct GlobalRedact {
     raw: RedactConfig,
     secret: Option<Vec<u8>>,
     pseudonym_len: usize,
+    secret_reported: std::cell::Cell<bool>,
 }
 
 impl GlobalRedact {
@@ -919,6 +920,7 @@ impl GlobalRedact {
             raw: raw.clone(),
             secret,
             pseudonym_len: pseudonym_len as usize,
+            secret_reported: std::cell::Cell::new(false),
         }
     }
 
@@ -977,82 +979,83 @@ impl GlobalRedact {
             pseudonym_len: self.pseudonym_len,
             ..redact::Settings::default()
         };
-        let mut apply = |p: &mut ConfigProblems, prefix: &str, c: &RedactConfig| {
-            for (t, v) in &c.types {
-                let Some(i) = redact::BUILTIN.iter().position(|b| b == t) else {
-                    p.push(
-                        format!("{prefix}.types.{t}"),
-                        format!(
-                            "unknown type; expected one of {}",
-                            redact::BUILTIN.join(", ")
-                        ),
-                    );
-                    continue;
-                };
-                settings.builtin[i] = if v == "off" {
-                    None
-                } else {
-                    action_of(p, format!("{prefix}.types.{t}"), v).or(settings.builtin[i])
-                };
-            }
-            for (j, r) in c.rules.iter().enumerate() {
-                let rk = format!("{prefix}.rules[{j}]");
-                let name_ok = !r.name.is_empty()
-                    && r.name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !name_ok {
-                    p.push(
-                        format!("{rk}.name"),
-                        "use lower-case letters, digits and `_`",
-                    );
-                } else if redact::BUILTIN.contains(&r.name.as_str()) {
-                    p.push(
-                        format!("{rk}.name"),
-                        "is a built-in type; pick another name",
-                    );
-                }
-                let pattern = regex_at(p, format!("{rk}.pattern"), &r.pattern);
-                let validator = r.validator.as_deref().and_then(|v| {
-                    let parsed = Validator::parse(v);
-                    if parsed.is_none() {
+        // A rule without an action takes its own section's.
+        let mut apply =
+            |p: &mut ConfigProblems, prefix: &str, c: &RedactConfig, rule_default: Action| {
+                for (t, v) in &c.types {
+                    let Some(i) = redact::BUILTIN.iter().position(|b| b == t) else {
                         p.push(
-                            format!("{rk}.validator"),
-                            format!("`{v}`: expected `luhn`, `mod97`, `ssn` or `ip`"),
+                            format!("{prefix}.types.{t}"),
+                            format!(
+                                "unknown type; expected one of {}",
+                                redact::BUILTIN.join(", ")
+                            ),
+                        );
+                        continue;
+                    };
+                    settings.builtin[i] = if v == "off" {
+                        None
+                    } else {
+                        action_of(p, format!("{prefix}.types.{t}"), v).or(settings.builtin[i])
+                    };
+                }
+                for (j, r) in c.rules.iter().enumerate() {
+                    let rk = format!("{prefix}.rules[{j}]");
+                    let name_ok = !r.name.is_empty()
+                        && r.name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !name_ok {
+                        p.push(
+                            format!("{rk}.name"),
+                            "use lower-case letters, digits and `_`",
+                        );
+                    } else if redact::BUILTIN.contains(&r.name.as_str()) {
+                        p.push(
+                            format!("{rk}.name"),
+                            "is a built-in type; pick another name",
                         );
                     }
-                    parsed
-                });
-                let action = match &r.action {
-                    Some(a) => action_of(p, format!("{rk}.action"), a).unwrap_or(default),
-                    None => default,
-                };
-                if let Some(pattern) = pattern {
-                    settings.rules.push(CustomRule {
-                        name: r.name.clone(),
-                        pattern,
-                        validator,
-                        action,
+                    let pattern = regex_at(p, format!("{rk}.pattern"), &r.pattern);
+                    let validator = r.validator.as_deref().and_then(|v| {
+                        let parsed = Validator::parse(v);
+                        if parsed.is_none() {
+                            p.push(
+                                format!("{rk}.validator"),
+                                format!("`{v}`: expected `luhn`, `mod97`, `ssn` or `ip`"),
+                            );
+                        }
+                        parsed
                     });
+                    let action = match &r.action {
+                        Some(a) => action_of(p, format!("{rk}.action"), a).unwrap_or(rule_default),
+                        None => rule_default,
+                    };
+                    if let Some(pattern) = pattern {
+                        settings.rules.push(CustomRule {
+                            name: r.name.clone(),
+                            pattern,
+                            validator,
+                            action,
+                        });
+                    }
                 }
-            }
-            for (j, a) in c.allow_patterns.iter().enumerate() {
-                if let Err(e) = regex::bytes::Regex::new(a) {
-                    p.push(
-                        format!("{prefix}.allow_patterns[{j}]"),
-                        format!("not a valid regular expression: {e}"),
-                    );
+                for (j, a) in c.allow_patterns.iter().enumerate() {
+                    match regex::bytes::Regex::new(a) {
+                        Ok(_) => settings.allow_patterns.push(a.clone()),
+                        Err(e) => p.push(
+                            format!("{prefix}.allow_patterns[{j}]"),
+                            format!("not a valid regular expression: {e}"),
+                        ),
+                    }
                 }
-            }
-            settings.allow.extend(c.allow.iter().cloned());
-            settings
-                .allow_patterns
-                .extend(c.allow_patterns.iter().cloned());
-        };
-        apply(gp, "redact", g);
+                settings.allow.extend(c.allow.iter().cloned());
+            };
+        let global_default = global_action.unwrap_or(Action::Mask);
+        apply(gp, "redact", g, global_default);
         drop(scratch);
         if let Some(l) = local {
-            apply(p, key, l);
+            apply(p, key, l, local_action.unwrap_or(global_default));
         }
         if !enabled {
             return None;
@@ -1060,12 +1063,9 @@ impl GlobalRedact {
         let pseudonyms = settings.builtin.contains(&Some(Action::Pseudonym))
             || settings.rules.iter().any(|r| r.action == Action::Pseudonym);
         if pseudonyms && settings.secret.is_none() {
-            let is_pseudonym = |a: &Option<String>| a.as_deref() == Some("pseudonym");
-            let global_asks = is_pseudonym(&g.action)
-                || g.types.values().any(|v| v == "pseudonym")
-                || g.rules.iter().any(|r| is_pseudonym(&r.action));
-            // Reported once, where the pseudonym was asked for.
-            if key == "redact" || !global_asks {
+            // Reported once, by the first redactor that needs it; the configuration
+            // is then invalid, so no source runs without its redaction.
+            if !self.secret_reported.replace(true) {
                 p.push(
                     "redact.secret",
                     format!(
@@ -1154,6 +1154,25 @@ mod tests {
         ] {
             assert!(e.contains(&format!("`{key}`")), "{key} not named in {e}");
         }
+        // A source that turns redaction on cannot run without the secret it needs.
+        let open = "[redact]\nenabled = false\naction = \"pseudonym\"\n[[files]]\ninclude = [\"/x/*.log\"]\nredact = { enabled = true }\n";
+        let e = AgentConfig::load(open, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.matches("`redact.secret`").count(), 1, "{e}");
+        // Global rules keep the global action when a source sets its own.
+        let rules = "[[redact.rules]]\nname = \"emp\"\npattern = \"E[0-9]{6}\"\n[[files]]\ninclude = [\"/x/*.log\"]\nredact = { action = \"drop\" }\n";
+        let c = AgentConfig::load(rules, &Overrides::default()).unwrap();
+        let r = c.files[0].redact.as_ref().unwrap();
+        let mut st = crate::pipeline::redact::Stats::default();
+        assert!(matches!(
+            r.redact(b"E123456", &mut st),
+            crate::pipeline::redact::Outcome::Redacted(..)
+        ));
+        assert_eq!(
+            r.redact(b"a@b.io", &mut st),
+            crate::pipeline::redact::Outcome::Drop
+        );
         let off = AgentConfig::load("[redact]\nenabled = false\n", &Overrides::default()).unwrap();
         assert!(off.redact.is_none() && off.files[0].redact.is_none());
     }

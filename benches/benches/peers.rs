@@ -362,43 +362,54 @@ fn main() -> anyhow::Result<()> {
         cert: pki.server_cert.clone(),
         key: pki.server_key.clone(),
     })?;
-    let run_agent =
-        |name: &str, endpoint: std::net::SocketAddr| -> anyhow::Result<(Agent, String)> {
-            let hdir = root.join(format!("{name}-logs"));
-            std::fs::create_dir_all(&hdir)?;
-            std::fs::hard_link(&corpus, hdir.join("input.log"))?;
-            let mport = heimdall_tests::free_port();
-            let opts = AgentOptions {
-                include: vec![format!("{}/*.log", hdir.display())],
-                batch_timeout: "1s",
-                poll_interval: "1s",
-                spool_max: "4GiB",
-                metrics_listen: format!("127.0.0.1:{mport}"),
-                ..AgentOptions::default()
-            };
-            let a = Agent::start(
-                &root.join(name),
-                "bench",
-                endpoint,
-                &pki,
-                (&cert, &key),
-                &opts,
-            )?;
-            Ok((a, format!("http://127.0.0.1:{mport}/metrics")))
+    let run_agent = |name: &str,
+                     endpoint: std::net::SocketAddr,
+                     extra: &str|
+     -> anyhow::Result<(Agent, String)> {
+        let hdir = root.join(format!("{name}-logs"));
+        std::fs::create_dir_all(&hdir)?;
+        std::fs::hard_link(&corpus, hdir.join("input.log"))?;
+        let mport = heimdall_tests::free_port();
+        let opts = AgentOptions {
+            include: vec![format!("{}/*.log", hdir.display())],
+            batch_timeout: "1s",
+            poll_interval: "1s",
+            spool_max: "4GiB",
+            metrics_listen: format!("127.0.0.1:{mport}"),
+            extra: extra.to_owned(),
+            ..AgentOptions::default()
         };
-    let (mut qagent, _) = run_agent("agent-quic", counter.addr)?;
-    let qpid = qagent.proc.pid().unwrap_or(0);
-    let n = counter.records.clone();
-    let quic = watch(
-        qpid,
-        || n.load(Ordering::Relaxed) >= lines,
-        Duration::from_secs(900),
-    )?;
-    qagent.proc.terminate(Duration::from_secs(20))?;
+        let a = Agent::start(
+            &root.join(name),
+            "bench",
+            endpoint,
+            &pki,
+            (&cert, &key),
+            &opts,
+        )?;
+        Ok((a, format!("http://127.0.0.1:{mport}/metrics")))
+    };
+    // Redaction is on by default (the corpus's access-log lines all carry a client
+    // address); the same run with it off shows what it costs.
+    let to_counter = |name: &str, extra: &str| -> anyhow::Result<Figures> {
+        let base = counter.records.load(Ordering::Relaxed);
+        let (mut qagent, _) = run_agent(name, counter.addr, extra)?;
+        let qpid = qagent.proc.pid().unwrap_or(0);
+        let n = counter.records.clone();
+        let f = watch(
+            qpid,
+            || n.load(Ordering::Relaxed) >= base + lines,
+            Duration::from_secs(900),
+        )?;
+        qagent.proc.terminate(Duration::from_secs(20))?;
+        Ok(f)
+    };
+    let quic = to_counter("agent-quic", "")?;
+    let quic_plain = to_counter("agent-quic-plain", "[redact]\nenabled = false\n")?;
 
     let agg = Aggregator::start(root, &pki, None)?;
     let url = agg.url();
-    let (mut agent, murl) = run_agent("agent", agg.addrs.ingest)?;
+    let (mut agent, murl) = run_agent("agent", agg.addrs.ingest, "")?;
     let pid = agent.proc.pid().unwrap_or(0);
     let t = Instant::now();
     let spooled = watch(
@@ -481,6 +492,7 @@ fn main() -> anyhow::Result<()> {
         );
     };
     row("heimdall → QUIC counter (acked)", &quic);
+    row("  same, redaction off", &quic_plain);
     row("heimdall → aggregator: spooled", &spooled);
     row("heimdall → aggregator: stored", &e2e);
     for (n, f) in &results {

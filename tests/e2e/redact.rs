@@ -75,6 +75,23 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// Reads every file under `dir`, byte for byte, for any of `values`.
+fn assert_no_file_holds(dir: &Path, values: &[(String, String)]) {
+    let mut files = Vec::new();
+    files_under(dir, &mut files);
+    assert!(!files.is_empty(), "nothing under {}", dir.display());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let found = leaks(&bytes, values);
+        assert!(
+            found.is_empty(),
+            "{} holds {:?}",
+            f.display(),
+            &found[..found.len().min(5)]
+        );
+    }
+}
+
 fn redact_section(secret: &str) -> String {
     format!(
         "[redact]\nsecret = {secret:?}\ntypes.email = \"pseudonym\"\ntypes.ipv4 = \"pseudonym\"\ntypes.card = \"partial\"\n[[redact.rules]]\nname = \"internal_case\"\npattern = 'CASE-[0-9]{{6}}'\naction = \"drop\"\n"
@@ -143,19 +160,7 @@ fn no_original_pii_value_reaches_the_spool_the_wire_or_storage() {
 
     // The spool, byte by byte (segments, state, dead letters) ...
     let spool_dir = agent.state_dir.join("spool");
-    let mut files = Vec::new();
-    files_under(&spool_dir, &mut files);
-    assert!(!files.is_empty());
-    for f in &files {
-        let bytes = std::fs::read(f).unwrap();
-        let found = leaks(&bytes, &values);
-        assert!(
-            found.is_empty(),
-            "{} holds {:?}",
-            f.display(),
-            &found[..found.len().min(5)]
-        );
-    }
+    assert_no_file_holds(&spool_dir, &values);
     // ... and decoded: lz4 could hide a value from a raw scan, a decoded batch cannot.
     let rec = Spool::open(
         &spool_dir,
@@ -233,18 +238,7 @@ fn no_original_pii_value_reaches_the_spool_the_wire_or_storage() {
     agent.proc.terminate(Duration::from_secs(20)).unwrap();
     c.agg.proc.terminate(Duration::from_secs(20)).unwrap();
     // Every file the aggregator keeps: the database, its WAL, whatever else is there.
-    let mut files = Vec::new();
-    files_under(&c.agg.state_dir, &mut files);
-    for f in &files {
-        let bytes = std::fs::read(f).unwrap();
-        let found = leaks(&bytes, &values);
-        assert!(
-            found.is_empty(),
-            "{} holds {:?}",
-            f.display(),
-            &found[..found.len().min(5)]
-        );
-    }
+    assert_no_file_holds(&c.agg.state_dir, &values);
 }
 
 #[test]

@@ -8,13 +8,12 @@
 //!
 //! # How a line is scanned
 //! One pass per kind of anchor, never a regex per detector per line:
-//! - `@` (memchr) for emails;
 //! - one Aho-Corasick search (SIMD Teddy) for the literal anchors: `eyJ` (JWT), `://`
 //!   (passwords in URLs), AWS key id prefixes, `-----BEGIN`, `Bearer`, and the words
 //!   sensitive keys contain
 //!   (`pass`, `pwd`, `secret`, `token`, `api`, `authoriz`, `ssn`, `aws`);
-//! - a byte-class scan that stops only at digits, `+`, `(` and `:` for addresses, cards,
-//!   IBANs, SSNs and phone numbers. It skips words, and a number that starts inside a
+//! - a byte-class scan, eight bytes at a time, that stops only at digits, `+`, `(`, `:`
+//!   and `@` for addresses, emails, cards, IBANs, SSNs and phone numbers. It skips words, and a number that starts inside a
 //!   larger number (the `15` of `2024-01-15`) is not tried again.
 //!
 //! Every candidate is validated (Luhn, mod-97, SSN ranges, IP parsing, brand prefixes
@@ -285,6 +284,10 @@ const ANCHORS: &[(&str, Anchor)] = &[
     ("pwd", Anchor::Key),
     ("pw=", Anchor::Key),
     ("PW=", Anchor::Key),
+    ("_pw", Anchor::Key),
+    ("_PW", Anchor::Key),
+    ("rivate", Anchor::Key),
+    ("RIVATE", Anchor::Key),
     ("Pwd", Anchor::Key),
     ("PWD", Anchor::Key),
     ("secret", Anchor::Key),
@@ -482,21 +485,10 @@ impl Redactor {
     /// applied. `out` is cleared first.
     pub fn detect(&self, line: &[u8], out: &mut Vec<Finding>) {
         out.clear();
-        if self.is_on(EMAIL) {
-            for at in memchr::memchr_iter(b'@', line) {
-                if let Some((s, e)) = email_at(line, at) {
-                    out.push(Finding {
-                        start: s,
-                        end: e,
-                        kind: EMAIL,
-                    });
-                }
-            }
-        }
         if self.literal {
             self.scan_literals(line, out);
         }
-        if self.numeric {
+        if self.numeric || self.is_on(EMAIL) {
             self.scan_numeric(line, out);
         }
         for (i, r) in self.rules.iter().enumerate() {
@@ -588,7 +580,7 @@ impl Redactor {
                 out.push(b':');
                 let key = self.key.as_ref().expect("pseudonym redactors have a key");
                 let mut msg = Vec::with_capacity(value.len() + 8);
-                canonical(kind, value, &mut msg);
+                canonical(kind, name, value, &mut msg);
                 let tag = ring::hmac::sign(key, &msg);
                 let mut hex = String::with_capacity(self.pseudonym_len);
                 for b in tag.as_ref() {
@@ -599,6 +591,20 @@ impl Redactor {
                     }
                 }
                 out.extend_from_slice(&hex.as_bytes()[..self.pseudonym_len]);
+            }
+            Action::Partial
+                if matches!(
+                    kind,
+                    PRIVATE_KEY
+                        | JWT
+                        | AWS_ACCESS_KEY
+                        | AWS_SECRET_KEY
+                        | URL_PASSWORD
+                        | BEARER
+                        | SECRET
+                ) =>
+            {
+                // Part of a secret is still a secret: these are masked whole.
             }
             Action::Partial => {
                 out.extend_from_slice(b":****");
@@ -627,15 +633,19 @@ impl Redactor {
 
     fn scan_literals(&self, line: &[u8], out: &mut Vec<Finding>) {
         let mut aws_context = false;
-        let push = |out: &mut Vec<Finding>, s, e, kind| {
-            out.push(Finding {
-                start: s,
-                end: e,
-                kind,
-            })
-        };
+        // Anchors inside a value already found are not looked at again: that keeps
+        // `pass=pass=pass=…` and a line of unterminated PEM headers linear.
+        let mut covered = 0;
+        let mut no_pem_end_after = usize::MAX;
         self.anchors.each(line, |pattern, s, e| {
-            match ANCHORS[pattern].1 {
+            let anchor = ANCHORS[pattern].1;
+            // Only the scans that can run far are skipped; a JWT or key id inside a
+            // secret's value is still named for what it is.
+            if s < covered && matches!(anchor, Anchor::Key | Anchor::Aws | Anchor::Pem) {
+                return;
+            }
+            let before = out.len();
+            match anchor {
                 Anchor::Jwt => {
                     if self.is_on(JWT) {
                         if let Some(end) = jwt_at(line, s) {
@@ -660,7 +670,7 @@ impl Redactor {
                 }
                 Anchor::Pem => {
                     if self.is_on(PRIVATE_KEY) {
-                        if let Some(end) = self.pem_at(line, s) {
+                        if let Some(end) = self.pem_at(line, s, &mut no_pem_end_after) {
                             push(out, s, end, PRIVATE_KEY);
                         }
                     }
@@ -692,13 +702,18 @@ impl Redactor {
                     }
                 }
             }
+            if let Some(f) = out[before..].iter().map(|f| f.end).max() {
+                covered = covered.max(f);
+            }
         });
         if aws_context && self.is_on(AWS_SECRET_KEY) {
             aws_secrets(line, out);
         }
     }
 
-    fn pem_at(&self, line: &[u8], s: usize) -> Option<usize> {
+    /// A PEM private key block starting at `s`. `no_end_after`: a position after which
+    /// no end marker exists (learned by an earlier search of this line).
+    fn pem_at(&self, line: &[u8], s: usize, no_end_after: &mut usize) -> Option<usize> {
         let rest = &line[s + b"-----BEGIN".len()..];
         let close = memmem::find(&rest[..rest.len().min(64)], b"-----")?;
         let label = &rest[..close];
@@ -706,7 +721,14 @@ impl Redactor {
             return None;
         }
         let body = s + b"-----BEGIN".len() + close + 5;
-        match self.pem_end.find(&line[body..]) {
+        if body >= *no_end_after {
+            return Some(line.len());
+        }
+        let found = self.pem_end.find(&line[body..]);
+        if found.is_none() {
+            *no_end_after = body;
+        }
+        match found {
             Some(p) => {
                 let after = body + p + b"-----END ".len();
                 match memmem::find(&line[after..line.len().min(after + 64)], b"-----") {
@@ -740,11 +762,7 @@ impl Redactor {
                             && (i == 2 || !is_word(line[i - 3]))
                         {
                             if let Some(e) = iban_at(line, i - 2) {
-                                out.push(Finding {
-                                    start: i - 2,
-                                    end: e,
-                                    kind: IBAN,
-                                });
+                                push(out, i - 2, e, IBAN);
                                 i = e;
                                 continue;
                             }
@@ -753,10 +771,12 @@ impl Redactor {
                         continue;
                     }
                     if i >= 2
-                        && matches!(prev, b'.' | b'-' | b'/' | b',' | b':')
+                        && matches!(prev, b'.' | b'-' | b':')
                         && line[i - 2].is_ascii_digit()
+                        && out.last().is_none_or(|f| f.end != i - 1)
                     {
-                        // The middle of a larger number (a date, a time, a version).
+                        // The middle of a larger number (a date, a time, a version), not
+                        // the next of a list (`203.0.113.7-203.0.113.9`).
                         i = skip_digits(line, i);
                         continue;
                     }
@@ -771,17 +791,23 @@ impl Redactor {
                     }
                     i = skip_digits(line, i);
                 }
+                AT => {
+                    if self.is_on(EMAIL) {
+                        if let Some((s, e)) = email_at(line, i) {
+                            push(out, s, e, EMAIL);
+                            i = e;
+                            continue;
+                        }
+                    }
+                    i += 1;
+                }
                 PLUS => {
                     if self.is_on(PHONE)
                         && (i == 0 || !is_word(line[i - 1]))
                         && line.get(i + 1).is_some_and(|c| (b'1'..=b'9').contains(c))
                     {
                         if let Some(e) = intl_at(line, i + 1) {
-                            out.push(Finding {
-                                start: i,
-                                end: e,
-                                kind: PHONE,
-                            });
+                            push(out, i, e, PHONE);
                             i = e;
                             continue;
                         }
@@ -791,11 +817,7 @@ impl Redactor {
                 PAREN => {
                     if self.is_on(PHONE) && (i == 0 || !is_word(line[i - 1])) {
                         if let Some(e) = us_at(line, i) {
-                            out.push(Finding {
-                                start: i,
-                                end: e,
-                                kind: PHONE,
-                            });
+                            push(out, i, e, PHONE);
                             i = e;
                             continue;
                         }
@@ -826,11 +848,7 @@ impl Redactor {
                                     || !line[s - 2].is_ascii_hexdigit() && line[s - 2] != b':');
                         if left_ok {
                             if let Some(e) = ipv6_at(line, s) {
-                                out.push(Finding {
-                                    start: s,
-                                    end: e,
-                                    kind: IPV6,
-                                });
+                                push(out, s, e, IPV6);
                                 i = e;
                                 continue;
                             }
@@ -858,7 +876,9 @@ impl Redactor {
                 return Some((e, SSN));
             }
         }
-        if self.is_on(CARD) && ((k == 4 && (c == b' ' || c == b'-')) || (13..=19).contains(&k)) {
+        // Grouped cards go on with another four digits: `2024-01-15` stops here.
+        let grouped = k == 4 && (c == b' ' || c == b'-') && digits(line, e + 1, 4);
+        if self.is_on(CARD) && (grouped || (13..=19).contains(&k)) {
             if let Some(e) = card_at(line, i) {
                 return Some((e, CARD));
             }
@@ -954,26 +974,24 @@ pub fn filter(
     Ok(sum)
 }
 
-/// Settles overlaps: findings sorted by start; of two that overlap the one with the
-/// higher priority stays (custom rules, then built-ins in [`BUILTIN`] order).
+/// Settles overlaps: findings sorted by start; overlapping findings become one that
+/// covers them all, of the type with the highest priority (custom rules, then
+/// built-ins in [`BUILTIN`] order), so no byte a detector claimed is left visible.
 fn resolve(out: &mut Vec<Finding>) {
     let prio = |k: u16| if (k as usize) >= N_BUILTIN { 0 } else { k + 1 };
     out.sort_unstable_by_key(|f| (f.start, prio(f.kind), usize::MAX - f.end));
     let mut kept = 0;
     for i in 0..out.len() {
         let c = out[i];
-        let mut j = kept;
-        let mut lose = false;
-        while j > 0 && out[j - 1].end > c.start {
-            if prio(out[j - 1].kind) <= prio(c.kind) {
-                lose = true;
-                break;
+        if kept > 0 && out[kept - 1].end > c.start {
+            let last = &mut out[kept - 1];
+            last.end = last.end.max(c.end);
+            if prio(c.kind) < prio(last.kind) {
+                last.kind = c.kind;
             }
-            j -= 1;
-        }
-        if !lose {
-            out[j] = c;
-            kept = j + 1;
+        } else {
+            out[kept] = c;
+            kept += 1;
         }
     }
     out.truncate(kept);
@@ -982,7 +1000,7 @@ fn resolve(out: &mut Vec<Finding>) {
 /// The bytes a pseudonym is computed over: the type's class and a canonical form of
 /// the value, so `John@X.com` and `john@x.com`, or a card with and without spaces,
 /// get one pseudonym.
-fn canonical(kind: u16, v: &[u8], msg: &mut Vec<u8>) {
+fn canonical(kind: u16, name: &[u8], v: &[u8], msg: &mut Vec<u8>) {
     match kind {
         IPV4 | IPV6 => {
             msg.extend_from_slice(b"ip\0");
@@ -1017,7 +1035,8 @@ fn canonical(kind: u16, v: &[u8], msg: &mut Vec<u8>) {
             );
         }
         _ => {
-            msg.extend_from_slice(&(kind as u32).to_le_bytes());
+            msg.extend_from_slice(name);
+            msg.push(0);
             msg.extend_from_slice(v);
         }
     }
@@ -1027,6 +1046,7 @@ const DIGIT: u8 = 1;
 const PLUS: u8 = 2;
 const PAREN: u8 = 3;
 const COLON: u8 = 4;
+const AT: u8 = 5;
 
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -1038,8 +1058,13 @@ static CLASS: [u8; 256] = {
     t[b'+' as usize] = PLUS;
     t[b'(' as usize] = PAREN;
     t[b':' as usize] = COLON;
+    t[b'@' as usize] = AT;
     t
 };
+
+fn push(out: &mut Vec<Finding>, start: usize, end: usize, kind: u16) {
+    out.push(Finding { start, end, kind });
+}
 
 #[inline]
 fn is_word(b: u8) -> bool {
@@ -1068,7 +1093,7 @@ fn word_at(line: &[u8], i: usize) -> u64 {
 }
 
 /// The first byte at or after `i` that may start something the numeric scan looks at
-/// (a digit, `:`, `+`, `(`), eight bytes at a time. Bytes above 0x7F may be reported
+/// (a digit, `:`, `+`, `(`, `@`), eight bytes at a time. Bytes above 0x7F may be reported
 /// too (callers check [`CLASS`]); none is skipped that should not be.
 #[inline]
 fn next_anchor(line: &[u8], mut i: usize) -> usize {
@@ -1077,7 +1102,8 @@ fn next_anchor(line: &[u8], mut i: usize) -> usize {
         // `0`..=`9` and `:` are one range, 0x30..=0x3A.
         let m = ((ge(y, 0x30) & !ge(y, 0x3B))
             | zero(y ^ (ONES * u64::from(b'+')))
-            | zero(y ^ (ONES * u64::from(b'('))))
+            | zero(y ^ (ONES * u64::from(b'(')))
+            | zero(y ^ (ONES * u64::from(b'@'))))
             & HIGH;
         if m != 0 {
             return i + (m.trailing_zeros() / 8) as usize;
@@ -1183,7 +1209,8 @@ fn email_at(line: &[u8], at: usize) -> Option<(usize, usize)> {
 
 /// The password of `scheme://user:password@host`, `p` at `://`.
 fn url_password_at(line: &[u8], p: usize) -> Option<(usize, usize)> {
-    if p == 0 || !line[p - 1].is_ascii_alphabetic() {
+    // `s3://`, `redis+tls://`: a scheme ends with a letter or digit.
+    if p == 0 || !line[p - 1].is_ascii_alphanumeric() {
         return None;
     }
     let a = p + 3;
@@ -1276,11 +1303,7 @@ fn aws_secrets(line: &[u8], out: &mut Vec<Finding>) {
             i += 1;
         }
         if i - s == 40 && line.get(i) != Some(&b'=') && looks_like_aws_secret(&line[s..i]) {
-            out.push(Finding {
-                start: s,
-                end: i,
-                kind: AWS_SECRET_KEY,
-            });
+            push(out, s, i, AWS_SECRET_KEY);
         }
     }
 }
@@ -1292,6 +1315,10 @@ fn is_token_char(b: u8) -> bool {
 /// The token after `Bearer ` (`s..e` is the word).
 fn bearer_at(line: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
     if s > 0 && is_word(line[s - 1]) {
+        return None;
+    }
+    // `token_type=Bearer HTTP/1.1`: the name of a token type, not a scheme and its token.
+    if s >= 5 && line[s - 1] == b'=' && line[s - 5..s - 1].eq_ignore_ascii_case(b"type") {
         return None;
     }
     let n = line.len();
@@ -1353,26 +1380,32 @@ fn key_kind(norm: &[u8]) -> Option<u16> {
 /// `key="value"`, `"key": "value"`, `Key: value`.
 fn key_value(line: &[u8], hs: usize, he: usize) -> Option<(usize, usize, u16)> {
     let n = line.len();
-    // The `pw=` anchor carries its separator.
-    let he = if line[he - 1] == b'=' { he - 1 } else { he };
+    // `pw=`, `pw:`, `pw"` carry the byte after the key; `_pw` the one before it.
+    let he = if matches!(line[he - 1], b'=' | b':' | b'"') {
+        he - 1
+    } else {
+        he
+    };
+    // Keys are read at most 64 bytes either side of the anchor: what decides is how a
+    // key ends (`…trustStorePassword`), and long runs of key bytes stay linear.
     let mut ks = hs;
-    while ks > 0 && is_key_char(line[ks - 1]) {
+    while ks > 0 && hs - ks < 64 && is_key_char(line[ks - 1]) {
         ks -= 1;
     }
     let mut ke = he;
-    while ke < n && is_key_char(line[ke]) {
+    while ke < n && ke - he < 64 && is_key_char(line[ke]) {
         ke += 1;
+    }
+    if ke < n && is_key_char(line[ke]) {
+        return None;
     }
     while ke > ks && line[ke - 1] == b'.' {
         ke -= 1;
     }
     let key = &line[ks..ke];
-    if key.len() > 64 {
-        return None;
-    }
     let mut norm = [0u8; 64];
     let mut nl = 0;
-    for &b in key {
+    for &b in &key[key.len().saturating_sub(64)..] {
         if b.is_ascii_alphanumeric() {
             norm[nl] = b.to_ascii_lowercase();
             nl += 1;
@@ -1390,6 +1423,14 @@ fn key_value(line: &[u8], hs: usize, he: usize) -> Option<(usize, usize, u16)> {
     };
     let mut j = ke;
     let quote = match ks.checked_sub(1).map(|p| line[p]) {
+        // `{"log":"{\"password\":\"x\"}"}`: JSON escaped inside JSON (container logs).
+        Some(b'"') if ks >= 2 && line[ks - 2] == b'\\' => {
+            if line.get(j) != Some(&b'\\') || line.get(j + 1) != Some(&b'"') {
+                return None;
+            }
+            j += 2;
+            true
+        }
         Some(q @ (b'"' | b'\'')) => {
             if line.get(j) != Some(&q) {
                 return None;
@@ -1465,12 +1506,13 @@ fn key_value(line: &[u8], hs: usize, he: usize) -> Option<(usize, usize, u16)> {
                 kind = BEARER;
             }
             let mut ve = vs;
-            while ve < n && !ends_value(line[ve]) {
+            while ve < n && ve - vs < MAX_VALUE && !ends_value(line[ve]) {
                 ve += 1;
             }
             let v = &line[vs..ve];
             let literal = v == b"null" || v == b"true" || v == b"false" || v == b"None";
             let number = sep == b':'
+                && quote
                 && !v.is_empty()
                 && v.iter()
                     .all(|b| b.is_ascii_digit() || *b == b'.' || *b == b'-');
@@ -1504,6 +1546,9 @@ fn skip_scheme(line: &[u8], vs: usize, end: usize, norm: &[u8]) -> (usize, bool)
     }
     (s, bearer)
 }
+
+/// Longest unquoted value taken after a sensitive key.
+const MAX_VALUE: usize = 4096;
 
 fn ends_value(b: u8) -> bool {
     matches!(
@@ -1555,6 +1600,10 @@ fn finish(
             },
         )),
         _ => {
+            if v.starts_with(b"-----BEGIN") {
+                // A PEM block as a key's value: the private key detector's, not ours.
+                return None;
+            }
             if norm.ends_with(b"pwd") && v[0] == b'/' {
                 // `PWD=/home/ops`: a working directory.
                 return None;
@@ -1731,17 +1780,17 @@ fn card_brand(d: &[u8]) -> bool {
 
 fn card_at(line: &[u8], i: usize) -> Option<usize> {
     let n = line.len();
-    let mut d = [0u8; 19];
+    let mut d = [0u8; 40];
     let mut nd = 0;
     // (end position, digits so far, group length)
-    let mut groups = [(0usize, 0usize, 0usize); 6];
+    let mut groups = [(0usize, 0usize, 0usize); 8];
     let mut ng = 0;
     let mut sep = 0u8;
     let mut j = i;
     loop {
         let st = j;
         while j < n && line[j].is_ascii_digit() {
-            if nd == 19 {
+            if nd == d.len() {
                 return None;
             }
             d[nd] = line[j];
@@ -1775,7 +1824,7 @@ fn card_at(line: &[u8], i: usize) -> Option<usize> {
             continue;
         }
         if k == ng && !ends_number(line, end) {
-            return None;
+            continue;
         }
         if card_brand(&d[..ndk]) && luhn(&d[..ndk]) {
             return Some(end);
@@ -2096,6 +2145,12 @@ mod tests {
     #[test]
     fn addresses_and_versions() {
         one("connect from 10.1.2.3:5432", "ipv4", "10.1.2.3");
+        assert_eq!(found("xff=203.0.113.7,10.0.0.1").len(), 2);
+        assert_eq!(
+            found("GET /v1/10.0.0.7/metrics"),
+            vec![("ipv4", "10.0.0.7".to_owned())]
+        );
+        assert_eq!(found("range 203.0.113.7-203.0.113.9").len(), 2);
         none("version=1.2.3.4 ver: 10.0.0.1 Chrome/120.0.0.0 oid 1.3.6.1.4.1 bad 300.1.2.3");
         one("client [2001:db8::1]:443 ok", "ipv6", "2001:db8::1");
         one("peer ::ffff:192.0.2.1 up", "ipv6", "::ffff:192.0.2.1");
@@ -2118,6 +2173,17 @@ mod tests {
             "4111 1111 1111 1111",
         );
         one("amex 3782-822463-10005", "card", "3782-822463-10005");
+        one(
+            "card 4111 1111 1111 1111 12/25 ok",
+            "card",
+            "4111 1111 1111 1111",
+        );
+        one(
+            "card 4111 1111 1111 1111 0427 123",
+            "card",
+            "4111 1111 1111 1111",
+        );
+        one("csv 1700000000,123-45-6789,x", "ssn", "123-45-6789");
         none("order 4111111111111112 id 1234567812345678 ts 1700000000123");
         one(
             "iban DE89 3704 0044 0532 0130 00 booked",
@@ -2162,6 +2228,25 @@ mod tests {
         );
         one("Authorization: Bearer abc.def-123", "bearer", "abc.def-123");
         none("token_type=Bearer max_tokens=512 password_changed=true password=****");
+        none("GET /cb?token_type=Bearer HTTP/1.1");
+        one(
+            r#"{"log":"{\"password\":\"hunter2\"}\n","stream":"stdout"}"#,
+            "secret",
+            "hunter2",
+        );
+        one(
+            "spring.datasource.hikari.data-source-properties.javax.net.ssl.trustStorePassword=changeit",
+            "secret",
+            "changeit",
+        );
+        one(
+            "PRIVATE_KEY=0x4c0883a69102937d",
+            "secret",
+            "0x4c0883a69102937d",
+        );
+        one("{\"db_pw\": \"x7y\"}", "secret", "x7y");
+        one("DB_PASSWORD: 20240115", "secret", "20240115");
+        one("store s3://AKID:s3cr3t@bucket/x", "url_password", "s3cr3t");
         none("invalid token: expired; PWD=/home/ops \"password\": null");
         one(
             "env DB_PASS=hunter22 bypass=1 compass=north",
@@ -2200,6 +2285,34 @@ mod tests {
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----";
         one(&format!("key {pem} loaded"), "private_key", pem);
         none("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
+    }
+
+    #[test]
+    fn overlapping_findings_leave_nothing_visible() {
+        let r = Redactor::builtin();
+        let mut st = Stats::default();
+        let Outcome::Redacted(b, 1) = r.redact(b"pan_token=4111 1111 1111 1111 ok", &mut st) else {
+            panic!()
+        };
+        assert_eq!(&b[..], b"pan_token=<secret> ok");
+    }
+
+    #[test]
+    fn pathological_lines_stay_linear() {
+        // Each would take minutes if every anchor rescanned the rest of the line.
+        for unit in [
+            &b"pass="[..],
+            b"Token:",
+            b"apiapi",
+            b"-----BEGIN PRIVATE KEY-----",
+            b"1:",
+            b"@a.",
+            b"4111 ",
+        ] {
+            let line: Vec<u8> = unit.iter().copied().cycle().take(1 << 20).collect();
+            let mut found = Vec::new();
+            Redactor::builtin().detect(&line, &mut found);
+        }
     }
 
     #[test]
@@ -2277,6 +2390,62 @@ mod tests {
             proptest::prop_assert!(got <= a);
             proptest::prop_assert!(line[i..got].iter().all(|b| CLASS[*b as usize] == 0));
             proptest::prop_assert!(got == a || line[got] >= 0x80);
+        }
+    }
+
+    fn token_soup() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..6),
+            "[0-9a-fA-F:.@+() =\"'/<>_,;&\\-]{0,12}".prop_map(String::into_bytes),
+            proptest::sample::select(vec![
+                "eyJ",
+                "AKIA",
+                "A3T",
+                "-----BEGIN",
+                "PRIVATE KEY-----",
+                "-----END ",
+                "Bearer ",
+                "password",
+                "Pass",
+                "pw=",
+                "secret",
+                "token",
+                "api",
+                "Authorization: ",
+                "uthoriz",
+                "ssn",
+                "aws",
+                "://",
+                "::",
+                "::ffff:",
+                "00",
+                "+1",
+                "(415)",
+                "DE89",
+                "4111",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        /// Any bytes: no panic, findings in bounds, sorted and disjoint, and the output
+        /// holds none of the values found.
+        #[test]
+        fn arbitrary_bytes_never_panic_and_findings_are_disjoint(line in token_soup()) {
+            let r = Redactor::builtin();
+            let mut found = Vec::new();
+            r.detect(&line, &mut found);
+            let mut end = 0;
+            for f in &found {
+                proptest::prop_assert!(f.start >= end && f.start < f.end && f.end <= line.len());
+                end = f.end;
+            }
+            let mut st = Stats::default();
+            let out = r.redact(&line, &mut st);
+            proptest::prop_assert_eq!(matches!(out, Outcome::Clean), found.is_empty());
         }
     }
 

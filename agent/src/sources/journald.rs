@@ -280,6 +280,9 @@ impl JournalReader {
         if keep {
             self.open_bytes += line.bytes.len();
             c.lines.push(line);
+        } else {
+            // Read, then dropped by a redaction rule: read all the same, as for files.
+            metrics::counter!("heimdall_agent_lines_read_total").increment(1);
         }
         c.checkpoint = cp;
     }
