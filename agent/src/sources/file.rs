@@ -227,6 +227,7 @@ impl FileTailer {
         make_stream(
             &self.base_labels,
             self.cfg.labels_from_path.as_ref(),
+            self.cfg.redact.as_deref(),
             source,
         )
     }
@@ -394,6 +395,7 @@ impl FileTailer {
                 t.stream = make_stream(
                     &self.base_labels,
                     self.cfg.labels_from_path.as_ref(),
+                    self.cfg.redact.as_deref(),
                     &cp.source,
                 );
                 t.start_at(cp.offset, cp.tail);
@@ -471,6 +473,7 @@ impl FileTailer {
                 t.stream = make_stream(
                     &self.base_labels,
                     self.cfg.labels_from_path.as_ref(),
+                    self.cfg.redact.as_deref(),
                     &cp.source,
                 );
                 self.checkpoints.remove(&cp.key);
@@ -871,9 +874,26 @@ impl FileTailer {
     }
 }
 
-fn make_stream(base: &Labels, from_path: Option<&regex::Regex>, source: &str) -> Arc<Labels> {
+/// The labels of the stream of the file at `source`. Labels taken from the path (the
+/// path itself, `labels_from_path` groups) leave the host too: they are redacted like
+/// lines (`/home/jane.doe@corp.com/app.log` becomes `/home/<email>/app.log`).
+fn make_stream(
+    base: &Labels,
+    from_path: Option<&regex::Regex>,
+    redact: Option<&crate::pipeline::redact::Redactor>,
+    source: &str,
+) -> Arc<Labels> {
+    let clean = |v: &str| -> String {
+        let mut stats = crate::pipeline::redact::Stats::default();
+        match redact.map(|r| r.redact(v.as_bytes(), &mut stats)) {
+            Some(crate::pipeline::redact::Outcome::Redacted(b, _)) => {
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            _ => v.to_owned(),
+        }
+    };
     let mut l = base.clone();
-    l.insert("source", source);
+    l.insert("source", clean(source));
     if let Some(caps) = from_path.and_then(|re| re.captures(source)) {
         for name in from_path
             .into_iter()
@@ -881,7 +901,7 @@ fn make_stream(base: &Labels, from_path: Option<&regex::Regex>, source: &str) ->
         {
             if let Some(m) = caps.name(name) {
                 if base.get(name).is_none() && !m.as_str().is_empty() {
-                    l.insert(name, m.as_str());
+                    l.insert(name, clean(m.as_str()));
                 }
             }
         }
@@ -1150,6 +1170,29 @@ java.lang.IllegalStateException: x
         let l = &out[0].lines[0];
         assert_eq!(l.level, heimdall_common::record::Level::Error);
         assert_eq!(l.time_ns, 1_709_618_828 * 1_000_000_000);
+    }
+
+    #[test]
+    fn records_and_path_labels_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("jane.doe@corp.example")).unwrap();
+        let p = dir.path().join("jane.doe@corp.example/app.log");
+        append(&p, b"login from 10.1.2.3 ok\n");
+        let mut c = cfg(dir.path());
+        c.include = vec![format!("{}/*/*.log", dir.path().display())];
+        c.labels_from_path = Some(regex::Regex::new(r"/(?P<user>[^/]+)/[^/]+\.log$").unwrap());
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        let mut out = Vec::new();
+        t.scan();
+        t.read_all(&mut out);
+        assert_eq!(out[0].stream.get("user"), Some("<email>"));
+        assert!(out[0]
+            .stream
+            .get("source")
+            .unwrap()
+            .ends_with("/<email>/app.log"));
+        assert_eq!(&out[0].lines[0].bytes[..], b"login from <ipv4> ok");
+        assert_eq!(out[0].lines[0].redacted, 1);
     }
 
     #[test]
