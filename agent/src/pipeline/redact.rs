@@ -358,6 +358,8 @@ impl Anchors {
 pub struct Redactor {
     on: [Option<Action>; N_BUILTIN],
     rules: Vec<CustomRule>,
+    /// Per rule: whether its pattern has a `value` group.
+    value_group: Vec<bool>,
     names: Vec<String>,
     allow: HashSet<Box<[u8]>>,
     allow_set: Option<RegexSet>,
@@ -441,6 +443,11 @@ impl Redactor {
             .into_iter()
             .any(enabled),
             on,
+            value_group: s
+                .rules
+                .iter()
+                .map(|r| r.pattern.capture_names().flatten().any(|n| n == "value"))
+                .collect(),
             rules: s.rules,
             names,
             allow: s
@@ -493,8 +500,7 @@ impl Redactor {
         }
         for (i, r) in self.rules.iter().enumerate() {
             let kind = (N_BUILTIN + i) as u16;
-            let value = r.pattern.capture_names().flatten().any(|n| n == "value");
-            if value {
+            if self.value_group[i] {
                 for c in r.pattern.captures_iter(line) {
                     if let Some(m) = c.name("value") {
                         if m.start() < m.end() && r.validator.is_none_or(|v| v.check(m.as_bytes()))
