@@ -904,6 +904,24 @@ impl Redactor {
     }
 }
 
+/// The end of a record that was cut (`TRUNCATED`): a value split by the cut no longer
+/// looks like what it was (`jane.doe@exa`, half a JWT, the first digits of a card), so
+/// the last token, and at least the last 64 bytes, are replaced by `<truncated>`.
+/// The token ends at the last whitespace or quote in the last 4 KiB.
+pub fn cut_tail(line: &[u8]) -> Vec<u8> {
+    let n = line.len();
+    let floor = n.saturating_sub(4096);
+    let token = line[floor..]
+        .iter()
+        .rposition(|b| matches!(b, b' ' | b'\t' | b'\n' | b'"' | b'\''))
+        .map_or(floor, |p| floor + p + 1);
+    let cut = token.min(n.saturating_sub(64));
+    let mut out = Vec::with_capacity(cut + 11);
+    out.extend_from_slice(&line[..cut]);
+    out.extend_from_slice(b"<truncated>");
+    out
+}
+
 /// What [`filter`] saw.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -2291,6 +2309,26 @@ mod tests {
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----";
         one(&format!("key {pem} loaded"), "private_key", pem);
         none("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
+    }
+
+    #[test]
+    fn a_cut_value_does_not_survive_the_cut() {
+        let mut line = b"user jane.doe@exa".to_vec();
+        assert_eq!(cut_tail(&line), b"<truncated>");
+        line = format!("{} card 4111 1111 11", "x ".repeat(100)).into_bytes();
+        let out = cut_tail(&line);
+        assert!(out.ends_with(b"<truncated>") && !out.windows(4).any(|w| w == b"4111"));
+        line = format!(
+            "{} token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMj",
+            "word ".repeat(40)
+        )
+        .into_bytes();
+        let out = String::from_utf8(cut_tail(&line)).unwrap();
+        assert!(
+            out.ends_with("<truncated>") && !out.contains("eyJ"),
+            "{out}"
+        );
+        assert_eq!(out.len(), line.len() - 64 + "<truncated>".len());
     }
 
     #[test]

@@ -1250,7 +1250,11 @@ java.lang.IllegalStateException: x
         let p = dir.path().join("a.log");
         let long = "x".repeat(250);
         append(&p, format!("short\n{long}\nafter\n").as_bytes());
-        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        // The tailer's cut alone; with redaction on, the cut end is masked as well
+        // (next test).
+        let mut c = cfg(dir.path());
+        c.redact = None;
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
         let mut out = Vec::new();
         t.scan();
         t.read_all(&mut out);
@@ -1259,6 +1263,26 @@ java.lang.IllegalStateException: x
         assert_eq!(lines[1].bytes.len(), 100);
         assert_eq!(lines[1].flags, flags::TRUNCATED);
         assert_eq!(&lines[2].bytes[..], b"after");
+    }
+
+    #[test]
+    fn a_value_cut_by_truncation_is_not_shipped_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        // The cap (100 bytes) falls inside the email address.
+        let long = format!("{} mail jane.doe@example.com", "word ".repeat(17));
+        append(&p, format!("{long}\n").as_bytes());
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        let mut out = Vec::new();
+        t.scan();
+        t.read_all(&mut out);
+        let l = &out[0].lines[0];
+        assert_eq!(l.flags, flags::TRUNCATED);
+        let text = String::from_utf8(l.bytes.to_vec()).unwrap();
+        assert!(
+            text.ends_with("<truncated>") && !text.contains("jane"),
+            "{text}"
+        );
     }
 
     #[test]

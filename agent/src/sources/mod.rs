@@ -125,7 +125,7 @@ pub fn redact_line(
     let Some(r) = redactor else {
         return true;
     };
-    match r.redact(&line.bytes, stats) {
+    let keep = match r.redact(&line.bytes, stats) {
         Outcome::Clean => true,
         Outcome::Redacted(b, n) => {
             line.bytes = b;
@@ -133,7 +133,12 @@ pub fn redact_line(
             true
         }
         Outcome::Drop => false,
+    };
+    if keep && line.flags & heimdall_common::record::flags::TRUNCATED != 0 {
+        line.bytes = crate::pipeline::redact::cut_tail(&line.bytes).into();
+        line.redacted += 1;
     }
+    keep
 }
 
 /// Sends a chunk from a source thread with backpressure: while the pipeline is full the
