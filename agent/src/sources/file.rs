@@ -883,15 +883,7 @@ fn make_stream(
     redact: Option<&crate::pipeline::redact::Redactor>,
     source: &str,
 ) -> Arc<Labels> {
-    let clean = |v: &str| -> String {
-        let mut stats = crate::pipeline::redact::Stats::default();
-        match redact.map(|r| r.redact(v.as_bytes(), &mut stats)) {
-            Some(crate::pipeline::redact::Outcome::Redacted(b, _)) => {
-                String::from_utf8_lossy(&b).into_owned()
-            }
-            _ => v.to_owned(),
-        }
-    };
+    let clean = |v: &str| super::redact_label(redact, v);
     let mut l = base.clone();
     l.insert("source", clean(source));
     if let Some(caps) = from_path.and_then(|re| re.captures(source)) {

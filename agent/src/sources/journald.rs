@@ -202,7 +202,7 @@ impl JournalReader {
         let set = |l: &mut Labels, name: &str, v: &Option<String>| {
             if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
                 if !self.cfg.labels.contains_key(name) {
-                    l.insert(name, v);
+                    l.insert(name, super::redact_label(self.cfg.redact.as_deref(), v));
                 }
             }
         };
@@ -574,5 +574,32 @@ mod tests {
         // A restart resumes after the checkpointed cursor.
         let r2 = JournalReader::new(cfg(), &Labels::default(), &[out[1].checkpoint.clone()]);
         assert_eq!(r2.cursor.as_deref(), Some("c4"));
+    }
+
+    #[test]
+    fn entries_and_their_labels_are_redacted_and_drops_move_the_cursor() {
+        use crate::pipeline::redact::{Action, Redactor, Settings, BUILTIN};
+        let mut settings = Settings::default();
+        let ssn = BUILTIN.iter().position(|t| *t == "ssn").unwrap();
+        settings.builtin[ssn] = Some(Action::Drop);
+        let mut c = cfg();
+        c.redact = Some(std::sync::Arc::new(Redactor::new(settings).unwrap()));
+        let mut r = JournalReader::new(c, &Labels::default(), &[]);
+        let mut out = Vec::new();
+        for (i, msg) in [(1, "login from 10.1.2.3"), (2, "ssn 123-45-6789 on file")] {
+            let l = format!(
+                r#"{{"__CURSOR":"c{i}","MESSAGE":"{msg}","_SYSTEMD_UNIT":"app.service","_HOSTNAME":"192.0.2.7"}}"#
+            );
+            r.push_line(l.as_bytes(), &mut out);
+        }
+        r.flush(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].stream.get("hostname"), Some("<ipv4>"));
+        assert_eq!(out[0].lines.len(), 1, "the SSN entry is dropped");
+        assert_eq!(&out[0].lines[0].bytes[..], b"login from <ipv4>");
+        assert_eq!(
+            out[0].checkpoint.cursor, "c2",
+            "a dropped entry is read all the same"
+        );
     }
 }

@@ -141,6 +141,17 @@ pub fn redact_line(
     keep
 }
 
+/// A label value redacted like a line: labels leave the host with the records.
+pub fn redact_label(redactor: Option<&crate::pipeline::redact::Redactor>, v: &str) -> String {
+    let mut stats = crate::pipeline::redact::Stats::default();
+    match redactor.map(|r| r.redact(v.as_bytes(), &mut stats)) {
+        Some(crate::pipeline::redact::Outcome::Redacted(b, _)) => {
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        _ => v.to_owned(),
+    }
+}
+
 /// Sends a chunk from a source thread with backpressure: while the pipeline is full the
 /// source waits (its positions stay where they are). Gives up only when the pipeline is
 /// gone or `give_up` (shutdown) is cancelled: a chunk not sent was never spooled, and
