@@ -35,6 +35,10 @@ enum Command {
     /// to try rules before rolling them out. Records a `drop` rule matches are not
     /// written; a summary of what was found goes to stderr.
     Redact(RedactArgs),
+    /// Read messages on stdin, one per line, and print `template_id<TAB>template` for
+    /// each, as the agent's template miner sees them (its configuration, online, in
+    /// order), to evaluate it on any log.
+    Templates,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Redact(a)) => return redact(&a),
+        Some(Command::Templates) => return templates(),
         None => (cli.run, false),
     };
     let cfg = match load(&args) {
@@ -155,6 +160,36 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn templates() -> ExitCode {
+    use heimdall_agent::pipeline::template::{Miner, MinerConfig};
+    use std::io::{BufRead, Write};
+    let mut miner = Miner::new(MinerConfig::default());
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut buf = Vec::new();
+    let mut input = stdin.lock();
+    loop {
+        buf.clear();
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("heimdall-agent: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        let m = miner.add(line);
+        let t = miner.template(m.cluster).unwrap_or_default();
+        if writeln!(out, "{:016x}\t{t}", m.id).is_err() {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
 }
 
 fn redact(a: &RedactArgs) -> ExitCode {

@@ -14,3 +14,4 @@ pub mod batch;
 pub mod multiline;
 pub mod parse;
 pub mod redact;
+pub mod template;
