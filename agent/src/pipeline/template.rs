@@ -53,6 +53,8 @@ impl Default for MinerConfig {
 #[derive(Debug)]
 struct Cluster {
     tokens: Vec<String>,
+    /// [`template_id`] of the tokens, recomputed only when a merge changes them.
+    id: u64,
     last_used: u64,
 }
 
@@ -188,10 +190,15 @@ impl Miner {
         let c = match best {
             Some((c, sim, _)) if sim > self.cfg.similarity || toks.is_empty() => {
                 let cl = self.clusters[c].as_mut().expect("leaf clusters are live");
+                let mut changed = false;
                 for (a, b) in cl.tokens.iter_mut().zip(&toks) {
-                    if a != b {
+                    if a != b && a != WILDCARD {
                         *a = WILDCARD.to_owned();
+                        changed = true;
                     }
+                }
+                if changed {
+                    cl.id = template_id(&cl.tokens.join(" "));
                 }
                 cl.last_used = self.clock;
                 c
@@ -201,6 +208,7 @@ impl Miner {
                     self.evict();
                 }
                 let cl = Cluster {
+                    id: template_id(&toks.join(" ")),
                     tokens: toks,
                     last_used: self.clock,
                 };
@@ -219,10 +227,9 @@ impl Miner {
                 c
             }
         };
-        let text = self.template(c).unwrap_or_default();
         Matched {
             cluster: c,
-            id: template_id(&text),
+            id: self.clusters[c].as_ref().map_or(0, |cl| cl.id),
         }
     }
 
