@@ -4,10 +4,13 @@
 //! Loading takes a `&str` so tests feed it directly. Validation reports every problem
 //! in one pass, each naming its key, before any file is opened or socket bound.
 
+use crate::pipeline::anomaly::DetectorConfig;
 use crate::pipeline::multiline::{Multiline, Preset, Rule};
 use crate::pipeline::parse::{Format, Parser};
 use crate::pipeline::redact::{self, Action, CustomRule, Redactor, Validator};
+use crate::pipeline::template::MinerConfig;
 use crate::ship::ShipConfig;
+use crate::sources::{Policy, Ship};
 use crate::spool::{FullPolicy, SpoolLimits};
 use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
 use heimdall_common::tls::TlsFiles;
@@ -53,6 +56,51 @@ pub struct AgentConfigFile {
     /// PII redaction for every source (each source can add to it in its own `redact`).
     #[serde(default)]
     pub redact: RedactConfig,
+    /// Template mining (each source has its own miner with these settings).
+    #[serde(default)]
+    pub templates: TemplatesConfig,
+    /// Pre-aggregation: counts and bytes per window by stream, level and template.
+    #[serde(default)]
+    pub aggregate: AggregateConfig,
+    /// Local anomaly detection (each source can tune it in its own `anomaly`).
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
+}
+
+/// The `[templates]` section.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// Mine templates. Default true.
+    pub enabled: Option<bool>,
+    /// Most templates kept per source; the least recently used goes first. Default 10000.
+    pub max_templates: Option<usize>,
+    /// Share of a message's literal tokens a template must match, exceeded (0..1).
+    /// Default 0.5.
+    pub similarity: Option<f64>,
+    /// Leading tokens that key the prefix tree. Default 2.
+    pub depth: Option<usize>,
+}
+
+/// The `[aggregate]` section.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Window of the counts. Default 10s.
+    pub window: Option<HumanDuration>,
+}
+
+/// The `[anomaly]` section, or a source's own `anomaly` table (which may set `enabled`
+/// and `sensitivity` only).
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Detect anomalies. Default true.
+    pub enabled: Option<bool>,
+    /// Above 1 flags smaller deviations, below 1 only larger ones (0.1..10). Default 1.
+    pub sensitivity: Option<f64>,
+    /// How long a series is watched before it may raise an anomaly. Default 30m.
+    pub warmup: Option<HumanDuration>,
 }
 
 /// PII redaction: the global `[redact]` section, or a source's own `redact` table,
@@ -143,6 +191,13 @@ pub struct FileSourceConfig {
     pub parse: ParseConfig,
     /// Redaction for this source on top of the global `[redact]` section.
     pub redact: Option<RedactConfig>,
+    /// What to ship: `all` (default), `aggregates_only` (counts only, no lines) or
+    /// `sample` (warnings and worse, and `sample_rate` of the rest).
+    pub ship: Option<String>,
+    /// Share of records at info level or below shipped with `ship = "sample"` (0..1].
+    pub sample_rate: Option<f64>,
+    /// Anomaly detection for this source on top of the global `[anomaly]` section.
+    pub anomaly: Option<AnomalyConfig>,
 }
 
 /// Multiline joining for a file source.
@@ -203,6 +258,12 @@ pub struct JournaldConfig {
     pub max_backoff: Option<HumanDuration>,
     /// Redaction for journal entries on top of the global `[redact]` section.
     pub redact: Option<RedactConfig>,
+    /// What to ship: `all` (default), `aggregates_only` or `sample` (as for files).
+    pub ship: Option<String>,
+    /// Share of records at info level or below shipped with `ship = "sample"` (0..1].
+    pub sample_rate: Option<f64>,
+    /// Anomaly detection for the journal on top of the global `[anomaly]` section.
+    pub anomaly: Option<AnomalyConfig>,
 }
 
 impl FileSourceConfig {
@@ -221,6 +282,9 @@ impl FileSourceConfig {
             multiline: None,
             parse: ParseConfig::default(),
             redact: None,
+            ship: None,
+            sample_rate: None,
+            anomaly: None,
         }
     }
 }
@@ -308,6 +372,8 @@ pub struct FileSource {
     pub parser: Parser,
     /// `None` when redaction is off for this source.
     pub redact: Option<Arc<Redactor>>,
+    /// Shipping and anomaly detection.
+    pub policy: Arc<Policy>,
 }
 
 impl FileSource {
@@ -326,6 +392,7 @@ impl FileSource {
             multiline: None,
             parser: Parser::default(),
             redact: Some(Arc::new(Redactor::builtin())),
+            policy: Arc::new(Policy::default()),
         }
     }
 }
@@ -352,6 +419,8 @@ pub struct Journald {
     pub max_backoff: Duration,
     /// `None` when redaction is off for the journal.
     pub redact: Option<Arc<Redactor>>,
+    /// Shipping and anomaly detection.
+    pub policy: Arc<Policy>,
 }
 
 /// The validated runtime configuration.
@@ -373,6 +442,12 @@ pub struct AgentConfig {
     /// The global redaction settings (what `heimdall-agent redact` applies); `None`
     /// when off.
     pub redact: Option<Arc<Redactor>>,
+    /// Template mining settings; `None` when off.
+    pub templates: Option<MinerConfig>,
+    /// Window of the pre-aggregated counts.
+    pub aggregate_window: Duration,
+    /// Anomaly detection settings (sources hold their own sensitivity).
+    pub anomaly: DetectorConfig,
 }
 
 /// Command-line overrides applied on top of the file.
@@ -544,6 +619,14 @@ impl AgentConfig {
             });
             let parser = parser(&mut p, &format!("{key}.parse"), &s.parse);
             let redact = global.redactor(&mut p, &format!("{key}.redact"), s.redact.as_ref());
+            let policy = policy(
+                &mut p,
+                &key,
+                s.ship.as_deref(),
+                s.sample_rate,
+                &raw.anomaly,
+                s.anomaly.as_ref(),
+            );
             files.push(FileSource {
                 include: s.include,
                 exclude,
@@ -557,6 +640,7 @@ impl AgentConfig {
                 multiline,
                 parser,
                 redact,
+                policy,
             });
         }
 
@@ -601,7 +685,22 @@ impl AgentConfig {
                 FullPolicy::Block
             }
         };
-        let journald = journald(&mut p, raw.journald, &global);
+        let journald = journald(&mut p, raw.journald, &global, &raw.anomaly);
+        let templates = templates(&mut p, &raw.templates);
+        let aggregate_window = raw
+            .aggregate
+            .window
+            .map_or(Duration::from_secs(10), |d| d.0);
+        if aggregate_window < Duration::from_secs(1)
+            || aggregate_window > Duration::from_secs(3600)
+            || aggregate_window.subsec_nanos() != 0
+        {
+            p.push(
+                "aggregate.window",
+                "must be whole seconds between 1s and 1h",
+            );
+        }
+        let anomaly = detector_config(&mut p, &raw.anomaly, aggregate_window);
         let redact = global.redactor(&mut p, "redact", None);
 
         let endpoints = if !ov.endpoints.is_empty() {
@@ -690,6 +789,9 @@ impl AgentConfig {
             metrics_listen,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
             redact,
+            templates,
+            aggregate_window,
+            anomaly,
         })
     }
 }
@@ -819,10 +921,125 @@ fn parse_utc_offset(s: &str) -> Option<i32> {
     ((0..=14).contains(&h) && (0..60).contains(&m)).then_some(sign * (h * 3600 + m * 60))
 }
 
+/// Checks `[templates]`.
+fn templates(p: &mut ConfigProblems, c: &TemplatesConfig) -> Option<MinerConfig> {
+    let d = MinerConfig::default();
+    let cfg = MinerConfig {
+        depth: c.depth.unwrap_or(d.depth),
+        similarity: c.similarity.unwrap_or(d.similarity),
+        max_templates: c.max_templates.unwrap_or(d.max_templates),
+    };
+    if !(1..=8).contains(&cfg.depth) {
+        p.push("templates.depth", "must be between 1 and 8");
+    }
+    if !(cfg.similarity > 0.0 && cfg.similarity < 1.0) {
+        p.push(
+            "templates.similarity",
+            "must be between 0 and 1 (exclusive)",
+        );
+    }
+    if !(10..=1_000_000).contains(&cfg.max_templates) {
+        p.push("templates.max_templates", "must be between 10 and 1000000");
+    }
+    (c.enabled != Some(false)).then_some(cfg)
+}
+
+/// Checks `[anomaly]`.
+fn detector_config(p: &mut ConfigProblems, c: &AnomalyConfig, window: Duration) -> DetectorConfig {
+    let d = DetectorConfig::default();
+    let warmup = c.warmup.map_or(d.warmup, |w| w.0);
+    if warmup < window || warmup > Duration::from_secs(7 * 86_400) {
+        p.push(
+            "anomaly.warmup",
+            "must be at least one aggregate.window and at most 7d",
+        );
+    }
+    DetectorConfig {
+        window,
+        warmup,
+        ..d
+    }
+}
+
+/// A source's shipping and anomaly settings; `key` names the source in errors.
+fn policy(
+    p: &mut ConfigProblems,
+    key: &str,
+    ship: Option<&str>,
+    sample_rate: Option<f64>,
+    global: &AnomalyConfig,
+    own: Option<&AnomalyConfig>,
+) -> Arc<Policy> {
+    let ship = match ship {
+        None | Some("all") => {
+            if sample_rate.is_some() {
+                p.push(
+                    format!("{key}.sample_rate"),
+                    "only applies with ship = \"sample\"",
+                );
+            }
+            Ship::All
+        }
+        Some("aggregates_only") => Ship::AggregatesOnly,
+        Some("sample") => match sample_rate {
+            Some(r) if r > 0.0 && r <= 1.0 => Ship::Sample(r),
+            Some(_) => {
+                p.push(format!("{key}.sample_rate"), "must be in (0, 1]");
+                Ship::All
+            }
+            None => {
+                p.push(
+                    format!("{key}.sample_rate"),
+                    "is required with ship = \"sample\"",
+                );
+                Ship::All
+            }
+        },
+        Some(other) => {
+            p.push(
+                format!("{key}.ship"),
+                format!("`{other}`: expected `all`, `aggregates_only` or `sample`"),
+            );
+            Ship::All
+        }
+    };
+    let mut sensitivity = None;
+    for (k, c) in [
+        ("anomaly".to_owned(), Some(global)),
+        (format!("{key}.anomaly"), own),
+    ] {
+        let Some(c) = c else { continue };
+        if k != "anomaly" && c.warmup.is_some() {
+            p.push(format!("{k}.warmup"), "may only be set in [anomaly]");
+        }
+        if let Some(s) = c.sensitivity {
+            if !(0.1..=10.0).contains(&s) {
+                p.push(format!("{k}.sensitivity"), "must be between 0.1 and 10");
+            }
+        }
+    }
+    let enabled = own
+        .and_then(|c| c.enabled)
+        .or(global.enabled)
+        .unwrap_or(true);
+    if enabled {
+        sensitivity = Some(
+            own.and_then(|c| c.sensitivity)
+                .or(global.sensitivity)
+                .unwrap_or(1.0),
+        );
+    }
+    Arc::new(Policy {
+        ship,
+        anomaly: sensitivity,
+    })
+}
+
 fn journald(
     p: &mut ConfigProblems,
     raw: Option<JournaldConfig>,
     global: &GlobalRedact,
+    anomaly: &AnomalyConfig,
 ) -> Option<Journald> {
     let present = raw.is_some();
     let c = raw.unwrap_or_default();
@@ -870,6 +1087,14 @@ fn journald(
         labels: c.labels,
         max_backoff: c.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
         redact: global.redactor(p, "journald.redact", c.redact.as_ref()),
+        policy: policy(
+            p,
+            "journald",
+            c.ship.as_deref(),
+            c.sample_rate,
+            anomaly,
+            c.anomaly.as_ref(),
+        ),
     })
 }
 

@@ -77,7 +77,15 @@ impl Sources {
             journal: None,
         };
         if let Some(j) = cfg.journald.clone() {
-            let reader = sources::journald::JournalReader::new(j, &base, &journal_cps);
+            let mut reader = sources::journald::JournalReader::new(j, &base, &journal_cps);
+            if let Some(m) = &cfg.templates {
+                let path = pipeline::template::state_path(&cfg.state_dir, reader.source());
+                reader = reader.with_miner(pipeline::template::SourceMiner::new(
+                    m.clone(),
+                    "journald",
+                    Some(path),
+                ));
+            }
             tracing::info!(
                 cursor = reader.cursor.as_deref().unwrap_or("(none)"),
                 "reading the journal"
@@ -92,8 +100,17 @@ impl Sources {
         }
         for (i, src) in cfg.files.iter().enumerate() {
             tracing::info!(include = ?src.include, "tailing files");
-            let tailer =
+            let mut tailer =
                 sources::file::FileTailer::new(src.clone(), base.clone(), file_cps.clone());
+            if let Some(m) = &cfg.templates {
+                let key = format!("files:{}", src.include.join("\n"));
+                let path = pipeline::template::state_path(&cfg.state_dir, &key);
+                tailer = tailer.with_miner(pipeline::template::SourceMiner::new(
+                    m.clone(),
+                    &format!("files[{i}]"),
+                    Some(path),
+                ));
+            }
             let (tx, token, gauges) = (tx.clone(), shutdown.child_token(), gauges.clone());
             let stop = CancellationToken::new();
             let s = stop.clone();
@@ -198,18 +215,26 @@ pub async fn run(
         .map(|c| (c.key, c.clone()))
         .collect();
     let mut current = cfg.clone();
+    // Anomaly events go ahead of the batches that carry them, on their own stream.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(64);
+    let batcher = pipeline::batch::Batcher::new(cfg.batch_max_bytes, cfg.batch_max_records)
+        .with_intel(
+            cfg.aggregate_window,
+            Some(pipeline::anomaly::Detector::new(cfg.anomaly.clone())),
+        );
     let batcher = tokio::spawn(pipeline::batch::run(
         rx,
         spool.clone(),
-        cfg.batch_max_bytes,
-        cfg.batch_max_records,
+        batcher,
         cfg.batch_timeout,
+        Some(events_tx),
     ));
     let ship_stop = CancellationToken::new();
     let shipper = ship::Shipper {
         cfg: cfg.ship.clone(),
         spool: spool.clone(),
         gauges: gauges.clone(),
+        events: Arc::new(tokio::sync::Mutex::new(events_rx)),
     };
     let shipper = tokio::spawn(shipper.run(ship_stop.clone()));
     let housekeeping = {

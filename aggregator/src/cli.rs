@@ -36,6 +36,12 @@ pub enum Cmd {
     Query(QueryArgs),
     /// List the agents known to the aggregator with their status.
     Agents,
+    /// Top log templates for a selector, with exact counts, e.g.
+    /// `heimdall patterns '{service="api"}' --since 1h`.
+    Patterns(PatternsArgs),
+    /// Anomaly events detected by the agents, newest first, e.g.
+    /// `heimdall anomalies --since 24h --kind silence`.
+    Anomalies(AnomaliesArgs),
     /// Start an aggregator and an agent on this machine with embedded defaults:
     /// certificates are made on first run, data is kept in SQLite under --dir.
     Quickstart(QuickstartArgs),
@@ -66,6 +72,44 @@ pub struct QueryArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct PatternsArgs {
+    /// A stream selector, e.g. `{host="web1"}`.
+    pub query: String,
+    /// How far back to look (e.g. 15m, 1h, 7d).
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Most templates to print.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Output: `text` (count, id, template) or `json` (one object per template).
+    #[arg(long, short, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AnomaliesArgs {
+    /// Only events of streams matching this selector, e.g. `{service="db"}`.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// How far back to look (e.g. 15m, 1h, 7d).
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Only this kind: rate_spike, rate_drop, new_templates, error_ratio, silence.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only events at least this far past their threshold (1 = at it).
+    #[arg(long)]
+    pub min_score: Option<f64>,
+    /// Most events to print.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output: `text` (time, kind, score, stream, template, sample) or `json` (one
+    /// object per event).
+    #[arg(long, short, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct QuickstartArgs {
     /// Directory for configuration, certificates, data and logs.
     #[arg(long, default_value = "heimdall-data")]
@@ -86,6 +130,8 @@ pub fn main(cli: Cli) -> i32 {
     let res = match cli.command {
         Cmd::Query(q) => query(&cli.addr, &q),
         Cmd::Agents => agents(&cli.addr),
+        Cmd::Patterns(a) => patterns(&cli.addr, &a),
+        Cmd::Anomalies(a) => anomalies(&cli.addr, &a),
         Cmd::Quickstart(a) => quickstart(&a),
     };
     match res {
@@ -186,6 +232,104 @@ fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
     }
     if lines.is_empty() {
         eprintln!("no lines matched");
+    }
+    Ok(())
+}
+
+fn patterns(addr: &str, a: &PatternsArgs) -> anyhow::Result<()> {
+    let limit = a.limit.to_string();
+    let v = get(
+        &format!("{}/loki/api/v1/patterns", addr.trim_end_matches('/')),
+        &[
+            ("query", a.query.as_str()),
+            ("since", a.since.as_str()),
+            ("limit", limit.as_str()),
+            ("step", a.since.as_str()),
+        ],
+    )?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let data = v["data"].as_array().cloned().unwrap_or_default();
+    if a.output != "json" {
+        let _ = writeln!(out, "{:>12}  {:<16}  TEMPLATE", "COUNT", "ID");
+    }
+    for p in &data {
+        let r = if a.output == "json" {
+            writeln!(out, "{p}")
+        } else {
+            writeln!(
+                out,
+                "{:>12}  {:<16}  {}",
+                p["total"].as_u64().unwrap_or(0),
+                p["template_id"].as_str().unwrap_or(""),
+                p["pattern"].as_str().unwrap_or("")
+            )
+        };
+        if r.is_err() {
+            return Ok(());
+        }
+    }
+    if data.is_empty() {
+        eprintln!("no templates in this range");
+    }
+    Ok(())
+}
+
+fn anomalies(addr: &str, a: &AnomaliesArgs) -> anyhow::Result<()> {
+    let limit = a.limit.to_string();
+    let min = a.min_score.map(|m| m.to_string());
+    let mut params = vec![("since", a.since.as_str()), ("limit", limit.as_str())];
+    if let Some(q) = &a.query {
+        params.push(("query", q));
+    }
+    if let Some(k) = &a.kind {
+        params.push(("kind", k));
+    }
+    if let Some(m) = &min {
+        params.push(("min_score", m));
+    }
+    let v = get(
+        &format!("{}/api/v1/anomalies", addr.trim_end_matches('/')),
+        &params,
+    )?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let data = v["data"].as_array().cloned().unwrap_or_default();
+    for e in &data {
+        let r = if a.output == "json" {
+            writeln!(out, "{e}")
+        } else {
+            let stream = e["stream"]
+                .as_object()
+                .map(|m| {
+                    let inner: Vec<String> = m
+                        .iter()
+                        .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
+                        .collect();
+                    format!("{{{}}}", inner.join(", "))
+                })
+                .unwrap_or_default();
+            let template = e["templates"][0]["text"].as_str().unwrap_or("");
+            let sample = e["samples"][0].as_str().unwrap_or("");
+            writeln!(
+                out,
+                "{} {:<13} score {:>6.1} (observed {:.1}, baseline {:.1}) {}\n    template: {}\n    sample:   {}",
+                format_ns(e["time_ns"].as_i64().unwrap_or(0)),
+                e["kind"].as_str().unwrap_or(""),
+                e["score"].as_f64().unwrap_or(0.0),
+                e["observed"].as_f64().unwrap_or(0.0),
+                e["baseline"].as_f64().unwrap_or(0.0),
+                stream,
+                template,
+                sample
+            )
+        };
+        if r.is_err() {
+            return Ok(());
+        }
+    }
+    if data.is_empty() {
+        eprintln!("no anomalies in this range");
     }
     Ok(())
 }

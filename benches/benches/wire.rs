@@ -39,6 +39,7 @@ fn content() -> BatchContent {
             })
             .collect(),
         records,
+        ..Default::default()
     }
 }
 

@@ -182,6 +182,107 @@ pub struct LogRecord {
     pub line: Bytes,
 }
 
+/// A template's text, sent with the first batches that use its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// Stable hash of `text` (see `heimdall_agent::pipeline::template::template_id`).
+    pub id: u64,
+    pub text: String,
+}
+
+/// Exact counts of one stream's records at one level and template in one window.
+///
+/// An agent sends the aggregates of every record it read, shipped or not, in the batch
+/// that holds (or would have held) the records, so summing them over stored batches is
+/// exact whatever a source's shipping policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Aggregate {
+    /// Index into the batch's stream table.
+    pub stream: u32,
+    /// Window start, ns since the Unix epoch (a multiple of the window).
+    pub start_ns: i64,
+    /// Window length in seconds.
+    pub window_secs: u32,
+    pub level: Level,
+    pub template_id: u64,
+    /// Records read.
+    pub count: u64,
+    /// Line bytes read.
+    pub bytes: u64,
+    /// Records of these that were shipped (stored as lines).
+    pub shipped: u64,
+}
+
+/// What kind of anomaly an agent saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum AnomalyKind {
+    /// A template or a stream logs far more than its baseline.
+    RateSpike = 1,
+    /// A stream logs far less than its baseline (but not nothing).
+    RateDrop = 2,
+    /// Templates never seen before appear in a burst.
+    NewTemplates = 3,
+    /// The share of error records jumps.
+    ErrorRatio = 4,
+    /// A stream that used to log has gone silent.
+    Silence = 5,
+}
+
+impl AnomalyKind {
+    /// All kinds, in wire order.
+    pub const ALL: [AnomalyKind; 5] = [
+        AnomalyKind::RateSpike,
+        AnomalyKind::RateDrop,
+        AnomalyKind::NewTemplates,
+        AnomalyKind::ErrorRatio,
+        AnomalyKind::Silence,
+    ];
+
+    /// Decodes the wire byte.
+    pub fn from_u8(v: u8) -> Option<AnomalyKind> {
+        AnomalyKind::ALL.iter().copied().find(|k| *k as u8 == v)
+    }
+
+    /// The snake-case name used in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::RateSpike => "rate_spike",
+            AnomalyKind::RateDrop => "rate_drop",
+            AnomalyKind::NewTemplates => "new_templates",
+            AnomalyKind::ErrorRatio => "error_ratio",
+            AnomalyKind::Silence => "silence",
+        }
+    }
+
+    /// Parses [`AnomalyKind::as_str`].
+    pub fn parse(s: &str) -> Option<AnomalyKind> {
+        AnomalyKind::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+/// An anomaly an agent detected on one of its streams.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Anomaly {
+    /// Unique per agent: a hash of the stream, kind, template and onset.
+    pub id: u64,
+    pub kind: AnomalyKind,
+    /// The stream's labels (as stored, but without the aggregator's `agent` label).
+    pub stream: Labels,
+    /// Start of the window in which it was seen, ns since the Unix epoch.
+    pub time_ns: i64,
+    /// How far past the detection threshold the observation is (1 = at it).
+    pub score: f64,
+    /// What was expected for the window (records, new templates, or error share).
+    pub baseline: f64,
+    /// What was seen.
+    pub observed: f64,
+    /// The templates involved (id, text), most relevant first.
+    pub templates: Vec<Template>,
+    /// A few redacted lines of the templates involved.
+    pub samples: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

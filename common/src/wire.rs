@@ -11,7 +11,7 @@
 //! uncompressed bytes; the payload is a sequence of tagged sections so that newer
 //! agents can add sections that older aggregators skip.
 
-use crate::record::{flags, Labels, Level, LogRecord};
+use crate::record::{flags, Aggregate, Anomaly, AnomalyKind, Labels, Level, LogRecord, Template};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Protocol version spoken by this build. Bumped on incompatible changes only;
@@ -33,6 +33,7 @@ pub mod frame_type {
     pub const ACK: u8 = 0x11;
     pub const REJECT: u8 = 0x12;
     pub const HEARTBEAT: u8 = 0x20;
+    pub const ANOMALIES: u8 = 0x21;
 }
 
 /// Payload section tags inside a batch.
@@ -41,7 +42,18 @@ pub mod section {
     pub const STREAMS: u8 = 1;
     /// The log records.
     pub const RECORDS: u8 = 2;
+    /// Template texts for ids the records use.
+    pub const TEMPLATES: u8 = 3;
+    /// Pre-aggregated counts.
+    pub const AGGREGATES: u8 = 4;
+    /// Anomaly events (also sent ahead on their own stream).
+    pub const ANOMALIES: u8 = 5;
 }
+
+/// Most templates, samples and label pairs one anomaly event carries.
+pub const MAX_ANOMALY_ITEMS: u32 = 32;
+/// Most anomaly events in one frame or batch.
+pub const MAX_ANOMALIES: u32 = 4096;
 
 /// Payload compression codecs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,7 +265,7 @@ pub struct Heartbeat {
 }
 
 /// Any frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     Hello(Hello),
     Welcome(Welcome),
@@ -262,6 +274,8 @@ pub enum Frame {
     Ack(Ack),
     Reject(Reject),
     Heartbeat(Heartbeat),
+    /// Anomaly events sent ahead of the batches that also carry them.
+    Anomalies(Vec<Anomaly>),
 }
 
 impl Frame {
@@ -275,6 +289,7 @@ impl Frame {
             Frame::Ack(_) => frame_type::ACK,
             Frame::Reject(_) => frame_type::REJECT,
             Frame::Heartbeat(_) => frame_type::HEARTBEAT,
+            Frame::Anomalies(_) => frame_type::ANOMALIES,
         }
     }
 
@@ -288,6 +303,7 @@ impl Frame {
             Frame::Ack(_) => "ack",
             Frame::Reject(_) => "reject",
             Frame::Heartbeat(_) => "heartbeat",
+            Frame::Anomalies(_) => "anomalies",
         }
     }
 
@@ -346,6 +362,7 @@ impl Frame {
                 dst.put_u64(h.files);
                 dst.put_u64(h.unread_bytes);
             }
+            Frame::Anomalies(v) => put_anomalies(dst, v),
         }
         let len = u32::try_from(dst.len() - start - 4).expect("frame larger than 4 GiB");
         dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -480,6 +497,7 @@ pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
                 0
             },
         }),
+        frame_type::ANOMALIES => Frame::Anomalies(r.anomalies(limits)?),
         other => return Err(Error::UnknownFrameType(other)),
     };
     r.finish("frame body")?;
@@ -498,12 +516,19 @@ pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Erro
 }
 
 /// The decoded content of a batch payload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BatchContent {
     /// The stream table; records refer to it by index.
     pub streams: Vec<Labels>,
     /// The records, in the order the agent read them.
     pub records: Vec<LogRecord>,
+    /// Texts of templates the records (or aggregates) use, sent at least once per
+    /// agent run.
+    pub templates: Vec<Template>,
+    /// Exact counts of what the agent read (shipped or not) for this batch.
+    pub aggregates: Vec<Aggregate>,
+    /// Anomaly events detected while this batch was open.
+    pub anomalies: Vec<Anomaly>,
 }
 
 impl BatchContent {
@@ -536,6 +561,36 @@ impl BatchContent {
             body.put_slice(&rec.line);
         }
         put_section(dst, section::RECORDS, &body);
+
+        if !self.templates.is_empty() {
+            body.clear();
+            put_varint(&mut body, self.templates.len() as u64);
+            for t in &self.templates {
+                body.put_u64_le(t.id);
+                put_str(&mut body, &t.text);
+            }
+            put_section(dst, section::TEMPLATES, &body);
+        }
+        if !self.aggregates.is_empty() {
+            body.clear();
+            put_varint(&mut body, self.aggregates.len() as u64);
+            for a in &self.aggregates {
+                put_varint(&mut body, a.stream as u64);
+                put_varint(&mut body, zigzag(a.start_ns));
+                put_varint(&mut body, a.window_secs as u64);
+                body.put_u8(a.level as u8);
+                body.put_u64_le(a.template_id);
+                put_varint(&mut body, a.count);
+                put_varint(&mut body, a.bytes);
+                put_varint(&mut body, a.shipped);
+            }
+            put_section(dst, section::AGGREGATES, &body);
+        }
+        if !self.anomalies.is_empty() {
+            body.clear();
+            put_anomalies(&mut body, &self.anomalies);
+            put_section(dst, section::ANOMALIES, &body);
+        }
     }
 
     /// Decodes payload sections, skipping sections this version does not know.
@@ -546,6 +601,9 @@ impl BatchContent {
         let mut r = Reader::new(payload);
         let mut streams: Option<Vec<Labels>> = None;
         let mut records: Option<Vec<LogRecord>> = None;
+        let mut templates: Option<Vec<Template>> = None;
+        let mut aggregates: Option<Vec<Aggregate>> = None;
+        let mut anomalies: Option<Vec<Anomaly>> = None;
         while r.remaining() > 0 {
             let tag = r.u8("section tag")?;
             let len = r.varint("section length")?;
@@ -631,6 +689,78 @@ impl BatchContent {
                     s.finish("record section")?;
                     records = Some(v);
                 }
+                section::TEMPLATES => {
+                    if templates.is_some() {
+                        return Err(Error::BadSections("has two template sections"));
+                    }
+                    let n = s.count("template count", limits.max_streams, 9)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let id = s.u64_le("template id")?;
+                        let text = s.string("template text", limits)?;
+                        v.push(Template { id, text });
+                    }
+                    s.finish("template section")?;
+                    templates = Some(v);
+                }
+                section::AGGREGATES => {
+                    if aggregates.is_some() {
+                        return Err(Error::BadSections("has two aggregate sections"));
+                    }
+                    let nstreams = streams
+                        .as_ref()
+                        .ok_or(Error::BadSections("has aggregates before its stream table"))?
+                        .len();
+                    let n = s.count("aggregate count", limits.max_records, 15)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let stream = s.varint("aggregate stream")?;
+                        if stream >= nstreams as u64 {
+                            return Err(Error::BadStreamIndex {
+                                index: stream,
+                                streams: nstreams,
+                            });
+                        }
+                        let start_ns = unzigzag(s.varint("aggregate start")?);
+                        let window = s.varint("aggregate window")?;
+                        if window == 0 || window > 86_400 {
+                            return Err(Error::LimitExceeded {
+                                what: "aggregate window seconds",
+                                value: window,
+                                max: 86_400,
+                            });
+                        }
+                        let lv = s.u8("aggregate level")?;
+                        let level = Level::from_u8(lv).ok_or(Error::BadLevel(lv))?;
+                        let template_id = s.u64_le("aggregate template id")?;
+                        let count = s.varint("aggregate count")?;
+                        let bytes = s.varint("aggregate bytes")?;
+                        let shipped = s.varint("aggregate shipped")?;
+                        if shipped > count {
+                            return Err(Error::BadSections("aggregate ships more than it counts"));
+                        }
+                        v.push(Aggregate {
+                            stream: stream as u32,
+                            start_ns,
+                            window_secs: window as u32,
+                            level,
+                            template_id,
+                            count,
+                            bytes,
+                            shipped,
+                        });
+                    }
+                    s.finish("aggregate section")?;
+                    aggregates = Some(v);
+                }
+                section::ANOMALIES => {
+                    if anomalies.is_some() {
+                        return Err(Error::BadSections("has two anomaly sections"));
+                    }
+                    let v = s.anomalies(limits)?;
+                    s.finish("anomaly section")?;
+                    anomalies = Some(v);
+                }
                 // Sections from newer agents: skipped, so additions stay compatible.
                 _ => {}
             }
@@ -638,6 +768,9 @@ impl BatchContent {
         Ok(BatchContent {
             streams: streams.ok_or(Error::BadSections("has no stream table"))?,
             records: records.unwrap_or_default(),
+            templates: templates.unwrap_or_default(),
+            aggregates: aggregates.unwrap_or_default(),
+            anomalies: anomalies.unwrap_or_default(),
         })
     }
 }
@@ -722,6 +855,32 @@ fn put_section(dst: &mut BytesMut, tag: u8, body: &[u8]) {
     dst.put_u8(tag);
     put_varint(dst, body.len() as u64);
     dst.put_slice(body);
+}
+
+fn put_anomalies(dst: &mut BytesMut, v: &[Anomaly]) {
+    put_varint(dst, v.len() as u64);
+    for a in v {
+        dst.put_u64_le(a.id);
+        dst.put_u8(a.kind as u8);
+        put_varint(dst, a.stream.len() as u64);
+        for (k, val) in a.stream.iter() {
+            put_str(dst, k);
+            put_str(dst, val);
+        }
+        put_varint(dst, zigzag(a.time_ns));
+        dst.put_f64_le(a.score);
+        dst.put_f64_le(a.baseline);
+        dst.put_f64_le(a.observed);
+        put_varint(dst, a.templates.len() as u64);
+        for t in &a.templates {
+            dst.put_u64_le(t.id);
+            put_str(dst, &t.text);
+        }
+        put_varint(dst, a.samples.len() as u64);
+        for s in &a.samples {
+            put_str(dst, s);
+        }
+    }
 }
 
 fn put_str(dst: &mut BytesMut, s: &str) {
@@ -856,6 +1015,60 @@ impl Reader {
         String::from_utf8(b.to_vec()).map_err(|_| Error::InvalidUtf8 { what })
     }
 
+    fn f64_le(&mut self, what: &'static str) -> Result<f64, Error> {
+        let v = f64::from_bits(self.u64_le(what)?);
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(Error::BadSections("anomaly figure is not a finite number"))
+        }
+    }
+
+    fn anomalies(&mut self, limits: &Limits) -> Result<Vec<Anomaly>, Error> {
+        let n = self.count("anomaly count", MAX_ANOMALIES, 36)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = self.u64_le("anomaly id")?;
+            let k = self.u8("anomaly kind")?;
+            let kind = AnomalyKind::from_u8(k).ok_or(Error::BadSections("unknown anomaly kind"))?;
+            let nl = self.count("anomaly label count", limits.max_labels, 2)?;
+            let mut pairs = Vec::with_capacity(nl);
+            for _ in 0..nl {
+                let name = self.string("anomaly label name", limits)?;
+                let value = self.string("anomaly label value", limits)?;
+                pairs.push((name, value));
+            }
+            let time_ns = unzigzag(self.varint("anomaly time")?);
+            let score = self.f64_le("anomaly score")?;
+            let baseline = self.f64_le("anomaly baseline")?;
+            let observed = self.f64_le("anomaly observed")?;
+            let nt = self.count("anomaly template count", MAX_ANOMALY_ITEMS, 9)?;
+            let mut templates = Vec::with_capacity(nt);
+            for _ in 0..nt {
+                let id = self.u64_le("anomaly template id")?;
+                let text = self.string("anomaly template text", limits)?;
+                templates.push(Template { id, text });
+            }
+            let ns = self.count("anomaly sample count", MAX_ANOMALY_ITEMS, 1)?;
+            let mut samples = Vec::with_capacity(ns);
+            for _ in 0..ns {
+                samples.push(self.string("anomaly sample", limits)?);
+            }
+            v.push(Anomaly {
+                id,
+                kind,
+                stream: Labels::new(pairs),
+                time_ns,
+                score,
+                baseline,
+                observed,
+                templates,
+                samples,
+            });
+        }
+        Ok(v)
+    }
+
     fn rest(&mut self) -> Bytes {
         self.buf.split_off(0)
     }
@@ -905,6 +1118,7 @@ mod tests {
                     line: Bytes::from_static(b"\xff\xfe bytes"),
                 },
             ],
+            ..Default::default()
         }
     }
 
@@ -1029,8 +1243,13 @@ mod tests {
                     redacted: red,
                     line: Bytes::from(line),
                 });
-            (Just(streams), proptest::collection::vec(rec, 0..40))
-                .prop_map(|(streams, records)| BatchContent { streams, records })
+            (Just(streams), proptest::collection::vec(rec, 0..40)).prop_map(|(streams, records)| {
+                BatchContent {
+                    streams,
+                    records,
+                    ..Default::default()
+                }
+            })
         })
     }
 

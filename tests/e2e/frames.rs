@@ -35,6 +35,7 @@ fn content(n: usize) -> BatchContent {
                 line: Bytes::from(format!("hand-made line {i}")),
             })
             .collect(),
+        ..Default::default()
     }
 }
 

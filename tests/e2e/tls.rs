@@ -37,6 +37,7 @@ async fn attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<(), String> {
     let content = BatchContent {
         streams: vec![heimdall_common::record::Labels::new([("host", "intruder")])],
         records: vec![],
+        ..Default::default()
     };
     let b = Frame::Batch(Batch::seal(1, 1, 1, Codec::Lz4, &content));
     let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;

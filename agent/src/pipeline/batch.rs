@@ -5,12 +5,13 @@
 //! Owns the batch's stream table (labels travel once per batch). Does not own sequence
 //! numbers (the spool assigns them) or delivery.
 
-use crate::sources::{Checkpoint, Chunk, FileKey};
+use crate::pipeline::anomaly::Detector;
+use crate::sources::{Checkpoint, Chunk, FileKey, Line, Ship};
 use crate::spool::{FullPolicy, Spool};
 use bytes::{Bytes, BytesMut};
-use heimdall_common::record::{Labels, LogRecord};
+use heimdall_common::record::{Aggregate, Anomaly, Labels, Level, LogRecord, Template};
 use heimdall_common::wire::{Batch, BatchContent, Codec, Frame};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -22,28 +23,119 @@ pub struct Pending {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-/// Groups chunks into batches.
+/// Most aggregate keys one batch gathers before it is closed.
+const MAX_AGGREGATE_KEYS: usize = 65_536;
+
+/// (stream index, window start, level, template).
+type AggKey = (u32, i64, u8, u64);
+
+#[derive(Debug)]
+struct AggEntry {
+    count: u64,
+    bytes: u64,
+    shipped: u64,
+    /// The first line counted, a sample for anomaly events.
+    sample: Bytes,
+}
+
+/// A hasher for small integer keys (the default SipHash costs more than the rest of a
+/// record's batching).
+#[derive(Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+}
+
+type IntBuild = std::hash::BuildHasherDefault<IntHasher>;
+
+/// Whether a sampled source ships `line` (records at warning level or worse always go).
+fn sampled(line: &Line, rate: f64) -> bool {
+    if line.level >= Level::Warn {
+        return true;
+    }
+    // FNV-1a's high bits barely move between similar short lines: mix them (fmix64).
+    let mut h = crate::sources::fingerprint::fnv1a(&line.bytes);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < rate
+}
+
+/// Groups chunks into batches, with the exact counts of what they read, and feeds the
+/// anomaly detector.
 pub struct Batcher {
     max_bytes: usize,
     max_records: usize,
     streams: HashMap<Arc<Labels>, u32>,
+    /// The stream table in index order, with its source's anomaly sensitivity.
+    stream_list: Vec<(Arc<Labels>, Option<f64>)>,
     content: BatchContent,
     bytes: usize,
     checkpoints: HashMap<FileKey, Checkpoint>,
     opened: Option<Instant>,
+    window_ns: i64,
+    aggs: HashMap<AggKey, AggEntry, IntBuild>,
+    batch_templates: HashSet<u64, IntBuild>,
+    detector: Option<Detector>,
+    /// Start of the detector's open window (arrival time).
+    window_start: Option<i64>,
+    not_shipped: u64,
 }
 
 impl Batcher {
+    /// A batcher with 10 s aggregate windows and no anomaly detection.
     pub fn new(max_bytes: usize, max_records: usize) -> Batcher {
         Batcher {
             max_bytes,
             max_records,
             streams: HashMap::new(),
+            stream_list: Vec::new(),
             content: BatchContent::default(),
             bytes: 0,
             checkpoints: HashMap::new(),
             opened: None,
+            window_ns: 10_000_000_000,
+            aggs: HashMap::default(),
+            batch_templates: HashSet::default(),
+            detector: None,
+            window_start: None,
+            not_shipped: 0,
         }
+    }
+
+    /// Aggregates over windows of `window` (whole seconds) and detects anomalies with
+    /// `detector`, if any.
+    pub fn with_intel(mut self, window: Duration, detector: Option<Detector>) -> Batcher {
+        self.window_ns = window.as_secs().max(1) as i64 * 1_000_000_000;
+        self.detector = detector;
+        self
     }
 
     /// When the open batch must be closed, if one is open.
@@ -58,23 +150,62 @@ impl Batcher {
             self.opened = Some(Instant::now());
         }
         let announce = chunk.lines.is_empty();
+        let sens = chunk.policy.anomaly;
         let next = self.streams.len() as u32;
         let stream = *self.streams.entry(chunk.stream.clone()).or_insert_with(|| {
             self.content.streams.push((*chunk.stream).clone());
+            self.stream_list.push((chunk.stream.clone(), sens));
             next
         });
+        for t in &chunk.templates {
+            if self.batch_templates.insert(t.id) {
+                self.content.templates.push(Template {
+                    id: t.id,
+                    text: t.text.to_string(),
+                });
+            }
+            if let (Some(d), Some(s)) = (self.detector.as_mut(), sens) {
+                d.note_template(&chunk.stream, s, t.id, &t.text, t.created);
+            }
+        }
+        let ship = chunk.policy.ship;
         for line in chunk.lines {
+            let time_ns = if line.time_ns != 0 {
+                line.time_ns
+            } else {
+                chunk.observed_ns
+            };
+            let shipped = match ship {
+                Ship::All => true,
+                Ship::AggregatesOnly => false,
+                Ship::Sample(r) => sampled(&line, r),
+            };
+            let key = (
+                stream,
+                time_ns.div_euclid(self.window_ns) * self.window_ns,
+                line.level as u8,
+                line.template_id,
+            );
+            let e = self.aggs.entry(key).or_insert_with(|| AggEntry {
+                count: 0,
+                bytes: 0,
+                shipped: 0,
+                sample: line.bytes.clone(),
+            });
+            e.count += 1;
+            e.bytes += line.bytes.len() as u64;
+            e.shipped += u64::from(shipped);
+            if !shipped {
+                self.not_shipped += 1;
+                continue;
+            }
             self.bytes += line.bytes.len() + 24;
             self.content.records.push(LogRecord {
                 stream,
-                time_ns: if line.time_ns != 0 {
-                    line.time_ns
-                } else {
-                    chunk.observed_ns
-                },
+                time_ns,
                 observed_ns: chunk.observed_ns,
                 level: line.level,
-                template_id: 0,
+                template_id: line.template_id,
                 flags: line.flags,
                 redacted: line.redacted,
                 line: line.bytes,
@@ -84,13 +215,45 @@ impl Batcher {
             .insert(chunk.checkpoint.key, chunk.checkpoint);
         // A chunk without lines only moves a position (a start at the end of a file, a
         // refresh): spool it at once so the position is durable before lines follow.
-        announce || self.bytes >= self.max_bytes || self.content.records.len() >= self.max_records
+        announce
+            || self.bytes >= self.max_bytes
+            || self.content.records.len() >= self.max_records
+            || self.aggs.len() >= MAX_AGGREGATE_KEYS
     }
 
-    /// Takes the open batch, if any.
+    /// Takes the open batch, if any; its counts go to the anomaly detector.
     pub fn take(&mut self) -> Option<Pending> {
         self.opened.take()?;
+        let window_secs = (self.window_ns / 1_000_000_000) as u32;
+        let mut aggs: Vec<(AggKey, AggEntry)> = self.aggs.drain().collect();
+        aggs.sort_by_key(|(k, _)| *k);
+        for ((stream, start_ns, level, template_id), e) in aggs {
+            let level = Level::from_u8(level).unwrap_or_default();
+            if let Some(d) = self.detector.as_mut() {
+                let (labels, sens) = &self.stream_list[stream as usize];
+                if let Some(s) = sens {
+                    d.observe(labels, *s, level, template_id, e.count, Some(&e.sample));
+                }
+            }
+            self.content.aggregates.push(Aggregate {
+                stream,
+                start_ns,
+                window_secs,
+                level,
+                template_id,
+                count: e.count,
+                bytes: e.bytes,
+                shipped: e.shipped,
+            });
+        }
+        if self.not_shipped > 0 {
+            metrics::counter!("heimdall_agent_records_not_shipped_total")
+                .increment(self.not_shipped);
+            self.not_shipped = 0;
+        }
         self.streams.clear();
+        self.stream_list.clear();
+        self.batch_templates.clear();
         self.bytes = 0;
         let mut checkpoints: Vec<_> = self.checkpoints.drain().map(|(_, c)| c).collect();
         checkpoints.sort_by_key(|c| c.key);
@@ -98,6 +261,51 @@ impl Batcher {
             content: std::mem::take(&mut self.content),
             checkpoints,
         })
+    }
+
+    /// Closes the detector's window if `now_ns` is past its end; returns the anomalies
+    /// found (also added to the open batch, which is opened for them if need be). Take
+    /// the open batch first, so that its counts are in the window.
+    pub fn close_window(&mut self, now_ns: i64) -> Vec<Anomaly> {
+        let Some(d) = self.detector.as_mut() else {
+            return Vec::new();
+        };
+        let win = d.config().window.as_nanos().max(1) as i64;
+        let start = *self
+            .window_start
+            .get_or_insert(now_ns.div_euclid(win) * win);
+        if now_ns < start + win {
+            return Vec::new();
+        }
+        let ev = d.close_window(start);
+        self.window_start = Some(now_ns.div_euclid(win) * win);
+        let st = d.stats();
+        metrics::gauge!("heimdall_agent_anomaly_streams").set(st.streams as f64);
+        metrics::gauge!("heimdall_agent_anomaly_template_series").set(st.template_series as f64);
+        metrics::gauge!("heimdall_agent_anomaly_untracked").set(st.untracked as f64);
+        for e in &ev {
+            metrics::counter!("heimdall_agent_anomalies_total", "kind" => e.kind.as_str())
+                .increment(1);
+            tracing::warn!(
+                kind = e.kind.as_str(),
+                stream = %e.stream,
+                score = e.score,
+                baseline = e.baseline,
+                observed = e.observed,
+                template = e.templates.first().map_or("", |t| t.text.as_str()),
+                "anomaly"
+            );
+        }
+        if !ev.is_empty() {
+            self.content.anomalies.extend(ev.iter().cloned());
+            self.opened.get_or_insert_with(Instant::now);
+        }
+        ev
+    }
+
+    /// The detector's window length, when detection is on.
+    pub fn detector_window(&self) -> Option<Duration> {
+        self.detector.as_ref().map(|d| d.config().window)
     }
 }
 
@@ -130,9 +338,9 @@ pub fn frame_for(sealed: &Batch, epoch: u64, seq: u64, floor: u64) -> Bytes {
 pub async fn run(
     mut rx: mpsc::Receiver<Chunk>,
     spool: Arc<Spool>,
-    max_bytes: usize,
-    max_records: usize,
+    mut b: Batcher,
     timeout: Duration,
+    events: Option<mpsc::Sender<Vec<Anomaly>>>,
 ) {
     let (seal_tx, mut seal_rx) = mpsc::channel::<Pending>(1);
     let (write_tx, mut write_rx) = mpsc::channel::<Sealed>(1);
@@ -162,7 +370,13 @@ pub async fn run(
             }
         })
     };
-    let mut b = Batcher::new(max_bytes, max_records);
+    let window = b.detector_window();
+    let mut next_window = window.map(|w| {
+        let w = w.as_nanos().max(1) as i64;
+        let now = crate::sources::now_ns();
+        b.close_window(now);
+        Instant::now() + Duration::from_nanos((w - now.rem_euclid(w)) as u64)
+    });
     loop {
         let deadline = b.deadline(timeout);
         let flush = tokio::select! {
@@ -171,6 +385,23 @@ pub async fn run(
                 None => break,
             },
             _ = sleep_until(deadline) => true,
+            _ = sleep_until(next_window) => {
+                // The open batch's counts belong to the closing window.
+                if let Some(p) = b.take() {
+                    if seal_tx.send(p).await.is_err() {
+                        return;
+                    }
+                }
+                let ev = b.close_window(crate::sources::now_ns());
+                if !ev.is_empty() {
+                    if let Some(tx) = &events {
+                        // The fast path is best effort: the batch carries them anyway.
+                        let _ = tx.try_send(ev);
+                    }
+                }
+                next_window = next_window.zip(window).map(|(t, w)| t + w);
+                false
+            }
         };
         if flush {
             if let Some(p) = b.take() {
@@ -293,6 +524,8 @@ mod tests {
                 updated_ns: 0,
                 cursor: String::new(),
             },
+            templates: Vec::new(),
+            policy: Arc::new(crate::sources::Policy::default()),
         }
     }
 
@@ -311,5 +544,53 @@ mod tests {
         assert_eq!(p.checkpoints.len(), 2);
         assert_eq!(p.checkpoints[0].offset, 20);
         assert!(b.take().is_none());
+    }
+
+    #[test]
+    fn aggregates_count_every_record_whatever_is_shipped() {
+        use crate::sources::{Policy, Ship};
+        let s1 = Arc::new(Labels::new([("source", "/a")]));
+        let s2 = Arc::new(Labels::new([("source", "/b")]));
+        let s3 = Arc::new(Labels::new([("source", "/c")]));
+        let mut b = Batcher::new(1 << 20, 100_000);
+        let mut only = chunk(&s2, 2, 5, 1000);
+        only.policy = Arc::new(Policy {
+            ship: Ship::AggregatesOnly,
+            anomaly: None,
+        });
+        let mut sample = chunk(&s3, 3, 5, 1000);
+        sample.policy = Arc::new(Policy {
+            ship: Ship::Sample(0.1),
+            anomaly: None,
+        });
+        for (i, l) in sample.lines.iter_mut().enumerate() {
+            l.level = if i < 10 { Level::Error } else { Level::Info };
+        }
+        b.push(chunk(&s1, 1, 10, 500));
+        b.push(only);
+        b.push(sample);
+        let p = b.take().unwrap();
+        let by = |s: u32| -> (u64, u64) {
+            p.content
+                .aggregates
+                .iter()
+                .filter(|a| a.stream == s)
+                .fold((0, 0), |(c, sh), a| (c + a.count, sh + a.shipped))
+        };
+        assert_eq!(by(0), (500, 500));
+        assert_eq!(by(1), (1000, 0));
+        let (c, shipped) = by(2);
+        assert_eq!(c, 1000);
+        assert!((60..=150).contains(&shipped), "{shipped} sampled of 1000");
+        let stored = |s: u32| p.content.records.iter().filter(|r| r.stream == s).count() as u64;
+        assert_eq!((stored(0), stored(1), stored(2)), (500, 0, shipped));
+        assert_eq!(
+            p.content
+                .records
+                .iter()
+                .filter(|r| r.stream == 2 && r.level == Level::Error)
+                .count(),
+            10
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! (`connection from <*> closed`) as they arrive.
 //!
 //! Owns tokenising, variable masking, the fixed-depth prefix tree, similarity matching
-//! and template ids. Does not own persistence or shipping templates.
+//! template ids and the per-source miner's state file. Does not own shipping.
 //!
 //! How a message finds its template:
 //! 1. It is split on whitespace; a token holding a digit (numbers, ids, addresses,
@@ -15,6 +15,10 @@
 //!    differ become `<*>`. Otherwise the message starts a new template. Masked tokens
 //!    count neither way: `onExtend:<*> <*> <*>` is as close to its template as a message
 //!    gets.
+//!
+//! [`SourceMiner`] is what a source runs: a miner that tags each record with its
+//! template id, announces each template once per run (so the batches that first use it
+//! carry its text), and keeps its templates in the state directory across restarts.
 //!
 //! Template ids are a 64-bit FNV-1a hash of the template text, so one template has one
 //! id on every host and after a restart.
@@ -52,9 +56,11 @@ impl Default for MinerConfig {
 
 #[derive(Debug)]
 struct Cluster {
-    tokens: Vec<String>,
+    tokens: Vec<Box<str>>,
     /// [`template_id`] of the tokens, recomputed only when a merge changes them.
     id: u64,
+    /// The tree leaf the cluster hangs in.
+    leaf: u64,
     last_used: u64,
 }
 
@@ -65,6 +71,49 @@ pub struct Matched {
     pub cluster: usize,
     /// Id of the template as it is now.
     pub id: u64,
+    /// The message started a template, or changed its template (and so its id).
+    pub new: bool,
+    /// The message started a template: nothing known was like it.
+    pub created: bool,
+}
+
+/// One token of a message as the miner sees it: a span of the message and how much of
+/// it is masked.
+#[derive(Clone, Copy, Debug)]
+struct Tok {
+    start: u32,
+    end: u32,
+    /// `None`: literal. `Some(0)`: all variable (`<*>`). `Some(n)`: the first `n`
+    /// bytes are a key kept before the mask (`key=<*>`).
+    masked: Option<u32>,
+}
+
+impl Tok {
+    fn is_wild(&self) -> bool {
+        self.masked == Some(0)
+    }
+
+    /// Whether template token `t` equals this token masked.
+    fn eq(&self, msg: &str, t: &str) -> bool {
+        let s = &msg[self.start as usize..self.end as usize];
+        match self.masked {
+            None => t == s,
+            Some(0) => t == WILDCARD,
+            Some(n) => {
+                let n = n as usize;
+                t.len() == n + WILDCARD.len() && t.ends_with(WILDCARD) && t[..n] == s[..n]
+            }
+        }
+    }
+
+    fn masked_text(&self, msg: &str) -> Box<str> {
+        let s = &msg[self.start as usize..self.end as usize];
+        match self.masked {
+            None => s.into(),
+            Some(0) => WILDCARD.into(),
+            Some(n) => format!("{}{WILDCARD}", &s[..n as usize]).into_boxed_str(),
+        }
+    }
 }
 
 /// An online template miner.
@@ -73,12 +122,14 @@ pub struct Miner {
     cfg: MinerConfig,
     clusters: Vec<Option<Cluster>>,
     free: Vec<usize>,
-    /// (token count, leading tokens) → clusters.
-    leaves: HashMap<(usize, Vec<String>), Vec<usize>>,
+    /// Hash of (token count, leading masked tokens) → clusters.
+    leaves: HashMap<u64, Vec<usize>>,
     clock: u64,
     live: usize,
     /// Templates evicted to stay within `max_templates`.
     pub evictions: u64,
+    /// The tokens of the message being added (kept to reuse the allocation).
+    toks: Vec<Tok>,
 }
 
 /// Whether a token is a variable before any mining: it holds a digit.
@@ -86,15 +137,24 @@ pub fn is_variable(token: &str) -> bool {
     token.bytes().any(|b| b.is_ascii_digit())
 }
 
+/// How much of a token is masked (see [`Tok::masked`]).
+fn masking(token: &str) -> Option<u32> {
+    if !is_variable(token) {
+        return None;
+    }
+    match token.find(['=', ':']) {
+        Some(p) if p > 0 && !is_variable(&token[..p]) => Some(p as u32 + 1),
+        _ => Some(0),
+    }
+}
+
 /// A token with its variable part masked: `totalCalories=126775` keeps its key
 /// (`totalCalories=<*>`), a token that is all value (`10.0.0.1:443`) becomes `<*>`.
 pub fn mask(token: &str) -> String {
-    if !is_variable(token) {
-        return token.to_owned();
-    }
-    match token.find(['=', ':']) {
-        Some(p) if p > 0 && !is_variable(&token[..p]) => format!("{}{WILDCARD}", &token[..=p]),
-        _ => WILDCARD.to_owned(),
+    match masking(token) {
+        None => token.to_owned(),
+        Some(0) => WILDCARD.to_owned(),
+        Some(n) => format!("{}{WILDCARD}", &token[..n as usize]),
     }
 }
 
@@ -105,12 +165,51 @@ pub fn tokens(message: &str) -> Vec<String> {
 
 /// The stable id of a template's text.
 pub fn template_id(template: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in template.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut h = Fnv::new();
+    h.write(template.as_bytes());
+    h.0
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
-    h
+
+    fn write(&mut self, b: &[u8]) {
+        for &b in b {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Splits `message` on ASCII whitespace into `out` (Unicode spaces are rare in logs and
+/// stay inside tokens).
+fn split(message: &str, out: &mut Vec<Tok>) {
+    out.clear();
+    let b = message.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let s = i;
+        let mut digit = false;
+        while i < b.len() && !b[i].is_ascii_whitespace() {
+            digit |= b[i].is_ascii_digit();
+            i += 1;
+        }
+        if i > s {
+            let masked = if digit { masking(&message[s..i]) } else { None };
+            out.push(Tok {
+                start: s as u32,
+                end: i as u32,
+                masked,
+            });
+        }
+    }
 }
 
 impl Miner {
@@ -124,6 +223,7 @@ impl Miner {
             clock: 0,
             live: 0,
             evictions: 0,
+            toks: Vec::new(),
         }
     }
 
@@ -145,34 +245,83 @@ impl Miner {
             .map(|c| c.tokens.join(" "))
     }
 
-    fn key(&self, toks: &[String]) -> (usize, Vec<String>) {
-        (
-            toks.len(),
-            toks.iter().take(self.cfg.depth).cloned().collect(),
-        )
+    /// Every template kept, least recently used first (the order [`Miner::restore`]
+    /// takes them back in).
+    pub fn templates(&self) -> Vec<String> {
+        let mut v: Vec<&Cluster> = self.clusters.iter().flatten().collect();
+        v.sort_by_key(|c| c.last_used);
+        v.into_iter().map(|c| c.tokens.join(" ")).collect()
+    }
+
+    /// Takes back a template saved by [`Miner::templates`] as it was, without matching
+    /// it against the others (they coexisted, so they stay apart).
+    pub fn restore(&mut self, template: &str) {
+        let toks: Vec<Box<str>> = template.split_ascii_whitespace().map(Box::from).collect();
+        let leaf = self.leaf_of(toks.len(), toks.iter().map(|t| t.as_bytes()));
+        if self.leaves.get(&leaf).is_some_and(|v| {
+            v.iter()
+                .any(|&c| self.clusters[c].as_ref().is_some_and(|c| c.tokens == toks))
+        }) {
+            return;
+        }
+        self.clock += 1;
+        self.insert(toks, leaf);
+    }
+
+    fn leaf_of<'a>(&self, len: usize, toks: impl Iterator<Item = &'a [u8]>) -> u64 {
+        let mut h = Fnv::new();
+        h.write(&(len as u64).to_le_bytes());
+        for t in toks.take(self.cfg.depth) {
+            h.write(t);
+            h.write(&[0]);
+        }
+        h.0
+    }
+
+    fn message_leaf(&self, msg: &str) -> u64 {
+        let mut h = Fnv::new();
+        h.write(&(self.toks.len() as u64).to_le_bytes());
+        for t in self.toks.iter().take(self.cfg.depth) {
+            let s = &msg.as_bytes()[t.start as usize..t.end as usize];
+            match t.masked {
+                None => h.write(s),
+                Some(0) => h.write(WILDCARD.as_bytes()),
+                Some(n) => {
+                    h.write(&s[..n as usize]);
+                    h.write(WILDCARD.as_bytes());
+                }
+            }
+            h.write(&[0]);
+        }
+        h.0
     }
 
     /// Adds a message; returns its template.
     pub fn add(&mut self, message: &str) -> Matched {
         self.clock += 1;
-        let toks = tokens(message);
-        let key = self.key(&toks);
+        let mut toks = std::mem::take(&mut self.toks);
+        split(message, &mut toks);
+        self.toks = toks;
+        let leaf = self.message_leaf(message);
         let mut best: Option<(usize, f64, usize)> = None;
-        if let Some(ids) = self.leaves.get(&key) {
+        if let Some(ids) = self.leaves.get(&leaf) {
             for &c in ids {
                 let Some(cl) = self.clusters[c].as_ref() else {
                     continue;
                 };
+                if cl.tokens.len() != self.toks.len() {
+                    continue;
+                }
                 // Similarity over the message's literal tokens: a masked token (a number,
                 // an address) says nothing either way.
                 let (mut same, mut wild, mut literal) = (0usize, 0usize, 0usize);
-                for (a, b) in cl.tokens.iter().zip(&toks) {
-                    if a == WILDCARD {
+                for (a, b) in cl.tokens.iter().zip(&self.toks) {
+                    if &**a == WILDCARD {
                         wild += 1;
                     }
-                    if b != WILDCARD {
+                    if !b.is_wild() {
                         literal += 1;
-                        if a == b {
+                        if b.eq(message, a) {
                             same += 1;
                         }
                     }
@@ -187,13 +336,13 @@ impl Miner {
                 }
             }
         }
-        let c = match best {
-            Some((c, sim, _)) if sim > self.cfg.similarity || toks.is_empty() => {
+        let (c, new, created) = match best {
+            Some((c, sim, _)) if sim > self.cfg.similarity || self.toks.is_empty() => {
                 let cl = self.clusters[c].as_mut().expect("leaf clusters are live");
                 let mut changed = false;
-                for (a, b) in cl.tokens.iter_mut().zip(&toks) {
-                    if a != b && a != WILDCARD {
-                        *a = WILDCARD.to_owned();
+                for (a, b) in cl.tokens.iter_mut().zip(&self.toks) {
+                    if &**a != WILDCARD && !b.eq(message, a) {
+                        *a = WILDCARD.into();
                         changed = true;
                     }
                 }
@@ -201,36 +350,44 @@ impl Miner {
                     cl.id = template_id(&cl.tokens.join(" "));
                 }
                 cl.last_used = self.clock;
-                c
+                (c, changed, false)
             }
             _ => {
-                if self.live >= self.cfg.max_templates {
-                    self.evict();
-                }
-                let cl = Cluster {
-                    id: template_id(&toks.join(" ")),
-                    tokens: toks,
-                    last_used: self.clock,
-                };
-                let c = match self.free.pop() {
-                    Some(i) => {
-                        self.clusters[i] = Some(cl);
-                        i
-                    }
-                    None => {
-                        self.clusters.push(Some(cl));
-                        self.clusters.len() - 1
-                    }
-                };
-                self.live += 1;
-                self.leaves.entry(key).or_default().push(c);
-                c
+                let toks = self.toks.iter().map(|t| t.masked_text(message)).collect();
+                (self.insert(toks, leaf), true, true)
             }
         };
         Matched {
             cluster: c,
             id: self.clusters[c].as_ref().map_or(0, |cl| cl.id),
+            new,
+            created,
         }
+    }
+
+    fn insert(&mut self, tokens: Vec<Box<str>>, leaf: u64) -> usize {
+        if self.live >= self.cfg.max_templates {
+            self.evict();
+        }
+        let cl = Cluster {
+            id: template_id(&tokens.join(" ")),
+            tokens,
+            leaf,
+            last_used: self.clock,
+        };
+        let c = match self.free.pop() {
+            Some(i) => {
+                self.clusters[i] = Some(cl);
+                i
+            }
+            None => {
+                self.clusters.push(Some(cl));
+                self.clusters.len() - 1
+            }
+        };
+        self.live += 1;
+        self.leaves.entry(leaf).or_default().push(c);
+        c
     }
 
     fn evict(&mut self) {
@@ -244,14 +401,159 @@ impl Miner {
             return;
         };
         let cl = self.clusters[i].take().expect("found live");
-        let key = self.key(&cl.tokens);
-        if let Some(v) = self.leaves.get_mut(&key) {
+        if let Some(v) = self.leaves.get_mut(&cl.leaf) {
             v.retain(|c| *c != i);
+            if v.is_empty() {
+                self.leaves.remove(&cl.leaf);
+            }
         }
         self.free.push(i);
         self.live -= 1;
         self.evictions += 1;
     }
+}
+
+/// First line of a saved template file.
+const STATE_HEADER: &str = "# heimdall templates v1";
+/// How often a source's templates are saved while it runs.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A source's miner: tags records, announces templates, persists its state.
+#[derive(Debug)]
+pub struct SourceMiner {
+    miner: Miner,
+    /// Ids announced since the source started (cleared when it grows past a bound, so
+    /// some are announced again: harmless).
+    announced: std::collections::HashSet<u64>,
+    path: Option<std::path::PathBuf>,
+    saved: std::time::Instant,
+    dirty: bool,
+    /// The `source` label of the metrics.
+    name: String,
+    reported_evictions: u64,
+}
+
+impl SourceMiner {
+    /// A miner for the source `name`, taking back the templates saved at `path`.
+    pub fn new(cfg: MinerConfig, name: &str, path: Option<std::path::PathBuf>) -> SourceMiner {
+        let mut miner = Miner::new(cfg);
+        if let Some(p) = &path {
+            match std::fs::read_to_string(p) {
+                Ok(text) if text.starts_with(STATE_HEADER) => {
+                    for t in text.lines().skip(1).filter(|l| !l.is_empty()) {
+                        miner.restore(t);
+                    }
+                    tracing::info!(source = name, templates = miner.len(), "templates loaded");
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %p.display(), "template state file has no header; starting afresh")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot read template state; starting afresh")
+                }
+            }
+        }
+        SourceMiner {
+            miner,
+            announced: std::collections::HashSet::new(),
+            path,
+            saved: std::time::Instant::now(),
+            dirty: false,
+            name: name.to_owned(),
+            reported_evictions: 0,
+        }
+    }
+
+    /// Tags `line` with its template; a template not announced yet goes to `out`.
+    pub fn tag(
+        &mut self,
+        line: &mut crate::sources::Line,
+        out: &mut Vec<crate::sources::NewTemplate>,
+    ) {
+        let text = match std::str::from_utf8(&line.bytes) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(&line.bytes),
+        };
+        let m = self.miner.add(&text);
+        line.template_id = m.id;
+        self.dirty |= m.new;
+        if self.announced.insert(m.id) {
+            if self.announced.len() > 4 * self.miner.cfg.max_templates {
+                self.announced.clear();
+                self.announced.insert(m.id);
+            }
+            if let Some(t) = self.miner.template(m.cluster) {
+                out.push(crate::sources::NewTemplate {
+                    id: m.id,
+                    text: t.into(),
+                    created: m.created,
+                });
+            }
+        }
+    }
+
+    /// Updates the metrics and saves the templates if a minute has passed.
+    pub fn tick(&mut self) {
+        let ev = self.miner.evictions - self.reported_evictions;
+        if ev > 0 {
+            metrics::counter!("heimdall_agent_template_evictions_total", "source" => self.name.clone())
+                .increment(ev);
+            self.reported_evictions = self.miner.evictions;
+        }
+        metrics::gauge!("heimdall_agent_templates", "source" => self.name.clone())
+            .set(self.miner.len() as f64);
+        if self.dirty && self.saved.elapsed() >= SAVE_EVERY {
+            self.save();
+        }
+    }
+
+    /// Writes the templates to the state file (atomically: a crash leaves the old one).
+    pub fn save(&mut self) {
+        self.saved = std::time::Instant::now();
+        let Some(p) = &self.path else { return };
+        let mut text = String::from(STATE_HEADER);
+        text.push('\n');
+        for t in self.miner.templates() {
+            text.push_str(&t);
+            text.push('\n');
+        }
+        let tmp = p.with_extension("tmp");
+        let res = p
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, p));
+        match res {
+            Ok(()) => self.dirty = false,
+            Err(e) => tracing::warn!(path = %p.display(), error = %e, "cannot save templates"),
+        }
+    }
+
+    /// Templates kept.
+    pub fn len(&self) -> usize {
+        self.miner.len()
+    }
+
+    /// Whether no template is kept.
+    pub fn is_empty(&self) -> bool {
+        self.miner.is_empty()
+    }
+}
+
+impl Drop for SourceMiner {
+    fn drop(&mut self) {
+        if self.dirty {
+            self.save();
+        }
+    }
+}
+
+/// The state file of a source's templates under the agent's state directory.
+pub fn state_path(state_dir: &std::path::Path, source_key: &str) -> std::path::PathBuf {
+    state_dir
+        .join("templates")
+        .join(format!("{:016x}.templates", template_id(source_key)))
 }
 
 #[cfg(test)]
@@ -293,5 +595,36 @@ mod tests {
         }
         assert_eq!(m.len(), 3);
         assert_eq!(m.evictions, 2);
+    }
+
+    #[test]
+    fn saved_templates_come_back_with_the_same_ids() {
+        let mut m = Miner::new(MinerConfig::default());
+        let a = m.add("user 12 logged in from 10.0.0.1");
+        m.add("user 13 logged in from 10.0.0.2");
+        let b = m.add("disk sda1 full");
+        let saved = m.templates();
+        let mut n = Miner::new(MinerConfig::default());
+        for t in &saved {
+            n.restore(t);
+        }
+        assert_eq!(n.len(), 2);
+        let a2 = n.add("user 99 logged in from 10.9.9.9");
+        assert_eq!(a2.id, a.id);
+        assert!(!a2.new);
+        assert_eq!(n.add("disk sda1 full").id, b.id);
+    }
+
+    #[test]
+    fn keyed_values_keep_their_key() {
+        let mut m = Miner::new(MinerConfig::default());
+        let a = m.add("done totalCalories=126775 steps=12");
+        assert!(a.new);
+        assert_eq!(
+            m.template(a.cluster).unwrap(),
+            "done totalCalories=<*> steps=<*>"
+        );
+        let b = m.add("done totalCalories=5 steps=7");
+        assert_eq!((b.id, b.new), (a.id, false));
     }
 }

@@ -116,8 +116,10 @@ impl<'a> Conn<'a> {
             self.shipper.gauges.clone(),
             self.shipper.cfg.heartbeat,
         ));
+        let fast = tokio::spawn(fast_events(self.conn.clone(), self.shipper.events.clone()));
         let res = self.ship().await;
         hb.abort();
+        fast.abort();
         if self.stop.is_cancelled() {
             self.conn.close(0u32.into(), b"agent shutting down");
         }
@@ -204,6 +206,32 @@ async fn send_batch(
             "unexpected {} in answer to batch {seq}",
             other.name()
         ))),
+    }
+}
+
+/// Sends anomaly events as they come, each group on its own unidirectional stream at
+/// the highest priority, so they never wait behind bulk batches. Best effort: the
+/// spooled batches carry the same events, and the aggregator keeps each once.
+async fn fast_events(
+    conn: quinn::Connection,
+    events: Arc<
+        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<heimdall_common::record::Anomaly>>>,
+    >,
+) {
+    let mut rx = events.lock().await;
+    while let Some(ev) = rx.recv().await {
+        let n = ev.len() as u64;
+        let frame = Frame::Anomalies(ev);
+        let sent = async {
+            let mut send = conn.open_uni().await.ok()?;
+            let _ = send.set_priority(i32::MAX);
+            quic::write_frame(&mut send, &frame).await.ok()?;
+            send.finish().ok()
+        }
+        .await;
+        if sent.is_some() {
+            metrics::counter!("heimdall_agent_anomalies_sent_total").increment(n);
+        }
     }
 }
 

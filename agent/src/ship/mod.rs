@@ -34,6 +34,9 @@ pub struct Shipper {
     pub spool: Arc<Spool>,
     /// Files being tailed, reported in heartbeats.
     pub gauges: Arc<crate::sources::Gauges>,
+    /// Anomaly events to send ahead of the batches (which carry them too).
+    pub events:
+        Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<heimdall_common::record::Anomaly>>>>,
 }
 
 /// Backoff before attempt `attempt` (0-based): 200 ms doubling up to `max`, with full jitter.

@@ -163,6 +163,8 @@ pub struct FileTailer {
     announce: Vec<(u64, u64)>,
     pub stats: Stats,
     redact_stats: crate::pipeline::redact::Stats,
+    /// Template mining; `None` when off.
+    miner: Option<crate::pipeline::template::SourceMiner>,
 }
 
 impl FileTailer {
@@ -195,6 +197,20 @@ impl FileTailer {
             announce: Vec::new(),
             stats: Stats::default(),
             redact_stats: crate::pipeline::redact::Stats::default(),
+            miner: None,
+        }
+    }
+
+    /// Mines the templates of this source's records with `miner`.
+    pub fn with_miner(mut self, miner: crate::pipeline::template::SourceMiner) -> FileTailer {
+        self.miner = Some(miner);
+        self
+    }
+
+    /// Saves the miner's templates when due and updates its metrics.
+    pub fn miner_tick(&mut self) {
+        if let Some(m) = self.miner.as_mut() {
+            m.tick();
         }
     }
 
@@ -718,6 +734,12 @@ impl FileTailer {
         if let Some(r) = redactor {
             rstats.flush(r);
         }
+        let mut templates = Vec::new();
+        if let Some(m) = self.miner.as_mut() {
+            for l in &mut lines {
+                m.tag(l, &mut templates);
+            }
+        }
         self.stats.lines += read;
         self.stats.bytes += bytes as u64;
         self.stats.truncated_lines += truncated;
@@ -736,6 +758,8 @@ impl FileTailer {
             observed_ns,
             lines,
             checkpoint,
+            templates,
+            policy: self.cfg.policy.clone(),
         });
     }
 
@@ -984,6 +1008,7 @@ pub fn run(
         if now >= next_scan {
             tailer.scan();
             tailer.close_finished(&mut out);
+            tailer.miner_tick();
             next_scan = now + poll;
             let open = tailer.open_files() as u64;
             gauges

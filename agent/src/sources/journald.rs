@@ -154,6 +154,8 @@ pub struct JournalReader {
     pub excluded: u64,
     pub bad: u64,
     redact_stats: crate::pipeline::redact::Stats,
+    /// Template mining; `None` when off.
+    miner: Option<crate::pipeline::template::SourceMiner>,
 }
 
 impl JournalReader {
@@ -187,7 +189,19 @@ impl JournalReader {
             excluded: 0,
             bad: 0,
             redact_stats: crate::pipeline::redact::Stats::default(),
+            miner: None,
         }
+    }
+
+    /// Mines the templates of journal entries with `miner`.
+    pub fn with_miner(mut self, miner: crate::pipeline::template::SourceMiner) -> JournalReader {
+        self.miner = Some(miner);
+        self
+    }
+
+    /// The source key of the journal's template state.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     fn stream(&mut self, e: &Entry) -> Arc<Labels> {
@@ -271,13 +285,19 @@ impl JournalReader {
             self.flush(out);
         }
         let cp = self.checkpoint(e.cursor);
+        let policy = self.cfg.policy.clone();
         let c = self.open.get_or_insert_with(|| Chunk {
             stream,
             observed_ns: observed,
             lines: Vec::new(),
             checkpoint: cp.clone(),
+            templates: Vec::new(),
+            policy,
         });
         if keep {
+            if let Some(m) = self.miner.as_mut() {
+                m.tag(&mut line, &mut c.templates);
+            }
             self.open_bytes += line.bytes.len();
             c.lines.push(line);
         } else {
@@ -308,6 +328,9 @@ impl JournalReader {
         if let Some(r) = self.cfg.redact.as_deref() {
             self.redact_stats.flush(r);
         }
+        if let Some(m) = self.miner.as_mut() {
+            m.tick();
+        }
         if let Some(c) = self.open.take() {
             metrics::counter!("heimdall_agent_lines_read_total").increment(c.lines.len() as u64);
             metrics::counter!("heimdall_agent_read_bytes_total").increment(self.open_bytes as u64);
@@ -325,6 +348,8 @@ impl JournalReader {
             observed_ns: now_ns(),
             lines: Vec::new(),
             checkpoint: self.checkpoint(cursor),
+            templates: Vec::new(),
+            policy: self.cfg.policy.clone(),
         })
     }
 }
@@ -519,6 +544,7 @@ mod tests {
             labels: BTreeMap::new(),
             max_backoff: Duration::from_secs(1),
             redact: None,
+            policy: Arc::new(crate::sources::Policy::default()),
         }
     }
 

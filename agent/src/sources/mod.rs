@@ -78,6 +78,8 @@ pub struct Line {
     pub level: Level,
     /// Values redacted from `bytes`.
     pub redacted: u32,
+    /// The record's template (0 when mining is off).
+    pub template_id: u64,
 }
 
 impl Line {
@@ -89,6 +91,7 @@ impl Line {
             time_ns: 0,
             level: Level::Unknown,
             redacted: 0,
+            template_id: 0,
         }
     }
 }
@@ -100,6 +103,49 @@ pub struct Chunk {
     pub observed_ns: i64,
     pub lines: Vec<Line>,
     pub checkpoint: Checkpoint,
+    /// Templates the lines use that this source has not announced since it started.
+    pub templates: Vec<NewTemplate>,
+    /// What to ship of the lines, and how to watch them.
+    pub policy: Arc<Policy>,
+}
+
+/// A template announced by a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTemplate {
+    pub id: u64,
+    pub text: Arc<str>,
+    /// The miner made it from one of the chunk's lines (a never-seen message), rather
+    /// than knowing it from before this run.
+    pub created: bool,
+}
+
+/// What a source ships of the records it reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Ship {
+    /// Every record.
+    All,
+    /// No records: only their pre-aggregated counts.
+    AggregatesOnly,
+    /// Records at warning level or worse, and this share of the others (chosen by a
+    /// hash of the line, so a line read again after a restart is chosen the same way).
+    Sample(f64),
+}
+
+/// A source's shipping and anomaly-detection settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub ship: Ship,
+    /// Anomaly detection sensitivity; `None` when detection is off for the source.
+    pub anomaly: Option<f64>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            ship: Ship::All,
+            anomaly: Some(1.0),
+        }
+    }
 }
 
 pub use heimdall_common::record::now_ns;

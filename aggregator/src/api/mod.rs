@@ -39,7 +39,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/loki/api/v1/query_range", get(query_range))
         .route("/loki/api/v1/labels", get(labels))
         .route("/loki/api/v1/label/{name}/values", get(label_values))
+        .route("/loki/api/v1/patterns", get(patterns))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/aggregates", get(aggregates))
         .route("/metrics", get(metrics_text))
         .route("/ready", get(|| async { "ready\n" }))
         .with_state(state)
@@ -234,6 +237,199 @@ async fn label_values(
         .filter_map(|l| l.get(&name).map(str::to_owned))
         .collect();
     Ok(Json(json!({"status": "success", "data": values})))
+}
+
+/// Parses a Loki step: a duration (`15000ms`, `1m`) or seconds (`15`, `0.5`).
+fn parse_step(s: Option<&str>, start: i64, end: i64) -> Result<i64, ApiError> {
+    let step = match s {
+        None => {
+            // Loki's default: about 250 points over the range, at least a second.
+            ((end - start) / 250).max(1_000_000_000)
+        }
+        Some(s) => match s.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() && f > 0.0 => (f * 1e9) as i64,
+            Ok(_) => return Err(bad("step must be positive")),
+            Err(_) => {
+                let d = heimdall_common::config::parse_duration(s)
+                    .map_err(|e| bad(format!("step: {e}")))?;
+                i64::try_from(d.as_nanos()).map_err(|_| bad("step is too large"))?
+            }
+        },
+    };
+    if step <= 0 {
+        return Err(bad("step must be positive"));
+    }
+    if (end - start) / step > 11_000 {
+        return Err(bad(
+            "exceeded maximum resolution of 11,000 points per time series; increase step",
+        ));
+    }
+    Ok(step)
+}
+
+/// The matchers of a query that must be a bare stream selector.
+fn selector(q: Option<&str>) -> Result<Vec<parse::Matcher>, ApiError> {
+    let Some(q) = q.filter(|q| !q.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let Query::Log(lq) = parse::parse(q).map_err(|e| bad(e.to_string()))?;
+    if !lq.filters.is_empty() {
+        return Err(bad(
+            "this endpoint takes a stream selector without line filters",
+        ));
+    }
+    Ok(lq.matchers)
+}
+
+async fn on_reader<T: Send + 'static>(
+    st: &ApiState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = st.db_path.clone();
+    tokio::task::spawn_blocking(move || -> Result<T, String> {
+        let conn = hot::open_reader(&path).map_err(|e| e.to_string())?;
+        f(&conn).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
+}
+
+#[derive(Deserialize)]
+struct IntelParams {
+    query: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    since: Option<String>,
+    step: Option<String>,
+    limit: Option<usize>,
+    by: Option<String>,
+    measure: Option<String>,
+    kind: Option<String>,
+    min_score: Option<f64>,
+}
+
+/// Top templates over a selector and range, with counts per step (Loki's `patterns`
+/// endpoint; the counts are exact, from the agents' pre-aggregates).
+async fn patterns(
+    State(st): State<Arc<ApiState>>,
+    AxQuery(p): AxQuery<IntelParams>,
+) -> Result<Json<Value>, ApiError> {
+    let matchers = selector(Some(
+        p.query
+            .as_deref()
+            .ok_or_else(|| bad("missing `query` parameter"))?,
+    ))?;
+    let (start, end) = range(&p.start, &p.end, &p.since)?;
+    let step = parse_step(p.step.as_deref(), start, end)?;
+    let limit = p.limit.unwrap_or(50).clamp(1, 10_000);
+    let pats = on_reader(&st, move |c| {
+        crate::query::intel::patterns(c, &matchers, start, end.saturating_add(1), step, limit)
+    })
+    .await?;
+    let data: Vec<Value> = pats
+        .iter()
+        .map(|p| {
+            json!({
+                "pattern": p.text,
+                "template_id": format!("{:016x}", p.template_id),
+                "total": p.total,
+                "samples": p.samples.iter().map(|(t, c)| json!([t / 1_000_000_000, c])).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": data})))
+}
+
+/// Exact counts per step from the agents' pre-aggregates, as a Loki matrix: what
+/// `count_over_time` (or `bytes_over_time`) gives, also for streams shipped as
+/// aggregates only or sampled.
+async fn aggregates(
+    State(st): State<Arc<ApiState>>,
+    AxQuery(p): AxQuery<IntelParams>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::query::intel::Measure;
+    let matchers = selector(Some(
+        p.query
+            .as_deref()
+            .ok_or_else(|| bad("missing `query` parameter"))?,
+    ))?;
+    let (start, end) = range(&p.start, &p.end, &p.since)?;
+    let step = parse_step(p.step.as_deref(), start, end)?;
+    let measure = match p.measure.as_deref() {
+        None | Some("count") => Measure::Count,
+        Some("bytes") => Measure::Bytes,
+        Some("shipped") => Measure::Shipped,
+        Some(other) => {
+            return Err(bad(format!(
+                "measure `{other}`: expected `count`, `bytes` or `shipped`"
+            )))
+        }
+    };
+    let by: Option<Vec<String>> = p.by.as_deref().map(|b| {
+        b.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    let series = on_reader(&st, move |c| {
+        crate::query::intel::counts(
+            c,
+            &matchers,
+            start,
+            end.saturating_add(1),
+            step,
+            by.as_deref(),
+            measure,
+        )
+    })
+    .await?;
+    let result: Vec<Value> = series
+        .iter()
+        .map(|(m, v)| {
+            json!({
+                "metric": m,
+                "values": v.iter().map(|(t, c)| json!([*t as f64 / 1e9, c.to_string()])).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "status": "success",
+        "data": {"resultType": "matrix", "result": result}
+    })))
+}
+
+/// Anomaly events the agents detected, newest first.
+async fn anomalies(
+    State(st): State<Arc<ApiState>>,
+    AxQuery(p): AxQuery<IntelParams>,
+) -> Result<Json<Value>, ApiError> {
+    let matchers = selector(p.query.as_deref())?;
+    let (start, end) = range(&p.start, &p.end, &p.since)?;
+    if let Some(k) = p.kind.as_deref() {
+        if heimdall_common::record::AnomalyKind::parse(k).is_none() {
+            return Err(bad(format!(
+                "kind `{k}`: expected rate_spike, rate_drop, new_templates, error_ratio or silence"
+            )));
+        }
+    }
+    let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
+    let kind = p.kind.clone();
+    let min_score = p.min_score.unwrap_or(0.0);
+    let rows = on_reader(&st, move |c| {
+        crate::query::intel::anomalies(
+            c,
+            &matchers,
+            start,
+            end.saturating_add(1),
+            kind.as_deref(),
+            min_score,
+            limit,
+        )
+    })
+    .await?;
+    Ok(Json(json!({"status": "success", "data": rows})))
 }
 
 async fn agents(State(st): State<Arc<ApiState>>) -> Json<Value> {

@@ -157,6 +157,12 @@ impl Handler {
             let stream = tokio::select! {
                 _ = self.shutdown.cancelled() => break Ok("aggregator shutting down".to_owned()),
                 s = conn.accept_bi() => s,
+                u = conn.accept_uni() => {
+                    if let Ok(recv) = u {
+                        tokio::spawn(handle_events(recv, self.store.clone(), agent.clone(), limits));
+                    }
+                    continue;
+                }
             };
             let (send, recv) = match stream {
                 Ok(s) => s,
@@ -338,6 +344,9 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     for s in &mut content.streams {
         s.insert("agent", &*agent);
     }
+    for a in &mut content.anomalies {
+        a.stream.insert("agent", &*agent);
+    }
     let rows = content.records.len();
     let id = BatchId {
         agent: agent.clone(),
@@ -368,6 +377,43 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 .increment(1);
             tracing::error!(agent = %agent, seq, error = %e, "cannot store batch");
             let _ = send.reset(1u32.into());
+        }
+    }
+}
+
+/// Anomaly events sent ahead of their batch on a unidirectional stream: stored at once
+/// (the batch that carries them too is kept once per event id).
+async fn handle_events(
+    mut recv: quinn::RecvStream,
+    store: Arc<HotStore>,
+    agent: Arc<str>,
+    limits: wire::Limits,
+) {
+    let frame = match tokio::time::timeout(
+        Duration::from_secs(30),
+        quic::read_single(&mut recv, &limits),
+    )
+    .await
+    {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            tracing::warn!(agent = %agent, error = %e, "bad frame on an event stream");
+            return;
+        }
+        Err(_) => return,
+    };
+    let Frame::Anomalies(mut events) = frame else {
+        tracing::warn!(agent = %agent, frame = frame.name(), "unexpected frame on an event stream");
+        return;
+    };
+    for a in &mut events {
+        a.stream.insert("agent", &*agent);
+    }
+    let n = events.len();
+    match store.write_anomalies(events).await {
+        Ok(_) => tracing::debug!(agent = %agent, events = n, "anomaly events stored"),
+        Err(e) => {
+            tracing::warn!(agent = %agent, error = %e, "cannot store anomaly events; their batch carries them")
         }
     }
 }

@@ -8,7 +8,7 @@
 //! identity is already recorded is answered as a duplicate without storing anything.
 //! The caller acknowledges only after the commit returned (`synchronous = FULL`).
 
-use heimdall_common::record::{Labels, Level};
+use heimdall_common::record::{Anomaly, Labels, Level};
 use heimdall_common::wire::BatchContent;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -64,6 +64,39 @@ CREATE TABLE IF NOT EXISTS batch_hw (
     updated         INTEGER NOT NULL,
     PRIMARY KEY (agent, epoch)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS templates (
+    id          INTEGER PRIMARY KEY,
+    text        TEXT NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aggregates (
+    stream_id   INTEGER NOT NULL,
+    start       INTEGER NOT NULL,
+    window_secs INTEGER NOT NULL,
+    level       INTEGER NOT NULL,
+    template_id INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    shipped     INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, start, level, template_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aggregates_start ON aggregates(start);
+CREATE TABLE IF NOT EXISTS anomalies (
+    agent       TEXT NOT NULL,
+    id          INTEGER NOT NULL,
+    stream_id   INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    received    INTEGER NOT NULL,
+    score       REAL NOT NULL,
+    baseline    REAL NOT NULL,
+    observed    REAL NOT NULL,
+    templates   TEXT NOT NULL,
+    samples     TEXT NOT NULL,
+    PRIMARY KEY (agent, id)
+);
+CREATE INDEX IF NOT EXISTS anomalies_ts ON anomalies(ts);
 CREATE TABLE IF NOT EXISTS batch_seen (
     agent   TEXT NOT NULL,
     epoch   INTEGER NOT NULL,
@@ -91,7 +124,8 @@ pub struct BatchId {
 }
 
 struct WriteReq {
-    id: BatchId,
+    /// `None` for anomaly events sent ahead of their batch: stored without identity.
+    id: Option<BatchId>,
     content: BatchContent,
     reply: oneshot::Sender<Result<Outcome, Error>>,
 }
@@ -217,10 +251,38 @@ impl HotStore {
         let (reply, rx) = oneshot::channel();
         metrics::gauge!("heimdall_aggregator_store_queue_depth")
             .set((tx.max_capacity() - tx.capacity()) as f64);
-        tx.send(WriteReq { id, content, reply })
-            .await
-            .map_err(|_| Error::WriterGone)?;
+        tx.send(WriteReq {
+            id: Some(id),
+            content,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Stores anomaly events that came ahead of their batch (the batch stores them
+    /// again, harmlessly: an event is kept once per agent and id). Their streams carry
+    /// the `agent` label already.
+    ///
+    /// # Errors
+    /// As [`HotStore::write`].
+    pub async fn write_anomalies(&self, events: Vec<Anomaly>) -> Result<usize, Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        let n = events.len();
+        tx.send(WriteReq {
+            id: None,
+            content: BatchContent {
+                anomalies: events,
+                ..Default::default()
+            },
+            reply,
+        })
+        .await
+        .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)??;
+        Ok(n)
     }
 
     /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
@@ -351,11 +413,87 @@ impl Writer {
         Ok(id)
     }
 
+    /// Stores a batch's templates, aggregates and anomaly events; `ids` maps its stream
+    /// table to stream ids.
+    fn store_extras(&mut self, ids: &[i64], content: &BatchContent) -> Result<(), rusqlite::Error> {
+        let now = heimdall_common::record::now_ns();
+        if !content.templates.is_empty() {
+            let mut ins = self.conn.prepare_cached(
+                "INSERT INTO templates(id, text, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
+            )?;
+            for t in &content.templates {
+                ins.execute(params![t.id as i64, t.text, now])?;
+            }
+        }
+        if !content.aggregates.is_empty() {
+            let mut ins = self.conn.prepare_cached(
+                "INSERT INTO aggregates(stream_id, start, window_secs, level, template_id, count, bytes, shipped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(stream_id, start, level, template_id) DO UPDATE SET
+                   count = count + excluded.count, bytes = bytes + excluded.bytes,
+                   shipped = shipped + excluded.shipped",
+            )?;
+            for a in &content.aggregates {
+                ins.execute(params![
+                    ids[a.stream as usize],
+                    a.start_ns,
+                    a.window_secs,
+                    a.level as u8,
+                    a.template_id as i64,
+                    a.count as i64,
+                    a.bytes as i64,
+                    a.shipped as i64,
+                ])?;
+            }
+        }
+        for a in &content.anomalies {
+            let stream = self.stream_id(&a.stream)?;
+            let agent = a.stream.get("agent").unwrap_or_default().to_owned();
+            let templates = serde_json::to_string(
+                &a.templates
+                    .iter()
+                    .map(|t| serde_json::json!({"id": format!("{:016x}", t.id), "text": t.text}))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_else(|_| "[]".into());
+            let samples = serde_json::to_string(&a.samples).unwrap_or_else(|_| "[]".into());
+            let n = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO anomalies(agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    agent,
+                    a.id as i64,
+                    stream,
+                    a.kind.as_str(),
+                    a.time_ns,
+                    now,
+                    a.score,
+                    a.baseline,
+                    a.observed,
+                    templates,
+                    samples,
+                ])?;
+            if n > 0 {
+                metrics::counter!("heimdall_aggregator_anomalies_total", "kind" => a.kind.as_str())
+                    .increment(1);
+            }
+        }
+        Ok(())
+    }
+
     fn store_one(
         &mut self,
-        id: &BatchId,
+        id: &Option<BatchId>,
         content: &BatchContent,
     ) -> Result<Outcome, rusqlite::Error> {
+        let Some(id) = id else {
+            self.store_extras(&[], content)?;
+            return Ok(Outcome::Stored(0));
+        };
         let agent: &str = &id.agent;
         let (epoch, seq) = (id.epoch as i64, id.seq as i64);
         let hw: i64 = self
@@ -396,6 +534,7 @@ impl Writer {
                 ])?;
             }
         }
+        self.store_extras(&ids, content)?;
         // Record the identity: everything below `floor` is settled on the agent's side,
         // then advance the contiguous mark over ids seen above it.
         // The connection handler guarantees 1 <= floor <= seq <= i64::MAX.
@@ -549,6 +688,7 @@ mod tests {
                     line: Bytes::from(l.to_string()),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

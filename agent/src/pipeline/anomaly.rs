@@ -1,0 +1,745 @@
+//! Local anomaly detection: per stream and per template, on the window counts the
+//! batcher sees, before anything is shipped.
+//!
+//! Owns the series state (baselines), the tests and the events. Does not own windows of
+//! wall-clock time (the caller closes windows, so tests run in simulated time), shipping
+//! or storage.
+//!
+//! Each window (10 s by default) the detector receives, per stream, the records read per
+//! template and level, the templates the miner created, and a sample line per template.
+//! When the window closes every tracked stream is tested, then its baselines move:
+//! - **rate spike** of one template, or of the whole stream: the count is above
+//!   `fast + k·spread` (`fast` an EWMA with a 5-minute time constant, `spread` the EWMA
+//!   of absolute deviations, at least Poisson noise), above a floor, *and* above twice
+//!   the template's decaying peak (half-life 2 h). The peak is what makes a periodic job
+//!   that was seen during the warm-up normal: its bursts keep the peak up. A **slow
+//!   ramp** is a spike against the slow baseline (an EWMA with a 2-hour time constant):
+//!   the 5-minute average at three times the 2-hour one.
+//! - **rate drop**: the 5-minute average below a quarter of the 2-hour one, for a stream
+//!   that logged at least 30 records a window.
+//! - **new templates**: templates created by the miner in the last minute, well above
+//!   the (decaying) rate of creation the stream has shown.
+//! - **error ratio**: the share of records at error level or worse jumps by more than
+//!   five points, six spreads and twice its average.
+//! - **silence**: a stream with a baseline of λ records a window has logged nothing for
+//!   long enough that Poisson traffic would have shown a record with probability
+//!   1 − e⁻¹⁶, and for more than twice the longest quiet run it has shown before.
+//!
+//! `sensitivity` (per source, default 1) divides every threshold's margin. A series says
+//! nothing during its warm-up (30 min by default), and each kind keeps quiet for a minute
+//! after it fired until its condition clears. Memory is bounded: at most `max_streams`
+//! streams and `max_template_series` template series in all (beyond, new ones are not
+//! tracked and counted); series idle for a day (streams) or six hours (templates) go.
+
+use heimdall_common::record::{Anomaly, AnomalyKind, Labels, Level, Template};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of a [`Detector`].
+#[derive(Clone, Debug)]
+pub struct DetectorConfig {
+    /// Length of a window.
+    pub window: Duration,
+    /// How long a stream is watched before it may raise anomalies.
+    pub warmup: Duration,
+    /// Most streams tracked.
+    pub max_streams: usize,
+    /// Most template series tracked, over all streams.
+    pub max_template_series: usize,
+    /// Longest sample line kept, in bytes.
+    pub sample_bytes: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> DetectorConfig {
+        DetectorConfig {
+            window: Duration::from_secs(10),
+            warmup: Duration::from_secs(30 * 60),
+            max_streams: 4096,
+            max_template_series: 65_536,
+            sample_bytes: 512,
+        }
+    }
+}
+
+/// Time constants, in seconds.
+const FAST_TAU: f64 = 300.0;
+const SLOW_TAU: f64 = 7200.0;
+const PEAK_HALF_LIFE: f64 = 7200.0;
+const NEW_TAU: f64 = 3600.0;
+const ERROR_TAU: f64 = 600.0;
+/// Windows summed for the new-template test.
+const NEW_RING: usize = 6;
+/// Windows a kind stays quiet after firing.
+const COOL_WINDOWS: u32 = 6;
+/// Idle windows (in seconds) after which series are forgotten.
+const STREAM_IDLE_SECS: f64 = 86_400.0;
+const TEMPLATE_IDLE_SECS: f64 = 6.0 * 3600.0;
+
+/// Baselines of one count series.
+#[derive(Clone, Debug, Default)]
+struct Rate {
+    n: u64,
+    fast: f64,
+    dev: f64,
+    slow: f64,
+    peak: f64,
+}
+
+/// Per-window smoothing factors for a window length.
+#[derive(Clone, Copy, Debug)]
+struct Alphas {
+    fast: f64,
+    slow: f64,
+    peak_decay: f64,
+    new: f64,
+    error: f64,
+}
+
+impl Alphas {
+    fn new(window: Duration) -> Alphas {
+        let w = window.as_secs_f64().max(0.001);
+        Alphas {
+            fast: (w / FAST_TAU).min(1.0),
+            slow: (w / SLOW_TAU).min(1.0),
+            peak_decay: 0.5f64.powf(w / PEAK_HALF_LIFE),
+            new: (w / NEW_TAU).min(1.0),
+            error: (w / ERROR_TAU).min(1.0),
+        }
+    }
+}
+
+impl Rate {
+    /// Moves the baselines by one window of `x`; averages are running means until they
+    /// have seen `1/α` windows, so the start does not weigh forever.
+    fn update(&mut self, x: f64, a: &Alphas) {
+        self.n += 1;
+        let inv = 1.0 / self.n as f64;
+        let af = a.fast.max(inv);
+        let as_ = a.slow.max(inv);
+        self.dev += af * ((x - self.fast).abs() - self.dev);
+        self.fast += af * (x - self.fast);
+        self.slow += as_ * (x - self.slow);
+        self.peak = (self.peak * a.peak_decay).max(x);
+    }
+
+    /// The count above which a window is a spike.
+    fn spike_threshold(&self, floor: f64, s: f64) -> f64 {
+        let spread = (1.25 * self.dev).max(self.fast.sqrt()).max(1.0);
+        (floor / s)
+            .max(self.fast + 6.0 / s * spread)
+            .max((1.0 + 1.0 / s) * self.peak)
+    }
+}
+
+#[derive(Debug)]
+struct TemplateSeries {
+    rate: Rate,
+    text: Option<Arc<str>>,
+    sample: Option<Box<str>>,
+    /// Window index it was last seen in.
+    seen: u64,
+    cool: u32,
+}
+
+impl TemplateSeries {
+    fn new(now: u64) -> TemplateSeries {
+        TemplateSeries {
+            rate: Rate::default(),
+            text: None,
+            sample: None,
+            seen: now,
+            cool: 0,
+        }
+    }
+}
+
+/// What one stream did in the open window.
+#[derive(Debug, Default)]
+struct Window {
+    total: u64,
+    errors: u64,
+    templates: HashMap<u64, u64>,
+    created: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Series {
+    labels: Arc<Labels>,
+    sensitivity: f64,
+    windows: u64,
+    seen: u64,
+    total: Rate,
+    err_mean: f64,
+    err_dev: f64,
+    err_n: u64,
+    new_ring: [u32; NEW_RING],
+    new_ids: Vec<u64>,
+    new_mean: f64,
+    zero_run: u64,
+    /// Longest run of empty windows seen, decaying like a peak.
+    quiet_peak: f64,
+    templates: HashMap<u64, TemplateSeries>,
+    open: Window,
+    cool: [u32; 6],
+}
+
+/// Figures for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectorStats {
+    pub streams: usize,
+    pub template_series: usize,
+    /// Streams or template series not tracked because a cap was reached.
+    pub untracked: u64,
+}
+
+/// The anomaly detector of one agent.
+#[derive(Debug)]
+pub struct Detector {
+    cfg: DetectorConfig,
+    a: Alphas,
+    series: HashMap<Arc<Labels>, Series>,
+    template_series: usize,
+    untracked: u64,
+    /// Windows closed so far.
+    now: u64,
+    warmup_windows: u64,
+}
+
+fn cut(line: &[u8], max: usize) -> Box<str> {
+    let s = String::from_utf8_lossy(&line[..line.len().min(max)]);
+    let mut s = s.into_owned();
+    // A cut inside a multi-byte character leaves a replacement character: drop it.
+    if line.len() > max {
+        while s.ends_with('\u{fffd}') {
+            s.pop();
+        }
+    }
+    s.into_boxed_str()
+}
+
+fn event_id(labels: &Labels, kind: AnomalyKind, template: u64, time_ns: i64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &b in b {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (k, v) in labels.iter() {
+        eat(k.as_bytes());
+        eat(&[0]);
+        eat(v.as_bytes());
+        eat(&[0]);
+    }
+    eat(&[kind as u8]);
+    eat(&template.to_le_bytes());
+    eat(&time_ns.to_le_bytes());
+    h
+}
+
+impl Detector {
+    /// A detector with nothing tracked.
+    pub fn new(cfg: DetectorConfig) -> Detector {
+        let w = cfg.window.as_secs_f64().max(0.001);
+        Detector {
+            a: Alphas::new(cfg.window),
+            warmup_windows: (cfg.warmup.as_secs_f64() / w).ceil() as u64,
+            cfg,
+            series: HashMap::new(),
+            template_series: 0,
+            untracked: 0,
+            now: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// Figures for metrics.
+    pub fn stats(&self) -> DetectorStats {
+        DetectorStats {
+            streams: self.series.len(),
+            template_series: self.template_series,
+            untracked: self.untracked,
+        }
+    }
+
+    fn series(&mut self, stream: &Arc<Labels>, sensitivity: f64) -> Option<&mut Series> {
+        if !self.series.contains_key(stream) {
+            if self.series.len() >= self.cfg.max_streams {
+                self.untracked += 1;
+                return None;
+            }
+            self.series.insert(
+                stream.clone(),
+                Series {
+                    labels: stream.clone(),
+                    sensitivity,
+                    windows: 0,
+                    seen: self.now,
+                    total: Rate::default(),
+                    err_mean: 0.0,
+                    err_dev: 0.0,
+                    err_n: 0,
+                    new_ring: [0; NEW_RING],
+                    new_ids: Vec::new(),
+                    new_mean: 0.0,
+                    zero_run: 0,
+                    quiet_peak: 0.0,
+                    templates: HashMap::new(),
+                    open: Window::default(),
+                    cool: [0; 6],
+                },
+            );
+        }
+        let s = self.series.get_mut(stream).expect("just inserted");
+        s.sensitivity = sensitivity;
+        Some(s)
+    }
+
+    /// Counts `count` records of `stream` at `level` with template `template` in the
+    /// open window; `sample` is one of them.
+    pub fn observe(
+        &mut self,
+        stream: &Arc<Labels>,
+        sensitivity: f64,
+        level: Level,
+        template: u64,
+        count: u64,
+        sample: Option<&[u8]>,
+    ) {
+        let (now, cap, max) = (
+            self.now,
+            self.cfg.max_template_series,
+            self.cfg.sample_bytes,
+        );
+        let total = self.template_series;
+        let Some(s) = self.series(stream, sensitivity) else {
+            return;
+        };
+        s.seen = now;
+        s.open.total += count;
+        if level >= Level::Error {
+            s.open.errors += count;
+        }
+        *s.open.templates.entry(template).or_default() += count;
+        let mut added = 0;
+        let mut refused = 0;
+        match s.templates.get_mut(&template) {
+            Some(t) => {
+                t.seen = now;
+                if let Some(line) = sample {
+                    if t.sample.is_none() || level >= Level::Error {
+                        t.sample = Some(cut(line, max));
+                    }
+                }
+            }
+            None if total < cap => {
+                let mut t = TemplateSeries::new(now);
+                t.sample = sample.map(|l| cut(l, max));
+                s.templates.insert(template, t);
+                added = 1;
+            }
+            None => refused = 1,
+        }
+        self.template_series += added;
+        self.untracked += refused;
+    }
+
+    /// Records a template's text; `created` when the miner made it from this stream's
+    /// record in the open window (a never-seen message).
+    pub fn note_template(
+        &mut self,
+        stream: &Arc<Labels>,
+        sensitivity: f64,
+        id: u64,
+        text: &Arc<str>,
+        created: bool,
+    ) {
+        let (now, cap) = (self.now, self.cfg.max_template_series);
+        let total = self.template_series;
+        let Some(s) = self.series(stream, sensitivity) else {
+            return;
+        };
+        if created {
+            s.open.created.push(id);
+        }
+        let mut added = 0;
+        match s.templates.get_mut(&id) {
+            Some(t) => t.text = Some(text.clone()),
+            None if total < cap => {
+                let mut t = TemplateSeries::new(now);
+                t.text = Some(text.clone());
+                s.templates.insert(id, t);
+                added = 1;
+            }
+            None => {}
+        }
+        self.template_series += added;
+    }
+
+    /// Closes the window that started at `start_ns`: tests every stream, moves the
+    /// baselines and returns the anomalies found.
+    pub fn close_window(&mut self, start_ns: i64) -> Vec<Anomaly> {
+        let a = self.a;
+        let warm = self.warmup_windows;
+        let now = self.now;
+        let w = self.cfg.window.as_secs_f64().max(0.001);
+        let stream_idle = (STREAM_IDLE_SECS / w) as u64;
+        let template_idle = (TEMPLATE_IDLE_SECS / w) as u64;
+        let mut out = Vec::new();
+        let mut removed_templates = 0usize;
+        self.series.retain(|_, s| {
+            let keep = now.saturating_sub(s.seen) <= stream_idle;
+            if !keep {
+                removed_templates += s.templates.len();
+            }
+            keep
+        });
+        for s in self.series.values_mut() {
+            removed_templates += s.close(start_ns, now, warm, template_idle, &a, &mut out);
+        }
+        self.template_series -= removed_templates;
+        self.now += 1;
+        out
+    }
+}
+
+impl Series {
+    fn event(
+        &self,
+        kind: AnomalyKind,
+        time_ns: i64,
+        score: f64,
+        baseline: f64,
+        observed: f64,
+        templates: &[u64],
+    ) -> Anomaly {
+        let mut ts = Vec::new();
+        let mut samples = Vec::new();
+        for id in templates.iter().take(8) {
+            let t = self.templates.get(id);
+            ts.push(Template {
+                id: *id,
+                text: t
+                    .and_then(|t| t.text.as_deref())
+                    .unwrap_or_default()
+                    .to_owned(),
+            });
+            if let Some(s) = t.and_then(|t| t.sample.as_deref()) {
+                if samples.len() < 3 {
+                    samples.push(s.to_owned());
+                }
+            }
+        }
+        Anomaly {
+            id: event_id(
+                &self.labels,
+                kind,
+                templates.first().copied().unwrap_or(0),
+                time_ns,
+            ),
+            kind,
+            stream: (*self.labels).clone(),
+            time_ns,
+            score,
+            baseline,
+            observed,
+            templates: ts,
+            samples,
+        }
+    }
+
+    /// Tests and updates the series at the end of a window; returns the template series
+    /// dropped for idleness.
+    fn close(
+        &mut self,
+        start_ns: i64,
+        now: u64,
+        warmup: u64,
+        template_idle: u64,
+        a: &Alphas,
+        out: &mut Vec<Anomaly>,
+    ) -> usize {
+        let open = std::mem::take(&mut self.open);
+        let sens = self.sensitivity;
+        let warm = self.windows >= warmup;
+        let x = open.total as f64;
+        for c in &mut self.cool {
+            *c = c.saturating_sub(1);
+        }
+        let k = |kind: AnomalyKind| kind as usize;
+
+        // Template spikes, largest first.
+        if warm {
+            let mut spikes: Vec<(f64, u64, f64, f64)> = Vec::new();
+            for (id, &c) in &open.templates {
+                if let Some(t) = self.templates.get(id) {
+                    let thr = t.rate.spike_threshold(10.0, sens);
+                    if c as f64 >= thr && t.cool == 0 {
+                        spikes.push((c as f64 / thr, *id, t.rate.fast, c as f64));
+                    }
+                }
+            }
+            spikes.sort_by(|a, b| b.0.total_cmp(&a.0));
+            if let Some(&(score, id, base, obs)) = spikes.first() {
+                let ids: Vec<u64> = spikes.iter().map(|s| s.1).collect();
+                out.push(self.event(AnomalyKind::RateSpike, start_ns, score, base, obs, &ids));
+                self.cool[k(AnomalyKind::RateSpike)] = COOL_WINDOWS;
+                let _ = id;
+            }
+            for (_, id, _, _) in &spikes {
+                if let Some(t) = self.templates.get_mut(id) {
+                    t.cool = COOL_WINDOWS;
+                }
+            }
+        }
+        let mut dropped = 0;
+        self.templates.retain(|id, t| {
+            let c = open.templates.get(id).copied().unwrap_or(0) as f64;
+            if t.rate.n > 0 || c > 0.0 {
+                t.rate.update(c, a);
+            }
+            t.cool = t.cool.saturating_sub(1);
+            let keep = now.saturating_sub(t.seen) <= template_idle;
+            dropped += usize::from(!keep);
+            keep
+        });
+
+        // The whole stream: spike, ramp, drop.
+        let top: Vec<u64> = {
+            let mut v: Vec<(&u64, &u64)> = open.templates.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1));
+            v.into_iter().take(5).map(|(id, _)| *id).collect()
+        };
+        if warm && self.cool[k(AnomalyKind::RateSpike)] == 0 {
+            let thr = self.total.spike_threshold(50.0, sens);
+            let mut next = self.total.clone();
+            next.update(x, a);
+            let ramp_thr = (1.0 + 2.0 / sens) * self.total.slow;
+            if x >= thr {
+                out.push(self.event(
+                    AnomalyKind::RateSpike,
+                    start_ns,
+                    x / thr,
+                    self.total.fast,
+                    x,
+                    &top,
+                ));
+                self.cool[k(AnomalyKind::RateSpike)] = COOL_WINDOWS;
+            } else if self.total.slow >= 1.0
+                && next.fast > ramp_thr
+                && next.fast - self.total.slow > 6.0 / sens * self.total.slow.sqrt()
+            {
+                out.push(self.event(
+                    AnomalyKind::RateSpike,
+                    start_ns,
+                    next.fast / ramp_thr,
+                    self.total.slow,
+                    next.fast,
+                    &top,
+                ));
+                // A ramp stays up: quiet until the slow baseline has caught up a little.
+                self.cool[k(AnomalyKind::RateSpike)] = COOL_WINDOWS * 10;
+            }
+        }
+        if warm && x > 0.0 && self.cool[k(AnomalyKind::RateDrop)] == 0 && self.total.slow >= 30.0 {
+            let mut next = self.total.clone();
+            next.update(x, a);
+            let thr = self.total.slow / (1.0 + 3.0 / sens);
+            if next.fast < thr {
+                out.push(self.event(
+                    AnomalyKind::RateDrop,
+                    start_ns,
+                    thr / next.fast.max(0.1),
+                    self.total.slow,
+                    next.fast,
+                    &top,
+                ));
+                self.cool[k(AnomalyKind::RateDrop)] = COOL_WINDOWS * 10;
+            }
+        }
+
+        // Error ratio.
+        if open.total >= 20 {
+            let r = open.errors as f64 / x;
+            if warm && self.err_n >= 6 && self.cool[k(AnomalyKind::ErrorRatio)] == 0 {
+                let thr = (self.err_mean + 0.05 / sens)
+                    .max(self.err_mean + 6.0 / sens * self.err_dev)
+                    .max(2.0 * self.err_mean);
+                if r > thr && open.errors as f64 >= 10.0 / sens {
+                    let mut errs: Vec<u64> = top.clone();
+                    errs.sort_by_key(|id| {
+                        std::cmp::Reverse(
+                            self.templates
+                                .get(id)
+                                .and_then(|t| t.sample.as_ref())
+                                .map_or(0, |_| 1),
+                        )
+                    });
+                    out.push(self.event(
+                        AnomalyKind::ErrorRatio,
+                        start_ns,
+                        r / thr.max(1e-9),
+                        self.err_mean,
+                        r,
+                        &errs,
+                    ));
+                    self.cool[k(AnomalyKind::ErrorRatio)] = COOL_WINDOWS;
+                }
+            }
+            self.err_n += 1;
+            let ae = a.error.max(1.0 / self.err_n as f64);
+            self.err_dev += ae * ((r - self.err_mean).abs() - self.err_dev);
+            self.err_mean += ae * (r - self.err_mean);
+        }
+
+        // New templates over the last minute.
+        self.new_ring.rotate_right(1);
+        self.new_ring[0] = open.created.len() as u32;
+        self.new_ids.extend(&open.created);
+        let keep_ids: usize = self.new_ring.iter().map(|n| *n as usize).sum();
+        if self.new_ids.len() > keep_ids {
+            let cut = self.new_ids.len() - keep_ids;
+            self.new_ids.drain(..cut);
+        }
+        let recent: f64 = self.new_ring.iter().map(|n| f64::from(*n)).sum();
+        if warm && self.cool[k(AnomalyKind::NewTemplates)] == 0 {
+            let expected = self.new_mean * NEW_RING as f64;
+            let thr =
+                (8.0 / sens).max(expected * (1.0 + 2.0 / sens) + 6.0 / sens * expected.sqrt());
+            if recent >= thr {
+                let mut ids = self.new_ids.clone();
+                ids.reverse();
+                out.push(self.event(
+                    AnomalyKind::NewTemplates,
+                    start_ns,
+                    recent / thr,
+                    expected,
+                    recent,
+                    &ids,
+                ));
+                self.cool[k(AnomalyKind::NewTemplates)] = NEW_RING as u32;
+            }
+        }
+        let an = a.new.max(1.0 / (self.windows + 1) as f64);
+        self.new_mean += an * (f64::from(self.new_ring[0]) - self.new_mean);
+
+        // Silence.
+        if open.total == 0 {
+            self.zero_run += 1;
+        } else {
+            if self.zero_run > 0 {
+                self.quiet_peak = self.quiet_peak.max(self.zero_run as f64);
+            }
+            self.zero_run = 0;
+            self.cool[k(AnomalyKind::Silence)] = 0;
+        }
+        let lambda = self.total.slow;
+        if warm && self.zero_run > 0 && lambda > 0.0 && self.cool[k(AnomalyKind::Silence)] == 0 {
+            let need = ((16.0 / sens) / lambda)
+                .ceil()
+                .max(3.0)
+                .max(2.0 * self.quiet_peak + 1.0);
+            if need <= 360.0 && self.zero_run as f64 >= need {
+                out.push(self.event(
+                    AnomalyKind::Silence,
+                    start_ns,
+                    self.zero_run as f64 / need,
+                    lambda,
+                    0.0,
+                    &[],
+                ));
+                // Quiet until the stream logs again.
+                self.cool[k(AnomalyKind::Silence)] = u32::MAX;
+            }
+        }
+
+        self.quiet_peak *= a.peak_decay;
+        self.total.update(x, a);
+        self.windows += 1;
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det() -> Detector {
+        Detector::new(DetectorConfig {
+            warmup: Duration::from_secs(600),
+            ..DetectorConfig::default()
+        })
+    }
+
+    fn stream() -> Arc<Labels> {
+        Arc::new(Labels::new([("host", "h"), ("source", "/var/log/app.log")]))
+    }
+
+    #[test]
+    fn a_burst_of_one_template_after_warmup_is_a_spike() {
+        let mut d = det();
+        let s = stream();
+        let mut t = 0i64;
+        for i in 0..120u64 {
+            d.observe(&s, 1.0, Level::Info, 1, 100 + i % 7, Some(b"ok"));
+            d.observe(&s, 1.0, Level::Error, 2, i % 2, Some(b"db down"));
+            assert!(d.close_window(t).is_empty(), "window {i}");
+            t += 10_000_000_000;
+        }
+        d.observe(&s, 1.0, Level::Info, 1, 103, None);
+        d.observe(&s, 1.0, Level::Error, 2, 80, Some(b"db down"));
+        let ev = d.close_window(t);
+        assert!(
+            ev.iter().any(|e| e.kind == AnomalyKind::RateSpike
+                && e.templates[0].id == 2
+                && e.samples == ["db down"]),
+            "{ev:?}"
+        );
+        assert!(ev.iter().any(|e| e.kind == AnomalyKind::ErrorRatio));
+    }
+
+    #[test]
+    fn nothing_fires_during_warmup_and_silence_fires_once() {
+        let mut d = det();
+        let s = stream();
+        let mut t = 0i64;
+        for _ in 0..59 {
+            d.observe(&s, 1.0, Level::Info, 1, 50, None);
+            assert!(d.close_window(t).is_empty());
+            t += 10_000_000_000;
+        }
+        let mut fired = Vec::new();
+        for _ in 0..60 {
+            fired.extend(d.close_window(t));
+            t += 10_000_000_000;
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].kind, AnomalyKind::Silence);
+    }
+
+    #[test]
+    fn series_are_bounded() {
+        let mut d = Detector::new(DetectorConfig {
+            max_streams: 2,
+            max_template_series: 3,
+            ..DetectorConfig::default()
+        });
+        for i in 0..5 {
+            let s = Arc::new(Labels::new([("source", format!("/f{i}"))]));
+            for t in 0..4 {
+                d.observe(&s, 1.0, Level::Info, t, 1, None);
+            }
+        }
+        let st = d.stats();
+        assert_eq!((st.streams, st.template_series), (2, 3));
+        assert!(st.untracked > 0);
+        d.close_window(0);
+        assert_eq!(d.stats().template_series, 3);
+    }
+}
