@@ -1183,6 +1183,47 @@ mod tests {
     }
 
     #[test]
+    fn templates_aggregates_and_anomalies_round_trip() {
+        use crate::record::{Aggregate, Anomaly, AnomalyKind, Template};
+        let mut c = sample_content();
+        c.templates = vec![Template {
+            id: 42,
+            text: "user <*> logged in".into(),
+        }];
+        c.aggregates = vec![Aggregate {
+            stream: 0,
+            start_ns: 1_700_000_000_000_000_000,
+            window_secs: 10,
+            level: Level::Error,
+            template_id: 42,
+            count: 1000,
+            bytes: 64_000,
+            shipped: 0,
+        }];
+        let ev = Anomaly {
+            id: 7,
+            kind: AnomalyKind::Silence,
+            stream: Labels::new([("host", "db1")]),
+            time_ns: -5,
+            score: 1.5,
+            baseline: 40.0,
+            observed: 0.0,
+            templates: c.templates.clone(),
+            samples: vec!["ERROR db down".into()],
+        };
+        c.anomalies = vec![ev.clone()];
+        let b = Batch::seal(1, 1, 1, Codec::Lz4, &c);
+        assert_eq!(b.open(&Limits::default()).unwrap(), c);
+        let f = Frame::Anomalies(vec![ev]);
+        assert_eq!(parse(f.to_bytes(), &Limits::default()).unwrap(), f);
+
+        // An aggregate claiming more shipped records than it counts is refused.
+        c.aggregates[0].shipped = 1001;
+        let b = Batch::seal(1, 1, 1, Codec::Lz4, &c);
+        assert!(b.open(&Limits::default()).is_err());
+    }
+
+    #[test]
     fn unknown_sections_are_skipped() {
         let content = sample_content();
         let mut raw = BytesMut::new();

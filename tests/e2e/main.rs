@@ -4,6 +4,7 @@
 mod chaos;
 mod cli;
 mod frames;
+mod intel;
 mod journald;
 mod redact;
 mod reload;

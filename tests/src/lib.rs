@@ -458,6 +458,7 @@ pub struct Row {
     pub level: String,
     pub ts: i64,
     pub line: Vec<u8>,
+    pub template_id: u64,
 }
 
 /// Every stored row, oldest first by insertion.
@@ -469,7 +470,7 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mut stmt = conn.prepare(
-        "SELECT s.labels, l.level, l.ts, l.line FROM logs l JOIN streams s ON s.id = l.stream_id ORDER BY l.id",
+        "SELECT s.labels, l.level, l.ts, l.line, l.template_id FROM logs l JOIN streams s ON s.id = l.stream_id ORDER BY l.id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -477,11 +478,12 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
             r.get::<_, i64>(1)?,
             r.get::<_, i64>(2)?,
             r.get::<_, Vec<u8>>(3)?,
+            r.get::<_, i64>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (labels, level, ts, line) = r?;
+        let (labels, level, ts, line, template_id) = r?;
         out.push(Row {
             labels: heimdall_aggregator::store::hot::parse_labels_key(&labels),
             level: heimdall_common::record::Level::from_u8(level as u8)
@@ -489,6 +491,7 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
                 .to_string(),
             ts,
             line,
+            template_id: template_id as u64,
         });
     }
     Ok(out)

@@ -13,8 +13,9 @@
 //!   of absolute deviations, at least Poisson noise), above a floor, *and* above twice
 //!   the template's decaying peak (half-life 2 h). The peak is what makes a periodic job
 //!   that was seen during the warm-up normal: its bursts keep the peak up. A **slow
-//!   ramp** is a spike against the slow baseline (an EWMA with a 2-hour time constant):
-//!   the 5-minute average at three times the 2-hour one.
+//!   ramp** is the median count of the last five minutes (which a job's bursts do not
+//!   move) at three times its own 2-hour average; it is reported once, until the median
+//!   is back under twice that average.
 //! - **rate drop**: the 5-minute average below a quarter of the 2-hour one, for a stream
 //!   that logged at least 30 records a window.
 //! - **new templates**: templates created by the miner in the last minute, well above
@@ -71,6 +72,9 @@ const NEW_TAU: f64 = 3600.0;
 const ERROR_TAU: f64 = 600.0;
 /// Windows summed for the new-template test.
 const NEW_RING: usize = 6;
+/// Windows whose median total the ramp test follows (bursts of periodic jobs do not
+/// move a median).
+const MEDIAN_WINDOWS: usize = 30;
 /// Windows a kind stays quiet after firing.
 const COOL_WINDOWS: u32 = 6;
 /// Idle windows (in seconds) after which series are forgotten.
@@ -125,11 +129,13 @@ impl Rate {
     }
 
     /// The count above which a window is a spike.
+    /// The margins are Poisson-aware: a small count's upper tail is longer than a
+    /// normal one's, hence the constant and square-root terms.
     fn spike_threshold(&self, floor: f64, s: f64) -> f64 {
         let spread = (1.25 * self.dev).max(self.fast.sqrt()).max(1.0);
         (floor / s)
-            .max(self.fast + 6.0 / s * spread)
-            .max((1.0 + 1.0 / s) * self.peak)
+            .max(self.fast + 6.0 / s * (spread + 1.0))
+            .max((1.0 + 1.0 / s) * self.peak + 6.0 / s * self.peak.sqrt())
     }
 }
 
@@ -178,6 +184,12 @@ struct Series {
     new_ids: Vec<u64>,
     new_mean: f64,
     zero_run: u64,
+    /// The last [`MEDIAN_WINDOWS`] totals, for the ramp test.
+    recent: std::collections::VecDeque<u32>,
+    /// Slow EWMA of the median of `recent`.
+    median_slow: f64,
+    median_n: u64,
+    ramp_active: bool,
     /// Longest run of empty windows seen, decaying like a peak.
     quiet_peak: f64,
     templates: HashMap<u64, TemplateSeries>,
@@ -289,6 +301,10 @@ impl Detector {
                     new_ids: Vec::new(),
                     new_mean: 0.0,
                     zero_run: 0,
+                    recent: std::collections::VecDeque::with_capacity(MEDIAN_WINDOWS),
+                    median_slow: 0.0,
+                    median_n: 0,
+                    ramp_active: false,
                     quiet_peak: 0.0,
                     templates: HashMap::new(),
                     open: Window::default(),
@@ -518,9 +534,6 @@ impl Series {
         };
         if warm && self.cool[k(AnomalyKind::RateSpike)] == 0 {
             let thr = self.total.spike_threshold(50.0, sens);
-            let mut next = self.total.clone();
-            next.update(x, a);
-            let ramp_thr = (1.0 + 2.0 / sens) * self.total.slow;
             if x >= thr {
                 out.push(self.event(
                     AnomalyKind::RateSpike,
@@ -531,22 +544,42 @@ impl Series {
                     &top,
                 ));
                 self.cool[k(AnomalyKind::RateSpike)] = COOL_WINDOWS;
-            } else if self.total.slow >= 1.0
-                && next.fast > ramp_thr
-                && next.fast - self.total.slow > 6.0 / sens * self.total.slow.sqrt()
-            {
+            }
+        }
+        // A slow ramp: the median of the last five minutes against its slow average.
+        if self.recent.len() == MEDIAN_WINDOWS {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back(open.total.min(u64::from(u32::MAX)) as u32);
+        let median = {
+            let mut v: Vec<u32> = self.recent.iter().copied().collect();
+            v.sort_unstable();
+            f64::from(v[v.len() / 2])
+        };
+        let base = self.median_slow;
+        if self.ramp_active {
+            if median < (1.0 + 1.0 / sens) * base {
+                self.ramp_active = false;
+            }
+        } else if warm && self.recent.len() == MEDIAN_WINDOWS && base >= 0.5 {
+            let thr = ((1.0 + 2.0 / sens) * base)
+                .max(base + 6.0 / sens * 1.25 * (base / MEDIAN_WINDOWS as f64).sqrt() + 1.0);
+            if median > thr {
                 out.push(self.event(
                     AnomalyKind::RateSpike,
                     start_ns,
-                    next.fast / ramp_thr,
-                    self.total.slow,
-                    next.fast,
+                    median / thr,
+                    base,
+                    median,
                     &top,
                 ));
-                // A ramp stays up: quiet until the slow baseline has caught up a little.
-                self.cool[k(AnomalyKind::RateSpike)] = COOL_WINDOWS * 10;
+                self.ramp_active = true;
             }
         }
+        self.median_n += 1;
+        let am = a.slow.max(1.0 / self.median_n as f64);
+        self.median_slow += am * (median - self.median_slow);
         if warm && x > 0.0 && self.cool[k(AnomalyKind::RateDrop)] == 0 && self.total.slow >= 30.0 {
             let mut next = self.total.clone();
             next.update(x, a);
