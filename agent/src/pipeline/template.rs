@@ -29,6 +29,29 @@
 
 use std::collections::HashMap;
 
+/// Hasher for keys that already are 64-bit hashes (template ids, leaf keys): SipHash
+/// over them would cost as much as the rest of a lookup.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b) ^ (self.0 >> 56);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
 /// The masked token.
 pub const WILDCARD: &str = "<*>";
 
@@ -123,7 +146,7 @@ pub struct Miner {
     clusters: Vec<Option<Cluster>>,
     free: Vec<usize>,
     /// Hash of (token count, leading masked tokens) → clusters.
-    leaves: HashMap<u64, Vec<usize>>,
+    leaves: HashMap<u64, Vec<usize>, IdBuild>,
     clock: u64,
     live: usize,
     /// Templates evicted to stay within `max_templates`.
@@ -219,7 +242,7 @@ impl Miner {
             cfg,
             clusters: Vec::new(),
             free: Vec::new(),
-            leaves: HashMap::new(),
+            leaves: HashMap::default(),
             clock: 0,
             live: 0,
             evictions: 0,
@@ -424,7 +447,7 @@ pub struct SourceMiner {
     miner: Miner,
     /// Ids announced since the source started (cleared when it grows past a bound, so
     /// some are announced again: harmless).
-    announced: std::collections::HashSet<u64>,
+    announced: std::collections::HashSet<u64, IdBuild>,
     path: Option<std::path::PathBuf>,
     saved: std::time::Instant,
     dirty: bool,
@@ -456,7 +479,7 @@ impl SourceMiner {
         }
         SourceMiner {
             miner,
-            announced: std::collections::HashSet::new(),
+            announced: std::collections::HashSet::default(),
             path,
             saved: std::time::Instant::now(),
             dirty: false,

@@ -116,6 +116,9 @@ pub fn patterns(
     Ok(out)
 }
 
+/// One series of [`counts`]: its labels and (bucket start in ns, value) points.
+pub type Series = (BTreeMap<String, String>, Vec<(i64, u64)>);
+
 /// What [`counts`] adds up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Measure {
@@ -141,7 +144,7 @@ pub fn counts(
     step: i64,
     by: Option<&[String]>,
     measure: Measure,
-) -> Result<Vec<(BTreeMap<String, String>, Vec<(i64, u64)>)>, rusqlite::Error> {
+) -> Result<Vec<Series>, rusqlite::Error> {
     let streams = select_streams(conn, matchers)?;
     let labels: HashMap<i64, Labels> = streams.iter().cloned().collect();
     let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
