@@ -173,6 +173,19 @@ pub fn format_ns(ns: i64) -> String {
         .unwrap_or_else(|| ns.to_string())
 }
 
+/// A JSON label object as a LogQL selector: `{host="web1", source="/x"}`.
+fn format_labels(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            let inner: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        })
+        .unwrap_or_default()
+}
+
 fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
     let limit = a.limit.to_string();
     let mut params = vec![
@@ -193,16 +206,7 @@ fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
     )?;
     let mut lines: Vec<(i64, String, &str)> = Vec::new();
     for s in v["data"]["result"].as_array().into_iter().flatten() {
-        let labels = s["stream"]
-            .as_object()
-            .map(|m| {
-                let inner: Vec<String> = m
-                    .iter()
-                    .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
-                    .collect();
-                format!("{{{}}}", inner.join(", "))
-            })
-            .unwrap_or_default();
+        let labels = format_labels(&s["stream"]);
         for e in s["values"].as_array().into_iter().flatten() {
             let ts = e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
             lines.push((ts, labels.clone(), e[1].as_str().unwrap_or("")));
@@ -299,16 +303,7 @@ fn anomalies(addr: &str, a: &AnomaliesArgs) -> anyhow::Result<()> {
         let r = if a.output == "json" {
             writeln!(out, "{e}")
         } else {
-            let stream = e["stream"]
-                .as_object()
-                .map(|m| {
-                    let inner: Vec<String> = m
-                        .iter()
-                        .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
-                        .collect();
-                    format!("{{{}}}", inner.join(", "))
-                })
-                .unwrap_or_default();
+            let stream = format_labels(&e["stream"]);
             let template = e["templates"][0]["text"].as_str().unwrap_or("");
             let sample = e["samples"][0].as_str().unwrap_or("");
             writeln!(

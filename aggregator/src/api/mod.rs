@@ -309,19 +309,27 @@ struct IntelParams {
     min_score: Option<f64>,
 }
 
+impl IntelParams {
+    /// The required selector, the range and the step.
+    fn selector_range_step(&self) -> Result<(Vec<parse::Matcher>, i64, i64, i64), ApiError> {
+        let matchers = selector(Some(
+            self.query
+                .as_deref()
+                .ok_or_else(|| bad("missing `query` parameter"))?,
+        ))?;
+        let (start, end) = range(&self.start, &self.end, &self.since)?;
+        let step = parse_step(self.step.as_deref(), start, end)?;
+        Ok((matchers, start, end, step))
+    }
+}
+
 /// Top templates over a selector and range, with counts per step (Loki's `patterns`
 /// endpoint; the counts are exact, from the agents' pre-aggregates).
 async fn patterns(
     State(st): State<Arc<ApiState>>,
     AxQuery(p): AxQuery<IntelParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let matchers = selector(Some(
-        p.query
-            .as_deref()
-            .ok_or_else(|| bad("missing `query` parameter"))?,
-    ))?;
-    let (start, end) = range(&p.start, &p.end, &p.since)?;
-    let step = parse_step(p.step.as_deref(), start, end)?;
+    let (matchers, start, end, step) = p.selector_range_step()?;
     let limit = p.limit.unwrap_or(50).clamp(1, 10_000);
     let pats = on_reader(&st, move |c| {
         crate::query::intel::patterns(c, &matchers, start, end.saturating_add(1), step, limit)
@@ -349,13 +357,7 @@ async fn aggregates(
     AxQuery(p): AxQuery<IntelParams>,
 ) -> Result<Json<Value>, ApiError> {
     use crate::query::intel::Measure;
-    let matchers = selector(Some(
-        p.query
-            .as_deref()
-            .ok_or_else(|| bad("missing `query` parameter"))?,
-    ))?;
-    let (start, end) = range(&p.start, &p.end, &p.since)?;
-    let step = parse_step(p.step.as_deref(), start, end)?;
+    let (matchers, start, end, step) = p.selector_range_step()?;
     let measure = match p.measure.as_deref() {
         None | Some("count") => Measure::Count,
         Some("bytes") => Measure::Bytes,
