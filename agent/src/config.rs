@@ -944,8 +944,16 @@ fn templates(p: &mut ConfigProblems, c: &TemplatesConfig) -> Option<MinerConfig>
     (c.enabled != Some(false)).then_some(cfg)
 }
 
+/// Checks the `sensitivity` of the anomaly table at `key`.
+fn check_sensitivity(p: &mut ConfigProblems, key: &str, c: &AnomalyConfig) {
+    if c.sensitivity.is_some_and(|s| !(0.1..=10.0).contains(&s)) {
+        p.push(format!("{key}.sensitivity"), "must be between 0.1 and 10");
+    }
+}
+
 /// Checks `[anomaly]`.
 fn detector_config(p: &mut ConfigProblems, c: &AnomalyConfig, window: Duration) -> DetectorConfig {
+    check_sensitivity(p, "anomaly", c);
     let d = DetectorConfig::default();
     let warmup = c.warmup.map_or(d.warmup, |w| w.0);
     if warmup < window || warmup > Duration::from_secs(7 * 86_400) {
@@ -1003,32 +1011,25 @@ fn policy(
             Ship::All
         }
     };
-    let mut sensitivity = None;
-    for (k, c) in [
-        ("anomaly".to_owned(), Some(global)),
-        (format!("{key}.anomaly"), own),
-    ] {
-        let Some(c) = c else { continue };
-        if k != "anomaly" && c.warmup.is_some() {
-            p.push(format!("{k}.warmup"), "may only be set in [anomaly]");
+    // The global section is checked once, by `detector_config`.
+    if let Some(c) = own {
+        if c.warmup.is_some() {
+            p.push(
+                format!("{key}.anomaly.warmup"),
+                "may only be set in [anomaly]",
+            );
         }
-        if let Some(s) = c.sensitivity {
-            if !(0.1..=10.0).contains(&s) {
-                p.push(format!("{k}.sensitivity"), "must be between 0.1 and 10");
-            }
-        }
+        check_sensitivity(p, &format!("{key}.anomaly"), c);
     }
     let enabled = own
         .and_then(|c| c.enabled)
         .or(global.enabled)
         .unwrap_or(true);
-    if enabled {
-        sensitivity = Some(
-            own.and_then(|c| c.sensitivity)
-                .or(global.sensitivity)
-                .unwrap_or(1.0),
-        );
-    }
+    let sensitivity = enabled.then(|| {
+        own.and_then(|c| c.sensitivity)
+            .or(global.sensitivity)
+            .unwrap_or(1.0)
+    });
     Arc::new(Policy {
         ship,
         anomaly: sensitivity,

@@ -6,6 +6,7 @@
 //! - [`pipeline`]: stages between sources and the spool ([`pipeline::batch`]).
 //! - [`spool`]: the bounded on-disk log of batches, source of truth for checkpoints.
 //! - [`ship`]: QUIC + mutual TLS delivery to the aggregator.
+//! - [`hash`]: FNV-1a (stable across hosts) and a fast hasher for integer map keys.
 //!
 //! Data flows source thread → bounded channel → batcher task → spool → shipper task.
 //! Shutdown: sources stop on the token, the batcher drains behind them into the spool,
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod hash;
 pub mod pipeline;
 pub mod ship;
 pub mod sources;

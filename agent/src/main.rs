@@ -38,7 +38,15 @@ enum Command {
     /// Read messages on stdin, one per line, and print `template_id<TAB>template` for
     /// each, as the agent's template miner sees them (its configuration, online, in
     /// order), to evaluate it on any log.
-    Templates,
+    Templates(TemplatesArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct TemplatesArgs {
+    /// Configuration file (TOML) whose `[templates]` settings to use; built-in defaults
+    /// when it does not exist.
+    #[arg(short, long, env = "HEIMDALL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -99,7 +107,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => (a, false),
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Redact(a)) => return redact(&a),
-        Some(Command::Templates) => return templates(),
+        Some(Command::Templates(a)) => return templates(&a),
         None => (cli.run, false),
     };
     let cfg = match load(&args) {
@@ -162,10 +170,23 @@ fn main() -> ExitCode {
     })
 }
 
-fn templates() -> ExitCode {
+fn templates(a: &TemplatesArgs) -> ExitCode {
     use heimdall_agent::pipeline::template::{Miner, MinerConfig};
     use std::io::{BufRead, Write};
-    let mut miner = Miner::new(MinerConfig::default());
+    let args = RunArgs {
+        config: a.config.clone(),
+        metrics_listen: Some(String::new()),
+        ..RunArgs::default()
+    };
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heimdall-agent: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    // With mining off in the configuration, show what the default miner would do.
+    let mut miner = Miner::new(cfg.templates.unwrap_or_else(MinerConfig::default));
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut buf = Vec::new();

@@ -537,11 +537,7 @@ impl BatchContent {
         let mut body = BytesMut::new();
         put_varint(&mut body, self.streams.len() as u64);
         for s in &self.streams {
-            put_varint(&mut body, s.len() as u64);
-            for (k, v) in s.iter() {
-                put_str(&mut body, k);
-                put_str(&mut body, v);
-            }
+            put_labels(&mut body, s);
         }
         put_section(dst, section::STREAMS, &body);
 
@@ -617,14 +613,7 @@ impl BatchContent {
                     let n = s.count("stream count", limits.max_streams, 1)?;
                     let mut v = Vec::with_capacity(n);
                     for _ in 0..n {
-                        let nl = s.count("label count", limits.max_labels, 2)?;
-                        let mut pairs = Vec::with_capacity(nl);
-                        for _ in 0..nl {
-                            let k = s.string("label name", limits)?;
-                            let val = s.string("label value", limits)?;
-                            pairs.push((k, val));
-                        }
-                        v.push(Labels::new(pairs));
+                        v.push(s.labels(limits)?);
                     }
                     s.finish("stream table")?;
                     streams = Some(v);
@@ -857,16 +846,20 @@ fn put_section(dst: &mut BytesMut, tag: u8, body: &[u8]) {
     dst.put_slice(body);
 }
 
+fn put_labels(dst: &mut BytesMut, labels: &Labels) {
+    put_varint(dst, labels.len() as u64);
+    for (k, v) in labels.iter() {
+        put_str(dst, k);
+        put_str(dst, v);
+    }
+}
+
 fn put_anomalies(dst: &mut BytesMut, v: &[Anomaly]) {
     put_varint(dst, v.len() as u64);
     for a in v {
         dst.put_u64_le(a.id);
         dst.put_u8(a.kind as u8);
-        put_varint(dst, a.stream.len() as u64);
-        for (k, val) in a.stream.iter() {
-            put_str(dst, k);
-            put_str(dst, val);
-        }
+        put_labels(dst, &a.stream);
         put_varint(dst, zigzag(a.time_ns));
         dst.put_f64_le(a.score);
         dst.put_f64_le(a.baseline);
@@ -1024,6 +1017,17 @@ impl Reader {
         }
     }
 
+    fn labels(&mut self, limits: &Limits) -> Result<Labels, Error> {
+        let n = self.count("label count", limits.max_labels, 2)?;
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.string("label name", limits)?;
+            let v = self.string("label value", limits)?;
+            pairs.push((k, v));
+        }
+        Ok(Labels::new(pairs))
+    }
+
     fn anomalies(&mut self, limits: &Limits) -> Result<Vec<Anomaly>, Error> {
         let n = self.count("anomaly count", MAX_ANOMALIES, 36)?;
         let mut v = Vec::with_capacity(n);
@@ -1031,13 +1035,7 @@ impl Reader {
             let id = self.u64_le("anomaly id")?;
             let k = self.u8("anomaly kind")?;
             let kind = AnomalyKind::from_u8(k).ok_or(Error::BadSections("unknown anomaly kind"))?;
-            let nl = self.count("anomaly label count", limits.max_labels, 2)?;
-            let mut pairs = Vec::with_capacity(nl);
-            for _ in 0..nl {
-                let name = self.string("anomaly label name", limits)?;
-                let value = self.string("anomaly label value", limits)?;
-                pairs.push((name, value));
-            }
+            let stream = self.labels(limits)?;
             let time_ns = unzigzag(self.varint("anomaly time")?);
             let score = self.f64_le("anomaly score")?;
             let baseline = self.f64_le("anomaly baseline")?;
@@ -1057,7 +1055,7 @@ impl Reader {
             v.push(Anomaly {
                 id,
                 kind,
-                stream: Labels::new(pairs),
+                stream,
                 time_ns,
                 score,
                 baseline,

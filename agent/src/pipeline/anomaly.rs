@@ -232,23 +232,17 @@ fn cut(line: &[u8], max: usize) -> Box<str> {
 }
 
 fn event_id(labels: &Labels, kind: AnomalyKind, template: u64, time_ns: i64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for &b in b {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = crate::hash::Fnv1a::default();
     for (k, v) in labels.iter() {
-        eat(k.as_bytes());
-        eat(&[0]);
-        eat(v.as_bytes());
-        eat(&[0]);
+        h.write(k.as_bytes());
+        h.write(&[0]);
+        h.write(v.as_bytes());
+        h.write(&[0]);
     }
-    eat(&[kind as u8]);
-    eat(&template.to_le_bytes());
-    eat(&time_ns.to_le_bytes());
-    h
+    h.write(&[kind as u8]);
+    h.write(&template.to_le_bytes());
+    h.write(&time_ns.to_le_bytes());
+    h.0
 }
 
 impl Detector {
@@ -280,40 +274,28 @@ impl Detector {
         }
     }
 
-    fn series(&mut self, stream: &Arc<Labels>, sensitivity: f64) -> Option<&mut Series> {
+    /// `stream`'s series with a series for its template `id`, each made if the caps
+    /// allow (what they refuse is counted as untracked).
+    fn tracked(&mut self, stream: &Arc<Labels>, sensitivity: f64, id: u64) -> Option<&mut Series> {
+        let now = self.now;
         if !self.series.contains_key(stream) {
             if self.series.len() >= self.cfg.max_streams {
                 self.untracked += 1;
                 return None;
             }
-            self.series.insert(
-                stream.clone(),
-                Series {
-                    labels: stream.clone(),
-                    sensitivity,
-                    windows: 0,
-                    seen: self.now,
-                    total: Rate::default(),
-                    err_mean: 0.0,
-                    err_dev: 0.0,
-                    err_n: 0,
-                    new_ring: [0; NEW_RING],
-                    new_ids: Vec::new(),
-                    new_mean: 0.0,
-                    zero_run: 0,
-                    recent: std::collections::VecDeque::with_capacity(MEDIAN_WINDOWS),
-                    median_slow: 0.0,
-                    median_n: 0,
-                    ramp_active: false,
-                    quiet_peak: 0.0,
-                    templates: HashMap::new(),
-                    open: Window::default(),
-                    cool: [0; 6],
-                },
-            );
+            self.series
+                .insert(stream.clone(), Series::new(stream.clone(), now));
         }
         let s = self.series.get_mut(stream).expect("just inserted");
         s.sensitivity = sensitivity;
+        if let std::collections::hash_map::Entry::Vacant(e) = s.templates.entry(id) {
+            if self.template_series < self.cfg.max_template_series {
+                e.insert(TemplateSeries::new(now));
+                self.template_series += 1;
+            } else {
+                self.untracked += 1;
+            }
+        }
         Some(s)
     }
 
@@ -328,13 +310,8 @@ impl Detector {
         count: u64,
         sample: Option<&[u8]>,
     ) {
-        let (now, cap, max) = (
-            self.now,
-            self.cfg.max_template_series,
-            self.cfg.sample_bytes,
-        );
-        let total = self.template_series;
-        let Some(s) = self.series(stream, sensitivity) else {
+        let (now, max) = (self.now, self.cfg.sample_bytes);
+        let Some(s) = self.tracked(stream, sensitivity, template) else {
             return;
         };
         s.seen = now;
@@ -343,27 +320,14 @@ impl Detector {
             s.open.errors += count;
         }
         *s.open.templates.entry(template).or_default() += count;
-        let mut added = 0;
-        let mut refused = 0;
-        match s.templates.get_mut(&template) {
-            Some(t) => {
-                t.seen = now;
-                if let Some(line) = sample {
-                    if t.sample.is_none() || level >= Level::Error {
-                        t.sample = Some(cut(line, max));
-                    }
+        if let Some(t) = s.templates.get_mut(&template) {
+            t.seen = now;
+            if let Some(line) = sample {
+                if t.sample.is_none() || level >= Level::Error {
+                    t.sample = Some(cut(line, max));
                 }
             }
-            None if total < cap => {
-                let mut t = TemplateSeries::new(now);
-                t.sample = sample.map(|l| cut(l, max));
-                s.templates.insert(template, t);
-                added = 1;
-            }
-            None => refused = 1,
         }
-        self.template_series += added;
-        self.untracked += refused;
     }
 
     /// Records a template's text; `created` when the miner made it from this stream's
@@ -376,26 +340,15 @@ impl Detector {
         text: &Arc<str>,
         created: bool,
     ) {
-        let (now, cap) = (self.now, self.cfg.max_template_series);
-        let total = self.template_series;
-        let Some(s) = self.series(stream, sensitivity) else {
+        let Some(s) = self.tracked(stream, sensitivity, id) else {
             return;
         };
         if created {
             s.open.created.push(id);
         }
-        let mut added = 0;
-        match s.templates.get_mut(&id) {
-            Some(t) => t.text = Some(text.clone()),
-            None if total < cap => {
-                let mut t = TemplateSeries::new(now);
-                t.text = Some(text.clone());
-                s.templates.insert(id, t);
-                added = 1;
-            }
-            None => {}
+        if let Some(t) = s.templates.get_mut(&id) {
+            t.text = Some(text.clone());
         }
-        self.template_series += added;
     }
 
     /// Closes the window that started at `start_ns`: tests every stream, moves the
@@ -426,6 +379,31 @@ impl Detector {
 }
 
 impl Series {
+    fn new(labels: Arc<Labels>, now: u64) -> Series {
+        Series {
+            labels,
+            sensitivity: 1.0,
+            windows: 0,
+            seen: now,
+            total: Rate::default(),
+            err_mean: 0.0,
+            err_dev: 0.0,
+            err_n: 0,
+            new_ring: [0; NEW_RING],
+            new_ids: Vec::new(),
+            new_mean: 0.0,
+            zero_run: 0,
+            recent: std::collections::VecDeque::with_capacity(MEDIAN_WINDOWS),
+            median_slow: 0.0,
+            median_n: 0,
+            ramp_active: false,
+            quiet_peak: 0.0,
+            templates: HashMap::new(),
+            open: Window::default(),
+            cool: [0; 6],
+        }
+    }
+
     fn event(
         &self,
         kind: AnomalyKind,
@@ -502,11 +480,10 @@ impl Series {
                 }
             }
             spikes.sort_by(|a, b| b.0.total_cmp(&a.0));
-            if let Some(&(score, id, base, obs)) = spikes.first() {
+            if let Some(&(score, _, base, obs)) = spikes.first() {
                 let ids: Vec<u64> = spikes.iter().map(|s| s.1).collect();
                 out.push(self.event(AnomalyKind::RateSpike, start_ns, score, base, obs, &ids));
                 self.cool[k(AnomalyKind::RateSpike)] = COOL_WINDOWS;
-                let _ = id;
             }
             for (_, id, _, _) in &spikes {
                 if let Some(t) = self.templates.get_mut(id) {
@@ -580,17 +557,19 @@ impl Series {
         self.median_n += 1;
         let am = a.slow.max(1.0 / self.median_n as f64);
         self.median_slow += am * (median - self.median_slow);
-        if warm && x > 0.0 && self.cool[k(AnomalyKind::RateDrop)] == 0 && self.total.slow >= 30.0 {
-            let mut next = self.total.clone();
-            next.update(x, a);
-            let thr = self.total.slow / (1.0 + 3.0 / sens);
-            if next.fast < thr {
+        // The rest compares this window with the baselines of the windows before.
+        let slow = self.total.slow;
+        self.total.update(x, a);
+        if warm && x > 0.0 && self.cool[k(AnomalyKind::RateDrop)] == 0 && slow >= 30.0 {
+            let thr = slow / (1.0 + 3.0 / sens);
+            let fast = self.total.fast;
+            if fast < thr {
                 out.push(self.event(
                     AnomalyKind::RateDrop,
                     start_ns,
-                    thr / next.fast.max(0.1),
-                    self.total.slow,
-                    next.fast,
+                    thr / fast.max(0.1),
+                    slow,
+                    fast,
                     &top,
                 ));
                 self.cool[k(AnomalyKind::RateDrop)] = COOL_WINDOWS * 10;
@@ -605,22 +584,13 @@ impl Series {
                     .max(self.err_mean + 6.0 / sens * self.err_dev)
                     .max(2.0 * self.err_mean);
                 if r > thr && open.errors as f64 >= 10.0 / sens {
-                    let mut errs: Vec<u64> = top.clone();
-                    errs.sort_by_key(|id| {
-                        std::cmp::Reverse(
-                            self.templates
-                                .get(id)
-                                .and_then(|t| t.sample.as_ref())
-                                .map_or(0, |_| 1),
-                        )
-                    });
                     out.push(self.event(
                         AnomalyKind::ErrorRatio,
                         start_ns,
                         r / thr.max(1e-9),
                         self.err_mean,
                         r,
-                        &errs,
+                        &top,
                     ));
                     self.cool[k(AnomalyKind::ErrorRatio)] = COOL_WINDOWS;
                 }
@@ -672,7 +642,7 @@ impl Series {
             self.zero_run = 0;
             self.cool[k(AnomalyKind::Silence)] = 0;
         }
-        let lambda = self.total.slow;
+        let lambda = slow;
         if warm && self.zero_run > 0 && lambda > 0.0 && self.cool[k(AnomalyKind::Silence)] == 0 {
             let need = ((16.0 / sens) / lambda)
                 .ceil()
@@ -693,7 +663,6 @@ impl Series {
         }
 
         self.quiet_peak *= a.peak_decay;
-        self.total.update(x, a);
         self.windows += 1;
         dropped
     }

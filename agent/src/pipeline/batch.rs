@@ -5,11 +5,13 @@
 //! Owns the batch's stream table (labels travel once per batch). Does not own sequence
 //! numbers (the spool assigns them) or delivery.
 
+use crate::hash::IntBuild;
+use crate::pipeline::aggregate::{self, Aggregates};
 use crate::pipeline::anomaly::Detector;
-use crate::sources::{Checkpoint, Chunk, FileKey, Line, Ship};
+use crate::sources::{Checkpoint, Chunk, FileKey};
 use crate::spool::{FullPolicy, Spool};
 use bytes::{Bytes, BytesMut};
-use heimdall_common::record::{Aggregate, Anomaly, Labels, Level, LogRecord, Template};
+use heimdall_common::record::{Anomaly, Labels, LogRecord, Template};
 use heimdall_common::wire::{Batch, BatchContent, Codec, Frame};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,68 +28,6 @@ pub struct Pending {
 /// Most aggregate keys one batch gathers before it is closed.
 const MAX_AGGREGATE_KEYS: usize = 65_536;
 
-/// (stream index, window start, level, template).
-type AggKey = (u32, i64, u8, u64);
-
-#[derive(Debug)]
-struct AggEntry {
-    count: u64,
-    bytes: u64,
-    shipped: u64,
-    /// The first line counted, a sample for anomaly events.
-    sample: Bytes,
-}
-
-/// A hasher for small integer keys (the default SipHash costs more than the rest of a
-/// record's batching).
-#[derive(Default, Clone, Copy)]
-pub struct IntHasher(u64);
-
-impl std::hash::Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-type IntBuild = std::hash::BuildHasherDefault<IntHasher>;
-
-/// Whether a sampled source ships `line` (records at warning level or worse always go).
-fn sampled(line: &Line, rate: f64) -> bool {
-    if line.level >= Level::Warn {
-        return true;
-    }
-    // FNV-1a's high bits barely move between similar short lines: mix them (fmix64).
-    let mut h = crate::sources::fingerprint::fnv1a(&line.bytes);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    ((h >> 11) as f64 / (1u64 << 53) as f64) < rate
-}
-
 /// Groups chunks into batches, with the exact counts of what they read, and feeds the
 /// anomaly detector.
 pub struct Batcher {
@@ -100,8 +40,7 @@ pub struct Batcher {
     bytes: usize,
     checkpoints: HashMap<FileKey, Checkpoint>,
     opened: Option<Instant>,
-    window_ns: i64,
-    aggs: HashMap<AggKey, AggEntry, IntBuild>,
+    aggs: Aggregates,
     batch_templates: HashSet<u64, IntBuild>,
     detector: Option<Detector>,
     /// Start of the detector's open window (arrival time).
@@ -121,8 +60,7 @@ impl Batcher {
             bytes: 0,
             checkpoints: HashMap::new(),
             opened: None,
-            window_ns: 10_000_000_000,
-            aggs: HashMap::default(),
+            aggs: Aggregates::new(Duration::from_secs(10)),
             batch_templates: HashSet::default(),
             detector: None,
             window_start: None,
@@ -133,7 +71,7 @@ impl Batcher {
     /// Aggregates over windows of `window` (whole seconds) and detects anomalies with
     /// `detector`, if any.
     pub fn with_intel(mut self, window: Duration, detector: Option<Detector>) -> Batcher {
-        self.window_ns = window.as_secs().max(1) as i64 * 1_000_000_000;
+        self.aggs = Aggregates::new(window);
         self.detector = detector;
         self
     }
@@ -175,26 +113,8 @@ impl Batcher {
             } else {
                 chunk.observed_ns
             };
-            let shipped = match ship {
-                Ship::All => true,
-                Ship::AggregatesOnly => false,
-                Ship::Sample(r) => sampled(&line, r),
-            };
-            let key = (
-                stream,
-                time_ns.div_euclid(self.window_ns) * self.window_ns,
-                line.level as u8,
-                line.template_id,
-            );
-            let e = self.aggs.entry(key).or_insert_with(|| AggEntry {
-                count: 0,
-                bytes: 0,
-                shipped: 0,
-                sample: line.bytes.clone(),
-            });
-            e.count += 1;
-            e.bytes += line.bytes.len() as u64;
-            e.shipped += u64::from(shipped);
+            let shipped = aggregate::ships(ship, &line);
+            self.aggs.count(stream, time_ns, &line, shipped);
             if !shipped {
                 self.not_shipped += 1;
                 continue;
@@ -224,27 +144,14 @@ impl Batcher {
     /// Takes the open batch, if any; its counts go to the anomaly detector.
     pub fn take(&mut self) -> Option<Pending> {
         self.opened.take()?;
-        let window_secs = (self.window_ns / 1_000_000_000) as u32;
-        let mut aggs: Vec<(AggKey, AggEntry)> = self.aggs.drain().collect();
-        aggs.sort_by_key(|(k, _)| *k);
-        for ((stream, start_ns, level, template_id), e) in aggs {
-            let level = Level::from_u8(level).unwrap_or_default();
+        for (a, sample) in self.aggs.take() {
             if let Some(d) = self.detector.as_mut() {
-                let (labels, sens) = &self.stream_list[stream as usize];
+                let (labels, sens) = &self.stream_list[a.stream as usize];
                 if let Some(s) = sens {
-                    d.observe(labels, *s, level, template_id, e.count, Some(&e.sample));
+                    d.observe(labels, *s, a.level, a.template_id, a.count, Some(&sample));
                 }
             }
-            self.content.aggregates.push(Aggregate {
-                stream,
-                start_ns,
-                window_secs,
-                level,
-                template_id,
-                count: e.count,
-                bytes: e.bytes,
-                shipped: e.shipped,
-            });
+            self.content.aggregates.push(a);
         }
         if self.not_shipped > 0 {
             metrics::counter!("heimdall_agent_records_not_shipped_total")
@@ -549,6 +456,7 @@ mod tests {
     #[test]
     fn aggregates_count_every_record_whatever_is_shipped() {
         use crate::sources::{Policy, Ship};
+        use heimdall_common::record::Level;
         let s1 = Arc::new(Labels::new([("source", "/a")]));
         let s2 = Arc::new(Labels::new([("source", "/b")]));
         let s3 = Arc::new(Labels::new([("source", "/c")]));

@@ -8,13 +8,14 @@
 //! - [`redact`]: PII found and masked, pseudonymised or dropped; run by each source
 //!   right after parsing, so nothing downstream (spool, wire) ever holds the original.
 //! - [`template`]: each source's online template miner; records carry template ids.
+//! - [`aggregate`]: exact per-window counts by stream × level × template of what was
+//!   read, and a source's shipping policy (all, aggregates only, sampled).
 //! - [`batch`]: groups records into batches by size and time, with the checkpoints
-//!   they cover and the exact per-window counts (aggregates) of what was read, applies
-//!   a source's shipping policy (all, aggregates only, sampled), and hands sealed
-//!   batches to the spool.
+//!   they cover and their aggregates, and hands sealed batches to the spool.
 //! - [`anomaly`]: per-stream and per-template baselines fed by the batcher's counts,
 //!   tested at the end of each window.
 
+pub mod aggregate;
 pub mod anomaly;
 pub mod batch;
 pub mod multiline;

@@ -29,28 +29,7 @@
 
 use std::collections::HashMap;
 
-/// Hasher for keys that already are 64-bit hashes (template ids, leaf keys): SipHash
-/// over them would cost as much as the rest of a lookup.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) ^ u64::from(b) ^ (self.0 >> 56);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-}
-
-type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+use crate::hash::{Fnv1a, IntBuild};
 
 /// The masked token.
 pub const WILDCARD: &str = "<*>";
@@ -146,7 +125,7 @@ pub struct Miner {
     clusters: Vec<Option<Cluster>>,
     free: Vec<usize>,
     /// Hash of (token count, leading masked tokens) → clusters.
-    leaves: HashMap<u64, Vec<usize>, IdBuild>,
+    leaves: HashMap<u64, Vec<usize>, IntBuild>,
     clock: u64,
     live: usize,
     /// Templates evicted to stay within `max_templates`.
@@ -155,57 +134,21 @@ pub struct Miner {
     toks: Vec<Tok>,
 }
 
-/// Whether a token is a variable before any mining: it holds a digit.
-pub fn is_variable(token: &str) -> bool {
-    token.bytes().any(|b| b.is_ascii_digit())
-}
-
-/// How much of a token is masked (see [`Tok::masked`]).
-fn masking(token: &str) -> Option<u32> {
-    if !is_variable(token) {
-        return None;
-    }
-    match token.find(['=', ':']) {
-        Some(p) if p > 0 && !is_variable(&token[..p]) => Some(p as u32 + 1),
+/// How much of a token is masked (see [`Tok::masked`]), from where its first digit and
+/// its first `=` or `:` are: a token holding a digit is a variable, and keeps a key
+/// without digits before the first separator (`totalCalories=126775` →
+/// `totalCalories=<*>`, `10.0.0.1:443` → `<*>`).
+fn masking(first_digit: Option<usize>, first_sep: Option<usize>) -> Option<u32> {
+    let d = first_digit?;
+    match first_sep {
+        Some(p) if p > 0 && d > p => Some(p as u32 + 1),
         _ => Some(0),
     }
 }
 
-/// A token with its variable part masked: `totalCalories=126775` keeps its key
-/// (`totalCalories=<*>`), a token that is all value (`10.0.0.1:443`) becomes `<*>`.
-pub fn mask(token: &str) -> String {
-    match masking(token) {
-        None => token.to_owned(),
-        Some(0) => WILDCARD.to_owned(),
-        Some(n) => format!("{}{WILDCARD}", &token[..n as usize]),
-    }
-}
-
-/// The message's tokens with variables masked.
-pub fn tokens(message: &str) -> Vec<String> {
-    message.split_whitespace().map(mask).collect()
-}
-
 /// The stable id of a template's text.
 pub fn template_id(template: &str) -> u64 {
-    let mut h = Fnv::new();
-    h.write(template.as_bytes());
-    h.0
-}
-
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, b: &[u8]) {
-        for &b in b {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    crate::hash::fnv1a(template.as_bytes())
 }
 
 /// Splits `message` on ASCII whitespace into `out` (Unicode spaces are rare in logs and
@@ -219,13 +162,19 @@ fn split(message: &str, out: &mut Vec<Tok>) {
             i += 1;
         }
         let s = i;
-        let mut digit = false;
+        // One pass finds the token's end and what masking needs.
+        let (mut digit, mut sep) = (None, None);
         while i < b.len() && !b[i].is_ascii_whitespace() {
-            digit |= b[i].is_ascii_digit();
+            let c = b[i];
+            if c.is_ascii_digit() {
+                digit = digit.or(Some(i - s));
+            } else if c == b'=' || c == b':' {
+                sep = sep.or(Some(i - s));
+            }
             i += 1;
         }
         if i > s {
-            let masked = if digit { masking(&message[s..i]) } else { None };
+            let masked = masking(digit, sep);
             out.push(Tok {
                 start: s as u32,
                 end: i as u32,
@@ -292,7 +241,7 @@ impl Miner {
     }
 
     fn leaf_of<'a>(&self, len: usize, toks: impl Iterator<Item = &'a [u8]>) -> u64 {
-        let mut h = Fnv::new();
+        let mut h = Fnv1a::default();
         h.write(&(len as u64).to_le_bytes());
         for t in toks.take(self.cfg.depth) {
             h.write(t);
@@ -302,7 +251,7 @@ impl Miner {
     }
 
     fn message_leaf(&self, msg: &str) -> u64 {
-        let mut h = Fnv::new();
+        let mut h = Fnv1a::default();
         h.write(&(self.toks.len() as u64).to_le_bytes());
         for t in self.toks.iter().take(self.cfg.depth) {
             let s = &msg.as_bytes()[t.start as usize..t.end as usize];
@@ -447,7 +396,7 @@ pub struct SourceMiner {
     miner: Miner,
     /// Ids announced since the source started (cleared when it grows past a bound, so
     /// some are announced again: harmless).
-    announced: std::collections::HashSet<u64, IdBuild>,
+    announced: std::collections::HashSet<u64, IntBuild>,
     path: Option<std::path::PathBuf>,
     saved: std::time::Instant,
     dirty: bool,
@@ -531,7 +480,8 @@ impl SourceMiner {
         }
     }
 
-    /// Writes the templates to the state file (atomically: a crash leaves the old one).
+    /// Writes the templates to the state file: a temp file, fsynced, renamed over the
+    /// old one, so a crash leaves one or the other whole.
     pub fn save(&mut self) {
         self.saved = std::time::Instant::now();
         let Some(p) = &self.path else { return };
@@ -542,11 +492,16 @@ impl SourceMiner {
             text.push('\n');
         }
         let tmp = p.with_extension("tmp");
-        let res = p
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, text))
-            .and_then(|()| std::fs::rename(&tmp, p));
+        let res = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, p)
+        })();
         match res {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::warn!(path = %p.display(), error = %e, "cannot save templates"),

@@ -21,15 +21,7 @@ pub struct Fingerprint {
     pub len: u32,
 }
 
-/// FNV-1a, 64-bit: tiny, deterministic across versions and hosts.
-pub fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use crate::hash::fnv1a;
 
 /// Reads up to `buf.len()` bytes at `offset`, retrying short reads.
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {

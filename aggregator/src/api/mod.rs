@@ -158,14 +158,7 @@ async fn query_range(
         backward,
         deadline: Some(Instant::now() + st.query_timeout),
     };
-    let path = st.db_path.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<exec::LogResult, String> {
-        let conn = hot::open_reader(&path).map_err(|e| e.to_string())?;
-        exec::run_log_query(&conn, &lq, &req).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)?;
+    let res = on_reader(&st, move |c| exec::run_log_query(c, &lq, &req)).await?;
     let secs = started.elapsed().as_secs_f64();
     metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "log").record(secs);
     let result: Vec<Value> = res
@@ -200,16 +193,10 @@ struct LabelParams {
 }
 
 async fn stream_labels(st: &ApiState) -> Result<Vec<heimdall_common::record::Labels>, ApiError> {
-    let path = st.db_path.clone();
-    tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let conn = hot::open_reader(&path).map_err(|e| e.to_string())?;
-        hot::load_streams(&conn)
-            .map(|v| v.into_iter().map(|(_, l)| l).collect())
-            .map_err(|e| e.to_string())
+    on_reader(st, |c| {
+        hot::load_streams(c).map(|v| v.into_iter().map(|(_, l)| l).collect())
     })
     .await
-    .map_err(internal)?
-    .map_err(internal)
 }
 
 async fn labels(
@@ -281,6 +268,7 @@ fn selector(q: Option<&str>) -> Result<Vec<parse::Matcher>, ApiError> {
     Ok(lq.matchers)
 }
 
+/// Runs `f` on a blocking thread with a read-only connection to the hot store.
 async fn on_reader<T: Send + 'static>(
     st: &ApiState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,

@@ -2,7 +2,7 @@
 //! rows in time order with keyset pagination, apply line filters, stop at the limit or
 //! the deadline.
 
-use super::parse::LogQuery;
+use super::parse::{LogQuery, Matcher};
 use crate::store::hot;
 use heimdall_common::record::Labels;
 use rusqlite::Connection;
@@ -40,6 +40,20 @@ pub struct LogResult {
     pub partial: bool,
 }
 
+/// Streams whose labels satisfy every matcher.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn select_streams(
+    conn: &Connection,
+    matchers: &[Matcher],
+) -> Result<Vec<(i64, Labels)>, rusqlite::Error> {
+    Ok(hot::load_streams(conn)?
+        .into_iter()
+        .filter(|(_, l)| matchers.iter().all(|m| m.matches(l.get(&m.name))))
+        .collect())
+}
+
 /// Runs a log query.
 ///
 /// # Errors
@@ -49,10 +63,7 @@ pub fn run_log_query(
     q: &LogQuery,
     req: &LogRequest,
 ) -> Result<LogResult, rusqlite::Error> {
-    let streams: Vec<(i64, Labels)> = hot::load_streams(conn)?
-        .into_iter()
-        .filter(|(_, l)| q.matchers.iter().all(|m| m.matches(l.get(&m.name))))
-        .collect();
+    let streams = select_streams(conn, &q.matchers)?;
     let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
     let mut by_stream: HashMap<i64, Vec<Entry>> = HashMap::new();
     let mut lines = 0usize;

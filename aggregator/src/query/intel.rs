@@ -6,25 +6,11 @@
 //! start falls in, so buckets are exact when the step is a multiple of the agents'
 //! window (10 s by default).
 
+use super::exec::select_streams;
 use super::parse::Matcher;
-use crate::store::hot;
 use heimdall_common::record::{Labels, Level};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
-
-/// Streams whose labels satisfy every matcher.
-///
-/// # Errors
-/// [`rusqlite::Error`].
-pub fn select_streams(
-    conn: &Connection,
-    matchers: &[Matcher],
-) -> Result<Vec<(i64, Labels)>, rusqlite::Error> {
-    Ok(hot::load_streams(conn)?
-        .into_iter()
-        .filter(|(_, l)| matchers.iter().all(|m| m.matches(l.get(&m.name))))
-        .collect())
-}
 
 /// Calls `each(stream_id, start, level, template_id, count, bytes, shipped)` for the
 /// aggregates of `streams` with window starts in `[start, end)`.
