@@ -140,7 +140,7 @@ mod tests {
             rate in 0.01f64..1.0,
         ) {
             let mut agg = Aggregates::new(Duration::from_secs(10));
-            let mut want: HashMap<(u32, i64, u8, u64), (u64, u64, u64)> = HashMap::new();
+            let mut want: HashMap<Key, (u64, u64, u64)> = HashMap::new();
             for (stream, t, level, template, text) in &recs {
                 let mut line = Line::new(Bytes::from(text.clone()), 0);
                 line.level = Level::from_u8(*level).unwrap();

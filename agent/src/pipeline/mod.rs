@@ -21,4 +21,5 @@ pub mod batch;
 pub mod multiline;
 pub mod parse;
 pub mod redact;
+mod swar;
 pub mod template;

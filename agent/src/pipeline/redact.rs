@@ -32,6 +32,7 @@
 //! A line with nothing to redact is returned as it came (no copy). Counters are kept
 //! per caller in [`Stats`] and flushed to metrics once per chunk, not per line.
 
+use super::swar::{ge, word_at, zero, HIGH, ONES};
 use aho_corasick::{AhoCorasick, MatchKind};
 use bytes::Bytes;
 use memchr::memmem;
@@ -1093,27 +1094,6 @@ fn push(out: &mut Vec<Finding>, start: usize, end: usize, kind: u16) {
 #[inline]
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `y` (7-bit bytes) that is at least `v`.
-#[inline(always)]
-fn ge(y: u64, v: u8) -> u64 {
-    y + ONES * u64::from(0x80 - v)
-}
-
-/// The high bit of each byte of `v` (7-bit bytes) that is zero; exact per byte.
-#[inline(always)]
-fn zero(v: u64) -> u64 {
-    !((v + ONES * 0x7F) | v)
-}
-
-fn word_at(line: &[u8], i: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&line[i..i + 8]);
-    u64::from_le_bytes(b)
 }
 
 /// The first byte at or after `i` that may start something the numeric scan looks at
