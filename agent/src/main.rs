@@ -170,20 +170,26 @@ fn main() -> ExitCode {
     })
 }
 
-fn templates(a: &TemplatesArgs) -> ExitCode {
-    use heimdall_agent::pipeline::template::{Miner, MinerConfig};
-    use std::io::{BufRead, Write};
+/// The configuration for a stdin tool (`templates`, `redact`): no metrics listener;
+/// a bad file is reported and exits 64.
+fn load_for_tool(config: Option<PathBuf>) -> Result<AgentConfig, ExitCode> {
     let args = RunArgs {
-        config: a.config.clone(),
+        config,
         metrics_listen: Some(String::new()),
         ..RunArgs::default()
     };
-    let cfg = match load(&args) {
+    load(&args).map_err(|e| {
+        eprintln!("heimdall-agent: {e:#}");
+        ExitCode::from(64)
+    })
+}
+
+fn templates(a: &TemplatesArgs) -> ExitCode {
+    use heimdall_agent::pipeline::template::{Miner, MinerConfig};
+    use std::io::{BufRead, Write};
+    let cfg = match load_for_tool(a.config.clone()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("heimdall-agent: {e:#}");
-            return ExitCode::from(64);
-        }
+        Err(code) => return code,
     };
     // With mining off in the configuration, show what the default miner would do.
     let mut miner = Miner::new(cfg.templates.unwrap_or_else(MinerConfig::default));
@@ -214,17 +220,9 @@ fn templates(a: &TemplatesArgs) -> ExitCode {
 }
 
 fn redact(a: &RedactArgs) -> ExitCode {
-    let args = RunArgs {
-        config: a.config.clone(),
-        metrics_listen: Some(String::new()),
-        ..RunArgs::default()
-    };
-    let cfg = match load(&args) {
+    let cfg = match load_for_tool(a.config.clone()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("heimdall-agent: {e:#}");
-            return ExitCode::from(64);
-        }
+        Err(code) => return code,
     };
     let redactor = if a.journald {
         match &cfg.journald {
