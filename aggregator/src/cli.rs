@@ -23,17 +23,28 @@ pub struct Cli {
         default_value = "http://127.0.0.1:3100"
     )]
     pub addr: String,
+    /// API token, when the aggregator requires one (`[[api.tokens]]`).
+    #[arg(long, global = true, env = "HEIMDALL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run a log query, e.g. `heimdall query '{host="web1"} |= "error"' --since 1h`.
+    /// Run a LogQL query, e.g. `heimdall query '{host="web1"} |= "error"' --since 1h`
+    /// or `heimdall query 'sum by (level) (count_over_time({app="api"}[5m]))'`.
     ///
-    /// Prints matching lines newest first (oldest first with --forward), each with its
-    /// time and its stream's labels.
+    /// A log query prints matching lines newest first (oldest first with --forward),
+    /// each with its time and labels; a metric query prints a table of series and
+    /// values (the last point of each series with --instant).
     Query(QueryArgs),
+    /// Print lines as they arrive, e.g. `heimdall tail -f '{app="api"} |= "error"'`.
+    ///
+    /// Without -f, prints the last lines (like `tail`) and exits.
+    Tail(TailArgs),
+    /// List label names, or the values of one label, e.g. `heimdall labels host`.
+    Labels(LabelsArgs),
     /// List the agents known to the aggregator with their status.
     Agents,
     /// Top log templates for a selector, with exact counts, e.g.
@@ -66,7 +77,47 @@ pub struct QueryArgs {
     /// Oldest first instead of newest first.
     #[arg(long)]
     pub forward: bool,
-    /// Output: `text` (time, labels, line), `raw` (the line only) or `json` (one object per line).
+    /// Output: `text` (time, labels, line; a table for metric queries), `raw` (the line
+    /// only) or `json` (one object per line or per point).
+    #[arg(long, short, default_value = "text")]
+    pub output: String,
+    /// Step between points of a metric query (e.g. 1m); default about 250 points.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Evaluate a metric query at one instant (--to, default now).
+    #[arg(long)]
+    pub instant: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    /// A log query: a stream selector with optional pipeline stages.
+    pub query: String,
+    /// Keep printing new lines as they arrive (Ctrl-C to stop).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Lines of history to print first.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub lines: usize,
+    /// How far back the history may reach.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Output: `text`, `raw` or `json`.
+    #[arg(long, short, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LabelsArgs {
+    /// A label name: print its values instead of the label names.
+    pub name: Option<String>,
+    /// Only streams matching this selector.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// How far back to look.
+    #[arg(long, default_value = "6h")]
+    pub since: String,
+    /// Output: `text` (one per line) or `json` (one array).
     #[arg(long, short, default_value = "text")]
     pub output: String,
 }
@@ -127,8 +178,13 @@ pub struct QuickstartArgs {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
+    if let Some(t) = cli.token.clone() {
+        let _ = TOKEN.set(t);
+    }
     let res = match cli.command {
         Cmd::Query(q) => query(&cli.addr, &q),
+        Cmd::Tail(t) => tail(&cli.addr, &t),
+        Cmd::Labels(l) => labels(&cli.addr, &l),
         Cmd::Agents => agents(&cli.addr),
         Cmd::Patterns(a) => patterns(&cli.addr, &a),
         Cmd::Anomalies(a) => anomalies(&cli.addr, &a),
@@ -143,8 +199,61 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Shows `querying… Ns` on a terminal's stderr while a slow request runs.
+struct Progress {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start() -> Progress {
+        use std::io::IsTerminal;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::io::stderr().is_terminal().then(|| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let spin = ['|', '/', '-', '\\'];
+                let mut i = 0;
+                let mut shown = false;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if started.elapsed() >= Duration::from_secs(1) {
+                        eprint!(
+                            "\r{} querying… {}s ",
+                            spin[i % 4],
+                            started.elapsed().as_secs()
+                        );
+                        shown = true;
+                        i += 1;
+                    }
+                }
+                if shown {
+                    eprint!("\r\x1b[K");
+                }
+            })
+        });
+        Progress { done, thread }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn get(url: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
-    let mut req = ureq::get(url).timeout(Duration::from_secs(60));
+    let _progress = Progress::start();
+    let mut req = ureq::get(url).timeout(Duration::from_secs(120));
+    if let Some(t) = TOKEN.get() {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
     for (k, v) in params {
         req = req.query(k, v);
     }
@@ -186,56 +295,269 @@ fn format_labels(v: &Value) -> String {
         .unwrap_or_default()
 }
 
+fn print_line(out: &mut impl Write, output: &str, ts: i64, labels: &str, line: &str) -> bool {
+    let r = match output {
+        "raw" => writeln!(out, "{line}"),
+        "json" => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"ts": ts.to_string(), "time": format_ns(ts), "labels": labels, "line": line})
+        ),
+        _ => writeln!(out, "{} {} {}", format_ns(ts), labels, line),
+    };
+    r.is_ok()
+}
+
+/// Lines of a `streams` result as (ts, labels, line).
+fn stream_lines(v: &Value) -> Vec<(i64, String, String)> {
+    let mut lines = Vec::new();
+    for s in v["data"]["result"].as_array().into_iter().flatten() {
+        let labels = format_labels(&s["stream"]);
+        for e in s["values"].as_array().into_iter().flatten() {
+            let ts = e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+            lines.push((ts, labels.clone(), e[1].as_str().unwrap_or("").to_owned()));
+        }
+    }
+    lines
+}
+
 fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
     let limit = a.limit.to_string();
+    let base = addr.trim_end_matches('/');
     let mut params = vec![
         ("query", a.query.as_str()),
         ("limit", limit.as_str()),
         ("direction", if a.forward { "forward" } else { "backward" }),
     ];
-    match &a.from {
-        Some(f) => params.push(("start", f)),
-        None => params.push(("since", &a.since)),
-    }
-    if let Some(t) = &a.to {
-        params.push(("end", t));
-    }
-    let v = get(
-        &format!("{}/loki/api/v1/query_range", addr.trim_end_matches('/')),
-        &params,
-    )?;
-    let mut lines: Vec<(i64, String, &str)> = Vec::new();
-    for s in v["data"]["result"].as_array().into_iter().flatten() {
-        let labels = format_labels(&s["stream"]);
-        for e in s["values"].as_array().into_iter().flatten() {
-            let ts = e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
-            lines.push((ts, labels.clone(), e[1].as_str().unwrap_or("")));
+    let v = if a.instant {
+        if let Some(t) = &a.to {
+            params.push(("time", t));
         }
-    }
-    if a.forward {
-        lines.sort_by_key(|l| l.0);
+        get(&format!("{base}/loki/api/v1/query"), &params)?
     } else {
-        lines.sort_by_key(|l| std::cmp::Reverse(l.0));
-    }
-    lines.truncate(a.limit);
+        match &a.from {
+            Some(f) => params.push(("start", f)),
+            None => params.push(("since", &a.since)),
+        }
+        if let Some(t) = &a.to {
+            params.push(("end", t));
+        }
+        if let Some(s) = &a.step {
+            params.push(("step", s));
+        }
+        get(&format!("{base}/loki/api/v1/query_range"), &params)?
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for (ts, labels, line) in &lines {
-        let r = match a.output.as_str() {
-            "raw" => writeln!(out, "{line}"),
-            "json" => writeln!(
-                out,
-                "{}",
-                serde_json::json!({"ts": ts.to_string(), "time": format_ns(*ts), "labels": labels, "line": line})
-            ),
-            _ => writeln!(out, "{} {} {}", format_ns(*ts), labels, line),
-        };
-        if r.is_err() {
-            return Ok(()); // stdout closed (e.g. piped into head)
+    match v["data"]["resultType"].as_str() {
+        Some("streams") => {
+            let mut lines = stream_lines(&v);
+            if a.forward {
+                lines.sort_by_key(|l| l.0);
+            } else {
+                lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+            }
+            lines.truncate(a.limit);
+            for (ts, labels, line) in &lines {
+                if !print_line(&mut out, &a.output, *ts, labels, line) {
+                    return Ok(()); // stdout closed (e.g. piped into head)
+                }
+            }
+            if lines.is_empty() {
+                eprintln!("no lines matched");
+            }
         }
+        Some(kind @ ("matrix" | "vector")) => {
+            let mut rows: Vec<(String, Vec<(f64, String)>)> = Vec::new();
+            for s in v["data"]["result"].as_array().into_iter().flatten() {
+                let labels = format_labels(&s["metric"]);
+                let points: Vec<(f64, String)> = if kind == "vector" {
+                    vec![(
+                        s["value"][0].as_f64().unwrap_or(0.0),
+                        s["value"][1].as_str().unwrap_or("").to_owned(),
+                    )]
+                } else {
+                    s["values"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            (
+                                p[0].as_f64().unwrap_or(0.0),
+                                p[1].as_str().unwrap_or("").to_owned(),
+                            )
+                        })
+                        .collect()
+                };
+                rows.push((labels, points));
+            }
+            if a.output == "json" {
+                for (labels, points) in &rows {
+                    for (t, val) in points {
+                        let o = serde_json::json!({"time": format_ns((*t * 1e9) as i64), "labels": labels, "value": val});
+                        if writeln!(out, "{o}").is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            } else {
+                let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
+                let _ = writeln!(out, "{:<26} {:<width$} VALUE", "TIME", "SERIES");
+                for (labels, points) in &rows {
+                    for (t, val) in points {
+                        if writeln!(
+                            out,
+                            "{:<26} {:<width$} {val}",
+                            format_ns((*t * 1e9) as i64),
+                            labels
+                        )
+                        .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if rows.is_empty() {
+                eprintln!("no series matched");
+            }
+        }
+        Some("scalar") => {
+            let _ = writeln!(out, "{}", v["data"]["result"][1].as_str().unwrap_or(""));
+        }
+        other => bail!("unexpected result type {other:?} from the aggregator"),
     }
-    if lines.is_empty() {
-        eprintln!("no lines matched");
+    Ok(())
+}
+
+fn tail(addr: &str, a: &TailArgs) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    if !a.follow {
+        let limit = a.lines.to_string();
+        let v = get(
+            &format!("{base}/loki/api/v1/query_range"),
+            &[
+                ("query", &a.query),
+                ("limit", &limit),
+                ("since", &a.since),
+                ("direction", "backward"),
+            ],
+        )?;
+        let mut lines = stream_lines(&v);
+        lines.sort_by_key(|l| l.0);
+        let skip = lines.len().saturating_sub(a.lines);
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for (ts, labels, line) in &lines[skip..] {
+            if !print_line(&mut out, &a.output, *ts, labels, line) {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let since = heimdall_common::config::parse_duration(&a.since).map_err(anyhow::Error::msg)?;
+    let start = crate::ingest::now_ns() - since.as_nanos() as i64;
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        format!("ws://{}", base.trim_start_matches("http://"))
+    };
+    let mut url = url_with(
+        &format!("{ws_base}/loki/api/v1/tail"),
+        &[
+            ("query", &a.query),
+            ("limit", &a.lines.to_string()),
+            ("start", &start.to_string()),
+        ],
+    );
+    if url.starts_with("wss://") {
+        bail!("tail -f over https is not supported by this CLI; use the HTTP address");
+    }
+    let host = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let stream = std::net::TcpStream::connect(&host)
+        .with_context(|| format!("cannot reach the aggregator at {host}"))?;
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(std::mem::take(&mut url))
+            .context("bad tail URL")?;
+    if let Some(t) = TOKEN.get() {
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {t}").parse().context("bad token")?,
+        );
+    }
+    let (mut ws, _) =
+        tungstenite::client(request, stream).map_err(|e| anyhow::anyhow!("tail: {e}"))?;
+    let stdout = std::io::stdout();
+    loop {
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+            Err(e) => bail!("tail: {e}"),
+        };
+        let tungstenite::Message::Text(text) = msg else {
+            if msg.is_close() {
+                return Ok(());
+            }
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).context("invalid tail message")?;
+        let wrapped = serde_json::json!({"data": {"result": v["streams"]}});
+        let mut lines = stream_lines(&wrapped);
+        lines.sort_by_key(|l| l.0);
+        let mut out = stdout.lock();
+        for (ts, labels, line) in &lines {
+            if !print_line(&mut out, &a.output, *ts, labels, line) {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+fn url_with(base: &str, params: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let q: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    format!("{base}?{}", q.join("&"))
+}
+
+fn labels(addr: &str, a: &LabelsArgs) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    let url = match &a.name {
+        Some(n) => format!("{base}/loki/api/v1/label/{n}/values"),
+        None => format!("{base}/loki/api/v1/labels"),
+    };
+    let mut params = vec![("since", a.since.as_str())];
+    if let Some(q) = &a.query {
+        params.push(("query", q));
+    }
+    let v = get(&url, &params)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if a.output == "json" {
+        let _ = writeln!(out, "{}", v["data"]);
+        return Ok(());
+    }
+    for x in v["data"].as_array().into_iter().flatten() {
+        if writeln!(out, "{}", x.as_str().unwrap_or("")).is_err() {
+            break;
+        }
     }
     Ok(())
 }

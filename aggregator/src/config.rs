@@ -65,6 +65,25 @@ pub struct ApiConfig {
     pub max_limit: Option<u32>,
     /// Longest a query may run. Default 30s.
     pub query_timeout: Option<HumanDuration>,
+    /// Most series a metric query may hold at any step. Default 50000.
+    pub max_series: Option<u32>,
+    /// API tokens. With none, the API is open to whoever can reach `listen`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API token: `[[api.tokens]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and error messages.
+    pub name: String,
+    /// `read` (queries), `write` (also push) or `admin` (also erasure).
+    pub role: crate::api::auth::Role,
+    /// File holding the token (first line). One of `token_file` and `sha256`.
+    pub token_file: Option<PathBuf>,
+    /// Hex SHA-256 of the token, so the file need not hold the secret.
+    pub sha256: Option<String>,
 }
 
 /// Hot storage (SQLite).
@@ -92,6 +111,8 @@ pub struct AggregatorConfig {
     pub api_listen: SocketAddr,
     pub max_limit: usize,
     pub query_timeout: Duration,
+    pub max_series: usize,
+    pub tokens: Vec<crate::api::auth::Token>,
     pub db_path: PathBuf,
     pub max_group_rows: usize,
     pub shutdown_grace: Duration,
@@ -188,6 +209,71 @@ impl AggregatorConfig {
         if max_limit == 0 {
             p.push("api.max_limit", "must be at least 1");
         }
+        let max_series = raw.api.max_series.unwrap_or(50_000);
+        if max_series == 0 {
+            p.push("api.max_series", "must be at least 1");
+        }
+        let mut tokens = Vec::new();
+        for (i, t) in raw.api.tokens.iter().enumerate() {
+            let key = |k: &str| format!("api.tokens[{i}].{k}");
+            let sha = match (&t.token_file, &t.sha256) {
+                (Some(f), None) => match std::fs::read_to_string(f) {
+                    Ok(text) => {
+                        let tok = text.lines().next().unwrap_or("").trim();
+                        if tok.len() < 16 {
+                            p.push(
+                                key("token_file"),
+                                format!("{}: a token must be at least 16 characters", f.display()),
+                            );
+                            None
+                        } else {
+                            Some(crate::api::auth::digest(tok))
+                        }
+                    }
+                    Err(e) => {
+                        p.push(key("token_file"), format!("{}: {e}", f.display()));
+                        None
+                    }
+                },
+                (None, Some(h)) => {
+                    let bytes: Option<Vec<u8>> = (h.len() == 64)
+                        .then(|| {
+                            (0..32)
+                                .map(|j| u8::from_str_radix(&h[2 * j..2 * j + 2], 16).ok())
+                                .collect()
+                        })
+                        .flatten();
+                    match bytes {
+                        Some(b) => {
+                            let mut d = [0u8; 32];
+                            d.copy_from_slice(&b);
+                            Some(d)
+                        }
+                        None => {
+                            p.push(key("sha256"), "must be 64 hex digits");
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    p.push(
+                        key("token_file"),
+                        "give exactly one of token_file and sha256",
+                    );
+                    None
+                }
+            };
+            if t.name.trim().is_empty() {
+                p.push(key("name"), "must not be empty");
+            }
+            if let Some(sha256) = sha {
+                tokens.push(crate::api::auth::Token {
+                    name: t.name.clone(),
+                    sha256,
+                    role: t.role,
+                });
+            }
+        }
         let max_group_rows = raw.store.max_group_rows.unwrap_or(200_000);
         if max_group_rows == 0 {
             p.push("store.max_group_rows", "must be at least 1");
@@ -218,6 +304,8 @@ impl AggregatorConfig {
                 .api
                 .query_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
+            max_series: max_series as usize,
+            tokens,
             max_group_rows: max_group_rows as usize,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
         })

@@ -192,6 +192,12 @@ pub async fn run(
         prometheus,
         max_limit: cfg.max_limit,
         query_timeout: cfg.query_timeout,
+        store: store.clone(),
+        tokens: cfg.tokens.clone(),
+        eval_limits: query::eval::Limits {
+            max_series: cfg.max_series,
+            ..Default::default()
+        },
     });
     let token = shutdown.child_token();
     let api = tokio::spawn(async move {

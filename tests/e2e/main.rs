@@ -6,6 +6,7 @@ mod cli;
 mod frames;
 mod intel;
 mod journald;
+mod loki;
 mod redact;
 mod reload;
 mod scale;

@@ -248,6 +248,8 @@ pub struct Aggregator {
     pub state_dir: PathBuf,
     pub config: PathBuf,
     pub addrs: ListenAddrs,
+    /// Appended to the config (sections).
+    pub extra: String,
 }
 
 impl Aggregator {
@@ -256,6 +258,19 @@ impl Aggregator {
     /// # Errors
     /// When it does not become ready within 30 s.
     pub fn start(dir: &Path, pki: &Pki, ports: Option<ListenAddrs>) -> anyhow::Result<Aggregator> {
+        Aggregator::start_with(dir, pki, ports, "")
+    }
+
+    /// As [`Aggregator::start`], with `extra` (TOML sections) appended to the config.
+    ///
+    /// # Errors
+    /// As [`Aggregator::start`].
+    pub fn start_with(
+        dir: &Path,
+        pki: &Pki,
+        ports: Option<ListenAddrs>,
+        extra: &str,
+    ) -> anyhow::Result<Aggregator> {
         let state_dir = dir.join("aggregator");
         std::fs::create_dir_all(&state_dir)?;
         let (ingest, api) = match ports {
@@ -266,7 +281,7 @@ impl Aggregator {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\n[shutdown]\ngrace = \"5s\"\n",
+                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\n[shutdown]\ngrace = \"5s\"\n{extra}",
                 state_dir.display().to_string(),
                 pki.ca_pem.display().to_string(),
                 pki.server_cert.display().to_string(),
@@ -300,6 +315,7 @@ impl Aggregator {
             state_dir,
             config,
             addrs,
+            extra: extra.to_owned(),
         })
     }
 
@@ -318,7 +334,7 @@ impl Aggregator {
     /// # Errors
     /// As [`Aggregator::start`].
     pub fn restart(&mut self, dir: &Path, pki: &Pki) -> anyhow::Result<()> {
-        let again = Aggregator::start(dir, pki, Some(self.addrs))?;
+        let again = Aggregator::start_with(dir, pki, Some(self.addrs), &self.extra.clone())?;
         *self = again;
         Ok(())
     }
@@ -588,12 +604,20 @@ impl Cluster {
     /// # Errors
     /// As [`Aggregator::start`].
     pub fn start() -> anyhow::Result<Cluster> {
+        Cluster::start_with("")
+    }
+
+    /// As [`Cluster::start`], with `extra` (TOML sections) in the aggregator's config.
+    ///
+    /// # Errors
+    /// As [`Aggregator::start`].
+    pub fn start_with(extra: &str) -> anyhow::Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let root = tmp.path().to_owned();
         let logs = root.join("logs");
         std::fs::create_dir_all(&logs)?;
         let pki = Pki::new(&root.join("pki"))?;
-        let agg = Aggregator::start(&root, &pki, None)?;
+        let agg = Aggregator::start_with(&root, &pki, None, extra)?;
         Ok(Cluster {
             tmp,
             root,
@@ -627,4 +651,54 @@ impl Cluster {
     pub fn count(&self) -> u64 {
         stored_count(&self.agg.db())
     }
+}
+
+/// A Python interpreter with the packages of `tests/requirements.txt` (Loki client,
+/// S3 server, DuckDB, …), in a virtual environment under `target/` made on first use
+/// (`HEIMDALL_TEST_PYTHON` names another interpreter that has them).
+///
+/// # Panics
+/// When the environment cannot be made (no `python3 -m venv`, or PyPI unreachable).
+pub fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("HEIMDALL_TEST_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let reqs = root.join("requirements.txt");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("../target"));
+        let venv = target.join("heimdall-test-venv");
+        let py = venv.join("bin/python");
+        let stamp = venv.join("requirements.installed");
+        let want = std::fs::read_to_string(&reqs).expect("tests/requirements.txt");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+            return py;
+        }
+        let ok = Command::new("python3")
+            .args(["-m", "venv", venv.to_str().expect("utf-8 path")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "python3 -m venv failed (Debian: apt install python3-venv)"
+        );
+        let ok = Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&reqs)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip install -r tests/requirements.txt failed");
+        std::fs::write(&stamp, want).expect("write venv stamp");
+        py
+    })
 }

@@ -1,28 +1,28 @@
-//! The HTTP API: the Loki endpoints Grafana and the `heimdall` CLI use, native endpoints
-//! for agents and health, and `/metrics`.
+//! The HTTP API: the Loki endpoints Grafana and the `heimdall` CLI use (see [`loki`]),
+//! native endpoints for agents, edge intelligence and health, and `/metrics`.
 //!
-//! Owns request parsing and response shapes; queries run on a blocking thread with a
-//! read-only SQLite connection and a deadline.
+//! Owns request parsing, response shapes and access control ([`auth`]); queries run on
+//! a blocking thread with read-only SQLite connections and a deadline, and stop when
+//! the client goes away (the request future is dropped, which cancels the query).
+
+pub mod auth;
+pub mod loki;
 
 use crate::ingest::Registry;
-use crate::query::exec::{self, LogRequest};
 use crate::query::parse::{self, Query};
-use crate::store::hot;
-use axum::extract::{Path as AxPath, Query as AxQuery, State};
+use crate::store::hot::{self, HotStore};
+use axum::extract::{Query as AxQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Most line bytes one log query returns; beyond, the result is cut and marked partial.
-const MAX_RESULT_BYTES: usize = 64 << 20;
+use std::time::Duration;
 
 /// Shared state of the API.
 pub struct ApiState {
@@ -31,30 +31,79 @@ pub struct ApiState {
     pub prometheus: Option<PrometheusHandle>,
     pub max_limit: usize,
     pub query_timeout: Duration,
+    /// Where pushed lines are written.
+    pub store: Arc<HotStore>,
+    /// API tokens; empty means the API is open (the local default).
+    pub tokens: Vec<auth::Token>,
+    /// Bounds on metric queries.
+    pub eval_limits: crate::query::eval::Limits,
 }
 
 /// The router.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/loki/api/v1/query_range", get(query_range))
-        .route("/loki/api/v1/labels", get(labels))
-        .route("/loki/api/v1/label/{name}/values", get(label_values))
+    let api = Router::new()
+        .route(
+            "/loki/api/v1/query",
+            get(loki::query).post(loki::query_form),
+        )
+        .route(
+            "/loki/api/v1/query_range",
+            get(loki::query_range).post(loki::query_range_form),
+        )
+        .route("/loki/api/v1/labels", get(loki::labels))
+        .route("/loki/api/v1/label/{name}/values", get(loki::label_values))
+        .route(
+            "/loki/api/v1/series",
+            get(loki::series).post(loki::series_form),
+        )
+        .route("/loki/api/v1/index/stats", get(loki::index_stats))
+        .route("/loki/api/v1/push", post(loki::push))
+        .route("/loki/api/v1/tail", get(loki::tail))
+        .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .route("/loki/api/v1/patterns", get(patterns))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/aggregates", get(aggregates))
+        .layer(axum::extract::DefaultBodyLimit::max(loki::MAX_PUSH_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
+    Router::new()
+        .merge(api)
         .route("/metrics", get(metrics_text))
         .route("/ready", get(|| async { "ready\n" }))
         .with_state(state)
 }
 
 /// An API error: HTTP status and a JSON body with a `message`.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"status": "error", "errorType": if self.0 == StatusCode::BAD_REQUEST { "bad_data" } else { "internal" }, "message": self.1, "error": self.1});
+        let kind = match self.0 {
+            StatusCode::BAD_REQUEST => "bad_data",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
+            StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => "timeout",
+            _ => "internal",
+        };
+        let body =
+            json!({"status": "error", "errorType": kind, "message": self.1, "error": self.1});
         (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<crate::query::exec::Error> for ApiError {
+    fn from(e: crate::query::exec::Error) -> ApiError {
+        use crate::query::exec::Error as E;
+        let status = match &e {
+            E::Limit(_) | E::Eval(_) => StatusCode::BAD_REQUEST,
+            E::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            // Nobody reads this answer: the client is gone.
+            E::Cancelled => StatusCode::REQUEST_TIMEOUT,
+            E::Sqlite(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
     }
 }
 
@@ -90,16 +139,6 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
         })
 }
 
-#[derive(Deserialize)]
-struct RangeParams {
-    query: Option<String>,
-    start: Option<String>,
-    end: Option<String>,
-    since: Option<String>,
-    limit: Option<usize>,
-    direction: Option<String>,
-}
-
 fn range(
     start: &Option<String>,
     end: &Option<String>,
@@ -126,104 +165,6 @@ fn range(
         return Err(bad("start must not be after end"));
     }
     Ok((start, end))
-}
-
-async fn query_range(
-    State(st): State<Arc<ApiState>>,
-    AxQuery(p): AxQuery<RangeParams>,
-) -> Result<Json<Value>, ApiError> {
-    let started = Instant::now();
-    let q = p
-        .query
-        .as_deref()
-        .ok_or_else(|| bad("missing `query` parameter"))?;
-    let Query::Log(lq) = parse::parse(q).map_err(|e| bad(e.to_string()))?;
-    let (start, end) = range(&p.start, &p.end, &p.since)?;
-    let limit = p.limit.unwrap_or(100).clamp(1, st.max_limit);
-    let backward = match p.direction.as_deref() {
-        None | Some("backward") | Some("BACKWARD") => true,
-        Some("forward") | Some("FORWARD") => false,
-        Some(other) => {
-            return Err(bad(format!(
-                "direction `{other}`: expected `forward` or `backward`"
-            )))
-        }
-    };
-    let req = LogRequest {
-        start_ns: start,
-        // Loki's end is inclusive for the newest line; make it so.
-        end_ns: end.saturating_add(1),
-        limit,
-        max_bytes: MAX_RESULT_BYTES,
-        backward,
-        deadline: Some(Instant::now() + st.query_timeout),
-    };
-    let res = on_reader(&st, move |c| exec::run_log_query(c, &lq, &req)).await?;
-    let secs = started.elapsed().as_secs_f64();
-    metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "log").record(secs);
-    let result: Vec<Value> = res
-        .streams
-        .iter()
-        .map(|(labels, entries)| {
-            let stream: BTreeMap<&str, &str> = labels.iter().collect();
-            let values: Vec<Value> = entries
-                .iter()
-                .map(|e| json!([e.ts.to_string(), String::from_utf8_lossy(&e.line)]))
-                .collect();
-            json!({"stream": stream, "values": values})
-        })
-        .collect();
-    Ok(Json(json!({
-        "status": "success",
-        "data": {
-            "resultType": "streams",
-            "result": result,
-            "stats": {
-                "summary": {"execTime": secs, "totalLinesProcessed": res.lines, "partial": res.partial}
-            }
-        }
-    })))
-}
-
-#[derive(Deserialize)]
-struct LabelParams {
-    start: Option<String>,
-    end: Option<String>,
-    since: Option<String>,
-}
-
-async fn stream_labels(st: &ApiState) -> Result<Vec<heimdall_common::record::Labels>, ApiError> {
-    on_reader(st, |c| {
-        hot::load_streams(c).map(|v| v.into_iter().map(|(_, l)| l).collect())
-    })
-    .await
-}
-
-async fn labels(
-    State(st): State<Arc<ApiState>>,
-    AxQuery(p): AxQuery<LabelParams>,
-) -> Result<Json<Value>, ApiError> {
-    range(&p.start, &p.end, &p.since)?;
-    let names: BTreeSet<String> = stream_labels(&st)
-        .await?
-        .iter()
-        .flat_map(|l| l.iter().map(|(k, _)| k.to_owned()).collect::<Vec<_>>())
-        .collect();
-    Ok(Json(json!({"status": "success", "data": names})))
-}
-
-async fn label_values(
-    State(st): State<Arc<ApiState>>,
-    AxPath(name): AxPath<String>,
-    AxQuery(p): AxQuery<LabelParams>,
-) -> Result<Json<Value>, ApiError> {
-    range(&p.start, &p.end, &p.since)?;
-    let values: BTreeSet<String> = stream_labels(&st)
-        .await?
-        .iter()
-        .filter_map(|l| l.get(&name).map(str::to_owned))
-        .collect();
-    Ok(Json(json!({"status": "success", "data": values})))
 }
 
 /// Parses a Loki step: a duration (`15000ms`, `1m`) or seconds (`15`, `0.5`).
@@ -259,8 +200,12 @@ fn selector(q: Option<&str>) -> Result<Vec<parse::Matcher>, ApiError> {
     let Some(q) = q.filter(|q| !q.trim().is_empty()) else {
         return Ok(Vec::new());
     };
-    let Query::Log(lq) = parse::parse(q).map_err(|e| bad(e.to_string()))?;
-    if !lq.filters.is_empty() {
+    let Query::Log(lq) = parse::parse(q).map_err(|e| bad(e.to_string()))? else {
+        return Err(bad(
+            "this endpoint takes a stream selector, not a metric query",
+        ));
+    };
+    if !lq.stages.is_empty() {
         return Err(bad(
             "this endpoint takes a stream selector without line filters",
         ));
@@ -273,14 +218,37 @@ async fn on_reader<T: Send + 'static>(
     st: &ApiState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
+    on_source(st, move |src, _| f(src.hot).map_err(Into::into)).await
+}
+
+/// Runs a query on a blocking thread over a [`Source`](crate::query::exec::Source).
+/// The closure gets a flag that turns true when the client has gone away (the
+/// request future was dropped); long scans check it through their deadline.
+async fn on_source<T: Send + 'static>(
+    st: &ApiState,
+    f: impl FnOnce(&crate::query::exec::Source<'_>, &AtomicBool) -> Result<T, crate::query::exec::Error>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
     let path = st.db_path.clone();
-    tokio::task::spawn_blocking(move || -> Result<T, String> {
-        let conn = hot::open_reader(&path).map_err(|e| e.to_string())?;
-        f(&conn).map_err(|e| e.to_string())
+    let gone = Arc::new(AtomicBool::new(false));
+    // Dropped with the request: marks the query abandoned.
+    struct Abandon(Arc<AtomicBool>);
+    impl Drop for Abandon {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let guard = Abandon(gone.clone());
+    let res = tokio::task::spawn_blocking(move || -> Result<T, ApiError> {
+        let conn = hot::open_reader(&path).map_err(internal)?;
+        let src = crate::query::exec::Source::hot(&conn).with_cancel(&gone);
+        f(&src, &gone).map_err(ApiError::from)
     })
     .await
-    .map_err(internal)?
-    .map_err(internal)
+    .map_err(internal)?;
+    drop(guard);
+    res
 }
 
 #[derive(Deserialize)]

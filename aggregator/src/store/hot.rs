@@ -261,6 +261,25 @@ impl HotStore {
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
+    /// Stores lines that have no batch identity (pushed through the Loki API): each
+    /// call is stored once; a client that retries a push it saw fail stores it again,
+    /// as with Loki.
+    ///
+    /// # Errors
+    /// As [`HotStore::write`].
+    pub async fn write_unidentified(&self, content: BatchContent) -> Result<Outcome, Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(WriteReq {
+            id: None,
+            content,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
     /// Stores anomaly events that came ahead of their batch (the batch stores them
     /// again, harmlessly: an event is kept once per agent and id). Their streams carry
     /// the `agent` label already.
@@ -413,6 +432,29 @@ impl Writer {
         Ok(id)
     }
 
+    /// Stores a batch's streams and lines; returns the stream ids of its stream table.
+    fn store_records(&mut self, content: &BatchContent) -> Result<Vec<i64>, rusqlite::Error> {
+        let mut ids = Vec::with_capacity(content.streams.len());
+        for s in &content.streams {
+            ids.push(self.stream_id(s)?);
+        }
+        let mut ins = self.conn.prepare_cached(
+            "INSERT INTO logs(stream_id, ts, observed, level, template_id, flags, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for r in &content.records {
+            ins.execute(params![
+                ids[r.stream as usize],
+                r.time_ns,
+                r.observed_ns,
+                r.level as u8,
+                r.template_id as i64,
+                r.flags,
+                &r.line[..],
+            ])?;
+        }
+        Ok(ids)
+    }
+
     /// Stores a batch's templates, aggregates and anomaly events; `ids` maps its stream
     /// table to stream ids.
     fn store_extras(&mut self, ids: &[i64], content: &BatchContent) -> Result<(), rusqlite::Error> {
@@ -491,8 +533,9 @@ impl Writer {
         content: &BatchContent,
     ) -> Result<Outcome, rusqlite::Error> {
         let Some(id) = id else {
-            self.store_extras(&[], content)?;
-            return Ok(Outcome::Stored(0));
+            let ids = self.store_records(content)?;
+            self.store_extras(&ids, content)?;
+            return Ok(Outcome::Stored(content.records.len()));
         };
         let agent: &str = &id.agent;
         let (epoch, seq) = (id.epoch as i64, id.seq as i64);
@@ -514,26 +557,7 @@ impl Writer {
         if seen {
             return Ok(Outcome::Duplicate);
         }
-        let mut ids = Vec::with_capacity(content.streams.len());
-        for s in &content.streams {
-            ids.push(self.stream_id(s)?);
-        }
-        {
-            let mut ins = self.conn.prepare_cached(
-                "INSERT INTO logs(stream_id, ts, observed, level, template_id, flags, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for r in &content.records {
-                ins.execute(params![
-                    ids[r.stream as usize],
-                    r.time_ns,
-                    r.observed_ns,
-                    r.level as u8,
-                    r.template_id as i64,
-                    r.flags,
-                    &r.line[..],
-                ])?;
-            }
-        }
+        let ids = self.store_records(content)?;
         self.store_extras(&ids, content)?;
         // Record the identity: everything below `floor` is settled on the agent's side,
         // then advance the contiguous mark over ids seen above it.
@@ -660,6 +684,53 @@ pub fn scan_rows(
             return Ok(false);
         }
     }
+}
+
+/// The highest row id stored (0 when empty).
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn max_row_id(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM logs", [], |r| r.get(0))
+}
+
+/// Rows of `streams` stored after row `after` (in storage order), at most `limit`,
+/// each with its row id.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn rows_after(
+    conn: &Connection,
+    streams: &[i64],
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, Row)>, rusqlite::Error> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = streams
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "SELECT id, stream_id, ts, level, flags, line FROM logs
+         WHERE id > ?1 AND stream_id IN ({list}) ORDER BY id LIMIT ?2"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok((
+            r.get(0)?,
+            Row {
+                stream_id: r.get(1)?,
+                ts: r.get(2)?,
+                level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
+                flags: r.get(4)?,
+                line: r.get(5)?,
+            },
+        ))
+    })?;
+    rows.collect()
 }
 
 /// How long a query may wait for the writer's lock before giving up.

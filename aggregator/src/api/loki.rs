@@ -1,0 +1,902 @@
+//! The Loki HTTP API, in the shapes Grafana's Loki datasource and Loki clients expect:
+//! `query` (instant), `query_range`, `labels`, `label/<name>/values`, `series`,
+//! `index/stats`, `push` (JSON), `tail` (WebSocket) and `status/buildinfo`.
+//!
+//! Parameters come from the query string or, for POST, a form body; repeated keys
+//! (`match[]`) are kept. Results carry Loki's `stats` object.
+
+use super::{bad, internal, on_source, parse_step, parse_time, range, ApiError, ApiState};
+use crate::query::eval::{self, EvalRequest, Value as EvalValue};
+use crate::query::exec::{self, LogRequest, LogResult};
+use crate::query::parse::{self, LogQuery, Query};
+use crate::query::pipeline::Pipeline;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as AxPath, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use heimdall_common::record::{Labels, Level, LogRecord};
+use heimdall_common::wire::BatchContent;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most line bytes one log query returns; beyond, the result is cut and marked partial.
+const MAX_RESULT_BYTES: usize = 64 << 20;
+/// Largest push body accepted.
+pub const MAX_PUSH_BYTES: usize = 16 << 20;
+/// Longest pushed line; longer lines refuse the push (Loki's default limit).
+const MAX_PUSH_LINE: usize = 256 << 10;
+/// Most label pairs on a pushed stream.
+const MAX_PUSH_LABELS: usize = 30;
+/// Most tail connections at once.
+const MAX_TAILS: usize = 64;
+
+/// Request parameters, repeated keys kept in order.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Params {
+    /// Parses `a=1&b=2&b=3` (URL query or form body).
+    pub fn parse(s: &str) -> Params {
+        Params(
+            s.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (percent_decode(k), percent_decode(v)),
+                    None => (percent_decode(p), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    fn raw(q: Option<String>) -> Params {
+        q.as_deref().map(Params::parse).unwrap_or_default()
+    }
+
+    /// The last value of `k`, if any and not empty.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, v)| n == k && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn owned(&self, k: &str) -> Option<String> {
+        self.get(k).map(str::to_owned)
+    }
+
+    /// Every value of `k`.
+    pub fn all<'a>(&'a self, k: &'a str) -> impl Iterator<Item = &'a str> {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn usize(&self, k: &str) -> Result<Option<usize>, ApiError> {
+        self.get(k)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad(format!("{k}: `{v}` is not a non-negative integer")))
+            })
+            .transpose()
+    }
+
+    fn query(&self) -> Result<Query, ApiError> {
+        let q = self
+            .get("query")
+            .ok_or_else(|| bad("missing `query` parameter"))?;
+        parse::parse(q).map_err(|e| bad(e.to_string()))
+    }
+
+    fn range(&self) -> Result<(i64, i64), ApiError> {
+        range(
+            &self.owned("start"),
+            &self.owned("end"),
+            &self.owned("since"),
+        )
+    }
+
+    fn backward(&self) -> Result<bool, ApiError> {
+        match self.get("direction") {
+            None | Some("backward") | Some("BACKWARD") => Ok(true),
+            Some("forward") | Some("FORWARD") => Ok(false),
+            Some(other) => Err(bad(format!(
+                "direction `{other}`: expected `forward` or `backward`"
+            ))),
+        }
+    }
+}
+
+/// A sample value as Prometheus writes it.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Seconds as a JSON number, as Loki writes sample times.
+fn secs(ns: i64) -> Value {
+    let s = ns as f64 / 1e9;
+    serde_json::Number::from_f64(s).map_or(Value::Null, Value::Number)
+}
+
+fn labels_json(l: &Labels) -> Value {
+    let m: BTreeMap<&str, &str> = l.iter().collect();
+    json!(m)
+}
+
+fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Value {
+    let exec = started.elapsed().as_secs_f64();
+    let per_sec = |x: u64| {
+        if exec > 0.0 {
+            (x as f64 / exec) as u64
+        } else {
+            0
+        }
+    };
+    let chunk = json!({
+        "headChunkBytes": 0, "headChunkLines": 0, "decompressedBytes": bytes,
+        "decompressedLines": lines, "compressedBytes": 0, "totalDuplicates": 0,
+        "postFilterLines": returned, "headChunkStructuredMetadataBytes": 0,
+        "decompressedStructuredMetadataBytes": 0
+    });
+    json!({
+        "summary": {
+            "bytesProcessedPerSecond": per_sec(bytes),
+            "linesProcessedPerSecond": per_sec(lines),
+            "totalBytesProcessed": bytes,
+            "totalLinesProcessed": lines,
+            "execTime": exec,
+            "queueTime": 0,
+            "subqueries": 0,
+            "totalEntriesReturned": returned,
+            "splits": 0,
+            "shards": 0,
+            "totalPostFilterLines": returned,
+            "totalStructuredMetadataBytesProcessed": 0
+        },
+        "querier": {"store": {
+            "totalChunksRef": 0, "totalChunksDownloaded": 0, "chunksDownloadTime": 0,
+            "queryReferencedStructuredMetadata": false, "chunk": chunk
+        }},
+        "ingester": {
+            "totalReached": 0, "totalChunksMatched": 0, "totalBatches": 0, "totalLinesSent": 0,
+            "store": {"totalChunksRef": 0, "totalChunksDownloaded": 0, "chunksDownloadTime": 0,
+                      "queryReferencedStructuredMetadata": false, "chunk": {}}
+        }
+    })
+}
+
+fn streams_json(res: &LogResult) -> Vec<Value> {
+    res.streams
+        .iter()
+        .map(|(labels, entries)| {
+            let values: Vec<Value> = entries
+                .iter()
+                .map(|e| json!([e.ts.to_string(), String::from_utf8_lossy(&e.line)]))
+                .collect();
+            json!({"stream": labels_json(labels), "values": values})
+        })
+        .collect()
+}
+
+fn success(result_type: &str, result: Value, stats: Value) -> Json<Value> {
+    Json(json!({
+        "status": "success",
+        "data": {"resultType": result_type, "result": result, "stats": stats}
+    }))
+}
+
+async fn eval_metric(
+    st: &ApiState,
+    expr: parse::Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<(EvalValue, eval::Stats), ApiError> {
+    let req = EvalRequest {
+        start_ns: start,
+        end_ns: end,
+        step_ns: step,
+        deadline: Some(Instant::now() + st.query_timeout),
+        limits: st.eval_limits,
+    };
+    on_source(st, move |src, _| eval::evaluate(src, &expr, req)).await
+}
+
+async fn instant(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let q = p.query()?;
+    let t = match p.get("time") {
+        Some(t) => parse_time(t).map_err(bad)?,
+        None => crate::ingest::now_ns(),
+    };
+    let Query::Metric(expr) = q else {
+        return Err(bad(
+            "log queries are not supported as an instant query type, please change your query to a range query type",
+        ));
+    };
+    let (v, stats) = eval_metric(&st, expr, t, t, 1).await?;
+    metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "instant")
+        .record(started.elapsed().as_secs_f64());
+    let (kind, result, n) = match v {
+        EvalValue::Scalar(x) => ("scalar", json!([secs(t), format_value(x)]), 1),
+        EvalValue::Vector(series) => {
+            let r: Vec<Value> = series
+                .iter()
+                .filter(|s| !s.values[0].is_nan())
+                .map(|s| json!({"metric": labels_json(&s.labels), "value": [secs(t), format_value(s.values[0])]}))
+                .collect();
+            let n = r.len();
+            ("vector", json!(r), n)
+        }
+    };
+    Ok(success(
+        kind,
+        result,
+        stats_json(started, stats.lines, stats.bytes, n),
+    ))
+}
+
+async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let q = p.query()?;
+    let (start, end) = p.range()?;
+    match q {
+        Query::Log(lq) => {
+            let limit = p.usize("limit")?.unwrap_or(100).clamp(1, st.max_limit);
+            let req = LogRequest {
+                start_ns: start,
+                // Loki's end is inclusive for the newest line; make it so.
+                end_ns: end.saturating_add(1),
+                limit,
+                max_bytes: MAX_RESULT_BYTES,
+                backward: p.backward()?,
+                deadline: Some(Instant::now() + st.query_timeout),
+            };
+            let res = on_source(&st, move |src, _| exec::run_log_query(src, &lq, &req)).await?;
+            metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "log")
+                .record(started.elapsed().as_secs_f64());
+            let stats = stats_json(started, res.scanned, res.scanned_bytes, res.lines);
+            let mut body = success("streams", json!(streams_json(&res)), stats);
+            body.0["data"]["stats"]["summary"]["partial"] = json!(res.partial);
+            Ok(body)
+        }
+        Query::Metric(expr) => {
+            let step = parse_step(p.get("step").or(p.get("interval")), start, end)?;
+            let (v, stats) = eval_metric(&st, expr, start, end, step).await?;
+            metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "metric")
+                .record(started.elapsed().as_secs_f64());
+            let times: Vec<i64> = {
+                let req = EvalRequest {
+                    start_ns: start,
+                    end_ns: end,
+                    step_ns: step,
+                    deadline: None,
+                    limits: st.eval_limits,
+                };
+                eval::step_times(&req)
+            };
+            let series = match v {
+                EvalValue::Scalar(x) => vec![eval::Series {
+                    labels: Labels::default(),
+                    values: vec![x; times.len()],
+                }],
+                EvalValue::Vector(s) => s,
+            };
+            let mut points = 0;
+            let result: Vec<Value> = series
+                .iter()
+                .map(|s| {
+                    let values: Vec<Value> = times
+                        .iter()
+                        .zip(&s.values)
+                        .filter(|(_, v)| !v.is_nan())
+                        .map(|(t, v)| json!([secs(*t), format_value(*v)]))
+                        .collect();
+                    points += values.len();
+                    json!({"metric": labels_json(&s.labels), "values": values})
+                })
+                .collect();
+            Ok(success(
+                "matrix",
+                json!(result),
+                stats_json(started, stats.lines, stats.bytes, points),
+            ))
+        }
+    }
+}
+
+/// `GET /loki/api/v1/query`.
+pub async fn query(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    instant(st, Params::raw(q)).await
+}
+
+/// `POST /loki/api/v1/query` (form body).
+pub async fn query_form(
+    State(st): State<Arc<ApiState>>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    instant(st, Params::parse(&body)).await
+}
+
+/// `GET /loki/api/v1/query_range`.
+pub async fn query_range(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    ranged(st, Params::raw(q)).await
+}
+
+/// `POST /loki/api/v1/query_range` (form body).
+pub async fn query_range_form(
+    State(st): State<Arc<ApiState>>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    ranged(st, Params::parse(&body)).await
+}
+
+/// Streams with lines in the range matching any of `selectors` (all streams with lines
+/// in the range when there are none).
+async fn streams_matching(
+    st: &ApiState,
+    selectors: Vec<String>,
+    start: i64,
+    end: i64,
+) -> Result<Vec<Labels>, ApiError> {
+    let mut sets = Vec::new();
+    for s in &selectors {
+        match parse::parse(s).map_err(|e| bad(e.to_string()))? {
+            Query::Log(l) if l.stages.is_empty() => sets.push(l.matchers),
+            _ => {
+                return Err(bad(format!(
+                    "`{s}` must be a stream selector such as {{app=\"api\"}}"
+                )))
+            }
+        }
+    }
+    on_source(st, move |src, _| {
+        let mut out: BTreeSet<Labels> = BTreeSet::new();
+        if sets.is_empty() {
+            sets.push(Vec::new());
+        }
+        for m in &sets {
+            for (_, l) in src.streams_in_range(m, start, end.saturating_add(1))? {
+                out.insert(l);
+            }
+        }
+        Ok(out.into_iter().collect())
+    })
+    .await
+}
+
+/// `GET /loki/api/v1/labels`.
+pub async fn labels(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::raw(q);
+    let (start, end) = p.range()?;
+    let sel: Vec<String> = p.owned("query").into_iter().collect();
+    let names: BTreeSet<String> = streams_matching(&st, sel, start, end)
+        .await?
+        .iter()
+        .flat_map(|l| l.iter().map(|(k, _)| k.to_owned()).collect::<Vec<_>>())
+        .collect();
+    Ok(Json(json!({"status": "success", "data": names})))
+}
+
+/// `GET /loki/api/v1/label/<name>/values`.
+pub async fn label_values(
+    State(st): State<Arc<ApiState>>,
+    AxPath(name): AxPath<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::raw(q);
+    let (start, end) = p.range()?;
+    let sel: Vec<String> = p.owned("query").into_iter().collect();
+    let values: BTreeSet<String> = streams_matching(&st, sel, start, end)
+        .await?
+        .iter()
+        .filter_map(|l| l.get(&name).map(str::to_owned))
+        .collect();
+    Ok(Json(json!({"status": "success", "data": values})))
+}
+
+async fn series_of(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
+    let (start, end) = p.range()?;
+    let sel: Vec<String> = p
+        .all("match[]")
+        .chain(p.all("match"))
+        .map(str::to_owned)
+        .collect();
+    if sel.is_empty() {
+        return Err(bad("missing `match[]` parameter (a stream selector)"));
+    }
+    let data: Vec<Value> = streams_matching(&st, sel, start, end)
+        .await?
+        .iter()
+        .map(labels_json)
+        .collect();
+    Ok(Json(json!({"status": "success", "data": data})))
+}
+
+/// `GET /loki/api/v1/series`.
+pub async fn series(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    series_of(st, Params::raw(q)).await
+}
+
+/// `POST /loki/api/v1/series` (form body).
+pub async fn series_form(
+    State(st): State<Arc<ApiState>>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    series_of(st, Params::parse(&body)).await
+}
+
+/// `GET /loki/api/v1/index/stats`: streams, entries and bytes a selector covers in the
+/// range, from the agents' pre-aggregates (lines pushed through the Loki API are
+/// counted from storage).
+pub async fn index_stats(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::raw(q);
+    let (start, end) = p.range()?;
+    let Query::Log(lq) = p.query()? else {
+        return Err(bad("index/stats takes a stream selector"));
+    };
+    let (streams, entries, bytes) = on_source(&st, move |src, _| {
+        let streams = src.streams_in_range(&lq.matchers, start, end.saturating_add(1))?;
+        let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
+        let (entries, bytes) = src.volume(&ids, start, end.saturating_add(1))?;
+        Ok((streams.len(), entries, bytes))
+    })
+    .await?;
+    Ok(Json(
+        json!({"streams": streams, "chunks": 0, "entries": entries, "bytes": bytes}),
+    ))
+}
+
+/// `GET /loki/api/v1/status/buildinfo`.
+pub async fn buildinfo() -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+        "application": "heimdall"
+    }))
+}
+
+/// A level from a pushed stream's labels or structured metadata, else from the line.
+fn push_level(labels: &Labels, meta: Option<&serde_json::Map<String, Value>>, line: &str) -> Level {
+    let named = ["level", "detected_level", "severity", "lvl"];
+    for n in named {
+        if let Some(v) = labels
+            .get(n)
+            .or_else(|| meta.and_then(|m| m.get(n)).and_then(Value::as_str))
+        {
+            if let Some(l) = level_word(v) {
+                return l;
+            }
+        }
+    }
+    // The first level word in the line's first 256 bytes.
+    let head = &line.as_bytes()[..line.len().min(256)];
+    head.split(|c| !c.is_ascii_alphabetic())
+        .filter(|w| (3..=8).contains(&w.len()))
+        .find_map(|w| std::str::from_utf8(w).ok().and_then(level_word))
+        .unwrap_or(Level::Unknown)
+}
+
+fn level_word(w: &str) -> Option<Level> {
+    Some(match w.to_ascii_lowercase().as_str() {
+        "trace" => Level::Trace,
+        "debug" | "dbug" => Level::Debug,
+        "info" | "notice" => Level::Info,
+        "warn" | "warning" => Level::Warn,
+        "error" | "err" | "eror" => Level::Error,
+        "fatal" | "critical" | "crit" | "panic" | "emerg" | "alert" => Level::Fatal,
+        _ => return None,
+    })
+}
+
+/// Decodes a Loki JSON push body into a batch. Errors name the stream and entry.
+fn decode_push(body: &[u8]) -> Result<BatchContent, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("push body is not valid JSON: {e}"))?;
+    let streams = v
+        .get("streams")
+        .and_then(Value::as_array)
+        .ok_or("push body needs a `streams` array")?;
+    let now = crate::ingest::now_ns();
+    let mut content = BatchContent::default();
+    let mut index: HashMap<Labels, u32> = HashMap::new();
+    for (si, s) in streams.iter().enumerate() {
+        let labels = match (s.get("stream"), s.get("labels")) {
+            (Some(Value::Object(m)), _) => {
+                let mut pairs = Vec::with_capacity(m.len());
+                for (k, v) in m {
+                    let v = v.as_str().ok_or_else(|| {
+                        format!("streams[{si}].stream.{k}: label values must be strings")
+                    })?;
+                    pairs.push((k.clone(), v.to_owned()));
+                }
+                Labels::new(pairs)
+            }
+            (_, Some(Value::String(sel))) => {
+                let q = parse::parse_log(sel).map_err(|e| format!("streams[{si}].labels: {e}"))?;
+                if q.matchers.iter().any(|m| m.op != parse::MatchOp::Eq) {
+                    return Err(format!(
+                        "streams[{si}].labels: only `=` matchers may name a stream"
+                    ));
+                }
+                Labels::new(q.matchers.into_iter().map(|m| (m.name, m.value)))
+            }
+            _ => return Err(format!("streams[{si}]: needs a `stream` object of labels")),
+        };
+        if labels.is_empty() {
+            return Err(format!("streams[{si}]: a stream needs at least one label"));
+        }
+        if labels.len() > MAX_PUSH_LABELS {
+            return Err(format!("streams[{si}]: more than {MAX_PUSH_LABELS} labels"));
+        }
+        if let Some((k, _)) = labels
+            .iter()
+            .find(|(k, _)| !parse::valid_label(k) || k.starts_with("__"))
+        {
+            return Err(format!("streams[{si}]: `{k}` is not a valid label name"));
+        }
+        let stream = match index.get(&labels) {
+            Some(i) => *i,
+            None => {
+                let i = content.streams.len() as u32;
+                content.streams.push(labels.clone());
+                index.insert(labels.clone(), i);
+                i
+            }
+        };
+        let mut push = |ei: usize,
+                        ts: i64,
+                        line: &str,
+                        meta: Option<&serde_json::Map<String, Value>>|
+         -> Result<(), String> {
+            if line.len() > MAX_PUSH_LINE {
+                return Err(format!(
+                    "streams[{si}] entry {ei}: line of {} bytes is longer than {MAX_PUSH_LINE}",
+                    line.len()
+                ));
+            }
+            content.records.push(LogRecord {
+                stream,
+                time_ns: ts,
+                observed_ns: now,
+                level: push_level(&labels, meta, line),
+                template_id: u64::MAX,
+                flags: 0,
+                redacted: 0,
+                line: bytes::Bytes::copy_from_slice(line.as_bytes()),
+            });
+            Ok(())
+        };
+        if let Some(values) = s.get("values").and_then(Value::as_array) {
+            for (ei, e) in values.iter().enumerate() {
+                let (ts, line) = match e.as_array().map(Vec::as_slice) {
+                    Some([Value::String(ts), Value::String(line), ..]) => (ts, line),
+                    _ => {
+                        return Err(format!(
+                            "streams[{si}].values[{ei}]: expected [\"<unix ns>\", \"<line>\"]"
+                        ))
+                    }
+                };
+                let ts: i64 = ts.parse().map_err(|_| {
+                    format!("streams[{si}].values[{ei}]: `{ts}` is not a Unix time in nanoseconds")
+                })?;
+                let meta = e.get(2).and_then(Value::as_object);
+                push(ei, ts, line, meta)?;
+            }
+        } else if let Some(entries) = s.get("entries").and_then(Value::as_array) {
+            for (ei, e) in entries.iter().enumerate() {
+                let ts = e
+                    .get("ts")
+                    .or_else(|| e.get("timestamp"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("streams[{si}].entries[{ei}]: needs `ts`"))?;
+                let ts = parse_time(ts).map_err(|m| format!("streams[{si}].entries[{ei}]: {m}"))?;
+                let line = e
+                    .get("line")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("streams[{si}].entries[{ei}]: needs `line`"))?;
+                push(ei, ts, line, None)?;
+            }
+        } else {
+            return Err(format!("streams[{si}]: needs `values`"));
+        }
+    }
+    Ok(content)
+}
+
+/// `POST /loki/api/v1/push` (JSON). Answers 204 after the lines are committed.
+pub async fn push(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !ctype.starts_with("application/json") {
+        metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "content_type")
+            .increment(1);
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("push bodies of type `{ctype}` are not supported; send JSON with Content-Type: application/json"),
+        ));
+    }
+    if let Some(enc) = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !enc.eq_ignore_ascii_case("identity") {
+            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "encoding")
+                .increment(1);
+            return Err(ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Encoding `{enc}` is not supported; send the JSON body uncompressed"
+                ),
+            ));
+        }
+    }
+    let content = match decode_push(&body) {
+        Ok(c) => c,
+        Err(m) => {
+            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "invalid")
+                .increment(1);
+            return Err(bad(m));
+        }
+    };
+    let n = content.records.len();
+    st.store
+        .write_unidentified(content)
+        .await
+        .map_err(internal)?;
+    metrics::counter!("heimdall_aggregator_push_lines_total").increment(n as u64);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+static TAILS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `GET /loki/api/v1/tail` (WebSocket): the lines from `start` (up to `limit`), then
+/// new lines as they are stored, about once a second.
+pub async fn tail(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let p = Params::raw(q);
+    let Query::Log(lq) = p.query()? else {
+        return Err(bad("tail takes a log query"));
+    };
+    let limit = p.usize("limit")?.unwrap_or(100).clamp(1, st.max_limit);
+    let start = match p.get("start") {
+        Some(s) => parse_time(s).map_err(bad)?,
+        None => crate::ingest::now_ns() - 3_600_000_000_000,
+    };
+    if TAILS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_TAILS {
+        TAILS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("at most {MAX_TAILS} tails may run at once"),
+        ));
+    }
+    metrics::gauge!("heimdall_aggregator_tails")
+        .set(TAILS.load(std::sync::atomic::Ordering::SeqCst) as f64);
+    Ok(ws.on_upgrade(move |socket| async move {
+        if let Err(e) = tail_loop(st, socket, lq, start, limit).await {
+            tracing::debug!(error = %e, "tail ended");
+        }
+        TAILS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!("heimdall_aggregator_tails")
+            .set(TAILS.load(std::sync::atomic::Ordering::SeqCst) as f64);
+    }))
+}
+
+/// Most lines one tail message carries.
+const TAIL_BATCH: usize = 1000;
+
+async fn tail_loop(
+    st: Arc<ApiState>,
+    mut socket: WebSocket,
+    lq: LogQuery,
+    start: i64,
+    limit: usize,
+) -> Result<(), String> {
+    // The newest row id first, then history: a line stored in between may come twice,
+    // none is missed.
+    let q = lq.clone();
+    let (mut last_id, history) = on_source(&st, move |src, _| {
+        let last = crate::store::hot::max_row_id(src.hot)?;
+        let req = LogRequest {
+            start_ns: start,
+            end_ns: i64::MAX,
+            limit,
+            max_bytes: MAX_RESULT_BYTES,
+            backward: true,
+            deadline: None,
+        };
+        Ok((last, exec::run_log_query(src, &q, &req)?))
+    })
+    .await
+    .map_err(|e| e.1)?;
+    let mut history = history;
+    for (_, e) in &mut history.streams {
+        e.reverse();
+    }
+    send_tail(&mut socket, &streams_json(&history)).await?;
+    let pipeline = Pipeline::new(&lq);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => continue,
+            },
+            _ = tick.tick() => {}
+        }
+        let matchers = lq.matchers.clone();
+        let pl = pipeline.clone();
+        let after = last_id;
+        let (next, groups) = on_source(&st, move |src, _| {
+            let streams = src.streams(&matchers)?;
+            let labels: HashMap<i64, Labels> = streams.into_iter().collect();
+            let ids: Vec<i64> = labels.keys().copied().collect();
+            let rows = crate::store::hot::rows_after(src.hot, &ids, after, TAIL_BATCH)?;
+            let mut next = after;
+            let mut groups: BTreeMap<Labels, Vec<exec::Entry>> = BTreeMap::new();
+            for (id, r) in rows {
+                next = next.max(id);
+                let stream = &labels[&r.stream_id];
+                if let Some(out) = pl.process(stream, r.level, &r.line) {
+                    let l = out
+                        .labels
+                        .unwrap_or_else(|| crate::query::pipeline::base_labels(stream, r.level));
+                    groups.entry(l).or_default().push(exec::Entry {
+                        ts: r.ts,
+                        line: out.line.into_owned(),
+                    });
+                }
+            }
+            Ok((next, groups))
+        })
+        .await
+        .map_err(|e| e.1)?;
+        last_id = next;
+        if !groups.is_empty() {
+            let res = LogResult {
+                streams: groups.into_iter().collect(),
+                ..Default::default()
+            };
+            send_tail(&mut socket, &streams_json(&res)).await?;
+        }
+    }
+}
+
+async fn send_tail(socket: &mut WebSocket, streams: &[Value]) -> Result<(), String> {
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let msg = json!({"streams": streams, "dropped_entries": null}).to_string();
+    socket
+        .send(Message::Text(msg.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_keep_repeated_keys_and_decode() {
+        let p = Params::parse("match%5B%5D=%7Ba%3D%22b%22%7D&match[]={c=\"d\"}&q=a+b&e=");
+        assert_eq!(
+            p.all("match[]").collect::<Vec<_>>(),
+            vec!["{a=\"b\"}", "{c=\"d\"}"]
+        );
+        assert_eq!(p.get("q"), Some("a b"));
+        assert_eq!(p.get("e"), None);
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn values_are_formatted_as_prometheus_does() {
+        assert_eq!(format_value(2.0), "2");
+        assert_eq!(format_value(0.25), "0.25");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn push_bodies_decode_with_errors_that_say_where() {
+        let c = decode_push(
+            br#"{"streams":[{"stream":{"app":"x"},"values":[["1700000000000000000","level=error boom"],["1700000000000000001","ok",{"trace_id":"t"}]]},
+                           {"labels":"{app=\"x\"}","entries":[{"ts":"2023-11-14T22:13:20Z","line":"WARN disk"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.streams.len(), 1, "the same labels are one stream");
+        assert_eq!(c.records.len(), 3);
+        assert_eq!(c.records[0].level, Level::Error);
+        assert_eq!(c.records[2].level, Level::Warn);
+        assert_eq!(c.records[2].time_ns, 1_700_000_000_000_000_000);
+        for (body, msg) in [
+            (
+                r#"{"streams":[{"stream":{"app":"x"},"values":[["x","l"]]}]}"#,
+                "streams[0].values[0]: `x` is not",
+            ),
+            (
+                r#"{"streams":[{"stream":{},"values":[]}]}"#,
+                "at least one label",
+            ),
+            (
+                r#"{"streams":[{"stream":{"a-b":"x"},"values":[]}]}"#,
+                "not a valid label name",
+            ),
+            (
+                r#"{"streams":[{"stream":{"a":1},"values":[]}]}"#,
+                "must be strings",
+            ),
+            (r#"{"nope":1}"#, "`streams` array"),
+            ("not json", "not valid JSON"),
+        ] {
+            let e = decode_push(body.as_bytes()).unwrap_err();
+            assert!(e.contains(msg), "{body}: {e}");
+        }
+    }
+}
