@@ -25,9 +25,73 @@ pub struct AggregatorConfigFile {
     /// Hot storage.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Warm tier: Parquet segments on local disk, and compaction into them.
+    #[serde(default)]
+    pub warm: WarmConfig,
+    /// Cold tier: the same segments on S3-compatible object storage.
+    #[serde(default)]
+    pub cold: ColdConfigFile,
+    /// How long data is kept in any tier.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+}
+
+/// Warm tier.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WarmConfig {
+    /// Segment directory. Default `<state_dir>/segments`.
+    pub dir: Option<PathBuf>,
+    /// A hot partition is compacted this long after its end. Default 2h.
+    pub compact_after: Option<HumanDuration>,
+    /// Beyond this many lines in the hot tier, the oldest partitions are compacted
+    /// early. Default 20000000.
+    pub hot_max_rows: Option<u64>,
+    /// Most lines per segment. Default 1000000.
+    pub segment_rows: Option<u64>,
+    /// zstd level of segments (1-22). Default 9.
+    pub zstd_level: Option<i32>,
+    /// How often compaction, upload and retention run. Default 30s.
+    pub interval: Option<HumanDuration>,
+}
+
+/// Cold tier: `[cold]`. Off unless `bucket` is set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ColdConfigFile {
+    /// Bucket name; setting it turns the cold tier on.
+    pub bucket: Option<String>,
+    /// Key prefix of this aggregator in the bucket. Default: the server id.
+    pub prefix: Option<String>,
+    /// Endpoint of an S3-compatible server (MinIO, Ceph, GCS interoperability), e.g.
+    /// `http://127.0.0.1:9000`. Default: AWS.
+    pub endpoint: Option<String>,
+    /// Region. Default `us-east-1`.
+    pub region: Option<String>,
+    /// Access key id. Default: `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// File holding the secret access key. Default: `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Path-style requests (MinIO, Ceph). Default true when `endpoint` is set.
+    pub path_style: Option<bool>,
+    /// Warm segments whose newest line is older than this are uploaded. Default 1d.
+    pub upload_after: Option<HumanDuration>,
+    /// Local cache of cold segments read by queries. Default `<state_dir>/cold-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Size bound of that cache. Default 10GiB.
+    pub cache_max_bytes: Option<ByteSize>,
+}
+
+/// Retention.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Lines, aggregates and anomaly events older than this are deleted from every
+    /// tier. Default: kept forever.
+    pub period: Option<HumanDuration>,
 }
 
 /// QUIC ingest.
@@ -67,6 +131,10 @@ pub struct ApiConfig {
     pub query_timeout: Option<HumanDuration>,
     /// Most series a metric query may hold at any step. Default 50000.
     pub max_series: Option<u32>,
+    /// Serve HTTPS with this certificate (PEM, chain first); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// API tokens. With none, the API is open to whoever can reach `listen`.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -94,6 +162,8 @@ pub struct StoreConfig {
     pub path: Option<PathBuf>,
     /// Most rows committed in one group-commit transaction. Default 200000.
     pub max_group_rows: Option<u32>,
+    /// Length of a hot partition (event time). Default 1h.
+    pub partition: Option<HumanDuration>,
 }
 
 /// The validated runtime configuration.
@@ -112,9 +182,14 @@ pub struct AggregatorConfig {
     pub max_limit: usize,
     pub query_timeout: Duration,
     pub max_series: usize,
+    /// HTTPS certificate and key, when the API serves TLS.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
     pub tokens: Vec<crate::api::auth::Token>,
     pub db_path: PathBuf,
     pub max_group_rows: usize,
+    pub partition_ns: i64,
+    pub lifecycle: crate::store::lifecycle::LifecycleConfig,
+    pub cold: Option<crate::store::cold::ColdConfig>,
     pub shutdown_grace: Duration,
 }
 
@@ -122,6 +197,11 @@ pub struct AggregatorConfig {
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/heimdall-aggregator";
 
 pub use heimdall_common::config::LoadError as Error;
+
+fn server_id_default(id: &Option<String>) -> String {
+    id.clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
 
 /// Command-line overrides.
 #[derive(Clone, Debug, Default)]
@@ -209,6 +289,30 @@ impl AggregatorConfig {
         if max_limit == 0 {
             p.push("api.max_limit", "must be at least 1");
         }
+        if let Some(t) = &raw.api.query_timeout {
+            if t.0 < Duration::from_millis(100) || t.0 > crate::store::lifecycle::REAP_GRACE {
+                p.push("api.query_timeout", "must be between 100ms and 2m");
+            }
+        }
+        let api_tls = match (&raw.api.tls_cert, &raw.api.tls_key) {
+            (Some(c), Some(k)) => {
+                for (f, key) in [(c, "api.tls_cert"), (k, "api.tls_key")] {
+                    if let Err(e) = std::fs::metadata(f) {
+                        p.push(key, format!("{}: {e}", f.display()));
+                    }
+                }
+                Some((c.clone(), k.clone()))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                p.push("api.tls_key", "is needed with api.tls_cert");
+                None
+            }
+            (None, Some(_)) => {
+                p.push("api.tls_cert", "is needed with api.tls_key");
+                None
+            }
+        };
         let max_series = raw.api.max_series.unwrap_or(50_000);
         if max_series == 0 {
             p.push("api.max_series", "must be at least 1");
@@ -278,7 +382,7 @@ impl AggregatorConfig {
         if max_group_rows == 0 {
             p.push("store.max_group_rows", "must be at least 1");
         }
-        let server_id = match raw.server_id {
+        let server_id = match raw.server_id.clone() {
             Some(s) if s.trim().is_empty() => {
                 p.push("server_id", "must not be empty");
                 s
@@ -286,8 +390,134 @@ impl AggregatorConfig {
             Some(s) => s,
             None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
+        let partition = raw
+            .store
+            .partition
+            .map_or(Duration::from_secs(3600), |d| d.0);
+        if partition < Duration::from_secs(60) || partition > Duration::from_secs(7 * 86_400) {
+            p.push("store.partition", "must be between 1m and 7d");
+        }
+        let zstd_level = raw.warm.zstd_level.unwrap_or(9);
+        if !(1..=22).contains(&zstd_level) {
+            p.push("warm.zstd_level", "must be between 1 and 22");
+        }
+        let segment_rows = raw.warm.segment_rows.unwrap_or(1_000_000);
+        if !(1000..=100_000_000).contains(&segment_rows) {
+            p.push("warm.segment_rows", "must be between 1000 and 100000000");
+        }
+        let interval = raw.warm.interval.map_or(Duration::from_secs(30), |d| d.0);
+        if interval < Duration::from_millis(100) {
+            p.push("warm.interval", "must be at least 100ms");
+        }
+        let cold = match raw.cold.bucket {
+            None => {
+                for (set, key) in [
+                    (raw.cold.endpoint.is_some(), "cold.endpoint"),
+                    (raw.cold.access_key_id.is_some(), "cold.access_key_id"),
+                    (
+                        raw.cold.secret_access_key_file.is_some(),
+                        "cold.secret_access_key_file",
+                    ),
+                ] {
+                    if set {
+                        p.push(key, "needs cold.bucket");
+                    }
+                }
+                None
+            }
+            Some(bucket) => {
+                if bucket.trim().is_empty() {
+                    p.push("cold.bucket", "must not be empty");
+                }
+                let secret = match &raw.cold.secret_access_key_file {
+                    Some(f) => match std::fs::read_to_string(f) {
+                        Ok(t) => Some(t.trim().to_owned()),
+                        Err(e) => {
+                            p.push(
+                                "cold.secret_access_key_file",
+                                format!("{}: {e}", f.display()),
+                            );
+                            None
+                        }
+                    },
+                    None => std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+                };
+                if let Some(e) = &raw.cold.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        p.push(
+                            "cold.endpoint",
+                            format!("`{e}` is not an http:// or https:// URL"),
+                        );
+                    }
+                }
+                let prefix = raw
+                    .cold
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| server_id_default(&raw.server_id));
+                if prefix.contains("..") {
+                    p.push("cold.prefix", "must not contain `..`");
+                }
+                Some(crate::store::cold::ColdConfig {
+                    bucket,
+                    prefix,
+                    allow_http: raw
+                        .cold
+                        .endpoint
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("http://")),
+                    path_style: raw.cold.path_style.unwrap_or(raw.cold.endpoint.is_some()),
+                    endpoint: raw.cold.endpoint.clone(),
+                    region: raw
+                        .cold
+                        .region
+                        .clone()
+                        .unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id: raw
+                        .cold
+                        .access_key_id
+                        .clone()
+                        .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok()),
+                    secret_access_key: secret,
+                    cache_dir: raw
+                        .cold
+                        .cache_dir
+                        .clone()
+                        .unwrap_or_else(|| state_dir.join("cold-cache")),
+                    cache_max_bytes: raw.cold.cache_max_bytes.map_or(10 << 30, |b| b.0),
+                })
+            }
+        };
+        let retention = raw.retention.period.map(|d| d.0);
+        if retention.is_some_and(|r| r < Duration::from_secs(3600)) {
+            p.push("retention.period", "must be at least 1h");
+        }
+        let lifecycle = crate::store::lifecycle::LifecycleConfig {
+            interval,
+            warm_dir: raw
+                .warm
+                .dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join("segments")),
+            compact_after: raw
+                .warm
+                .compact_after
+                .map_or(Duration::from_secs(7200), |d| d.0),
+            hot_max_rows: raw.warm.hot_max_rows.unwrap_or(20_000_000),
+            segment_rows,
+            zstd_level,
+            upload_after: cold.as_ref().map(|_| {
+                raw.cold
+                    .upload_after
+                    .map_or(Duration::from_secs(86_400), |d| d.0)
+            }),
+            retention,
+        };
         p.into_result().map_err(Error::Invalid)?;
         Ok(AggregatorConfig {
+            partition_ns: partition.as_nanos() as i64,
+            lifecycle,
+            cold,
             db_path: raw.store.path.unwrap_or_else(|| state_dir.join("hot.db")),
             state_dir,
             server_id,
@@ -305,6 +535,7 @@ impl AggregatorConfig {
                 .query_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
             max_series: max_series as usize,
+            api_tls,
             tokens,
             max_group_rows: max_group_rows as usize,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),

@@ -4,7 +4,7 @@
 //! - [`config`]: the TOML file and its validation.
 //! - [`certs`]: the private CA and the certificates it issues.
 //! - [`ingest`]: the QUIC server (mutual TLS, batch streams, agent status).
-//! - [`store`]: the hot tier (SQLite).
+//! - [`store`]: the tiers (hot SQLite, warm and cold Parquet segments) and moves between them.
 //! - [`query`]: the query language and its execution.
 //! - [`api`]: HTTP (Loki-compatible endpoints, agents, metrics).
 //! - [`cli`]: the `heimdall` command-line client.
@@ -45,6 +45,12 @@ pub enum Error {
     /// The state directory is unusable.
     #[error("state directory: {0}")]
     StateDir(std::io::Error),
+    /// The cold tier cannot be set up.
+    #[error(transparent)]
+    Cold(store::cold::Error),
+    /// Recovery of an interrupted tier move failed.
+    #[error("storage lifecycle: {0}")]
+    Lifecycle(store::lifecycle::Error),
 }
 
 /// Where the aggregator actually listens (ports chosen by the OS when 0 was asked).
@@ -141,10 +147,36 @@ pub async fn run(
     let server_config = heimdall_common::tls::server_config(&cfg.tls)?;
     let db = cfg.db_path.clone();
     let max_rows = cfg.max_group_rows;
-    let store = tokio::task::spawn_blocking(move || store::hot::HotStore::open(&db, max_rows))
-        .await
-        .expect("store open task does not panic")?;
+    let partition_ns = cfg.partition_ns;
+    let store = tokio::task::spawn_blocking(move || {
+        store::hot::HotStore::open_with(&db, max_rows, partition_ns)
+    })
+    .await
+    .expect("store open task does not panic")?;
     let store = Arc::new(store);
+    let cold = match &cfg.cold {
+        Some(c) => Some(Arc::new(
+            store::cold::ColdStore::new(c, tokio::runtime::Handle::current())
+                .map_err(Error::Cold)?,
+        )),
+        None => None,
+    };
+    let lifecycle = store::lifecycle::Lifecycle {
+        store: store.clone(),
+        db_path: cfg.db_path.clone(),
+        cfg: cfg.lifecycle.clone(),
+        cold: cold.clone(),
+    };
+    let lc_token = shutdown.child_token();
+    let lifecycle = tokio::task::spawn_blocking(move || lifecycle.start(lc_token))
+        .await
+        .expect("lifecycle start does not panic")
+        .map_err(Error::Lifecycle)?;
+    let tiers = Arc::new(query::exec::Tiers {
+        warm_dir: cfg.lifecycle.warm_dir.clone(),
+        cold,
+        hot_index: Some(store.index().clone()),
+    });
     let endpoint = quic_endpoint(&cfg, server_config)?;
     let http = bind_tcp(cfg.api_listen).map_err(|source| Error::Bind {
         what: "HTTP API",
@@ -193,6 +225,8 @@ pub async fn run(
         max_limit: cfg.max_limit,
         query_timeout: cfg.query_timeout,
         store: store.clone(),
+        tiers,
+        compact_now: Box::new(lifecycle.trigger_fn()),
         tokens: cfg.tokens.clone(),
         eval_limits: query::eval::Limits {
             max_series: cfg.max_series,
@@ -200,11 +234,28 @@ pub async fn run(
         },
     });
     let token = shutdown.child_token();
+    let tls = match &cfg.api_tls {
+        Some((c, k)) => Some(api::tls::server_config(c, k)?),
+        None => None,
+    };
     let api = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, api::router(state))
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-        {
+        let router = api::router(state);
+        let res = match tls {
+            Some(tls) => match api::tls::TlsListener::new(http, tls) {
+                Ok(l) => {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(http, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+            }
+        };
+        if let Err(e) = res {
             tracing::error!(error = %e, "HTTP API failed");
         }
     });
@@ -213,6 +264,8 @@ pub async fn run(
     tracing::info!("shutting down: finishing in-flight batches");
     let _ = ingest.await;
     let _ = tokio::time::timeout(cfg.shutdown_grace, api).await;
+    // The lifecycle finishes the step it is in (each is safe to interrupt anyway).
+    let _ = tokio::task::spawn_blocking(move || lifecycle.join()).await;
     // Every connection task is done, so this is the last handle: the writer commits what
     // is queued and checkpoints the WAL.
     match Arc::try_unwrap(store) {

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 const DEFAULT_CONFIG: &str = "/etc/heimdall/aggregator.toml";
 
 /// Heimdall aggregator: receives logs from Heimdall agents over QUIC with mutual TLS,
-/// stores them (SQLite hot tier) and answers queries over HTTP, including the Loki API
-/// that Grafana uses.
+/// stores them in tiers (SQLite hot, Parquet warm on local disk, S3-compatible cold)
+/// and answers queries over HTTP, including the Loki API that Grafana uses.
 ///
 /// First run `heimdall-aggregator init` to make a private CA and certificates, then
 /// `heimdall-aggregator run`. Configuration is read from --config (default
@@ -39,6 +39,10 @@ enum Command {
     Init(InitArgs),
     /// Issue a client certificate for an agent, signed by the CA in <state-dir>/tls.
     IssueAgentCert(IssueArgs),
+    /// Add the cold tier's segments that the catalog does not list (after the database
+    /// was lost, or to take over another aggregator's prefix in the bucket). Run it with
+    /// the aggregator stopped.
+    RebuildCatalog(RunArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Init(a)) => return init(a),
         Some(Command::IssueAgentCert(a)) => return issue(a),
+        Some(Command::RebuildCatalog(a)) => return rebuild_catalog(a),
         None => (cli.run, false),
     };
     let cfg = match load(&args) {
@@ -159,6 +164,61 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn rebuild_catalog(args: RunArgs) -> ExitCode {
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heimdall-aggregator: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let Some(cold_cfg) = cfg.cold.clone() else {
+        eprintln!("heimdall-aggregator rebuild-catalog: the configuration has no [cold] bucket");
+        return ExitCode::from(64);
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heimdall-aggregator: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = (|| -> anyhow::Result<heimdall_aggregator::store::rebuild::Rebuilt> {
+        let store = heimdall_aggregator::store::hot::HotStore::open_with(
+            &cfg.db_path,
+            cfg.max_group_rows,
+            cfg.partition_ns,
+        )?;
+        let cold =
+            heimdall_aggregator::store::cold::ColdStore::new(&cold_cfg, rt.handle().clone())?;
+        Ok(heimdall_aggregator::store::rebuild::rebuild(&store, &cold)?)
+    })();
+    match res {
+        Ok(r) => {
+            println!(
+                "{} segments added ({} lines), {} already listed, {} unreadable",
+                r.added, r.rows, r.known, r.failed
+            );
+            if r.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("heimdall-aggregator rebuild-catalog: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init(a: InitArgs) -> ExitCode {

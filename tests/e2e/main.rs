@@ -11,4 +11,5 @@ mod redact;
 mod reload;
 mod scale;
 mod spool_cap;
+mod tiers;
 mod tls;

@@ -142,6 +142,19 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+        Proc::spawn_env(bin, args, log, &[])
+    }
+
+    /// Spawns `bin` with extra environment variables, logging to `log`.
+    ///
+    /// # Errors
+    /// Spawn failures.
+    pub fn spawn_env(
+        bin: &Path,
+        args: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,6 +165,7 @@ impl Proc {
                 "RUST_LOG",
                 "info,heimdall_agent=debug,heimdall_aggregator=debug",
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f))
@@ -271,17 +285,39 @@ impl Aggregator {
         ports: Option<ListenAddrs>,
         extra: &str,
     ) -> anyhow::Result<Aggregator> {
+        Aggregator::start_env(dir, pki, ports, extra, &[])
+    }
+
+    /// As [`Aggregator::start_with`], with extra environment variables (failpoints).
+    ///
+    /// # Errors
+    /// As [`Aggregator::start`].
+    pub fn start_env(
+        dir: &Path,
+        pki: &Pki,
+        ports: Option<ListenAddrs>,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Aggregator> {
         let state_dir = dir.join("aggregator");
         std::fs::create_dir_all(&state_dir)?;
         let (ingest, api) = match ports {
             Some(p) => (p.ingest.to_string(), p.api.to_string()),
             None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
         };
+        // Tests read the hot tier's SQLite directly: lines stay there unless a test
+        // configures the tiers itself (their log lines often carry old timestamps,
+        // which the default lifecycle would compact at once).
+        let keep_hot = if extra.contains("[warm]") {
+            ""
+        } else {
+            "[warm]\ncompact_after = \"3650d\"\n"
+        };
         let config = dir.join("aggregator.toml");
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\n[shutdown]\ngrace = \"5s\"\n{extra}",
+                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\n[shutdown]\ngrace = \"5s\"\n{keep_hot}{extra}",
                 state_dir.display().to_string(),
                 pki.ca_pem.display().to_string(),
                 pki.server_cert.display().to_string(),
@@ -290,10 +326,11 @@ impl Aggregator {
         )?;
         let listen = state_dir.join(heimdall_aggregator::LISTEN_FILE);
         let _ = std::fs::remove_file(&listen);
-        let mut proc = Proc::spawn(
+        let mut proc = Proc::spawn_env(
             &bins().aggregator,
             &["run", "--config", config.to_str().expect("utf-8 path")],
             &dir.join("aggregator.log"),
+            env,
         )?;
         let start = Instant::now();
         let addrs: ListenAddrs = loop {
@@ -453,14 +490,21 @@ pub fn stored_lines(db: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let mut stmt =
-        conn.prepare("SELECT s.labels, l.line FROM logs l JOIN streams s ON s.id = l.stream_id")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })?;
+    let mut raw = Vec::new();
+    for p in heimdall_aggregator::store::hot::partitions(&conn)? {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT s.labels, l.line FROM \"{}\" l JOIN streams s ON s.id = l.stream_id",
+            p.name
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        for r in rows {
+            raw.push(r?);
+        }
+    }
     let mut out = Vec::new();
-    for r in rows {
-        let (labels, line) = r?;
+    for (labels, line) in raw {
         let l = heimdall_aggregator::store::hot::parse_labels_key(&labels);
         out.push((l.get("source").unwrap_or("").to_owned(), line));
     }
@@ -485,21 +529,30 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let mut stmt = conn.prepare(
-        "SELECT s.labels, l.level, l.ts, l.line, l.template_id FROM logs l JOIN streams s ON s.id = l.stream_id ORDER BY l.id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Vec<u8>>(3)?,
-            r.get::<_, i64>(4)?,
-        ))
-    })?;
+    let mut raw = Vec::new();
+    for p in heimdall_aggregator::store::hot::partitions(&conn)? {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT s.labels, l.level, l.ts, l.line, l.template_id, l.id FROM \"{}\" l JOIN streams s ON s.id = l.stream_id",
+            p.name
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        for r in rows {
+            raw.push(r?);
+        }
+    }
+    // In storage order, as one table would give them.
+    raw.sort_by_key(|r| r.5);
     let mut out = Vec::new();
-    for r in rows {
-        let (labels, level, ts, line, template_id) = r?;
+    for (labels, level, ts, line, template_id, _) in raw {
         out.push(Row {
             labels: heimdall_aggregator::store::hot::parse_labels_key(&labels),
             level: heimdall_common::record::Level::from_u8(level as u8)
@@ -550,9 +603,7 @@ pub fn stored_count(db: &Path) -> u64 {
         return 0;
     };
     let _ = conn.busy_timeout(Duration::from_secs(5));
-    conn.query_row("SELECT count(*) FROM logs", [], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
-        .unwrap_or(0)
+    heimdall_aggregator::store::hot::count_rows(&conn).unwrap_or(0)
 }
 
 /// Waits until `count()` reaches `want` (and stays there briefly), or the timeout.
@@ -701,4 +752,76 @@ pub fn python() -> &'static Path {
         std::fs::write(&stamp, want).expect("write venv stamp");
         py
     })
+}
+
+/// A real S3-compatible server (moto in server mode, from PyPI) on a free loopback
+/// port, with a bucket made for the test. Killed when dropped.
+pub struct S3Server {
+    pub proc: Proc,
+    pub endpoint: String,
+    pub bucket: String,
+    /// A file holding the secret access key the server accepts.
+    pub secret_file: PathBuf,
+}
+
+impl S3Server {
+    /// Starts the server in `dir` and makes `bucket`.
+    ///
+    /// # Errors
+    /// When it does not answer within 30 s.
+    pub fn start(dir: &Path, bucket: &str) -> anyhow::Result<S3Server> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let py = python();
+        let proc = Proc::spawn(
+            py,
+            &[
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ],
+            &dir.join("moto.log"),
+        )?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        loop {
+            if ureq::put(&format!("{endpoint}/{bucket}")).call().is_ok() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("moto did not start:\n{}", proc.log_tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let secret_file = dir.join("s3-secret");
+        std::fs::write(&secret_file, "test\n")?;
+        Ok(S3Server {
+            proc,
+            endpoint,
+            bucket: bucket.to_owned(),
+            secret_file,
+        })
+    }
+
+    /// Object keys under `prefix`.
+    ///
+    /// # Errors
+    /// HTTP failures.
+    pub fn keys(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let body = ureq::get(&format!(
+            "{}/{}?list-type=2&prefix={prefix}",
+            self.endpoint, self.bucket
+        ))
+        .call()?
+        .into_string()?;
+        Ok(body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_owned)
+            .collect())
+    }
 }

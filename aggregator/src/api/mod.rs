@@ -5,8 +5,10 @@
 //! a blocking thread with read-only SQLite connections and a deadline, and stop when
 //! the client goes away (the request future is dropped, which cancels the query).
 
+pub mod admin;
 pub mod auth;
 pub mod loki;
+pub mod tls;
 
 use crate::ingest::Registry;
 use crate::query::parse::{self, Query};
@@ -33,6 +35,10 @@ pub struct ApiState {
     pub query_timeout: Duration,
     /// Where pushed lines are written.
     pub store: Arc<HotStore>,
+    /// The segment tiers queries read.
+    pub tiers: Arc<crate::query::exec::Tiers>,
+    /// Runs the storage lifecycle now and waits for it.
+    pub compact_now: Box<dyn Fn() + Send + Sync>,
     /// API tokens; empty means the API is open (the local default).
     pub tokens: Vec<auth::Token>,
     /// Bounds on metric queries.
@@ -64,6 +70,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/aggregates", get(aggregates))
+        .route("/api/v1/admin/compact", post(admin::compact))
+        .route("/api/v1/admin/erase", post(admin::erase))
+        .route("/api/v1/admin/erasures", get(admin::erasures))
+        .route("/api/v1/admin/segments", get(admin::segments))
         .layer(axum::extract::DefaultBodyLimit::max(loki::MAX_PUSH_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -101,7 +111,7 @@ impl From<crate::query::exec::Error> for ApiError {
             E::Timeout => StatusCode::GATEWAY_TIMEOUT,
             // Nobody reads this answer: the client is gone.
             E::Cancelled => StatusCode::REQUEST_TIMEOUT,
-            E::Sqlite(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Sqlite(_) | E::Segment(_) | E::Cold(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -231,6 +241,7 @@ async fn on_source<T: Send + 'static>(
         + 'static,
 ) -> Result<T, ApiError> {
     let path = st.db_path.clone();
+    let tiers = st.tiers.clone();
     let gone = Arc::new(AtomicBool::new(false));
     // Dropped with the request: marks the query abandoned.
     struct Abandon(Arc<AtomicBool>);
@@ -242,8 +253,15 @@ async fn on_source<T: Send + 'static>(
     let guard = Abandon(gone.clone());
     let res = tokio::task::spawn_blocking(move || -> Result<T, ApiError> {
         let conn = hot::open_reader(&path).map_err(internal)?;
-        let src = crate::query::exec::Source::hot(&conn).with_cancel(&gone);
-        f(&src, &gone).map_err(ApiError::from)
+        // One read transaction: the query sees one state of the catalog and the hot
+        // partitions, whatever the lifecycle commits meanwhile.
+        conn.execute_batch("BEGIN").map_err(internal)?;
+        let src = crate::query::exec::Source::hot(&conn)
+            .with_tiers(&tiers)
+            .with_cancel(&gone);
+        let res = f(&src, &gone).map_err(ApiError::from);
+        let _ = conn.execute_batch("COMMIT");
+        res
     })
     .await
     .map_err(internal)?;

@@ -13,7 +13,7 @@
 //!
 //! Memory is bounded by [`Limits`]: series and points held at once.
 
-use super::exec::{Error, Source};
+use super::exec::{Error, Order, Source};
 use super::parse::{AggOp, BinOp, CmpOp, Expr, Grouping, LogQuery, MatchOp, RangeFn, Stage};
 use super::pipeline::{base_labels, Pipeline, ERROR_LABEL};
 use heimdall_common::record::{Labels, Level};
@@ -305,7 +305,7 @@ impl Ctx<'_, '_> {
             let mut failed: Option<Error> = None;
             let (mut lines, mut bytes_read) = (0u64, 0u64);
             let filters: Vec<_> = log.leading_filters().collect();
-            let complete = self.src.scan(&ids, scan_start, scan_end, false, &filters, req.deadline, |row| {
+            let complete = self.src.scan(&ids, scan_start, scan_end, Order::Any, &filters, req.deadline, |row| {
                 lines += 1;
                 bytes_read += row.line.len() as u64;
                 let stream = labels[&row.stream_id];

@@ -1,4 +1,12 @@
-//! The hot tier: SQLite (WAL), one writer thread with group commit.
+//! The hot tier: SQLite (WAL), one writer thread with group commit, lines kept in
+//! time partitions.
+//!
+//! Lines go to one table per partition of event time (`logs_p<start seconds>`, an hour
+//! by default), so moving or deleting a partition is a `DROP TABLE`, not millions of row
+//! deletes. Row ids come from one counter across partitions (kept in `meta`), so they
+//! order every line ever stored and `tail` can follow them. The same database holds the segment catalog (see
+//! [`crate::store::catalog`]), so a compaction's "segment active, partition gone" is one
+//! transaction.
 //!
 //! Batches from all connections queue to the writer, which commits as many as are
 //! waiting (up to a row budget) in one transaction, each inside its own savepoint so
@@ -39,24 +47,60 @@ pub enum Error {
     },
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS streams (
     id      INTEGER PRIMARY KEY,
     labels  TEXT NOT NULL UNIQUE
 );
-CREATE TABLE IF NOT EXISTS logs (
-    id          INTEGER PRIMARY KEY,
-    stream_id   INTEGER NOT NULL,
-    ts          INTEGER NOT NULL,
-    observed    INTEGER NOT NULL,
-    level       INTEGER NOT NULL,
-    template_id INTEGER NOT NULL,
-    flags       INTEGER NOT NULL,
-    line        BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS meta (
+    key     TEXT PRIMARY KEY,
+    value   INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS logs_ts ON logs(ts);
-CREATE INDEX IF NOT EXISTS logs_stream_ts ON logs(stream_id, ts);
+CREATE TABLE IF NOT EXISTS partitions (
+    name    TEXT PRIMARY KEY,
+    start   INTEGER NOT NULL,
+    end     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    id           INTEGER PRIMARY KEY,
+    state        TEXT NOT NULL,
+    tier         TEXT NOT NULL,
+    name         TEXT NOT NULL UNIQUE,
+    min_ts       INTEGER NOT NULL,
+    max_ts       INTEGER NOT NULL,
+    rows         INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    raw_bytes    INTEGER NOT NULL,
+    levels       INTEGER NOT NULL,
+    checksum     INTEGER NOT NULL,
+    content_hash INTEGER NOT NULL,
+    bloom        BLOB,
+    source       TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segment_streams (
+    segment_id     INTEGER NOT NULL,
+    stream_id      INTEGER NOT NULL,
+    file_stream_id INTEGER NOT NULL,
+    min_ts         INTEGER NOT NULL,
+    max_ts         INTEGER NOT NULL,
+    rows           INTEGER NOT NULL,
+    PRIMARY KEY (segment_id, stream_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segment_streams_by_stream ON segment_streams(stream_id, max_ts);
+CREATE TABLE IF NOT EXISTS erasures (
+    id        INTEGER PRIMARY KEY,
+    query     TEXT NOT NULL,
+    start     INTEGER NOT NULL,
+    end       INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    lines     INTEGER NOT NULL DEFAULT 0,
+    segments  INTEGER NOT NULL DEFAULT 0,
+    created   INTEGER NOT NULL,
+    finished  INTEGER
+);
 CREATE TABLE IF NOT EXISTS batch_hw (
     agent           TEXT NOT NULL,
     epoch           INTEGER NOT NULL,
@@ -124,17 +168,123 @@ pub struct BatchId {
 }
 
 struct WriteReq {
-    /// `None` for anomaly events sent ahead of their batch: stored without identity.
+    /// `None` for anomaly events sent ahead of their batch and lines pushed through the
+    /// Loki API: stored without identity.
     id: Option<BatchId>,
     content: BatchContent,
     reply: oneshot::Sender<Result<Outcome, Error>>,
 }
 
+/// Work the lifecycle runs on the writer's connection, in its own transaction.
+pub type JobFn = Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>;
+
+struct Job {
+    f: JobFn,
+    reply: oneshot::Sender<Result<(), Error>>,
+}
+
+enum Req {
+    Write(WriteReq),
+    Job(Job),
+}
+
 /// Handle to the hot store.
 pub struct HotStore {
     path: PathBuf,
-    tx: Option<mpsc::Sender<WriteReq>>,
+    tx: Option<mpsc::Sender<Req>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    index: super::hot_index::HotIndex,
+}
+
+/// Default partition length: an hour of event time.
+pub const DEFAULT_PARTITION_NS: i64 = 3_600_000_000_000;
+
+/// One hot partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    /// `[start, end)` of event time the partition takes.
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The table name of the partition starting at `start` ns.
+pub fn partition_name(start: i64) -> String {
+    let secs = start.div_euclid(1_000_000_000);
+    if secs < 0 {
+        format!("logs_pn{}", -secs)
+    } else {
+        format!("logs_p{secs}")
+    }
+}
+
+/// Every hot partition, oldest first.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn partitions(conn: &Connection) -> Result<Vec<Partition>, rusqlite::Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, start, end FROM partitions ORDER BY start, name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Partition {
+            name: r.get(0)?,
+            start: r.get(1)?,
+            end: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+const LOG_COLUMNS: &str = "id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL, observed INTEGER NOT NULL, level INTEGER NOT NULL, template_id INTEGER NOT NULL, flags INTEGER NOT NULL, line BLOB NOT NULL";
+
+/// Creates the partition `[start, end)` if it does not exist (inside the caller's
+/// transaction).
+fn create_partition(conn: &Connection, start: i64, end: i64) -> Result<String, rusqlite::Error> {
+    let name = partition_name(start);
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS \"{name}\" ({LOG_COLUMNS});
+         CREATE INDEX IF NOT EXISTS \"{name}_ts\" ON \"{name}\"(ts);
+         CREATE INDEX IF NOT EXISTS \"{name}_stream_ts\" ON \"{name}\"(stream_id, ts);"
+    ))?;
+    conn.execute(
+        "INSERT OR IGNORE INTO partitions(name, start, end) VALUES (?1, ?2, ?3)",
+        params![name, start, end],
+    )?;
+    Ok(name)
+}
+
+/// Brings a schema-1 database (one `logs` table) to schema 2: the table becomes a
+/// partition covering its rows' time range.
+fn migrate_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let is_table: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'logs' AND type = 'table'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !is_table {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE; ALTER TABLE logs RENAME TO logs_legacy;")?;
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(ts), max(ts) FROM logs_legacy", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    conn.execute(
+        "INSERT OR REPLACE INTO partitions(name, start, end) VALUES ('logs_legacy', ?1, ?2)",
+        params![lo.unwrap_or(0), hi.map_or(0, |h| h.saturating_add(1))],
+    )?;
+    let next: i64 = conn.query_row(
+        "SELECT coalesce(max(id), 0) + 1 FROM logs_legacy",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_row_id', ?1)",
+        [next],
+    )?;
+    conn.execute_batch("COMMIT")
 }
 
 fn sqlite(path: &Path) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -191,6 +341,18 @@ impl HotStore {
     /// # Errors
     /// [`Error::Sqlite`] when the file cannot be opened or is corrupt, [`Error::Schema`].
     pub fn open(path: &Path, max_group_rows: usize) -> Result<HotStore, Error> {
+        HotStore::open_with(path, max_group_rows, DEFAULT_PARTITION_NS)
+    }
+
+    /// As [`HotStore::open`], with partitions of `partition_ns` of event time.
+    ///
+    /// # Errors
+    /// As [`HotStore::open`].
+    pub fn open_with(
+        path: &Path,
+        max_group_rows: usize,
+        partition_ns: i64,
+    ) -> Result<HotStore, Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::Sqlite {
                 path: path.to_owned(),
@@ -201,7 +363,7 @@ impl HotStore {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sqlite(path))?;
-        if version != 0 && version != SCHEMA_VERSION {
+        if version != 0 && version != 1 && version != SCHEMA_VERSION {
             return Err(Error::Schema {
                 path: path.to_owned(),
                 found: version,
@@ -209,6 +371,11 @@ impl HotStore {
             });
         }
         conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
+        migrate_v1(&conn).map_err(sqlite(path))?;
+        // Lines live in partition tables only (a view over them would hit SQLite's
+        // limit of 500 terms in a compound SELECT once there are many hours).
+        conn.execute_batch("DROP VIEW IF EXISTS logs")
+            .map_err(sqlite(path))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sqlite(path))?;
         let quick: String = conn
@@ -222,9 +389,16 @@ impl HotStore {
         }
         let (tx, rx) = mpsc::channel(1024);
         let p = path.to_owned();
+        let index = super::hot_index::HotIndex::default();
+        let writer_index = index.clone();
         let writer = std::thread::Builder::new()
             .name("hot-store-writer".into())
-            .spawn(move || Writer::new(conn, p, max_group_rows).run(rx))
+            .spawn(
+                move || match Writer::new(conn, p, max_group_rows, partition_ns, writer_index) {
+                    Ok(w) => w.run(rx),
+                    Err(e) => tracing::error!(error = %e, "hot store writer cannot start"),
+                },
+            )
             .map_err(|e| Error::Sqlite {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
@@ -233,7 +407,13 @@ impl HotStore {
             path: path.to_owned(),
             tx: Some(tx),
             writer: Some(writer),
+            index,
         })
+    }
+
+    /// The token index of hot rows.
+    pub fn index(&self) -> &super::hot_index::HotIndex {
+        &self.index
     }
 
     /// The database file.
@@ -251,11 +431,11 @@ impl HotStore {
         let (reply, rx) = oneshot::channel();
         metrics::gauge!("heimdall_aggregator_store_queue_depth")
             .set((tx.max_capacity() - tx.capacity()) as f64);
-        tx.send(WriteReq {
+        tx.send(Req::Write(WriteReq {
             id: Some(id),
             content,
             reply,
-        })
+        }))
         .await
         .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
@@ -270,11 +450,11 @@ impl HotStore {
     pub async fn write_unidentified(&self, content: BatchContent) -> Result<Outcome, Error> {
         let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(WriteReq {
+        tx.send(Req::Write(WriteReq {
             id: None,
             content,
             reply,
-        })
+        }))
         .await
         .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
@@ -290,18 +470,32 @@ impl HotStore {
         let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
         let (reply, rx) = oneshot::channel();
         let n = events.len();
-        tx.send(WriteReq {
+        tx.send(Req::Write(WriteReq {
             id: None,
             content: BatchContent {
                 anomalies: events,
                 ..Default::default()
             },
             reply,
-        })
+        }))
         .await
         .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)??;
         Ok(n)
+    }
+
+    /// Runs `f` on the writer's connection in its own transaction, between group
+    /// commits, and waits for it (from a thread that is not a tokio worker).
+    ///
+    /// # Errors
+    /// [`Error::WriterGone`], or [`Error::Sqlite`] when `f` failed (the transaction was
+    /// rolled back).
+    pub fn job_blocking(&self, f: JobFn) -> Result<(), Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.blocking_send(Req::Job(Job { f, reply }))
+            .map_err(|_| Error::WriterGone)?;
+        rx.blocking_recv().map_err(|_| Error::WriterGone)?
     }
 
     /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
@@ -324,30 +518,100 @@ struct Writer {
     path: PathBuf,
     max_group_rows: usize,
     streams: HashMap<Labels, i64>,
+    partition_ns: i64,
+    /// Partition tables by their start.
+    parts: HashMap<i64, String>,
+    /// Partitions this process made (the index covers them whole).
+    made: std::collections::HashSet<String>,
+    next_id: i64,
+    index: super::hot_index::HotIndex,
 }
 
 /// Most stream ids cached by the writer; the cache is cleared when it grows past this.
 const STREAM_CACHE: usize = 10_000;
 
 impl Writer {
-    fn new(conn: Connection, path: PathBuf, max_group_rows: usize) -> Writer {
-        Writer {
+    fn new(
+        conn: Connection,
+        path: PathBuf,
+        max_group_rows: usize,
+        partition_ns: i64,
+        index: super::hot_index::HotIndex,
+    ) -> Result<Writer, rusqlite::Error> {
+        let mut w = Writer {
             conn,
             path,
             max_group_rows,
             streams: HashMap::new(),
-        }
+            partition_ns: partition_ns.max(1_000_000_000),
+            parts: HashMap::new(),
+            made: std::collections::HashSet::new(),
+            next_id: 1,
+            index,
+        };
+        w.reload()?;
+        Ok(w)
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
-        while let Some(first) = rx.blocking_recv() {
+    /// Reads the partition map and the id counter again (after a rollback or a job).
+    fn reload(&mut self) -> Result<(), rusqlite::Error> {
+        self.parts = partitions(&self.conn)?
+            .into_iter()
+            .filter(|p| p.name != "logs_legacy")
+            .map(|p| (p.start, p.name))
+            .collect();
+        let stored: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'next_row_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut max = 0i64;
+        for name in self.parts.values() {
+            let m: i64 = self.conn.query_row(
+                &format!("SELECT coalesce(max(id), 0) FROM \"{name}\""),
+                [],
+                |r| r.get(0),
+            )?;
+            max = max.max(m);
+        }
+        self.next_id = stored.unwrap_or(1).max(max + 1);
+        let live: std::collections::HashSet<String> = self.parts.values().cloned().collect();
+        self.made.retain(|m| live.contains(m));
+        self.index.retain(&live);
+        Ok(())
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Req>) {
+        let mut pending: Option<Req> = None;
+        loop {
+            let first = match pending.take() {
+                Some(r) => r,
+                None => match rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let first = match first {
+                Req::Job(j) => {
+                    self.run_job(j);
+                    continue;
+                }
+                Req::Write(w) => w,
+            };
             let mut rows = first.content.records.len();
             let mut group = vec![first];
             while rows < self.max_group_rows {
                 match rx.try_recv() {
-                    Ok(r) => {
+                    Ok(Req::Write(r)) => {
                         rows += r.content.records.len();
                         group.push(r);
+                    }
+                    Ok(job) => {
+                        pending = Some(job);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -355,6 +619,27 @@ impl Writer {
             self.commit_group(group);
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let res = (|| -> Result<(), rusqlite::Error> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            match (job.f)(&self.conn) {
+                Ok(()) => self.conn.execute_batch("COMMIT"),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })();
+        self.streams.clear();
+        if let Err(e) = self.reload() {
+            tracing::error!(error = %e, "hot store: cannot reload partitions after a job");
+        }
+        let _ = job.reply.send(res.map_err(|source| Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }));
     }
 
     fn commit_group(&mut self, group: Vec<WriteReq>) {
@@ -374,6 +659,8 @@ impl Writer {
                         self.conn
                             .execute_batch("ROLLBACK TO batch; RELEASE batch")?;
                         self.streams.clear();
+                        // Partitions made in the rolled-back savepoint are gone.
+                        self.reload()?;
                         results.push(Err(Error::Sqlite {
                             path: self.path.clone(),
                             source: e,
@@ -381,12 +668,20 @@ impl Writer {
                     }
                 }
             }
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_row_id', ?1)",
+                )?
+                .execute([self.next_id])?;
             self.conn.execute_batch("COMMIT")
         })();
         if let Err(e) = res {
             let _ = self.conn.execute_batch("ROLLBACK");
-            // Stream ids made in the failed transaction do not exist.
+            // Stream ids and partitions made in the failed transaction do not exist.
             self.streams.clear();
+            if let Err(e) = self.reload() {
+                tracing::error!(error = %e, "hot store: cannot reload partitions");
+            }
             tracing::error!(error = %e, batches = n, "hot store commit failed; agents will resend");
             metrics::counter!("heimdall_aggregator_store_errors_total").increment(1);
             for req in group {
@@ -438,19 +733,40 @@ impl Writer {
         for s in &content.streams {
             ids.push(self.stream_id(s)?);
         }
-        let mut ins = self.conn.prepare_cached(
-            "INSERT INTO logs(stream_id, ts, observed, level, template_id, flags, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
         for r in &content.records {
-            ins.execute(params![
-                ids[r.stream as usize],
-                r.time_ns,
-                r.observed_ns,
-                r.level as u8,
-                r.template_id as i64,
-                r.flags,
-                &r.line[..],
-            ])?;
+            let start = r.time_ns.div_euclid(self.partition_ns) * self.partition_ns;
+            let table = match self.parts.get(&start) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = create_partition(
+                        &self.conn,
+                        start,
+                        start.saturating_add(self.partition_ns),
+                    )?;
+                    self.parts.insert(start, t.clone());
+                    metrics::gauge!("heimdall_aggregator_hot_partitions")
+                        .set(self.parts.len() as f64);
+                    t
+                }
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO \"{table}\"(id, stream_id, ts, observed, level, template_id, flags, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ))?
+                .execute(params![
+                    id,
+                    ids[r.stream as usize],
+                    r.time_ns,
+                    r.observed_ns,
+                    r.level as u8,
+                    r.template_id as i64,
+                    r.flags,
+                    &r.line[..],
+                ])?;
+            self.index
+                .add(&table, self.made.contains(&table), id, r.time_ns, &r.line);
         }
         Ok(ids)
     }
@@ -602,6 +918,7 @@ impl Writer {
 /// One stored row, as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
+    pub id: i64,
     pub stream_id: i64,
     pub ts: i64,
     pub level: Level,
@@ -620,22 +937,46 @@ pub fn load_streams(conn: &Connection) -> Result<Vec<(i64, Labels)>, rusqlite::E
         .collect()
 }
 
-/// Calls `each` for rows of `streams` in `[start, end)`, newest first when `backward`,
-/// until it returns `false`. Reads in pages so memory stays flat.
+/// A page of rows of one partition: rows of `streams` in `[start, end)` after the
+/// keyset position `after` (`(ts, id)`; exclusive), in (ts, id) order (descending when
+/// `backward`), at most `limit`.
 ///
 /// # Errors
 /// [`rusqlite::Error`].
-pub fn scan_rows(
+#[allow(clippy::too_many_arguments)]
+pub fn page(
     conn: &Connection,
+    partition: &str,
     streams: &[i64],
     start: i64,
     end: i64,
     backward: bool,
-    deadline: Option<Instant>,
-    mut each: impl FnMut(Row) -> bool,
-) -> Result<bool, rusqlite::Error> {
+    after: Option<(i64, i64)>,
+    limit: usize,
+) -> Result<Vec<Row>, rusqlite::Error> {
+    page_ids(
+        conn, partition, streams, start, end, backward, after, limit, None,
+    )
+}
+
+/// As [`page`], only rows with ids in `ids` (inclusive), when given.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+#[allow(clippy::too_many_arguments)]
+pub fn page_ids(
+    conn: &Connection,
+    partition: &str,
+    streams: &[i64],
+    start: i64,
+    end: i64,
+    backward: bool,
+    after: Option<(i64, i64)>,
+    limit: usize,
+    ids: Option<(i64, i64)>,
+) -> Result<Vec<Row>, rusqlite::Error> {
     if streams.is_empty() {
-        return Ok(true);
+        return Ok(Vec::new());
     }
     let list = streams
         .iter()
@@ -647,43 +988,52 @@ pub fn scan_rows(
     } else {
         (">", "ASC")
     };
-    // Keyset pagination on (ts, id): each page starts after the last row of the previous one.
+    let (id_lo, id_hi) = ids.unwrap_or((i64::MIN, i64::MAX));
+    let by_id = if ids.is_some() {
+        "AND id >= ?6 AND id <= ?7"
+    } else {
+        "AND ?6 <= ?7"
+    };
     let sql = format!(
-        "SELECT id, stream_id, ts, level, flags, line FROM logs
-         WHERE stream_id IN ({list}) AND ts >= ?1 AND ts < ?2 AND (ts, id) {cmp} (?3, ?4)
-         ORDER BY ts {order}, id {order} LIMIT 2048"
+        "SELECT id, stream_id, ts, level, flags, line FROM \"{partition}\"
+         WHERE stream_id IN ({list}) AND ts >= ?1 AND ts < ?2 AND (ts, id) {cmp} (?3, ?4) {by_id}
+         ORDER BY ts {order}, id {order} LIMIT ?5"
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let (mut cur_ts, mut cur_id) = if backward {
+    let (cur_ts, cur_id) = after.unwrap_or(if backward {
         (i64::MAX, i64::MAX)
     } else {
         (i64::MIN, i64::MIN)
-    };
-    loop {
-        let mut n = 0;
-        let mut rows = stmt.query(params![start, end, cur_ts, cur_id])?;
-        while let Some(r) = rows.next()? {
-            n += 1;
-            cur_id = r.get(0)?;
-            cur_ts = r.get(2)?;
-            let row = Row {
+    });
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![start, end, cur_ts, cur_id, limit as i64, id_lo, id_hi],
+        |r| {
+            Ok(Row {
+                id: r.get(0)?,
                 stream_id: r.get(1)?,
-                ts: cur_ts,
+                ts: r.get(2)?,
                 level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
                 flags: r.get(4)?,
                 line: r.get(5)?,
-            };
-            if !each(row) {
-                return Ok(true);
-            }
-        }
-        if n < 2048 {
-            return Ok(true);
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(false);
-        }
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// Lines in the hot tier, across partitions.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn count_rows(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let mut n = 0u64;
+    for p in partitions(conn)? {
+        let c: i64 = conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
+            r.get(0)
+        })?;
+        n += c as u64;
     }
+    Ok(n)
 }
 
 /// The highest row id stored (0 when empty).
@@ -691,7 +1041,16 @@ pub fn scan_rows(
 /// # Errors
 /// [`rusqlite::Error`].
 pub fn max_row_id(conn: &Connection) -> Result<i64, rusqlite::Error> {
-    conn.query_row("SELECT coalesce(max(id), 0) FROM logs", [], |r| r.get(0))
+    let mut max = 0i64;
+    for p in partitions(conn)? {
+        let m: i64 = conn.query_row(
+            &format!("SELECT coalesce(max(id), 0) FROM \"{}\"", p.name),
+            [],
+            |r| r.get(0),
+        )?;
+        max = max.max(m);
+    }
+    Ok(max)
 }
 
 /// Rows of `streams` stored after row `after` (in storage order), at most `limit`,
@@ -713,24 +1072,35 @@ pub fn rows_after(
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let sql = format!(
-        "SELECT id, stream_id, ts, level, flags, line FROM logs
-         WHERE id > ?1 AND stream_id IN ({list}) ORDER BY id LIMIT ?2"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![after, limit as i64], |r| {
-        Ok((
-            r.get(0)?,
-            Row {
-                stream_id: r.get(1)?,
-                ts: r.get(2)?,
-                level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
-                flags: r.get(4)?,
-                line: r.get(5)?,
-            },
-        ))
-    })?;
-    rows.collect()
+    let mut out: Vec<(i64, Row)> = Vec::new();
+    for p in partitions(conn)? {
+        let sql = format!(
+            "SELECT id, stream_id, ts, level, flags, line FROM \"{}\"
+             WHERE id > ?1 AND stream_id IN ({list}) ORDER BY id LIMIT ?2",
+            p.name
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            let id: i64 = r.get(0)?;
+            Ok((
+                id,
+                Row {
+                    id,
+                    stream_id: r.get(1)?,
+                    ts: r.get(2)?,
+                    level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
+                    flags: r.get(4)?,
+                    line: r.get(5)?,
+                },
+            ))
+        })?;
+        for r in rows {
+            out.push(r?);
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// How long a query may wait for the writer's lock before giving up.
@@ -773,10 +1143,7 @@ mod tests {
     }
 
     fn count(path: &Path) -> i64 {
-        open_reader(path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM logs", [], |r| r.get(0))
-            .unwrap()
+        count_rows(&open_reader(path).unwrap()).unwrap() as i64
     }
 
     #[tokio::test]
@@ -834,6 +1201,29 @@ mod tests {
         assert_eq!(seen, 0);
     }
 
+    /// Regression: a backfill spanning more than 500 hours once failed every batch, when
+    /// a view united the partitions (SQLite allows 500 terms in a compound SELECT).
+    #[tokio::test]
+    async fn a_batch_spanning_a_thousand_hours_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        let mut s = HotStore::open(&path, 100_000).unwrap();
+        let mut c = content(&vec!["x"; 1000]);
+        for (i, r) in c.records.iter_mut().enumerate() {
+            r.time_ns = 1_700_000_000_000_000_000 + i as i64 * DEFAULT_PARTITION_NS;
+        }
+        assert_eq!(s.write(id(1, 1), c).await.unwrap(), Outcome::Stored(1000));
+        s.close();
+        let conn = open_reader(&path).unwrap();
+        assert_eq!(partitions(&conn).unwrap().len(), 1000);
+        assert_eq!(count_rows(&conn).unwrap(), 1000);
+        // Row ids go on across partitions and restarts.
+        let mut s = HotStore::open(&path, 100_000).unwrap();
+        s.write(id(2, 1), content(&["y"])).await.unwrap();
+        s.close();
+        assert_eq!(max_row_id(&open_reader(&path).unwrap()).unwrap(), 1001);
+    }
+
     #[tokio::test]
     async fn rows_read_back_newest_first_in_pages() {
         let dir = tempfile::tempdir().unwrap();
@@ -846,12 +1236,26 @@ mod tests {
         let conn = open_reader(&path).unwrap();
         let streams = load_streams(&conn).unwrap();
         assert_eq!(streams.len(), 1);
+        let parts = partitions(&conn).unwrap();
+        assert_eq!(parts.len(), 1);
         let mut got = Vec::new();
-        scan_rows(&conn, &[streams[0].0], 0, i64::MAX, true, None, |r| {
-            got.push(r.ts);
-            true
-        })
-        .unwrap();
+        let mut after = None;
+        loop {
+            let rows = page(
+                &conn,
+                &parts[0].name,
+                &[streams[0].0],
+                0,
+                i64::MAX,
+                true,
+                after,
+                2048,
+            )
+            .unwrap();
+            let Some(last) = rows.last() else { break };
+            after = Some((last.ts, last.id));
+            got.extend(rows.iter().map(|r| r.ts));
+        }
         assert_eq!(got.len(), 5000);
         assert!(got.windows(2).all(|w| w[0] > w[1]));
     }

@@ -1,0 +1,108 @@
+//! Administrative endpoints (role `admin` when tokens are configured): run the storage
+//! lifecycle now, request an erasure, list erasures and segments.
+
+use super::{bad, internal, on_reader, parse_time, ApiError, ApiState};
+use crate::store::{catalog, erase};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `POST /api/v1/admin/compact`: runs compaction, upload, retention and pending
+/// erasures now; answers when they are done.
+pub async fn compact(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || (st2.compact_now)())
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({"status": "success"})))
+}
+
+/// An erasure request.
+#[derive(Deserialize)]
+pub struct EraseRequest {
+    /// A stream selector with optional line filters.
+    pub query: String,
+    /// Start (RFC 3339, Unix seconds or ns); default: the beginning of time.
+    pub start: Option<String>,
+    /// End (exclusive); default: now.
+    pub end: Option<String>,
+    /// Wait until it is done (default true).
+    pub wait: Option<bool>,
+}
+
+/// `POST /api/v1/admin/erase`: deletes matching lines from every tier.
+pub async fn erase(
+    State(st): State<Arc<ApiState>>,
+    Json(req): Json<EraseRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    erase::validate(&req.query).map_err(bad)?;
+    let start = match &req.start {
+        Some(s) => parse_time(s).map_err(bad)?,
+        None => i64::MIN,
+    };
+    let end = match &req.end {
+        Some(s) => parse_time(s).map_err(bad)?,
+        None => crate::ingest::now_ns().saturating_add(1),
+    };
+    if start >= end {
+        return Err(bad("start must be before end"));
+    }
+    let store = st.store.clone();
+    let q = req.query.clone();
+    let id = tokio::task::spawn_blocking(move || -> Result<i64, ApiError> {
+        let id = Arc::new(std::sync::Mutex::new(0i64));
+        let id2 = id.clone();
+        store
+            .job_blocking(Box::new(move |c| {
+                *id2.lock().unwrap_or_else(|p| p.into_inner()) = erase::record(c, &q, start, end)?;
+                Ok(())
+            }))
+            .map_err(internal)?;
+        let v = *id.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(v)
+    })
+    .await
+    .map_err(internal)??;
+    tracing::info!(erasure = id, query = %req.query, "erasure requested");
+    if req.wait.unwrap_or(true) {
+        let st2 = st.clone();
+        tokio::task::spawn_blocking(move || (st2.compact_now)())
+            .await
+            .map_err(internal)?;
+        let rows = on_reader(&st, erase::list).await?;
+        let e = rows.into_iter().find(|e| e.id == id);
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"status": "success", "data": e})),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "success", "data": {"id": id, "state": "pending"}})),
+    ))
+}
+
+/// `GET /api/v1/admin/erasures`.
+pub async fn erasures(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let rows = on_reader(&st, erase::list).await?;
+    Ok(Json(json!({"status": "success", "data": rows})))
+}
+
+/// `GET /api/v1/admin/segments`: the catalog.
+pub async fn segments(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let segs = on_reader(&st, catalog::all).await?;
+    let data: Vec<Value> = segs
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id, "name": s.name, "state": s.state, "tier": s.tier.as_str(),
+                "min_ts": s.min_ts, "max_ts": s.max_ts, "rows": s.rows, "bytes": s.bytes,
+                "raw_bytes": s.raw_bytes, "checksum": format!("{:08x}", s.checksum),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"status": "success", "data": data})))
+}

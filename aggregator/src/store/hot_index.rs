@@ -1,0 +1,253 @@
+//! Token bloom filters over blocks of hot rows, so a needle search skips most of the
+//! hot tier as the segments' filters let it skip most segments.
+//!
+//! The writer adds every line it stores to the filter of its partition's current
+//! block (a run of consecutive row ids), before the commit. A rolled-back write leaves
+//! entries for rows that do not exist, which only costs a useless read; a line is never
+//! stored without its entries, so a block whose filter says "no" holds no match. The
+//! index lives in memory: after a restart, partitions are indexed again in the
+//! background and read in full until they are. Bounded by the hot tier's size (about
+//! 16 bytes a row); `heimdall_aggregator_hot_index_bytes` shows it.
+
+use super::segment::{index_line, may_contain, Bloom};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Rows per block.
+pub const BLOCK_ROWS: usize = 16_384;
+
+/// One block: rows `first_id..=last_id` with times in `[min_ts, max_ts]`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub first_id: i64,
+    pub last_id: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub rows: usize,
+    bloom: Bloom,
+}
+
+#[derive(Default)]
+struct PartIndex {
+    blocks: Vec<Block>,
+    /// Entries of the block being filled, before its filter is built.
+    pending: HashSet<u64>,
+    /// Whether every row of the partition is in a block (false after a restart until
+    /// the partition is indexed again).
+    complete: bool,
+}
+
+/// The index, shared by the writer and queries.
+#[derive(Clone, Default)]
+pub struct HotIndex {
+    inner: Arc<Mutex<HashMap<String, PartIndex>>>,
+}
+
+/// Where a query must read a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The whole partition (not indexed).
+    All,
+    /// Only these blocks (`first_id..=last_id`, `min_ts`, `max_ts`).
+    Blocks(Vec<(i64, i64, i64, i64)>),
+}
+
+impl HotIndex {
+    /// Adds a stored line of `partition`; `new` says the writer made the partition in
+    /// this process (so the index covers all of it).
+    pub fn add(&self, partition: &str, new: bool, id: i64, ts: i64, line: &[u8]) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let p = g.entry(partition.to_owned()).or_insert_with(|| PartIndex {
+            complete: new,
+            ..Default::default()
+        });
+        let open = p
+            .blocks
+            .last()
+            .is_some_and(|b| b.rows < BLOCK_ROWS && b.last_id < id);
+        if !open {
+            if let Some(b) = p.blocks.last_mut() {
+                seal(b, &mut p.pending);
+            }
+            p.blocks.push(Block {
+                first_id: id,
+                last_id: id,
+                min_ts: ts,
+                max_ts: ts,
+                rows: 0,
+                bloom: Bloom::with_capacity(0),
+            });
+        }
+        let b = p.blocks.last_mut().expect("just ensured");
+        b.last_id = id;
+        b.min_ts = b.min_ts.min(ts);
+        b.max_ts = b.max_ts.max(ts);
+        b.rows += 1;
+        index_line(line, &mut p.pending);
+    }
+
+    /// Indexes a partition's rows with ids up to `max_id` (read after a restart) and
+    /// marks it complete; blocks the writer made meanwhile for newer rows are kept.
+    pub fn rebuild(
+        &self,
+        partition: &str,
+        rows: impl IntoIterator<Item = (i64, i64, Vec<u8>)>,
+        max_id: i64,
+    ) {
+        let built = HotIndex::default();
+        for (id, ts, line) in rows {
+            built.add(partition, true, id, ts, &line);
+        }
+        let mut b = built.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = b.remove(partition).unwrap_or_default();
+        if let Some(last) = fresh.blocks.last_mut() {
+            seal(last, &mut fresh.pending);
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = g.entry(partition.to_owned()).or_default();
+        let kept: Vec<Block> = entry
+            .blocks
+            .drain(..)
+            .filter(|b| b.last_id > max_id)
+            .collect();
+        if kept.is_empty() {
+            entry.pending.clear();
+        }
+        fresh.blocks.extend(kept);
+        entry.blocks = fresh.blocks;
+        entry.complete = true;
+    }
+
+    /// Forgets a partition (dropped).
+    pub fn remove(&self, partition: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(partition);
+    }
+
+    /// Forgets every partition not in `keep`.
+    pub fn retain(&self, keep: &HashSet<String>) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| keep.contains(k));
+    }
+
+    /// Whether a partition is fully indexed.
+    pub fn is_complete(&self, partition: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(partition)
+            .is_some_and(|p| p.complete)
+    }
+
+    /// The blocks of `partition` that may hold a line containing every needle.
+    pub fn plan(&self, partition: &str, needles: &[&[u8]]) -> Plan {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = g.get_mut(partition) else {
+            return Plan::All;
+        };
+        if !p.complete || needles.is_empty() {
+            return Plan::All;
+        }
+        // The open block's entries are not in its filter yet: seal a copy for the check.
+        let mut out = Vec::new();
+        let n = p.blocks.len();
+        for (i, b) in p.blocks.iter().enumerate() {
+            let hit = if i + 1 == n && !p.pending.is_empty() {
+                let mut tmp = b.clone();
+                let mut pend = p.pending.clone();
+                seal(&mut tmp, &mut pend);
+                needles.iter().all(|nd| may_contain(&tmp.bloom, nd))
+            } else {
+                needles.iter().all(|nd| may_contain(&b.bloom, nd))
+            };
+            if hit {
+                out.push((b.first_id, b.last_id, b.min_ts, b.max_ts));
+            }
+        }
+        Plan::Blocks(out)
+    }
+
+    /// Memory held, roughly.
+    pub fn bytes(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|p| {
+                p.blocks
+                    .iter()
+                    .map(|b| b.bloom.to_bytes().len())
+                    .sum::<usize>()
+                    + p.pending.len() * 16
+            })
+            .sum()
+    }
+}
+
+fn seal(b: &mut Block, pending: &mut HashSet<u64>) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut bloom = Bloom::with_capacity(pending.len());
+    for h in pending.drain() {
+        bloom.insert(h);
+    }
+    b.bloom = bloom;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_without_the_needle_are_skipped() {
+        let ix = HotIndex::default();
+        for i in 0..(BLOCK_ROWS as i64 * 3) {
+            let line = if i == 20_000 {
+                "payment failed order needle-7f3a9c2e51b04d8d".to_owned()
+            } else {
+                format!("GET /api/items/{i} 200 req={i:016x}")
+            };
+            ix.add("p", true, i + 1, i, line.as_bytes());
+        }
+        let Plan::Blocks(b) = ix.plan("p", &[b"needle-7f3a9c2e51b04d8d"]) else {
+            panic!()
+        };
+        assert_eq!(b.len(), 1);
+        assert!(b[0].0 <= 20_001 && 20_001 <= b[0].1);
+        // The open (last) block is checked too.
+        ix.add("p", true, 60_000, 60_000, b"late needle-7f3a9c2e51b04d8d");
+        let Plan::Blocks(b) = ix.plan("p", &[b"needle-7f3a9c2e51b04d8d"]) else {
+            panic!()
+        };
+        assert_eq!(b.len(), 2);
+        assert_eq!(ix.plan("p", &[]), Plan::All);
+        assert_eq!(ix.plan("other", &[b"x"]), Plan::All);
+    }
+
+    #[test]
+    fn a_rebuilt_partition_keeps_the_writers_newer_blocks() {
+        let ix = HotIndex::default();
+        // After a restart the writer adds new rows to an old partition: not complete.
+        ix.add("p", false, 101, 5, b"new needle-aaaaaaaaaaaa");
+        assert_eq!(ix.plan("p", &[b"needle-aaaaaaaaaaaa"]), Plan::All);
+        let old = (1..=100).map(|i| (i, i, format!("old line {i}").into_bytes()));
+        ix.rebuild(
+            "p",
+            old.chain([(50_000, 3, b"x".to_vec())].into_iter().filter(|_| false)),
+            100,
+        );
+        let Plan::Blocks(b) = ix.plan("p", &[b"needle-aaaaaaaaaaaa"]) else {
+            panic!()
+        };
+        assert_eq!(b, vec![(101, 101, 5, 5)]);
+        let Plan::Blocks(b) = ix.plan("p", &[b" old "]) else {
+            panic!()
+        };
+        assert_eq!(b.len(), 1);
+    }
+}

@@ -1,0 +1,992 @@
+//! Warm and cold segments: immutable Parquet files (zstd) of stored lines, sorted by
+//! stream and time, with the statistics the planner prunes by.
+//!
+//! A segment holds the columns `id` (the hot tier's row id, which orders lines with
+//! equal timestamps the same way in every tier), `stream_id`, `ts` (ns), `observed`,
+//! `level`, `template_id`, `flags`, `line` (UTF-8 text; invalid bytes replaced),
+//! `line_raw` (the exact bytes, only for lines that are not valid UTF-8) and `labels`
+//! (the stream's labels as JSON, dictionary-encoded, so a segment explains itself to
+//! any Parquet engine and the catalog can be rebuilt from the files). The footer's
+//! key-value metadata `heimdall.segment` repeats the segment's statistics.
+//!
+//! The token bloom filter answers "can this segment hold a line containing this
+//! text?" for `|=` filters without reading it. It indexes each token (a run of ASCII
+//! letters, digits and `_`) and the 8-byte grams of long tokens at every fourth offset.
+//! A needle's tokens bounded by other characters inside the needle must appear whole;
+//! a token at the needle's edge may be part of a longer token, so for those of 11 bytes
+//! or more, for one of the four alignments, all its grams at that alignment must
+//! appear. Either test failing means no line of the segment can contain the needle.
+
+use heimdall_common::record::{Labels, Level};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::reader::ColumnReader;
+use parquet::column::writer::ColumnWriter;
+use parquet::data_type::ByteArray;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::statistics::Statistics;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Segment failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the file failed.
+    #[error("segment {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Parquet library refused the file.
+    #[error("segment {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// The file does not hold what the catalog says it holds.
+    #[error("segment {path} failed verification: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+const SCHEMA: &str = "
+message heimdall_segment {
+    required int64 id;
+    required int64 stream_id;
+    required int64 ts (TIMESTAMP(NANOS, true));
+    required int64 observed (TIMESTAMP(NANOS, true));
+    required int32 level;
+    required int64 template_id;
+    required int32 flags;
+    required binary line (STRING);
+    optional binary line_raw;
+    required binary labels (STRING);
+}";
+
+const COL_ID: usize = 0;
+const COL_STREAM: usize = 1;
+const COL_TS: usize = 2;
+const COL_OBSERVED: usize = 3;
+const COL_LEVEL: usize = 4;
+const COL_TEMPLATE: usize = 5;
+const COL_FLAGS: usize = 6;
+const COL_LINE: usize = 7;
+const COL_RAW: usize = 8;
+const COL_LABELS: usize = 9;
+
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 65_536;
+/// Footer key of the segment's statistics.
+pub const META_KEY: &str = "heimdall.segment";
+
+/// One stored line, as a segment holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRow {
+    pub id: i64,
+    pub stream_id: i64,
+    pub ts: i64,
+    pub observed: i64,
+    pub level: Level,
+    pub template_id: u64,
+    pub flags: u8,
+    pub line: Vec<u8>,
+}
+
+/// Rows and time range of one stream in a segment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamRange {
+    pub stream_id: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub rows: u64,
+}
+
+/// What a finished segment holds.
+#[derive(Clone, Debug)]
+pub struct SegmentInfo {
+    pub rows: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// Bit `n` set when a line of level `n` is present.
+    pub levels: u8,
+    pub streams: Vec<StreamRange>,
+    /// File size.
+    pub bytes: u64,
+    /// Line bytes before compression.
+    pub raw_bytes: u64,
+    /// CRC-32C of the whole file.
+    pub checksum: u32,
+    /// A hash over every row in order, to compare a read-back with what was written.
+    pub content_hash: u64,
+    pub bloom: Bloom,
+}
+
+/// The footer metadata (JSON).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct FooterMeta {
+    pub version: u32,
+    pub rows: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub content_hash: u64,
+    pub streams: Vec<StreamRange>,
+}
+
+/// A Bloom filter over 64-bit hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bloom {
+    bits: Vec<u64>,
+    k: u32,
+}
+
+impl Bloom {
+    /// Sized for `n` entries at about 1% false positives.
+    pub fn with_capacity(n: usize) -> Bloom {
+        let words = (n.max(64) * 10).div_ceil(64);
+        Bloom {
+            bits: vec![0; words],
+            k: 7,
+        }
+    }
+
+    fn positions(&self, h: u64) -> impl Iterator<Item = usize> + '_ {
+        let m = (self.bits.len() * 64) as u64;
+        let h1 = h;
+        let h2 = h.rotate_left(32) | 1;
+        (0..self.k as u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    pub fn insert(&mut self, h: u64) {
+        let ps: Vec<usize> = self.positions(h).collect();
+        for p in ps {
+            self.bits[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    pub fn contains(&self, h: u64) -> bool {
+        self.positions(h)
+            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    /// Serialised: `k` (4 bytes LE) then the words (LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.bits.len() * 8);
+        out.extend_from_slice(&self.k.to_le_bytes());
+        for w in &self.bits {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses [`Bloom::to_bytes`]; `None` when malformed.
+    pub fn from_bytes(b: &[u8]) -> Option<Bloom> {
+        if b.len() < 12 || (b.len() - 4) % 8 != 0 {
+            return None;
+        }
+        let k = u32::from_le_bytes(b[..4].try_into().ok()?);
+        if k == 0 || k > 32 {
+            return None;
+        }
+        let bits = b[4..]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        Some(Bloom { bits, k })
+    }
+}
+
+fn hash(tag: u8, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(tag);
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // fmix64: FNV's low bits are weak for short keys.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+const GRAM: usize = 8;
+const STRIDE: usize = 4;
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Tokens of `s` as (start, end) byte ranges.
+fn tokens(s: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < s.len() && !is_token_byte(s[i]) {
+            i += 1;
+        }
+        if i >= s.len() {
+            return None;
+        }
+        let start = i;
+        while i < s.len() && is_token_byte(s[i]) {
+            i += 1;
+        }
+        Some((start, i))
+    })
+}
+
+/// The bloom entries of one line.
+pub fn index_line(line: &[u8], out: &mut HashSet<u64>) {
+    for (a, b) in tokens(line) {
+        let t = &line[a..b];
+        out.insert(hash(0, t));
+        let mut p = 0;
+        while p + GRAM <= t.len() {
+            out.insert(hash(1, &t[p..p + GRAM]));
+            p += STRIDE;
+        }
+    }
+}
+
+/// Whether a segment whose bloom is `bloom` may hold a line containing `needle`.
+pub fn may_contain(bloom: &Bloom, needle: &[u8]) -> bool {
+    let toks: Vec<(usize, usize)> = tokens(needle).collect();
+    for &(a, b) in &toks {
+        let t = &needle[a..b];
+        let whole = a > 0 && b < needle.len();
+        if whole {
+            if !bloom.contains(hash(0, t)) {
+                return false;
+            }
+        } else if t.len() >= GRAM + STRIDE - 1 {
+            let aligned = (0..STRIDE).any(|r| {
+                (r..=t.len() - GRAM)
+                    .step_by(STRIDE)
+                    .all(|q| bloom.contains(hash(1, &t[q..q + GRAM])))
+            });
+            if !aligned {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn pq(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Error + '_ {
+    move |source| Error::Parquet {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn row_hash(h: &mut u64, r: &SegmentRow) {
+    let mut mix = |x: u64| {
+        *h ^= x;
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17);
+    };
+    mix(r.id as u64);
+    mix(r.stream_id as u64);
+    mix(r.ts as u64);
+    mix(r.observed as u64);
+    mix(r.level as u64);
+    mix(r.template_id);
+    mix(u64::from(r.flags));
+    mix(hash(2, &r.line));
+}
+
+/// Writes one segment. Rows must come sorted by (stream, ts, id).
+pub struct SegmentWriter {
+    path: PathBuf,
+    writer: Option<SerializedFileWriter<BufWriter<File>>>,
+    labels: HashMap<i64, String>,
+    buf: Vec<SegmentRow>,
+    streams: Vec<StreamRange>,
+    rows: u64,
+    min_ts: i64,
+    max_ts: i64,
+    levels: u8,
+    raw_bytes: u64,
+    content_hash: u64,
+    entries: HashSet<u64>,
+}
+
+impl SegmentWriter {
+    /// Creates the file at `path`; `labels` names every stream the rows may have.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn create(
+        path: &Path,
+        labels: HashMap<i64, String>,
+        zstd_level: i32,
+    ) -> Result<SegmentWriter, Error> {
+        let schema = Arc::new(parse_message_type(SCHEMA).map_err(pq(path))?);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(zstd_level).map_err(pq(path))?,
+            ))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_created_by(format!("heimdall {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let file = File::create(path).map_err(io(path))?;
+        let writer = SerializedFileWriter::new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema,
+            Arc::new(props),
+        )
+        .map_err(pq(path))?;
+        Ok(SegmentWriter {
+            path: path.to_owned(),
+            writer: Some(writer),
+            labels,
+            buf: Vec::with_capacity(ROW_GROUP_ROWS),
+            streams: Vec::new(),
+            rows: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            levels: 0,
+            raw_bytes: 0,
+            content_hash: 0xcbf2_9ce4_8422_2325,
+            entries: HashSet::new(),
+        })
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds a row.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn push(&mut self, row: SegmentRow) -> Result<(), Error> {
+        match self.streams.last_mut() {
+            Some(s) if s.stream_id == row.stream_id => {
+                s.min_ts = s.min_ts.min(row.ts);
+                s.max_ts = s.max_ts.max(row.ts);
+                s.rows += 1;
+            }
+            _ => self.streams.push(StreamRange {
+                stream_id: row.stream_id,
+                min_ts: row.ts,
+                max_ts: row.ts,
+                rows: 1,
+            }),
+        }
+        self.rows += 1;
+        self.min_ts = self.min_ts.min(row.ts);
+        self.max_ts = self.max_ts.max(row.ts);
+        self.levels |= 1 << (row.level as u8);
+        self.raw_bytes += row.line.len() as u64;
+        row_hash(&mut self.content_hash, &row);
+        index_line(&row.line, &mut self.entries);
+        self.buf.push(row);
+        if self.buf.len() >= ROW_GROUP_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let rows = std::mem::take(&mut self.buf);
+        let w = self.writer.as_mut().expect("open until finish");
+        let mut rg = w.next_row_group().map_err(pq(&path))?;
+        let mut col = 0;
+        while let Some(mut c) = rg.next_column().map_err(pq(&path))? {
+            let res = match (col, c.untyped()) {
+                (
+                    COL_ID | COL_STREAM | COL_TS | COL_OBSERVED | COL_TEMPLATE,
+                    ColumnWriter::Int64ColumnWriter(w),
+                ) => {
+                    let v: Vec<i64> = rows
+                        .iter()
+                        .map(|r| match col {
+                            COL_ID => r.id,
+                            COL_STREAM => r.stream_id,
+                            COL_TS => r.ts,
+                            COL_OBSERVED => r.observed,
+                            _ => r.template_id as i64,
+                        })
+                        .collect();
+                    w.write_batch(&v, None, None).map(|_| ())
+                }
+                (COL_LEVEL | COL_FLAGS, ColumnWriter::Int32ColumnWriter(w)) => {
+                    let v: Vec<i32> = rows
+                        .iter()
+                        .map(|r| {
+                            if col == COL_LEVEL {
+                                r.level as i32
+                            } else {
+                                i32::from(r.flags)
+                            }
+                        })
+                        .collect();
+                    w.write_batch(&v, None, None).map(|_| ())
+                }
+                (COL_LINE, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    let v: Vec<ByteArray> = rows
+                        .iter()
+                        .map(|r| {
+                            ByteArray::from(
+                                String::from_utf8_lossy(&r.line).into_owned().into_bytes(),
+                            )
+                        })
+                        .collect();
+                    w.write_batch(&v, None, None).map(|_| ())
+                }
+                (COL_RAW, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    let def: Vec<i16> = rows
+                        .iter()
+                        .map(|r| i16::from(std::str::from_utf8(&r.line).is_err()))
+                        .collect();
+                    let v: Vec<ByteArray> = rows
+                        .iter()
+                        .filter(|r| std::str::from_utf8(&r.line).is_err())
+                        .map(|r| ByteArray::from(r.line.clone()))
+                        .collect();
+                    w.write_batch(&v, Some(&def), None).map(|_| ())
+                }
+                (COL_LABELS, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    let v: Vec<ByteArray> = rows
+                        .iter()
+                        .map(|r| {
+                            ByteArray::from(
+                                self.labels
+                                    .get(&r.stream_id)
+                                    .map_or("[]", String::as_str)
+                                    .as_bytes()
+                                    .to_vec(),
+                            )
+                        })
+                        .collect();
+                    w.write_batch(&v, None, None).map(|_| ())
+                }
+                _ => {
+                    return Err(Error::Corrupt {
+                        path,
+                        what: format!("unexpected column {col} in the schema"),
+                    })
+                }
+            };
+            res.map_err(pq(&path))?;
+            c.close().map_err(pq(&path))?;
+            col += 1;
+        }
+        rg.close().map_err(pq(&path))?;
+        Ok(())
+    }
+
+    /// Writes the footer, fsyncs, and returns what the segment holds.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn finish(mut self) -> Result<SegmentInfo, Error> {
+        self.flush()?;
+        let path = self.path.clone();
+        let meta = FooterMeta {
+            version: 1,
+            rows: self.rows,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            content_hash: self.content_hash,
+            streams: self.streams.clone(),
+        };
+        let mut w = self.writer.take().expect("open until finish");
+        w.append_key_value_metadata(KeyValue::new(
+            META_KEY.to_owned(),
+            serde_json::to_string(&meta).expect("plain data serialises"),
+        ));
+        let inner = w.into_inner().map_err(pq(&path))?;
+        let file = inner.into_inner().map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io(&path))?;
+        drop(file);
+        let (bytes, checksum) = file_crc(&path)?;
+        let mut bloom = Bloom::with_capacity(self.entries.len());
+        for h in &self.entries {
+            bloom.insert(*h);
+        }
+        Ok(SegmentInfo {
+            rows: self.rows,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            levels: self.levels,
+            streams: self.streams,
+            bytes,
+            raw_bytes: self.raw_bytes,
+            checksum,
+            content_hash: self.content_hash,
+            bloom,
+        })
+    }
+}
+
+/// Size and CRC-32C of a file.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn file_crc(path: &Path) -> Result<(u64, u32), Error> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut n, mut crc) = (0u64, 0u32);
+    loop {
+        let k = f.read(&mut buf).map_err(io(path))?;
+        if k == 0 {
+            return Ok((n, crc));
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..k]);
+        n += k as u64;
+    }
+}
+
+/// What to read from a segment.
+pub struct Selection<'a> {
+    /// Stream ids as the file knows them.
+    pub streams: &'a HashSet<i64>,
+    /// `[start, end)` in ns.
+    pub start: i64,
+    pub end: i64,
+}
+
+/// An open segment.
+pub struct SegmentFile {
+    path: PathBuf,
+    reader: SerializedFileReader<File>,
+}
+
+fn i64_range(s: Option<&Statistics>) -> Option<(i64, i64)> {
+    match s? {
+        Statistics::Int64(v) => Some((*v.min_opt()?, *v.max_opt()?)),
+        _ => None,
+    }
+}
+
+impl SegmentFile {
+    /// Opens a segment.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn open(path: &Path) -> Result<SegmentFile, Error> {
+        let f = File::open(path).map_err(io(path))?;
+        let reader = SerializedFileReader::new(f).map_err(pq(path))?;
+        Ok(SegmentFile {
+            path: path.to_owned(),
+            reader,
+        })
+    }
+
+    /// The footer's statistics.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when missing or malformed.
+    pub fn footer(&self) -> Result<FooterMeta, Error> {
+        let kv = self.reader.metadata().file_metadata().key_value_metadata();
+        let text = kv
+            .and_then(|kv| kv.iter().find(|k| k.key == META_KEY))
+            .and_then(|k| k.value.clone())
+            .ok_or_else(|| Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("no `{META_KEY}` footer metadata"),
+            })?;
+        serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("footer metadata: {e}"),
+        })
+    }
+
+    /// Stream labels (JSON) by file stream id, from the `labels` column.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn stream_labels(&self) -> Result<HashMap<i64, String>, Error> {
+        let mut out = HashMap::new();
+        let all: HashSet<i64> = self.footer()?.streams.iter().map(|s| s.stream_id).collect();
+        self.read(
+            &Selection {
+                streams: &all,
+                start: i64::MIN,
+                end: i64::MAX,
+            },
+            true,
+            |r, labels| {
+                out.entry(r.stream_id)
+                    .or_insert_with(|| labels.unwrap_or("[]").to_owned());
+                true
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Calls `each(row, labels)` for the selected rows in file order (by stream, then
+    /// time) until it returns `false`; row groups whose statistics exclude the
+    /// selection are not read. `labels` is given only when `with_labels`.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn read(
+        &self,
+        sel: &Selection<'_>,
+        with_labels: bool,
+        mut each: impl FnMut(SegmentRow, Option<&str>) -> bool,
+    ) -> Result<(), Error> {
+        let path = &self.path;
+        let md = self.reader.metadata();
+        let (smin, smax) = match (sel.streams.iter().min(), sel.streams.iter().max()) {
+            (Some(a), Some(b)) => (*a, *b),
+            _ => return Ok(()),
+        };
+        for g in 0..md.num_row_groups() {
+            let rgm = md.row_group(g);
+            if let Some((lo, hi)) = i64_range(rgm.column(COL_STREAM).statistics()) {
+                if hi < smin || lo > smax {
+                    continue;
+                }
+            }
+            if let Some((lo, hi)) = i64_range(rgm.column(COL_TS).statistics()) {
+                if hi < sel.start || lo >= sel.end {
+                    continue;
+                }
+            }
+            let n = rgm.num_rows() as usize;
+            let rg = self.reader.get_row_group(g).map_err(pq(path))?;
+            let read_i64 = |c: usize| -> Result<Vec<i64>, Error> {
+                let mut v = Vec::with_capacity(n);
+                match rg.get_column_reader(c).map_err(pq(path))? {
+                    ColumnReader::Int64ColumnReader(mut r) => {
+                        while v.len() < n {
+                            let (recs, _, _) = r
+                                .read_records(n - v.len(), None, None, &mut v)
+                                .map_err(pq(path))?;
+                            if recs == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(Error::Corrupt {
+                            path: path.clone(),
+                            what: format!("column {c} is not int64"),
+                        })
+                    }
+                }
+                Ok(v)
+            };
+            let read_i32 = |c: usize| -> Result<Vec<i32>, Error> {
+                let mut v = Vec::with_capacity(n);
+                match rg.get_column_reader(c).map_err(pq(path))? {
+                    ColumnReader::Int32ColumnReader(mut r) => {
+                        while v.len() < n {
+                            let (recs, _, _) = r
+                                .read_records(n - v.len(), None, None, &mut v)
+                                .map_err(pq(path))?;
+                            if recs == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(Error::Corrupt {
+                            path: path.clone(),
+                            what: format!("column {c} is not int32"),
+                        })
+                    }
+                }
+                Ok(v)
+            };
+            let read_bytes =
+                |c: usize, optional: bool| -> Result<(Vec<ByteArray>, Vec<i16>), Error> {
+                    let mut v = Vec::with_capacity(n);
+                    let mut def = Vec::with_capacity(n);
+                    match rg.get_column_reader(c).map_err(pq(path))? {
+                        ColumnReader::ByteArrayColumnReader(mut r) => {
+                            let mut recs_total = 0;
+                            while recs_total < n {
+                                let (recs, _, _) = r
+                                    .read_records(
+                                        n - recs_total,
+                                        optional.then_some(&mut def),
+                                        None,
+                                        &mut v,
+                                    )
+                                    .map_err(pq(path))?;
+                                if recs == 0 {
+                                    break;
+                                }
+                                recs_total += recs;
+                            }
+                        }
+                        _ => {
+                            return Err(Error::Corrupt {
+                                path: path.clone(),
+                                what: format!("column {c} is not binary"),
+                            })
+                        }
+                    }
+                    Ok((v, def))
+                };
+            let streams = read_i64(COL_STREAM)?;
+            let ts = read_i64(COL_TS)?;
+            if streams.len() != n || ts.len() != n {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    what: format!("row group {g} is short"),
+                });
+            }
+            let keep: Vec<bool> = (0..n)
+                .map(|i| sel.streams.contains(&streams[i]) && ts[i] >= sel.start && ts[i] < sel.end)
+                .collect();
+            if !keep.iter().any(|k| *k) {
+                continue;
+            }
+            let ids = read_i64(COL_ID)?;
+            let observed = read_i64(COL_OBSERVED)?;
+            let levels = read_i32(COL_LEVEL)?;
+            let templates = read_i64(COL_TEMPLATE)?;
+            let flags = read_i32(COL_FLAGS)?;
+            let (lines, _) = read_bytes(COL_LINE, false)?;
+            let (raw, raw_def) = read_bytes(COL_RAW, true)?;
+            let labels = if with_labels {
+                Some(read_bytes(COL_LABELS, false)?.0)
+            } else {
+                None
+            };
+            if ids.len() != n || lines.len() != n || raw_def.len() != n {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    what: format!("row group {g} is short"),
+                });
+            }
+            let mut raw_i = 0;
+            for i in 0..n {
+                let raw_here = raw_def[i] == 1;
+                let raw_line = if raw_here {
+                    raw_i += 1;
+                    raw.get(raw_i - 1)
+                } else {
+                    None
+                };
+                if !keep[i] {
+                    continue;
+                }
+                let line = match raw_line {
+                    Some(r) => r.data().to_vec(),
+                    None => lines[i].data().to_vec(),
+                };
+                let row = SegmentRow {
+                    id: ids[i],
+                    stream_id: streams[i],
+                    ts: ts[i],
+                    observed: observed[i],
+                    level: Level::from_u8(levels[i] as u8).unwrap_or_default(),
+                    template_id: templates[i] as u64,
+                    flags: flags[i] as u8,
+                    line,
+                };
+                let l = labels
+                    .as_ref()
+                    .and_then(|l| std::str::from_utf8(l[i].data()).ok());
+                if !each(row, l) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every row back and checks it against `info`: row count, content hash and
+    /// the footer.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] on any difference.
+    pub fn verify(&self, info: &SegmentInfo) -> Result<(), Error> {
+        let footer = self.footer()?;
+        let all: HashSet<i64> = footer.streams.iter().map(|s| s.stream_id).collect();
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut rows = 0u64;
+        self.read(
+            &Selection {
+                streams: &all,
+                start: i64::MIN,
+                end: i64::MAX,
+            },
+            false,
+            |r, _| {
+                row_hash(&mut h, &r);
+                rows += 1;
+                true
+            },
+        )?;
+        let bad = |what: String| Error::Corrupt {
+            path: self.path.clone(),
+            what,
+        };
+        if rows != info.rows || footer.rows != info.rows {
+            return Err(bad(format!("{rows} rows read back, {} written", info.rows)));
+        }
+        if h != info.content_hash || footer.content_hash != info.content_hash {
+            return Err(bad("content differs from what was written".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Labels as stored in the `labels` column.
+pub fn labels_json(l: &Labels) -> String {
+    super::hot::labels_key(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn row(id: i64, stream: i64, ts: i64, line: &[u8]) -> SegmentRow {
+        SegmentRow {
+            id,
+            stream_id: stream,
+            ts,
+            observed: ts + 1,
+            level: Level::Warn,
+            template_id: 42,
+            flags: 0,
+            line: line.to_vec(),
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_with_pruning_and_raw_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let labels: HashMap<i64, String> = [
+            (1, "[[\"app\",\"a\"]]".to_owned()),
+            (2, "[[\"app\",\"b\"]]".to_owned()),
+        ]
+        .into();
+        let mut w = SegmentWriter::create(&path, labels, 3).unwrap();
+        let mut want = Vec::new();
+        for s in [1i64, 2] {
+            for i in 0..100_000i64 {
+                let line: Vec<u8> = if i == 7 {
+                    b"bad \xff\xfe bytes".to_vec()
+                } else {
+                    format!("GET /api/{s}/{i} trace=4bf92f3577b34da6a3ce{i:010}").into_bytes()
+                };
+                let r = row(s * 1_000_000 + i, s, 1_000 + i, &line);
+                want.push(r.clone());
+                w.push(r).unwrap();
+            }
+        }
+        let info = w.finish().unwrap();
+        assert_eq!(info.rows, 200_000);
+        assert_eq!(info.streams.len(), 2);
+        assert!(
+            info.bytes < info.raw_bytes / 5,
+            "{} of {}",
+            info.bytes,
+            info.raw_bytes
+        );
+        let f = SegmentFile::open(&path).unwrap();
+        f.verify(&info).unwrap();
+        let one: HashSet<i64> = [2].into();
+        let mut got = Vec::new();
+        f.read(
+            &Selection {
+                streams: &one,
+                start: 1_005,
+                end: 1_010,
+            },
+            false,
+            |r, _| {
+                got.push(r);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(got, want[100_005..100_010].to_vec());
+        let mut raw = Vec::new();
+        f.read(
+            &Selection {
+                streams: &one,
+                start: 1_007,
+                end: 1_008,
+            },
+            false,
+            |r, _| {
+                raw.push(r.line);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(raw, vec![b"bad \xff\xfe bytes".to_vec()]);
+        let labels = f.stream_labels().unwrap();
+        assert_eq!(labels[&2], "[[\"app\",\"b\"]]");
+        // The bloom filter: present tokens and infixes pass; an absent id does not.
+        assert!(may_contain(
+            &info.bloom,
+            b"trace=4bf92f3577b34da6a3ce0000099999"
+        ));
+        assert!(may_contain(&info.bloom, b"f3577b34da6a3ce00000"));
+        assert!(may_contain(&info.bloom, b"/api/2/"));
+        assert!(!may_contain(&info.bloom, b"trace=deadbeefcafe1234567"));
+        assert!(!may_contain(&info.bloom, b" zebra "));
+        // A corrupted file fails verification.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let broken = SegmentFile::open(&path).and_then(|f| f.verify(&info));
+        assert!(broken.is_err());
+    }
+
+    proptest! {
+        /// The bloom filter never rules out a segment holding a line that contains the
+        /// needle, wherever in the line the needle starts and ends.
+        #[test]
+        fn bloom_has_no_false_negatives(
+            lines in proptest::collection::vec("[a-z0-9_ =/.-]{0,60}", 1..40),
+            pick in any::<prop::sample::Index>(),
+            a in any::<prop::sample::Index>(),
+            b in any::<prop::sample::Index>(),
+        ) {
+            let mut set = HashSet::new();
+            for l in &lines {
+                index_line(l.as_bytes(), &mut set);
+            }
+            let mut bloom = Bloom::with_capacity(set.len());
+            for h in &set {
+                bloom.insert(*h);
+            }
+            let line = lines[pick.index(lines.len())].as_bytes();
+            if !line.is_empty() {
+                let (mut i, mut j) = (a.index(line.len()), b.index(line.len() + 1));
+                if i > j {
+                    std::mem::swap(&mut i, &mut j);
+                }
+                prop_assert!(may_contain(&bloom, &line[i..j]), "{:?} in {:?}", &line[i..j], line);
+            }
+            let back = Bloom::from_bytes(&bloom.to_bytes()).unwrap();
+            prop_assert_eq!(back, bloom);
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Storage and query benchmark, one run on this machine:
+//!
+//! 1. **Durable ingest through QUIC**: pre-sealed batches of realistic lines sent by a
+//!    QUIC client (mutual TLS) to the real aggregator, 32 batches in flight, counted
+//!    when acknowledged (after the SQLite commit). Baseline in the same run: the same
+//!    batches written straight into a hot store in-process, no network.
+//! 2. **Compression** of warm segments on the mixed corpus (nginx, JSON, syslog, Java
+//!    traces): raw line bytes over Parquet file bytes. Baseline: lz4 of the same lines
+//!    (what agents send).
+//! 3. **Queries over 50,000,000 stored lines** spread over 24 h and 200 streams, the
+//!    agents' pre-aggregates included as agents send them; everything older than the
+//!    hot tier's last partitions compacted into warm segments. Then, through the real
+//!    aggregator's HTTP API: (a) a rare-token search over 24 h, (b)
+//!    `sum by (level) (count_over_time({…}[5m]))` over 24 h, (c) the newest 1,000 lines
+//!    of one stream; each run 5 times, median and max printed, with the line-scan
+//!    equivalent of (b) for comparison.
+//!
+//! `cargo bench -p heimdall-benches --bench storage` (`HEIMDALL_BENCH_STORED_LINES` to
+//! change the 50,000,000; `HEIMDALL_BENCH_INGEST_LINES`, default 2,000,000).
+
+use bytes::{Bytes, BytesMut};
+use heimdall_aggregator::store::hot::{BatchId, HotStore};
+use heimdall_aggregator::store::lifecycle::{Lifecycle, LifecycleConfig};
+use heimdall_aggregator::store::segment::{SegmentRow, SegmentWriter};
+use heimdall_common::record::{Aggregate, Labels, Level, LogRecord};
+use heimdall_common::wire::{self, Batch, BatchContent, Codec, Frame, Hello, Limits};
+use heimdall_tests::{quic_client, Aggregator, Pki};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const S: i64 = 1_000_000_000;
+const NEEDLE: &str = "needle-7f3a9c2e51b04d8d";
+
+fn level_of(line: &[u8]) -> Level {
+    let head = &line[..line.len().min(120)];
+    let has = |w: &[u8]| memchr::memmem::find(head, w).is_some();
+    if has(b"ERROR") || has(b"error") || has(b"Exception") {
+        Level::Error
+    } else if has(b"WARN") || has(b"warn") {
+        Level::Warn
+    } else if has(b"DEBUG") {
+        Level::Debug
+    } else {
+        Level::Info
+    }
+}
+
+/// `n` realistic lines.
+fn corpus(n: u64, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = heimdall_benches::Rng::new(seed);
+    let mut out = Vec::with_capacity(n as usize);
+    let mut buf = Vec::new();
+    for i in 0..n {
+        buf.clear();
+        heimdall_benches::write_line(&mut buf, &mut rng, i).expect("vec write");
+        for l in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(l.to_vec());
+        }
+    }
+    out.truncate(n as usize);
+    out
+}
+
+fn streams() -> Vec<Labels> {
+    let mut v = Vec::new();
+    for h in 0..20 {
+        for a in [
+            "api", "web", "db", "cache", "auth", "billing", "search", "queue", "mail", "cron",
+        ] {
+            v.push(Labels::new([
+                ("host", format!("host{h:02}")),
+                ("app", a.to_owned()),
+                ("source", format!("/var/log/{a}.log")),
+            ]));
+        }
+    }
+    v
+}
+
+/// A batch of `lines` with times from `t0` step `dt`, round-robin over the streams,
+/// with the per-10s aggregates an agent would send.
+fn batch(lines: &[Vec<u8>], t0: i64, dt: i64, nstreams: usize, offset: usize) -> BatchContent {
+    let mut c = BatchContent {
+        streams: streams().into_iter().take(nstreams).collect(),
+        ..Default::default()
+    };
+    let mut aggs: HashMap<(u32, i64, u8), (u64, u64)> = HashMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        let stream = ((offset + i) % nstreams) as u32;
+        let ts = t0 + i as i64 * dt;
+        let level = level_of(l);
+        let e = aggs
+            .entry((stream, ts.div_euclid(10 * S) * 10 * S, level as u8))
+            .or_default();
+        e.0 += 1;
+        e.1 += l.len() as u64;
+        c.records.push(LogRecord {
+            stream,
+            time_ns: ts,
+            observed_ns: ts,
+            level,
+            template_id: 0,
+            flags: 0,
+            redacted: 0,
+            line: Bytes::from(l.clone()),
+        });
+    }
+    c.aggregates = aggs
+        .into_iter()
+        .map(|((stream, start_ns, level), (count, bytes))| Aggregate {
+            stream,
+            start_ns,
+            window_secs: 10,
+            level: Level::from_u8(level).expect("valid"),
+            template_id: 0,
+            count,
+            bytes,
+            shipped: count,
+        })
+        .collect();
+    c
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
+    let n: u64 = std::env::var("HEIMDALL_BENCH_INGEST_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let lines = corpus(n, 7);
+    let per = 10_000;
+    let now = heimdall_common::record::now_ns();
+    let contents: Vec<BatchContent> = lines
+        .chunks(per)
+        .enumerate()
+        .map(|(i, ch)| {
+            batch(
+                ch,
+                now - 3_600 * S + (i * per) as i64 * 1_000_000,
+                1_000_000,
+                200,
+                i * per,
+            )
+        })
+        .collect();
+    let raw: u64 = lines.iter().map(|l| l.len() as u64).sum();
+
+    // Baseline: the same batches into a hot store in-process.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = root.join("baseline");
+    std::fs::create_dir_all(&dir)?;
+    let store = Arc::new(HotStore::open(&dir.join("hot.db"), 200_000)?);
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, c) in contents.iter().cloned().enumerate() {
+            let s = store.clone();
+            set.spawn(async move {
+                s.write(
+                    BatchId {
+                        agent: "bench".into(),
+                        epoch: 1,
+                        seq: i as u64 + 1,
+                        floor: 1,
+                    },
+                    c,
+                )
+                .await
+            });
+            while set.len() >= 32 {
+                set.join_next().await.expect("non-empty")??;
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    })?;
+    let base_secs = started.elapsed().as_secs_f64();
+    drop(store);
+
+    // Through QUIC into the real aggregator.
+    let pki = Pki::new(&root.join("pki"))?;
+    let agg = Aggregator::start(&root.join("ingest"), &pki, None)?;
+    let sealed: Vec<Bytes> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Frame::Batch(Batch::seal(1, i as u64 + 1, 1, Codec::Lz4, c)).to_bytes())
+        .collect();
+    let wire_bytes: u64 = sealed.iter().map(|b| b.len() as u64).sum();
+    let (cert, key) = pki.agent_cert("bench")?;
+    let started = Instant::now();
+    rt.block_on(async {
+        let ep = quic_client(&pki.ca_pem, &cert, &key)?;
+        let conn = ep.connect(agg.addrs.ingest, "localhost")?.await?;
+        let (mut cs, mut cr) = conn.open_bi().await?;
+        let hello = Frame::Hello(Hello {
+            version: wire::PROTOCOL_VERSION,
+            agent_id: "bench".into(),
+            host: "bench".into(),
+            agent_version: "bench".into(),
+            capabilities: 0,
+        });
+        cs.write_all(&hello.to_bytes()).await?;
+        let mut buf = BytesMut::new();
+        heimdall_common::quic::read_frame(&mut cr, &mut buf, &Limits::default()).await?;
+        let mut set = tokio::task::JoinSet::new();
+        for b in sealed {
+            let conn = conn.clone();
+            set.spawn(async move {
+                let (mut s, mut r) = conn.open_bi().await?;
+                s.write_all(&b).await?;
+                s.finish()?;
+                match heimdall_common::quic::read_single(&mut r, &Limits::default()).await? {
+                    Frame::Ack(_) => anyhow::Ok(()),
+                    other => anyhow::bail!("unexpected answer {other:?}"),
+                }
+            });
+            while set.len() >= 32 {
+                set.join_next().await.expect("non-empty")??;
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+        anyhow::Ok(())
+    })?;
+    let quic_secs = started.elapsed().as_secs_f64();
+    let stored = heimdall_tests::stored_count(&agg.db());
+    anyhow::ensure!(
+        stored == lines.len() as u64,
+        "stored {stored} of {}",
+        lines.len()
+    );
+    println!(
+        "== durable ingest, {} lines ({:.0} MB raw, {:.0} MB on the wire, lz4)",
+        lines.len(),
+        raw as f64 / 1e6,
+        wire_bytes as f64 / 1e6
+    );
+    println!(
+        "QUIC into the aggregator (acked after commit): {:>10.0} lines/s  {:>6.1} MB/s",
+        lines.len() as f64 / quic_secs,
+        raw as f64 / 1e6 / quic_secs
+    );
+    println!(
+        "baseline, in-process hot store writes:          {:>10.0} lines/s",
+        lines.len() as f64 / base_secs
+    );
+    println!("ratio QUIC / in-process: {:.2}", base_secs / quic_secs);
+
+    // Compression of a warm segment on the same lines.
+    let labels: HashMap<i64, String> = (1..=200)
+        .map(|i| (i, format!("[[\"host\",\"host{i}\"]]")))
+        .collect();
+    let mut rows: Vec<SegmentRow> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| SegmentRow {
+            id: i as i64 + 1,
+            stream_id: (i % 200) as i64 + 1,
+            ts: now + i as i64 * 1_000_000,
+            observed: now + i as i64 * 1_000_000,
+            level: level_of(l),
+            template_id: 0,
+            flags: 0,
+            line: l.clone(),
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.stream_id, r.ts, r.id));
+    let path = root.join("bench.parquet");
+    let started = Instant::now();
+    let mut w = SegmentWriter::create(&path, labels, 9)?;
+    for r in rows {
+        w.push(r)?;
+    }
+    let info = w.finish()?;
+    let seg_secs = started.elapsed().as_secs_f64();
+    let mut lz4_bytes = 0u64;
+    for ch in lines.chunks(per) {
+        let joined: Vec<u8> = ch
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        lz4_bytes += lz4_flex::compress(&joined).len() as u64;
+    }
+    println!("== warm segment compression, {} lines", info.rows);
+    println!("segment (Parquet, zstd 9, sorted by stream and time): {} bytes, ratio {:.1}x (written at {:.0} lines/s)", info.bytes, info.raw_bytes as f64 / info.bytes as f64, info.rows as f64 / seg_secs);
+    println!(
+        "baseline lz4 of 10,000-line blocks: ratio {:.1}x",
+        raw as f64 / lz4_bytes as f64
+    );
+    println!(
+        "bloom filter: {} bytes ({:.1}% of the segment)",
+        info.bloom.to_bytes().len(),
+        100.0 * info.bloom.to_bytes().len() as f64 / info.bytes as f64
+    );
+    Ok(())
+}
+
+fn big(root: &std::path::Path) -> anyhow::Result<()> {
+    let n: u64 = std::env::var("HEIMDALL_BENCH_STORED_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000_000);
+    let pki = Pki::new(&root.join("pki50"))?;
+    let dir = root.join("big");
+    let state = dir.join("aggregator");
+    std::fs::create_dir_all(&state)?;
+    let db = state.join("hot.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Arc::new(HotStore::open(&db, 200_000)?);
+    let now = heimdall_common::record::now_ns();
+    let t0 = now - 86_400 * S;
+    let dt = 86_400 * S / n as i64;
+    let pool = corpus(200_000, 11);
+    let per = 20_000usize;
+    let started = Instant::now();
+    let needle_at = n / 3;
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        let mut i = 0u64;
+        let mut seq = 1u64;
+        while i < n {
+            let k = per.min((n - i) as usize);
+            let mut chunk: Vec<Vec<u8>> = (0..k)
+                .map(|j| pool[((i as usize + j) * 7919) % pool.len()].clone())
+                .collect();
+            if (i..i + k as u64).contains(&needle_at) {
+                chunk[(needle_at - i) as usize] =
+                    format!("ERROR payment failed for order {NEEDLE} card declined").into_bytes();
+            }
+            let c = batch(&chunk, t0 + i as i64 * dt, dt, 200, i as usize);
+            let s = store.clone();
+            let id = BatchId {
+                agent: "bench".into(),
+                epoch: 1,
+                seq,
+                floor: 1,
+            };
+            set.spawn(async move { s.write(id, c).await });
+            seq += 1;
+            i += k as u64;
+            while set.len() >= 8 {
+                set.join_next().await.expect("non-empty")??;
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    })?;
+    let load_secs = started.elapsed().as_secs_f64();
+    eprintln!("stored {n} lines in {load_secs:.0}s");
+    let started = Instant::now();
+    let lc = Lifecycle {
+        store: store.clone(),
+        db_path: db.clone(),
+        cfg: LifecycleConfig {
+            interval: Duration::from_secs(3600),
+            warm_dir: state.join("segments"),
+            compact_after: Duration::from_secs(0),
+            hot_max_rows: u64::MAX,
+            segment_rows: 1_000_000,
+            zstd_level: 9,
+            upload_after: None,
+            retention: None,
+        },
+        cold: None,
+    };
+    std::fs::create_dir_all(state.join("segments"))?;
+    // Compact every partition that ended more than an hour ago (the default keeps two:
+    // with hour partitions the current one and the one before stay hot).
+    let conn = heimdall_aggregator::store::hot::open_reader(&db)?;
+    let mut moved = 0;
+    for p in heimdall_aggregator::store::hot::partitions(&conn)? {
+        if p.end <= now - 3_600 * S {
+            moved += lc.compact_named(&p.name)?;
+        }
+    }
+    let compact_secs = started.elapsed().as_secs_f64();
+    drop(lc);
+    drop(conn);
+    match Arc::try_unwrap(store) {
+        Ok(mut s) => s.close(),
+        Err(_) => anyhow::bail!("store still shared"),
+    }
+    let seg_bytes: u64 = std::fs::read_dir(state.join("segments"))?
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    eprintln!(
+        "compacted {moved} lines into {:.0} MB of segments in {compact_secs:.0}s",
+        seg_bytes as f64 / 1e6
+    );
+
+    let agg = Aggregator::start_with(&dir, &pki, None, "[warm]\ncompact_after = \"100d\"\n")?;
+    let base = agg.url();
+    let enc = |q: &str| -> String {
+        q.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let (start, end) = (now - 86_400 * S, now);
+    let run = |what: &str,
+               url: String,
+               check: &dyn Fn(&serde_json::Value) -> bool|
+     -> anyhow::Result<()> {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let v: serde_json::Value = ureq::get(&url)
+                .timeout(Duration::from_secs(300))
+                .call()?
+                .into_json()?;
+            times.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(
+                check(&v),
+                "{what}: unexpected answer {}",
+                &v.to_string()[..v.to_string().len().min(400)]
+            );
+        }
+        let max = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{what:<62} median {:>7.3}s  max {:>7.3}s  (target < 1s: {})",
+            median(&mut times),
+            max,
+            if max < 1.0 { "met" } else { "MISSED" }
+        );
+        Ok(())
+    };
+    println!("== queries over {n} stored lines, 24 h, 200 streams ({moved} in warm segments, the rest hot)");
+    run(
+        "(a) rare-token search `{app=~\".+\"} |= \"<id>\"` over 24h",
+        format!(
+            "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=100",
+            enc(&format!("{{app=~\".+\"}} |= \"{NEEDLE}\""))
+        ),
+        &|v| v["data"]["result"].as_array().is_some_and(|r| r.len() == 1),
+    )?;
+    run(
+        "(b) sum by (level) (count_over_time({app=\"api\"}[5m])) 24h",
+        format!(
+            "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&step=300",
+            enc("sum by (level) (count_over_time({app=\"api\"}[5m]))")
+        ),
+        &|v| {
+            v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        },
+    )?;
+    run(
+        "(c) newest 1,000 lines of {host=\"host07\", app=\"db\"}",
+        format!("{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=1000&direction=backward", enc("{host=\"host07\", app=\"db\"}")),
+        &|v| v["data"]["result"].as_array().is_some_and(|r| r.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum::<usize>() == 1000),
+    )?;
+    run(
+        "comparison: (b) from lines (`|= \"\"` forces a scan), 1 of 200 streams' 24h",
+        format!(
+            "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&step=300",
+            enc("sum by (level) (count_over_time({app=\"api\", host=\"host03\"} |= \"\" [5m]))")
+        ),
+        &|v| {
+            v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        },
+    )?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        println!("storage: benchmark");
+        return Ok(());
+    }
+    heimdall_tests::bins();
+    let tmp = tempfile::tempdir()?;
+    ingest(tmp.path())?;
+    big(tmp.path())?;
+    Ok(())
+}
