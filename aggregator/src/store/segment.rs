@@ -334,7 +334,20 @@ impl SegmentWriter {
         zstd_level: i32,
     ) -> Result<SegmentWriter, Error> {
         let schema = Arc::new(parse_message_type(SCHEMA).map_err(pq(path))?);
-        let props = WriterProperties::builder()
+        // Integers sorted by stream and time have small deltas; lines of one stream
+        // share prefixes; labels, levels and flags repeat: encode each accordingly
+        // before zstd.
+        let col = |c: &str| parquet::schema::types::ColumnPath::from(c);
+        let mut props = WriterProperties::builder().set_dictionary_enabled(false);
+        for c in ["id", "stream_id", "ts", "observed", "template_id"] {
+            props =
+                props.set_column_encoding(col(c), parquet::basic::Encoding::DELTA_BINARY_PACKED);
+        }
+        for c in ["labels", "level", "flags"] {
+            props = props.set_column_dictionary_enabled(col(c), true);
+        }
+        let props = props
+            .set_column_encoding(col("line"), parquet::basic::Encoding::DELTA_BYTE_ARRAY)
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(zstd_level).map_err(pq(path))?,
             ))
