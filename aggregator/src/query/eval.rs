@@ -559,6 +559,31 @@ fn cmp(c: CmpOp, a: f64, b: f64) -> bool {
     c.holds(a, b)
 }
 
+/// `vector op k` (or `k op vector` when `!vector_left`), sample by sample.
+fn with_scalar(
+    op: BinOp,
+    return_bool: bool,
+    mut v: Vec<Series>,
+    k: f64,
+    vector_left: bool,
+) -> Result<Value, Error> {
+    if matches!(op, BinOp::And | BinOp::Or | BinOp::Unless) {
+        return Err(Error::Eval(
+            "`and`, `or` and `unless` need vectors on both sides".into(),
+        ));
+    }
+    for s in &mut v {
+        for x in &mut s.values {
+            if !x.is_nan() {
+                let (a, b) = if vector_left { (*x, k) } else { (k, *x) };
+                *x = apply(op, return_bool, a, b, *x).unwrap_or(f64::NAN);
+            }
+        }
+    }
+    v.retain(|s| s.values.iter().any(|x| !x.is_nan()));
+    Ok(Value::Vector(v))
+}
+
 fn binary(op: BinOp, return_bool: bool, l: Value, r: Value) -> Result<Value, Error> {
     let set_op = matches!(op, BinOp::And | BinOp::Or | BinOp::Unless);
     match (l, r) {
@@ -579,38 +604,8 @@ fn binary(op: BinOp, return_bool: bool, l: Value, r: Value) -> Result<Value, Err
                 _ => arith(op, a, b),
             }))
         }
-        (Value::Vector(mut v), Value::Scalar(b)) => {
-            if set_op {
-                return Err(Error::Eval(
-                    "`and`, `or` and `unless` need vectors on both sides".into(),
-                ));
-            }
-            for s in &mut v {
-                for x in &mut s.values {
-                    if !x.is_nan() {
-                        *x = apply(op, return_bool, *x, b, *x).unwrap_or(f64::NAN);
-                    }
-                }
-            }
-            v.retain(|s| s.values.iter().any(|x| !x.is_nan()));
-            Ok(Value::Vector(v))
-        }
-        (Value::Scalar(a), Value::Vector(mut v)) => {
-            if set_op {
-                return Err(Error::Eval(
-                    "`and`, `or` and `unless` need vectors on both sides".into(),
-                ));
-            }
-            for s in &mut v {
-                for x in &mut s.values {
-                    if !x.is_nan() {
-                        *x = apply(op, return_bool, a, *x, *x).unwrap_or(f64::NAN);
-                    }
-                }
-            }
-            v.retain(|s| s.values.iter().any(|x| !x.is_nan()));
-            Ok(Value::Vector(v))
-        }
+        (Value::Vector(v), Value::Scalar(k)) => with_scalar(op, return_bool, v, k, true),
+        (Value::Scalar(k), Value::Vector(v)) => with_scalar(op, return_bool, v, k, false),
         (Value::Vector(l), Value::Vector(r)) => {
             // One-to-one matching on identical label sets.
             let rindex: HashMap<&Labels, &Series> = r.iter().map(|s| (&s.labels, s)).collect();

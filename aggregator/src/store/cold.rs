@@ -146,6 +146,15 @@ impl ColdStore {
         move |source| Error::Store { key, source }
     }
 
+    /// The whole object of segment `name`.
+    fn get(&self, name: &str) -> Result<bytes::Bytes, Error> {
+        let key = self.key(name);
+        let store = self.store.clone();
+        self.handle
+            .block_on(async move { store.get(&key).await?.bytes().await })
+            .map_err(self.store_err(name))
+    }
+
     /// Copies a local segment to the bucket and reads it back: size and CRC-32C must
     /// match before the caller may delete the local file.
     ///
@@ -166,12 +175,7 @@ impl ColdStore {
         self.handle
             .block_on(async move { store.put(&key, payload).await })
             .map_err(self.store_err(name))?;
-        let key = self.key(name);
-        let store = self.store.clone();
-        let back = self
-            .handle
-            .block_on(async move { store.get(&key).await?.bytes().await })
-            .map_err(self.store_err(name))?;
+        let back = self.get(name)?;
         if back.len() as u64 != size || crc32c::crc32c(&back) != crc {
             return Err(Error::Mismatch {
                 key: self.key(name).to_string(),
@@ -203,12 +207,7 @@ impl ColdStore {
         }
         metrics::counter!("heimdall_aggregator_cold_cache_misses_total").increment(1);
         let started = Instant::now();
-        let key = self.key(name);
-        let store = self.store.clone();
-        let data = self
-            .handle
-            .block_on(async move { store.get(&key).await?.bytes().await })
-            .map_err(self.store_err(name))?;
+        let data = self.get(name)?;
         if data.len() as u64 != size || crc32c::crc32c(&data) != crc {
             return Err(Error::Mismatch {
                 key: self.key(name).to_string(),
@@ -256,12 +255,7 @@ impl ColdStore {
     /// # Errors
     /// [`Error`].
     pub fn fetch_unverified(&self, name: &str, size: u64) -> Result<PathBuf, Error> {
-        let key = self.key(name);
-        let store = self.store.clone();
-        let data = self
-            .handle
-            .block_on(async move { store.get(&key).await?.bytes().await })
-            .map_err(self.store_err(name))?;
+        let data = self.get(name)?;
         if data.len() as u64 != size {
             return Err(Error::Mismatch {
                 key: self.key(name).to_string(),
