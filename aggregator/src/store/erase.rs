@@ -157,7 +157,9 @@ fn erase_one(
         let mut ids = Vec::new();
         let mut after = None;
         loop {
-            let rows = hot::page(conn, &p.name, &streams, start, end, false, after, 4096)?;
+            let rows = hot::page_ids(
+                conn, &p.name, &streams, start, end, false, after, 4096, None,
+            )?;
             let Some(last) = rows.last() else { break };
             after = Some((last.ts, last.id));
             ids.extend(

@@ -939,27 +939,7 @@ pub fn load_streams(conn: &Connection) -> Result<Vec<(i64, Labels)>, rusqlite::E
 
 /// A page of rows of one partition: rows of `streams` in `[start, end)` after the
 /// keyset position `after` (`(ts, id)`; exclusive), in (ts, id) order (descending when
-/// `backward`), at most `limit`.
-///
-/// # Errors
-/// [`rusqlite::Error`].
-#[allow(clippy::too_many_arguments)]
-pub fn page(
-    conn: &Connection,
-    partition: &str,
-    streams: &[i64],
-    start: i64,
-    end: i64,
-    backward: bool,
-    after: Option<(i64, i64)>,
-    limit: usize,
-) -> Result<Vec<Row>, rusqlite::Error> {
-    page_ids(
-        conn, partition, streams, start, end, backward, after, limit, None,
-    )
-}
-
-/// As [`page`], only rows with ids in `ids` (inclusive), when given.
+/// `backward`), at most `limit`; only rows with ids in `ids` (inclusive), when given.
 ///
 /// # Errors
 /// [`rusqlite::Error`].
@@ -1241,7 +1221,7 @@ mod tests {
         let mut got = Vec::new();
         let mut after = None;
         loop {
-            let rows = page(
+            let rows = page_ids(
                 &conn,
                 &parts[0].name,
                 &[streams[0].0],
@@ -1250,6 +1230,7 @@ mod tests {
                 true,
                 after,
                 2048,
+                None,
             )
             .unwrap();
             let Some(last) = rows.last() else { break };

@@ -192,11 +192,8 @@ fn seal(b: &mut Block, pending: &mut HashSet<u64>) {
     if pending.is_empty() {
         return;
     }
-    let mut bloom = Bloom::with_capacity(pending.len());
-    for h in pending.drain() {
-        bloom.insert(h);
-    }
-    b.bloom = bloom;
+    b.bloom = Bloom::from_entries(pending.iter());
+    pending.clear();
 }
 
 #[cfg(test)]

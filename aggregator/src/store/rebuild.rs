@@ -76,10 +76,7 @@ fn add(store: &HotStore, cold: &ColdStore, name: &str, size: u64) -> Result<u64,
             true
         },
     )?;
-    let mut bloom = Bloom::with_capacity(entries.len());
-    for h in &entries {
-        bloom.insert(*h);
-    }
+    let bloom = Bloom::from_entries(entries.iter());
     let info = SegmentInfo {
         rows: footer.rows,
         min_ts: footer.min_ts,

@@ -19,9 +19,9 @@
 
 use heimdall_common::record::{Labels, Level};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::column::reader::ColumnReader;
+use parquet::column::reader::{get_typed_column_reader, ColumnReader};
 use parquet::column::writer::ColumnWriter;
-use parquet::data_type::ByteArray;
+use parquet::data_type::{ByteArray, DataType, Int32Type, Int64Type};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -161,6 +161,15 @@ impl Bloom {
         let h1 = h;
         let h2 = h.rotate_left(32) | 1;
         (0..self.k as u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    /// A filter holding `entries`, sized for them.
+    pub fn from_entries<'a>(entries: impl ExactSizeIterator<Item = &'a u64>) -> Bloom {
+        let mut b = Bloom::with_capacity(entries.len());
+        for h in entries {
+            b.insert(*h);
+        }
+        b
     }
 
     pub fn insert(&mut self, h: u64) {
@@ -536,10 +545,7 @@ impl SegmentWriter {
         file.sync_all().map_err(io(&path))?;
         drop(file);
         let (bytes, checksum) = file_crc(&path)?;
-        let mut bloom = Bloom::with_capacity(self.entries.len());
-        for h in &self.entries {
-            bloom.insert(*h);
-        }
+        let bloom = Bloom::from_entries(self.entries.iter());
         Ok(SegmentInfo {
             rows: self.rows,
             min_ts: self.min_ts,
@@ -683,50 +689,8 @@ impl SegmentFile {
             }
             let n = rgm.num_rows() as usize;
             let rg = self.reader.get_row_group(g).map_err(pq(path))?;
-            let read_i64 = |c: usize| -> Result<Vec<i64>, Error> {
-                let mut v = Vec::with_capacity(n);
-                match rg.get_column_reader(c).map_err(pq(path))? {
-                    ColumnReader::Int64ColumnReader(mut r) => {
-                        while v.len() < n {
-                            let (recs, _, _) = r
-                                .read_records(n - v.len(), None, None, &mut v)
-                                .map_err(pq(path))?;
-                            if recs == 0 {
-                                break;
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(Error::Corrupt {
-                            path: path.clone(),
-                            what: format!("column {c} is not int64"),
-                        })
-                    }
-                }
-                Ok(v)
-            };
-            let read_i32 = |c: usize| -> Result<Vec<i32>, Error> {
-                let mut v = Vec::with_capacity(n);
-                match rg.get_column_reader(c).map_err(pq(path))? {
-                    ColumnReader::Int32ColumnReader(mut r) => {
-                        while v.len() < n {
-                            let (recs, _, _) = r
-                                .read_records(n - v.len(), None, None, &mut v)
-                                .map_err(pq(path))?;
-                            if recs == 0 {
-                                break;
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(Error::Corrupt {
-                            path: path.clone(),
-                            what: format!("column {c} is not int32"),
-                        })
-                    }
-                }
-                Ok(v)
-            };
+            let read_i64 = |c: usize| read_plain::<Int64Type>(rg.as_ref(), c, n, path);
+            let read_i32 = |c: usize| read_plain::<Int32Type>(rg.as_ref(), c, n, path);
             let read_bytes =
                 |c: usize, optional: bool| -> Result<(Vec<ByteArray>, Vec<i16>), Error> {
                     let mut v = Vec::with_capacity(n);
@@ -864,6 +828,34 @@ impl SegmentFile {
     }
 }
 
+/// Reads a required primitive column of a row group, refusing a file whose column has
+/// another type.
+fn read_plain<T: DataType>(
+    rg: &dyn parquet::file::reader::RowGroupReader,
+    c: usize,
+    n: usize,
+    path: &Path,
+) -> Result<Vec<T::T>, Error> {
+    let found = rg.metadata().column(c).column_type();
+    if found != T::get_physical_type() {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            what: format!("column {c} is {found}, not {}", T::get_physical_type()),
+        });
+    }
+    let mut r = get_typed_column_reader::<T>(rg.get_column_reader(c).map_err(pq(path))?);
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let (recs, _, _) = r
+            .read_records(n - v.len(), None, None, &mut v)
+            .map_err(pq(path))?;
+        if recs == 0 {
+            break;
+        }
+    }
+    Ok(v)
+}
+
 /// Labels as stored in the `labels` column.
 pub fn labels_json(l: &Labels) -> String {
     super::hot::labels_key(l)
@@ -986,10 +978,7 @@ mod tests {
             for l in &lines {
                 index_line(l.as_bytes(), &mut set);
             }
-            let mut bloom = Bloom::with_capacity(set.len());
-            for h in &set {
-                bloom.insert(*h);
-            }
+            let bloom = Bloom::from_entries(set.iter());
             let line = lines[pick.index(lines.len())].as_bytes();
             if !line.is_empty() {
                 let (mut i, mut j) = (a.index(line.len()), b.index(line.len() + 1));
