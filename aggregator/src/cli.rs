@@ -53,9 +53,111 @@ pub enum Cmd {
     /// Anomaly events detected by the agents, newest first, e.g.
     /// `heimdall anomalies --since 24h --kind silence`.
     Anomalies(AnomaliesArgs),
+    /// Alert rules: `heimdall rules check FILE...` validates rule files (no aggregator
+    /// needed); `heimdall rules list` shows the running rules with their health;
+    /// `heimdall rules reload` makes the aggregator read its rule files again.
+    Rules(RulesArgs),
+    /// Alerts pending, firing and recently resolved, e.g. `heimdall alerts --state firing`.
+    Alerts(AlertsArgs),
+    /// Silences: `heimdall silence add '{alertname="HostSilent"}' --duration 2h
+    /// --comment "db maintenance"`, `heimdall silence list`, `heimdall silence expire ID`.
+    Silence(SilenceArgs),
+    /// Incidents (correlated alerts and anomaly events): `heimdall incidents`,
+    /// `heimdall incidents show 12`, `heimdall incidents ack 12`,
+    /// `heimdall incidents resolve 12`.
+    Incidents(IncidentsArgs),
     /// Start an aggregator and an agent on this machine with embedded defaults:
     /// certificates are made on first run, data is kept in SQLite under --dir.
     Quickstart(QuickstartArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    pub action: RulesAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesAction {
+    /// Validate rule files: prints every problem as FILE:LINE:COLUMN and exits 1 when
+    /// there is any.
+    Check {
+        /// Rule files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The running rules, their last evaluation and errors.
+    List,
+    /// Read the rule files again (as SIGHUP does).
+    Reload,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AlertsArgs {
+    /// Only alerts in this state: pending, firing or resolved.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Output: `text` (a table) or `json` (one object per alert).
+    #[arg(long, short, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SilenceArgs {
+    #[command(subcommand)]
+    pub action: SilenceAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SilenceAction {
+    /// Silence the alerts matching a selector over their labels.
+    Add {
+        /// E.g. `{alertname="HostSilent", host="db1"}`.
+        matchers: String,
+        /// How long (e.g. 30m, 2h, 1d).
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Who (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Active and future silences.
+    List,
+    /// End a silence now.
+    Expire {
+        /// The silence id (from `list`).
+        id: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IncidentsArgs {
+    #[command(subcommand)]
+    pub action: Option<IncidentAction>,
+    /// List resolved incidents too.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentAction {
+    /// An incident with its root-cause candidates and timeline.
+    Show { id: i64 },
+    /// Acknowledge an incident.
+    Ack {
+        id: i64,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Resolve an incident by hand.
+    Resolve {
+        id: i64,
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,6 +290,10 @@ pub fn main(cli: Cli) -> i32 {
         Cmd::Agents => agents(&cli.addr),
         Cmd::Patterns(a) => patterns(&cli.addr, &a),
         Cmd::Anomalies(a) => anomalies(&cli.addr, &a),
+        Cmd::Rules(a) => rules(&cli.addr, a),
+        Cmd::Alerts(a) => alerts(&cli.addr, &a),
+        Cmd::Silence(a) => silence(&cli.addr, a),
+        Cmd::Incidents(a) => incidents(&cli.addr, a),
         Cmd::Quickstart(a) => quickstart(&a),
     };
     match res {
@@ -250,14 +356,33 @@ impl Drop for Progress {
 
 fn get(url: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
     let _progress = Progress::start();
-    let mut req = ureq::get(url).timeout(Duration::from_secs(120));
-    if let Some(t) = TOKEN.get() {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
+    let mut req = authorized(ureq::get(url).timeout(Duration::from_secs(120)));
     for (k, v) in params {
         req = req.query(k, v);
     }
-    match req.call() {
+    answer(url, req.call())
+}
+
+/// A request to the API with a JSON body (or none).
+fn send(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let req = authorized(ureq::request(method, url).timeout(Duration::from_secs(60)));
+    let res = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    answer(url, res)
+}
+
+fn authorized(req: ureq::Request) -> ureq::Request {
+    match TOKEN.get() {
+        Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+/// The JSON of an answer, or the API's error `message`.
+fn answer(url: &str, res: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Value> {
+    match res {
         Ok(r) => r.into_json().context("invalid JSON from aggregator"),
         Err(ureq::Error::Status(code, r)) => {
             let body: Value = r.into_json().unwrap_or(Value::Null);
@@ -268,6 +393,242 @@ fn get(url: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
             bail!("aggregator answered {code}: {msg}")
         }
         Err(e) => Err(e).with_context(|| format!("cannot reach the aggregator at {url}")),
+    }
+}
+
+fn whoami(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "heimdall-cli".into())
+}
+
+fn rules(addr: &str, a: RulesArgs) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    match a.action {
+        RulesAction::Check { files } => {
+            match crate::alert::rules::load(&files, Duration::from_secs(10)) {
+                Ok(groups) => {
+                    let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+                    println!("{} group(s), {n} rule(s): valid", groups.len());
+                    Ok(())
+                }
+                Err(p) => {
+                    for pr in &p.0 {
+                        eprintln!("{pr}");
+                    }
+                    bail!("{} problem(s) found", p.0.len())
+                }
+            }
+        }
+        RulesAction::List => {
+            let v = get(&format!("{base}/api/v1/rules"), &[])?;
+            println!(
+                "{:<16} {:<24} {:<15} {:>6} {:>9} {:<25} ERROR",
+                "GROUP", "RULE", "KIND", "ACTIVE", "EVAL_MS", "LAST_EVAL"
+            );
+            for r in v["data"]["rules"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:<24} {:<15} {:>6} {:>9.1} {:<25} {}",
+                    r["group"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or(""),
+                    r["kind"].as_str().unwrap_or(""),
+                    r["active"].as_u64().unwrap_or(0),
+                    r["last_seconds"].as_f64().unwrap_or(0.0) * 1000.0,
+                    match r["last_eval"].as_i64().unwrap_or(0) {
+                        0 => "never".to_owned(),
+                        t => format_ns(t),
+                    },
+                    r["error"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        RulesAction::Reload => {
+            let v = send("POST", &format!("{base}/api/v1/rules/reload"), None)?;
+            println!("reloaded: {} rule(s)", v["data"]["rules"]);
+            Ok(())
+        }
+    }
+}
+
+fn alerts(addr: &str, a: &AlertsArgs) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    let mut params = Vec::new();
+    if let Some(s) = &a.state {
+        params.push(("state", s.as_str()));
+    }
+    let v = get(&format!("{base}/api/v1/alerts"), &params)?;
+    let list = v["data"].as_array().cloned().unwrap_or_default();
+    if a.output == "json" {
+        for x in list {
+            println!("{x}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<9} {:<24} {:<25} {:>10}  LABELS",
+        "STATE", "ALERT", "SINCE", "VALUE"
+    );
+    for x in list {
+        let labels: Vec<String> = x["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| *k != "alertname" && !k.starts_with("__"))
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        println!(
+            "{:<9} {:<24} {:<25} {:>10}  {}",
+            x["state"].as_str().unwrap_or(""),
+            x["rule"].as_str().unwrap_or(""),
+            format_ns(x["active_at"].as_i64().unwrap_or(0)),
+            crate::alert::rules::format_value(x["value"].as_f64().unwrap_or(f64::NAN)),
+            labels.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn silence(addr: &str, a: SilenceArgs) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    match a.action {
+        SilenceAction::Add {
+            matchers,
+            duration,
+            comment,
+            by,
+        } => {
+            let v = send(
+                "POST",
+                &format!("{base}/api/v1/silences"),
+                Some(serde_json::json!({
+                    "matchers": matchers,
+                    "duration": duration,
+                    "comment": comment,
+                    "created_by": whoami(by),
+                })),
+            )?;
+            println!(
+                "silence {} until {}",
+                v["data"]["id"].as_str().unwrap_or(""),
+                format_ns(v["data"]["ends"].as_i64().unwrap_or(0))
+            );
+            Ok(())
+        }
+        SilenceAction::List => {
+            let v = get(&format!("{base}/api/v1/silences"), &[])?;
+            println!(
+                "{:<17} {:<25} {:<25} {:<12} MATCHERS / COMMENT",
+                "ID", "STARTS", "ENDS", "BY"
+            );
+            for s in v["data"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<17} {:<25} {:<25} {:<12} {}  {}",
+                    s["id"].as_str().unwrap_or(""),
+                    format_ns(s["starts"].as_i64().unwrap_or(0)),
+                    format_ns(s["ends"].as_i64().unwrap_or(0)),
+                    s["created_by"].as_str().unwrap_or(""),
+                    s["matchers"].as_str().unwrap_or(""),
+                    s["comment"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        SilenceAction::Expire { id } => {
+            send("DELETE", &format!("{base}/api/v1/silences/{id}"), None)?;
+            println!("silence {id} expired");
+            Ok(())
+        }
+    }
+}
+
+fn incidents(addr: &str, a: IncidentsArgs) -> anyhow::Result<()> {
+    let base = addr.trim_end_matches('/');
+    match a.action {
+        None => {
+            let v = get(
+                &format!("{base}/api/v1/incidents"),
+                &[("state", if a.all { "all" } else { "open" })],
+            )?;
+            println!(
+                "{:>5} {:<9} {:<25} {:>7} {:<16} {:<12} TITLE",
+                "ID", "STATE", "OPENED", "SIGNALS", "LIKELY_CAUSE", "ACKED_BY"
+            );
+            for i in v["data"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>5} {:<9} {:<25} {:>7} {:<16} {:<12} {}",
+                    i["id"],
+                    i["state"].as_str().unwrap_or(""),
+                    format_ns(i["opened"].as_i64().unwrap_or(0)),
+                    i["signals"].as_array().map_or(0, Vec::len),
+                    i["candidates"][0]["name"].as_str().unwrap_or("-"),
+                    i["acked_by"].as_str().unwrap_or("-"),
+                    i["title"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        Some(IncidentAction::Show { id }) => {
+            let v = get(&format!("{base}/api/v1/incidents/{id}"), &[])?;
+            let i = &v["data"];
+            println!(
+                "Incident #{id} ({}): {}",
+                i["state"].as_str().unwrap_or(""),
+                i["title"].as_str().unwrap_or("")
+            );
+            println!("opened {}", format_ns(i["opened"].as_i64().unwrap_or(0)));
+            if let Some(by) = i["acked_by"].as_str() {
+                println!("acknowledged by {by}");
+            }
+            println!("\nRoot-cause candidates, likeliest first:");
+            for (k, c) in i["candidates"].as_array().into_iter().flatten().enumerate() {
+                println!(
+                    "  {}. {:<16} score {:.2}  {}",
+                    k + 1,
+                    c["name"].as_str().unwrap_or(""),
+                    c["score"].as_f64().unwrap_or(0.0),
+                    c["why"].as_str().unwrap_or("")
+                );
+            }
+            println!("\nTimeline:");
+            for s in i["signals"].as_array().into_iter().flatten() {
+                println!(
+                    "  {}  {:<8} {:<28} {}",
+                    format_ns(s["onset"].as_i64().unwrap_or(0)),
+                    if s["active"].as_bool().unwrap_or(false) {
+                        "active"
+                    } else {
+                        "ended"
+                    },
+                    s["what"].as_str().unwrap_or(""),
+                    s["subject"].as_str().unwrap_or("")
+                );
+                for l in s["samples"].as_array().into_iter().flatten().take(2) {
+                    println!("      | {}", l.as_str().unwrap_or(""));
+                }
+                if let Some(q) = s["query"].as_str() {
+                    println!("      heimdall query '{q}'");
+                }
+            }
+            Ok(())
+        }
+        Some(IncidentAction::Ack { id, by }) => {
+            send(
+                "POST",
+                &format!("{base}/api/v1/incidents/{id}/ack"),
+                Some(serde_json::json!({"by": whoami(by)})),
+            )?;
+            println!("incident {id} acknowledged");
+            Ok(())
+        }
+        Some(IncidentAction::Resolve { id, by }) => {
+            send(
+                "POST",
+                &format!("{base}/api/v1/incidents/{id}/resolve"),
+                Some(serde_json::json!({"by": whoami(by)})),
+            )?;
+            println!("incident {id} resolved");
+            Ok(())
+        }
     }
 }
 

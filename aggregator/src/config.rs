@@ -37,6 +37,9 @@ pub struct AggregatorConfigFile {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Alert rules, receivers and incident correlation.
+    #[serde(default)]
+    pub alerting: crate::alert::config::AlertingConfigFile,
 }
 
 /// Warm tier.
@@ -131,6 +134,9 @@ pub struct ApiConfig {
     pub query_timeout: Option<HumanDuration>,
     /// Most series a metric query may hold at any step. Default 50000.
     pub max_series: Option<u32>,
+    /// Truncate the start and end of metric `query_range` requests to multiples of the
+    /// step, as Loki's query frontend does with `align_queries_with_step`. Default true.
+    pub align_queries_with_step: Option<bool>,
     /// Serve HTTPS with this certificate (PEM, chain first); needs `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) of `tls_cert`.
@@ -182,6 +188,7 @@ pub struct AggregatorConfig {
     pub max_limit: usize,
     pub query_timeout: Duration,
     pub max_series: usize,
+    pub align_queries_with_step: bool,
     /// HTTPS certificate and key, when the API serves TLS.
     pub api_tls: Option<(PathBuf, PathBuf)>,
     pub tokens: Vec<crate::api::auth::Token>,
@@ -191,6 +198,9 @@ pub struct AggregatorConfig {
     pub lifecycle: crate::store::lifecycle::LifecycleConfig,
     pub cold: Option<crate::store::cold::ColdConfig>,
     pub shutdown_grace: Duration,
+    pub alerting: crate::alert::config::Alerting,
+    /// Rule groups read from `alerting.rules` at load.
+    pub rule_groups: Vec<crate::alert::rules::Group>,
 }
 
 /// Default state directory.
@@ -513,8 +523,21 @@ impl AggregatorConfig {
             }),
             retention,
         };
+        let alerting = raw.alerting.validate(&mut p, &state_dir, api_listen);
+        let rule_groups =
+            match crate::alert::rules::load(&alerting.rules, alerting.evaluation_interval) {
+                Ok(g) => g,
+                Err(problems) => {
+                    for pr in problems.0 {
+                        p.push("alerting.rules", pr.to_string());
+                    }
+                    Vec::new()
+                }
+            };
         p.into_result().map_err(Error::Invalid)?;
         Ok(AggregatorConfig {
+            alerting,
+            rule_groups,
             partition_ns: partition.as_nanos() as i64,
             lifecycle,
             cold,
@@ -535,6 +558,7 @@ impl AggregatorConfig {
                 .query_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
             max_series: max_series as usize,
+            align_queries_with_step: raw.api.align_queries_with_step.unwrap_or(true),
             api_tls,
             tokens,
             max_group_rows: max_group_rows as usize,

@@ -10,6 +10,7 @@
 //! - [`cli`]: the `heimdall` command-line client.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod api;
 pub mod certs;
 pub mod cli;
@@ -51,6 +52,9 @@ pub enum Error {
     /// Recovery of an interrupted tier move failed.
     #[error("storage lifecycle: {0}")]
     Lifecycle(store::lifecycle::Error),
+    /// The alert database cannot be opened.
+    #[error(transparent)]
+    Alerting(#[from] alert::eval::Error),
 }
 
 /// Where the aggregator actually listens (ports chosen by the OS when 0 was asked).
@@ -176,6 +180,7 @@ pub async fn run(
         warm_dir: cfg.lifecycle.warm_dir.clone(),
         cold,
         hot_index: Some(store.index().clone()),
+        blooms: query::exec::BloomCache::default(),
     });
     let endpoint = quic_endpoint(&cfg, server_config)?;
     let http = bind_tcp(cfg.api_listen).map_err(|source| Error::Bind {
@@ -218,6 +223,59 @@ pub async fn run(
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
     };
     let ingest = tokio::spawn(listener.run(shutdown.child_token(), cfg.shutdown_grace));
+
+    // Alerting: the engine thread, told of every commit, and one dispatcher per receiver.
+    let wake: Vec<Arc<tokio::sync::Notify>> = cfg
+        .alerting
+        .receivers
+        .iter()
+        .map(|_| Arc::new(tokio::sync::Notify::new()))
+        .collect();
+    let mut alerting = cfg.alerting.clone();
+    if alerting.external_url.ends_with(":0") {
+        // The default names `api.listen`; with port 0 the real port is known only now.
+        alerting.external_url = format!("http://{}", addrs.api);
+    }
+    let engine_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (alert_handle, engine) = alert::eval::start(
+        alert::eval::EngineDeps {
+            cfg: alerting,
+            groups: cfg.rule_groups.clone(),
+            hot_path: cfg.db_path.clone(),
+            tiers: tiers.clone(),
+            registry: registry.clone(),
+            wake: wake.clone(),
+            eval_limits: query::eval::Limits {
+                max_series: cfg.max_series,
+                ..Default::default()
+            },
+        },
+        engine_stop.clone(),
+    )?;
+    {
+        let h = alert_handle.clone();
+        store.on_commit(Box::new(move |c| h.committed(c)));
+    }
+    let client = reqwest::Client::builder()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    let mut dispatchers = tokio::task::JoinSet::new();
+    for (r, w) in cfg.alerting.receivers.iter().zip(&wake) {
+        let d = alert::notify::Dispatcher {
+            receiver: r.clone(),
+            db_path: cfg.alerting.db_path.clone(),
+            wake: w.clone(),
+            client: client.clone(),
+        };
+        dispatchers.spawn(d.run(shutdown.child_token()));
+    }
+    let alert_api = Arc::new(api::alerts::AlertApi {
+        handle: alert_handle.clone(),
+        rule_paths: cfg.alerting.rules.clone(),
+        default_interval: cfg.alerting.evaluation_interval,
+    });
+    tokio::spawn(reload_on_hangup(alert_api.clone(), shutdown.child_token()));
+
     let state = Arc::new(api::ApiState {
         db_path: cfg.db_path.clone(),
         registry,
@@ -232,6 +290,8 @@ pub async fn run(
             max_series: cfg.max_series,
             ..Default::default()
         },
+        alerting: Some(alert_api),
+        align_queries_with_step: cfg.align_queries_with_step,
     });
     let token = shutdown.child_token();
     let tls = match &cfg.api_tls {
@@ -264,6 +324,12 @@ pub async fn run(
     tracing::info!("shutting down: finishing in-flight batches");
     let _ = ingest.await;
     let _ = tokio::time::timeout(cfg.shutdown_grace, api).await;
+    // The engine commits its state after every round; stop it, then the dispatchers
+    // (what they have not delivered stays in the outbox for the next start).
+    engine_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(alert_handle);
+    let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+    while dispatchers.join_next().await.is_some() {}
     // The lifecycle finishes the step it is in (each is safe to interrupt anyway).
     let _ = tokio::task::spawn_blocking(move || lifecycle.join()).await;
     // Every connection task is done, so this is the last handle: the writer commits what
@@ -277,4 +343,33 @@ pub async fn run(
     let _ = std::fs::remove_file(&listen_file);
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the rule files again (the old rules stay when any is invalid).
+async fn reload_on_hangup(a: Arc<api::alerts::AlertApi>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        tracing::info!("SIGHUP received: reloading alert rules");
+        let (paths, iv, h) = (a.rule_paths.clone(), a.default_interval, a.handle.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            let groups = alert::rules::load(&paths, iv).map_err(|p| p.to_string())?;
+            h.command(alert::eval::Command::Reload(groups))
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "alert rules not reloaded; the old rules stay")
+            }
+            Err(e) => tracing::error!(error = %e, "alert rule reload failed"),
+        }
+    }
 }

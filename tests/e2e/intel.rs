@@ -4,19 +4,10 @@
 //! after the warm-up becomes an anomaly event the aggregator lists (API and CLI); the
 //! miner's templates are kept in the agent's state directory.
 
+use heimdall_tests::get_json as get;
 use heimdall_tests::{bins, free_port, metric, stored_rows, wait_for_count, AgentOptions, Cluster};
-use serde_json::Value;
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-fn get(url: &str) -> Value {
-    ureq::get(url)
-        .timeout(Duration::from_secs(10))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap()
-}
 
 fn enc(q: &str) -> String {
     let mut s = String::new();

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries, QUIC over loopback, real files and SQLite.
 //! One test binary so the binaries are built once (see `heimdall_tests::bins`).
 
+mod alerts;
 mod chaos;
 mod cli;
 mod frames;

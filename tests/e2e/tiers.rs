@@ -130,6 +130,7 @@ fn setup(rows: &[Spec], prefix: &str, s3: &S3Server) -> Setup {
             warm_dir,
             cold: Some(cold),
             hot_index: Some(index),
+            blooms: Default::default(),
         },
     }
 }

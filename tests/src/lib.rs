@@ -6,6 +6,8 @@
 //! running. Each process logs to a file in the test's directory; [`Proc::log_tail`]
 //! shows it when an assertion fails.
 
+pub mod sinks;
+
 use anyhow::{bail, Context};
 use heimdall_aggregator::certs::Ca;
 use heimdall_aggregator::ListenAddrs;
@@ -390,6 +392,8 @@ pub struct AgentOptions {
     pub journald: String,
     /// `[metrics] listen`; empty for none.
     pub metrics_listen: String,
+    /// Lines added to the `[[files]]` section, e.g. `labels = { app = "api" }`.
+    pub files_extra: String,
     /// Appended to the config (start it with a section header).
     pub extra: String,
 }
@@ -405,6 +409,7 @@ impl Default for AgentOptions {
             spool_policy: "block",
             journald: "enabled = false".into(),
             metrics_listen: String::new(),
+            files_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -438,9 +443,10 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\npolicy = {:?}\n[journald]\n{}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n[metrics]\nlisten = {:?}\n[shutdown]\ngrace = \"5s\"\n{}",
+                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\n{}\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\npolicy = {:?}\n[journald]\n{}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n[metrics]\nlisten = {:?}\n[shutdown]\ngrace = \"5s\"\n{}",
                 state_dir.display().to_string(),
                 include.join(", "),
+                opts.files_extra,
                 opts.poll_interval,
                 opts.rotate_wait,
                 opts.batch_timeout,
@@ -575,6 +581,19 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind a loopback port")
+}
+
+/// `GET url` as JSON, with a 10 s timeout.
+///
+/// # Panics
+/// On HTTP or JSON errors (for tests).
+pub fn get_json(url: &str) -> serde_json::Value {
+    ureq::get(url)
+        .timeout(Duration::from_secs(10))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .into_json()
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
 /// The value of a Prometheus counter or gauge (summed over its label sets) at `url`.

@@ -59,6 +59,13 @@ pub fn required(method: &Method, path: &str) -> Role {
         Role::Admin
     } else if path == "/loki/api/v1/push" && method == Method::POST {
         Role::Write
+    } else if method != Method::GET
+        && ["/api/v1/silences", "/api/v1/incidents", "/api/v1/rules"]
+            .iter()
+            .any(|p| path.starts_with(p))
+    {
+        // Silencing, acknowledging and reloading change what pages people.
+        Role::Write
     } else {
         Role::Read
     }

@@ -299,6 +299,14 @@ async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
         }
         Query::Metric(expr) => {
             let step = parse_step(p.get("step").or(p.get("interval")), start, end)?;
+            // As Loki's query frontend with `align_queries_with_step` (on in its Helm
+            // chart): points fall on multiples of the step, so repeated queries agree
+            // and the agents' pre-aggregates line up with the steps.
+            let (start, end) = if st.align_queries_with_step {
+                (start.div_euclid(step) * step, end.div_euclid(step) * step)
+            } else {
+                (start, end)
+            };
             let (v, stats) = eval_metric(&st, expr, start, end, step).await?;
             metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "metric")
                 .record(started.elapsed().as_secs_f64());

@@ -6,6 +6,7 @@
 //! the client goes away (the request future is dropped, which cancels the query).
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod loki;
 pub mod tls;
@@ -43,6 +44,10 @@ pub struct ApiState {
     pub tokens: Vec<auth::Token>,
     /// Bounds on metric queries.
     pub eval_limits: crate::query::eval::Limits,
+    /// The alert engine, when running.
+    pub alerting: Option<Arc<alerts::AlertApi>>,
+    /// Truncate metric `query_range` start and end to multiples of the step.
+    pub align_queries_with_step: bool,
 }
 
 /// The router.
@@ -70,6 +75,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/aggregates", get(aggregates))
+        .route("/api/v1/rules", get(alerts::rules))
+        .route("/api/v1/rules/reload", post(alerts::reload))
+        .route("/api/v1/alerts", get(alerts::alerts))
+        .route(
+            "/api/v1/silences",
+            get(alerts::silences).post(alerts::add_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(alerts::expire_silence),
+        )
+        .route("/api/v1/incidents", get(alerts::incidents))
+        .route("/api/v1/incidents/{id}", get(alerts::incident))
+        .route("/api/v1/incidents/{id}/ack", post(alerts::ack))
+        .route("/api/v1/incidents/{id}/resolve", post(alerts::resolve))
         .route("/api/v1/admin/compact", post(admin::compact))
         .route("/api/v1/admin/erase", post(admin::erase))
         .route("/api/v1/admin/erasures", get(admin::erasures))
@@ -117,11 +137,11 @@ impl From<crate::query::exec::Error> for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn internal(msg: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(msg: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
 }
 

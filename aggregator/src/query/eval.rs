@@ -95,6 +95,17 @@ struct Ctx<'a, 'b> {
     req: EvalRequest,
     steps: usize,
     stats: Stats,
+    leaves: Option<&'a dyn Leaves>,
+    /// Range functions evaluated so far (the index passed to [`Leaves::range`]).
+    leaf_no: usize,
+}
+
+/// Values of range functions kept elsewhere (alert rules evaluated incrementally).
+pub trait Leaves {
+    /// The value at instant `at` of the `index`-th range function of the expression
+    /// (in evaluation order: operands left to right, inner before outer), or `None` to
+    /// compute it from storage.
+    fn range(&self, index: usize, at: i64) -> Option<Vec<Series>>;
 }
 
 /// Evaluates `expr`.
@@ -107,6 +118,31 @@ pub fn evaluate(src: &Source<'_>, expr: &Expr, req: EvalRequest) -> Result<(Valu
         req,
         steps: req.steps(),
         stats: Stats::default(),
+        leaves: None,
+        leaf_no: 0,
+    };
+    let v = cx.eval(expr)?;
+    Ok((v, cx.stats))
+}
+
+/// As [`evaluate`], at one instant, with range functions answered by `leaves` where
+/// it can.
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_with(
+    src: &Source<'_>,
+    expr: &Expr,
+    req: EvalRequest,
+    leaves: &dyn Leaves,
+) -> Result<(Value, Stats), Error> {
+    let mut cx = Ctx {
+        src,
+        req,
+        steps: req.steps(),
+        stats: Stats::default(),
+        leaves: Some(leaves),
+        leaf_no: 0,
     };
     let v = cx.eval(expr)?;
     Ok((v, cx.stats))
@@ -150,9 +186,15 @@ impl Ctx<'_, '_> {
                 log,
                 range_ns,
                 offset_ns,
-            } => self
-                .range(*func, log, *range_ns, *offset_ns)
-                .map(Value::Vector),
+            } => {
+                let i = self.leaf_no;
+                self.leaf_no += 1;
+                if let Some(v) = self.leaves.and_then(|l| l.range(i, self.req.start_ns)) {
+                    return Ok(Value::Vector(v));
+                }
+                self.range(*func, log, *range_ns, *offset_ns)
+                    .map(Value::Vector)
+            }
             Expr::Agg {
                 op,
                 grouping,

@@ -92,6 +92,67 @@ pub struct Tiers {
     pub cold: Option<Arc<ColdStore>>,
     /// Token filters over blocks of hot rows, when the hot store runs in this process.
     pub hot_index: Option<HotIndex>,
+    /// Segments' bloom filters, kept in memory between queries.
+    pub blooms: BloomCache,
+}
+
+/// Most bytes of segment bloom filters kept in memory (segments are immutable, so a
+/// cached filter never goes stale; a rewritten segment has a new id).
+pub const BLOOM_CACHE_BYTES: usize = 512 << 20;
+
+/// Bloom filters by segment id, least recently used out beyond [`BLOOM_CACHE_BYTES`].
+#[derive(Clone, Default)]
+pub struct BloomCache {
+    inner: Arc<std::sync::Mutex<BloomLru>>,
+}
+
+#[derive(Default)]
+struct BloomLru {
+    map: HashMap<i64, (Arc<segment::Bloom>, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl BloomCache {
+    /// The filter of segment `id`, read from the catalog on a miss.
+    fn get(
+        &self,
+        conn: &Connection,
+        id: i64,
+    ) -> Result<Option<Arc<segment::Bloom>>, rusqlite::Error> {
+        {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.tick += 1;
+            let t = g.tick;
+            if let Some((b, used)) = g.map.get_mut(&id) {
+                *used = t;
+                return Ok(Some(b.clone()));
+            }
+        }
+        let Some(b) = catalog::bloom(conn, id)? else {
+            return Ok(None);
+        };
+        let b = Arc::new(b);
+        let size = b.byte_size();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        while g.bytes + size > BLOOM_CACHE_BYTES && !g.map.is_empty() {
+            let oldest = g
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+                .expect("non-empty");
+            if let Some((old, _)) = g.map.remove(&oldest) {
+                g.bytes -= old.byte_size();
+            }
+        }
+        let t = g.tick;
+        if g.map.insert(id, (b.clone(), t)).is_none() {
+            g.bytes += size;
+        }
+        metrics::gauge!("heimdall_aggregator_bloom_cache_bytes").set(g.bytes as f64);
+        Ok(Some(b))
+    }
 }
 
 /// The stored data a query reads.
@@ -226,7 +287,11 @@ impl<'a> Source<'a> {
         let mut out = Vec::new();
         for c in catalog::candidates(self.hot, streams, start, end)? {
             if !needles.is_empty() {
-                if let Some(b) = catalog::bloom(self.hot, c.segment.id)? {
+                let cached = match self.tiers {
+                    Some(t) => t.blooms.get(self.hot, c.segment.id)?,
+                    None => catalog::bloom(self.hot, c.segment.id)?.map(Arc::new),
+                };
+                if let Some(b) = cached {
                     if !needles.iter().all(|n| segment::may_contain(&b, n)) {
                         metrics::counter!("heimdall_aggregator_query_segments_pruned_total")
                             .increment(1);

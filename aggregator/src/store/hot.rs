@@ -188,12 +188,24 @@ enum Req {
     Job(Job),
 }
 
+/// What one group commit stored: the streams that got lines, and whether anomaly
+/// events came with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub streams: Vec<i64>,
+    pub anomalies: bool,
+}
+
+/// Called by the writer after each successful commit (it must not block).
+pub type CommitHook = Box<dyn Fn(Committed) + Send + Sync>;
+
 /// Handle to the hot store.
 pub struct HotStore {
     path: PathBuf,
     tx: Option<mpsc::Sender<Req>>,
     writer: Option<std::thread::JoinHandle<()>>,
     index: super::hot_index::HotIndex,
+    hook: Arc<std::sync::OnceLock<CommitHook>>,
 }
 
 /// Default partition length: an hour of event time.
@@ -378,24 +390,36 @@ impl HotStore {
             .map_err(sqlite(path))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sqlite(path))?;
-        let quick: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(sqlite(path))?;
-        if quick != "ok" {
-            return Err(Error::Sqlite {
-                path: path.to_owned(),
-                source: rusqlite::Error::InvalidQuery,
-            });
-        }
+        // No `PRAGMA quick_check` here: it reads every page of every table, which on a
+        // large, fragmented database took minutes before the aggregator could listen.
+        // Reading the schema and the id counter catches a file that is not a database
+        // or has a damaged header; damage deeper in a table surfaces as SQLITE_CORRUPT
+        // on the statement that meets it (logged, counted, and the batch is not acked).
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .and_then(|_| {
+            conn.query_row(
+                "SELECT count(*) FROM meta WHERE key = 'next_row_id'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map_err(sqlite(path))?;
         let (tx, rx) = mpsc::channel(1024);
         let p = path.to_owned();
         let index = super::hot_index::HotIndex::default();
         let writer_index = index.clone();
+        let hook: Arc<std::sync::OnceLock<CommitHook>> = Arc::default();
+        let writer_hook = hook.clone();
         let writer = std::thread::Builder::new()
             .name("hot-store-writer".into())
             .spawn(
                 move || match Writer::new(conn, p, max_group_rows, partition_ns, writer_index) {
-                    Ok(w) => w.run(rx),
+                    Ok(mut w) => {
+                        w.hook = writer_hook;
+                        w.run(rx);
+                    }
                     Err(e) => tracing::error!(error = %e, "hot store writer cannot start"),
                 },
             )
@@ -408,7 +432,13 @@ impl HotStore {
             tx: Some(tx),
             writer: Some(writer),
             index,
+            hook,
         })
+    }
+
+    /// Sets the function told about every commit (once; later calls are ignored).
+    pub fn on_commit(&self, hook: CommitHook) {
+        let _ = self.hook.set(hook);
     }
 
     /// The token index of hot rows.
@@ -525,6 +555,9 @@ struct Writer {
     made: std::collections::HashSet<String>,
     next_id: i64,
     index: super::hot_index::HotIndex,
+    hook: Arc<std::sync::OnceLock<CommitHook>>,
+    /// What the current group stored, for the hook.
+    touched: Committed,
 }
 
 /// Most stream ids cached by the writer; the cache is cleared when it grows past this.
@@ -548,6 +581,8 @@ impl Writer {
             made: std::collections::HashSet::new(),
             next_id: 1,
             index,
+            hook: Arc::default(),
+            touched: Committed::default(),
         };
         w.reload()?;
         Ok(w)
@@ -677,6 +712,7 @@ impl Writer {
         })();
         if let Err(e) = res {
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.touched = Committed::default();
             // Stream ids and partitions made in the failed transaction do not exist.
             self.streams.clear();
             if let Err(e) = self.reload() {
@@ -693,6 +729,14 @@ impl Writer {
             return;
         }
         let secs = started.elapsed().as_secs_f64();
+        let mut touched = std::mem::take(&mut self.touched);
+        if let Some(hook) = self.hook.get() {
+            touched.streams.sort_unstable();
+            touched.streams.dedup();
+            if !touched.streams.is_empty() || touched.anomalies {
+                hook(touched);
+            }
+        }
         metrics::histogram!("heimdall_aggregator_store_commit_seconds").record(secs);
         metrics::histogram!("heimdall_aggregator_store_group_batches").record(n as f64);
         for (req, r) in group.into_iter().zip(results) {
@@ -733,6 +777,19 @@ impl Writer {
         for s in &content.streams {
             ids.push(self.stream_id(s)?);
         }
+        let mut used = vec![false; ids.len()];
+        for r in &content.records {
+            if let Some(u) = used.get_mut(r.stream as usize) {
+                *u = true;
+            }
+        }
+        self.touched.streams.extend(
+            ids.iter()
+                .zip(&used)
+                .filter(|(_, u)| **u)
+                .map(|(id, _)| *id),
+        );
+        self.touched.anomalies |= !content.anomalies.is_empty();
         for r in &content.records {
             let start = r.time_ns.div_euclid(self.partition_ns) * self.partition_ns;
             let table = match self.parts.get(&start) {

@@ -184,6 +184,11 @@ impl Bloom {
             .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
     }
 
+    /// Memory it takes.
+    pub fn byte_size(&self) -> usize {
+        self.bits.len() * 8 + 16
+    }
+
     /// Serialised: `k` (4 bytes LE) then the words (LE).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(4 + self.bits.len() * 8);

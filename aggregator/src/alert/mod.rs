@@ -1,0 +1,20 @@
+//! Alerting: rules over LogQL metric queries, agents' anomaly events and absence of
+//! heartbeats or lines; alert states persisted; incidents from correlated signals;
+//! notifications to receivers through a persisted outbox.
+//!
+//! - [`config`]: `[alerting]` in the aggregator's configuration.
+//! - [`rules`]: rule files and annotation templates.
+//! - [`state`]: the alert database (instances, groups, outbox, silences, incidents).
+//! - [`eval`]: the rule engine thread.
+//! - [`incremental`]: range functions of rules kept up to date from new lines.
+//! - [`notify`]: routing, grouping, silences, the outbox and its dispatchers.
+//! - [`receivers`]: the wire formats of Alertmanager, webhooks, Slack, PagerDuty, email.
+//! - [`correlate`]: incidents and their root-cause candidates.
+pub mod config;
+pub mod correlate;
+pub mod eval;
+pub mod incremental;
+pub mod notify;
+pub mod receivers;
+pub mod rules;
+pub mod state;

@@ -1,0 +1,254 @@
+//! Alerting endpoints: rules (with their health, and reload), alerts, silences and
+//! incidents.
+//!
+//! - `GET /api/v1/rules`, `POST /api/v1/rules/reload`
+//! - `GET /api/v1/alerts[?state=firing|pending|resolved]`
+//! - `GET /api/v1/silences`, `POST /api/v1/silences`, `DELETE /api/v1/silences/{id}`
+//! - `GET /api/v1/incidents[?state=open|all&limit=N]`, `GET /api/v1/incidents/{id}`,
+//!   `POST /api/v1/incidents/{id}/ack`, `POST /api/v1/incidents/{id}/resolve`
+
+use super::{bad, internal, ApiError, ApiState};
+use crate::alert::eval::{AlertHandle, Command};
+use crate::alert::{correlate, state};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the alerting endpoints need.
+pub struct AlertApi {
+    pub handle: AlertHandle,
+    /// Rule files, read again on reload.
+    pub rule_paths: Vec<std::path::PathBuf>,
+    pub default_interval: Duration,
+}
+
+fn api(st: &ApiState) -> Result<&AlertApi, ApiError> {
+    st.alerting
+        .as_deref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "alerting is not running".into()))
+}
+
+async fn on_db<T: Send + 'static>(
+    st: &ApiState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = api(st)?.handle.db_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = state::open(&path).map_err(internal)?;
+        f(&c).map_err(internal)
+    })
+    .await
+    .map_err(internal)?
+}
+
+async fn command(st: &ApiState, c: Command) -> Result<(), ApiError> {
+    let h = api(st)?.handle.clone();
+    tokio::task::spawn_blocking(move || h.command(c))
+        .await
+        .map_err(internal)?
+        .map_err(|e| {
+            if e.contains("no rows") {
+                ApiError(StatusCode::NOT_FOUND, "no such open incident".into())
+            } else {
+                internal(e)
+            }
+        })
+}
+
+/// `GET /api/v1/rules`.
+pub async fn rules(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let a = api(&st)?;
+    let h = a
+        .handle
+        .health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Json(json!({"status": "success", "data": {"rules": h}})))
+}
+
+/// `POST /api/v1/rules/reload`: reads the rule files again; on any problem the old
+/// rules stay and the answer lists every problem.
+pub async fn reload(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let a = api(&st)?;
+    let (paths, iv) = (a.rule_paths.clone(), a.default_interval);
+    let groups = tokio::task::spawn_blocking(move || crate::alert::rules::load(&paths, iv))
+        .await
+        .map_err(internal)?
+        .map_err(|p| bad(p.to_string()))?;
+    let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+    command(&st, Command::Reload(groups)).await?;
+    Ok(Json(json!({"status": "success", "data": {"rules": n}})))
+}
+
+#[derive(Deserialize)]
+pub struct AlertParams {
+    state: Option<String>,
+    fingerprint: Option<String>,
+}
+
+/// `GET /api/v1/alerts`.
+pub async fn alerts(
+    State(st): State<Arc<ApiState>>,
+    Query(p): Query<AlertParams>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(s) = p.state.as_deref() {
+        if !["pending", "firing", "resolved"].contains(&s) {
+            return Err(bad(format!(
+                "state `{s}`: expected pending, firing or resolved"
+            )));
+        }
+    }
+    let mut all = on_db(&st, state::alerts).await?;
+    all.retain(|a| p.state.as_deref().is_none_or(|s| a.state.as_str() == s));
+    all.retain(|a| p.fingerprint.as_deref().is_none_or(|f| a.fingerprint == f));
+    Ok(Json(json!({"status": "success", "data": all})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    /// A selector over alert labels.
+    matchers: String,
+    /// RFC 3339 or Unix seconds; default now.
+    starts: Option<String>,
+    ends: Option<String>,
+    /// Instead of `ends`: e.g. `2h`.
+    duration: Option<String>,
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// `POST /api/v1/silences`.
+pub async fn add_silence(
+    State(st): State<Arc<ApiState>>,
+    Json(s): Json<NewSilence>,
+) -> Result<Json<Value>, ApiError> {
+    let q =
+        crate::query::parse::parse_log(&s.matchers).map_err(|e| bad(format!("matchers: {e}")))?;
+    if !q.stages.is_empty() || q.matchers.is_empty() {
+        return Err(bad(
+            "matchers: give label matchers only, like {alertname=\"HostSilent\"}",
+        ));
+    }
+    let now = heimdall_common::record::now_ns();
+    let starts = match &s.starts {
+        Some(t) => super::parse_time(t).map_err(bad)?,
+        None => now,
+    };
+    let ends = match (&s.ends, &s.duration) {
+        (Some(t), None) => super::parse_time(t).map_err(bad)?,
+        (None, Some(d)) => {
+            let d = heimdall_common::config::HumanDuration::parse(d)
+                .map_err(|e| bad(format!("duration: {e}")))?;
+            starts.saturating_add(d.0.as_nanos() as i64)
+        }
+        _ => return Err(bad("give one of `ends` and `duration`")),
+    };
+    if ends <= starts {
+        return Err(bad("a silence must end after it starts"));
+    }
+    if s.created_by.trim().is_empty() {
+        return Err(bad("created_by: say who silences"));
+    }
+    let mut id = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+        .map_err(|_| internal("no randomness"))?;
+    let silence = state::Silence {
+        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        matchers: s.matchers,
+        starts,
+        ends,
+        created_by: s.created_by,
+        comment: s.comment,
+        created: now,
+    };
+    let sv = silence.clone();
+    on_db(&st, move |c| state::put_silence(c, &sv)).await?;
+    tracing::info!(id = %silence.id, matchers = %silence.matchers, by = %silence.created_by, "silence added");
+    Ok(Json(json!({"status": "success", "data": silence})))
+}
+
+/// `GET /api/v1/silences`: active and future ones.
+pub async fn silences(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let now = heimdall_common::record::now_ns();
+    let all = on_db(&st, move |c| state::silences(c, now)).await?;
+    Ok(Json(json!({"status": "success", "data": all})))
+}
+
+/// `DELETE /api/v1/silences/{id}`: ends it now.
+pub async fn expire_silence(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let now = heimdall_common::record::now_ns();
+    let idc = id.clone();
+    if !on_db(&st, move |c| state::expire_silence(c, &idc, now)).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no silence {id}")));
+    }
+    Ok(Json(json!({"status": "success"})))
+}
+
+#[derive(Deserialize)]
+pub struct IncidentParams {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/incidents`.
+pub async fn incidents(
+    State(st): State<Arc<ApiState>>,
+    Query(p): Query<IncidentParams>,
+) -> Result<Json<Value>, ApiError> {
+    let open_only = match p.state.as_deref() {
+        None | Some("open") => true,
+        Some("all") => false,
+        Some(o) => return Err(bad(format!("state `{o}`: expected open or all"))),
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
+    let all = on_db(&st, move |c| correlate::list(c, open_only, limit)).await?;
+    Ok(Json(json!({"status": "success", "data": all})))
+}
+
+/// `GET /api/v1/incidents/{id}`.
+pub async fn incident(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    match on_db(&st, move |c| correlate::get(c, id)).await? {
+        Some(i) => Ok(Json(json!({"status": "success", "data": i}))),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no incident {id}"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct By {
+    by: Option<String>,
+}
+
+/// `POST /api/v1/incidents/{id}/ack`.
+pub async fn ack(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+    body: Option<Json<By>>,
+) -> Result<Json<Value>, ApiError> {
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    command(&st, Command::AckIncident { id, by }).await?;
+    Ok(Json(json!({"status": "success"})))
+}
+
+/// `POST /api/v1/incidents/{id}/resolve`.
+pub async fn resolve(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+    body: Option<Json<By>>,
+) -> Result<Json<Value>, ApiError> {
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    command(&st, Command::ResolveIncident { id, by }).await?;
+    Ok(Json(json!({"status": "success"})))
+}
