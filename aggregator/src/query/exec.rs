@@ -100,58 +100,71 @@ pub struct Tiers {
 /// cached filter never goes stale; a rewritten segment has a new id).
 pub const BLOOM_CACHE_BYTES: usize = 512 << 20;
 
-/// Bloom filters by segment id, least recently used out beyond [`BLOOM_CACHE_BYTES`].
+/// Bloom filters by segment id (the segment's, and its row groups'), least recently
+/// used out beyond [`BLOOM_CACHE_BYTES`].
 #[derive(Clone, Default)]
 pub struct BloomCache {
     inner: Arc<std::sync::Mutex<BloomLru>>,
 }
 
+type Blooms = Arc<Vec<segment::Bloom>>;
+
 #[derive(Default)]
 struct BloomLru {
-    map: HashMap<i64, (Arc<segment::Bloom>, u64)>,
+    /// (segment id, 0 for the segment's filter or 1 for its row groups').
+    map: HashMap<(i64, u8), (Blooms, usize, u64)>,
     bytes: usize,
     tick: u64,
 }
 
 impl BloomCache {
-    /// The filter of segment `id`, read from the catalog on a miss.
-    fn get(
+    fn cached(
         &self,
-        conn: &Connection,
-        id: i64,
-    ) -> Result<Option<Arc<segment::Bloom>>, rusqlite::Error> {
+        key: (i64, u8),
+        load: impl FnOnce() -> Result<Vec<segment::Bloom>, rusqlite::Error>,
+    ) -> Result<Blooms, rusqlite::Error> {
         {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             g.tick += 1;
             let t = g.tick;
-            if let Some((b, used)) = g.map.get_mut(&id) {
+            if let Some((b, _, used)) = g.map.get_mut(&key) {
                 *used = t;
-                return Ok(Some(b.clone()));
+                return Ok(b.clone());
             }
         }
-        let Some(b) = catalog::bloom(conn, id)? else {
-            return Ok(None);
-        };
-        let b = Arc::new(b);
-        let size = b.byte_size();
+        let b: Blooms = Arc::new(load()?);
+        let size: usize = b.iter().map(segment::Bloom::byte_size).sum::<usize>() + 64;
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         while g.bytes + size > BLOOM_CACHE_BYTES && !g.map.is_empty() {
             let oldest = g
                 .map
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, (_, _, used))| *used)
                 .map(|(k, _)| *k)
                 .expect("non-empty");
-            if let Some((old, _)) = g.map.remove(&oldest) {
-                g.bytes -= old.byte_size();
+            if let Some((_, sz, _)) = g.map.remove(&oldest) {
+                g.bytes -= sz;
             }
         }
         let t = g.tick;
-        if g.map.insert(id, (b.clone(), t)).is_none() {
-            g.bytes += size;
+        if let Some((_, old, _)) = g.map.insert(key, (b.clone(), size, t)) {
+            g.bytes -= old;
         }
+        g.bytes += size;
         metrics::gauge!("heimdall_aggregator_bloom_cache_bytes").set(g.bytes as f64);
-        Ok(Some(b))
+        Ok(b)
+    }
+
+    /// The filter of segment `id` (none for a segment without one).
+    fn segment(&self, conn: &Connection, id: i64) -> Result<Blooms, rusqlite::Error> {
+        self.cached((id, 0), || {
+            Ok(catalog::bloom(conn, id)?.into_iter().collect())
+        })
+    }
+
+    /// The filters of segment `id`'s row groups, in file order.
+    fn row_groups(&self, conn: &Connection, id: i64) -> Result<Blooms, rusqlite::Error> {
+        self.cached((id, 1), || catalog::row_group_blooms(conn, id))
     }
 }
 
@@ -285,17 +298,38 @@ impl<'a> Source<'a> {
             .map(|f| f.pattern.as_bytes())
             .collect();
         let mut out = Vec::new();
-        for c in catalog::candidates(self.hot, streams, start, end)? {
+        let cache = self.tiers.map(|t| &t.blooms);
+        for mut c in catalog::candidates(self.hot, streams, start, end)? {
             if !needles.is_empty() {
-                let cached = match self.tiers {
-                    Some(t) => t.blooms.get(self.hot, c.segment.id)?,
-                    None => catalog::bloom(self.hot, c.segment.id)?.map(Arc::new),
+                let passes =
+                    |b: &segment::Bloom| needles.iter().all(|n| segment::may_contain(b, n));
+                let seg = match cache {
+                    Some(cache) => cache.segment(self.hot, c.segment.id)?,
+                    None => Arc::new(
+                        catalog::bloom(self.hot, c.segment.id)?
+                            .into_iter()
+                            .collect(),
+                    ),
                 };
-                if let Some(b) = cached {
-                    if !needles.iter().all(|n| segment::may_contain(&b, n)) {
-                        metrics::counter!("heimdall_aggregator_query_segments_pruned_total")
-                            .increment(1);
+                if seg.first().is_some_and(|b| !passes(b)) {
+                    metrics::counter!("heimdall_aggregator_query_segments_pruned_total")
+                        .increment(1);
+                    continue;
+                }
+                let groups = match cache {
+                    Some(cache) => cache.row_groups(self.hot, c.segment.id)?,
+                    None => Arc::new(catalog::row_group_blooms(self.hot, c.segment.id)?),
+                };
+                if !groups.is_empty() {
+                    let keep: Vec<bool> = groups.iter().map(passes).collect();
+                    let skipped = keep.iter().filter(|k| !**k).count();
+                    metrics::counter!("heimdall_aggregator_query_row_groups_pruned_total")
+                        .increment(skipped as u64);
+                    if skipped == keep.len() {
                         continue;
+                    }
+                    if skipped > 0 {
+                        c.row_groups = Some(Arc::new(keep));
                     }
                 }
             }
@@ -534,6 +568,7 @@ impl<'a> Source<'a> {
                     streams: &wanted,
                     start,
                     end,
+                    row_groups: c.row_groups.as_deref().map(Vec::as_slice),
                 },
                 false,
                 |r, _| {
@@ -737,6 +772,7 @@ impl<'a> Source<'a> {
                     streams: &s.wanted,
                     start: a,
                     end: b,
+                    row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
                 },
                 false,
                 |r, _| {

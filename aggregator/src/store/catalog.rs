@@ -10,6 +10,8 @@
 use super::segment::{Bloom, SegmentInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
+#[cfg(test)]
+use std::collections::HashSet;
 
 /// Where a segment's file lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,9 @@ pub struct StreamPart {
 pub struct Candidate {
     pub segment: Segment,
     pub streams: Vec<StreamPart>,
+    /// Row groups that may hold a line the query wants (set by the planner from the
+    /// row-group filters); `None` reads them all.
+    pub row_groups: Option<std::sync::Arc<Vec<bool>>>,
 }
 
 impl Candidate {
@@ -154,7 +159,11 @@ pub fn candidates(
     ))?;
     for (id, streams) in by_seg {
         if let Some(segment) = get.query_row([id], segment).optional()? {
-            out.push(Candidate { segment, streams });
+            out.push(Candidate {
+                segment,
+                streams,
+                row_groups: None,
+            });
         }
     }
     out.sort_by_key(|c| c.segment.id);
@@ -197,6 +206,48 @@ pub fn bloom(conn: &Connection, id: i64) -> Result<Option<Bloom>, rusqlite::Erro
     Ok(b.flatten().and_then(|b| Bloom::from_bytes(&b)))
 }
 
+/// Row-group filters as one blob: for each, its length (u32 LE) and its bytes.
+fn encode_blooms(blooms: &[Bloom]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in blooms {
+        let bytes = b.to_bytes();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// The row-group filters of a segment, in file order; empty for segments made before
+/// they existed (every row group is then read).
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn row_group_blooms(conn: &Connection, id: i64) -> Result<Vec<Bloom>, rusqlite::Error> {
+    let b: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT rg_blooms FROM segments WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(decode_blooms(&b.flatten().unwrap_or_default()))
+}
+
+/// The inverse of `encode_blooms`; empty (every row group read) for a damaged blob.
+fn decode_blooms(raw: &[u8]) -> Vec<Bloom> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while rest.len() >= 4 {
+        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(b) = rest.get(4..4 + n).and_then(Bloom::from_bytes) else {
+            return Vec::new();
+        };
+        out.push(b);
+        rest = &rest[4 + n..];
+    }
+    if !rest.is_empty() {
+        return Vec::new();
+    }
+    out
+}
+
 /// Records the intent to write segment `name` (state `writing`); returns its id.
 ///
 /// # Errors
@@ -225,7 +276,7 @@ pub fn activate(
     let now = heimdall_common::record::now_ns();
     conn.execute(
         "UPDATE segments SET state = 'active', min_ts = ?2, max_ts = ?3, rows = ?4, bytes = ?5, raw_bytes = ?6,
-           levels = ?7, checksum = ?8, content_hash = ?9, bloom = ?10, updated = ?11 WHERE id = ?1",
+           levels = ?7, checksum = ?8, content_hash = ?9, bloom = ?10, updated = ?11, rg_blooms = ?12 WHERE id = ?1",
         params![
             id,
             info.min_ts,
@@ -237,7 +288,8 @@ pub fn activate(
             info.checksum as i64,
             info.content_hash as i64,
             info.bloom.to_bytes(),
-            now
+            now,
+            encode_blooms(&info.row_group_blooms),
         ],
     )?;
     let mut ins = conn.prepare_cached(
@@ -305,4 +357,22 @@ pub fn totals(conn: &Connection) -> Result<HashMap<String, (u64, u64, u64)>, rus
         ))
     })?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_group_filters_round_trip_and_damage_reads_everything() {
+        let mut a = HashSet::new();
+        super::super::segment::index_line(b"alpha beta", &mut a);
+        let mut b = HashSet::new();
+        super::super::segment::index_line(b"gamma delta", &mut b);
+        let blooms = vec![Bloom::from_entries(a.iter()), Bloom::from_entries(b.iter())];
+        let raw = encode_blooms(&blooms);
+        assert_eq!(decode_blooms(&raw), blooms);
+        assert!(decode_blooms(&raw[..raw.len() - 1]).is_empty());
+        assert!(decode_blooms(&[]).is_empty());
+    }
 }

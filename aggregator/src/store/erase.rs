@@ -208,6 +208,7 @@ fn erase_one(
                 streams: &wanted,
                 start,
                 end,
+                row_groups: None,
             },
             false,
             |r, _| {
@@ -233,6 +234,7 @@ fn erase_one(
                 streams: &all,
                 start: i64::MIN,
                 end: i64::MAX,
+                row_groups: None,
             },
             false,
             |r, _| {

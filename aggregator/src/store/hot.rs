@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS segments (
     checksum     INTEGER NOT NULL,
     content_hash INTEGER NOT NULL,
     bloom        BLOB,
+    rg_blooms    BLOB,
     source       TEXT NOT NULL,
     created      INTEGER NOT NULL,
     updated      INTEGER NOT NULL
@@ -384,6 +385,15 @@ impl HotStore {
         }
         conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
         migrate_v1(&conn).map_err(sqlite(path))?;
+        // Catalogs made before row-group filters existed get the column.
+        let has_rg: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'rg_blooms'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(sqlite(path))?;
+        if !has_rg {
+            conn.execute_batch("ALTER TABLE segments ADD COLUMN rg_blooms BLOB")
+                .map_err(sqlite(path))?;
+        }
         // Lines live in partition tables only (a view over them would hit SQLite's
         // limit of 500 terms in a compound SELECT once there are many hours).
         conn.execute_batch("DROP VIEW IF EXISTS logs")

@@ -126,6 +126,9 @@ pub struct SegmentInfo {
     /// A hash over every row in order, to compare a read-back with what was written.
     pub content_hash: u64,
     pub bloom: Bloom,
+    /// The same filter for each row group, in file order: a needle search reads only
+    /// the row groups whose filter passes.
+    pub row_group_blooms: Vec<Bloom>,
 }
 
 /// The footer metadata (JSON).
@@ -335,6 +338,9 @@ pub struct SegmentWriter {
     raw_bytes: u64,
     content_hash: u64,
     entries: HashSet<u64>,
+    /// Entries of the row group being filled.
+    rg_entries: HashSet<u64>,
+    rg_blooms: Vec<Bloom>,
 }
 
 impl SegmentWriter {
@@ -389,6 +395,8 @@ impl SegmentWriter {
             raw_bytes: 0,
             content_hash: 0xcbf2_9ce4_8422_2325,
             entries: HashSet::new(),
+            rg_entries: HashSet::new(),
+            rg_blooms: Vec::new(),
         })
     }
 
@@ -421,7 +429,7 @@ impl SegmentWriter {
         self.levels |= 1 << (row.level as u8);
         self.raw_bytes += row.line.len() as u64;
         row_hash(&mut self.content_hash, &row);
-        index_line(&row.line, &mut self.entries);
+        index_line(&row.line, &mut self.rg_entries);
         self.buf.push(row);
         if self.buf.len() >= ROW_GROUP_ROWS {
             self.flush()?;
@@ -433,6 +441,9 @@ impl SegmentWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.rg_blooms
+            .push(Bloom::from_entries(self.rg_entries.iter()));
+        self.entries.extend(self.rg_entries.drain());
         let path = self.path.clone();
         let rows = std::mem::take(&mut self.buf);
         let w = self.writer.as_mut().expect("open until finish");
@@ -562,6 +573,7 @@ impl SegmentWriter {
             checksum,
             content_hash: self.content_hash,
             bloom,
+            row_group_blooms: self.rg_blooms,
         })
     }
 }
@@ -591,6 +603,8 @@ pub struct Selection<'a> {
     /// `[start, end)` in ns.
     pub start: i64,
     pub end: i64,
+    /// Row groups to read (by index); `None` for all.
+    pub row_groups: Option<&'a [bool]>,
 }
 
 /// An open segment.
@@ -651,6 +665,7 @@ impl SegmentFile {
                 streams: &all,
                 start: i64::MIN,
                 end: i64::MAX,
+                row_groups: None,
             },
             true,
             |r, labels| {
@@ -660,6 +675,14 @@ impl SegmentFile {
             },
         )?;
         Ok(out)
+    }
+
+    /// Rows of each row group, in file order.
+    pub fn row_group_rows(&self) -> Vec<usize> {
+        let md = self.reader.metadata();
+        (0..md.num_row_groups())
+            .map(|g| md.row_group(g).num_rows() as usize)
+            .collect()
     }
 
     /// Calls `each(row, labels)` for the selected rows in file order (by stream, then
@@ -681,6 +704,12 @@ impl SegmentFile {
             _ => return Ok(()),
         };
         for g in 0..md.num_row_groups() {
+            if sel
+                .row_groups
+                .is_some_and(|r| !r.get(g).copied().unwrap_or(true))
+            {
+                continue;
+            }
             let rgm = md.row_group(g);
             if let Some((lo, hi)) = i64_range(rgm.column(COL_STREAM).statistics()) {
                 if hi < smin || lo > smax {
@@ -811,6 +840,7 @@ impl SegmentFile {
                 streams: &all,
                 start: i64::MIN,
                 end: i64::MAX,
+                row_groups: None,
             },
             false,
             |r, _| {
@@ -918,6 +948,38 @@ mod tests {
         );
         let f = SegmentFile::open(&path).unwrap();
         f.verify(&info).unwrap();
+        // One token filter per row group: the needle (the last line of each stream)
+        // passes only the filters of the second and last row groups, and reading those
+        // alone finds both lines.
+        let groups = f.row_group_rows();
+        assert_eq!(groups.len(), 4);
+        assert_eq!(info.row_group_blooms.len(), groups.len());
+        let needle = b"trace=4bf92f3577b34da6a3ce0000099999";
+        let pass: Vec<bool> = info
+            .row_group_blooms
+            .iter()
+            .map(|b| may_contain(b, needle))
+            .collect();
+        assert_eq!(pass, [false, true, false, true]);
+        let both: HashSet<i64> = [1, 2].into();
+        let mut found = Vec::new();
+        f.read(
+            &Selection {
+                streams: &both,
+                start: i64::MIN,
+                end: i64::MAX,
+                row_groups: Some(&pass),
+            },
+            false,
+            |r, _| {
+                if memchr::memmem::find(&r.line, needle).is_some() {
+                    found.push(r.id);
+                }
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(found, [1_099_999, 2_099_999]);
         let one: HashSet<i64> = [2].into();
         let mut got = Vec::new();
         f.read(
@@ -925,6 +987,7 @@ mod tests {
                 streams: &one,
                 start: 1_005,
                 end: 1_010,
+                row_groups: None,
             },
             false,
             |r, _| {
@@ -940,6 +1003,7 @@ mod tests {
                 streams: &one,
                 start: 1_007,
                 end: 1_008,
+                row_groups: None,
             },
             false,
             |r, _| {
