@@ -161,6 +161,60 @@ fn keep_newest(positions: &mut HashMap<FileKey, Checkpoint>, c: Checkpoint) {
     }
 }
 
+/// Checks the TLS files at start. A missing or expired certificate is reported and
+/// the agent runs on, spooling: a package installs and starts the agent before it is
+/// enrolled, and certificates put in place later are read at the next connection
+/// attempt (or at once after SIGHUP). Any other problem (a file that is not PEM, a key
+/// that is not a key) stops the start.
+fn check_tls_at_start(tls: &heimdall_common::tls::TlsFiles) -> Result<(), Error> {
+    use heimdall_common::tls::{self, Error as TlsError};
+    let missing = |e: &TlsError| matches!(e, TlsError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+    let checked = tls::check_own_certificate(&tls.cert).and_then(|info| {
+        tls::load_certs(&tls.ca)?;
+        tls::load_key(&tls.key)?;
+        Ok(info)
+    });
+    match checked {
+        Ok(info) => {
+            tracing::info!(
+                identity = info.common_name.as_deref().unwrap_or("?"),
+                "agent certificate loaded"
+            );
+            metrics::gauge!("heimdall_agent_certificate_expiry_timestamp_seconds")
+                .set(info.not_after as f64);
+            Ok(())
+        }
+        Err(e @ TlsError::NotValidNow { .. }) => {
+            tracing::error!(error = %e, "agent certificate is not valid now; spooling until it is renewed");
+            Ok(())
+        }
+        Err(e) if missing(&e) => {
+            tracing::error!(error = %e, "agent certificate files are not in place yet (see heimdall-aggregator issue-agent-cert); spooling until they are");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// After a reload (SIGHUP): hands the shipper the new output settings, which makes it
+/// reconnect with the certificate files read again. When they do not make a working
+/// TLS configuration, the running connection is kept and the problem logged.
+fn reload_output(new: &ship::ShipConfig, updates: &tokio::sync::watch::Sender<ship::ShipConfig>) {
+    match heimdall_common::tls::client_config(&new.tls) {
+        Ok(_) => {
+            if let Ok(info) = heimdall_common::tls::check_own_certificate(&new.tls.cert) {
+                metrics::gauge!("heimdall_agent_certificate_expiry_timestamp_seconds")
+                    .set(info.not_after as f64);
+            }
+            updates.send_replace(new.clone());
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "the reloaded certificates do not make a TLS configuration; keeping the running connection"
+        ),
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled, then drains. A configuration sent
 /// on `reload` (SIGHUP) replaces the sources; file positions and the journal cursor
 /// carry over.
@@ -172,20 +226,8 @@ pub async fn run(
     shutdown: CancellationToken,
     mut reload: tokio::sync::watch::Receiver<Option<AgentConfig>>,
 ) -> Result<(), Error> {
-    match heimdall_common::tls::check_own_certificate(&cfg.ship.tls.cert) {
-        Ok(info) => tracing::info!(
-            identity = info.common_name.as_deref().unwrap_or("?"),
-            "agent certificate loaded"
-        ),
-        Err(e @ heimdall_common::tls::Error::NotValidNow { .. }) => {
-            // Keep tailing into the spool: a renewed certificate is picked up at the
-            // next connection attempt without a restart.
-            tracing::error!(error = %e, "agent certificate is not valid now; spooling until it is renewed");
-        }
-        Err(e) => return Err(e.into()),
-    }
-    heimdall_common::tls::load_certs(&cfg.ship.tls.ca)?;
-    heimdall_common::tls::load_key(&cfg.ship.tls.key)?;
+    check_tls_at_start(&cfg.ship.tls)?;
+    let systemd = heimdall_common::systemd::Notifier::from_env();
 
     let spool_dir = cfg.state_dir.join("spool");
     let limits = cfg.spool;
@@ -238,12 +280,15 @@ pub async fn run(
         gauges: gauges.clone(),
         events: Arc::new(tokio::sync::Mutex::new(events_rx)),
     };
-    let shipper = tokio::spawn(shipper.run(ship_stop.clone()));
+    let (ship_tx, ship_rx) = tokio::sync::watch::channel(cfg.ship.clone());
+    let shipper = tokio::spawn(shipper.run(ship_stop.clone(), ship_rx));
     let housekeeping = {
         let spool = spool.clone();
         let token = shutdown.child_token();
+        let systemd = systemd.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut pinged = Instant::now();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -264,9 +309,27 @@ pub async fn run(
                     }
                     Err(_) => {}
                 }
+                // The watchdog is fed from here: the runtime, the blocking pool and the
+                // spool's state file all answered this second.
+                if let Some(wd) = systemd.watchdog() {
+                    if pinged.elapsed() >= wd / 2 {
+                        systemd.ping();
+                        pinged = Instant::now();
+                    }
+                }
             }
         })
     };
+    systemd.ready(&format!(
+        "tailing {} file sources{}, shipping to {}",
+        cfg.files.len(),
+        if cfg.journald.is_some() {
+            " and the journal"
+        } else {
+            ""
+        },
+        cfg.ship.endpoints.join(", ")
+    ));
 
     loop {
         tokio::select! {
@@ -292,6 +355,7 @@ pub async fn run(
                     Ok(s) => {
                         tracing::info!(files = new.files.len(), journald = new.journald.is_some(), "sources reloaded");
                         sources = s;
+                        reload_output(&new.ship, &ship_tx);
                         current = new;
                     }
                     Err(e) => {
@@ -303,6 +367,7 @@ pub async fn run(
         }
     }
     drop(tx);
+    systemd.stopping("draining the pipeline into the spool");
     let deadline = Instant::now() + cfg.shutdown_grace;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining the pipeline into the spool");
     let _ = tokio::time::timeout_at(deadline.into(), sources.stop()).await;

@@ -39,6 +39,13 @@ enum Command {
     /// each, as the agent's template miner sees them (its configuration, online, in
     /// order), to evaluate it on any log.
     Templates(TemplatesArgs),
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are made inside).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -108,6 +115,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => (a, true),
         Some(Command::Redact(a)) => return redact(&a),
         Some(Command::Templates(a)) => return templates(&a),
+        Some(Command::GenerateDocs { out }) => return generate_docs(&out),
         None => (cli.run, false),
     };
     let cfg = match load(&args) {
@@ -168,6 +176,21 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn generate_docs(out: &std::path::Path) -> ExitCode {
+    match heimdall_common::docs::generate(<Cli as clap::CommandFactory>::command(), out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heimdall-agent generate-docs: {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The configuration for a stdin tool (`templates`, `redact`): no metrics listener;

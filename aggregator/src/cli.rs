@@ -69,6 +69,13 @@ pub enum Cmd {
     /// Start an aggregator and an agent on this machine with embedded defaults:
     /// certificates are made on first run, data is kept in SQLite under --dir.
     Quickstart(QuickstartArgs),
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are made inside).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -295,6 +302,15 @@ pub fn main(cli: Cli) -> i32 {
         Cmd::Silence(a) => silence(&cli.addr, a),
         Cmd::Incidents(a) => incidents(&cli.addr, a),
         Cmd::Quickstart(a) => quickstart(&a),
+        Cmd::GenerateDocs { out } => {
+            heimdall_common::docs::generate(<Cli as clap::CommandFactory>::command(), &out)
+                .map(|files| {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                })
+                .with_context(|| format!("generate-docs: {}", out.display()))
+        }
     };
     match res {
         Ok(()) => 0,

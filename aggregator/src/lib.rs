@@ -320,7 +320,18 @@ pub async fn run(
         }
     });
 
+    // Under systemd (Type=notify): ready once both listeners are bound and the stores
+    // open; the watchdog is fed while the runtime and its blocking pool answer.
+    let systemd = heimdall_common::systemd::Notifier::from_env();
+    systemd.ready(&format!("ingest on {}, API on {}", addrs.ingest, addrs.api));
+    let watchdog = tokio::spawn(heimdall_common::systemd::watchdog_loop(
+        systemd.clone(),
+        || async { tokio::task::spawn_blocking(|| ()).await.is_ok() },
+    ));
+
     shutdown.cancelled().await;
+    watchdog.abort();
+    systemd.stopping("finishing in-flight batches");
     tracing::info!("shutting down: finishing in-flight batches");
     let _ = ingest.await;
     let _ = tokio::time::timeout(cfg.shutdown_grace, api).await;

@@ -43,6 +43,13 @@ enum Command {
     /// was lost, or to take over another aggregator's prefix in the bucket). Run it with
     /// the aggregator stopped.
     RebuildCatalog(RunArgs),
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are made inside).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -115,6 +122,9 @@ fn main() -> ExitCode {
         Some(Command::Init(a)) => return init(a),
         Some(Command::IssueAgentCert(a)) => return issue(a),
         Some(Command::RebuildCatalog(a)) => return rebuild_catalog(a),
+        Some(Command::GenerateDocs { out }) => {
+            return generate_docs(<Cli as clap::CommandFactory>::command(), &out)
+        }
         None => (cli.run, false),
     };
     let cfg = match load(&args) {
@@ -164,6 +174,23 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Writes this program's man pages and shell completions into `out`.
+fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> ExitCode {
+    let name = cmd.get_name().to_owned();
+    match heimdall_common::docs::generate(cmd, out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name} generate-docs: {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn rebuild_catalog(args: RunArgs) -> ExitCode {

@@ -4,13 +4,17 @@
 //! - [`wire`]: the versioned frame codec spoken over QUIC (pure: bytes in, bytes out).
 //! - [`tls`]: loading certificates and building the mutual-TLS QUIC configurations.
 //! - [`config`]: value types shared by both configuration files (sizes, durations).
+//! - [`systemd`]: readiness and watchdog notifications to systemd.
+//! - [`docs`]: man pages and shell completions from the clap definitions.
 //!
 //! Nothing else is shared; the agent and the aggregator never depend on each other.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod docs;
 pub mod quic;
 pub mod record;
+pub mod systemd;
 pub mod tls;
 pub mod wire;
 

@@ -1,5 +1,7 @@
 //! Wrong CA, expired certificate, no certificate and non-QUIC traffic are all refused,
 //! with a log line that says why; nothing is stored from them and a good agent goes on.
+//! Renewed certificates take effect on SIGHUP, and an agent started before it has a
+//! certificate spools until it gets one.
 
 use heimdall_common::wire::{self, Batch, BatchContent, Codec, Frame, Hello, Limits};
 use heimdall_tests::{
@@ -198,6 +200,151 @@ fn agent_with_expired_certificate_says_so_and_keeps_spooling() {
         2,
         "lines spooled while the certificate was expired were not delivered:\n{}",
         agent.proc.log_tail(20)
+    );
+    assert_eq!(
+        agent.proc.terminate(Duration::from_secs(20)).unwrap(),
+        Some(0)
+    );
+}
+
+/// The agent of each stored line (the aggregator's `agent` label: the client
+/// certificate's common name), in storage order.
+fn agents_of_lines(c: &Cluster) -> Vec<(String, String)> {
+    heimdall_tests::stored_rows(&c.agg.db())
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.labels.get("agent").unwrap_or("").to_owned(),
+                String::from_utf8_lossy(&r.line).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sighup_reconnects_with_renewed_certificate_files() {
+    let c = Cluster::start().unwrap();
+    let log = c.logs.join("a.log");
+    std::fs::write(&log, "before the renewal\n").unwrap();
+    let mut agent = c.agent("first-cert", AgentOptions::default()).unwrap();
+    assert_eq!(wait_for_count(1, Duration::from_secs(30), || c.count()), 1);
+
+    // Renewed files under new paths in the config: the open connection keeps its
+    // handshake until SIGHUP.
+    let (cert, key) = (
+        c.root.join("renewed-agent.pem"),
+        c.root.join("renewed-agent-key.pem"),
+    );
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    assert!(text.contains("cert = "), "{text}");
+    let (nc, nk) = c.pki.agent_cert("renewed-cert").unwrap();
+    std::fs::copy(&nc, &cert).unwrap();
+    std::fs::copy(&nk, &key).unwrap();
+    let text = set_path(&set_path(&text, "cert = ", &cert), "key = ", &key);
+    std::fs::write(&agent.config, text).unwrap();
+    agent.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    let start = std::time::Instant::now();
+    while !agent
+        .proc
+        .log_text()
+        .contains("reconnecting after the batches in flight")
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent
+            .proc
+            .log_text()
+            .contains("reconnecting after the batches in flight"),
+        "{}",
+        agent.proc.log_tail(30)
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "after the renewal").unwrap();
+    assert_eq!(
+        wait_for_count(2, Duration::from_secs(30), || c.count()),
+        2,
+        "{}",
+        agent.proc.log_tail(30)
+    );
+    let lines = agents_of_lines(&c);
+    assert_eq!(
+        lines,
+        [
+            ("first-cert".to_owned(), "before the renewal".to_owned()),
+            ("renewed-cert".to_owned(), "after the renewal".to_owned()),
+        ],
+        "{}",
+        agent.proc.log_tail(30)
+    );
+    assert_eq!(
+        agent.proc.terminate(Duration::from_secs(20)).unwrap(),
+        Some(0)
+    );
+}
+
+/// Replaces the value of the line starting with `key` (`cert = "…"`) by `path`.
+fn set_path(text: &str, key: &str, path: &Path) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with(key) {
+                format!("{key}{:?}", path.display().to_string())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn agent_started_before_enrollment_spools_then_ships() {
+    let c = Cluster::start().unwrap();
+    std::fs::write(c.logs.join("a.log"), "one\ntwo\nthree\n").unwrap();
+    let dir = c.root.join("not-enrolled");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("agent.pem"), dir.join("agent-key.pem"));
+    let opts = AgentOptions {
+        include: vec![format!("{}/*.log", c.logs.display())],
+        ..AgentOptions::default()
+    };
+    // The package starts the agent before a certificate is there.
+    let mut agent = Agent::start(
+        &c.root.join("agent"),
+        "late-enrolled",
+        c.agg.addrs.ingest,
+        &c.pki,
+        (&cert, &key),
+        &opts,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20)
+        && !agent.proc.log_text().contains("not in place yet")
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.proc.log_text().contains("not in place yet"),
+        "{}",
+        agent.proc.log_tail(30)
+    );
+    assert!(agent.proc.running(), "the agent must run on and spool");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.count(), 0);
+    // Enrollment: the files appear; SIGHUP makes the agent try them at once.
+    let (nc, nk) = c.pki.agent_cert("late-enrolled").unwrap();
+    std::fs::copy(nc, &cert).unwrap();
+    std::fs::copy(nk, &key).unwrap();
+    agent.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eq!(
+        wait_for_count(3, Duration::from_secs(30), || c.count()),
+        3,
+        "lines read before enrollment were not delivered:\n{}",
+        agent.proc.log_tail(30)
     );
     assert_eq!(
         agent.proc.terminate(Duration::from_secs(20)).unwrap(),

@@ -121,7 +121,8 @@ impl<'a> Conn<'a> {
         hb.abort();
         fast.abort();
         if self.stop.is_cancelled() {
-            self.conn.close(0u32.into(), b"agent shutting down");
+            self.conn
+                .close(0u32.into(), b"agent closing the connection");
         }
         res
     }

@@ -51,8 +51,15 @@ fn resolve(endpoint: &str) -> Option<SocketAddr> {
 }
 
 impl Shipper {
-    /// Runs until `stop` is cancelled. Unsent batches stay in the spool.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Runs until `stop` is cancelled. Unsent batches stay in the spool. New output
+    /// settings on `updates` (a reload) end the running connection once its batches in
+    /// flight are answered, and the next one is made at once with the certificate files
+    /// read again; resent batches are harmless (batch identity).
+    pub async fn run(
+        mut self,
+        stop: CancellationToken,
+        mut updates: tokio::sync::watch::Receiver<ShipConfig>,
+    ) {
         let bind: SocketAddr = "[::]:0".parse().expect("valid literal");
         let endpoint = match quinn::Endpoint::client(bind)
             .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid literal")))
@@ -65,18 +72,49 @@ impl Shipper {
         };
         let mut attempt = 0u32;
         let mut idx = 0usize;
+        let mut updates_open = true;
+        let mut take_update = false;
         while !stop.is_cancelled() {
-            let ep_name = &self.cfg.endpoints[idx % self.cfg.endpoints.len()];
-            let outcome = match self.connect(&endpoint, ep_name).await {
+            if take_update || (updates_open && updates.has_changed().unwrap_or(false)) {
+                take_update = false;
+                self.cfg = updates.borrow_and_update().clone();
+                idx = 0;
+            }
+            let ep_name = self.cfg.endpoints[idx % self.cfg.endpoints.len()].clone();
+            let conn_stop = stop.child_token();
+            let mut reloaded = false;
+            let outcome = match self.connect(&endpoint, &ep_name).await {
                 Ok(c) => {
                     tracing::info!(endpoint = %ep_name, "connected to aggregator");
                     metrics::gauge!("heimdall_agent_connected").set(1.0);
-                    let r = conn::Conn::new(c, &self, stop.clone()).run().await;
+                    let run = conn::Conn::new(c, &self, conn_stop.clone()).run();
+                    tokio::pin!(run);
+                    let r = loop {
+                        tokio::select! {
+                            r = &mut run => break r,
+                            changed = updates.changed(), if updates_open && !reloaded => {
+                                if changed.is_err() {
+                                    updates_open = false;
+                                } else {
+                                    tracing::info!(endpoint = %ep_name, "output settings reloaded: reconnecting after the batches in flight");
+                                    reloaded = true;
+                                    conn_stop.cancel();
+                                }
+                            }
+                        }
+                    };
                     metrics::gauge!("heimdall_agent_connected").set(0.0);
                     r
                 }
                 Err(e) => Err(e),
             };
+            if reloaded && !stop.is_cancelled() {
+                // `changed()` marked the value seen; take it now.
+                self.cfg = updates.borrow_and_update().clone();
+                idx = 0;
+                attempt = 0;
+                continue;
+            }
             match outcome {
                 Ok(delivered) => {
                     if delivered {
@@ -96,6 +134,15 @@ impl Shipper {
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = stop.cancelled() => break,
+                // A reload during the backoff is tried at once.
+                changed = updates.changed(), if updates_open => {
+                    if changed.is_err() {
+                        updates_open = false;
+                    } else {
+                        take_update = true;
+                        attempt = 0;
+                    }
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
