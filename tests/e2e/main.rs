@@ -12,5 +12,6 @@ mod redact;
 mod reload;
 mod scale;
 mod spool_cap;
+mod systemd;
 mod tiers;
 mod tls;

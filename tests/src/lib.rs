@@ -396,6 +396,8 @@ pub struct AgentOptions {
     pub files_extra: String,
     /// Appended to the config (start it with a section header).
     pub extra: String,
+    /// Extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -411,6 +413,7 @@ impl Default for AgentOptions {
             metrics_listen: String::new(),
             files_extra: String::new(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -460,10 +463,16 @@ impl Agent {
                 opts.extra,
             ),
         )?;
-        let proc = Proc::spawn(
+        let env: Vec<(&str, &str)> = opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let proc = Proc::spawn_env(
             &bins().agent,
             &["run", "--config", config.to_str().expect("utf-8 path")],
             &dir.join("agent.log"),
+            &env,
         )?;
         Ok(Agent {
             proc,

@@ -335,7 +335,6 @@ impl Engine {
                 }
             }
         }
-        let mut results = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let now = now_ns();
             let next = self
@@ -365,8 +364,7 @@ impl Engine {
             if self.overflow.swap(false, Ordering::Relaxed) {
                 work.all = true;
             }
-            results.clear();
-            if let Err(e) = self.round(&work, &mut results) {
+            if let Err(e) = self.round(&work) {
                 tracing::error!(error = %e, "alert engine round failed");
                 metrics::counter!("heimdall_aggregator_alert_engine_errors_total").increment(1);
             }
@@ -412,7 +410,7 @@ impl Engine {
                     .map_err(|e| e.to_string())?;
                 let res = (|| -> Result<(), rusqlite::Error> {
                     for fp in gone {
-                        self.transition(&fp, None, now)?;
+                        self.transition(&fp, now)?;
                     }
                     Ok(())
                 })();
@@ -454,7 +452,7 @@ impl Engine {
     }
 
     /// One round: the rules due or touched, then notifications and incidents.
-    fn round(&mut self, work: &Work, health: &mut Vec<RuleHealth>) -> Result<(), rusqlite::Error> {
+    fn round(&mut self, work: &Work) -> Result<(), rusqlite::Error> {
         let now = now_ns();
         if work.streams.iter().any(|s| !self.streams.contains_key(s)) {
             if let Err(e) = self.refresh_streams() {
@@ -552,7 +550,6 @@ impl Engine {
         }
         metrics::gauge!("heimdall_aggregator_alert_incremental_series")
             .set(self.inc.values().map(RuleState::series).sum::<usize>() as f64);
-        health.clear();
         // Forget old resolved instances.
         let old: Vec<String> = self
             .alerts
@@ -1127,18 +1124,13 @@ impl Engine {
             .map(|x| x.fingerprint.clone())
             .collect();
         for fp in gone {
-            self.transition(&fp, None, now)?;
+            self.transition(&fp, now)?;
         }
         Ok(())
     }
 
     /// Ends an instance: a pending one is dropped, a firing one resolved.
-    fn transition(
-        &mut self,
-        fp: &str,
-        _why: Option<&str>,
-        now: i64,
-    ) -> Result<(), rusqlite::Error> {
+    fn transition(&mut self, fp: &str, now: i64) -> Result<(), rusqlite::Error> {
         let Some(mut a) = self.alerts.get(fp).cloned() else {
             return Ok(());
         };

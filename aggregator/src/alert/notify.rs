@@ -124,7 +124,8 @@ struct GroupState {
 
 /// Routing, grouping and silences; runs on the engine thread.
 pub struct Notifier {
-    receivers: Vec<Receiver>,
+    /// Shared so each round takes a handle (not a copy) while `enqueue` borrows `self`.
+    receivers: Arc<[Receiver]>,
     external_url: String,
     resend_ns: i64,
     last_resend: i64,
@@ -171,7 +172,7 @@ impl Notifier {
             );
         }
         Ok(Notifier {
-            receivers: cfg.receivers.clone(),
+            receivers: cfg.receivers.clone().into(),
             external_url: cfg.external_url.clone(),
             resend_ns: ns(cfg.resend_interval),
             last_resend: 0,
