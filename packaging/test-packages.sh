@@ -73,7 +73,9 @@ prev="$version~prev"
 
 echo "== building packages (profile $profile): previous ($prev) and current ($version)"
 build_flags=(--profile "$profile" --fast)
-cargo build --locked --profile "$profile" -p heimdall-agent -p heimdall-aggregator --bins
+# The same build as the end-to-end tests' (`--workspace`: the same features), so after
+# `cargo test` nothing is compiled again.
+cargo build --locked --profile "$profile" --workspace --bins
 packaging/build-packages.sh "${build_flags[@]}" --no-build --version "$prev" --out "$work/prev" >/dev/null
 packaging/build-packages.sh "${build_flags[@]}" --no-build --out "$work/cur" >/dev/null
 deb() { echo "$work/$1/$2_$3-1_$(dpkg --print-architecture).deb"; }
