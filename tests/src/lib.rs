@@ -45,6 +45,26 @@ pub fn bins() -> &'static Bins {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--workspace", "--bins", "--quiet"]);
+        // Cargo gives this test process the test crate's own variables. Build scripts
+        // that watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, …) would run
+        // again, and everything above them would be compiled a second time, here and
+        // in any later build from a shell.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if release {
             cmd.arg("--release");
         }
