@@ -69,11 +69,6 @@ impl Notifier {
         self.send_logged(&format!("STOPPING=1\nSTATUS={status}"));
     }
 
-    /// `STATUS=…` alone.
-    pub fn status(&self, status: &str) {
-        self.send_logged(&format!("STATUS={status}"));
-    }
-
     /// `WATCHDOG=1`.
     pub fn ping(&self) {
         self.send_logged("WATCHDOG=1");

@@ -244,20 +244,11 @@ fn sighup_reconnects_with_renewed_certificate_files() {
     let text = set_path(&set_path(&text, "cert = ", &cert), "key = ", &key);
     std::fs::write(&agent.config, text).unwrap();
     agent.proc.signal(nix::sys::signal::Signal::SIGHUP);
-    let start = std::time::Instant::now();
-    while !agent
-        .proc
-        .log_text()
-        .contains("reconnecting after the batches in flight")
-        && start.elapsed() < Duration::from_secs(20)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        agent
-            .proc
-            .log_text()
-            .contains("reconnecting after the batches in flight"),
+        agent.proc.wait_for_log(
+            "reconnecting after the batches in flight",
+            Duration::from_secs(20)
+        ),
         "{}",
         agent.proc.log_tail(30)
     );
@@ -321,14 +312,10 @@ fn agent_started_before_enrollment_spools_then_ships() {
         &opts,
     )
     .unwrap();
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(20)
-        && !agent.proc.log_text().contains("not in place yet")
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        agent.proc.log_text().contains("not in place yet"),
+        agent
+            .proc
+            .wait_for_log("not in place yet", Duration::from_secs(20)),
         "{}",
         agent.proc.log_tail(30)
     );

@@ -245,6 +245,18 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Waits until the log contains `text`, for at most `timeout`; whether it does.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.log_text().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.log_text().contains(text)
+    }
+
     /// Sends `sig` (e.g. SIGHUP to reload).
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         if let Some(pid) = self.pid() {
