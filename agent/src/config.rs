@@ -13,6 +13,7 @@ use crate::ship::ShipConfig;
 use crate::sources::{Policy, Ship};
 use crate::spool::{FullPolicy, SpoolLimits};
 use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownConfig};
+use heimdall_common::limits;
 use heimdall_common::tls::TlsFiles;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -501,9 +502,7 @@ impl AgentConfig {
             Some(h) => h,
             None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
-        for k in raw.labels.keys() {
-            check_label_name(&mut p, &format!("labels.{k}"), k);
-        }
+        check_labels(&mut p, "labels", &raw.labels);
 
         let mut sources = raw.files;
         if !ov.include.is_empty() {
@@ -551,10 +550,10 @@ impl AgentConfig {
                 }
             }
             let max_line_bytes = s.max_line_bytes.map_or(256 << 10, |b| b.0);
-            if !(64..=(4 << 20)).contains(&max_line_bytes) {
+            if !(64..=limits::MAX_LINE_BYTES as u64).contains(&max_line_bytes) {
                 p.push(
                     format!("{key}.max_line_bytes"),
-                    "must be between 64B and 4MiB",
+                    "must be between 64B and 4MiB (the protocol's longest line)",
                 );
             }
             let read_from = match s.read_from.as_deref() {
@@ -609,6 +608,21 @@ impl AgentConfig {
                             None
                         }
                     });
+            let groups = labels_from_path
+                .as_ref()
+                .map_or(0, |r| r.capture_names().flatten().count());
+            let count = raw.labels.len() + s.labels.len() + groups + AGENT_SET_LABELS;
+            if count > limits::MAX_LABELS {
+                p.push(
+                    format!("{key}.labels"),
+                    format!(
+                        "streams would have up to {count} labels with the global ones, the \
+                         path's groups and the {AGENT_SET_LABELS} Heimdall sets; at most {} \
+                         are allowed",
+                        limits::MAX_LABELS
+                    ),
+                );
+            }
             let multiline = s.multiline.as_ref().and_then(|m| {
                 multiline(
                     &mut p,
@@ -645,11 +659,11 @@ impl AgentConfig {
         }
 
         let batch_max_bytes = raw.batch.max_bytes.map_or(1 << 20, |b| b.0);
-        if !(1024..=(32 << 20)).contains(&batch_max_bytes) {
+        if !(1024..=limits::MAX_BATCH_BYTES as u64).contains(&batch_max_bytes) {
             p.push("batch.max_bytes", "must be between 1KiB and 32MiB");
         }
         let batch_max_records = raw.batch.max_records.unwrap_or(10_000);
-        if !(1..=500_000).contains(&batch_max_records) {
+        if !(1..=limits::MAX_BATCH_RECORDS as u64).contains(&(batch_max_records as u64)) {
             p.push("batch.max_records", "must be between 1 and 500000");
         }
         let batch_timeout = raw.batch.timeout.map_or(Duration::from_secs(1), |d| d.0);
@@ -796,13 +810,42 @@ impl AgentConfig {
     }
 }
 
+/// Labels the agent sets on every stream itself (`host`, `source`) or may set from what
+/// it reads (`service`, `syslog_identifier`, `hostname`, path groups); the aggregator
+/// adds `agent`. Counted against the protocol's limit of labels per stream.
+const AGENT_SET_LABELS: usize = 5;
+
 fn check_source_labels(p: &mut ConfigProblems, key: &str, labels: &BTreeMap<String, String>) {
+    check_labels(p, &format!("{key}.labels"), labels);
     for k in labels.keys() {
-        check_label_name(p, &format!("{key}.labels.{k}"), k);
         if k == "host" || k == "source" {
             p.push(
                 format!("{key}.labels.{k}"),
                 "is set by the agent and cannot be overridden here",
+            );
+        }
+    }
+}
+
+/// Names, values and the reserved `agent` label of a static label table.
+fn check_labels(p: &mut ConfigProblems, key: &str, labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        let at = format!("{key}.{k}");
+        check_label_name(p, &at, k);
+        if k == "agent" {
+            p.push(
+                &at,
+                "is reserved: the aggregator sets it to the agent's certificate name",
+            );
+        }
+        if v.len() > limits::MAX_LABEL_VALUE_BYTES {
+            p.push(
+                &at,
+                format!(
+                    "value is {} bytes; label values are at most {}",
+                    v.len(),
+                    limits::MAX_LABEL_VALUE_BYTES
+                ),
             );
         }
     }
@@ -865,8 +908,11 @@ fn multiline(
         p.push(format!("{key}.max_lines"), "must be between 2 and 100000");
     }
     let max_bytes = m.max_bytes.map_or(max_line_bytes as u64, |b| b.0);
-    if !(64..=(4 << 20)).contains(&max_bytes) {
-        p.push(format!("{key}.max_bytes"), "must be between 64B and 4MiB");
+    if !(64..=limits::MAX_LINE_BYTES as u64).contains(&max_bytes) {
+        p.push(
+            format!("{key}.max_bytes"),
+            "must be between 64B and 4MiB (the protocol's longest line)",
+        );
     }
     Some(Arc::new(Multiline {
         rule,
@@ -1313,6 +1359,16 @@ impl GlobalRedact {
 }
 
 fn check_label_name(p: &mut ConfigProblems, key: &str, name: &str) {
+    if name.len() > limits::MAX_LABEL_NAME_BYTES {
+        p.push(
+            key,
+            format!(
+                "label names are at most {} bytes",
+                limits::MAX_LABEL_NAME_BYTES
+            ),
+        );
+        return;
+    }
     let ok = !name.is_empty()
         && name
             .chars()

@@ -3,6 +3,7 @@
 //! - [`record`]: the log record model (labels, levels, flags).
 //! - [`wire`]: the versioned frame codec spoken over QUIC (pure: bytes in, bytes out).
 //! - [`tls`]: loading certificates and building the mutual-TLS QUIC configurations.
+//! - [`limits`]: the limits both sides share (line, label, template, batch sizes).
 //! - [`config`]: value types shared by both configuration files (sizes, durations).
 //! - [`systemd`]: readiness and watchdog notifications to systemd.
 //! - [`docs`]: man pages and shell completions from the clap definitions.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod docs;
+pub mod limits;
 pub mod quic;
 pub mod record;
 pub mod systemd;

@@ -11,6 +11,7 @@
 //! uncompressed bytes; the payload is a sequence of tagged sections so that newer
 //! agents can add sections that older aggregators skip.
 
+use crate::limits;
 use crate::record::{flags, Aggregate, Anomaly, AnomalyKind, Labels, Level, LogRecord, Template};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -83,8 +84,12 @@ pub mod reason {
     pub const IDENTITY: u16 = 7;
 }
 
-/// Limits every decoder enforces. Both sides should use the same values; the aggregator
-/// announces its `max_frame_bytes` in `Welcome`.
+/// The structural limits a decoder enforces: they bound what it may allocate, and input
+/// over one cannot be decoded safely. Defaults come from [`crate::limits`], which the
+/// agent's batching stays within; tests and fuzzing use smaller values.
+///
+/// Per-value limits (line, label, template text, sample) are not here: they are fixed in
+/// [`crate::limits`], and a value over one is cut, never a reason to refuse a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest frame, header included.
@@ -93,26 +98,21 @@ pub struct Limits {
     pub max_payload_bytes: u32,
     /// Most records in one batch.
     pub max_records: u32,
-    /// Longest line in a record.
-    pub max_line_bytes: u32,
     /// Most streams in one batch.
     pub max_streams: u32,
     /// Most labels on one stream.
     pub max_labels: u32,
-    /// Longest label name or value, and longest string field elsewhere.
-    pub max_string_bytes: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        use crate::limits;
         Limits {
-            max_frame_bytes: 16 << 20,
-            max_payload_bytes: 64 << 20,
-            max_records: 1_000_000,
-            max_line_bytes: 4 << 20,
-            max_streams: 65_536,
-            max_labels: 64,
-            max_string_bytes: 4096,
+            max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
+            max_payload_bytes: limits::MAX_PAYLOAD_BYTES as u32,
+            max_records: limits::MAX_RECORDS as u32,
+            max_streams: limits::MAX_STREAMS as u32,
+            max_labels: limits::MAX_LABELS as u32,
         }
     }
 }
@@ -145,9 +145,6 @@ pub enum Error {
         value: u64,
         max: u64,
     },
-    /// A string field is not UTF-8.
-    #[error("{what} is not valid UTF-8")]
-    InvalidUtf8 { what: &'static str },
     /// The payload codec byte is unknown.
     #[error("unknown payload codec {0}")]
     UnknownCodec(u8),
@@ -160,12 +157,6 @@ pub enum Error {
     /// A record refers to a stream index outside the batch's stream table.
     #[error("record refers to stream {index} but the batch has {streams} streams")]
     BadStreamIndex { index: u64, streams: usize },
-    /// A record carries an unknown level byte.
-    #[error("unknown level {0}")]
-    BadLevel(u8),
-    /// A record carries flag bits this version does not know.
-    #[error("unknown record flags 0x{0:02x}")]
-    BadFlags(u8),
     /// A required section is missing or repeated.
     #[error("batch payload {0}")]
     BadSections(&'static str),
@@ -424,21 +415,21 @@ pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
     let frame = match ty {
         frame_type::HELLO => Frame::Hello(Hello {
             version: r.u16("hello.version")?,
-            agent_id: r.string("hello.agent_id", limits)?,
-            host: r.string("hello.host", limits)?,
-            agent_version: r.string("hello.agent_version", limits)?,
+            agent_id: r.string("hello.agent_id")?,
+            host: r.string("hello.host")?,
+            agent_version: r.string("hello.agent_version")?,
             capabilities: r.u64("hello.capabilities")?,
         }),
         frame_type::WELCOME => Frame::Welcome(Welcome {
             version: r.u16("welcome.version")?,
-            agent_id: r.string("welcome.agent_id", limits)?,
-            server_id: r.string("welcome.server_id", limits)?,
+            agent_id: r.string("welcome.agent_id")?,
+            server_id: r.string("welcome.server_id")?,
             max_frame_bytes: r.u32("welcome.max_frame_bytes")?,
             capabilities: r.u64("welcome.capabilities")?,
         }),
         frame_type::REFUSE => Frame::Refuse(Refuse {
             code: r.u16("refuse.code")?,
-            reason: r.string("refuse.reason", limits)?,
+            reason: r.string("refuse.reason")?,
         }),
         frame_type::BATCH => {
             let epoch = r.u64("batch.epoch")?;
@@ -483,7 +474,7 @@ pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
             epoch: r.u64("reject.epoch")?,
             seq: r.u64("reject.seq")?,
             code: r.u16("reject.code")?,
-            reason: r.string("reject.reason", limits)?,
+            reason: r.string("reject.reason")?,
         }),
         frame_type::HEARTBEAT => Frame::Heartbeat(Heartbeat {
             time_ns: r.i64("heartbeat.time_ns")?,
@@ -497,7 +488,7 @@ pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
                 0
             },
         }),
-        frame_type::ANOMALIES => Frame::Anomalies(r.anomalies(limits)?),
+        frame_type::ANOMALIES => Frame::Anomalies(r.anomalies(limits, &mut Repairs::default())?),
         other => return Err(Error::UnknownFrameType(other)),
     };
     r.finish("frame body")?;
@@ -529,6 +520,35 @@ pub struct BatchContent {
     pub aggregates: Vec<Aggregate>,
     /// Anomaly events detected while this batch was open.
     pub anomalies: Vec<Anomaly>,
+    /// What the decoder cut or skipped to accept the payload (never encoded; all zero
+    /// for a payload within the limits).
+    pub repairs: Repairs,
+}
+
+/// What [`BatchContent::decode_payload`] had to change to accept a payload. A batch is
+/// never refused for what one of its values holds: a value over its limit is cut (a
+/// line is flagged `TRUNCATED`), a field this version does not know is ignored, and an
+/// item that cannot be used is skipped, while its neighbours are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// Lines longer than [`limits::MAX_LINE_BYTES`], cut and flagged `TRUNCATED`.
+    pub lines_cut: u64,
+    /// Label names and values, template texts, samples cut at their limits, or with
+    /// invalid UTF-8 replaced.
+    pub values_cut: u64,
+    /// Record levels and flag bits this version does not know (from a newer sender),
+    /// read as `unknown` and ignored.
+    pub unknown_fields: u64,
+    /// Aggregates and anomaly events that cannot be used (a zero window, an unknown
+    /// kind, a figure that is not a number), skipped.
+    pub items_skipped: u64,
+}
+
+impl Repairs {
+    /// Whether anything was changed.
+    pub fn any(&self) -> bool {
+        *self != Repairs::default()
+    }
 }
 
 impl BatchContent {
@@ -600,6 +620,7 @@ impl BatchContent {
         let mut templates: Option<Vec<Template>> = None;
         let mut aggregates: Option<Vec<Aggregate>> = None;
         let mut anomalies: Option<Vec<Anomaly>> = None;
+        let mut fix = Repairs::default();
         while r.remaining() > 0 {
             let tag = r.u8("section tag")?;
             let len = r.varint("section length")?;
@@ -613,7 +634,7 @@ impl BatchContent {
                     let n = s.count("stream count", limits.max_streams, 1)?;
                     let mut v = Vec::with_capacity(n);
                     for _ in 0..n {
-                        v.push(s.labels(limits)?);
+                        v.push(s.labels(limits, &mut fix)?);
                     }
                     s.finish("stream table")?;
                     streams = Some(v);
@@ -642,28 +663,25 @@ impl BatchContent {
                             time_ns.wrapping_add(unzigzag(s.varint("record observed time")?));
                         prev_time = time_ns;
                         let lv = s.u8("record level")?;
-                        let level = Level::from_u8(lv).ok_or(Error::BadLevel(lv))?;
-                        let fl = s.u8("record flags")?;
+                        let level = Level::from_u8(lv).unwrap_or_else(|| {
+                            fix.unknown_fields += 1;
+                            Level::Unknown
+                        });
+                        let mut fl = s.u8("record flags")?;
                         if fl & !flags::KNOWN != 0 {
-                            return Err(Error::BadFlags(fl));
+                            fix.unknown_fields += 1;
+                            fl &= flags::KNOWN;
                         }
                         let redacted = s.varint("record redaction count")?;
-                        let redacted =
-                            u32::try_from(redacted).map_err(|_| Error::LimitExceeded {
-                                what: "redaction count",
-                                value: redacted,
-                                max: u32::MAX as u64,
-                            })?;
+                        let redacted = u32::try_from(redacted).unwrap_or(u32::MAX);
                         let template_id = s.u64_le("record template id")?;
                         let line_len = s.varint("line length")?;
-                        if line_len > limits.max_line_bytes as u64 {
-                            return Err(Error::LimitExceeded {
-                                what: "line length",
-                                value: line_len,
-                                max: limits.max_line_bytes as u64,
-                            });
+                        let mut line = s.take(line_len, "line")?;
+                        if line.len() > limits::MAX_LINE_BYTES {
+                            line.truncate(limits::MAX_LINE_BYTES);
+                            fl |= flags::TRUNCATED;
+                            fix.lines_cut += 1;
                         }
-                        let line = s.take(line_len, "line")?;
                         v.push(LogRecord {
                             stream: stream as u32,
                             time_ns,
@@ -686,7 +704,7 @@ impl BatchContent {
                     let mut v = Vec::with_capacity(n);
                     for _ in 0..n {
                         let id = s.u64_le("template id")?;
-                        let text = s.string("template text", limits)?;
+                        let text = s.text("template text", limits::MAX_TEMPLATE_BYTES, &mut fix)?;
                         v.push(Template { id, text });
                     }
                     s.finish("template section")?;
@@ -712,21 +730,21 @@ impl BatchContent {
                         }
                         let start_ns = unzigzag(s.varint("aggregate start")?);
                         let window = s.varint("aggregate window")?;
-                        if window == 0 || window > 86_400 {
-                            return Err(Error::LimitExceeded {
-                                what: "aggregate window seconds",
-                                value: window,
-                                max: 86_400,
-                            });
-                        }
                         let lv = s.u8("aggregate level")?;
-                        let level = Level::from_u8(lv).ok_or(Error::BadLevel(lv))?;
                         let template_id = s.u64_le("aggregate template id")?;
                         let count = s.varint("aggregate count")?;
                         let bytes = s.varint("aggregate bytes")?;
                         let shipped = s.varint("aggregate shipped")?;
-                        if shipped > count {
-                            return Err(Error::BadSections("aggregate ships more than it counts"));
+                        // An aggregate that cannot be a count of anything (no window, a
+                        // window over a day, more shipped than counted) is skipped; the
+                        // records it would describe are stored all the same.
+                        let Some(level) = Level::from_u8(lv) else {
+                            fix.items_skipped += 1;
+                            continue;
+                        };
+                        if window == 0 || window > 86_400 || shipped > count {
+                            fix.items_skipped += 1;
+                            continue;
                         }
                         v.push(Aggregate {
                             stream: stream as u32,
@@ -746,7 +764,7 @@ impl BatchContent {
                     if anomalies.is_some() {
                         return Err(Error::BadSections("has two anomaly sections"));
                     }
-                    let v = s.anomalies(limits)?;
+                    let v = s.anomalies(limits, &mut fix)?;
                     s.finish("anomaly section")?;
                     anomalies = Some(v);
                 }
@@ -760,6 +778,7 @@ impl BatchContent {
             templates: templates.unwrap_or_default(),
             aggregates: aggregates.unwrap_or_default(),
             anomalies: anomalies.unwrap_or_default(),
+            repairs: fix,
         })
     }
 }
@@ -890,6 +909,25 @@ pub fn put_varint(dst: &mut BytesMut, mut v: u64) {
     dst.put_u8(v as u8);
 }
 
+/// `b` as a string of at most `max` bytes, and whether it had to be cut or repaired.
+fn decode_text(b: &[u8], max: usize) -> (String, bool) {
+    let cut = b.len() > max;
+    let b = if cut { &b[..max] } else { b };
+    match std::str::from_utf8(b) {
+        Ok(s) => (s.to_owned(), cut),
+        // The cut went through a character: end before it.
+        Err(e) if cut && e.error_len().is_none() => (
+            String::from_utf8_lossy(&b[..e.valid_up_to()]).into_owned(),
+            true,
+        ),
+        Err(_) => {
+            let mut s = String::from_utf8_lossy(b).into_owned();
+            limits::cut_string(&mut s, max);
+            (s, true)
+        }
+    }
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -995,47 +1033,47 @@ impl Reader {
         Ok(self.buf.split_to(n as usize))
     }
 
-    fn string(&mut self, what: &'static str, limits: &Limits) -> Result<String, Error> {
+    /// A free-text field of a control frame, cut at [`limits::MAX_TEXT_BYTES`].
+    fn string(&mut self, what: &'static str) -> Result<String, Error> {
+        self.text(what, limits::MAX_TEXT_BYTES, &mut Repairs::default())
+    }
+
+    /// A string of at most `max` bytes: a longer one is cut at a character boundary,
+    /// invalid UTF-8 is replaced, and either is counted in `fix`.
+    fn text(&mut self, what: &'static str, max: usize, fix: &mut Repairs) -> Result<String, Error> {
         let n = self.varint(what)?;
-        if n > limits.max_string_bytes as u64 {
-            return Err(Error::LimitExceeded {
-                what,
-                value: n,
-                max: limits.max_string_bytes as u64,
-            });
-        }
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| Error::InvalidUtf8 { what })
-    }
-
-    fn f64_le(&mut self, what: &'static str) -> Result<f64, Error> {
-        let v = f64::from_bits(self.u64_le(what)?);
-        if v.is_finite() {
-            Ok(v)
-        } else {
-            Err(Error::BadSections("anomaly figure is not a finite number"))
+        let (s, changed) = decode_text(&b, max);
+        if changed {
+            fix.values_cut += 1;
         }
+        Ok(s)
     }
 
-    fn labels(&mut self, limits: &Limits) -> Result<Labels, Error> {
+    /// A finite figure; anything else is `None`.
+    fn f64_le(&mut self, what: &'static str) -> Result<Option<f64>, Error> {
+        let v = f64::from_bits(self.u64_le(what)?);
+        Ok(v.is_finite().then_some(v))
+    }
+
+    fn labels(&mut self, limits: &Limits, fix: &mut Repairs) -> Result<Labels, Error> {
         let n = self.count("label count", limits.max_labels, 2)?;
         let mut pairs = Vec::with_capacity(n);
         for _ in 0..n {
-            let k = self.string("label name", limits)?;
-            let v = self.string("label value", limits)?;
+            let k = self.text("label name", limits::MAX_LABEL_NAME_BYTES, fix)?;
+            let v = self.text("label value", limits::MAX_LABEL_VALUE_BYTES, fix)?;
             pairs.push((k, v));
         }
         Ok(Labels::new(pairs))
     }
 
-    fn anomalies(&mut self, limits: &Limits) -> Result<Vec<Anomaly>, Error> {
+    fn anomalies(&mut self, limits: &Limits, fix: &mut Repairs) -> Result<Vec<Anomaly>, Error> {
         let n = self.count("anomaly count", MAX_ANOMALIES, 36)?;
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let id = self.u64_le("anomaly id")?;
             let k = self.u8("anomaly kind")?;
-            let kind = AnomalyKind::from_u8(k).ok_or(Error::BadSections("unknown anomaly kind"))?;
-            let stream = self.labels(limits)?;
+            let stream = self.labels(limits, fix)?;
             let time_ns = unzigzag(self.varint("anomaly time")?);
             let score = self.f64_le("anomaly score")?;
             let baseline = self.f64_le("anomaly baseline")?;
@@ -1044,14 +1082,22 @@ impl Reader {
             let mut templates = Vec::with_capacity(nt);
             for _ in 0..nt {
                 let id = self.u64_le("anomaly template id")?;
-                let text = self.string("anomaly template text", limits)?;
+                let text = self.text("anomaly template text", limits::MAX_TEMPLATE_BYTES, fix)?;
                 templates.push(Template { id, text });
             }
             let ns = self.count("anomaly sample count", MAX_ANOMALY_ITEMS, 1)?;
             let mut samples = Vec::with_capacity(ns);
             for _ in 0..ns {
-                samples.push(self.string("anomaly sample", limits)?);
+                samples.push(self.text("anomaly sample", limits::MAX_TEXT_BYTES, fix)?);
             }
+            // An event of a kind this version does not know, or with a figure that is
+            // not a number, cannot be shown or correlated: skipped, the rest kept.
+            let (Some(kind), Some(score), Some(baseline), Some(observed)) =
+                (AnomalyKind::from_u8(k), score, baseline, observed)
+            else {
+                fix.items_skipped += 1;
+                continue;
+            };
             v.push(Anomaly {
                 id,
                 kind,
@@ -1215,10 +1261,71 @@ mod tests {
         let f = Frame::Anomalies(vec![ev]);
         assert_eq!(parse(f.to_bytes(), &Limits::default()).unwrap(), f);
 
-        // An aggregate claiming more shipped records than it counts is refused.
+        // An aggregate claiming more shipped records than it counts is skipped; the
+        // records and the other sections are kept.
         c.aggregates[0].shipped = 1001;
         let b = Batch::seal(1, 1, 1, Codec::Lz4, &c);
-        assert!(b.open(&Limits::default()).is_err());
+        let back = b.open(&Limits::default()).unwrap();
+        assert!(back.aggregates.is_empty());
+        assert_eq!(back.repairs.items_skipped, 1);
+        assert_eq!(back.records, c.records);
+        assert_eq!(back.anomalies, c.anomalies);
+    }
+
+    /// A long line lost its whole batch: the decoder refused any batch holding a value
+    /// over a limit, so one record cost its neighbours. Values over a limit are now cut
+    /// (a line is flagged `TRUNCATED`) and every record is kept.
+    #[test]
+    fn a_value_over_its_limit_is_cut_not_a_reason_to_refuse_the_batch() {
+        use crate::record::Template;
+        let mut c = sample_content();
+        let long_line = vec![b'x'; limits::MAX_LINE_BYTES + 10];
+        c.records[1].line = Bytes::from(long_line);
+        c.records[1].flags = 0;
+        // A template text of plain words far over its limit, ending in a two-byte
+        // character cut in half.
+        let mut text = "word ".repeat(2000);
+        text.push('é');
+        c.templates = vec![Template { id: 9, text }];
+        c.streams[0].insert("source", "é".repeat(limits::MAX_LABEL_VALUE_BYTES));
+        let b = Batch::seal(1, 1, 1, Codec::Lz4, &c);
+        let back = b.open(&Limits::default()).unwrap();
+        assert_eq!(back.records.len(), 2);
+        assert_eq!(back.records[0], c.records[0]);
+        assert_eq!(back.records[1].line.len(), limits::MAX_LINE_BYTES);
+        assert_eq!(back.records[1].flags, flags::TRUNCATED);
+        assert!(back.templates[0].text.len() <= limits::MAX_TEMPLATE_BYTES);
+        assert!(c.templates[0].text.starts_with(&back.templates[0].text));
+        let src = back.streams[0].get("source").unwrap();
+        assert_eq!(src.len(), limits::MAX_LABEL_VALUE_BYTES);
+        assert_eq!(back.repairs.lines_cut, 1);
+        assert_eq!(back.repairs.values_cut, 2);
+    }
+
+    #[test]
+    fn unknown_levels_and_flags_from_a_newer_sender_are_ignored() {
+        let c = sample_content();
+        let mut raw = BytesMut::new();
+        c.encode_payload(&mut raw);
+        // The first record's level and flags bytes follow its stream (1 byte) and its
+        // two time varints; find them by re-encoding with marker values instead.
+        let mut marked = c.clone();
+        marked.records[0].level = Level::Fatal;
+        marked.records[0].flags = flags::KNOWN;
+        let mut m = BytesMut::new();
+        marked.encode_payload(&mut m);
+        let pos = raw
+            .iter()
+            .zip(m.iter())
+            .position(|(a, b)| a != b)
+            .expect("the encodings differ at the level byte");
+        m[pos] = 200; // a level this version does not know
+        m[pos + 1] = 0xf0 | flags::TRUNCATED; // unknown flag bits
+        let back = BatchContent::decode_payload(m.freeze(), &Limits::default()).unwrap();
+        assert_eq!(back.records[0].level, Level::Unknown);
+        assert_eq!(back.records[0].flags, flags::TRUNCATED);
+        assert_eq!(back.repairs.unknown_fields, 2);
+        assert_eq!(back.records[1], c.records[1]);
     }
 
     #[test]

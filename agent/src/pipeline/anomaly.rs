@@ -64,6 +64,10 @@ impl Default for DetectorConfig {
     }
 }
 
+/// Most anomaly events one window raises (the batch that carries them stays well within
+/// the protocol's limits); the strongest are kept.
+pub const MAX_EVENTS_PER_WINDOW: usize = 512;
+
 /// Time constants, in seconds.
 const FAST_TAU: f64 = 300.0;
 const SLOW_TAU: f64 = 7200.0;
@@ -374,6 +378,15 @@ impl Detector {
         }
         self.template_series -= removed_templates;
         self.now += 1;
+        if out.len() > MAX_EVENTS_PER_WINDOW {
+            // A storm of events in one window is one incident, not thousands: the
+            // strongest are kept, the rest counted.
+            out.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let dropped = out.len() - MAX_EVENTS_PER_WINDOW;
+            out.truncate(MAX_EVENTS_PER_WINDOW);
+            metrics::counter!("heimdall_agent_anomalies_suppressed_total")
+                .increment(dropped as u64);
+        }
         out
     }
 }
@@ -419,10 +432,11 @@ impl Series {
             let t = self.templates.get(id);
             ts.push(Template {
                 id: *id,
-                text: t
-                    .and_then(|t| t.text.as_deref())
-                    .unwrap_or_default()
-                    .to_owned(),
+                text: heimdall_common::limits::cut_str(
+                    t.and_then(|t| t.text.as_deref()).unwrap_or_default(),
+                    heimdall_common::limits::MAX_TEMPLATE_BYTES,
+                )
+                .to_owned(),
             });
             if let Some(s) = t.and_then(|t| t.sample.as_deref()) {
                 if samples.len() < 3 {

@@ -11,6 +11,7 @@ use crate::pipeline::anomaly::Detector;
 use crate::sources::{Checkpoint, Chunk, FileKey};
 use crate::spool::{FullPolicy, Spool};
 use bytes::{Bytes, BytesMut};
+use heimdall_common::limits;
 use heimdall_common::record::{Anomaly, Labels, LogRecord, Template};
 use heimdall_common::wire::{Batch, BatchContent, Codec, Frame};
 use std::collections::{HashMap, HashSet};
@@ -83,6 +84,10 @@ impl Batcher {
 
     /// Adds a chunk; returns whether the batch is now full. A chunk is never split, so
     /// a batch may exceed `max_bytes` by at most one chunk.
+    ///
+    /// `bytes` is an upper bound of the encoded payload (every section counted), so a
+    /// batch stays under `max_bytes` plus one chunk ([`limits::MAX_CHUNK_BYTES`]) plus
+    /// its aggregates, well within what the aggregator decodes.
     pub fn push(&mut self, chunk: Chunk) -> bool {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
@@ -90,16 +95,21 @@ impl Batcher {
         let announce = chunk.lines.is_empty();
         let sens = chunk.policy.anomaly;
         let next = self.streams.len() as u32;
+        let mut new_stream = 0;
         let stream = *self.streams.entry(chunk.stream.clone()).or_insert_with(|| {
             self.content.streams.push((*chunk.stream).clone());
             self.stream_list.push((chunk.stream.clone(), sens));
+            new_stream = labels_bytes(&chunk.stream);
             next
         });
+        self.bytes += new_stream;
         for t in &chunk.templates {
             if self.batch_templates.insert(t.id) {
+                let text = limits::cut_str(&t.text, limits::MAX_TEMPLATE_BYTES);
+                self.bytes += text.len() + 16;
                 self.content.templates.push(Template {
                     id: t.id,
-                    text: t.text.to_string(),
+                    text: text.to_owned(),
                 });
             }
             if let (Some(d), Some(s)) = (self.detector.as_mut(), sens) {
@@ -119,7 +129,7 @@ impl Batcher {
                 self.not_shipped += 1;
                 continue;
             }
-            self.bytes += line.bytes.len() + 24;
+            self.bytes += line.bytes.len() + limits::RECORD_OVERHEAD_BYTES;
             self.content.records.push(LogRecord {
                 stream,
                 time_ns,
@@ -204,6 +214,7 @@ impl Batcher {
             );
         }
         if !ev.is_empty() {
+            self.bytes += ev.iter().map(anomaly_bytes).sum::<usize>();
             self.content.anomalies.extend(ev.iter().cloned());
             self.opened.get_or_insert_with(Instant::now);
         }
@@ -214,6 +225,19 @@ impl Batcher {
     pub fn detector_window(&self) -> Option<Duration> {
         self.detector.as_ref().map(|d| d.config().window)
     }
+}
+
+/// Upper bound of the encoded size of a stream's labels.
+fn labels_bytes(l: &Labels) -> usize {
+    l.iter().map(|(k, v)| k.len() + v.len() + 20).sum::<usize>() + 10
+}
+
+/// Upper bound of the encoded size of an anomaly event.
+fn anomaly_bytes(a: &Anomaly) -> usize {
+    labels_bytes(&a.stream)
+        + 80
+        + a.templates.iter().map(|t| t.text.len() + 20).sum::<usize>()
+        + a.samples.iter().map(|s| s.len() + 10).sum::<usize>()
 }
 
 /// Encodes and compresses a batch's payload once; the frame header with the sequence

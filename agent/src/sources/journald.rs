@@ -174,7 +174,7 @@ impl JournalReader {
         for (k, v) in &cfg.labels {
             base.insert(k.clone(), v.clone());
         }
-        base.insert("source", source.clone());
+        base.insert("source", super::redact_label(None, &source));
         JournalReader {
             cfg,
             base,

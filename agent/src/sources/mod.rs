@@ -187,15 +187,20 @@ pub fn redact_line(
     keep
 }
 
-/// A label value redacted like a line: labels leave the host with the records.
+/// A label value taken from what a source reads (a path, a journal field), redacted
+/// like a line (labels leave the host with the records) and cut at the protocol's
+/// limit for label values.
 pub fn redact_label(redactor: Option<&crate::pipeline::redact::Redactor>, v: &str) -> String {
+    use heimdall_common::limits::{cut_string, MAX_LABEL_VALUE_BYTES};
     let mut stats = crate::pipeline::redact::Stats::default();
-    match redactor.map(|r| r.redact(v.as_bytes(), &mut stats)) {
+    let mut s = match redactor.map(|r| r.redact(v.as_bytes(), &mut stats)) {
         Some(crate::pipeline::redact::Outcome::Redacted(b, _)) => {
             String::from_utf8_lossy(&b).into_owned()
         }
         _ => v.to_owned(),
-    }
+    };
+    cut_string(&mut s, MAX_LABEL_VALUE_BYTES);
+    s
 }
 
 /// Sends a chunk from a source thread with backpressure: while the pipeline is full the
