@@ -7,6 +7,7 @@
 //! - [`spool`]: the bounded on-disk log of batches, source of truth for checkpoints.
 //! - [`ship`]: QUIC + mutual TLS delivery to the aggregator.
 //! - [`hash`]: FNV-1a (stable across hosts) and a fast hasher for integer map keys.
+//! - [`http`]: `/metrics`, `/live` and `/ready`.
 //!
 //! Data flows source thread → bounded channel → batcher task → spool → shipper task.
 //! Shutdown: sources stop on the token, the batcher drains behind them into the spool,
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod hash;
+pub mod http;
 pub mod pipeline;
 pub mod ship;
 pub mod sources;
@@ -43,6 +45,12 @@ pub enum Error {
     /// A thread could not be started.
     #[error("cannot start {0}: {1}")]
     Thread(&'static str, std::io::Error),
+    /// The metrics listener cannot be bound.
+    #[error("cannot listen for /metrics on {addr} (metrics.listen): {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The running sources: one thread per file source and one for the journal.
@@ -225,7 +233,21 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: CancellationToken,
     mut reload: tokio::sync::watch::Receiver<Option<AgentConfig>>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), Error> {
+    let health = Arc::new(http::Health::default());
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::MetricsListen { addr, source })?;
+        tracing::info!(%addr, "serving /metrics, /ready and /live");
+        tokio::spawn(http::serve(
+            listener,
+            metrics,
+            health.clone(),
+            shutdown.child_token(),
+        ));
+    }
     check_tls_at_start(&cfg.ship.tls)?;
     let systemd = heimdall_common::systemd::Notifier::from_env();
 
@@ -286,16 +308,24 @@ pub async fn run(
         let spool = spool.clone();
         let token = shutdown.child_token();
         let systemd = systemd.clone();
+        let health = health.clone();
+        let gauges = gauges.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut pinged = Instant::now();
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                ticks += 1;
                 let s = spool.clone();
                 match tokio::task::spawn_blocking(move || {
+                    // `dead-letter resend` may have moved batches out meanwhile.
+                    if ticks % 10 == 0 {
+                        s.recount_dead_letters();
+                    }
                     let r = s.flush_state();
                     (r, s.stats())
                 })
@@ -309,6 +339,11 @@ pub async fn run(
                     }
                     Err(_) => {}
                 }
+                health.tick();
+                health.connected.store(
+                    gauges.connected.load(std::sync::atomic::Ordering::Relaxed),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 // The watchdog is fed from here: the runtime, the blocking pool and the
                 // spool's state file all answered this second.
                 if let Some(wd) = systemd.watchdog() {
@@ -320,6 +355,8 @@ pub async fn run(
             }
         })
     };
+    health.tick();
+    health.started.store(true, std::sync::atomic::Ordering::Relaxed);
     systemd.ready(&format!(
         "tailing {} file sources{}, shipping to {}",
         cfg.files.len(),
@@ -367,6 +404,9 @@ pub async fn run(
         }
     }
     drop(tx);
+    health
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     systemd.stopping("draining the pipeline into the spool");
     let deadline = Instant::now() + cfg.shutdown_grace;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining the pipeline into the spool");

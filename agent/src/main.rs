@@ -35,6 +35,10 @@ enum Command {
     /// to try rules before rolling them out. Records a `drop` rule matches are not
     /// written; a summary of what was found goes to stderr.
     Redact(RedactArgs),
+    /// Batches the aggregator rejected, kept in the spool's dead-letter directory: list
+    /// them, or re-send them once the cause is fixed (`dead-letter resend`).
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCmd),
     /// Read messages on stdin, one per line, and print `template_id<TAB>template` for
     /// each, as the agent's template miner sees them (its configuration, online, in
     /// order), to evaluate it on any log.
@@ -45,6 +49,24 @@ enum Command {
         /// Output directory (man/ and completions/ are made inside).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCmd {
+    /// List the rejected batches with when and why they were rejected.
+    List(RunArgs),
+    /// Send rejected batches to the aggregator again (all of them, or the `.batch` files
+    /// named), over a connection of their own while the agent runs. A batch the
+    /// aggregator stores moves to `dead-letter/resent/`; one it rejects again stays, and
+    /// the reason is printed. Sending the same batch twice stores it once. Exit code 0
+    /// when every batch was stored, 1 otherwise.
+    Resend {
+        #[command(flatten)]
+        run: RunArgs,
+        /// `.batch` files to send (default: all of them).
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -90,9 +112,11 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
     /// Log filter, e.g. `info` or `heimdall_agent=debug` (also RUST_LOG).
-    #[arg(long, env = "HEIMDALL_LOG", default_value = "info")]
+    #[arg(long, env = "HEIMDALL_LOG", default_value = DEFAULT_LOG)]
     log: String,
 }
+
+const DEFAULT_LOG: &str = "info";
 
 fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     let default = PathBuf::from(DEFAULT_CONFIG);
@@ -108,15 +132,48 @@ fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     AgentConfig::load(&text, &ov).with_context(|| format!("invalid config {}", path.display()))
 }
 
+/// Options given before the subcommand (`heimdall-agent --config F run`) apply when
+/// the subcommand does not give them itself.
+fn merged(top: &RunArgs, sub: RunArgs) -> RunArgs {
+    RunArgs {
+        config: sub.config.or_else(|| top.config.clone()),
+        include: if sub.include.is_empty() {
+            top.include.clone()
+        } else {
+            sub.include
+        },
+        state_dir: sub.state_dir.or_else(|| top.state_dir.clone()),
+        endpoint: if sub.endpoint.is_empty() {
+            top.endpoint.clone()
+        } else {
+            sub.endpoint
+        },
+        metrics_listen: sub.metrics_listen.or_else(|| top.metrics_listen.clone()),
+        log: if sub.log == DEFAULT_LOG {
+            top.log.clone()
+        } else {
+            sub.log
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let top = cli.run;
     let (args, check) = match cli.command {
-        Some(Command::Run(a)) => (a, false),
-        Some(Command::CheckConfig(a)) => (a, true),
-        Some(Command::Redact(a)) => return redact(&a),
-        Some(Command::Templates(a)) => return templates(&a),
+        Some(Command::Run(a)) => (merged(&top, a), false),
+        Some(Command::CheckConfig(a)) => (merged(&top, a), true),
+        Some(Command::Redact(mut a)) => {
+            a.config = a.config.or(top.config);
+            return redact(&a);
+        }
+        Some(Command::Templates(mut a)) => {
+            a.config = a.config.or(top.config);
+            return templates(&a);
+        }
+        Some(Command::DeadLetter(c)) => return dead_letter(&top, c),
         Some(Command::GenerateDocs { out }) => return generate_docs(&out),
-        None => (cli.run, false),
+        None => (top, false),
     };
     let cfg = match load(&args) {
         Ok(c) => c,
@@ -155,20 +212,31 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        if let Some(addr) = cfg.metrics_listen {
-            if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
+        let metrics = match cfg.metrics_listen {
+            None => None,
+            Some(_) => match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
             {
-                tracing::error!(%addr, error = %e, "cannot serve metrics");
-                return ExitCode::from(1);
-            }
-            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record metrics");
+                    return ExitCode::from(1);
+                }
+            },
+        };
+        if let Some(h) = metrics.clone() {
+            // Histograms and summaries are drained here; without it they grow.
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    t.tick().await;
+                    h.run_upkeep();
+                }
+            });
         }
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(signals(shutdown.clone(), args.clone(), reload_tx));
-        match heimdall_agent::run(cfg, shutdown, reload_rx).await {
+        match heimdall_agent::run(cfg, shutdown, reload_rx, metrics).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent failed");
@@ -176,6 +244,131 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn dead_letter(top: &RunArgs, cmd: DeadLetterCmd) -> ExitCode {
+    use heimdall_agent::spool::dead_letter;
+    let (args, files, resend) = match cmd {
+        DeadLetterCmd::List(a) => (merged(top, a), Vec::new(), false),
+        DeadLetterCmd::Resend { run, files } => (merged(top, run), files, true),
+    };
+    let cfg = match load(&RunArgs {
+        metrics_listen: Some(String::new()),
+        ..args
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heimdall-agent: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let spool_dir = cfg.state_dir.join("spool");
+    let mut items = match dead_letter::list(&spool_dir) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "heimdall-agent: cannot list {}: {e}",
+                dead_letter::dir(&spool_dir).display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    if !files.is_empty() {
+        let want: Vec<PathBuf> = files
+            .iter()
+            .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
+            .collect();
+        let unknown: Vec<&PathBuf> = want
+            .iter()
+            .filter(|w| {
+                !items
+                    .iter()
+                    .any(|d| std::fs::canonicalize(&d.path).ok().as_ref() == Some(*w))
+            })
+            .collect();
+        if !unknown.is_empty() {
+            for u in unknown {
+                eprintln!(
+                    "heimdall-agent: {} is not a batch in {}",
+                    u.display(),
+                    dead_letter::dir(&spool_dir).display()
+                );
+            }
+            return ExitCode::from(64);
+        }
+        items.retain(|d| {
+            std::fs::canonicalize(&d.path)
+                .ok()
+                .is_some_and(|p| want.contains(&p))
+        });
+    }
+    if !resend {
+        if items.is_empty() {
+            println!("no rejected batches in {}", dead_letter::dir(&spool_dir).display());
+            return ExitCode::SUCCESS;
+        }
+        println!("{:<52} {:>20} {:>10}  REASON", "FILE", "REJECTED (UTC)", "BYTES");
+        for d in &items {
+            let when = time::OffsetDateTime::from_unix_timestamp(d.rejected_at)
+                .ok()
+                .and_then(|t| {
+                    t.format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]:[second]"
+                    ))
+                    .ok()
+                })
+                .unwrap_or_default();
+            println!(
+                "{:<52} {:>20} {:>10}  {}",
+                d.path.display(),
+                when,
+                d.bytes,
+                d.reason.trim()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    if items.is_empty() {
+        println!("no rejected batches to send in {}", dead_letter::dir(&spool_dir).display());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heimdall-agent: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let n = items.len();
+    match rt.block_on(heimdall_agent::ship::resend::resend(&cfg.ship, items)) {
+        Ok(done) => {
+            let mut failed = n - done.len();
+            for r in &done {
+                let records = r
+                    .records
+                    .map_or(String::new(), |n| format!(" ({n} records)"));
+                match &r.result {
+                    Ok(()) => println!("stored: {}{records}", r.dead.path.display()),
+                    Err(why) => {
+                        failed += 1;
+                        println!("not stored: {}{records}: {why}", r.dead.path.display());
+                    }
+                }
+            }
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("heimdall-agent: cannot reach the aggregator: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn generate_docs(out: &std::path::Path) -> ExitCode {

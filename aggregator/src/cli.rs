@@ -1034,7 +1034,7 @@ fn agents(addr: &str) -> anyhow::Result<()> {
         &[],
     )?;
     println!(
-        "{:<24} {:<10} {:<9} {:>12} {:>8} {:>12} {:>6} {:<25}",
+        "{:<24} {:<10} {:<9} {:>12} {:>8} {:>12} {:>6} {:>8} {:>11} {:<25}",
         "AGENT",
         "VERSION",
         "CONNECTED",
@@ -1042,19 +1042,47 @@ fn agents(addr: &str) -> anyhow::Result<()> {
         "LAG_S",
         "UNREAD_BYTES",
         "FILES",
+        "REJECTED",
+        "DEAD_LETTER",
         "LAST_SEEN"
     );
+    let mut problems = Vec::new();
     for a in v["data"].as_array().into_iter().flatten() {
+        let id = a["agent_id"].as_str().unwrap_or("");
+        let rejected = a["rejected_batches"].as_u64().unwrap_or(0);
+        let dead = a["dead_letter_batches"].as_u64().unwrap_or(0);
         println!(
-            "{:<24} {:<10} {:<9} {:>12} {:>8.1} {:>12} {:>6} {:<25}",
-            a["agent_id"].as_str().unwrap_or(""),
+            "{:<24} {:<10} {:<9} {:>12} {:>8.1} {:>12} {:>6} {:>8} {:>11} {:<25}",
+            id,
             a["version"].as_str().unwrap_or(""),
             a["connected"].as_bool().unwrap_or(false),
             a["spool_bytes"].as_u64().unwrap_or(0),
             a["lag_seconds"].as_f64().unwrap_or(0.0),
             a["unread_bytes"].as_u64().unwrap_or(0),
             a["files"].as_u64().unwrap_or(0),
+            rejected,
+            dead,
             format_ns(a["last_seen_ns"].as_i64().unwrap_or(0)),
+        );
+        if rejected > 0 || dead > 0 {
+            let why = a["last_reject"].as_str().unwrap_or("");
+            problems.push(format!(
+                "{id}: {dead} batches in its dead-letter directory{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last rejected because: {why}")
+                }
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!();
+        for p in problems {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "Once the cause is fixed, run `heimdall-agent dead-letter resend` on the agent's host."
         );
     }
     Ok(())

@@ -109,8 +109,6 @@ pub struct IngestConfig {
     pub cert: Option<PathBuf>,
     /// Server private key (PEM). Default `<state_dir>/tls/server-key.pem`.
     pub key: Option<PathBuf>,
-    /// Largest frame accepted from an agent. Default 16MiB.
-    pub max_frame_bytes: Option<ByteSize>,
     /// Batches processed at once per connection. Default 64.
     pub max_streams_per_connection: Option<u32>,
     /// Agent connections accepted at once. Default 10000.
@@ -179,7 +177,6 @@ pub struct AggregatorConfig {
     pub server_id: String,
     pub ingest_listen: SocketAddr,
     pub tls: TlsFiles,
-    pub max_frame_bytes: u32,
     pub max_streams_per_connection: usize,
     pub max_connections: usize,
     pub max_connections_per_agent: usize,
@@ -269,10 +266,6 @@ impl AggregatorConfig {
                 .key
                 .unwrap_or_else(|| state_dir.join("tls/server-key.pem")),
         };
-        let max_frame = raw.ingest.max_frame_bytes.map_or(16 << 20, |b| b.0);
-        if !(64 << 10..=256 << 20).contains(&max_frame) {
-            p.push("ingest.max_frame_bytes", "must be between 64KiB and 256MiB");
-        }
         let max_streams = raw.ingest.max_streams_per_connection.unwrap_or(64);
         if !(1..=1024).contains(&max_streams) {
             p.push(
@@ -289,10 +282,16 @@ impl AggregatorConfig {
             p.push("ingest.max_connections_per_agent", "must be at least 1");
         }
         let max_memory = raw.ingest.max_memory.map_or(1 << 30, |b| b.0);
+        // Frames are as large as the protocol allows (agents agree on it by
+        // construction), and three must fit at once.
+        let max_frame = heimdall_common::limits::MAX_FRAME_BYTES as u64;
         if max_memory < 3 * max_frame {
             p.push(
                 "ingest.max_memory",
-                "must be at least three times ingest.max_frame_bytes",
+                format!(
+                    "must be at least {}MiB: three of the largest frames the protocol allows",
+                    (3 * max_frame).div_ceil(1 << 20)
+                ),
             );
         }
         let max_limit = raw.api.max_limit.unwrap_or(5000);
@@ -546,7 +545,6 @@ impl AggregatorConfig {
             server_id,
             ingest_listen,
             tls,
-            max_frame_bytes: max_frame as u32,
             max_streams_per_connection: max_streams as usize,
             max_connections: max_connections as usize,
             max_connections_per_agent: max_per_agent as usize,

@@ -204,10 +204,7 @@ pub async fn run(
 
     let registry = Arc::new(ingest::Registry::default());
     let memory_kib = u32::try_from(cfg.max_memory_bytes / 1024).unwrap_or(u32::MAX);
-    let limits = Limits {
-        max_frame_bytes: cfg.max_frame_bytes,
-        ..Limits::default()
-    };
+    let limits = Limits::default();
     let listener = ingest::listener::Listener {
         endpoint,
         store: store.clone(),

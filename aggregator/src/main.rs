@@ -67,9 +67,11 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<String>,
     /// Log filter, e.g. `info` or `heimdall_aggregator=debug` (also RUST_LOG).
-    #[arg(long, env = "HEIMDALL_LOG", default_value = "info")]
+    #[arg(long, env = "HEIMDALL_LOG", default_value = DEFAULT_LOG)]
     log: String,
 }
+
+const DEFAULT_LOG: &str = "info";
 
 #[derive(clap::Args, Debug)]
 struct InitArgs {
@@ -114,18 +116,35 @@ fn load(args: &RunArgs) -> anyhow::Result<AggregatorConfig> {
     AggregatorConfig::load(&text, &ov).with_context(|| format!("invalid config {}", path.display()))
 }
 
+/// Options given before the subcommand (`heimdall-aggregator --config F run`) apply
+/// when the subcommand does not give them itself.
+fn merged(top: &RunArgs, sub: RunArgs) -> RunArgs {
+    RunArgs {
+        config: sub.config.or_else(|| top.config.clone()),
+        state_dir: sub.state_dir.or_else(|| top.state_dir.clone()),
+        ingest_listen: sub.ingest_listen.or_else(|| top.ingest_listen.clone()),
+        api_listen: sub.api_listen.or_else(|| top.api_listen.clone()),
+        log: if sub.log == DEFAULT_LOG {
+            top.log.clone()
+        } else {
+            sub.log
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let top = cli.run;
     let (args, check) = match cli.command {
-        Some(Command::Run(a)) => (a, false),
-        Some(Command::CheckConfig(a)) => (a, true),
+        Some(Command::Run(a)) => (merged(&top, a), false),
+        Some(Command::CheckConfig(a)) => (merged(&top, a), true),
         Some(Command::Init(a)) => return init(a),
         Some(Command::IssueAgentCert(a)) => return issue(a),
-        Some(Command::RebuildCatalog(a)) => return rebuild_catalog(a),
+        Some(Command::RebuildCatalog(a)) => return rebuild_catalog(merged(&top, a)),
         Some(Command::GenerateDocs { out }) => {
             return generate_docs(<Cli as clap::CommandFactory>::command(), &out)
         }
-        None => (cli.run, false),
+        None => (top, false),
     };
     let cfg = match load(&args) {
         Ok(c) => c,
@@ -164,6 +183,16 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        if let Some(h) = prometheus.clone() {
+            // Histograms and summaries are drained here; without it they grow.
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    t.tick().await;
+                    h.run_upkeep();
+                }
+            });
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match heimdall_aggregator::run(cfg, shutdown, prometheus).await {

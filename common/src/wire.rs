@@ -253,6 +253,10 @@ pub struct Heartbeat {
     /// Read lag: bytes written to tailed files and not read yet. Optional on the wire
     /// (absent in heartbeats from agents before it existed: 0).
     pub unread_bytes: u64,
+    /// Batches in the agent's dead-letter directory (rejected, waiting to be re-sent
+    /// with `heimdall-agent dead-letter resend`). Optional on the wire, like
+    /// `unread_bytes`.
+    pub dead_letters: u64,
 }
 
 /// Any frame.
@@ -352,6 +356,7 @@ impl Frame {
                 dst.put_u64(h.lag_ns);
                 dst.put_u64(h.files);
                 dst.put_u64(h.unread_bytes);
+                dst.put_u64(h.dead_letters);
             }
             Frame::Anomalies(v) => put_anomalies(dst, v),
         }
@@ -484,6 +489,11 @@ pub fn parse(src: Bytes, limits: &Limits) -> Result<Frame, Error> {
             files: r.u64("heartbeat.files")?,
             unread_bytes: if r.remaining() >= 8 {
                 r.u64("heartbeat.unread_bytes")?
+            } else {
+                0
+            },
+            dead_letters: if r.remaining() >= 8 {
+                r.u64("heartbeat.dead_letters")?
             } else {
                 0
             },
@@ -1427,7 +1437,7 @@ mod tests {
                 Frame::Welcome(Welcome { version: v, agent_id: id.clone(), server_id: host.clone(), max_frame_bytes: n1 as u32, capabilities: caps }),
                 Frame::Refuse(Refuse { code: v, reason: id.clone() }),
                 Frame::Reject(Reject { epoch: n1, seq: n2, code: v, reason: host.clone() }),
-                Frame::Heartbeat(Heartbeat { time_ns: t, spool_bytes: n1, spool_batches: n2, lag_ns: n1 ^ n2, files: caps, unread_bytes: n1.rotate_left(3) }),
+                Frame::Heartbeat(Heartbeat { time_ns: t, spool_bytes: n1, spool_batches: n2, lag_ns: n1 ^ n2, files: caps, unread_bytes: n1.rotate_left(3), dead_letters: n2.rotate_left(5) }),
             ];
             for f in frames {
                 prop_assert_eq!(parse(f.to_bytes(), &limits).unwrap(), f);

@@ -46,9 +46,52 @@ pub enum Error {
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-enum Outcome {
+/// The aggregator's answer to one batch.
+pub(crate) enum Outcome {
     Acked,
     Rejected(String),
+}
+
+/// Opens the control stream and says `Hello`; returns the control stream once the
+/// aggregator has answered `Welcome`.
+pub(crate) async fn handshake(
+    conn: &quinn::Connection,
+    host: &str,
+    limits: &Limits,
+) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    let (mut ctl_send, mut ctl_recv) = conn.open_bi().await?;
+    let hello = Frame::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        agent_id: host.to_owned(),
+        host: host.to_owned(),
+        agent_version: heimdall_common::VERSION.to_owned(),
+        capabilities: 0,
+    });
+    quic::write_frame(&mut ctl_send, &hello).await?;
+    let mut buf = BytesMut::new();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        quic::read_frame(&mut ctl_recv, &mut buf, limits),
+    )
+    .await
+    .map_err(|_| Error::Timeout(Duration::from_secs(10)))??;
+    match reply {
+        Some(Frame::Welcome(w)) => {
+            tracing::debug!(agent_id = %w.agent_id, server = %w.server_id, "welcomed by aggregator");
+            Ok((ctl_send, ctl_recv))
+        }
+        Some(Frame::Refuse(r)) => Err(Error::Refused {
+            code: r.code,
+            reason: r.reason,
+        }),
+        Some(other) => Err(Error::Protocol(format!(
+            "expected welcome, got {}",
+            other.name()
+        ))),
+        None => Err(Error::Protocol(
+            "control stream closed during handshake".into(),
+        )),
+    }
 }
 
 pub struct Conn<'a> {
@@ -71,44 +114,8 @@ impl<'a> Conn<'a> {
     /// Handshakes and ships until the connection fails or `stop` is cancelled.
     /// Returns whether any batch was delivered.
     pub async fn run(self) -> Result<bool, Error> {
-        let (mut ctl_send, mut ctl_recv) = self.conn.open_bi().await?;
-        let hello = Frame::Hello(Hello {
-            version: wire::PROTOCOL_VERSION,
-            agent_id: self.shipper.cfg.host.clone(),
-            host: self.shipper.cfg.host.clone(),
-            agent_version: heimdall_common::VERSION.to_owned(),
-            capabilities: 0,
-        });
-        quic::write_frame(&mut ctl_send, &hello).await?;
-        let mut buf = BytesMut::new();
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            quic::read_frame(&mut ctl_recv, &mut buf, &self.limits),
-        )
-        .await
-        .map_err(|_| Error::Timeout(Duration::from_secs(10)))??;
-        match reply {
-            Some(Frame::Welcome(w)) => {
-                tracing::debug!(agent_id = %w.agent_id, server = %w.server_id, "welcomed by aggregator");
-            }
-            Some(Frame::Refuse(r)) => {
-                return Err(Error::Refused {
-                    code: r.code,
-                    reason: r.reason,
-                })
-            }
-            Some(other) => {
-                return Err(Error::Protocol(format!(
-                    "expected welcome, got {}",
-                    other.name()
-                )))
-            }
-            None => {
-                return Err(Error::Protocol(
-                    "control stream closed during handshake".into(),
-                ))
-            }
-        }
+        let (ctl_send, _ctl_recv) =
+            handshake(&self.conn, &self.shipper.cfg.host, &self.limits).await?;
 
         let hb = tokio::spawn(heartbeats(
             ctl_send,
@@ -184,7 +191,7 @@ impl<'a> Conn<'a> {
     }
 }
 
-async fn send_batch(
+pub(crate) async fn send_batch(
     conn: quinn::Connection,
     frame: bytes::Bytes,
     seq: u64,
@@ -253,6 +260,7 @@ async fn heartbeats(
             lag_ns: st.oldest_age_ns,
             files: gauges.files.load(Ordering::Relaxed),
             unread_bytes: gauges.unread_bytes.load(Ordering::Relaxed),
+            dead_letters: st.dead_letters,
         });
         if quic::write_frame(&mut send, &hb).await.is_err() {
             return;

@@ -8,6 +8,7 @@
 //! next one, and the aggregator's batch identity makes the resend harmless.
 
 pub mod conn;
+pub mod resend;
 
 use crate::spool::Spool;
 use heimdall_common::tls::{self, TlsFiles};
@@ -60,10 +61,7 @@ impl Shipper {
         stop: CancellationToken,
         mut updates: tokio::sync::watch::Receiver<ShipConfig>,
     ) {
-        let bind: SocketAddr = "[::]:0".parse().expect("valid literal");
-        let endpoint = match quinn::Endpoint::client(bind)
-            .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid literal")))
-        {
+        let endpoint = match client_endpoint() {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open a UDP socket for shipping");
@@ -87,6 +85,9 @@ impl Shipper {
                 Ok(c) => {
                     tracing::info!(endpoint = %ep_name, "connected to aggregator");
                     metrics::gauge!("heimdall_agent_connected").set(1.0);
+                    self.gauges
+                        .connected
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     let run = conn::Conn::new(c, &self, conn_stop.clone()).run();
                     tokio::pin!(run);
                     let r = loop {
@@ -104,6 +105,9 @@ impl Shipper {
                         }
                     };
                     metrics::gauge!("heimdall_agent_connected").set(0.0);
+                    self.gauges
+                        .connected
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     r
                 }
                 Err(e) => Err(e),
@@ -155,17 +159,33 @@ impl Shipper {
         endpoint: &quinn::Endpoint,
         name: &str,
     ) -> Result<quinn::Connection, conn::Error> {
-        let client = tls::client_config(&self.cfg.tls).map_err(conn::Error::Tls)?;
-        let addr = resolve(name).ok_or_else(|| conn::Error::Resolve(name.to_owned()))?;
-        let connecting = endpoint
-            .connect_with(client, addr, &self.cfg.server_name)
-            .map_err(|e| conn::Error::Connect(e.to_string()))?;
-        match tokio::time::timeout(Duration::from_secs(10), connecting).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(conn::Error::Connection(e)),
-            Err(_) => Err(conn::Error::Connect("handshake timed out after 10s".into())),
-        }
+        connect(endpoint, &self.cfg, name).await
     }
+}
+
+/// A QUIC connection to the aggregator at `name` with the certificate files read now.
+pub(crate) async fn connect(
+    endpoint: &quinn::Endpoint,
+    cfg: &ShipConfig,
+    name: &str,
+) -> Result<quinn::Connection, conn::Error> {
+    let client = tls::client_config(&cfg.tls).map_err(conn::Error::Tls)?;
+    let addr = resolve(name).ok_or_else(|| conn::Error::Resolve(name.to_owned()))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &cfg.server_name)
+        .map_err(|e| conn::Error::Connect(e.to_string()))?;
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(conn::Error::Connection(e)),
+        Err(_) => Err(conn::Error::Connect("handshake timed out after 10s".into())),
+    }
+}
+
+/// A client endpoint on any local address (IPv6 if the host has it).
+pub(crate) fn client_endpoint() -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = "[::]:0".parse().expect("valid literal");
+    quinn::Endpoint::client(bind)
+        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid literal")))
 }
 
 #[cfg(test)]

@@ -158,6 +158,8 @@ pub struct Gauges {
     pub files: std::sync::atomic::AtomicU64,
     /// Bytes in tailed files not read yet (read lag).
     pub unread_bytes: std::sync::atomic::AtomicU64,
+    /// The shipper is connected to an aggregator.
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 /// Redacts a record in place with the source's redactor; false when a rule says to

@@ -10,10 +10,12 @@
 //! - `seg-<first seq>.spl`: segments of entries `len:u32 crc32c:u32 body`;
 //! - `state`: epoch, highest contiguous acknowledged seq, and the checkpoints folded
 //!   from deleted segments (written to a temp file, fsynced, renamed);
-//! - `dead-letter/`: batches the aggregator rejected, with the reason.
+//! - `dead-letter/`: batches the aggregator rejected, with the reason ([`dead_letter`]).
 //!
 //! A segment is deleted only when every batch in it is acknowledged, and only after
 //! the state file holds its checkpoints. Does not own: sending (see `ship`).
+
+pub mod dead_letter;
 
 use crate::sources::{Checkpoint, FileKey};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -126,6 +128,8 @@ struct Inner {
     mem_bytes: u64,
     state_dirty: bool,
     closed: bool,
+    /// Batches in the dead-letter directory.
+    dead_letters: u64,
 }
 
 /// Point-in-time figures for heartbeats and metrics.
@@ -135,6 +139,8 @@ pub struct SpoolStats {
     pub batches: u64,
     pub oldest_age_ns: u64,
     pub acked_through: u64,
+    /// Rejected batches in the dead-letter directory.
+    pub dead_letters: u64,
 }
 
 /// The spool. Methods block on disk I/O: call them from a blocking context.
@@ -180,6 +186,7 @@ impl Spool {
             mem_bytes: 0,
             state_dirty: false,
             closed: false,
+            dead_letters: dead_letter::count(dir),
         };
         match fs::read(&state_path) {
             Ok(b) => read_state(&b, &mut inner).map_err(|reason| Error::CorruptState {
@@ -600,16 +607,21 @@ impl Spool {
     pub fn dead_letter(&self, seq: u64, reason: &str) -> Result<(), Error> {
         if let Some(frame) = self.frame(seq)? {
             let epoch = self.epoch();
-            let base = self
-                .dir
-                .join("dead-letter")
-                .join(format!("{epoch:016x}-{seq:020}"));
-            let bpath = base.with_extension("batch");
-            fs::write(&bpath, &frame).map_err(io_err("write", &bpath))?;
-            let rpath = base.with_extension("reason");
-            fs::write(&rpath, reason).map_err(io_err("write", &rpath))?;
+            dead_letter::write(&self.dir, epoch, seq, &frame, reason)
+                .map_err(io_err("write", &dead_letter::dir(&self.dir)))?;
+            let mut g = self.lock();
+            g.dead_letters += 1;
+            metrics::gauge!("heimdall_agent_dead_letter_batches").set(g.dead_letters as f64);
         }
         self.ack(seq)
+    }
+
+    /// Counts the dead-letter directory again (after `dead-letter resend` moved some
+    /// out while the agent runs).
+    pub fn recount_dead_letters(&self) {
+        let n = dead_letter::count(&self.dir);
+        self.lock().dead_letters = n;
+        metrics::gauge!("heimdall_agent_dead_letter_batches").set(n as f64);
     }
 
     /// Deletes wholly delivered sealed segments, folding their checkpoints into the
@@ -690,6 +702,7 @@ impl Spool {
                 .first()
                 .map_or(0, |e| e.created.elapsed().as_nanos() as u64),
             acked_through: g.acked_through,
+            dead_letters: g.dead_letters,
         }
     }
 

@@ -143,6 +143,7 @@ impl Handler {
                         a.lag_seconds = h.lag_ns as f64 / 1e9;
                         a.files = h.files;
                         a.unread_bytes = h.unread_bytes;
+                        a.dead_letter_batches = h.dead_letters;
                     }),
                     Ok(Some(other)) => {
                         tracing::warn!(agent = %hb_agent, frame = other.name(), "unexpected frame on control stream");
@@ -257,6 +258,33 @@ async fn read_batch_frame(
     }
 }
 
+/// Checks a batch's identity and decodes it: what the aggregator accepts. A batch that
+/// fails here can never be accepted (`Reject` with the code and reason returned); one
+/// that passes is stored whole, with any value over a limit cut
+/// ([`wire::BatchContent::repairs`]).
+///
+/// # Errors
+/// `(reason code, reason)` for a batch that cannot be decoded.
+pub fn validate(batch: &wire::Batch, limits: &wire::Limits) -> Result<wire::BatchContent, (u16, String)> {
+    let (seq, floor) = (batch.seq, batch.floor);
+    if seq == 0 || seq > i64::MAX as u64 || floor == 0 || floor > seq {
+        return Err((
+            reason::MALFORMED,
+            format!("invalid batch identity: seq {seq}, floor {floor} (need 1 <= floor <= seq < 2^63)"),
+        ));
+    }
+    batch.open(limits).map_err(|e| {
+        let code = match e {
+            wire::Error::ChecksumMismatch { .. } => reason::CHECKSUM,
+            wire::Error::LimitExceeded { .. } | wire::Error::FrameTooLarge { .. } => {
+                reason::TOO_LARGE
+            }
+            _ => reason::MALFORMED,
+        };
+        (code, e.to_string())
+    })
+}
+
 /// Budget units: KiB, rounded up, at least one.
 fn kib(bytes: usize) -> u32 {
     u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
@@ -289,6 +317,10 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         Err((code, why)) => {
             count_reject(code);
             tracing::warn!(agent = %agent, error = %why, "rejected malformed frame");
+            registry.update(&agent, |a| {
+                a.rejected_batches += 1;
+                a.last_reject = why.clone();
+            });
             let _ = quic::write_frame(&mut send, &reject(0, 0, code, why)).await;
             let _ = send.finish();
             let _ = recv.stop(0u32.into());
@@ -304,16 +336,6 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         return;
     };
     let (epoch, seq, floor) = (batch.epoch, batch.seq, batch.floor);
-    if seq == 0 || seq > i64::MAX as u64 || floor == 0 || floor > seq {
-        count_reject(reason::MALFORMED);
-        let why = format!(
-            "invalid batch identity: seq {seq}, floor {floor} (need 1 <= floor <= seq < 2^63)"
-        );
-        tracing::warn!(agent = %agent, "{why}");
-        let _ = quic::write_frame(&mut send, &reject(seq, epoch, reason::MALFORMED, why)).await;
-        let _ = send.finish();
-        return;
-    }
     // Decoded records share the decompressed buffer; reserve it, and as much again for
     // the record structures, from the global budget.
     let Ok(_payload_permit) = memory
@@ -323,23 +345,34 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     else {
         return;
     };
-    let content = match tokio::task::spawn_blocking(move || batch.open(&limits)).await {
+    let content = match tokio::task::spawn_blocking(move || validate(&batch, &limits)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            let code = match e {
-                wire::Error::ChecksumMismatch { .. } => reason::CHECKSUM,
-                wire::Error::LimitExceeded { .. } => reason::TOO_LARGE,
-                _ => reason::MALFORMED,
-            };
+        Ok(Err((code, why))) => {
             count_reject(code);
-            tracing::warn!(agent = %agent, seq, error = %e, "rejected batch");
-            let _ = quic::write_frame(&mut send, &reject(seq, epoch, code, e.to_string())).await;
+            tracing::warn!(agent = %agent, epoch, seq, code, reason = %why, "rejected batch: it can never be decoded; the agent keeps it in its dead-letter directory");
+            registry.update(&agent, |a| {
+                a.rejected_batches += 1;
+                a.last_reject = why.clone();
+            });
+            let _ = quic::write_frame(&mut send, &reject(seq, epoch, code, why)).await;
             let _ = send.finish();
             return;
         }
         Err(_) => return,
     };
     let mut content = content;
+    if content.repairs.any() {
+        let r = content.repairs;
+        metrics::counter!("heimdall_aggregator_ingest_repairs_total", "kind" => "line_cut")
+            .increment(r.lines_cut);
+        metrics::counter!("heimdall_aggregator_ingest_repairs_total", "kind" => "value_cut")
+            .increment(r.values_cut);
+        metrics::counter!("heimdall_aggregator_ingest_repairs_total", "kind" => "unknown_field")
+            .increment(r.unknown_fields);
+        metrics::counter!("heimdall_aggregator_ingest_repairs_total", "kind" => "item_skipped")
+            .increment(r.items_skipped);
+        tracing::info!(agent = %agent, seq, lines_cut = r.lines_cut, values_cut = r.values_cut, unknown_fields = r.unknown_fields, items_skipped = r.items_skipped, "stored a batch with values over the protocol's limits cut");
+    }
     // Provenance no agent can forge: the certificate's identity on every stream.
     for s in &mut content.streams {
         s.insert("agent", &*agent);

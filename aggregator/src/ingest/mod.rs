@@ -36,6 +36,13 @@ pub struct AgentStatus {
     pub unread_bytes: u64,
     pub batches: u64,
     pub rows: u64,
+    /// Batches this aggregator rejected from the agent since it started (they can never
+    /// be decoded; the agent keeps them in its dead-letter directory).
+    pub rejected_batches: u64,
+    /// Why the last one was rejected.
+    pub last_reject: String,
+    /// Batches in the agent's dead-letter directory, as its heartbeat says.
+    pub dead_letter_batches: u64,
     /// Open connections from this agent.
     pub connections: usize,
 }
