@@ -181,8 +181,10 @@ pub struct FileSourceConfig {
     /// labels, e.g. `^/var/log/(?P<service>[^/]+)/` gives `service="nginx"` for
     /// `/var/log/nginx/access.log`. Labels set in `labels` win.
     pub labels_from_path: Option<String>,
-    /// Read files that look binary (a NUL byte in their first 4KiB). Default false:
-    /// they are skipped with a warning.
+    /// Read files that look binary (a run of fewer than 8 NUL bytes in their first
+    /// 4KiB; longer runs are the zero-filled holes a crash leaves in text files, and
+    /// separate lines). Default false: they are skipped with a warning. Compressed
+    /// files (gzip, bzip2, xz, zstd, lz4, zip) are always skipped.
     #[serde(default)]
     pub allow_binary: bool,
     /// Joining the lines of one record (stack traces). Default: off, one line a record.

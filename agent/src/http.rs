@@ -93,7 +93,11 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-fn respond(req: &Request<Incoming>, metrics: Option<&PrometheusHandle>, h: &Health) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: Option<&PrometheusHandle>,
+    h: &Health,
+) -> Response<Full<Bytes>> {
     const JSON: &str = "application/json";
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = reply(

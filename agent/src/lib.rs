@@ -24,8 +24,7 @@ pub mod spool;
 
 use config::AgentConfig;
 use heimdall_common::record::Labels;
-use sources::{Checkpoint, Chunk, FileKey};
-use std::collections::HashMap;
+use sources::{Checkpoint, Chunk, Positions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -160,11 +159,11 @@ impl Sources {
 }
 
 /// Records `c` unless a newer position of the same file or journal is known.
-fn keep_newest(positions: &mut HashMap<FileKey, Checkpoint>, c: Checkpoint) {
+fn keep_newest(positions: &mut Positions, c: Checkpoint) {
     match positions.get(&c.key) {
         Some(old) if old.updated_ns > c.updated_ns => {}
         _ => {
-            positions.insert(c.key, c);
+            positions.insert(c);
         }
     }
 }
@@ -275,11 +274,7 @@ pub async fn run(
     let mut sources = Sources::start(&cfg, &recovered.checkpoints, &tx, &gauges, &shutdown)?;
     // Where every source stood at its last stop (recovered ones at first), so that a
     // source removed by one reload and added back by another resumes where it was.
-    let mut positions: HashMap<FileKey, Checkpoint> = recovered
-        .checkpoints
-        .iter()
-        .map(|c| (c.key, c.clone()))
-        .collect();
+    let mut positions: Positions = recovered.checkpoints.iter().cloned().collect();
     let mut current = cfg.clone();
     // Anomaly events go ahead of the batches that carry them, on their own stream.
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(64);
@@ -356,7 +351,9 @@ pub async fn run(
         })
     };
     health.tick();
-    health.started.store(true, std::sync::atomic::Ordering::Relaxed);
+    health
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     systemd.ready(&format!(
         "tailing {} file sources{}, shipping to {}",
         cfg.files.len(),
@@ -386,7 +383,7 @@ pub async fn run(
                 for c in sources.stop().await {
                     keep_newest(&mut positions, c);
                 }
-                let now: Vec<Checkpoint> = positions.values().cloned().collect();
+                let now: Vec<Checkpoint> = positions.to_vec();
                 metrics::counter!("heimdall_agent_reloads_total").increment(1);
                 match Sources::start(&new, &now, &tx, &gauges, &shutdown) {
                     Ok(s) => {

@@ -214,14 +214,15 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let metrics = match cfg.metrics_listen {
             None => None,
-            Some(_) => match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
-            {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record metrics");
-                    return ExitCode::from(1);
+            Some(_) => {
+                match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record metrics");
+                        return ExitCode::from(1);
+                    }
                 }
-            },
+            }
         };
         if let Some(h) = metrics.clone() {
             // Histograms and summaries are drained here; without it they grow.
@@ -304,10 +305,16 @@ fn dead_letter(top: &RunArgs, cmd: DeadLetterCmd) -> ExitCode {
     }
     if !resend {
         if items.is_empty() {
-            println!("no rejected batches in {}", dead_letter::dir(&spool_dir).display());
+            println!(
+                "no rejected batches in {}",
+                dead_letter::dir(&spool_dir).display()
+            );
             return ExitCode::SUCCESS;
         }
-        println!("{:<52} {:>20} {:>10}  REASON", "FILE", "REJECTED (UTC)", "BYTES");
+        println!(
+            "{:<52} {:>20} {:>10}  REASON",
+            "FILE", "REJECTED (UTC)", "BYTES"
+        );
         for d in &items {
             let when = time::OffsetDateTime::from_unix_timestamp(d.rejected_at)
                 .ok()
@@ -329,7 +336,10 @@ fn dead_letter(top: &RunArgs, cmd: DeadLetterCmd) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if items.is_empty() {
-        println!("no rejected batches to send in {}", dead_letter::dir(&spool_dir).display());
+        println!(
+            "no rejected batches to send in {}",
+            dead_letter::dir(&spool_dir).display()
+        );
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

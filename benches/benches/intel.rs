@@ -94,6 +94,7 @@ fn pipeline(st: &Stages, lines: &[String], intel: bool) -> usize {
                     dev: 1,
                     ino: 1,
                     fp: 1,
+                    gen: 0,
                 },
                 offset: ci as u64,
                 tail: 0,
@@ -101,6 +102,7 @@ fn pipeline(st: &Stages, lines: &[String], intel: bool) -> usize {
                 updated_ns: now,
                 cursor: String::new(),
             },
+            moved: Vec::new(),
             templates,
             policy: st.policy.clone(),
         });

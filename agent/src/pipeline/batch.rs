@@ -8,7 +8,7 @@
 use crate::hash::IntBuild;
 use crate::pipeline::aggregate::{self, Aggregates};
 use crate::pipeline::anomaly::Detector;
-use crate::sources::{Checkpoint, Chunk, FileKey};
+use crate::sources::{Checkpoint, Chunk, Positions};
 use crate::spool::{FullPolicy, Spool};
 use bytes::{Bytes, BytesMut};
 use heimdall_common::limits;
@@ -39,7 +39,7 @@ pub struct Batcher {
     stream_list: Vec<(Arc<Labels>, Option<f64>)>,
     content: BatchContent,
     bytes: usize,
-    checkpoints: HashMap<FileKey, Checkpoint>,
+    checkpoints: Positions,
     opened: Option<Instant>,
     aggs: Aggregates,
     batch_templates: HashSet<u64, IntBuild>,
@@ -59,7 +59,7 @@ impl Batcher {
             stream_list: Vec::new(),
             content: BatchContent::default(),
             bytes: 0,
-            checkpoints: HashMap::new(),
+            checkpoints: Positions::default(),
             opened: None,
             aggs: Aggregates::new(Duration::from_secs(10)),
             batch_templates: HashSet::default(),
@@ -141,8 +141,10 @@ impl Batcher {
                 line: line.bytes,
             });
         }
-        self.checkpoints
-            .insert(chunk.checkpoint.key, chunk.checkpoint);
+        self.checkpoints.insert(chunk.checkpoint);
+        for c in chunk.moved {
+            self.checkpoints.insert(c);
+        }
         // A chunk without lines only moves a position (a start at the end of a file, a
         // refresh): spool it at once so the position is durable before lines follow.
         announce
@@ -172,8 +174,7 @@ impl Batcher {
         self.stream_list.clear();
         self.batch_templates.clear();
         self.bytes = 0;
-        let mut checkpoints: Vec<_> = self.checkpoints.drain().map(|(_, c)| c).collect();
-        checkpoints.sort_by_key(|c| c.key);
+        let checkpoints = std::mem::take(&mut self.checkpoints).to_vec();
         Some(Pending {
             content: std::mem::take(&mut self.content),
             checkpoints,
@@ -438,7 +439,7 @@ async fn spool_batch(spool: &Arc<Spool>, s: Sealed) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::Line;
+    use crate::sources::{FileKey, Line};
 
     fn chunk(stream: &Arc<Labels>, fp: u64, off: u64, n: usize) -> Chunk {
         Chunk {
@@ -448,13 +449,19 @@ mod tests {
                 .map(|i| Line::new(Bytes::from(format!("line {i}")), 0))
                 .collect(),
             checkpoint: Checkpoint {
-                key: FileKey { dev: 1, ino: 1, fp },
+                key: FileKey {
+                    dev: 1,
+                    ino: 1,
+                    fp,
+                    gen: 0,
+                },
                 offset: off,
                 tail: 0,
                 source: "/x".into(),
                 updated_ns: 0,
                 cursor: String::new(),
             },
+            moved: Vec::new(),
             templates: Vec::new(),
             policy: Arc::new(crate::sources::Policy::default()),
         }

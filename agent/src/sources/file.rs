@@ -5,23 +5,40 @@
 //! since watches can be lost. Does not own durability: the checkpoints it emits are
 //! made durable by the spool, and it is seeded from the spool's at start.
 //!
-//! Identity is device+inode plus the fingerprint of the first line ([`FileKey`]):
+//! Identity is device+inode, the fingerprint of the first line (or first KiB), and a
+//! generation drawn when the file is first read ([`FileKey`]). The fingerprint alone
+//! is never trusted: files often share their first line or kilobytes (a CSV header, a
+//! banner), so a position is only taken over by a file that holds the bytes before it
+//! (its size and the hash of the 64 bytes before it), beyond the first line:
 //! - rename rotation keeps the inode: the old file is read to its end under its new
 //!   name (or after it left the globs, until it has been quiet for `rotate_wait`);
-//! - copytruncate changes the fingerprint of the inode: the old position is detached
-//!   and the copy, recognised by fingerprint and by the hash of the bytes before the
-//!   old offset, carries on from there, so lines between the last read and the
-//!   truncation are read from the copy exactly once;
-//! - inode reuse is told apart by the fingerprint.
+//! - copytruncate: the truncated inode's position is detached (and made durable with
+//!   the next chunk); the copy, recognised by its content, carries on from there, so
+//!   lines between the last read and the truncation are read from the copy exactly
+//!   once. A copy seen while its original is still read waits; if the writer outran
+//!   the copy and that was read from the original, the copy is known to hold nothing
+//!   new. A file and its copy found together are told apart by which goes on;
+//! - delete and create, inode reuse and truncation in place are told apart by content:
+//!   the inode no longer holds the bytes before its position (checked whenever its
+//!   size or modification time changes), so it is read afresh from the start;
+//! - compressed files (a rotated log compressed by logrotate) are skipped, and binary
+//!   files unless `allow_binary`. Runs of NUL bytes (a crash's zero-filled blocks)
+//!   separate lines and make no records.
+//!
+//! What cannot be exact: lines written to a file between its last read and a
+//! truncation that leaves no copy are gone before they can be read; and when the
+//! writer outran a copytruncate copy and the agent stopped before it saw the
+//! truncation, the copy is read again from its start.
 //!
 //! A line without its newline is held until it is completed, or until its file is
 //! final (rotated away or deleted and quiet), when it is emitted flagged `NO_NEWLINE`.
 
 use super::fingerprint::{self, Fingerprint, TAIL_LEN};
-use super::{now_ns, redact_line, send, Checkpoint, Chunk, FileKey, Line};
+use super::{new_gen, now_ns, redact_line, send, Checkpoint, Chunk, FileKey, Line, Positions};
 use crate::config::{FileSource, ReadFrom};
 use crate::pipeline::multiline::{Joined, Joiner};
 use bytes::Bytes;
+use heimdall_common::limits;
 use heimdall_common::record::{flags, Labels};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -40,8 +57,12 @@ const READ_BUF: usize = 64 << 10;
 const PASS_BUDGET: usize = 256 << 10;
 /// Checkpoints of files not seen for this long are forgotten (the spool uses the same).
 const FORGET_AFTER: Duration = crate::spool::CHECKPOINT_TTL;
-/// Bytes at the start of a new file looked at for NUL bytes (binary files).
+/// Bytes at the start of a new file looked at to tell binary and compressed files.
 const BINARY_PROBE: usize = 4096;
+/// A pass over one file stops once its lines' estimated batch size reaches this, so
+/// one chunk stays within `limits::MAX_CHUNK_BYTES` (a pass may add one read buffer of
+/// empty lines and one held line beyond it).
+const CHUNK_ESTIMATE_CAP: usize = 4 << 20;
 /// Idle files that still exist re-announce their position this often, so that their
 /// checkpoints never age out.
 const REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -72,6 +93,9 @@ struct Tracked {
     partial: Vec<u8>,
     /// The held line exceeded the cap; the rest of it is being skipped.
     partial_truncated: bool,
+    /// The last separator read was a run of NUL bytes: an empty line right after it is
+    /// part of the hole, not a record.
+    after_nul: bool,
     /// Raw bytes just before `read_pos`, for tail hashes.
     raw_tail: Vec<u8>,
     /// Tail hash of the bytes before `offset`.
@@ -85,6 +109,13 @@ struct Tracked {
     at_eof: bool,
     /// The open multiline record, when the source joins lines.
     joiner: Option<Joiner>,
+    /// The logical file's generation ([`FileKey::gen`]), set when it is identified.
+    gen: u64,
+    /// While deferred as a copy of a live file: that file's generation and the size up
+    /// to which this one was seen to hold the same bytes.
+    copy_of: Option<(u64, u64)>,
+    /// Size and modification time when last checked for truncation.
+    stamp: Option<(u64, i64, i64)>,
 }
 
 impl Tracked {
@@ -93,7 +124,19 @@ impl Tracked {
             dev: self.dev,
             ino: self.ino,
             fp: fp.hash,
+            gen: self.gen,
         })
+    }
+
+    /// Whether the file still holds what was read from it: it starts with its
+    /// fingerprint, reaches our position, and the bytes before the position are the
+    /// ones read (not rewritten after a truncation).
+    fn intact(&self) -> bool {
+        self.fp
+            .is_some_and(|fp| fingerprint::matches(&self.file, fp).unwrap_or(false))
+            && self.file.metadata().map(|m| m.len()).unwrap_or(0) >= self.offset
+            && (self.offset == 0
+                || matches!(fingerprint::tail_at(&self.file, self.offset), Ok(Some(h)) if h == self.tail))
     }
 
     fn checkpoint(&self) -> Option<Checkpoint> {
@@ -113,6 +156,7 @@ impl Tracked {
         self.tail = tail;
         self.partial.clear();
         self.partial_truncated = false;
+        self.after_nul = false;
         self.raw_tail.clear();
         // Later tail hashes cover the bytes before the offset too, so seed them from the
         // file; without this a short first line after a resume would hash fewer bytes
@@ -127,6 +171,8 @@ impl Tracked {
         }
         self.at_eof = false;
         self.state = State::Active;
+        self.copy_of = None;
+        self.stamp = None;
         if let Some(j) = self.joiner.as_mut() {
             j.reset();
         }
@@ -145,6 +191,8 @@ pub struct Stats {
     pub closed: u64,
     pub open_errors: u64,
     pub binary_skipped: u64,
+    /// Copies found to hold only what was already read from their original.
+    pub copies_read_already: u64,
 }
 
 /// The synchronous core of the file source. [`run`] drives it on a thread.
@@ -152,7 +200,10 @@ pub struct FileTailer {
     cfg: FileSource,
     base_labels: Labels,
     tracked: HashMap<(u64, u64), Tracked>,
-    checkpoints: HashMap<FileKey, Checkpoint>,
+    checkpoints: Positions,
+    /// Positions that moved without lines of their own (detached from a truncated
+    /// inode): they go with the next chunk, to be made durable.
+    moved: Vec<Checkpoint>,
     /// No checkpoint existed at start and the first scan has not run: `read_from` applies.
     initial: bool,
     gen: u64,
@@ -189,7 +240,8 @@ impl FileTailer {
             cfg,
             base_labels: labels,
             tracked: HashMap::new(),
-            checkpoints: checkpoints.into_iter().map(|c| (c.key, c)).collect(),
+            checkpoints: checkpoints.into_iter().collect(),
+            moved: Vec::new(),
             initial,
             gen: 0,
             buf: vec![0; READ_BUF],
@@ -234,9 +286,7 @@ impl FileTailer {
 
     /// Where reading stands for every known logical file (ahead of what is durable).
     pub fn checkpoints(&self) -> Vec<Checkpoint> {
-        let mut v: Vec<_> = self.checkpoints.values().cloned().collect();
-        v.sort_by_key(|c| c.key);
-        v
+        self.checkpoints.to_vec()
     }
 
     fn stream_for(&self, source: &str) -> Arc<Labels> {
@@ -321,6 +371,7 @@ impl FileTailer {
                     read_pos: 0,
                     partial: Vec::new(),
                     partial_truncated: false,
+                    after_nul: false,
                     raw_tail: Vec::new(),
                     tail: 0,
                     source,
@@ -330,6 +381,9 @@ impl FileTailer {
                     last_growth: now,
                     at_eof: false,
                     joiner: self.cfg.multiline.clone().map(Joiner::new),
+                    gen: 0,
+                    copy_of: None,
+                    stamp: None,
                 },
             );
         }
@@ -362,8 +416,9 @@ impl FileTailer {
             .retain(|k, c| c.updated_ns >= cutoff || live.contains(k));
     }
 
-    /// Identifies pending and deferred files. Files whose key has an exact checkpoint go
-    /// first, so that at start the original of a copy is claimed before its copy looks.
+    /// Identifies pending and deferred files. Files with a position of their own (same
+    /// inode and fingerprint) go first, so that at start every original claims its
+    /// position before a copy of it looks.
     fn identify_waiting(&mut self, finalising: bool) {
         let mut waiting: Vec<((u64, u64), bool, bool)> = Vec::new();
         for (id, t) in self.tracked.iter_mut() {
@@ -379,23 +434,46 @@ impl FileTailer {
                     }
                 }
             }
-            if let Some(key) = t.key() {
+            if let Some(fp) = t.fp {
+                let own = self
+                    .checkpoints
+                    .values()
+                    .any(|c| (c.key.dev, c.key.ino, c.key.fp) == (id.0, id.1, fp.hash));
                 let fin = finalising && t.gone_since.is_some();
-                waiting.push((*id, self.checkpoints.contains_key(&key), fin));
+                waiting.push((*id, own, fin));
             }
         }
-        waiting.sort_by_key(|(_, exact, _)| !exact);
+        waiting.sort_by_key(|(_, own, _)| !own);
         for (id, _, fin) in waiting {
             self.identify(id, fin);
         }
     }
 
+    /// Decides where a file whose fingerprint is known starts, in this order:
+    /// 1. its own position (same inode and fingerprint) if the file still holds what was
+    ///    read (size and the hash of the bytes before the position); a position that
+    ///    does not is detached: the inode was truncated, and a copy may hold it;
+    /// 2. a detached or abandoned position of the same fingerprint whose bytes this file
+    ///    holds beyond its first line: it is that file's copy (copytruncate) and carries
+    ///    on from there;
+    /// 3. a live file of the same fingerprint whose bytes it holds: a copy of a file
+    ///    still being read, deferred (it takes over if the original is truncated);
+    /// 4. a copy seen to hold only bytes already read from its original, now truncated:
+    ///    read already, nothing to read but what is appended;
+    /// 5. otherwise a new file, read from its start (or its end at the first start with
+    ///    `read_from = "end"`).
     fn identify(&mut self, id: (u64, u64), finalising: bool) {
         let Some(t) = self.tracked.get(&id) else {
             return;
         };
-        let Some(key) = t.key() else { return };
+        let Some(fp) = t.fp else { return };
         let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let claimed: HashSet<u64> = self
+            .tracked
+            .iter()
+            .filter(|(o, x)| **o != id && x.state == State::Active)
+            .map(|(_, x)| x.gen)
+            .collect();
         // Nothing precedes offset 0 (a file identified, or a multiline record open,
         // before anything was handed on), so there is no tail to compare.
         let verify = |file: &File, cp: &Checkpoint| -> bool {
@@ -403,108 +481,182 @@ impl FileTailer {
                 || matches!(fingerprint::tail_at(file, cp.offset), Ok(Some(h)) if h == cp.tail)
         };
 
-        if let Some(cp) = self.checkpoints.get(&key).cloned() {
-            let t = self.tracked.get_mut(&id).expect("looked up above");
-            if size >= cp.offset && verify(&t.file, &cp) {
-                tracing::debug!(path = %t.path.display(), offset = cp.offset, "resuming file");
-                t.source = cp.source.clone();
-                t.stream = make_stream(
-                    &self.base_labels,
-                    self.cfg.labels_from_path.as_ref(),
-                    self.cfg.redact.as_deref(),
-                    &cp.source,
-                );
-                t.start_at(cp.offset, cp.tail);
-            } else {
-                // The inode was truncated while we were not looking: its old position
-                // may live on in a copy, so keep it detached and start this one afresh.
-                tracing::info!(path = %t.path.display(), "file was truncated; reading it from the start");
+        // 1. Its own position.
+        let own: Vec<Checkpoint> = self
+            .checkpoints
+            .values()
+            .filter(|c| {
+                (c.key.dev, c.key.ino, c.key.fp) == (id.0, id.1, fp.hash)
+                    && !claimed.contains(&c.key.gen)
+            })
+            .cloned()
+            .collect();
+        let resume = own
+            .iter()
+            .filter(|c| size >= c.offset && verify(&t.file, c))
+            .max_by_key(|c| (c.offset, c.updated_ns))
+            .cloned();
+        if let Some(cp) = resume {
+            tracing::debug!(path = %t.path.display(), offset = cp.offset, "resuming file");
+            self.take_over(id, cp, false);
+            return;
+        }
+        if !own.is_empty() {
+            let path = t.path.clone();
+            for cp in own {
+                // Truncated while nobody looked: its old position may live on in a copy.
+                tracing::info!(path = %path.display(), offset = cp.offset, "file was truncated; reading it from the start");
                 self.stats.truncations += 1;
-                t.start_at(0, 0);
-                self.detach(key);
-                self.record_position(id);
+                self.detach(cp.key);
             }
+        }
+
+        // 2. A copy of a file that was truncated or is gone: carry on where it stood.
+        // The check must cover more than the first line, which files may share.
+        let t = self.tracked.get(&id).expect("looked up above");
+        let adopt = self
+            .checkpoints
+            .values()
+            .filter(|c| {
+                c.key.fp == fp.hash
+                    && !c.key.is_journal()
+                    && (c.key.dev, c.key.ino) != id
+                    && !claimed.contains(&c.key.gen)
+                    && c.offset > fp.len as u64
+                    && size >= c.offset
+                    && verify(&t.file, c)
+            })
+            .max_by_key(|c| c.updated_ns)
+            .cloned();
+        if let Some(cp) = adopt {
+            tracing::info!(path = %t.path.display(), offset = cp.offset, from = %cp.source, "continuing a rotated copy");
+            self.stats.copies_adopted += 1;
+            self.take_over(id, cp, true);
             return;
         }
 
-        // A different inode with the same first line: a copy (copytruncate), or a file
-        // that merely starts alike (a CSV header, a banner). Content decides, not the
-        // first line alone.
+        // 3. A copy of a file still being read holds the same bytes up to where both
+        // reach: reading it too would duplicate them. It waits; if the original is
+        // truncated, step 2 or 4 takes it.
+        let mut ambiguous = false;
+        let mut wait = None;
+        let mut original_of = None;
+        for (hid, h) in &self.tracked {
+            if h.state != State::Active || h.fp.map(|f| f.hash) != Some(fp.hash) {
+                continue;
+            }
+            if !h.intact() {
+                // Truncated since it was last read (copytruncate in progress): this may
+                // be its copy; wait until the truncation is processed.
+                wait = Some(None);
+                break;
+            }
+            // A copy of a file that still holds what was read is no longer than it
+            // (it only grows); it holds its first `size` bytes.
+            let h_size = h.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if size > h_size {
+                // This file holds all of the other and goes on: the other is a copy of
+                // it, found first and read as new (both appeared at once).
+                if h_size > fp.len as u64
+                    && matches!(
+                        (fingerprint::tail_at(&t.file, h_size), fingerprint::tail_at(&h.file, h_size)),
+                        (Ok(Some(a)), Ok(Some(b))) if a == b
+                    )
+                {
+                    original_of = Some((*hid, h_size));
+                    break;
+                }
+                continue;
+            }
+            let m = size;
+            if m <= fp.len as u64 {
+                // Only the first line to compare, which files may share: wait for more.
+                ambiguous = true;
+                continue;
+            }
+            let same = matches!(
+                (fingerprint::tail_at(&t.file, m), fingerprint::tail_at(&h.file, m)),
+                (Ok(Some(a)), Ok(Some(b))) if a == b
+            );
+            // The holder may have been truncated during the comparison: then it saw
+            // the truncated file, and this one must wait for the truncation.
+            if same || !h.intact() {
+                wait = Some(same.then_some((h.gen, m)));
+                break;
+            }
+        }
+        if let Some((hid, h_size)) = original_of {
+            let path = t.path.clone();
+            let h = self.tracked.get_mut(&hid).expect("found above");
+            let cp = h.checkpoint().expect("active files have a key");
+            tracing::info!(path = %path.display(), copy = %h.path.display(), offset = cp.offset, "a file and its copy appeared together; reading on in the original");
+            // The copy is read: whatever of it was not read yet, the original holds.
+            let tail = fingerprint::tail_at(&h.file, h_size)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            h.gen = new_gen();
+            h.start_at(h_size, tail);
+            self.record_position(hid);
+            self.announce.push(hid);
+            self.stats.copies_read_already += 1;
+            let source = self.tracked[&id].source.clone();
+            self.take_over(id, Checkpoint { source, ..cp }, true);
+            return;
+        }
+        if wait.is_some() || (ambiguous && !finalising) {
+            let t = self.tracked.get_mut(&id).expect("looked up above");
+            t.state = State::Deferred;
+            if let Some(Some(c)) = wait {
+                t.copy_of = Some(c);
+            }
+            return;
+        }
         let t = self.tracked.get(&id).expect("looked up above");
-        let holder = self
-            .tracked
-            .iter()
-            .find(|(oid, o)| {
-                **oid != id && o.state == State::Active && o.fp.map(|f| f.hash) == Some(key.fp)
-            })
-            .map(|(_, o)| o);
-        if let Some(h) = holder {
-            // The holder may have been truncated since it was last read (copytruncate):
-            // then this is probably its copy, which may take over once the truncation is
-            // processed (which identifies waiting files again).
-            let intact =
-                h.fp.is_some_and(|fp| fingerprint::matches(&h.file, fp).unwrap_or(false))
-                    && h.file.metadata().map(|m| m.len()).unwrap_or(0) >= h.offset;
-            if !intact {
-                self.tracked.get_mut(&id).expect("looked up above").state = State::Deferred;
-                return;
-            }
-            // A copy of a file still being read holds the same bytes up to where both
-            // reach: reading it too would duplicate them. It takes over if the original
-            // is truncated.
-            let m = size.min(h.offset);
-            let fp_len = t.fp.map_or(0, |f| f.len as u64);
-            let same = m > fp_len
-                && matches!(
-                    (fingerprint::tail_at(&t.file, m), fingerprint::tail_at(&h.file, m)),
-                    (Ok(Some(a)), Ok(Some(b))) if a == b
-                );
-            // The holder may have been truncated between the checks above and the
-            // comparison (copytruncate runs while we look): then the comparison saw
-            // the truncated file, and this copy must wait for the truncation to be
-            // processed instead of being read from the start as a new file.
-            let still_intact = || {
-                h.fp.is_some_and(|fp| fingerprint::matches(&h.file, fp).unwrap_or(false))
-                    && h.file.metadata().map(|m| m.len()).unwrap_or(0) >= h.offset
-            };
-            if same || (m <= fp_len && !finalising) || !still_intact() {
-                self.tracked.get_mut(&id).expect("looked up above").state = State::Deferred;
-                return;
-            }
-        } else {
-            let candidate = self
+
+        // 4. Seen to be a copy of a file that has been truncated since, holding no more
+        // than was read from it (the writer went on between the copy and the
+        // truncation, and that was read from the original): nothing of it is new.
+        if let Some((gen, verified)) = t.copy_of {
+            let read_past = self
                 .checkpoints
                 .values()
-                .filter(|c| c.key.fp == key.fp && (c.key.dev, c.key.ino) != id)
-                .max_by_key(|c| c.updated_ns)
-                .cloned();
-            // The original is gone or truncated: a copy made by copytruncate is complete
-            // and holds the bytes before the old position; carry on from there.
-            if let Some(cp) = candidate.filter(|cp| size >= cp.offset && verify(&t.file, cp)) {
+                .any(|c| c.key.gen == gen && c.key.fp == fp.hash && c.offset >= size);
+            if verified == size && read_past && !claimed.contains(&gen) {
+                tracing::info!(path = %t.path.display(), size, "a rotated copy holds only lines already read from its original");
+                self.stats.copies_read_already += 1;
+                let tail = fingerprint::tail_at(&t.file, size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
                 let t = self.tracked.get_mut(&id).expect("looked up above");
-                tracing::info!(path = %t.path.display(), offset = cp.offset, from = %cp.source, "continuing a rotated copy");
-                self.stats.copies_adopted += 1;
-                t.source = cp.source.clone();
-                t.start_at(cp.offset, cp.tail);
-                t.stream = make_stream(
-                    &self.base_labels,
-                    self.cfg.labels_from_path.as_ref(),
-                    self.cfg.redact.as_deref(),
-                    &cp.source,
-                );
-                self.checkpoints.remove(&cp.key);
+                t.gen = new_gen();
+                t.start_at(size, tail);
                 self.record_position(id);
+                self.announce.push(id);
                 return;
             }
         }
+
+        // 5. A new file.
         let t = self.tracked.get_mut(&id).expect("looked up above");
-        if !self.cfg.allow_binary && looks_binary(&t.file) {
-            tracing::warn!(path = %t.path.display(), "skipping a binary file (NUL bytes in its first 4KiB; set allow_binary to read it)");
-            self.stats.binary_skipped += 1;
-            metrics::counter!("heimdall_agent_files_skipped_total", "reason" => "binary")
-                .increment(1);
-            t.state = State::Skipped;
-            return;
+        match classify(&t.file) {
+            Some(kind) if kind != "binary" => {
+                tracing::info!(path = %t.path.display(), format = kind, "skipping a compressed file");
+                metrics::counter!("heimdall_agent_files_skipped_total", "reason" => "compressed")
+                    .increment(1);
+                t.state = State::Skipped;
+                return;
+            }
+            Some(_) if !self.cfg.allow_binary => {
+                tracing::warn!(path = %t.path.display(), "skipping a binary file (short runs of NUL bytes in its first 4KiB; set allow_binary to read it)");
+                self.stats.binary_skipped += 1;
+                metrics::counter!("heimdall_agent_files_skipped_total", "reason" => "binary")
+                    .increment(1);
+                t.state = State::Skipped;
+                return;
+            }
+            _ => {}
         }
         let start = if self.initial && self.cfg.read_from == ReadFrom::End {
             size
@@ -520,6 +672,7 @@ impl FileTailer {
             0
         };
         tracing::debug!(path = %t.path.display(), start, "new file");
+        t.gen = new_gen();
         t.start_at(start, tail);
         self.record_position(id);
         if start > 0 {
@@ -529,17 +682,49 @@ impl FileTailer {
         }
     }
 
+    /// Reads file `id` from position `cp` on, as the logical file `cp` describes (its
+    /// own position, or, with `copy`, the position of the file it is a copy of).
+    fn take_over(&mut self, id: (u64, u64), cp: Checkpoint, copy: bool) {
+        let stream = make_stream(
+            &self.base_labels,
+            self.cfg.labels_from_path.as_ref(),
+            self.cfg.redact.as_deref(),
+            &cp.source,
+        );
+        let t = self
+            .tracked
+            .get_mut(&id)
+            .expect("taking over for a tracked file");
+        t.source = cp.source.clone();
+        t.stream = stream;
+        // Positions from before generations existed get one now.
+        t.gen = if cp.key.gen == 0 {
+            new_gen()
+        } else {
+            cp.key.gen
+        };
+        t.start_at(cp.offset, cp.tail);
+        if copy || cp.key.gen == 0 {
+            self.checkpoints.remove(&cp.key);
+            // Durable at once: the position now belongs to this inode.
+            self.announce.push(id);
+        }
+        self.record_position(id);
+    }
+
+    /// Moves the position under `key` off its inode, for a copy to take over.
     fn detach(&mut self, key: FileKey) {
         if let Some(mut cp) = self.checkpoints.remove(&key) {
-            cp.key.dev = 0;
-            cp.key.ino = 0;
-            self.checkpoints.insert(cp.key, cp);
+            cp.key = key.detached();
+            cp.updated_ns = now_ns();
+            self.checkpoints.insert(cp.clone());
+            self.moved.push(cp);
         }
     }
 
     fn record_position(&mut self, id: (u64, u64)) {
         if let Some(cp) = self.tracked.get(&id).and_then(Tracked::checkpoint) {
-            self.checkpoints.insert(cp.key, cp);
+            self.checkpoints.insert(cp);
         }
     }
 
@@ -599,8 +784,26 @@ impl FileTailer {
             return Ok(false);
         }
         let fp = t.fp.expect("active files have a fingerprint");
-        let size = t.file.metadata()?.len();
-        if size < t.read_pos || !fingerprint::matches(&t.file, fp)? {
+        let meta = t.file.metadata()?;
+        let size = meta.len();
+        let stamp = (size, meta.mtime(), meta.mtime_nsec());
+        // Truncated, rewritten, or truncated and written up to or past our position
+        // again between two looks (the bytes before the position changed). A file
+        // whose size and modification time did not change was not written.
+        let rewritten = |t: &Tracked| -> io::Result<bool> {
+            if t.stamp == Some(stamp) {
+                return Ok(false);
+            }
+            if size < t.read_pos || !fingerprint::matches(&t.file, fp)? {
+                return Ok(true);
+            }
+            if t.read_pos == 0 {
+                return Ok(false);
+            }
+            let want = fingerprint::fnv1a(&t.raw_tail);
+            Ok(fingerprint::tail_at(&t.file, t.read_pos)? != Some(want))
+        };
+        if rewritten(t)? {
             // Every line of an open multiline record was read and checked in earlier
             // passes: hand it on before the file is read afresh (a copy that takes
             // over resumes after it).
@@ -612,6 +815,7 @@ impl FileTailer {
             self.truncated(id);
             return Ok(true);
         }
+        t.stamp = Some(stamp);
         if size == t.read_pos {
             t.at_eof = true;
             return Ok(false);
@@ -621,9 +825,12 @@ impl FileTailer {
         let mut lines = Vec::new();
         let mut last_complete: Option<(u64, u64)> = None;
         let mut read = 0usize;
+        // Upper bound of what this pass's lines add to a batch: a pass stops once it
+        // reaches the cap, so a chunk stays within `limits::MAX_CHUNK_BYTES`.
+        let mut estimate = 0usize;
         let max_line = self.cfg.max_line_bytes;
         let now = Instant::now();
-        while read < PASS_BUDGET {
+        while read < PASS_BUDGET && estimate < CHUNK_ESTIMATE_CAP {
             let n = t.file.read_at(&mut self.buf, t.read_pos)?;
             if n == 0 {
                 t.at_eof = true;
@@ -632,14 +839,36 @@ impl FileTailer {
             read += n;
             let data = Bytes::copy_from_slice(&self.buf[..n]);
             let mut start = 0usize;
-            let mut last_nl = None;
-            for nl in memchr::memchr_iter(b'\n', &data) {
-                let piece = &data[start..nl];
+            let mut last_end = None;
+            // Lines end at a newline or at a run of NUL bytes (the zero-filled blocks a
+            // crash leaves in a file); pieces made empty by a NUL run are not records.
+            while let Some(rel) = memchr::memchr2(b'\n', 0, &data[start..]) {
+                let sep = start + rel;
+                let nul = data[sep] == 0;
+                let end = if nul {
+                    data[sep..]
+                        .iter()
+                        .position(|&b| b != 0)
+                        .map_or(data.len(), |k| sep + k)
+                } else {
+                    sep + 1
+                };
+                let piece = &data[start..sep];
+                let empty = piece.is_empty() && t.partial.is_empty() && !t.partial_truncated;
+                let skip = empty && (nul || t.after_nul);
+                t.after_nul = nul;
+                start = end;
+                if skip {
+                    continue;
+                }
                 let (bytes, mut fl) = if t.partial.is_empty() && !t.partial_truncated {
                     if piece.len() > max_line {
-                        (data.slice(start..start + max_line), flags::TRUNCATED)
+                        (
+                            data.slice(sep - piece.len()..sep - piece.len() + max_line),
+                            flags::TRUNCATED,
+                        )
                     } else {
-                        (data.slice(start..nl), 0)
+                        (data.slice(sep - piece.len()..sep), 0)
                     }
                 } else {
                     let room = max_line.saturating_sub(t.partial.len());
@@ -655,36 +884,37 @@ impl FileTailer {
                     t.partial_truncated = false;
                     (Bytes::from(std::mem::take(&mut t.partial)), fl)
                 };
-                let bytes = strip_cr(bytes);
+                let bytes = if nul { bytes } else { strip_cr(bytes) };
                 if std::str::from_utf8(&bytes).is_err() {
                     fl |= flags::INVALID_UTF8;
                 }
+                estimate += bytes.len() + limits::RECORD_OVERHEAD_BYTES;
                 let line = Line::new(bytes, fl);
                 match t.joiner.as_mut() {
                     // The position (and its tail hash) is needed only after the last
                     // line of this buffer: computed once, below.
                     None => {
                         lines.push(line);
-                        last_nl = Some(nl);
+                        last_end = Some(end);
                     }
                     Some(j) => {
-                        let end = t.read_pos + nl as u64 + 1;
-                        let tail = fingerprint::tail_hash(&t.raw_tail, &data[..=nl]);
-                        if let Some(Joined { line, end, tail }) = j.push(line, end, tail, now) {
+                        let pos = t.read_pos + end as u64;
+                        let tail = fingerprint::tail_hash(&t.raw_tail, &data[..end]);
+                        if let Some(Joined { line, end, tail }) = j.push(line, pos, tail, now) {
                             lines.push(line);
                             last_complete = Some((end, tail));
                         }
                     }
                 }
-                start = nl + 1;
             }
-            if let Some(nl) = last_nl.take() {
-                let end = t.read_pos + nl as u64 + 1;
-                last_complete = Some((end, fingerprint::tail_hash(&t.raw_tail, &data[..=nl])));
+            if let Some(end) = last_end.take() {
+                let pos = t.read_pos + end as u64;
+                last_complete = Some((pos, fingerprint::tail_hash(&t.raw_tail, &data[..end])));
             }
             // Keep the incomplete rest, up to the cap; skip beyond it.
             let rest = &data[start..];
             if !rest.is_empty() {
+                t.after_nul = false;
                 let room = max_line.saturating_sub(t.partial.len());
                 if rest.len() > room {
                     t.partial_truncated = true;
@@ -752,12 +982,13 @@ impl FileTailer {
         if invalid > 0 {
             metrics::counter!("heimdall_agent_lines_invalid_utf8_total").increment(invalid);
         }
-        self.checkpoints.insert(checkpoint.key, checkpoint.clone());
+        self.checkpoints.insert(checkpoint.clone());
         out.push(Chunk {
             stream: t.stream.clone(),
             observed_ns,
             lines,
             checkpoint,
+            moved: std::mem::take(&mut self.moved),
             templates,
             policy: self.cfg.policy.clone(),
         });
@@ -775,9 +1006,9 @@ impl FileTailer {
         metrics::counter!("heimdall_agent_file_truncations_total").increment(1);
         let old = t.key();
         t.fp = None;
-        t.state = State::Pending;
         t.start_at(0, 0);
         t.state = State::Pending;
+        t.gen = 0;
         if let Some(key) = old {
             self.detach(key);
         }
@@ -925,13 +1156,51 @@ fn make_stream(
     Arc::new(l)
 }
 
-/// Whether the first bytes of `file` hold a NUL byte (an image, a database, a core
-/// file matched by a broad glob).
-fn looks_binary(file: &File) -> bool {
+/// Why a file is not read as text, judged from its first [`BINARY_PROBE`] bytes:
+/// - compressed (gzip, bzip2, xz, zstd, lz4, zip: rotated logs compressed by
+///   logrotate), by their magic bytes; never read, whatever `allow_binary` says;
+/// - binary (an image, a database, a core file matched by a broad glob): a NUL byte
+///   in a run shorter than [`MIN_HOLE`]. Longer runs of NUL bytes are the zero-filled
+///   blocks a crash leaves in a text file; they separate lines and are not read as
+///   records.
+fn not_text(probe: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 6] = [
+        (b"\x1f\x8b", "gzip"),
+        (b"BZh", "bzip2"),
+        (b"\xfd7zXZ\0", "xz"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+        (b"\x04\x22\x4d\x18", "lz4"),
+        (b"PK\x03\x04", "zip"),
+    ];
+    for (m, name) in MAGIC {
+        if probe.starts_with(m) && (name != "bzip2" || probe.get(3).is_some_and(u8::is_ascii_digit))
+        {
+            return Some(name);
+        }
+    }
+    let mut i = 0;
+    while let Some(k) = memchr::memchr(0, &probe[i..]) {
+        let start = i + k;
+        let run = probe[start..].iter().take_while(|&&b| b == 0).count();
+        // A run cut by the end of the probe may go on: only a run that ends inside it
+        // is known to be short.
+        if run < MIN_HOLE && start + run < probe.len() {
+            return Some("binary");
+        }
+        i = start + run;
+    }
+    None
+}
+
+/// Shortest run of NUL bytes taken for a hole left by a crash rather than binary data.
+pub const MIN_HOLE: usize = 8;
+
+/// [`not_text`] of the first bytes of `file`.
+fn classify(file: &File) -> Option<&'static str> {
     let mut buf = [0u8; BINARY_PROBE];
     match fingerprint::read_full_at(file, &mut buf, 0) {
-        Ok(n) => memchr::memchr(0, &buf[..n]).is_some(),
-        Err(_) => false,
+        Ok(n) => not_text(&buf[..n]),
+        Err(_) => None,
     }
 }
 
@@ -1246,7 +1515,113 @@ java.lang.IllegalStateException: x
         let mut c = cfg(dir.path());
         c.allow_binary = true;
         let mut t = FileTailer::new(c, Labels::default(), vec![]);
-        assert_eq!(pump(&mut t).len(), 3);
+        // Read as text, NUL bytes separate lines.
+        let mut got = pump(&mut t);
+        got.sort();
+        assert_eq!(got, vec!["\u{1}\u{2} garbage", "ELF", "more", "text"]);
+    }
+
+    #[test]
+    fn compressed_files_are_skipped_even_when_binary_files_are_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        // gzip's header need not hold a NUL byte: the magic number decides.
+        append(
+            &dir.path().join("app.log.1.gz"),
+            b"\x1f\x8b\x08\x08abcd\x02\x03app.log\nzz\n",
+        );
+        append(
+            &dir.path().join("app.log.2.zst"),
+            b"\x28\xb5\x2f\xfd\x24garbage\n",
+        );
+        append(&dir.path().join("app.log"), b"text\n");
+        let mut c = cfg(dir.path());
+        c.allow_binary = true;
+        let mut t = FileTailer::new(c, Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["text"]);
+    }
+
+    /// Regression: a run of NUL bytes inside a file (what a crash leaves) joined onto
+    /// the next line, made it longer than the line cap, and the aggregator refused the
+    /// whole batch. NUL runs now separate lines and are no records of their own.
+    #[test]
+    fn a_run_of_nul_bytes_inside_a_file_separates_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let mut data = b"before the crash\npartial li".to_vec();
+        data.extend(std::iter::repeat_n(0u8, 300_000));
+        data.extend_from_slice(b"after the restart\n\0\0\0\0\0\0\0\0\n\nlast\0\0\0\0\0\0\0\0");
+        append(&p, &data);
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        // The empty line after the NUL-only line is a line of its own.
+        assert_eq!(
+            pump(&mut t),
+            vec![
+                "before the crash",
+                "partial li",
+                "after the restart",
+                "",
+                "last"
+            ]
+        );
+        assert_eq!(t.stats.truncated_lines, 0);
+        assert_eq!(t.stats.binary_skipped, 0);
+    }
+
+    #[test]
+    fn short_nul_runs_make_a_file_binary_long_ones_do_not() {
+        assert_eq!(not_text(b"abc\0def\n"), Some("binary"));
+        assert_eq!(not_text(b"abc\0\0\0\0\0\0\0def\n"), Some("binary"));
+        assert_eq!(not_text(b"abc\0\0\0\0\0\0\0\0def\n"), None);
+        // A run reaching the end of the probe may go on.
+        assert_eq!(not_text(b"abc\n\0\0"), None);
+        assert_eq!(not_text(b"\x1f\x8b\x08"), Some("gzip"));
+        assert_eq!(not_text(b"BZh9"), Some("bzip2"));
+        assert_eq!(not_text(b"BZhello world\n"), None);
+        assert_eq!(not_text("plain ünïcode\n".as_bytes()), None);
+    }
+
+    /// Regression: three files beginning with the same header, rotated by copy and
+    /// truncate while written: the second copy was read again from its start, because
+    /// the detached positions of the truncated files shared one key.
+    #[test]
+    fn copytruncate_of_files_sharing_a_first_line_is_read_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a.csv", "b.csv", "c.csv"];
+        let header = "time,host,value\n";
+        let mut want = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            append(&dir.path().join(n), format!("{header}{i},h,1\n").as_bytes());
+            want.push("time,host,value".to_owned());
+            want.push(format!("{i},h,1"));
+        }
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        let mut got = pump(&mut t);
+        for round in 0..3 {
+            for (i, n) in names.iter().enumerate() {
+                let p = dir.path().join(n);
+                let line = format!("{i},h,{round}0 written before the rotation");
+                append(&p, format!("{line}\n").as_bytes());
+                want.push(line);
+                std::fs::copy(&p, dir.path().join(format!("{n}.{round}"))).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+                let line = format!("{i},h,{round}1 after");
+                append(&p, format!("{header}{line}\n").as_bytes());
+                want.push("time,host,value".to_owned());
+                want.push(line);
+            }
+            got.extend(pump(&mut t));
+            // And across a restart.
+            t = FileTailer::new(cfg(dir.path()), Labels::default(), t.checkpoints());
+            got.extend(pump(&mut t));
+        }
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -1478,18 +1853,32 @@ java.lang.IllegalStateException: x
     }
 
     mod model {
-        //! Model-based test: random writes, rotations (both kinds), deletions of rotated
-        //! files that were read, and crashes, against the real file system. Whatever
-        //! happens, every line written is emitted exactly once.
+        //! Model-based test: random writes, rotations of every kind (rename, copy and
+        //! truncate, delete and create, truncate in place), deletions of rotated files
+        //! that were read, and crashes, against the real file system, with files that
+        //! share their first line and their first kilobytes. Whatever happens, every line
+        //! written is emitted exactly once.
         use super::*;
         use proptest::prelude::*;
-        use std::collections::HashMap;
 
         #[derive(Clone, Debug)]
         enum Action {
             Write(usize, usize),
             Rename(usize),
             CopyTruncate(usize),
+            /// Read everything, then delete the file; the next write creates a new one
+            /// (often on the same inode number).
+            DeleteRecreate(usize),
+            /// Read everything, then truncate the file where it is.
+            TruncateInPlace(usize),
+            /// Copytruncate where the writer outruns the copy: copy, read, write more to
+            /// the original, read that from the original, then truncate.
+            CopyOutrun(usize, usize),
+            /// Create the file empty, if it does not exist.
+            Touch(usize),
+            /// Compress the rotated files that were read (as logrotate's `compress`
+            /// does): a new `.gz` file, the rotated one deleted.
+            Compress,
             Pump,
             DeleteRotated,
             Crash,
@@ -1500,19 +1889,36 @@ java.lang.IllegalStateException: x
                 6 => (0..3usize, 1..20usize).prop_map(|(f, n)| Action::Write(f, n)),
                 2 => (0..3usize).prop_map(Action::Rename),
                 2 => (0..3usize).prop_map(Action::CopyTruncate),
+                1 => (0..3usize).prop_map(Action::DeleteRecreate),
+                1 => (0..3usize).prop_map(Action::TruncateInPlace),
+                1 => (0..3usize, 1..5usize).prop_map(|(f, n)| Action::CopyOutrun(f, n)),
+                1 => (0..3usize).prop_map(Action::Touch),
+                1 => Just(Action::Compress),
                 4 => Just(Action::Pump),
                 1 => Just(Action::DeleteRotated),
                 1 => Just(Action::Crash),
             ]
         }
 
+        /// How files begin.
+        #[derive(Clone, Copy, Debug)]
+        enum Start {
+            /// Each with a line of its own.
+            Unique,
+            /// All with the same header line.
+            SharedLine,
+            /// All with the same 2 KiB banner (longer than a fingerprint).
+            SharedBanner,
+        }
+
         struct World {
             dir: tempfile::TempDir,
+            start: Start,
             counter: usize,
             rotations: usize,
             written: Vec<String>,
             emitted: Vec<String>,
-            durable: HashMap<FileKey, Checkpoint>,
+            durable: Positions,
             rotated_read: Vec<PathBuf>,
         }
 
@@ -1534,33 +1940,76 @@ java.lang.IllegalStateException: x
                             .iter()
                             .map(|l| String::from_utf8_lossy(&l.bytes).into_owned()),
                     );
-                    self.durable.insert(c.checkpoint.key, c.checkpoint);
+                    self.durable.insert(c.checkpoint);
+                    for m in c.moved {
+                        self.durable.insert(m);
+                    }
                 }
+            }
+
+            /// The lines a new file starts with (the header and banner are lines too).
+            fn head(&mut self, f: usize) -> Vec<String> {
+                match self.start {
+                    Start::Unique => Vec::new(),
+                    Start::SharedLine => vec!["time,host,value".to_owned()],
+                    Start::SharedBanner => (0..20)
+                        .map(|i| format!("banner {i:02} {}", "=".repeat(95)))
+                        .collect(),
+                }
+                .into_iter()
+                .chain(std::iter::once_with(|| {
+                    self.counter += 1;
+                    format!("file{f} begins {}", self.counter)
+                }))
+                .collect()
             }
         }
 
+        fn start() -> impl Strategy<Value = Start> {
+            prop_oneof![
+                Just(Start::Unique),
+                Just(Start::SharedLine),
+                Just(Start::SharedBanner)
+            ]
+        }
+
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(48))]
+            #![proptest_config(ProptestConfig::with_cases(256))]
             #[test]
-            fn every_line_is_emitted_exactly_once(actions in proptest::collection::vec(action(), 1..40)) {
+            fn every_line_is_emitted_exactly_once(
+                start in start(),
+                actions in proptest::collection::vec(action(), 1..40),
+            ) {
                 let mut w = World {
                     dir: tempfile::tempdir().unwrap(),
+                    start,
                     counter: 0,
                     rotations: 0,
                     written: Vec::new(),
                     emitted: Vec::new(),
-                    durable: HashMap::new(),
+                    durable: Positions::default(),
                     rotated_read: Vec::new(),
                 };
-                let mk = |w: &World, cps: Vec<Checkpoint>| FileTailer::new(cfg(w.dir.path()), Labels::default(), cps);
+                let mk = |w: &World, cps: Vec<Checkpoint>| {
+                    let mut c = cfg(w.dir.path());
+                    c.max_line_bytes = 4096;
+                    FileTailer::new(c, Labels::default(), cps)
+                };
                 let mut t = mk(&w, vec![]);
                 for a in actions {
                     match a {
                         Action::Write(f, n) => {
-                            let mut text = String::new();
+                            let mut lines = Vec::new();
+                            let fresh = std::fs::metadata(w.path(f)).map_or(true, |m| m.len() == 0);
+                            if fresh {
+                                lines = w.head(f);
+                            }
                             for _ in 0..n {
-                                let l = format!("file{f} line{} {}", w.counter, "x".repeat(w.counter % 37));
+                                lines.push(format!("file{f} line{} {}", w.counter, "x".repeat(w.counter % 37)));
                                 w.counter += 1;
+                            }
+                            let mut text = String::new();
+                            for l in lines {
                                 text.push_str(&l);
                                 text.push('\n');
                                 w.written.push(l);
@@ -1578,6 +2027,35 @@ java.lang.IllegalStateException: x
                             std::fs::copy(w.path(f), &to).unwrap();
                             std::fs::OpenOptions::new().write(true).open(w.path(f)).unwrap().set_len(0).unwrap();
                         }
+                        Action::DeleteRecreate(f) if w.path(f).exists() => {
+                            w.pump(&mut t);
+                            std::fs::remove_file(w.path(f)).unwrap();
+                            w.pump(&mut t);
+                        }
+                        Action::CopyOutrun(f, n) if w.path(f).exists() => {
+                            w.rotations += 1;
+                            let to = w.dir.path().join(format!("f{f}.log.{}", w.rotations));
+                            std::fs::copy(w.path(f), &to).unwrap();
+                            w.pump(&mut t);
+                            let mut text = String::new();
+                            for _ in 0..n {
+                                let l = format!("file{f} line{} after the copy", w.counter);
+                                w.counter += 1;
+                                text.push_str(&l);
+                                text.push('\n');
+                                w.written.push(l);
+                            }
+                            append(&w.path(f), text.as_bytes());
+                            w.pump(&mut t);
+                            std::fs::OpenOptions::new().write(true).open(w.path(f)).unwrap().set_len(0).unwrap();
+                            // A crash before the agent sees the truncation cannot be exact
+                            // here (the README gives the bound); the test stays clear of it.
+                            w.pump(&mut t);
+                        }
+                        Action::TruncateInPlace(f) if w.path(f).exists() => {
+                            w.pump(&mut t);
+                            std::fs::OpenOptions::new().write(true).open(w.path(f)).unwrap().set_len(0).unwrap();
+                        }
                         Action::Pump => {
                             w.pump(&mut t);
                             // Rotated files present now have been read to their end.
@@ -1586,6 +2064,23 @@ java.lang.IllegalStateException: x
                                 .filter(|p| p.extension().is_some_and(|x| x != "log"))
                                 .collect();
                         }
+                        Action::Touch(f) => {
+                            append(&w.path(f), b"");
+                        }
+                        Action::Compress => {
+                            for p in w.rotated_read.drain(..) {
+                                let Ok(data) = std::fs::read(&p) else { continue };
+                                if p.extension().is_some_and(|x| x == "gz") {
+                                    continue;
+                                }
+                                // gzip's magic number and header, then the bytes: the
+                                // agent must skip it, not read its bytes as lines.
+                                let mut gz = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec();
+                                gz.extend_from_slice(&data);
+                                std::fs::write(p.with_extension("gz"), gz).unwrap();
+                                std::fs::remove_file(&p).unwrap();
+                            }
+                        }
                         Action::DeleteRotated => {
                             for p in w.rotated_read.drain(..) {
                                 let _ = std::fs::remove_file(p);
@@ -1593,18 +2088,23 @@ java.lang.IllegalStateException: x
                         }
                         Action::Crash => {
                             // Only what was emitted is durable: resume from those checkpoints.
-                            t = mk(&w, w.durable.values().cloned().collect());
+                            t = mk(&w, w.durable.to_vec());
                         }
                         _ => {}
                     }
                 }
                 w.pump(&mut t);
                 w.pump(&mut t);
-                let mut want = w.written.clone();
-                let mut got = w.emitted.clone();
-                want.sort();
-                got.sort();
-                prop_assert_eq!(got, want);
+                let mut count: std::collections::BTreeMap<&str, i64> = Default::default();
+                for l in &w.written {
+                    *count.entry(l).or_default() += 1;
+                }
+                for l in &w.emitted {
+                    *count.entry(l).or_default() -= 1;
+                }
+                let wrong: Vec<(&str, i64)> = count.into_iter().filter(|(_, n)| *n != 0).collect();
+                // Positive: written more often than emitted (lost); negative: doubled.
+                prop_assert!(wrong.is_empty(), "lines lost (+) or doubled (-): {:?}", wrong);
             }
         }
     }

@@ -291,6 +291,7 @@ impl JournalReader {
             observed_ns: observed,
             lines: Vec::new(),
             checkpoint: cp.clone(),
+            moved: Vec::new(),
             templates: Vec::new(),
             policy,
         });
@@ -348,6 +349,7 @@ impl JournalReader {
             observed_ns: now_ns(),
             lines: Vec::new(),
             checkpoint: self.checkpoint(cursor),
+            moved: Vec::new(),
             templates: Vec::new(),
             policy: self.cfg.policy.clone(),
         })

@@ -13,16 +13,23 @@ use bytes::Bytes;
 use heimdall_common::record::{Labels, Level};
 use std::sync::Arc;
 
-/// Identity of a logical file: device and inode, plus the fingerprint of its first line.
+/// Identity of a logical file: device and inode, the fingerprint of its first line,
+/// and a generation.
 ///
-/// The fingerprint tells inode reuse and truncation apart from the same file; a key
-/// with `dev == 0 && ino == 0` is *detached*: its file was truncated (copytruncate
-/// rotation), and a copy with the same fingerprint may take over its position.
+/// The fingerprint tells inode reuse and truncation apart from the same file. `gen` is
+/// a random number drawn when a file is first read and kept for as long as the same
+/// content is read: through renames, restarts, and into the copy that takes over after
+/// copytruncate. It makes every logical file's key unique, even for files that share
+/// their first line; the newest position of a generation is the only one that counts
+/// ([`Positions`]). A key with `dev == 0 && ino == 0` is *detached*: its inode was
+/// truncated, and a copy holding the same bytes may take its position over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey {
     pub dev: u64,
     pub ino: u64,
     pub fp: u64,
+    /// 0 for journal checkpoints and positions written before generations existed.
+    pub gen: u64,
 }
 
 /// `dev` of the keys of journal checkpoints: no file system has it.
@@ -35,6 +42,7 @@ impl FileKey {
             dev: JOURNAL_DEV,
             ino: fingerprint::fnv1a(source.as_bytes()),
             fp: 0,
+            gen: 0,
         }
     }
 
@@ -46,6 +54,116 @@ impl FileKey {
     /// Whether this key no longer belongs to an inode.
     pub fn is_detached(&self) -> bool {
         self.dev == 0 && self.ino == 0
+    }
+
+    /// This key moved off its inode (which was truncated).
+    pub fn detached(self) -> FileKey {
+        FileKey {
+            dev: 0,
+            ino: 0,
+            ..self
+        }
+    }
+}
+
+/// A fresh generation for a file read from its start: random, never 0.
+pub fn new_gen() -> u64 {
+    loop {
+        let g = fastrand::u64(..) ^ (now_ns() as u64).rotate_left(29);
+        if g != 0 {
+            return g;
+        }
+    }
+}
+
+/// Positions by key, keeping only the newest of each generation: when a logical file
+/// moves (detached from a truncated inode, taken over by its copy), its older key is
+/// dropped. Used wherever positions are folded: the spool, the batcher, the sources.
+#[derive(Clone, Debug, Default)]
+pub struct Positions {
+    by_key: std::collections::HashMap<FileKey, Checkpoint>,
+    by_gen: std::collections::HashMap<u64, FileKey>,
+}
+
+impl Positions {
+    /// Records `c`, unless a newer position of its generation is known; an older one
+    /// under another key is dropped. Returns whether `c` was taken.
+    pub fn insert(&mut self, c: Checkpoint) -> bool {
+        if c.key.gen != 0 {
+            if let Some(&old) = self.by_gen.get(&c.key.gen) {
+                if old != c.key {
+                    if self
+                        .by_key
+                        .get(&old)
+                        .is_some_and(|o| o.updated_ns > c.updated_ns)
+                    {
+                        return false;
+                    }
+                    self.by_key.remove(&old);
+                }
+            }
+            self.by_gen.insert(c.key.gen, c.key);
+        }
+        self.by_key.insert(c.key, c);
+        true
+    }
+
+    /// The position under `key`.
+    pub fn get(&self, key: &FileKey) -> Option<&Checkpoint> {
+        self.by_key.get(key)
+    }
+
+    /// Whether a position is kept under `key`.
+    pub fn contains_key(&self, key: &FileKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// Removes the position under `key`.
+    pub fn remove(&mut self, key: &FileKey) -> Option<Checkpoint> {
+        let c = self.by_key.remove(key)?;
+        if c.key.gen != 0 && self.by_gen.get(&c.key.gen) == Some(key) {
+            self.by_gen.remove(&c.key.gen);
+        }
+        Some(c)
+    }
+
+    /// Keeps the positions `f` accepts.
+    pub fn retain(&mut self, mut f: impl FnMut(&FileKey, &Checkpoint) -> bool) {
+        self.by_key.retain(|k, c| f(k, c));
+        let by_key = &self.by_key;
+        self.by_gen.retain(|_, k| by_key.contains_key(k));
+    }
+
+    /// Every position, in no order.
+    pub fn values(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.by_key.values()
+    }
+
+    /// How many positions are kept.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Every position, sorted by key.
+    pub fn to_vec(&self) -> Vec<Checkpoint> {
+        let mut v: Vec<_> = self.by_key.values().cloned().collect();
+        v.sort_by_key(|c| c.key);
+        v
+    }
+}
+
+impl FromIterator<Checkpoint> for Positions {
+    fn from_iter<I: IntoIterator<Item = Checkpoint>>(iter: I) -> Positions {
+        let mut p = Positions::default();
+        for c in iter {
+            p.insert(c);
+        }
+        p
     }
 }
 
@@ -103,6 +221,9 @@ pub struct Chunk {
     pub observed_ns: i64,
     pub lines: Vec<Line>,
     pub checkpoint: Checkpoint,
+    /// Other positions that moved without lines of their own (a file detached from its
+    /// truncated inode), made durable with this chunk.
+    pub moved: Vec<Checkpoint>,
     /// Templates the lines use that this source has not announced since it started.
     pub templates: Vec<NewTemplate>,
     /// What to ship of the lines, and how to watch them.

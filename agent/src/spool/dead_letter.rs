@@ -156,7 +156,9 @@ mod tests {
         assert_eq!(l[0].bytes, 5);
         mark_resent(&l[0]).unwrap();
         assert_eq!(count(d.path()), 0);
-        assert!(dir(d.path()).join("resent/0000000000000abc-00000000000000000007.batch").exists());
+        assert!(dir(d.path())
+            .join("resent/0000000000000abc-00000000000000000007.batch")
+            .exists());
     }
 
     #[test]

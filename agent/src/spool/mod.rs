@@ -17,9 +17,9 @@
 
 pub mod dead_letter;
 
-use crate::sources::{Checkpoint, FileKey};
+use crate::sources::{Checkpoint, FileKey, Positions};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -29,11 +29,14 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 const STATE_MAGIC: u32 = 0x4853_5053; // "HSPS"
-/// Version 2 added journal cursors to checkpoints; version 1 files are still read.
-const STATE_VERSION: u32 = 2;
+/// Version 2 added journal cursors to checkpoints, version 3 file generations; older
+/// files are still read.
+const STATE_VERSION: u32 = 3;
 /// Set in an entry's checkpoint count when its checkpoints carry cursors (entries
 /// written before cursors existed do not have it).
 const CURSORS_FLAG: u32 = 1 << 31;
+/// Set in an entry's checkpoint count when its checkpoints carry generations.
+const GENS_FLAG: u32 = 1 << 30;
 const ENTRY_HEADER: usize = 8;
 /// Checkpoints not updated for this long are dropped from the state file.
 pub const CHECKPOINT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -122,7 +125,7 @@ struct Inner {
     entries: VecDeque<EntryMeta>,
     segments: VecDeque<Segment>,
     active: Option<(File, u64)>,
-    snapshot: HashMap<FileKey, Checkpoint>,
+    snapshot: Positions,
     snapshot_seq: u64,
     total_bytes: u64,
     mem_bytes: u64,
@@ -180,7 +183,7 @@ impl Spool {
             entries: VecDeque::new(),
             segments: VecDeque::new(),
             active: None,
-            snapshot: HashMap::new(),
+            snapshot: Positions::default(),
             snapshot_seq: 0,
             total_bytes: 0,
             mem_bytes: 0,
@@ -302,7 +305,7 @@ impl Spool {
         let mut checkpoints = inner.snapshot.clone();
         for e in &inner.entries {
             for c in &e.checkpoints {
-                checkpoints.insert(c.key, c.clone());
+                checkpoints.insert(c.clone());
             }
         }
         let spool = Spool {
@@ -314,7 +317,7 @@ impl Spool {
         };
         spool.collect()?;
         spool.flush_state()?;
-        let checkpoints = checkpoints.into_values().collect();
+        let checkpoints = checkpoints.to_vec();
         Ok(Recovered {
             spool,
             checkpoints,
@@ -368,7 +371,7 @@ impl Spool {
         rec.put_bytes(0, ENTRY_HEADER);
         rec.put_u64(seq);
         rec.put_i64(crate::sources::now_ns());
-        rec.put_u32(checkpoints.len() as u32 | CURSORS_FLAG);
+        rec.put_u32(checkpoints.len() as u32 | CURSORS_FLAG | GENS_FLAG);
         for c in &checkpoints {
             put_checkpoint(&mut rec, c);
         }
@@ -647,7 +650,7 @@ impl Spool {
             while g.entries.front().is_some_and(|e| e.seq <= last) {
                 let e = g.entries.pop_front().expect("checked non-empty");
                 for c in e.checkpoints {
-                    g.snapshot.insert(c.key, c);
+                    g.snapshot.insert(c);
                 }
                 if let Some(f) = e.frame {
                     g.mem_bytes -= f.len() as u64;
@@ -754,6 +757,7 @@ fn put_checkpoint(b: &mut BytesMut, c: &Checkpoint) {
     b.put_u64(c.key.dev);
     b.put_u64(c.key.ino);
     b.put_u64(c.key.fp);
+    b.put_u64(c.key.gen);
     b.put_u64(c.offset);
     b.put_u64(c.tail);
     b.put_i64(c.updated_ns);
@@ -764,14 +768,19 @@ fn put_checkpoint(b: &mut BytesMut, c: &Checkpoint) {
     }
 }
 
-fn get_checkpoint(b: &mut &[u8], with_cursor: bool) -> Result<Checkpoint, &'static str> {
-    if b.remaining() < 50 {
+fn get_checkpoint(
+    b: &mut &[u8],
+    with_cursor: bool,
+    with_gen: bool,
+) -> Result<Checkpoint, &'static str> {
+    if b.remaining() < 50 + 8 * usize::from(with_gen) {
         return Err("truncated checkpoint");
     }
     let key = FileKey {
         dev: b.get_u64(),
         ino: b.get_u64(),
         fp: b.get_u64(),
+        gen: if with_gen { b.get_u64() } else { 0 },
     };
     let offset = b.get_u64();
     let tail = b.get_u64();
@@ -828,10 +837,11 @@ fn parse_entry(data: &[u8]) -> Result<ParsedEntry, &'static str> {
     let _created = b.get_i64();
     let n = b.get_u32();
     let with_cursor = n & CURSORS_FLAG != 0;
-    let n = (n & !CURSORS_FLAG) as usize;
+    let with_gen = n & GENS_FLAG != 0;
+    let n = (n & !(CURSORS_FLAG | GENS_FLAG)) as usize;
     let mut cps = Vec::with_capacity(n.min(b.remaining() / 50));
     for _ in 0..n {
-        cps.push(get_checkpoint(&mut b, with_cursor)?);
+        cps.push(get_checkpoint(&mut b, with_cursor, with_gen)?);
     }
     if b.remaining() < 4 {
         return Err("truncated frame length");
@@ -889,8 +899,8 @@ fn read_state(data: &[u8], g: &mut Inner) -> Result<(), String> {
     g.snapshot_seq = b.get_u64();
     let n = b.get_u32();
     for _ in 0..n {
-        let c = get_checkpoint(&mut b, v >= 2).map_err(str::to_owned)?;
-        g.snapshot.insert(c.key, c);
+        let c = get_checkpoint(&mut b, v >= 2, v >= 3).map_err(str::to_owned)?;
+        g.snapshot.insert(c);
     }
     if b.has_remaining() {
         return Err("trailing bytes".into());
@@ -917,7 +927,12 @@ mod tests {
 
     fn cp(fp: u64, offset: u64) -> Checkpoint {
         Checkpoint {
-            key: FileKey { dev: 1, ino: 2, fp },
+            key: FileKey {
+                dev: 1,
+                ino: 2,
+                fp,
+                gen: 0,
+            },
             offset,
             tail: offset * 7,
             source: "/var/log/a.log".into(),

@@ -265,12 +265,17 @@ async fn read_batch_frame(
 ///
 /// # Errors
 /// `(reason code, reason)` for a batch that cannot be decoded.
-pub fn validate(batch: &wire::Batch, limits: &wire::Limits) -> Result<wire::BatchContent, (u16, String)> {
+pub fn validate(
+    batch: &wire::Batch,
+    limits: &wire::Limits,
+) -> Result<wire::BatchContent, (u16, String)> {
     let (seq, floor) = (batch.seq, batch.floor);
     if seq == 0 || seq > i64::MAX as u64 || floor == 0 || floor > seq {
         return Err((
             reason::MALFORMED,
-            format!("invalid batch identity: seq {seq}, floor {floor} (need 1 <= floor <= seq < 2^63)"),
+            format!(
+                "invalid batch identity: seq {seq}, floor {floor} (need 1 <= floor <= seq < 2^63)"
+            ),
         ));
     }
     batch.open(limits).map_err(|e| {
