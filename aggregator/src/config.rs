@@ -40,6 +40,21 @@ pub struct AggregatorConfigFile {
     /// Alert rules, receivers and incident correlation.
     #[serde(default)]
     pub alerting: crate::alert::config::AlertingConfigFile,
+    /// What pushes through the Loki API (`/loki/api/v1/push`) may hold.
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// Limits of pushed entries, named and defaulted as Loki's.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Refuse entries older than `reject_old_samples_max_age`. Default true.
+    pub reject_old_samples: Option<bool>,
+    /// How old a pushed entry may be. Default 168h (a week).
+    pub reject_old_samples_max_age: Option<HumanDuration>,
+    /// How far in the future a pushed entry may be. Default 10m.
+    pub creation_grace_period: Option<HumanDuration>,
 }
 
 /// Warm tier.
@@ -186,6 +201,8 @@ pub struct AggregatorConfig {
     pub query_timeout: Duration,
     pub max_series: usize,
     pub align_queries_with_step: bool,
+    /// What pushed entries may hold.
+    pub push: crate::api::loki::PushPolicy,
     /// HTTPS certificate and key, when the API serves TLS.
     pub api_tls: Option<(PathBuf, PathBuf)>,
     pub tokens: Vec<crate::api::auth::Token>,
@@ -557,6 +574,21 @@ impl AggregatorConfig {
                 .map_or(Duration::from_secs(30), |d| d.0),
             max_series: max_series as usize,
             align_queries_with_step: raw.api.align_queries_with_step.unwrap_or(true),
+            push: crate::api::loki::PushPolicy {
+                max_age: if raw.push.reject_old_samples.unwrap_or(true) {
+                    Some(
+                        raw.push
+                            .reject_old_samples_max_age
+                            .map_or(Duration::from_secs(168 * 3600), |d| d.0),
+                    )
+                } else {
+                    None
+                },
+                creation_grace: raw
+                    .push
+                    .creation_grace_period
+                    .map_or(Duration::from_secs(600), |d| d.0),
+            },
             api_tls,
             tokens,
             max_group_rows: max_group_rows as usize,

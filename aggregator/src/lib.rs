@@ -289,6 +289,7 @@ pub async fn run(
         },
         alerting: Some(alert_api),
         align_queries_with_step: cfg.align_queries_with_step,
+        push: cfg.push,
     });
     let token = shutdown.child_token();
     let tls = match &cfg.api_tls {

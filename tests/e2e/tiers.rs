@@ -218,7 +218,7 @@ fn reference_log(rows: &[Spec], c: &LogCase) -> Grouped {
     let mut out = Grouped::new();
     for (ts, _, i) in hits {
         let (st, _, level, line) = &rows[i];
-        out.entry(base_labels(&labels[*st], *level))
+        out.entry(base_labels(&labels[*st], *level, 0))
             .or_default()
             .push((ts, line.clone()));
     }

@@ -187,11 +187,14 @@ impl RuleState {
                 if *id <= self.seeded_id {
                     continue;
                 }
-                let Some(out) = leaf.pipeline.process(stream, row.level, &row.line) else {
+                let Some(out) = leaf
+                    .pipeline
+                    .process(stream, row.level, row.flags, &row.line)
+                else {
                     continue;
                 };
                 let labels = match out.labels {
-                    None => base_labels(stream, row.level),
+                    None => base_labels(stream, row.level, row.flags),
                     Some(l) => {
                         if let Some(kind) = l.get(ERROR_LABEL) {
                             leaf.error = Some(format!(

@@ -120,13 +120,22 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Middleware: checks the token and its role.
+/// Who made a request: the name of its token, or [`ANONYMOUS`] when the API has no
+/// tokens. Pushed lines get it as their `agent` label.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
+/// The caller's name on an API without tokens.
+pub const ANONYMOUS: &str = "push";
+
+/// Middleware: checks the token and its role, and records the [`Caller`].
 pub async fn require(
     State(st): State<Arc<ApiState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if st.tokens.is_empty() {
+        req.extensions_mut().insert(Caller(ANONYMOUS.to_owned()));
         return Ok(next.run(req).await);
     }
     let need = required(req.method(), req.uri().path());
@@ -160,6 +169,7 @@ pub async fn require(
             ),
         ));
     }
+    req.extensions_mut().insert(Caller(t.name.clone()));
     Ok(next.run(req).await)
 }
 

@@ -16,6 +16,7 @@ use axum::extract::{Path as AxPath, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use heimdall_common::limits;
 use heimdall_common::record::{Labels, Level, LogRecord};
 use heimdall_common::wire::BatchContent;
 use serde_json::{json, Value};
@@ -27,8 +28,6 @@ use std::time::{Duration, Instant};
 const MAX_RESULT_BYTES: usize = 64 << 20;
 /// Largest push body accepted.
 pub const MAX_PUSH_BYTES: usize = 16 << 20;
-/// Longest pushed line; longer lines refuse the push (Loki's default limit).
-const MAX_PUSH_LINE: usize = 256 << 10;
 /// Most label pairs on a pushed stream.
 const MAX_PUSH_LABELS: usize = 30;
 /// Most tail connections at once.
@@ -108,6 +107,17 @@ impl Params {
                     .map_err(|_| bad(format!("{k}: `{v}` is not a non-negative integer")))
             })
             .transpose()
+    }
+
+    /// `limit` (default 100): over `max` is an error, as in Loki, not a silent clamp.
+    fn limit(&self, max: usize) -> Result<usize, ApiError> {
+        match self.usize("limit")?.unwrap_or(100) {
+            0 => Err(bad("limit must be a positive value")),
+            n if n > max => Err(bad(format!(
+                "max entries limit per query exceeded, limit > max_entries_limit_per_query ({n} > {max})"
+            ))),
+            n => Ok(n),
+        }
     }
 
     fn query(&self) -> Result<Query, ApiError> {
@@ -279,7 +289,7 @@ async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
     let (start, end) = p.range()?;
     match q {
         Query::Log(lq) => {
-            let limit = p.usize("limit")?.unwrap_or(100).clamp(1, st.max_limit);
+            let limit = p.limit(st.max_limit)?;
             let req = LogRequest {
                 start_ns: start,
                 // Loki's end is inclusive for the newest line; make it so.
@@ -553,8 +563,100 @@ fn level_word(w: &str) -> Option<Level> {
     })
 }
 
-/// Decodes a Loki JSON push body into a batch. Errors name the stream and entry.
-fn decode_push(body: &[u8]) -> Result<BatchContent, String> {
+/// What pushed entries may hold, beyond the body's shape. Loki's limits and defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct PushPolicy {
+    /// Entries older than this are refused (`reject_old_samples_max_age`); `None` takes
+    /// any age.
+    pub max_age: Option<Duration>,
+    /// Entries further ahead than this are refused (`creation_grace_period`).
+    pub creation_grace: Duration,
+}
+
+impl Default for PushPolicy {
+    fn default() -> PushPolicy {
+        PushPolicy {
+            max_age: Some(Duration::from_secs(168 * 3600)),
+            creation_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why an entry of a push was not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// Older than `reject_old_samples_max_age`.
+    TooOld,
+    /// Further ahead than `creation_grace_period`.
+    TooNew,
+    /// Its stream's labels are not valid.
+    InvalidLabels,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TooOld => "too_old",
+            Refusal::TooNew => "too_new",
+            Refusal::InvalidLabels => "invalid_labels",
+        }
+    }
+}
+
+/// A push body decoded and checked: what to store, and what was refused and why.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub content: BatchContent,
+    /// Entries in the body.
+    pub total: usize,
+    /// Refused entries by reason.
+    pub refused: BTreeMap<Refusal, usize>,
+    /// The first few refusals, in Loki's words.
+    pub errors: Vec<String>,
+}
+
+/// Most refusals spelled out in a push's answer (all are counted).
+const MAX_PUSH_ERRORS: usize = 10;
+
+impl Decoded {
+    fn refuse(&mut self, why: Refusal, n: usize, text: impl FnOnce() -> String) {
+        *self.refused.entry(why).or_default() += n;
+        if self.errors.len() < MAX_PUSH_ERRORS {
+            self.errors.push(text());
+        }
+    }
+}
+
+/// The labels of a pushed stream as stored: a client's own `agent` label is kept as
+/// `exported_agent` (as Prometheus keeps a scraped label that collides with a target
+/// label), and `agent` is the caller's identity, so a push can never pass for an
+/// agent's lines.
+pub fn push_identity(labels: &mut Labels, caller: &str) {
+    if let Some(v) = labels.remove("agent") {
+        let mut name = String::from("exported_agent");
+        while labels.get(&name).is_some() {
+            name.insert_str(0, "exported_");
+        }
+        labels.insert(name, v);
+    }
+    labels.insert("agent", caller);
+}
+
+fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ns.to_string())
+}
+
+/// Decodes a Loki JSON push body. A body that is not a push at all (not JSON, no
+/// `streams`, an entry that is not `[ts, line]`) is an error naming where; entries
+/// that break a limit are refused one by one while the rest are kept, as Loki does.
+/// Lines over the protocol's line limit are cut and flagged `truncated`.
+fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded, String> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| format!("push body is not valid JSON: {e}"))?;
     let streams = v
@@ -562,75 +664,15 @@ fn decode_push(body: &[u8]) -> Result<BatchContent, String> {
         .and_then(Value::as_array)
         .ok_or("push body needs a `streams` array")?;
     let now = crate::ingest::now_ns();
-    let mut content = BatchContent::default();
+    let oldest = policy
+        .max_age
+        .map(|d| now.saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64));
+    let newest = now.saturating_add(policy.creation_grace.as_nanos().min(i64::MAX as u128) as i64);
+    let mut out = Decoded::default();
     let mut index: HashMap<Labels, u32> = HashMap::new();
     for (si, s) in streams.iter().enumerate() {
-        let labels = match (s.get("stream"), s.get("labels")) {
-            (Some(Value::Object(m)), _) => {
-                let mut pairs = Vec::with_capacity(m.len());
-                for (k, v) in m {
-                    let v = v.as_str().ok_or_else(|| {
-                        format!("streams[{si}].stream.{k}: label values must be strings")
-                    })?;
-                    pairs.push((k.clone(), v.to_owned()));
-                }
-                Labels::new(pairs)
-            }
-            (_, Some(Value::String(sel))) => {
-                let q = parse::parse_log(sel).map_err(|e| format!("streams[{si}].labels: {e}"))?;
-                if q.matchers.iter().any(|m| m.op != parse::MatchOp::Eq) {
-                    return Err(format!(
-                        "streams[{si}].labels: only `=` matchers may name a stream"
-                    ));
-                }
-                Labels::new(q.matchers.into_iter().map(|m| (m.name, m.value)))
-            }
-            _ => return Err(format!("streams[{si}]: needs a `stream` object of labels")),
-        };
-        if labels.is_empty() {
-            return Err(format!("streams[{si}]: a stream needs at least one label"));
-        }
-        if labels.len() > MAX_PUSH_LABELS {
-            return Err(format!("streams[{si}]: more than {MAX_PUSH_LABELS} labels"));
-        }
-        if let Some((k, _)) = labels
-            .iter()
-            .find(|(k, _)| !parse::valid_label(k) || k.starts_with("__"))
-        {
-            return Err(format!("streams[{si}]: `{k}` is not a valid label name"));
-        }
-        let stream = match index.get(&labels) {
-            Some(i) => *i,
-            None => {
-                let i = content.streams.len() as u32;
-                content.streams.push(labels.clone());
-                index.insert(labels.clone(), i);
-                i
-            }
-        };
-        let mut push = |ei: usize,
-                        ts: i64,
-                        line: &str,
-                        meta: Option<&serde_json::Map<String, Value>>|
-         -> Result<(), String> {
-            if line.len() > MAX_PUSH_LINE {
-                return Err(format!(
-                    "streams[{si}] entry {ei}: line of {} bytes is longer than {MAX_PUSH_LINE}",
-                    line.len()
-                ));
-            }
-            content.records.push(LogRecord {
-                stream,
-                time_ns: ts,
-                observed_ns: now,
-                level: push_level(&labels, meta, line),
-                template_id: u64::MAX,
-                flags: 0,
-                redacted: 0,
-                line: bytes::Bytes::copy_from_slice(line.as_bytes()),
-            });
-            Ok(())
-        };
+        // The entries first: a body that is not a push is refused whole.
+        let mut entries: Vec<(i64, &str, Option<&serde_json::Map<String, Value>>)> = Vec::new();
         if let Some(values) = s.get("values").and_then(Value::as_array) {
             for (ei, e) in values.iter().enumerate() {
                 let (ts, line) = match e.as_array().map(Vec::as_slice) {
@@ -644,11 +686,10 @@ fn decode_push(body: &[u8]) -> Result<BatchContent, String> {
                 let ts: i64 = ts.parse().map_err(|_| {
                     format!("streams[{si}].values[{ei}]: `{ts}` is not a Unix time in nanoseconds")
                 })?;
-                let meta = e.get(2).and_then(Value::as_object);
-                push(ei, ts, line, meta)?;
+                entries.push((ts, line, e.get(2).and_then(Value::as_object)));
             }
-        } else if let Some(entries) = s.get("entries").and_then(Value::as_array) {
-            for (ei, e) in entries.iter().enumerate() {
+        } else if let Some(list) = s.get("entries").and_then(Value::as_array) {
+            for (ei, e) in list.iter().enumerate() {
                 let ts = e
                     .get("ts")
                     .or_else(|| e.get("timestamp"))
@@ -659,21 +700,134 @@ fn decode_push(body: &[u8]) -> Result<BatchContent, String> {
                     .get("line")
                     .and_then(Value::as_str)
                     .ok_or_else(|| format!("streams[{si}].entries[{ei}]: needs `line`"))?;
-                push(ei, ts, line, None)?;
+                entries.push((ts, line, None));
             }
         } else {
             return Err(format!("streams[{si}]: needs `values`"));
         }
+        out.total += entries.len();
+        let labels = match push_labels(si, s) {
+            Ok(l) => l,
+            Err(why) => {
+                out.refuse(Refusal::InvalidLabels, entries.len(), || why);
+                continue;
+            }
+        };
+        let mut stored = labels.clone();
+        push_identity(&mut stored, caller);
+        for (ts, line, meta) in entries {
+            if oldest.is_some_and(|o| ts < o) {
+                out.refuse(Refusal::TooOld, 1, || {
+                    format!(
+                        "entry for stream '{labels}' has timestamp too old: {}, oldest acceptable timestamp is: {}",
+                        rfc3339(ts),
+                        rfc3339(oldest.unwrap_or_default())
+                    )
+                });
+                continue;
+            }
+            if ts > newest {
+                out.refuse(Refusal::TooNew, 1, || {
+                    format!(
+                        "entry for stream '{labels}' has timestamp too new: {}, newest acceptable timestamp is: {}",
+                        rfc3339(ts),
+                        rfc3339(newest)
+                    )
+                });
+                continue;
+            }
+            let stream = match index.get(&stored) {
+                Some(i) => *i,
+                None => {
+                    let i = out.content.streams.len() as u32;
+                    out.content.streams.push(stored.clone());
+                    index.insert(stored.clone(), i);
+                    i
+                }
+            };
+            let mut flags = 0;
+            let mut bytes = line.as_bytes();
+            if bytes.len() > limits::MAX_LINE_BYTES {
+                bytes = limits::cut_str(line, limits::MAX_LINE_BYTES).as_bytes();
+                flags |= heimdall_common::record::flags::TRUNCATED;
+            }
+            out.content.records.push(LogRecord {
+                stream,
+                time_ns: ts,
+                observed_ns: now,
+                level: push_level(&labels, meta, line),
+                template_id: u64::MAX,
+                flags,
+                redacted: 0,
+                line: bytes::Bytes::copy_from_slice(bytes),
+            });
+        }
     }
-    Ok(content)
+    Ok(out)
 }
 
-/// `POST /loki/api/v1/push` (JSON). Answers 204 after the lines are committed.
+/// The labels of `streams[si]`, checked as Loki checks them.
+fn push_labels(si: usize, s: &Value) -> Result<Labels, String> {
+    let labels = match (s.get("stream"), s.get("labels")) {
+        (Some(Value::Object(m)), _) => {
+            let mut pairs = Vec::with_capacity(m.len());
+            for (k, v) in m {
+                let v = v.as_str().ok_or_else(|| {
+                    format!("streams[{si}].stream.{k}: label values must be strings")
+                })?;
+                pairs.push((k.clone(), v.to_owned()));
+            }
+            Labels::new(pairs)
+        }
+        (_, Some(Value::String(sel))) => {
+            let q = parse::parse_log(sel).map_err(|e| format!("streams[{si}].labels: {e}"))?;
+            if q.matchers.iter().any(|m| m.op != parse::MatchOp::Eq) {
+                return Err(format!(
+                    "streams[{si}].labels: only `=` matchers may name a stream"
+                ));
+            }
+            Labels::new(q.matchers.into_iter().map(|m| (m.name, m.value)))
+        }
+        _ => return Err(format!("streams[{si}]: needs a `stream` object of labels")),
+    };
+    if labels.is_empty() {
+        return Err(format!("streams[{si}]: a stream needs at least one label"));
+    }
+    if labels.len() > MAX_PUSH_LABELS {
+        return Err(format!(
+            "entry for stream '{labels}' has {} label names; limit {MAX_PUSH_LABELS}",
+            labels.len()
+        ));
+    }
+    if let Some((k, _)) = labels
+        .iter()
+        .find(|(k, _)| !parse::valid_label(k) || k.starts_with("__"))
+    {
+        return Err(format!("streams[{si}]: `{k}` is not a valid label name"));
+    }
+    if let Some((k, v)) = labels.iter().find(|(k, v)| {
+        k.len() > limits::MAX_LABEL_NAME_BYTES || v.len() > limits::MAX_LABEL_VALUE_BYTES
+    }) {
+        return Err(format!(
+            "streams[{si}]: label `{}` is longer than the limit ({} bytes for names, {} for values; value is {} bytes)",
+            limits::cut_str(k, 64),
+            limits::MAX_LABEL_NAME_BYTES,
+            limits::MAX_LABEL_VALUE_BYTES,
+            v.len()
+        ));
+    }
+    Ok(labels)
+}
+
+/// `POST /loki/api/v1/push` (JSON). Answers 204 after the lines are committed; 400
+/// when some entries were refused (the others are stored), saying how many and why.
 pub async fn push(
     State(st): State<Arc<ApiState>>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let caller = caller.map_or_else(|| super::auth::ANONYMOUS.to_owned(), |c| c.0 .0);
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -701,7 +855,7 @@ pub async fn push(
             ));
         }
     }
-    let content = match decode_push(&body) {
+    let decoded = match decode_push(&body, &st.push, &caller) {
         Ok(c) => c,
         Err(m) => {
             metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "invalid")
@@ -709,13 +863,62 @@ pub async fn push(
             return Err(bad(m));
         }
     };
-    let n = content.records.len();
-    st.store
-        .write_unidentified(content)
-        .await
-        .map_err(internal)?;
+    let n = decoded.content.records.len();
+    let cut = decoded
+        .content
+        .records
+        .iter()
+        .filter(|r| r.flags & heimdall_common::record::flags::TRUNCATED != 0)
+        .count();
+    let Decoded {
+        content,
+        total,
+        refused: reasons_by_kind,
+        errors,
+    } = decoded;
+    if n > 0 {
+        st.store
+            .write_unidentified(content)
+            .await
+            .map_err(internal)?;
+    }
     metrics::counter!("heimdall_aggregator_push_lines_total").increment(n as u64);
-    Ok(StatusCode::NO_CONTENT.into_response())
+    if cut > 0 {
+        metrics::counter!("heimdall_aggregator_ingest_repairs_total", "kind" => "line_cut")
+            .increment(cut as u64);
+    }
+    if reasons_by_kind.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let refused: usize = reasons_by_kind.values().sum();
+    for (why, k) in &reasons_by_kind {
+        metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => why.as_str())
+            .increment(*k as u64);
+    }
+    let reasons: Vec<String> = reasons_by_kind
+        .iter()
+        .map(|(why, k)| format!("{k} {}", why.as_str().replace('_', " ")))
+        .collect();
+    let mut message = errors.join("\n");
+    message.push_str(&format!(
+        "\n{refused} of {total} entries refused ({}); the other {n} were stored",
+        reasons.join(", ")
+    ));
+    let mut r = ApiError(StatusCode::BAD_REQUEST, message.clone()).into_response();
+    // The counts in the body too, for clients that read JSON.
+    if let Ok(b) = serde_json::to_vec(&json!({
+        "status": "error",
+        "errorType": "bad_data",
+        "message": message,
+        "error": message,
+        "accepted": n,
+        "refused": refused,
+        "reasons": reasons_by_kind.iter().map(|(w, k)| (w.as_str(), *k)).collect::<BTreeMap<_, _>>(),
+    })) {
+        *r.body_mut() = axum::body::Body::from(b);
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    Ok(r)
 }
 
 static TAILS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -731,7 +934,7 @@ pub async fn tail(
     let Query::Log(lq) = p.query()? else {
         return Err(bad("tail takes a log query"));
     };
-    let limit = p.usize("limit")?.unwrap_or(100).clamp(1, st.max_limit);
+    let limit = p.limit(st.max_limit)?;
     let start = match p.get("start") {
         Some(s) => parse_time(s).map_err(bad)?,
         None => crate::ingest::now_ns() - 3_600_000_000_000,
@@ -810,10 +1013,10 @@ async fn tail_loop(
             for (id, r) in rows {
                 next = next.max(id);
                 let stream = &labels[&r.stream_id];
-                if let Some(out) = pl.process(stream, r.level, &r.line) {
-                    let l = out
-                        .labels
-                        .unwrap_or_else(|| crate::query::pipeline::base_labels(stream, r.level));
+                if let Some(out) = pl.process(stream, r.level, r.flags, &r.line) {
+                    let l = out.labels.unwrap_or_else(|| {
+                        crate::query::pipeline::base_labels(stream, r.level, r.flags)
+                    });
                     groups.entry(l).or_default().push(exec::Entry {
                         ts: r.ts,
                         line: out.line.into_owned(),
@@ -871,40 +1074,119 @@ mod tests {
         assert_eq!(format_value(f64::NAN), "NaN");
     }
 
+    /// Timestamps of 2023: within the age limit only when it is off.
+    fn any_age() -> PushPolicy {
+        PushPolicy {
+            max_age: None,
+            ..PushPolicy::default()
+        }
+    }
+
     #[test]
     fn push_bodies_decode_with_errors_that_say_where() {
         let c = decode_push(
             br#"{"streams":[{"stream":{"app":"x"},"values":[["1700000000000000000","level=error boom"],["1700000000000000001","ok",{"trace_id":"t"}]]},
                            {"labels":"{app=\"x\"}","entries":[{"ts":"2023-11-14T22:13:20Z","line":"WARN disk"}]}]}"#,
+            &any_age(),
+            "push",
         )
         .unwrap();
+        let c = c.content;
         assert_eq!(c.streams.len(), 1, "the same labels are one stream");
         assert_eq!(c.records.len(), 3);
         assert_eq!(c.records[0].level, Level::Error);
         assert_eq!(c.records[2].level, Level::Warn);
         assert_eq!(c.records[2].time_ns, 1_700_000_000_000_000_000);
+        // Not a push at all: refused whole.
         for (body, msg) in [
             (
                 r#"{"streams":[{"stream":{"app":"x"},"values":[["x","l"]]}]}"#,
                 "streams[0].values[0]: `x` is not",
             ),
-            (
-                r#"{"streams":[{"stream":{},"values":[]}]}"#,
-                "at least one label",
-            ),
-            (
-                r#"{"streams":[{"stream":{"a-b":"x"},"values":[]}]}"#,
-                "not a valid label name",
-            ),
-            (
-                r#"{"streams":[{"stream":{"a":1},"values":[]}]}"#,
-                "must be strings",
-            ),
             (r#"{"nope":1}"#, "`streams` array"),
             ("not json", "not valid JSON"),
         ] {
-            let e = decode_push(body.as_bytes()).unwrap_err();
+            let e = decode_push(body.as_bytes(), &any_age(), "push").unwrap_err();
             assert!(e.contains(msg), "{body}: {e}");
         }
+        // A stream with bad labels: its entries are refused, the others kept.
+        for (labels, msg) in [
+            (r#"{}"#, "at least one label"),
+            (r#"{"a-b":"x"}"#, "not a valid label name"),
+            (r#"{"a":1}"#, "must be strings"),
+        ] {
+            let body = format!(
+                r#"{{"streams":[{{"stream":{labels},"values":[["1700000000000000000","l"]]}},{{"stream":{{"ok":"1"}},"values":[["1700000000000000000","kept"]]}}]}}"#
+            );
+            let d = decode_push(body.as_bytes(), &any_age(), "push").unwrap();
+            assert_eq!(d.refused.get(&Refusal::InvalidLabels), Some(&1), "{labels}");
+            assert!(d.errors[0].contains(msg), "{labels}: {:?}", d.errors);
+            assert_eq!(d.content.records.len(), 1);
+            assert_eq!(&d.content.records[0].line[..], b"kept");
+        }
+    }
+
+    /// Regression: a push with `{agent="web1"}` was stored as is, so anyone allowed to
+    /// push could write lines that look as if the agent `web1` (authenticated by its
+    /// certificate) sent them.
+    #[test]
+    fn http_push_cannot_forge_an_agents_identity() {
+        let d = decode_push(
+            br#"{"streams":[{"stream":{"agent":"web1","app":"x"},"values":[["1700000000000000000","forged"]]}]}"#,
+            &any_age(),
+            "ci-token",
+        )
+        .unwrap();
+        let l = &d.content.streams[0];
+        assert_eq!(l.get("agent"), Some("ci-token"));
+        assert_eq!(l.get("exported_agent"), Some("web1"));
+        let mut both = Labels::new([("agent", "a"), ("exported_agent", "b")]);
+        push_identity(&mut both, "push");
+        assert_eq!(both.get("agent"), Some("push"));
+        assert_eq!(both.get("exported_agent"), Some("b"));
+        assert_eq!(both.get("exported_exported_agent"), Some("a"));
+    }
+
+    #[test]
+    fn entries_too_old_or_too_new_are_refused_one_by_one() {
+        let now = crate::ingest::now_ns();
+        let day = 86_400_000_000_000i64;
+        let body = format!(
+            r#"{{"streams":[{{"stream":{{"app":"x"}},"values":[["{}","eight days old"],["{}","now"],["{}","an hour ahead"],["{}","a minute ahead"]]}}]}}"#,
+            now - 8 * day,
+            now,
+            now + 3_600_000_000_000,
+            now + 60_000_000_000
+        );
+        let d = decode_push(body.as_bytes(), &PushPolicy::default(), "push").unwrap();
+        let kept: Vec<&[u8]> = d.content.records.iter().map(|r| &r.line[..]).collect();
+        assert_eq!(kept, vec![&b"now"[..], b"a minute ahead"]);
+        assert_eq!(d.total, 4);
+        assert_eq!(d.refused.get(&Refusal::TooOld), Some(&1));
+        assert_eq!(d.refused.get(&Refusal::TooNew), Some(&1));
+        assert!(
+            d.errors[0].contains("has timestamp too old"),
+            "{:?}",
+            d.errors
+        );
+        assert!(
+            d.errors[1].contains("has timestamp too new"),
+            "{:?}",
+            d.errors
+        );
+    }
+
+    #[test]
+    fn pushed_lines_over_the_line_limit_are_cut_and_flagged() {
+        let long = "é".repeat(limits::MAX_LINE_BYTES / 2 + 7);
+        let body = serde_json::to_vec(
+            &json!({"streams":[{"stream":{"app":"x"},"values":[["1700000000000000000", long]]}]}),
+        )
+        .unwrap();
+        let d = decode_push(&body, &any_age(), "push").unwrap();
+        let r = &d.content.records[0];
+        assert!(r.line.len() <= limits::MAX_LINE_BYTES);
+        assert!(std::str::from_utf8(&r.line).is_ok());
+        assert_eq!(r.flags, heimdall_common::record::flags::TRUNCATED);
     }
 }

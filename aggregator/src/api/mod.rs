@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod errors;
 pub mod loki;
 pub mod tls;
 
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub alerting: Option<Arc<alerts::AlertApi>>,
     /// Truncate metric `query_range` start and end to multiples of the step.
     pub align_queries_with_step: bool,
+    /// What pushed entries may hold.
+    pub push: loki::PushPolicy,
 }
 
 /// The router.
@@ -103,6 +106,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(api)
         .route("/metrics", get(metrics_text))
         .route("/ready", get(|| async { "ready\n" }))
+        .fallback(errors::not_found)
+        .layer(axum::middleware::from_fn(errors::layer))
         .with_state(state)
 }
 
@@ -111,15 +116,7 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let kind = match self.0 {
-            StatusCode::BAD_REQUEST => "bad_data",
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
-            StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => "timeout",
-            _ => "internal",
-        };
-        let body =
-            json!({"status": "error", "errorType": kind, "message": self.1, "error": self.1});
-        (self.0, Json(body)).into_response()
+        errors::json_error(self.0, &self.1)
     }
 }
 

@@ -314,7 +314,7 @@ impl Ctx<'_, '_> {
                         Some(i) => *i,
                         None => {
                             let lv = Level::from_u8(level).unwrap_or_default();
-                            match new_series(base_labels(labels[&sid], lv), &mut cells) {
+                            match new_series(base_labels(labels[&sid], lv, 0), &mut cells) {
                                 Ok(i) => {
                                     fast.insert(key, i);
                                     i
@@ -351,7 +351,7 @@ impl Ctx<'_, '_> {
                 lines += 1;
                 bytes_read += row.line.len() as u64;
                 let stream = labels[&row.stream_id];
-                let Some(out) = pipeline.process(stream, row.level, &row.line) else {
+                let Some(out) = pipeline.process(stream, row.level, row.flags, &row.line) else {
                     return true;
                 };
                 let i = match out.labels {
@@ -359,7 +359,7 @@ impl Ctx<'_, '_> {
                         let key = (row.stream_id, row.level as u8);
                         match fast.get(&key) {
                             Some(i) => *i,
-                            None => match new_series(base_labels(stream, row.level), &mut cells) {
+                            None => match new_series(base_labels(stream, row.level, row.flags), &mut cells) {
                                 Ok(i) => {
                                     fast.insert(key, i);
                                     i

@@ -69,6 +69,8 @@ pub struct Row {
     pub stream_id: i64,
     pub ts: i64,
     pub level: Level,
+    /// Bits from `heimdall_common::record::flags`.
+    pub flags: u8,
     pub line: Vec<u8>,
 }
 
@@ -540,6 +542,7 @@ impl<'a> Source<'a> {
                             stream_id: r.stream_id,
                             ts: r.ts,
                             level: r.level,
+                            flags: r.flags,
                             line: r.line,
                         }) {
                             return Ok(());
@@ -587,6 +590,7 @@ impl<'a> Source<'a> {
                         stream_id: map[&r.stream_id],
                         ts: r.ts,
                         level: r.level,
+                        flags: r.flags,
                         line: r.line,
                     };
                     if !each(row) {
@@ -726,6 +730,7 @@ impl<'a> Source<'a> {
                                 stream_id: r.stream_id,
                                 ts: r.ts,
                                 level: r.level,
+                                flags: r.flags,
                                 line: r.line,
                             }));
                         }
@@ -782,6 +787,7 @@ impl<'a> Source<'a> {
                             stream_id: s.map[&r.stream_id],
                             ts: r.ts,
                             level: r.level,
+                            flags: r.flags,
                             line: r.line,
                         });
                     }
@@ -946,7 +952,7 @@ pub fn run_log_query(src: &Source<'_>, q: &LogQuery, req: &LogRequest) -> Result
     let pipeline = Pipeline::new(q);
     let filters: Vec<&LineFilter> = q.leading_filters().collect();
     let mut groups: HashMap<Labels, Vec<Entry>> = HashMap::new();
-    let mut fast: HashMap<(i64, u8), Labels> = HashMap::new();
+    let mut fast: HashMap<(i64, u8, u8), Labels> = HashMap::new();
     let (mut lines, mut bytes, mut scanned, mut scanned_bytes) = (0usize, 0usize, 0u64, 0u64);
     let complete = src.scan(
         &ids,
@@ -963,14 +969,14 @@ pub fn run_log_query(src: &Source<'_>, q: &LogQuery, req: &LogRequest) -> Result
             scanned += 1;
             scanned_bytes += row.line.len() as u64;
             let stream = &labels[&row.stream_id];
-            let Some(out) = pipeline.process(stream, row.level, &row.line) else {
+            let Some(out) = pipeline.process(stream, row.level, row.flags, &row.line) else {
                 return true;
             };
             let key = match out.labels {
                 Some(l) => l,
                 None => fast
-                    .entry((row.stream_id, row.level as u8))
-                    .or_insert_with(|| base_labels(stream, row.level))
+                    .entry((row.stream_id, row.level as u8, row.flags))
+                    .or_insert_with(|| base_labels(stream, row.level, row.flags))
                     .clone(),
             };
             let line = out.line.into_owned();

@@ -35,15 +35,29 @@ pub struct Output<'a> {
     pub line: Cow<'a, [u8]>,
 }
 
-/// The labels a line starts with: its stream's labels and its level.
-pub fn base_labels(stream: &Labels, level: Level) -> Labels {
+/// The labels a line starts with: its stream's labels, its level, and its flags when
+/// set (`truncated`, `invalid_utf8`, `no_newline`, all `"true"`), so that
+/// `| truncated="true"` finds the lines cut at the line limit.
+pub fn base_labels(stream: &Labels, level: Level, flags: u8) -> Labels {
     let mut l = stream.clone();
     l.insert("detected_level", level.as_str());
     if stream.get("level").is_none() {
         l.insert("level", level.as_str());
     }
+    for (bit, name) in FLAG_LABELS {
+        if flags & bit != 0 {
+            l.insert(name, "true");
+        }
+    }
     l
 }
+
+/// The labels a record's flags set.
+pub const FLAG_LABELS: [(u8, &str); 3] = [
+    (heimdall_common::record::flags::TRUNCATED, "truncated"),
+    (heimdall_common::record::flags::INVALID_UTF8, "invalid_utf8"),
+    (heimdall_common::record::flags::NO_NEWLINE, "no_newline"),
+];
 
 impl Pipeline {
     /// Compiles the stages of a log query.
@@ -55,7 +69,13 @@ impl Pipeline {
     }
 
     /// Runs the stages over `line`; `None` when a stage filtered it out.
-    pub fn process<'a>(&self, stream: &Labels, level: Level, line: &'a [u8]) -> Option<Output<'a>> {
+    pub fn process<'a>(
+        &self,
+        stream: &Labels,
+        level: Level,
+        flags: u8,
+        line: &'a [u8],
+    ) -> Option<Output<'a>> {
         let mut line: Cow<'a, [u8]> = Cow::Borrowed(line);
         let mut labels: Option<Labels> = None;
         for s in &self.stages {
@@ -66,29 +86,29 @@ impl Pipeline {
                     }
                 }
                 Stage::Json(params) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level));
+                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
                     json(stream, l, &line, params);
                 }
                 Stage::Logfmt => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level));
+                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
                     logfmt(stream, l, &line);
                 }
                 Stage::Label(f) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level));
+                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
                     if !label_filter(f, l) {
                         return None;
                     }
                 }
                 Stage::Drop(names) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level));
+                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
                     l.retain(|k, v| !names.iter().any(|n| named(n, k, v)));
                 }
                 Stage::Keep(names) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level));
+                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
                     l.retain(|k, v| names.iter().any(|n| named(n, k, v)));
                 }
                 Stage::LineFormat(parts) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level));
+                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
                     let mut out = Vec::with_capacity(line.len());
                     for p in parts {
                         match p {
@@ -362,13 +382,14 @@ mod tests {
     fn run(q: &str, line: &str) -> Option<(Labels, String)> {
         let p = Pipeline::new(&parse_log(q).unwrap());
         let stream = Labels::new([("app", "api"), ("host", "h1")]);
-        p.process(&stream, Level::Info, line.as_bytes()).map(|o| {
-            (
-                o.labels
-                    .unwrap_or_else(|| base_labels(&stream, Level::Info)),
-                String::from_utf8_lossy(&o.line).into_owned(),
-            )
-        })
+        p.process(&stream, Level::Info, 0, line.as_bytes())
+            .map(|o| {
+                (
+                    o.labels
+                        .unwrap_or_else(|| base_labels(&stream, Level::Info, 0)),
+                    String::from_utf8_lossy(&o.line).into_owned(),
+                )
+            })
     }
 
     #[test]
