@@ -477,8 +477,29 @@ impl AgentConfig {
     ///
     /// # Errors
     /// [`Error::Parse`] naming the bad key, or [`Error::Invalid`] listing every problem.
+    /// The certificate files a configuration names, read even when other keys are
+    /// wrong (so `check-config` can check them in the same pass); `None` when the text
+    /// is not TOML of this shape.
+    pub fn tls_files_of(text: &str, ov: &Overrides) -> Option<TlsFiles> {
+        let t: toml::Table = toml::from_str(text).ok()?;
+        let path = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(PathBuf::from);
+        let state_dir = ov
+            .state_dir
+            .clone()
+            .or_else(|| path(t.get("state_dir")))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let out = t.get("output").and_then(toml::Value::as_table);
+        let output = OutputConfig {
+            ca: path(out.and_then(|o| o.get("ca"))),
+            cert: path(out.and_then(|o| o.get("cert"))),
+            key: path(out.and_then(|o| o.get("key"))),
+            ..OutputConfig::default()
+        };
+        Some(tls_files(&state_dir, &output))
+    }
+
     pub fn load(text: &str, overrides: &Overrides) -> Result<AgentConfig, Error> {
-        let raw: AgentConfigFile = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        let raw: AgentConfigFile = heimdall_common::config::parse_toml(text)?;
         AgentConfig::from_raw(raw, overrides)
     }
 
@@ -724,7 +745,7 @@ impl AgentConfig {
         } else if raw.output.endpoints.is_empty() {
             vec![DEFAULT_ENDPOINT.to_owned()]
         } else {
-            raw.output.endpoints
+            raw.output.endpoints.clone()
         };
         for (i, e) in endpoints.iter().enumerate() {
             if !e.contains(':')
@@ -739,20 +760,7 @@ impl AgentConfig {
                 );
             }
         }
-        let tls = TlsFiles {
-            ca: raw
-                .output
-                .ca
-                .unwrap_or_else(|| state_dir.join("tls/ca.pem")),
-            cert: raw
-                .output
-                .cert
-                .unwrap_or_else(|| state_dir.join("tls/agent.pem")),
-            key: raw
-                .output
-                .key
-                .unwrap_or_else(|| state_dir.join("tls/agent-key.pem")),
-        };
+        let tls = tls_files(&state_dir, &raw.output);
         let window = raw.output.window.unwrap_or(16) as usize;
         if !(1..=256).contains(&window) {
             p.push("output.window", "must be between 1 and 256");
@@ -816,6 +824,23 @@ impl AgentConfig {
 /// it reads (`service`, `syslog_identifier`, `hostname`, path groups); the aggregator
 /// adds `agent`. Counted against the protocol's limit of labels per stream.
 const AGENT_SET_LABELS: usize = 5;
+
+fn tls_files(state_dir: &Path, output: &OutputConfig) -> TlsFiles {
+    TlsFiles {
+        ca: output
+            .ca
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tls/ca.pem")),
+        cert: output
+            .cert
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tls/agent.pem")),
+        key: output
+            .key
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tls/agent-key.pem")),
+    }
+}
 
 fn check_source_labels(p: &mut ConfigProblems, key: &str, labels: &BTreeMap<String, String>) {
     check_labels(p, &format!("{key}.labels"), labels);

@@ -118,18 +118,79 @@ struct RunArgs {
 
 const DEFAULT_LOG: &str = "info";
 
-fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
-    let default = PathBuf::from(DEFAULT_CONFIG);
-    let path = args.config.clone().unwrap_or_else(|| default.clone());
-    let text = heimdall_common::config::read_config_text(args.config.as_deref(), &default)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    let ov = Overrides {
+fn overrides(args: &RunArgs) -> Overrides {
+    Overrides {
         include: args.include.clone(),
         state_dir: args.state_dir.clone(),
         endpoints: args.endpoint.clone(),
         metrics_listen: args.metrics_listen.clone(),
+    }
+}
+
+/// The configuration's path and text.
+fn read_text(args: &RunArgs) -> anyhow::Result<(PathBuf, String)> {
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    let path = args.config.clone().unwrap_or_else(|| default.clone());
+    let text = heimdall_common::config::read_config_text(args.config.as_deref(), &default)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    Ok((path, text))
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
+    let (path, text) = read_text(args)?;
+    AgentConfig::load(&text, &overrides(args))
+        .with_context(|| format!("invalid config {}", path.display()))
+}
+
+/// `check-config`: the configuration's problems and its certificates' (files missing
+/// or unreadable, a key of another certificate, expired, not chaining to the CA), all
+/// in one pass.
+fn check_config(args: &RunArgs) -> ExitCode {
+    use heimdall_common::tls::{check_files, Purpose};
+    let (path, text) = match read_text(args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("heimdall-agent: {e:#}");
+            return ExitCode::from(64);
+        }
     };
-    AgentConfig::load(&text, &ov).with_context(|| format!("invalid config {}", path.display()))
+    let ov = overrides(args);
+    let mut problems = Vec::new();
+    if let Err(e) = AgentConfig::load(&text, &ov) {
+        problems.extend(e.to_string().lines().map(str::to_owned));
+    }
+    let mut warnings = Vec::new();
+    if let Some(tls) = AgentConfig::tls_files_of(&text, &ov) {
+        let f = check_files(&tls, Purpose::Client);
+        let note = if f.problems.is_empty() {
+            ""
+        } else {
+            " (the agent starts anyway and spools until the certificates work)"
+        };
+        problems.extend(
+            f.problems
+                .into_iter()
+                .map(|p| format!("certificates: {p}{note}")),
+        );
+        warnings.extend(f.warnings);
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!("configuration {} is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "heimdall-agent: {} has {} problem{}:",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(64)
 }
 
 /// Options given before the subcommand (`heimdall-agent --config F run`) apply when
@@ -160,9 +221,9 @@ fn merged(top: &RunArgs, sub: RunArgs) -> RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let top = cli.run;
-    let (args, check) = match cli.command {
-        Some(Command::Run(a)) => (merged(&top, a), false),
-        Some(Command::CheckConfig(a)) => (merged(&top, a), true),
+    let args = match cli.command {
+        Some(Command::Run(a)) => merged(&top, a),
+        Some(Command::CheckConfig(a)) => return check_config(&merged(&top, a)),
         Some(Command::Redact(mut a)) => {
             a.config = a.config.or(top.config);
             return redact(&a);
@@ -173,7 +234,7 @@ fn main() -> ExitCode {
         }
         Some(Command::DeadLetter(c)) => return dead_letter(&top, c),
         Some(Command::GenerateDocs { out }) => return generate_docs(&out),
-        None => (top, false),
+        None => top,
     };
     let cfg = match load(&args) {
         Ok(c) => c,
@@ -182,10 +243,6 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    if check {
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
     let nofile = raise_open_files_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));

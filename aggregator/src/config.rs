@@ -185,6 +185,23 @@ pub struct StoreConfig {
     pub partition: Option<HumanDuration>,
 }
 
+fn tls_files(state_dir: &std::path::Path, ingest: &IngestConfig) -> TlsFiles {
+    TlsFiles {
+        ca: ingest
+            .ca
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tls/ca.pem")),
+        cert: ingest
+            .cert
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tls/server.pem")),
+        key: ingest
+            .key
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tls/server-key.pem")),
+    }
+}
+
 /// The validated runtime configuration.
 #[derive(Clone, Debug)]
 pub struct AggregatorConfig {
@@ -248,9 +265,39 @@ impl AggregatorConfig {
     ///
     /// # Errors
     /// [`Error::Parse`] naming the bad key, or [`Error::Invalid`] listing every problem.
+    /// The certificate files a configuration names (ingest's, and the API's when it
+    /// serves HTTPS), read even when other keys are wrong, so `check-config` can check
+    /// them in the same pass; `None` when the text is not TOML of this shape.
+    pub fn tls_files_of(
+        text: &str,
+        ov: &Overrides,
+    ) -> Option<(TlsFiles, Option<(PathBuf, PathBuf)>)> {
+        let t: toml::Table = toml::from_str(text).ok()?;
+        let path = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(PathBuf::from);
+        let state_dir = ov
+            .state_dir
+            .clone()
+            .or_else(|| path(t.get("state_dir")))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let sub = |name: &str, key: &str| {
+            path(
+                t.get(name)
+                    .and_then(toml::Value::as_table)
+                    .and_then(|s| s.get(key)),
+            )
+        };
+        let ingest = IngestConfig {
+            ca: sub("ingest", "ca"),
+            cert: sub("ingest", "cert"),
+            key: sub("ingest", "key"),
+            ..IngestConfig::default()
+        };
+        let api = sub("api", "tls_cert").zip(sub("api", "tls_key"));
+        Some((tls_files(&state_dir, &ingest), api))
+    }
+
     pub fn load(text: &str, ov: &Overrides) -> Result<AggregatorConfig, Error> {
-        let raw: AggregatorConfigFile =
-            toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        let raw: AggregatorConfigFile = heimdall_common::config::parse_toml(text)?;
         let mut p = ConfigProblems::default();
         let state_dir = ov
             .state_dir
@@ -260,7 +307,7 @@ impl AggregatorConfig {
         let ingest_listen = addr(
             &mut p,
             "ingest.listen",
-            ov.ingest_listen.clone().or(raw.ingest.listen),
+            ov.ingest_listen.clone().or(raw.ingest.listen.clone()),
             "0.0.0.0:7400",
         );
         let api_listen = addr(
@@ -269,20 +316,7 @@ impl AggregatorConfig {
             ov.api_listen.clone().or(raw.api.listen),
             "127.0.0.1:3100",
         );
-        let tls = TlsFiles {
-            ca: raw
-                .ingest
-                .ca
-                .unwrap_or_else(|| state_dir.join("tls/ca.pem")),
-            cert: raw
-                .ingest
-                .cert
-                .unwrap_or_else(|| state_dir.join("tls/server.pem")),
-            key: raw
-                .ingest
-                .key
-                .unwrap_or_else(|| state_dir.join("tls/server-key.pem")),
-        };
+        let tls = tls_files(&state_dir, &raw.ingest);
         let max_streams = raw.ingest.max_streams_per_connection.unwrap_or(64);
         if !(1..=1024).contains(&max_streams) {
             p.push(

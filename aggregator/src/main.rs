@@ -103,17 +103,93 @@ struct IssueArgs {
     state_dir: PathBuf,
 }
 
-fn load(args: &RunArgs) -> anyhow::Result<AggregatorConfig> {
+fn overrides(args: &RunArgs) -> Overrides {
+    Overrides {
+        state_dir: args.state_dir.clone(),
+        ingest_listen: args.ingest_listen.clone(),
+        api_listen: args.api_listen.clone(),
+    }
+}
+
+/// The configuration's path and text.
+fn read_text(args: &RunArgs) -> anyhow::Result<(PathBuf, String)> {
     let default = PathBuf::from(DEFAULT_CONFIG);
     let path = args.config.clone().unwrap_or_else(|| default.clone());
     let text = heimdall_common::config::read_config_text(args.config.as_deref(), &default)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    let ov = Overrides {
-        state_dir: args.state_dir.clone(),
-        ingest_listen: args.ingest_listen.clone(),
-        api_listen: args.api_listen.clone(),
+    Ok((path, text))
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<AggregatorConfig> {
+    let (path, text) = read_text(args)?;
+    AggregatorConfig::load(&text, &overrides(args))
+        .with_context(|| format!("invalid config {}", path.display()))
+}
+
+/// `check-config`: the configuration's problems and its certificates' (the ingest
+/// certificate against the CA agents chain to, and the API's HTTPS certificate), all in
+/// one pass.
+fn check_config(args: &RunArgs) -> ExitCode {
+    use heimdall_common::tls::{check_files, Purpose, TlsFiles};
+    let (path, text) = match read_text(args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("heimdall-aggregator: {e:#}");
+            return ExitCode::from(64);
+        }
     };
-    AggregatorConfig::load(&text, &ov).with_context(|| format!("invalid config {}", path.display()))
+    let ov = overrides(args);
+    let mut problems = Vec::new();
+    if let Err(e) = AggregatorConfig::load(&text, &ov) {
+        problems.extend(e.to_string().lines().map(str::to_owned));
+    }
+    let mut warnings = Vec::new();
+    if let Some((ingest, api)) = AggregatorConfig::tls_files_of(&text, &ov) {
+        let f = check_files(&ingest, Purpose::Server);
+        problems.extend(
+            f.problems
+                .into_iter()
+                .map(|p| format!("ingest certificates: {p}")),
+        );
+        warnings.extend(f.warnings);
+        if let Some((cert, key)) = api {
+            // The API's certificate is checked against its own chain's last
+            // certificate: what matters here is that it loads, matches its key and is
+            // in date.
+            let f = check_files(
+                &TlsFiles {
+                    ca: cert.clone(),
+                    cert,
+                    key,
+                },
+                Purpose::Server,
+            );
+            problems.extend(
+                f.problems
+                    .into_iter()
+                    .filter(|p| !p.contains("does not verify against the CA"))
+                    .map(|p| format!("API certificates: {p}")),
+            );
+            warnings.extend(f.warnings);
+        }
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!("configuration {} is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "heimdall-aggregator: {} has {} problem{}:",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(64)
 }
 
 /// Options given before the subcommand (`heimdall-aggregator --config F run`) apply
@@ -135,16 +211,16 @@ fn merged(top: &RunArgs, sub: RunArgs) -> RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let top = cli.run;
-    let (args, check) = match cli.command {
-        Some(Command::Run(a)) => (merged(&top, a), false),
-        Some(Command::CheckConfig(a)) => (merged(&top, a), true),
+    let args = match cli.command {
+        Some(Command::Run(a)) => merged(&top, a),
+        Some(Command::CheckConfig(a)) => return check_config(&merged(&top, a)),
         Some(Command::Init(a)) => return init(a),
         Some(Command::IssueAgentCert(a)) => return issue(a),
         Some(Command::RebuildCatalog(a)) => return rebuild_catalog(merged(&top, a)),
         Some(Command::GenerateDocs { out }) => {
             return generate_docs(<Cli as clap::CommandFactory>::command(), &out)
         }
-        None => (top, false),
+        None => top,
     };
     let cfg = match load(&args) {
         Ok(c) => c,
@@ -153,10 +229,6 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    if check {
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
     tracing_subscriber::fmt()

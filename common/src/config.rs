@@ -262,6 +262,86 @@ pub enum LoadError {
     Invalid(ConfigProblems),
 }
 
+/// Most problems of shape (unknown keys, wrong types) collected from one file.
+const MAX_SHAPE_PROBLEMS: usize = 50;
+
+/// Parses a TOML configuration into its raw type, naming every unknown key and every
+/// value of the wrong type in one pass (the parser alone stops at the first): each
+/// problem found is blanked out of a copy of the text and the rest parsed again. A
+/// syntax error stops the pass, since what follows it cannot be read reliably.
+///
+/// # Errors
+/// [`LoadError::Parse`] with one line per problem, each naming its line and table.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, LoadError> {
+    if let Err(e) = toml::from_str::<toml::Table>(text) {
+        return Err(LoadError::Parse(e.to_string()));
+    }
+    let mut work: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut problems = Vec::new();
+    loop {
+        let joined = work.join("\n");
+        let e = match toml::from_str::<T>(&joined) {
+            Ok(v) if problems.is_empty() => return Ok(v),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let Some(span) = e.span() else {
+            problems.push(e.message().to_owned());
+            break;
+        };
+        let line = joined[..span.start.min(joined.len())].matches('\n').count();
+        let col = span.start - joined[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+        let table = work[..=line.min(work.len().saturating_sub(1))]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('['))
+            .map(|h| format!(" in {h}"))
+            .unwrap_or_default();
+        problems.push(format!(
+            "line {}, column {col}{table}: {}",
+            line + 1,
+            e.message()
+        ));
+        if problems.len() >= MAX_SHAPE_PROBLEMS || !blank(&mut work, line) {
+            break;
+        }
+    }
+    Err(LoadError::Parse(problems.join("\n")))
+}
+
+/// Comments out the item at `line` (a `[table]` header: the whole table) so the rest
+/// of the text can be checked; false when that leaves text that does not parse.
+fn blank(work: &mut [String], line: usize) -> bool {
+    let Some(first) = work.get(line) else {
+        return false;
+    };
+    let is_header = first.trim_start().starts_with('[');
+    let is_boundary = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('[') || (!is_header && t.contains('=') && !t.starts_with('#'))
+    };
+    let end_limit = (line + 1..work.len())
+        .find(|&i| is_boundary(&work[i]))
+        .unwrap_or(work.len());
+    // A header takes its table along; a key takes as many lines as its value needs.
+    let mut end = if is_header { end_limit } else { line + 1 };
+    loop {
+        let mut trial = work.to_vec();
+        for l in &mut trial[line..end] {
+            l.insert(0, '#');
+        }
+        if toml::from_str::<toml::Table>(&trial.join("\n")).is_ok() {
+            work[line..end].clone_from_slice(&trial[line..end]);
+            return true;
+        }
+        if end >= end_limit {
+            return false;
+        }
+        end += 1;
+    }
+}
+
 /// The `[shutdown]` section shared by both configuration files.
 #[derive(Debug, serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +381,52 @@ mod tests {
         assert!(ByteSize::parse("12 parsecs").unwrap_err().contains("unit"));
         assert!(ByteSize::parse("lots").is_err());
         assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
+    }
+
+    #[test]
+    fn every_shape_problem_is_named_in_one_pass() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            size: Option<u32>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct File {
+            name: Option<String>,
+            #[serde(default)]
+            inner: Option<Inner>,
+            list: Option<Vec<u32>>,
+        }
+        let text = "name = 5\nnmae = \"x\"\nlist = [\n  1,\n  \"two\",\n]\n[inner]\nsize = \"big\"\nszie = 1\n[nowhere]\na = 1\nb = 2\n";
+        let LoadError::Parse(msg) = parse_toml::<File>(text).unwrap_err() else {
+            panic!("a shape problem")
+        };
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines.len(), 6, "{msg}");
+        assert!(
+            lines[0].starts_with("line 1, column 8: invalid type"),
+            "{msg}"
+        );
+        assert!(
+            lines[1].starts_with("line 2, column 1: unknown field `nmae`"),
+            "{msg}"
+        );
+        assert!(lines[2].contains("invalid type: string \"two\""), "{msg}");
+        assert!(
+            lines[3].starts_with("line 8, column 8 in [inner]: invalid type"),
+            "{msg}"
+        );
+        assert!(
+            lines[4].starts_with("line 9, column 1 in [inner]: unknown field `szie`"),
+            "{msg}"
+        );
+        assert!(lines[5].contains("unknown field `nowhere`"), "{msg}");
+        // Syntax errors stop the pass.
+        assert!(parse_toml::<File>("name = \n").is_err());
+        assert!(parse_toml::<File>("name = \"ok\"\n").is_ok());
     }
 
     #[test]

@@ -104,11 +104,12 @@ fn bad_frames_are_rejected_and_service_goes_on() {
         huge_prefix.put_u32(200 << 20);
         huge_prefix.put_u8(wire::frame_type::BATCH);
         huge_prefix.put_slice(&[0u8; 1024]);
-        // A frame whose header tells the truth: 17 MiB, over the 16 MiB limit.
+        // A frame whose header tells the truth: one byte over the protocol's limit.
+        let over = heimdall_common::limits::MAX_FRAME_BYTES + 1;
         let mut oversized = BytesMut::new();
-        oversized.put_u32((17 << 20) - 4);
+        oversized.put_u32((over - 4) as u32);
         oversized.put_u8(wire::frame_type::BATCH);
-        oversized.resize(17 << 20, 0);
+        oversized.resize(over, 0);
         let mut bad_crc = Batch::seal(42, 2, 1, Codec::None, &content(3));
         let mut p = bad_crc.payload.to_vec();
         let last = p.len() - 1;
