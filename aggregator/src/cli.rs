@@ -1,13 +1,15 @@
 //! The `heimdall` command-line client: queries the aggregator's HTTP API, lists agents,
 //! and `quickstart` runs an aggregator and an agent locally on embedded defaults.
 
-use crate::certs;
+mod quickstart;
+
+pub use quickstart::QuickstartArgs;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// Heimdall command-line client: query logs stored by a Heimdall aggregator, list the
@@ -269,21 +271,6 @@ pub struct AnomaliesArgs {
     pub output: String,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct QuickstartArgs {
-    /// Directory for configuration, certificates, data and logs.
-    #[arg(long, default_value = "heimdall-data")]
-    pub dir: PathBuf,
-    /// Files to tail (repeatable). Default /var/log/**/*.log.
-    #[arg(long = "include", value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// QUIC ingest address of the aggregator.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    pub ingest: String,
-    /// HTTP API address of the aggregator.
-    #[arg(long, default_value = "127.0.0.1:3100")]
-    pub api: String,
-}
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
@@ -301,7 +288,7 @@ pub fn main(cli: Cli) -> i32 {
         Cmd::Alerts(a) => alerts(&cli.addr, &a),
         Cmd::Silence(a) => silence(&cli.addr, a),
         Cmd::Incidents(a) => incidents(&cli.addr, a),
-        Cmd::Quickstart(a) => quickstart(&a),
+        Cmd::Quickstart(a) => quickstart::run(&a, terminate),
         Cmd::GenerateDocs { out } => {
             heimdall_common::docs::generate(<Cli as clap::CommandFactory>::command(), &out)
                 .map(|files| {
@@ -1088,7 +1075,7 @@ fn agents(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let p = exe.with_file_name(name);
     if !p.exists() {
@@ -1101,171 +1088,8 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn write_if_missing(path: &Path, text: &str) -> anyhow::Result<bool> {
-    if path.exists() {
-        return Ok(false);
-    }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(true)
-}
 
-fn toml_str(p: &Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
 
-fn quickstart(a: &QuickstartArgs) -> anyhow::Result<()> {
-    let agg_bin = sibling("heimdall-aggregator")?;
-    let agent_bin = sibling("heimdall-agent")?;
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("cannot create {}", a.dir.display()))?;
-    let dir = a.dir.canonicalize()?;
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let tls = dir.join("aggregator/tls");
-    let made = certs::init(&tls, &certs::default_server_names(), &host)?;
-    if !made.created.is_empty() {
-        println!("made a private CA and certificates in {}", tls.display());
-    }
-    let agg_cfg = dir.join("aggregator.toml");
-    write_if_missing(
-        &agg_cfg,
-        &format!(
-            "# Heimdall aggregator, made by `heimdall quickstart`.\nstate_dir = {}\n\n[ingest]\nlisten = {:?}\n\n[api]\nlisten = {:?}\n",
-            toml_str(&dir.join("aggregator")),
-            a.ingest,
-            a.api
-        ),
-    )?;
-    let include = if a.include.is_empty() {
-        vec![heimdall_agent_default_include().to_owned()]
-    } else {
-        a.include.clone()
-    };
-    let agent_cfg = dir.join("agent.toml");
-    write_if_missing(
-        &agent_cfg,
-        &format!(
-            "# Heimdall agent, made by `heimdall quickstart`.\nstate_dir = {}\n\n[[files]]\ninclude = [{}]\n\n[output]\nendpoints = [{:?}]\nserver_name = \"localhost\"\nca = {}\ncert = {}\nkey = {}\n\n[metrics]\nlisten = \"127.0.0.1:9601\"\n",
-            toml_str(&dir.join("agent")),
-            include.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", "),
-            a.ingest,
-            toml_str(&made.ca),
-            toml_str(&made.agent_cert),
-            toml_str(&made.agent_key),
-        ),
-    )?;
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(name))
-            .with_context(|| format!("cannot open {name}"))?;
-        Ok(Stdio::from(f))
-    };
-    let mut agg = Command::new(&agg_bin)
-        .arg("run")
-        .arg("--config")
-        .arg(&agg_cfg)
-        .stdout(log("aggregator.log")?)
-        .stderr(log("aggregator.log")?)
-        .spawn()
-        .context("cannot start heimdall-aggregator")?;
-    let api = format!("http://{}", a.api);
-    let start = Instant::now();
-    loop {
-        if ureq::get(&format!("{api}/ready"))
-            .timeout(Duration::from_secs(1))
-            .call()
-            .is_ok()
-        {
-            break;
-        }
-        if let Some(st) = agg.try_wait()? {
-            bail!(
-                "the aggregator exited ({st}); see {}",
-                dir.join("aggregator.log").display()
-            );
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            terminate(&mut agg);
-            bail!(
-                "the aggregator did not become ready in 30s; see {}",
-                dir.join("aggregator.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut agent = match Command::new(&agent_bin)
-        .arg("run")
-        .arg("--config")
-        .arg(&agent_cfg)
-        .stdout(log("agent.log")?)
-        .stderr(log("agent.log")?)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            terminate(&mut agg);
-            return Err(e).context("cannot start heimdall-agent");
-        }
-    };
-    println!(
-        "\nHeimdall is running.\n\
-         \n  aggregator  QUIC ingest {ingest} (mutual TLS), HTTP API {api}\
-         \n  agent       tailing {include}\
-         \n  data        {db} (SQLite)\
-         \n  config      {agg_cfg}, {agent_cfg}\
-         \n  logs        {alog}, {glog}\
-         \n  metrics     {api}/metrics and http://127.0.0.1:9601/metrics\
-         \n\nTry, in another terminal:\
-         \n  heimdall query '{{host=\"{host}\"}} |= \"error\"' --since 1h\
-         \n  heimdall agents\
-         \n(the binaries are in {bindir}; Grafana can use {api} as a Loki data source)\
-         \n\nPress Ctrl-C to stop.",
-        ingest = a.ingest,
-        api = api,
-        include = include.join(", "),
-        db = dir.join("aggregator/hot.db").display(),
-        agg_cfg = agg_cfg.display(),
-        agent_cfg = agent_cfg.display(),
-        alog = dir.join("aggregator.log").display(),
-        glog = dir.join("agent.log").display(),
-        host = host,
-        bindir = agg_bin
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let why = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok::<_, std::io::Error>(None),
-                _ = int.recv() => return Ok(None),
-                _ = tick.tick() => {
-                    if let Some(st) = agent.try_wait()? { return Ok(Some(format!("the agent exited ({st})"))); }
-                    if let Some(st) = agg.try_wait()? { return Ok(Some(format!("the aggregator exited ({st})"))); }
-                }
-            }
-        }
-    })?;
-    println!("\nstopping (the agent flushes its spool, the aggregator commits what it has)…");
-    terminate(&mut agent);
-    terminate(&mut agg);
-    if let Some(why) = why {
-        bail!("{why}; see the logs in {}", dir.display());
-    }
-    Ok(())
-}
-
-fn heimdall_agent_default_include() -> &'static str {
-    "/var/log/**/*.log"
-}
 
 /// Sends SIGTERM and waits up to 20 s, then kills.
 fn terminate(child: &mut Child) {

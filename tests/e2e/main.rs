@@ -3,6 +3,7 @@
 
 mod alerts;
 mod chaos;
+mod contract;
 mod cli;
 mod frames;
 mod intel;
