@@ -499,8 +499,20 @@ impl AgentConfig {
     }
 
     pub fn load(text: &str, overrides: &Overrides) -> Result<AgentConfig, Error> {
-        let raw: AgentConfigFile = heimdall_common::config::parse_toml(text)?;
-        AgentConfig::from_raw(raw, overrides)
+        let (raw, shape) = heimdall_common::config::parse_toml::<AgentConfigFile>(text)?;
+        let Some(raw) = raw else {
+            return Err(Error::Invalid(shape));
+        };
+        match AgentConfig::from_raw(raw, overrides) {
+            Ok(c) if shape.0.is_empty() => Ok(c),
+            Ok(_) => Err(Error::Invalid(shape)),
+            Err(Error::Invalid(more)) => {
+                let mut all = shape;
+                all.0.extend(more.0);
+                Err(Error::Invalid(all))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Validates an already-parsed file.

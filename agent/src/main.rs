@@ -29,8 +29,10 @@ struct Cli {
 enum Command {
     /// Tail, spool and ship until SIGTERM or SIGINT (the default).
     Run(RunArgs),
-    /// Validate the configuration and exit: 0 when valid, 64 with every problem named.
-    CheckConfig(RunArgs),
+    /// Validate the configuration and its certificates and exit: 0 when valid, 64 with
+    /// every problem named (unknown keys, bad values, certificates that cannot be read,
+    /// do not match their key, are out of date or do not chain to the CA).
+    CheckConfig(CheckArgs),
     /// Redact lines read on stdin with the configured rules and write them to stdout,
     /// to try rules before rolling them out. Records a `drop` rule matches are not
     /// written; a summary of what was found goes to stderr.
@@ -94,6 +96,15 @@ struct RedactArgs {
     explain: bool,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+struct CheckArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Check the configuration only, not the certificate files it names.
+    #[arg(long)]
+    skip_certificates: bool,
+}
+
 #[derive(clap::Args, Debug, Clone, Default)]
 struct RunArgs {
     /// Configuration file (TOML).
@@ -145,7 +156,7 @@ fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {
 /// `check-config`: the configuration's problems and its certificates' (files missing
 /// or unreadable, a key of another certificate, expired, not chaining to the CA), all
 /// in one pass.
-fn check_config(args: &RunArgs) -> ExitCode {
+fn check_config(args: &RunArgs, skip_certificates: bool) -> ExitCode {
     use heimdall_common::tls::{check_files, Purpose};
     let (path, text) = match read_text(args) {
         Ok(t) => t,
@@ -160,19 +171,27 @@ fn check_config(args: &RunArgs) -> ExitCode {
         problems.extend(e.to_string().lines().map(str::to_owned));
     }
     let mut warnings = Vec::new();
-    if let Some(tls) = AgentConfig::tls_files_of(&text, &ov) {
-        let f = check_files(&tls, Purpose::Client);
-        let note = if f.problems.is_empty() {
-            ""
+    let tls = AgentConfig::tls_files_of(&text, &ov).filter(|_| !skip_certificates);
+    if let Some(tls) = tls {
+        let missing: Vec<_> = [&tls.ca, &tls.cert, &tls.key]
+            .into_iter()
+            .filter(|p| !p.exists())
+            .collect();
+        if missing.is_empty() {
+            let f = check_files(&tls, Purpose::Client);
+            problems.extend(f.problems.into_iter().map(|p| format!("certificates: {p}")));
+            warnings.extend(f.warnings);
         } else {
-            " (the agent starts anyway and spools until the certificates work)"
-        };
-        problems.extend(
-            f.problems
-                .into_iter()
-                .map(|p| format!("certificates: {p}{note}")),
-        );
-        warnings.extend(f.warnings);
+            // Not enrolled yet: a normal state after installing the package.
+            warnings.push(format!(
+                "not enrolled yet: {} missing; the agent runs and spools until they are in place (heimdall-aggregator issue-agent-cert makes them)",
+                missing
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -223,7 +242,9 @@ fn main() -> ExitCode {
     let top = cli.run;
     let args = match cli.command {
         Some(Command::Run(a)) => merged(&top, a),
-        Some(Command::CheckConfig(a)) => return check_config(&merged(&top, a)),
+        Some(Command::CheckConfig(a)) => {
+            return check_config(&merged(&top, a.run), a.skip_certificates)
+        }
         Some(Command::Redact(mut a)) => {
             a.config = a.config.or(top.config);
             return redact(&a);

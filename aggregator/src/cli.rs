@@ -3,9 +3,9 @@
 
 mod quickstart;
 
-pub use quickstart::QuickstartArgs;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+pub use quickstart::QuickstartArgs;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -270,7 +270,6 @@ pub struct AnomaliesArgs {
     #[arg(long, short, default_value = "text")]
     pub output: String,
 }
-
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
@@ -1087,9 +1086,6 @@ pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     }
     Ok(p)
 }
-
-
-
 
 /// Sends SIGTERM and waits up to 20 s, then kills.
 fn terminate(child: &mut Child) {

@@ -297,8 +297,12 @@ impl AggregatorConfig {
     }
 
     pub fn load(text: &str, ov: &Overrides) -> Result<AggregatorConfig, Error> {
-        let raw: AggregatorConfigFile = heimdall_common::config::parse_toml(text)?;
-        let mut p = ConfigProblems::default();
+        let (raw, shape) = heimdall_common::config::parse_toml::<AggregatorConfigFile>(text)?;
+        let Some(raw) = raw else {
+            return Err(Error::Invalid(shape));
+        };
+        // Unknown keys and wrong types first, then every other problem, in one report.
+        let mut p = shape;
         let state_dir = ov
             .state_dir
             .clone()

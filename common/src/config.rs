@@ -267,47 +267,69 @@ const MAX_SHAPE_PROBLEMS: usize = 50;
 
 /// Parses a TOML configuration into its raw type, naming every unknown key and every
 /// value of the wrong type in one pass (the parser alone stops at the first): each
-/// problem found is blanked out of a copy of the text and the rest parsed again. A
-/// syntax error stops the pass, since what follows it cannot be read reliably.
+/// problem found is blanked out of a copy of the text and the rest parsed again. What
+/// parses then is returned too, so the caller can validate it and report the other
+/// problems in the same pass.
 ///
 /// # Errors
-/// [`LoadError::Parse`] with one line per problem, each naming its line and table.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, LoadError> {
+/// [`LoadError::Parse`] for a syntax error: what follows one cannot be read reliably.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<(Option<T>, ConfigProblems), LoadError> {
     if let Err(e) = toml::from_str::<toml::Table>(text) {
         return Err(LoadError::Parse(e.to_string()));
     }
     let mut work: Vec<String> = text.lines().map(str::to_owned).collect();
-    let mut problems = Vec::new();
+    let mut problems = ConfigProblems::default();
     loop {
         let joined = work.join("\n");
         let e = match toml::from_str::<T>(&joined) {
-            Ok(v) if problems.is_empty() => return Ok(v),
-            Ok(_) => break,
+            Ok(v) => return Ok((Some(v), problems)),
             Err(e) => e,
         };
         let Some(span) = e.span() else {
-            problems.push(e.message().to_owned());
-            break;
+            problems.push("(file)", e.message());
+            return Ok((None, problems));
         };
         let line = joined[..span.start.min(joined.len())].matches('\n').count();
-        let col = span.start - joined[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
-        let table = work[..=line.min(work.len().saturating_sub(1))]
-            .iter()
-            .rev()
-            .map(|l| l.trim())
-            .find(|l| l.starts_with('['))
-            .map(|h| format!(" in {h}"))
-            .unwrap_or_default();
-        problems.push(format!(
-            "line {}, column {col}{table}: {}",
-            line + 1,
-            e.message()
-        ));
-        if problems.len() >= MAX_SHAPE_PROBLEMS || !blank(&mut work, line) {
-            break;
+        problems.push(
+            key_at(&work, line),
+            format!("{} (line {})", e.message(), line + 1),
+        );
+        if problems.0.len() >= MAX_SHAPE_PROBLEMS || !blank(&mut work, line) {
+            return Ok((None, problems));
         }
     }
-    Err(LoadError::Parse(problems.join("\n")))
+}
+
+/// The dotted key of the item at `line`: its table's name and its own key (`files[]`
+/// for an array of tables).
+fn key_at(work: &[String], line: usize) -> String {
+    let Some(this) = work.get(line).map(|l| l.trim()) else {
+        return "(file)".into();
+    };
+    let header = |l: &str| -> Option<String> {
+        let l = l.trim();
+        if let Some(t) = l.strip_prefix("[[") {
+            return Some(format!("{}[]", t.split("]]").next()?.trim()));
+        }
+        Some(l.strip_prefix('[')?.split(']').next()?.trim().to_owned())
+    };
+    if let Some(h) = header(this) {
+        return h;
+    }
+    let own = this
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
+    let table = work[..line].iter().rev().find_map(|l| header(l));
+    match table {
+        Some(t) if !own.is_empty() => format!("{t}.{own}"),
+        Some(t) => t,
+        None => own.to_owned(),
+    }
 }
 
 /// Comments out the item at `line` (a `[table]` header: the whole table) so the rest
@@ -401,32 +423,26 @@ mod tests {
             list: Option<Vec<u32>>,
         }
         let text = "name = 5\nnmae = \"x\"\nlist = [\n  1,\n  \"two\",\n]\n[inner]\nsize = \"big\"\nszie = 1\n[nowhere]\na = 1\nb = 2\n";
-        let LoadError::Parse(msg) = parse_toml::<File>(text).unwrap_err() else {
-            panic!("a shape problem")
-        };
-        let lines: Vec<&str> = msg.lines().collect();
-        assert_eq!(lines.len(), 6, "{msg}");
+        let (rest, p) = parse_toml::<File>(text).unwrap();
+        let got: Vec<(String, String)> = p.0.into_iter().map(|p| (p.key, p.message)).collect();
+        assert_eq!(got.len(), 6, "{got:?}");
+        assert_eq!(got[0].0, "name");
         assert!(
-            lines[0].starts_with("line 1, column 8: invalid type"),
-            "{msg}"
+            got[0].1.starts_with("invalid type") && got[0].1.ends_with("(line 1)"),
+            "{got:?}"
         );
-        assert!(
-            lines[1].starts_with("line 2, column 1: unknown field `nmae`"),
-            "{msg}"
-        );
-        assert!(lines[2].contains("invalid type: string \"two\""), "{msg}");
-        assert!(
-            lines[3].starts_with("line 8, column 8 in [inner]: invalid type"),
-            "{msg}"
-        );
-        assert!(
-            lines[4].starts_with("line 9, column 1 in [inner]: unknown field `szie`"),
-            "{msg}"
-        );
-        assert!(lines[5].contains("unknown field `nowhere`"), "{msg}");
+        assert_eq!(got[1].0, "nmae");
+        assert!(got[1].1.starts_with("unknown field `nmae`"), "{got:?}");
+        assert!(got[2].1.contains("invalid type: string \"two\""), "{got:?}");
+        assert_eq!(got[3].0, "inner.size");
+        assert_eq!(got[4].0, "inner.szie");
+        assert_eq!(got[5].0, "nowhere");
+        // What is left parses, for the caller's own checks.
+        assert!(rest.is_some());
         // Syntax errors stop the pass.
         assert!(parse_toml::<File>("name = \n").is_err());
-        assert!(parse_toml::<File>("name = \"ok\"\n").is_ok());
+        let (ok, p) = parse_toml::<File>("name = \"ok\"\n").unwrap();
+        assert!(ok.is_some() && p.0.is_empty());
     }
 
     #[test]

@@ -34,7 +34,9 @@ fn piece(max_line: usize) -> impl Strategy<Value = Piece> {
 }
 
 fn words(n: usize, seed: usize) -> Vec<u8> {
-    const W: [&str; 8] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
+    const W: [&str; 8] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
     let mut out = Vec::with_capacity(n + 8);
     let mut i = seed;
     while out.len() < n {
@@ -170,5 +172,8 @@ fn a_line_over_every_limit_arrives_cut_and_flagged() {
     assert!((5900..=6000).contains(&n), "{n}");
     assert_eq!(c.records[0].flags & flags::TRUNCATED, flags::TRUNCATED);
     assert_eq!(c.records[1].flags, 0);
-    assert!(c.templates.iter().all(|t| t.text.len() <= limits::MAX_TEMPLATE_BYTES));
+    assert!(c
+        .templates
+        .iter()
+        .all(|t| t.text.len() <= limits::MAX_TEMPLATE_BYTES));
 }

@@ -3,12 +3,15 @@
 
 mod alerts;
 mod chaos;
-mod contract;
 mod cli;
+mod contract;
+mod exactly_once;
 mod frames;
 mod intel;
 mod journald;
 mod loki;
+mod operator;
+mod push;
 mod redact;
 mod reload;
 mod scale;

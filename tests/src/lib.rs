@@ -351,7 +351,7 @@ impl Aggregator {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\n[shutdown]\ngrace = \"5s\"\n{keep_hot}{extra}",
+                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\nmax_limit = 1000000\n[shutdown]\ngrace = \"5s\"\n{keep_hot}{extra}",
                 state_dir.display().to_string(),
                 pki.ca_pem.display().to_string(),
                 pki.server_cert.display().to_string(),
@@ -884,4 +884,111 @@ impl S3Server {
             .map(str::to_owned)
             .collect())
     }
+}
+
+/// A stored line as the Loki API returns it: its labels and text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiLine {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub ts: i64,
+    pub line: String,
+}
+
+/// Every line a log query returns over all time, oldest first, through the Loki API
+/// (what a user gets). The aggregator's `api.max_limit` must allow `limit`.
+///
+/// # Panics
+/// On HTTP or shape errors.
+pub fn query_lines(base: &str, query: &str, limit: usize) -> Vec<ApiLine> {
+    let end = OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    let resp = ureq::get(&format!("{base}/loki/api/v1/query_range"))
+        .query("query", query)
+        .query("start", "0")
+        .query("end", &end.to_string())
+        .query("limit", &limit.to_string())
+        .query("direction", "forward")
+        .timeout(Duration::from_secs(120))
+        .call()
+        .unwrap_or_else(|e| panic!("query {query}: {e}"));
+    let v: serde_json::Value = resp.into_json().expect("JSON answer");
+    let mut out = Vec::new();
+    for s in v["data"]["result"].as_array().into_iter().flatten() {
+        let labels: std::collections::BTreeMap<String, String> = s["stream"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        for e in s["values"].as_array().into_iter().flatten() {
+            out.push(ApiLine {
+                labels: labels.clone(),
+                ts: e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0),
+                line: e[1].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    out.sort_by_key(|l| l.ts);
+    out
+}
+
+/// How many lines a selector has over all time, counted by the aggregator
+/// (`sum(count_over_time(…))` through the Loki API); 0 when it cannot answer.
+pub fn query_count(base: &str, selector: &str) -> u64 {
+    let end = OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    let q = format!("sum(count_over_time({selector}[3650d]))");
+    let Ok(r) = ureq::get(&format!("{base}/loki/api/v1/query"))
+        .query("query", &q)
+        .query("time", &end.to_string())
+        .timeout(Duration::from_secs(60))
+        .call()
+    else {
+        return 0;
+    };
+    let Ok(v) = r.into_json::<serde_json::Value>() else {
+        return 0;
+    };
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(0, |f| f as u64)
+}
+
+/// `POST url` with a JSON body; the status and the answer's JSON (or `Null`).
+pub fn post_json(
+    url: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = ureq::post(url)
+        .timeout(Duration::from_secs(30))
+        .set("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match req.send_string(&body.to_string()) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {url}: {e}"),
+    };
+    let code = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// `GET url`; the status and the body's JSON (`Null` when it is not JSON).
+pub fn get_status(url: &str) -> (u16, serde_json::Value) {
+    let resp = match ureq::get(url).timeout(Duration::from_secs(30)).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    let code = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }

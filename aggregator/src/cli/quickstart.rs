@@ -219,7 +219,10 @@ fn wait_ready(
             Err(e) => last = e,
         }
         if let Some(st) = child.try_wait()? {
-            bail!("{name} exited ({st}) before it was ready\n{}", log_tail(log));
+            bail!(
+                "{name} exited ({st}) before it was ready\n{}",
+                log_tail(log)
+            );
         }
         if start.elapsed() > READY_WITHIN {
             bail!(
@@ -263,22 +266,16 @@ pub fn run(a: &QuickstartArgs, terminate: fn(&mut Child)) -> anyhow::Result<()> 
 
     // Ports: from the flags, else from a configuration the user edited (kept), else
     // the defaults.
-    let edited = |p: &Path| {
-        std::fs::read_to_string(p)
-            .ok()
-            .filter(|t| !untouched(t))
-    };
+    let edited = |p: &Path| std::fs::read_to_string(p).ok().filter(|t| !untouched(t));
     let agg_edited = edited(&agg_cfg);
     let agent_edited = edited(&agent_cfg);
     let from_edit = |text: &Option<String>, table: &str, key: &str| {
         text.as_ref().and_then(|t| toml_get(t, table, key))
     };
-    let pick = |flag: &Option<String>, edit: Option<String>, default: &str| {
-        match (flag, edit) {
-            (Some(f), _) => (f.clone(), true),
-            (None, Some(e)) => (e, true),
-            (None, None) => (default.to_owned(), false),
-        }
+    let pick = |flag: &Option<String>, edit: Option<String>, default: &str| match (flag, edit) {
+        (Some(f), _) => (f.clone(), true),
+        (None, Some(e)) => (e, true),
+        (None, None) => (default.to_owned(), false),
     };
     let (ingest, ingest_fixed) = pick(
         &a.ingest,
@@ -436,7 +433,11 @@ pub fn run(a: &QuickstartArgs, terminate: fn(&mut Child)) -> anyhow::Result<()> 
         } else {
             Err(format!(
                 "its /ready says {}",
-                if body.is_empty() { code.to_string() } else { body }
+                if body.is_empty() {
+                    code.to_string()
+                } else {
+                    body
+                }
             ))
         }
     }) {
@@ -534,6 +535,9 @@ mod tests {
             fixed: true,
         }];
         let e = settle_ports(&mut fixed).unwrap_err().to_string();
-        assert!(e.contains(&addr.to_string()) && e.contains("--api ADDR"), "{e}");
+        assert!(
+            e.contains(&addr.to_string()) && e.contains("--api ADDR"),
+            "{e}"
+        );
     }
 }
