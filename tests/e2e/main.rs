@@ -19,3 +19,4 @@ mod spool_cap;
 mod systemd;
 mod tiers;
 mod tls;
+mod torture;
