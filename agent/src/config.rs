@@ -481,18 +481,17 @@ impl AgentConfig {
     /// wrong (so `check-config` can check them in the same pass); `None` when the text
     /// is not TOML of this shape.
     pub fn tls_files_of(text: &str, ov: &Overrides) -> Option<TlsFiles> {
+        use heimdall_common::config::toml_path;
         let t: toml::Table = toml::from_str(text).ok()?;
-        let path = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(PathBuf::from);
         let state_dir = ov
             .state_dir
             .clone()
-            .or_else(|| path(t.get("state_dir")))
+            .or_else(|| toml_path(&t, &["state_dir"]))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let out = t.get("output").and_then(toml::Value::as_table);
         let output = OutputConfig {
-            ca: path(out.and_then(|o| o.get("ca"))),
-            cert: path(out.and_then(|o| o.get("cert"))),
-            key: path(out.and_then(|o| o.get("key"))),
+            ca: toml_path(&t, &["output", "ca"]),
+            cert: toml_path(&t, &["output", "cert"]),
+            key: toml_path(&t, &["output", "key"]),
             ..OutputConfig::default()
         };
         Some(tls_files(&state_dir, &output))

@@ -193,23 +193,11 @@ fn check_config(args: &RunArgs, skip_certificates: bool) -> ExitCode {
             ));
         }
     }
-    for w in &warnings {
-        eprintln!("warning: {w}");
+    if heimdall_common::config::report_check("heimdall-agent", &path, &problems, &warnings) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(64)
     }
-    if problems.is_empty() {
-        println!("configuration {} is valid", path.display());
-        return ExitCode::SUCCESS;
-    }
-    eprintln!(
-        "heimdall-agent: {} has {} problem{}:",
-        path.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
-    );
-    for p in problems {
-        eprintln!("  {p}");
-    }
-    ExitCode::from(64)
 }
 
 /// Options given before the subcommand (`heimdall-agent --config F run`) apply when
@@ -279,15 +267,9 @@ fn main() -> ExitCode {
         }
     }
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("heimdall-agent: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let metrics = match cfg.metrics_listen {
@@ -420,15 +402,9 @@ fn dead_letter(top: &RunArgs, cmd: DeadLetterCmd) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("heimdall-agent: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let n = items.len();
     match rt.block_on(heimdall_agent::ship::resend::resend(&cfg.ship, items)) {
@@ -457,6 +433,19 @@ fn dead_letter(top: &RunArgs, cmd: DeadLetterCmd) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A tokio runtime (on all cores, or on this thread); exit code 1 when it cannot start.
+fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("heimdall-agent: cannot start runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn generate_docs(out: &std::path::Path) -> ExitCode {

@@ -273,19 +273,12 @@ impl AggregatorConfig {
         ov: &Overrides,
     ) -> Option<(TlsFiles, Option<(PathBuf, PathBuf)>)> {
         let t: toml::Table = toml::from_str(text).ok()?;
-        let path = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(PathBuf::from);
         let state_dir = ov
             .state_dir
             .clone()
-            .or_else(|| path(t.get("state_dir")))
+            .or_else(|| heimdall_common::config::toml_path(&t, &["state_dir"]))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let sub = |name: &str, key: &str| {
-            path(
-                t.get(name)
-                    .and_then(toml::Value::as_table)
-                    .and_then(|s| s.get(key)),
-            )
-        };
+        let sub = |name: &str, key: &str| heimdall_common::config::toml_path(&t, &[name, key]);
         let ingest = IngestConfig {
             ca: sub("ingest", "ca"),
             cert: sub("ingest", "cert"),

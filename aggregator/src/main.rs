@@ -185,23 +185,11 @@ fn check_config(args: &RunArgs, skip_certificates: bool) -> ExitCode {
             warnings.extend(f.warnings);
         }
     }
-    for w in &warnings {
-        eprintln!("warning: {w}");
+    if heimdall_common::config::report_check("heimdall-aggregator", &path, &problems, &warnings) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(64)
     }
-    if problems.is_empty() {
-        println!("configuration {} is valid", path.display());
-        return ExitCode::SUCCESS;
-    }
-    eprintln!(
-        "heimdall-aggregator: {} has {} problem{}:",
-        path.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
-    );
-    for p in problems {
-        eprintln!("  {p}");
-    }
-    ExitCode::from(64)
 }
 
 /// Options given before the subcommand (`heimdall-aggregator --config F run`) apply

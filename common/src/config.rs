@@ -332,6 +332,45 @@ fn key_at(work: &[String], line: usize) -> String {
     }
 }
 
+/// The path at `keys` (a table path, then the key) of a TOML text's table, read without
+/// the rest of the file having to be valid: `check-config` finds certificate files
+/// this way even when other keys are wrong.
+pub fn toml_path(t: &toml::Table, keys: &[&str]) -> Option<std::path::PathBuf> {
+    let (last, tables) = keys.split_last()?;
+    let mut cur = t;
+    for k in tables {
+        cur = cur.get(*k)?.as_table()?;
+    }
+    cur.get(*last)?.as_str().map(std::path::PathBuf::from)
+}
+
+/// Prints what `check-config` found (problems to stderr, one a line, under a heading
+/// naming the file; warnings first) and says whether the configuration is valid.
+pub fn report_check(
+    program: &str,
+    path: &std::path::Path,
+    problems: &[String],
+    warnings: &[String],
+) -> bool {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!("configuration {} is valid", path.display());
+        return true;
+    }
+    eprintln!(
+        "{program}: {} has {} problem{}:",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    false
+}
+
 /// Comments out the item at `line` (a `[table]` header: the whole table) so the rest
 /// of the text can be checked; false when that leaves text that does not parse.
 fn blank(work: &mut [String], line: usize) -> bool {

@@ -3,20 +3,10 @@
 //! gets), with the real binaries.
 
 use heimdall_tests::{
-    get_json, post_json, query_count, query_lines, wait_for_count, AgentOptions, Cluster,
+    append, get_json, post_json, query_count, query_lines, wait_for_count, AgentOptions, Cluster,
 };
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
-
-fn append(path: &std::path::Path, data: &[u8]) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(data).unwrap();
-}
 
 fn words(n: usize) -> String {
     let w = [

@@ -642,15 +642,8 @@ pub fn push_identity(labels: &mut Labels, caller: &str) {
     labels.insert("agent", caller);
 }
 
-fn rfc3339(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ns.to_string())
-}
+/// One pushed entry: time, line and structured metadata.
+type PushEntry<'a> = (i64, &'a str, Option<&'a serde_json::Map<String, Value>>);
 
 /// Decodes a Loki JSON push body. A body that is not a push at all (not JSON, no
 /// `streams`, an entry that is not `[ts, line]`) is an error naming where; entries
@@ -672,7 +665,7 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
     let mut index: HashMap<Labels, u32> = HashMap::new();
     for (si, s) in streams.iter().enumerate() {
         // The entries first: a body that is not a push is refused whole.
-        let mut entries: Vec<(i64, &str, Option<&serde_json::Map<String, Value>>)> = Vec::new();
+        let mut entries: Vec<PushEntry<'_>> = Vec::new();
         if let Some(values) = s.get("values").and_then(Value::as_array) {
             for (ei, e) in values.iter().enumerate() {
                 let (ts, line) = match e.as_array().map(Vec::as_slice) {
@@ -720,8 +713,8 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
                 out.refuse(Refusal::TooOld, 1, || {
                     format!(
                         "entry for stream '{labels}' has timestamp too old: {}, oldest acceptable timestamp is: {}",
-                        rfc3339(ts),
-                        rfc3339(oldest.unwrap_or_default())
+                        crate::cli::format_ns(ts),
+                        crate::cli::format_ns(oldest.unwrap_or_default())
                     )
                 });
                 continue;
@@ -730,8 +723,8 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
                 out.refuse(Refusal::TooNew, 1, || {
                     format!(
                         "entry for stream '{labels}' has timestamp too new: {}, newest acceptable timestamp is: {}",
-                        rfc3339(ts),
-                        rfc3339(newest)
+                        crate::cli::format_ns(ts),
+                        crate::cli::format_ns(newest)
                     )
                 });
                 continue;
