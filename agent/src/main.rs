@@ -140,11 +140,8 @@ fn overrides(args: &RunArgs) -> Overrides {
 
 /// The configuration's path and text.
 fn read_text(args: &RunArgs) -> anyhow::Result<(PathBuf, String)> {
-    let default = PathBuf::from(DEFAULT_CONFIG);
-    let path = args.config.clone().unwrap_or_else(|| default.clone());
-    let text = heimdall_common::config::read_config_text(args.config.as_deref(), &default)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    Ok((path, text))
+    heimdall_common::config::read_config(args.config.as_deref(), DEFAULT_CONFIG)
+        .map_err(anyhow::Error::msg)
 }
 
 fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {

@@ -429,6 +429,22 @@ pub fn read_config_text(
     }
 }
 
+/// The configuration file's path and text: `explicit` when given (it must exist), else
+/// `default` (built-in defaults when absent).
+///
+/// # Errors
+/// A message naming the file.
+pub fn read_config(
+    explicit: Option<&std::path::Path>,
+    default: &str,
+) -> Result<(std::path::PathBuf, String), String> {
+    let default = std::path::PathBuf::from(default);
+    let path = explicit.map_or_else(|| default.clone(), std::path::Path::to_owned);
+    read_config_text(explicit, &default)
+        .map(|text| (path.clone(), text))
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
