@@ -197,4 +197,18 @@ fn bad_frames_are_rejected_and_service_goes_on() {
         metrics.contains("result=\"rejected\""),
         "rejections are counted:\n{metrics}"
     );
+    // And shown per agent (the certificate's name), with the last reason.
+    let v = heimdall_tests::get_json(&format!("{}/api/v1/agents", agg.url()));
+    let rogue = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == "rogue")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(rogue["rejected_batches"], 10, "{rogue}");
+    assert!(
+        !rogue["last_reject"].as_str().unwrap().is_empty(),
+        "{rogue}"
+    );
 }

@@ -627,20 +627,7 @@ impl Decoded {
     }
 }
 
-/// The labels of a pushed stream as stored: a client's own `agent` label is kept as
-/// `exported_agent` (as Prometheus keeps a scraped label that collides with a target
-/// label), and `agent` is the caller's identity, so a push can never pass for an
-/// agent's lines.
-pub fn push_identity(labels: &mut Labels, caller: &str) {
-    if let Some(v) = labels.remove("agent") {
-        let mut name = String::from("exported_agent");
-        while labels.get(&name).is_some() {
-            name.insert_str(0, "exported_");
-        }
-        labels.insert(name, v);
-    }
-    labels.insert("agent", caller);
-}
+pub use crate::ingest::stamp_identity as push_identity;
 
 /// One pushed entry: time, line and structured metadata.
 type PushEntry<'a> = (i64, &'a str, Option<&'a serde_json::Map<String, Value>>);

@@ -336,6 +336,10 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         count_reject(reason::UNEXPECTED);
         let why = format!("expected a batch on a batch stream, got {}", frame.name());
         tracing::warn!(agent = %agent, "{why}");
+        registry.update(&agent, |a| {
+            a.rejected_batches += 1;
+            a.last_reject = why.clone();
+        });
         let _ = quic::write_frame(&mut send, &reject(0, 0, reason::UNEXPECTED, why)).await;
         let _ = send.finish();
         return;
@@ -380,10 +384,10 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     }
     // Provenance no agent can forge: the certificate's identity on every stream.
     for s in &mut content.streams {
-        s.insert("agent", &*agent);
+        super::stamp_identity(s, &agent);
     }
     for a in &mut content.anomalies {
-        a.stream.insert("agent", &*agent);
+        super::stamp_identity(&mut a.stream, &agent);
     }
     let rows = content.records.len();
     let id = BatchId {
@@ -445,7 +449,7 @@ async fn handle_events(
         return;
     };
     for a in &mut events {
-        a.stream.insert("agent", &*agent);
+        super::stamp_identity(&mut a.stream, &agent);
     }
     let n = events.len();
     match store.write_anomalies(events).await {

@@ -86,3 +86,22 @@ impl Registry {
 }
 
 pub(crate) use heimdall_common::record::now_ns;
+
+/// The labels of a stream as stored: `agent` is who sent it (the certificate's name on
+/// QUIC, the token's name on a push), and a sender's own `agent` label is kept as
+/// `exported_agent` (as Prometheus keeps a scraped label that collides with a target
+/// label), so no sender can pass for another.
+pub fn stamp_identity(labels: &mut heimdall_common::record::Labels, who: &str) {
+    if let Some(v) = labels.remove("agent") {
+        if v == who {
+            labels.insert("agent", v);
+            return;
+        }
+        let mut name = String::from("exported_agent");
+        while labels.get(&name).is_some() {
+            name.insert_str(0, "exported_");
+        }
+        labels.insert(name, v);
+    }
+    labels.insert("agent", who);
+}
