@@ -321,6 +321,8 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
         cut: 0,
     };
     let mut kills = (0u32, 0u32);
+    // What happened when, for a failure report.
+    let mut history: Vec<String> = Vec::new();
     let mut ops: BTreeMap<&str, u32> = BTreeMap::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
@@ -338,6 +340,9 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
             _ => "pause",
         };
         *ops.entry(op).or_default() += 1;
+        if op != "write" {
+            history.push(format!("after s{:08}: {op} f{f}", w.seq));
+        }
         match op {
             "write" => {
                 let n = w.rng.usize(1..30);
@@ -413,7 +418,7 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
         if g != *n {
             wrong.push(format!(
                 "written {n}, stored {g}: {:?}",
-                &l[..l.len().min(80)]
+                l.chars().take(60).collect::<String>()
             ));
         }
     }
@@ -421,9 +426,14 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
         if !w.expected.contains_key(l) {
             wrong.push(format!(
                 "never written, stored {g}: {:?}",
-                &l[..l.len().min(80)]
+                l.chars().take(60).collect::<String>()
             ));
         }
+    }
+    if !wrong.is_empty() {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}.log"));
+        let _ = std::fs::write(&path, history.join("\n"));
+        eprintln!("torture: the operations are in {}", path.display());
     }
     assert!(
         wrong.is_empty(),

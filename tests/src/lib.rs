@@ -895,15 +895,31 @@ pub struct ApiLine {
 }
 
 /// Every line a log query returns over all time, oldest first, through the Loki API
-/// (what a user gets). The aggregator's `api.max_limit` must allow `limit`.
+/// (what a user gets). A window whose answer is cut (more than `limit` lines, or the
+/// API's cap on result bytes) is split in two and asked again, so any amount can be
+/// read back. The aggregator's `api.max_limit` must allow `limit`.
 ///
 /// # Panics
 /// On HTTP or shape errors.
 pub fn query_lines(base: &str, query: &str, limit: usize) -> Vec<ApiLine> {
-    let end = OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    let end = (OffsetDateTime::now_utc().unix_timestamp() + 86_400) as i128 * 1_000_000_000;
+    let mut out = Vec::new();
+    query_window(base, query, limit, 0, end, &mut out);
+    out.sort_by_key(|l| l.ts);
+    out
+}
+
+fn query_window(
+    base: &str,
+    query: &str,
+    limit: usize,
+    start: i128,
+    end: i128,
+    out: &mut Vec<ApiLine>,
+) {
     let resp = ureq::get(&format!("{base}/loki/api/v1/query_range"))
         .query("query", query)
-        .query("start", "0")
+        .query("start", &start.to_string())
         .query("end", &end.to_string())
         .query("limit", &limit.to_string())
         .query("direction", "forward")
@@ -911,7 +927,8 @@ pub fn query_lines(base: &str, query: &str, limit: usize) -> Vec<ApiLine> {
         .call()
         .unwrap_or_else(|e| panic!("query {query}: {e}"));
     let v: serde_json::Value = resp.into_json().expect("JSON answer");
-    let mut out = Vec::new();
+    let partial = v["data"]["stats"]["summary"]["partial"] == true;
+    let mut got = Vec::new();
     for s in v["data"]["result"].as_array().into_iter().flatten() {
         let labels: std::collections::BTreeMap<String, String> = s["stream"]
             .as_object()
@@ -920,15 +937,24 @@ pub fn query_lines(base: &str, query: &str, limit: usize) -> Vec<ApiLine> {
             .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
             .collect();
         for e in s["values"].as_array().into_iter().flatten() {
-            out.push(ApiLine {
+            got.push(ApiLine {
                 labels: labels.clone(),
                 ts: e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0),
                 line: e[1].as_str().unwrap_or_default().to_owned(),
             });
         }
     }
-    out.sort_by_key(|l| l.ts);
-    out
+    if (partial || got.len() >= limit) && end - start > 1 {
+        let mid = start + (end - start) / 2;
+        query_window(base, query, limit, start, mid, out);
+        query_window(base, query, limit, mid, end, out);
+    } else {
+        assert!(
+            !partial,
+            "query {query}: one nanosecond holds more than one answer"
+        );
+        out.extend(got);
+    }
 }
 
 /// How many lines a selector has over all time, counted by the aggregator
