@@ -45,7 +45,7 @@ target=${CARGO_TARGET_DIR:-target}
 bin=$target/$dir
 
 if [ -n "$build" ]; then
-    cargo build --locked --profile "$profile" -p heimdall-agent -p heimdall-aggregator --bins
+    cargo build --locked --profile "$profile" -p heimdall-agent -p heimdall-aggregator -p heimdall-cli --bins
 fi
 for b in heimdall-agent heimdall-aggregator heimdall; do
     [ -x "$bin/$b" ] || { echo "build-packages.sh: $bin/$b is missing (build first)" >&2; exit 1; }

@@ -39,7 +39,7 @@ pub struct AggregatorConfigFile {
     pub shutdown: ShutdownConfig,
     /// Alert rules, receivers and incident correlation.
     #[serde(default)]
-    pub alerting: crate::alert::config::AlertingConfigFile,
+    pub alerting: heimdall_alert::config::AlertingConfigFile,
     /// What pushes through the Loki API (`/loki/api/v1/push`) may hold.
     #[serde(default)]
     pub push: PushConfig,
@@ -226,12 +226,12 @@ pub struct AggregatorConfig {
     pub db_path: PathBuf,
     pub max_group_rows: usize,
     pub partition_ns: i64,
-    pub lifecycle: crate::store::lifecycle::LifecycleConfig,
-    pub cold: Option<crate::store::cold::ColdConfig>,
+    pub lifecycle: heimdall_store::lifecycle::LifecycleConfig,
+    pub cold: Option<heimdall_store::cold::ColdConfig>,
     pub shutdown_grace: Duration,
-    pub alerting: crate::alert::config::Alerting,
+    pub alerting: heimdall_alert::config::Alerting,
     /// Rule groups read from `alerting.rules` at load.
-    pub rule_groups: Vec<crate::alert::rules::Group>,
+    pub rule_groups: Vec<heimdall_rules::Group>,
 }
 
 /// Default state directory.
@@ -347,7 +347,7 @@ impl AggregatorConfig {
             p.push("api.max_limit", "must be at least 1");
         }
         if let Some(t) = &raw.api.query_timeout {
-            if t.0 < Duration::from_millis(100) || t.0 > crate::store::lifecycle::REAP_GRACE {
+            if t.0 < Duration::from_millis(100) || t.0 > heimdall_store::lifecycle::REAP_GRACE {
                 p.push("api.query_timeout", "must be between 100ms and 2m");
             }
         }
@@ -515,7 +515,7 @@ impl AggregatorConfig {
                 if prefix.contains("..") {
                     p.push("cold.prefix", "must not contain `..`");
                 }
-                Some(crate::store::cold::ColdConfig {
+                Some(heimdall_store::cold::ColdConfig {
                     bucket,
                     prefix,
                     allow_http: raw
@@ -549,7 +549,7 @@ impl AggregatorConfig {
         if retention.is_some_and(|r| r < Duration::from_secs(3600)) {
             p.push("retention.period", "must be at least 1h");
         }
-        let lifecycle = crate::store::lifecycle::LifecycleConfig {
+        let lifecycle = heimdall_store::lifecycle::LifecycleConfig {
             interval,
             warm_dir: raw
                 .warm
@@ -571,16 +571,16 @@ impl AggregatorConfig {
             retention,
         };
         let alerting = raw.alerting.validate(&mut p, &state_dir, api_listen);
-        let rule_groups =
-            match crate::alert::rules::load(&alerting.rules, alerting.evaluation_interval) {
-                Ok(g) => g,
-                Err(problems) => {
-                    for pr in problems.0 {
-                        p.push("alerting.rules", pr.to_string());
-                    }
-                    Vec::new()
+        let rule_groups = match heimdall_rules::load(&alerting.rules, alerting.evaluation_interval)
+        {
+            Ok(g) => g,
+            Err(problems) => {
+                for pr in problems.0 {
+                    p.push("alerting.rules", pr.to_string());
                 }
-            };
+                Vec::new()
+            }
+        };
         p.into_result().map_err(Error::Invalid)?;
         Ok(AggregatorConfig {
             alerting,

@@ -1,23 +1,27 @@
-//! `heimdall-aggregator`: stores what agents ship and answers queries.
+//! `heimdall-aggregator`: the program that receives what agents ship, stores it and
+//! answers for it. It is the top of a stack of crates, each depending only on those
+//! below it:
+//!
+//! ```text
+//! heimdall-aggregator   ingest (QUIC), the HTTP API server, config, `run`
+//!   heimdall-alert      rule engine, alert states, notifications, incidents
+//!     heimdall-query    log pipelines and metric queries
+//!       heimdall-store  hot SQLite, warm and cold segments, lifecycle, the reader
+//!         heimdall-logql    LogQL syntax (no I/O)
+//!     heimdall-rules    rule files (also used by the CLI)
+//!   heimdall-api        request and response types (also used by the CLI)
+//! heimdall-common       records, wire protocol, TLS, limits (also the agent's)
+//! ```
 //!
 //! Layout:
 //! - [`config`]: the TOML file and its validation.
-//! - [`certs`]: the private CA and the certificates it issues.
 //! - [`ingest`]: the QUIC server (mutual TLS, batch streams, agent status).
-//! - [`store`]: the tiers (hot SQLite, warm and cold Parquet segments) and moves between them.
-//! - [`query`]: the query language and its execution.
-//! - [`api`]: HTTP (Loki-compatible endpoints, agents, metrics).
-//! - [`cli`]: the `heimdall` command-line client.
+//! - [`api`]: HTTP (Loki-compatible endpoints, agents, alerts, metrics).
 #![forbid(unsafe_code)]
 
-pub mod alert;
 pub mod api;
-pub mod certs;
-pub mod cli;
 pub mod config;
 pub mod ingest;
-pub mod query;
-pub mod store;
 
 use config::AggregatorConfig;
 use heimdall_common::wire::Limits;
@@ -34,7 +38,7 @@ pub enum Error {
     Tls(#[from] heimdall_common::tls::Error),
     /// The database cannot be opened.
     #[error(transparent)]
-    Store(#[from] store::hot::Error),
+    Store(#[from] heimdall_store::hot::Error),
     /// A socket cannot be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -48,13 +52,13 @@ pub enum Error {
     StateDir(std::io::Error),
     /// The cold tier cannot be set up.
     #[error(transparent)]
-    Cold(store::cold::Error),
+    Cold(heimdall_store::cold::Error),
     /// Recovery of an interrupted tier move failed.
     #[error("storage lifecycle: {0}")]
-    Lifecycle(store::lifecycle::Error),
+    Lifecycle(heimdall_store::lifecycle::Error),
     /// The alert database cannot be opened.
     #[error(transparent)]
-    Alerting(#[from] alert::eval::Error),
+    Alerting(#[from] heimdall_alert::eval::Error),
 }
 
 /// Where the aggregator actually listens (ports chosen by the OS when 0 was asked).
@@ -153,19 +157,19 @@ pub async fn run(
     let max_rows = cfg.max_group_rows;
     let partition_ns = cfg.partition_ns;
     let store = tokio::task::spawn_blocking(move || {
-        store::hot::HotStore::open_with(&db, max_rows, partition_ns)
+        heimdall_store::hot::HotStore::open_with(&db, max_rows, partition_ns)
     })
     .await
     .expect("store open task does not panic")?;
     let store = Arc::new(store);
     let cold = match &cfg.cold {
         Some(c) => Some(Arc::new(
-            store::cold::ColdStore::new(c, tokio::runtime::Handle::current())
+            heimdall_store::cold::ColdStore::new(c, tokio::runtime::Handle::current())
                 .map_err(Error::Cold)?,
         )),
         None => None,
     };
-    let lifecycle = store::lifecycle::Lifecycle {
+    let lifecycle = heimdall_store::lifecycle::Lifecycle {
         store: store.clone(),
         db_path: cfg.db_path.clone(),
         cfg: cfg.lifecycle.clone(),
@@ -176,11 +180,11 @@ pub async fn run(
         .await
         .expect("lifecycle start does not panic")
         .map_err(Error::Lifecycle)?;
-    let tiers = Arc::new(query::exec::Tiers {
+    let tiers = Arc::new(heimdall_store::read::Tiers {
         warm_dir: cfg.lifecycle.warm_dir.clone(),
         cold,
         hot_index: Some(store.index().clone()),
-        blooms: query::exec::BloomCache::default(),
+        blooms: heimdall_store::read::BloomCache::default(),
     });
     let endpoint = quic_endpoint(&cfg, server_config)?;
     let http = bind_tcp(cfg.api_listen).map_err(|source| Error::Bind {
@@ -234,15 +238,15 @@ pub async fn run(
         alerting.external_url = format!("http://{}", addrs.api);
     }
     let engine_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (alert_handle, engine) = alert::eval::start(
-        alert::eval::EngineDeps {
+    let (alert_handle, engine) = heimdall_alert::eval::start(
+        heimdall_alert::eval::EngineDeps {
             cfg: alerting,
             groups: cfg.rule_groups.clone(),
             hot_path: cfg.db_path.clone(),
             tiers: tiers.clone(),
-            registry: registry.clone(),
+            hosts: registry.clone(),
             wake: wake.clone(),
-            eval_limits: query::eval::Limits {
+            eval_limits: heimdall_query::eval::Limits {
                 max_series: cfg.max_series,
                 ..Default::default()
             },
@@ -258,7 +262,7 @@ pub async fn run(
         .unwrap_or_else(|_| reqwest::Client::new());
     let mut dispatchers = tokio::task::JoinSet::new();
     for (r, w) in cfg.alerting.receivers.iter().zip(&wake) {
-        let d = alert::notify::Dispatcher {
+        let d = heimdall_alert::notify::Dispatcher {
             receiver: r.clone(),
             db_path: cfg.alerting.db_path.clone(),
             wake: w.clone(),
@@ -283,7 +287,7 @@ pub async fn run(
         tiers,
         compact_now: Box::new(lifecycle.trigger_fn()),
         tokens: cfg.tokens.clone(),
-        eval_limits: query::eval::Limits {
+        eval_limits: heimdall_query::eval::Limits {
             max_series: cfg.max_series,
             ..Default::default()
         },
@@ -369,8 +373,8 @@ async fn reload_on_hangup(a: Arc<api::alerts::AlertApi>, shutdown: CancellationT
         tracing::info!("SIGHUP received: reloading alert rules");
         let (paths, iv, h) = (a.rule_paths.clone(), a.default_interval, a.handle.clone());
         let res = tokio::task::spawn_blocking(move || {
-            let groups = alert::rules::load(&paths, iv).map_err(|p| p.to_string())?;
-            h.command(alert::eval::Command::Reload(groups))
+            let groups = heimdall_rules::load(&paths, iv).map_err(|p| p.to_string())?;
+            h.command(heimdall_alert::eval::Command::Reload(groups))
         })
         .await;
         match res {

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use heimdall_aggregator::certs;
 use heimdall_aggregator::config::{AggregatorConfig, Overrides, DEFAULT_STATE_DIR};
+use heimdall_common::certs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -319,15 +319,14 @@ fn rebuild_catalog(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let res = (|| -> anyhow::Result<heimdall_aggregator::store::rebuild::Rebuilt> {
-        let store = heimdall_aggregator::store::hot::HotStore::open_with(
+    let res = (|| -> anyhow::Result<heimdall_store::rebuild::Rebuilt> {
+        let store = heimdall_store::hot::HotStore::open_with(
             &cfg.db_path,
             cfg.max_group_rows,
             cfg.partition_ns,
         )?;
-        let cold =
-            heimdall_aggregator::store::cold::ColdStore::new(&cold_cfg, rt.handle().clone())?;
-        Ok(heimdall_aggregator::store::rebuild::rebuild(&store, &cold)?)
+        let cold = heimdall_store::cold::ColdStore::new(&cold_cfg, rt.handle().clone())?;
+        Ok(heimdall_store::rebuild::rebuild(&store, &cold)?)
     })();
     match res {
         Ok(r) => {

@@ -20,11 +20,11 @@
 //! 0 to skip; `HEIMDALL_BENCH_DIR` to keep the loaded 50,000,000 lines for another run).
 
 use bytes::{Bytes, BytesMut};
-use heimdall_aggregator::store::hot::{BatchId, HotStore};
-use heimdall_aggregator::store::lifecycle::{Lifecycle, LifecycleConfig};
-use heimdall_aggregator::store::segment::{SegmentRow, SegmentWriter};
 use heimdall_common::record::{Aggregate, Labels, Level, LogRecord};
 use heimdall_common::wire::{self, Batch, BatchContent, Codec, Frame, Hello, Limits};
+use heimdall_store::hot::{BatchId, HotStore};
+use heimdall_store::lifecycle::{Lifecycle, LifecycleConfig};
+use heimdall_store::segment::{SegmentRow, SegmentWriter};
 use heimdall_tests::{quic_client, Aggregator, Pki};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -496,9 +496,9 @@ fn load_big(state: &std::path::Path, n: u64, now: i64) -> anyhow::Result<u64> {
     std::fs::create_dir_all(state.join("segments"))?;
     // Compact every partition that ended more than an hour ago (the default keeps two:
     // with hour partitions the current one and the one before stay hot).
-    let conn = heimdall_aggregator::store::hot::open_reader(&db)?;
+    let conn = heimdall_store::hot::open_reader(&db)?;
     let mut moved = 0;
-    for p in heimdall_aggregator::store::hot::partitions(&conn)? {
+    for p in heimdall_store::hot::partitions(&conn)? {
         if p.end <= now - 3_600 * S {
             moved += lc.compact_named(&p.name)?;
         }

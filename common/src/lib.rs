@@ -6,11 +6,14 @@
 //! - [`limits`]: the limits both sides share (line, label, template, batch sizes).
 //! - [`config`]: value types shared by both configuration files (sizes, durations).
 //! - [`systemd`]: readiness and watchdog notifications to systemd.
+//! - [`certs`]: a private CA and certificates for the aggregator and agents (feature `pki`).
 //! - [`docs`]: man pages and shell completions from the clap definitions.
 //!
 //! Nothing else is shared; the agent and the aggregator never depend on each other.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "pki")]
+pub mod certs;
 pub mod config;
 pub mod docs;
 pub mod limits;

@@ -5,16 +5,17 @@
 //! and doubles nothing; DuckDB reads the cold segments and counts what Heimdall counts;
 //! an erasure removes lines from every tier.
 
-use heimdall_aggregator::query::eval::{self, EvalRequest, Limits, Value as EvalValue};
-use heimdall_aggregator::query::exec::{self, LogRequest, Source, Tiers};
-use heimdall_aggregator::query::parse::{parse, Query};
-use heimdall_aggregator::query::pipeline::base_labels;
-use heimdall_aggregator::store::catalog::{self, Tier};
-use heimdall_aggregator::store::cold::{ColdConfig, ColdStore};
-use heimdall_aggregator::store::hot::{self, BatchId, HotStore};
-use heimdall_aggregator::store::lifecycle::{Lifecycle, LifecycleConfig};
 use heimdall_common::record::{Labels, Level, LogRecord};
 use heimdall_common::wire::BatchContent;
+use heimdall_logql::{parse, Query};
+use heimdall_query::eval::{self, EvalRequest, Limits, Value as EvalValue};
+use heimdall_query::exec::{self, LogRequest};
+use heimdall_query::pipeline::base_labels;
+use heimdall_store::catalog::{self, Tier};
+use heimdall_store::cold::{ColdConfig, ColdStore};
+use heimdall_store::hot::{self, BatchId, HotStore};
+use heimdall_store::lifecycle::{Lifecycle, LifecycleConfig};
+use heimdall_store::read::{Source, Tiers};
 use heimdall_tests::{python, wait_for_count, AgentOptions, Aggregator, Cluster, S3Server};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -228,12 +229,8 @@ fn reference_log(rows: &[Spec], c: &LogCase) -> Grouped {
 fn run_log(s: &Setup, c: &LogCase) -> Grouped {
     let conn = hot::open_reader(&s.db).unwrap();
     let src = Source::hot(&conn).with_tiers(&s.tiers);
-    let q = heimdall_aggregator::query::parse::parse_log(&format!(
-        "{}{}",
-        c.selector,
-        filter_text(&c.filter)
-    ))
-    .unwrap();
+    let q =
+        heimdall_logql::parse_log(&format!("{}{}", c.selector, filter_text(&c.filter))).unwrap();
     let res = exec::run_log_query(
         &src,
         &q,

@@ -9,8 +9,8 @@
 pub mod sinks;
 
 use anyhow::{bail, Context};
-use heimdall_aggregator::certs::Ca;
 use heimdall_aggregator::ListenAddrs;
+use heimdall_common::certs::Ca;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -538,7 +538,7 @@ pub fn stored_lines(db: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mut raw = Vec::new();
-    for p in heimdall_aggregator::store::hot::partitions(&conn)? {
+    for p in heimdall_store::hot::partitions(&conn)? {
         let mut stmt = conn.prepare(&format!(
             "SELECT s.labels, l.line FROM \"{}\" l JOIN streams s ON s.id = l.stream_id",
             p.name
@@ -552,7 +552,7 @@ pub fn stored_lines(db: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     }
     let mut out = Vec::new();
     for (labels, line) in raw {
-        let l = heimdall_aggregator::store::hot::parse_labels_key(&labels);
+        let l = heimdall_store::hot::parse_labels_key(&labels);
         out.push((l.get("source").unwrap_or("").to_owned(), line));
     }
     Ok(out)
@@ -577,7 +577,7 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mut raw = Vec::new();
-    for p in heimdall_aggregator::store::hot::partitions(&conn)? {
+    for p in heimdall_store::hot::partitions(&conn)? {
         let mut stmt = conn.prepare(&format!(
             "SELECT s.labels, l.level, l.ts, l.line, l.template_id, l.id FROM \"{}\" l JOIN streams s ON s.id = l.stream_id",
             p.name
@@ -601,7 +601,7 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
     let mut out = Vec::new();
     for (labels, level, ts, line, template_id, _) in raw {
         out.push(Row {
-            labels: heimdall_aggregator::store::hot::parse_labels_key(&labels),
+            labels: heimdall_store::hot::parse_labels_key(&labels),
             level: heimdall_common::record::Level::from_u8(level as u8)
                 .unwrap_or_default()
                 .to_string(),
@@ -663,7 +663,7 @@ pub fn stored_count(db: &Path) -> u64 {
         return 0;
     };
     let _ = conn.busy_timeout(Duration::from_secs(5));
-    heimdall_aggregator::store::hot::count_rows(&conn).unwrap_or(0)
+    heimdall_store::hot::count_rows(&conn).unwrap_or(0)
 }
 
 /// Waits until `count()` reaches `want` (and stays there briefly), or the timeout.

@@ -2,10 +2,10 @@
 //! lifecycle now, request an erasure, list erasures and segments.
 
 use super::{bad, internal, on_reader, parse_time, ApiError, ApiState};
-use crate::store::{catalog, erase};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use heimdall_store::{catalog, erase};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -8,11 +8,11 @@
 //!   `POST /api/v1/incidents/{id}/ack`, `POST /api/v1/incidents/{id}/resolve`
 
 use super::{bad, internal, ApiError, ApiState};
-use crate::alert::eval::{AlertHandle, Command};
-use crate::alert::{correlate, state};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use heimdall_alert::eval::{AlertHandle, Command};
+use heimdall_alert::{correlate, state};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub async fn rules(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiEr
 pub async fn reload(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
     let a = api(&st)?;
     let (paths, iv) = (a.rule_paths.clone(), a.default_interval);
-    let groups = tokio::task::spawn_blocking(move || crate::alert::rules::load(&paths, iv))
+    let groups = tokio::task::spawn_blocking(move || heimdall_rules::load(&paths, iv))
         .await
         .map_err(internal)?
         .map_err(|p| bad(p.to_string()))?;
@@ -129,8 +129,7 @@ pub async fn add_silence(
     State(st): State<Arc<ApiState>>,
     Json(s): Json<NewSilence>,
 ) -> Result<Json<Value>, ApiError> {
-    let q =
-        crate::query::parse::parse_log(&s.matchers).map_err(|e| bad(format!("matchers: {e}")))?;
+    let q = heimdall_logql::parse_log(&s.matchers).map_err(|e| bad(format!("matchers: {e}")))?;
     if !q.stages.is_empty() || q.matchers.is_empty() {
         return Err(bad(
             "matchers: give label matchers only, like {alertname=\"HostSilent\"}",

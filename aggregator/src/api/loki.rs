@@ -6,10 +6,6 @@
 //! (`match[]`) are kept. Results carry Loki's `stats` object.
 
 use super::{bad, internal, on_source, parse_step, parse_time, range, ApiError, ApiState};
-use crate::query::eval::{self, EvalRequest, Value as EvalValue};
-use crate::query::exec::{self, LogRequest, LogResult};
-use crate::query::parse::{self, LogQuery, Query};
-use crate::query::pipeline::Pipeline;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as AxPath, RawQuery, State};
@@ -19,6 +15,10 @@ use axum::Json;
 use heimdall_common::limits;
 use heimdall_common::record::{Labels, Level, LogRecord};
 use heimdall_common::wire::BatchContent;
+use heimdall_logql::{self as parse, LogQuery, Query};
+use heimdall_query::eval::{self, EvalRequest, Value as EvalValue};
+use heimdall_query::exec::{self, LogRequest, LogResult};
+use heimdall_query::pipeline::Pipeline;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -700,8 +700,8 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
                 out.refuse(Refusal::TooOld, 1, || {
                     format!(
                         "entry for stream '{labels}' has timestamp too old: {}, oldest acceptable timestamp is: {}",
-                        crate::cli::format_ns(ts),
-                        crate::cli::format_ns(oldest.unwrap_or_default())
+                        heimdall_api::format_ns(ts),
+                        heimdall_api::format_ns(oldest.unwrap_or_default())
                     )
                 });
                 continue;
@@ -710,8 +710,8 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
                 out.refuse(Refusal::TooNew, 1, || {
                     format!(
                         "entry for stream '{labels}' has timestamp too new: {}, newest acceptable timestamp is: {}",
-                        crate::cli::format_ns(ts),
-                        crate::cli::format_ns(newest)
+                        heimdall_api::format_ns(ts),
+                        heimdall_api::format_ns(newest)
                     )
                 });
                 continue;
@@ -952,7 +952,7 @@ async fn tail_loop(
     // none is missed.
     let q = lq.clone();
     let (mut last_id, history) = on_source(&st, move |src, _| {
-        let last = crate::store::hot::max_row_id(src.hot)?;
+        let last = heimdall_store::hot::max_row_id(src.hot)?;
         let req = LogRequest {
             start_ns: start,
             end_ns: i64::MAX,
@@ -987,7 +987,7 @@ async fn tail_loop(
             let streams = src.streams(&matchers)?;
             let labels: HashMap<i64, Labels> = streams.into_iter().collect();
             let ids: Vec<i64> = labels.keys().copied().collect();
-            let rows = crate::store::hot::rows_after(src.hot, &ids, after, TAIL_BATCH)?;
+            let rows = heimdall_store::hot::rows_after(src.hot, &ids, after, TAIL_BATCH)?;
             let mut next = after;
             let mut groups: BTreeMap<Labels, Vec<exec::Entry>> = BTreeMap::new();
             for (id, r) in rows {
@@ -995,7 +995,7 @@ async fn tail_loop(
                 let stream = &labels[&r.stream_id];
                 if let Some(out) = pl.process(stream, r.level, r.flags, &r.line) {
                     let l = out.labels.unwrap_or_else(|| {
-                        crate::query::pipeline::base_labels(stream, r.level, r.flags)
+                        heimdall_query::pipeline::base_labels(stream, r.level, r.flags)
                     });
                     groups.entry(l).or_default().push(exec::Entry {
                         ts: r.ts,

@@ -13,13 +13,13 @@ pub mod loki;
 pub mod tls;
 
 use crate::ingest::Registry;
-use crate::query::parse::{self, Query};
-use crate::store::hot::{self, HotStore};
 use axum::extract::{Query as AxQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use heimdall_logql::{self as parse, Query};
+use heimdall_store::hot::{self, HotStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,13 +38,13 @@ pub struct ApiState {
     /// Where pushed lines are written.
     pub store: Arc<HotStore>,
     /// The segment tiers queries read.
-    pub tiers: Arc<crate::query::exec::Tiers>,
+    pub tiers: Arc<heimdall_store::read::Tiers>,
     /// Runs the storage lifecycle now and waits for it.
     pub compact_now: Box<dyn Fn() + Send + Sync>,
     /// API tokens; empty means the API is open (the local default).
     pub tokens: Vec<auth::Token>,
     /// Bounds on metric queries.
-    pub eval_limits: crate::query::eval::Limits,
+    pub eval_limits: heimdall_query::eval::Limits,
     /// The alert engine, when running.
     pub alerting: Option<Arc<alerts::AlertApi>>,
     /// Truncate metric `query_range` start and end to multiples of the step.
@@ -120,9 +120,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::query::exec::Error> for ApiError {
-    fn from(e: crate::query::exec::Error) -> ApiError {
-        use crate::query::exec::Error as E;
+impl From<heimdall_query::exec::Error> for ApiError {
+    fn from(e: heimdall_query::exec::Error) -> ApiError {
+        use heimdall_query::exec::Error as E;
         let status = match &e {
             E::Limit(_) | E::Eval(_) => StatusCode::BAD_REQUEST,
             E::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -248,12 +248,15 @@ async fn on_reader<T: Send + 'static>(
     on_source(st, move |src, _| f(src.hot).map_err(Into::into)).await
 }
 
-/// Runs a query on a blocking thread over a [`Source`](crate::query::exec::Source).
+/// Runs a query on a blocking thread over a [`Source`](heimdall_query::exec::Source).
 /// The closure gets a flag that turns true when the client has gone away (the
 /// request future was dropped); long scans check it through their deadline.
 async fn on_source<T: Send + 'static>(
     st: &ApiState,
-    f: impl FnOnce(&crate::query::exec::Source<'_>, &AtomicBool) -> Result<T, crate::query::exec::Error>
+    f: impl FnOnce(
+            &heimdall_query::exec::Source<'_>,
+            &AtomicBool,
+        ) -> Result<T, heimdall_query::exec::Error>
         + Send
         + 'static,
 ) -> Result<T, ApiError> {
@@ -273,7 +276,7 @@ async fn on_source<T: Send + 'static>(
         // One read transaction: the query sees one state of the catalog and the hot
         // partitions, whatever the lifecycle commits meanwhile.
         conn.execute_batch("BEGIN").map_err(internal)?;
-        let src = crate::query::exec::Source::hot(&conn)
+        let src = heimdall_query::exec::Source::hot(&conn)
             .with_tiers(&tiers)
             .with_cancel(&gone);
         let res = f(&src, &gone).map_err(ApiError::from);
@@ -323,7 +326,7 @@ async fn patterns(
     let (matchers, start, end, step) = p.selector_range_step()?;
     let limit = p.limit.unwrap_or(50).clamp(1, 10_000);
     let pats = on_reader(&st, move |c| {
-        crate::query::intel::patterns(c, &matchers, start, end.saturating_add(1), step, limit)
+        heimdall_store::intel::patterns(c, &matchers, start, end.saturating_add(1), step, limit)
     })
     .await?;
     let data: Vec<Value> = pats
@@ -347,7 +350,7 @@ async fn aggregates(
     State(st): State<Arc<ApiState>>,
     AxQuery(p): AxQuery<IntelParams>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::query::intel::Measure;
+    use heimdall_store::intel::Measure;
     let (matchers, start, end, step) = p.selector_range_step()?;
     let measure = match p.measure.as_deref() {
         None | Some("count") => Measure::Count,
@@ -367,7 +370,7 @@ async fn aggregates(
             .collect()
     });
     let series = on_reader(&st, move |c| {
-        crate::query::intel::counts(
+        heimdall_store::intel::counts(
             c,
             &matchers,
             start,
@@ -411,7 +414,7 @@ async fn anomalies(
     let kind = p.kind.clone();
     let min_score = p.min_score.unwrap_or(0.0);
     let rows = on_reader(&st, move |c| {
-        crate::query::intel::anomalies(
+        heimdall_store::intel::anomalies(
             c,
             &matchers,
             start,

@@ -109,7 +109,7 @@ mod tests {
     #[tokio::test]
     async fn the_api_answers_over_https_and_ignores_plain_clients() {
         let dir = tempfile::tempdir().unwrap();
-        let out = crate::certs::init(dir.path(), &["localhost".to_owned()], "a").unwrap();
+        let out = heimdall_common::certs::init(dir.path(), &["localhost".to_owned()], "a").unwrap();
         let cfg = server_config(&out.server_cert, &out.server_key).unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listener = TlsListener::new(tcp, cfg).unwrap();

@@ -8,11 +8,11 @@
 
 use super::listener::IngestSettings;
 use super::Registry;
-use crate::store::hot::{BatchId, HotStore, Outcome};
 use bytes::BytesMut;
 use heimdall_common::quic;
 use heimdall_common::tls;
 use heimdall_common::wire::{self, reason, Ack, Frame, Refuse, Reject, Welcome};
+use heimdall_store::hot::{BatchId, HotStore, Outcome};
 use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 
 use super::conn::Handler;
 use super::Registry;
-use crate::store::hot::HotStore;
 use heimdall_common::wire::Limits;
+use heimdall_store::hot::HotStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -47,6 +47,15 @@ pub struct AgentStatus {
     pub connections: usize,
 }
 
+impl heimdall_alert::eval::Hosts for Registry {
+    fn last_seen(&self) -> Vec<(String, i64)> {
+        self.list()
+            .into_iter()
+            .map(|a| (a.host, a.last_seen_ns))
+            .collect()
+    }
+}
+
 /// Agent status by identity, bounded.
 #[derive(Default)]
 pub struct Registry {

@@ -1,0 +1,1310 @@
+//! The hot tier: SQLite (WAL), one writer thread with group commit, lines kept in
+//! time partitions.
+//!
+//! Lines go to one table per partition of event time (`logs_p<start seconds>`, an hour
+//! by default), so moving or deleting a partition is a `DROP TABLE`, not millions of row
+//! deletes. Row ids come from one counter across partitions (kept in `meta`), so they
+//! order every line ever stored and `tail` can follow them. The same database holds the segment catalog (see
+//! [`crate::catalog`]), so a compaction's "segment active, partition gone" is one
+//! transaction.
+//!
+//! Batches from all connections queue to the writer, which commits as many as are
+//! waiting (up to a row budget) in one transaction, each inside its own savepoint so
+//! that one bad batch does not fail the others. A batch's identity
+//! `(agent, epoch, seq)` is recorded in the same transaction as its rows: the highest
+//! contiguous `seq` per `(agent, epoch)` plus the few seen above it. A batch whose
+//! identity is already recorded is answered as a duplicate without storing anything.
+//! The caller acknowledges only after the commit returned (`synchronous = FULL`).
+
+use heimdall_common::record::{Anomaly, Labels, Level};
+use heimdall_common::wire::BatchContent;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite reported an error.
+    #[error("sqlite ({path}): {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The writer thread is gone (shutting down or crashed).
+    #[error("store writer is not running")]
+    WriterGone,
+    /// The database file exists but was made by an incompatible version.
+    #[error("database {path} has schema version {found}, this build needs {want}")]
+    Schema {
+        path: PathBuf,
+        found: i64,
+        want: i64,
+    },
+}
+
+const SCHEMA_VERSION: i64 = 2;
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS streams (
+    id      INTEGER PRIMARY KEY,
+    labels  TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key     TEXT PRIMARY KEY,
+    value   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    name    TEXT PRIMARY KEY,
+    start   INTEGER NOT NULL,
+    end     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    id           INTEGER PRIMARY KEY,
+    state        TEXT NOT NULL,
+    tier         TEXT NOT NULL,
+    name         TEXT NOT NULL UNIQUE,
+    min_ts       INTEGER NOT NULL,
+    max_ts       INTEGER NOT NULL,
+    rows         INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    raw_bytes    INTEGER NOT NULL,
+    levels       INTEGER NOT NULL,
+    checksum     INTEGER NOT NULL,
+    content_hash INTEGER NOT NULL,
+    bloom        BLOB,
+    rg_blooms    BLOB,
+    source       TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segment_streams (
+    segment_id     INTEGER NOT NULL,
+    stream_id      INTEGER NOT NULL,
+    file_stream_id INTEGER NOT NULL,
+    min_ts         INTEGER NOT NULL,
+    max_ts         INTEGER NOT NULL,
+    rows           INTEGER NOT NULL,
+    PRIMARY KEY (segment_id, stream_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segment_streams_by_stream ON segment_streams(stream_id, max_ts);
+CREATE TABLE IF NOT EXISTS erasures (
+    id        INTEGER PRIMARY KEY,
+    query     TEXT NOT NULL,
+    start     INTEGER NOT NULL,
+    end       INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    lines     INTEGER NOT NULL DEFAULT 0,
+    segments  INTEGER NOT NULL DEFAULT 0,
+    created   INTEGER NOT NULL,
+    finished  INTEGER
+);
+CREATE TABLE IF NOT EXISTS batch_hw (
+    agent           TEXT NOT NULL,
+    epoch           INTEGER NOT NULL,
+    acked_through   INTEGER NOT NULL,
+    updated         INTEGER NOT NULL,
+    PRIMARY KEY (agent, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS templates (
+    id          INTEGER PRIMARY KEY,
+    text        TEXT NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aggregates (
+    stream_id   INTEGER NOT NULL,
+    start       INTEGER NOT NULL,
+    window_secs INTEGER NOT NULL,
+    level       INTEGER NOT NULL,
+    template_id INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    shipped     INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, start, level, template_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aggregates_start ON aggregates(start);
+CREATE TABLE IF NOT EXISTS anomalies (
+    agent       TEXT NOT NULL,
+    id          INTEGER NOT NULL,
+    stream_id   INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    received    INTEGER NOT NULL,
+    score       REAL NOT NULL,
+    baseline    REAL NOT NULL,
+    observed    REAL NOT NULL,
+    templates   TEXT NOT NULL,
+    samples     TEXT NOT NULL,
+    PRIMARY KEY (agent, id)
+);
+CREATE INDEX IF NOT EXISTS anomalies_ts ON anomalies(ts);
+CREATE TABLE IF NOT EXISTS batch_seen (
+    agent   TEXT NOT NULL,
+    epoch   INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (agent, epoch, seq)
+) WITHOUT ROWID;
+"#;
+
+/// What happened to a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed with this many rows.
+    Stored(usize),
+    /// Already stored earlier; nothing was written.
+    Duplicate,
+}
+
+/// Identity of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchId {
+    pub agent: Arc<str>,
+    pub epoch: u64,
+    pub seq: u64,
+    pub floor: u64,
+}
+
+struct WriteReq {
+    /// `None` for anomaly events sent ahead of their batch and lines pushed through the
+    /// Loki API: stored without identity.
+    id: Option<BatchId>,
+    content: BatchContent,
+    reply: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// Work the lifecycle runs on the writer's connection, in its own transaction.
+pub type JobFn = Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>;
+
+struct Job {
+    f: JobFn,
+    reply: oneshot::Sender<Result<(), Error>>,
+}
+
+enum Req {
+    Write(WriteReq),
+    Job(Job),
+}
+
+/// What one group commit stored: the streams that got lines, and whether anomaly
+/// events came with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub streams: Vec<i64>,
+    pub anomalies: bool,
+}
+
+/// Called by the writer after each successful commit (it must not block).
+pub type CommitHook = Box<dyn Fn(Committed) + Send + Sync>;
+
+/// Handle to the hot store.
+pub struct HotStore {
+    path: PathBuf,
+    tx: Option<mpsc::Sender<Req>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    index: super::hot_index::HotIndex,
+    hook: Arc<std::sync::OnceLock<CommitHook>>,
+}
+
+/// Default partition length: an hour of event time.
+pub const DEFAULT_PARTITION_NS: i64 = 3_600_000_000_000;
+
+/// One hot partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    /// `[start, end)` of event time the partition takes.
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The table name of the partition starting at `start` ns.
+pub fn partition_name(start: i64) -> String {
+    let secs = start.div_euclid(1_000_000_000);
+    if secs < 0 {
+        format!("logs_pn{}", -secs)
+    } else {
+        format!("logs_p{secs}")
+    }
+}
+
+/// Every hot partition, oldest first.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn partitions(conn: &Connection) -> Result<Vec<Partition>, rusqlite::Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, start, end FROM partitions ORDER BY start, name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Partition {
+            name: r.get(0)?,
+            start: r.get(1)?,
+            end: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+const LOG_COLUMNS: &str = "id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL, observed INTEGER NOT NULL, level INTEGER NOT NULL, template_id INTEGER NOT NULL, flags INTEGER NOT NULL, line BLOB NOT NULL";
+
+/// Creates the partition `[start, end)` if it does not exist (inside the caller's
+/// transaction).
+fn create_partition(conn: &Connection, start: i64, end: i64) -> Result<String, rusqlite::Error> {
+    let name = partition_name(start);
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS \"{name}\" ({LOG_COLUMNS});
+         CREATE INDEX IF NOT EXISTS \"{name}_ts\" ON \"{name}\"(ts);
+         CREATE INDEX IF NOT EXISTS \"{name}_stream_ts\" ON \"{name}\"(stream_id, ts);"
+    ))?;
+    conn.execute(
+        "INSERT OR IGNORE INTO partitions(name, start, end) VALUES (?1, ?2, ?3)",
+        params![name, start, end],
+    )?;
+    Ok(name)
+}
+
+/// Brings a schema-1 database (one `logs` table) to schema 2: the table becomes a
+/// partition covering its rows' time range.
+fn migrate_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let is_table: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'logs' AND type = 'table'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !is_table {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE; ALTER TABLE logs RENAME TO logs_legacy;")?;
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(ts), max(ts) FROM logs_legacy", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    conn.execute(
+        "INSERT OR REPLACE INTO partitions(name, start, end) VALUES ('logs_legacy', ?1, ?2)",
+        params![lo.unwrap_or(0), hi.map_or(0, |h| h.saturating_add(1))],
+    )?;
+    let next: i64 = conn.query_row(
+        "SELECT coalesce(max(id), 0) + 1 FROM logs_legacy",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_row_id', ?1)",
+        [next],
+    )?;
+    conn.execute_batch("COMMIT")
+}
+
+fn sqlite(path: &Path) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Canonical text of a label set, as stored in `streams.labels`.
+pub fn labels_key(l: &Labels) -> String {
+    let pairs: Vec<(&str, &str)> = l.iter().collect();
+    serde_json::to_string(&pairs).expect("string pairs always serialise")
+}
+
+/// Parses [`labels_key`] text.
+pub fn parse_labels_key(s: &str) -> Labels {
+    let pairs: Vec<(String, String)> = serde_json::from_str(s).unwrap_or_default();
+    Labels::new(pairs)
+}
+
+fn open_rw(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path).map_err(sqlite(path))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite(path))?;
+    // FULL: an acknowledged batch survives power loss, not only a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite(path))?;
+    conn.pragma_update(None, "busy_timeout", 5000)
+        .map_err(sqlite(path))?;
+    conn.pragma_update(None, "cache_size", -65536)
+        .map_err(sqlite(path))?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection for queries.
+///
+/// # Errors
+/// [`Error::Sqlite`].
+pub fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite(path))?;
+    conn.pragma_update(None, "busy_timeout", 5000)
+        .map_err(sqlite(path))?;
+    Ok(conn)
+}
+
+impl HotStore {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`] when the file cannot be opened or is corrupt, [`Error::Schema`].
+    pub fn open(path: &Path, max_group_rows: usize) -> Result<HotStore, Error> {
+        HotStore::open_with(path, max_group_rows, DEFAULT_PARTITION_NS)
+    }
+
+    /// As [`HotStore::open`], with partitions of `partition_ns` of event time.
+    ///
+    /// # Errors
+    /// As [`HotStore::open`].
+    pub fn open_with(
+        path: &Path,
+        max_group_rows: usize,
+        partition_ns: i64,
+    ) -> Result<HotStore, Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Sqlite {
+                path: path.to_owned(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let conn = open_rw(path)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sqlite(path))?;
+        if version != 0 && version != 1 && version != SCHEMA_VERSION {
+            return Err(Error::Schema {
+                path: path.to_owned(),
+                found: version,
+                want: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
+        migrate_v1(&conn).map_err(sqlite(path))?;
+        // Catalogs made before row-group filters existed get the column.
+        let has_rg: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'rg_blooms'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(sqlite(path))?;
+        if !has_rg {
+            conn.execute_batch("ALTER TABLE segments ADD COLUMN rg_blooms BLOB")
+                .map_err(sqlite(path))?;
+        }
+        // Lines live in partition tables only (a view over them would hit SQLite's
+        // limit of 500 terms in a compound SELECT once there are many hours).
+        conn.execute_batch("DROP VIEW IF EXISTS logs")
+            .map_err(sqlite(path))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite(path))?;
+        // No `PRAGMA quick_check` here: it reads every page of every table, which on a
+        // large, fragmented database took minutes before the aggregator could listen.
+        // Reading the schema and the id counter catches a file that is not a database
+        // or has a damaged header; damage deeper in a table surfaces as SQLITE_CORRUPT
+        // on the statement that meets it (logged, counted, and the batch is not acked).
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .and_then(|_| {
+            conn.query_row(
+                "SELECT count(*) FROM meta WHERE key = 'next_row_id'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map_err(sqlite(path))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let p = path.to_owned();
+        let index = super::hot_index::HotIndex::default();
+        let writer_index = index.clone();
+        let hook: Arc<std::sync::OnceLock<CommitHook>> = Arc::default();
+        let writer_hook = hook.clone();
+        let writer = std::thread::Builder::new()
+            .name("hot-store-writer".into())
+            .spawn(
+                move || match Writer::new(conn, p, max_group_rows, partition_ns, writer_index) {
+                    Ok(mut w) => {
+                        w.hook = writer_hook;
+                        w.run(rx);
+                    }
+                    Err(e) => tracing::error!(error = %e, "hot store writer cannot start"),
+                },
+            )
+            .map_err(|e| Error::Sqlite {
+                path: path.to_owned(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(HotStore {
+            path: path.to_owned(),
+            tx: Some(tx),
+            writer: Some(writer),
+            index,
+            hook,
+        })
+    }
+
+    /// Sets the function told about every commit (once; later calls are ignored).
+    pub fn on_commit(&self, hook: CommitHook) {
+        let _ = self.hook.set(hook);
+    }
+
+    /// The token index of hot rows.
+    pub fn index(&self) -> &super::hot_index::HotIndex {
+        &self.index
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores a batch durably (or recognises it as a duplicate).
+    ///
+    /// # Errors
+    /// [`Error::WriterGone`] during shutdown, [`Error::Sqlite`] when the commit failed
+    /// (the batch was not stored; the agent will resend it).
+    pub async fn write(&self, id: BatchId, content: BatchContent) -> Result<Outcome, Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        metrics::gauge!("heimdall_aggregator_store_queue_depth")
+            .set((tx.max_capacity() - tx.capacity()) as f64);
+        tx.send(Req::Write(WriteReq {
+            id: Some(id),
+            content,
+            reply,
+        }))
+        .await
+        .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Stores lines that have no batch identity (pushed through the Loki API): each
+    /// call is stored once; a client that retries a push it saw fail stores it again,
+    /// as with Loki.
+    ///
+    /// # Errors
+    /// As [`HotStore::write`].
+    pub async fn write_unidentified(&self, content: BatchContent) -> Result<Outcome, Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Req::Write(WriteReq {
+            id: None,
+            content,
+            reply,
+        }))
+        .await
+        .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Stores anomaly events that came ahead of their batch (the batch stores them
+    /// again, harmlessly: an event is kept once per agent and id). Their streams carry
+    /// the `agent` label already.
+    ///
+    /// # Errors
+    /// As [`HotStore::write`].
+    pub async fn write_anomalies(&self, events: Vec<Anomaly>) -> Result<usize, Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        let n = events.len();
+        tx.send(Req::Write(WriteReq {
+            id: None,
+            content: BatchContent {
+                anomalies: events,
+                ..Default::default()
+            },
+            reply,
+        }))
+        .await
+        .map_err(|_| Error::WriterGone)?;
+        rx.await.map_err(|_| Error::WriterGone)??;
+        Ok(n)
+    }
+
+    /// Runs `f` on the writer's connection in its own transaction, between group
+    /// commits, and waits for it (from a thread that is not a tokio worker).
+    ///
+    /// # Errors
+    /// [`Error::WriterGone`], or [`Error::Sqlite`] when `f` failed (the transaction was
+    /// rolled back).
+    pub fn job_blocking(&self, f: JobFn) -> Result<(), Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.blocking_send(Req::Job(Job { f, reply }))
+            .map_err(|_| Error::WriterGone)?;
+        rx.blocking_recv().map_err(|_| Error::WriterGone)?
+    }
+
+    /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
+    pub fn close(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for HotStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    max_group_rows: usize,
+    streams: HashMap<Labels, i64>,
+    partition_ns: i64,
+    /// Partition tables by their start.
+    parts: HashMap<i64, String>,
+    /// Partitions this process made (the index covers them whole).
+    made: std::collections::HashSet<String>,
+    next_id: i64,
+    index: super::hot_index::HotIndex,
+    hook: Arc<std::sync::OnceLock<CommitHook>>,
+    /// What the current group stored, for the hook.
+    touched: Committed,
+}
+
+/// Most stream ids cached by the writer; the cache is cleared when it grows past this.
+const STREAM_CACHE: usize = 10_000;
+
+impl Writer {
+    fn new(
+        conn: Connection,
+        path: PathBuf,
+        max_group_rows: usize,
+        partition_ns: i64,
+        index: super::hot_index::HotIndex,
+    ) -> Result<Writer, rusqlite::Error> {
+        let mut w = Writer {
+            conn,
+            path,
+            max_group_rows,
+            streams: HashMap::new(),
+            partition_ns: partition_ns.max(1_000_000_000),
+            parts: HashMap::new(),
+            made: std::collections::HashSet::new(),
+            next_id: 1,
+            index,
+            hook: Arc::default(),
+            touched: Committed::default(),
+        };
+        w.reload()?;
+        Ok(w)
+    }
+
+    /// Reads the partition map and the id counter again (after a rollback or a job).
+    fn reload(&mut self) -> Result<(), rusqlite::Error> {
+        self.parts = partitions(&self.conn)?
+            .into_iter()
+            .filter(|p| p.name != "logs_legacy")
+            .map(|p| (p.start, p.name))
+            .collect();
+        let stored: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'next_row_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut max = 0i64;
+        for name in self.parts.values() {
+            let m: i64 = self.conn.query_row(
+                &format!("SELECT coalesce(max(id), 0) FROM \"{name}\""),
+                [],
+                |r| r.get(0),
+            )?;
+            max = max.max(m);
+        }
+        self.next_id = stored.unwrap_or(1).max(max + 1);
+        let live: std::collections::HashSet<String> = self.parts.values().cloned().collect();
+        self.made.retain(|m| live.contains(m));
+        self.index.retain(&live);
+        Ok(())
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Req>) {
+        let mut pending: Option<Req> = None;
+        loop {
+            let first = match pending.take() {
+                Some(r) => r,
+                None => match rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let first = match first {
+                Req::Job(j) => {
+                    self.run_job(j);
+                    continue;
+                }
+                Req::Write(w) => w,
+            };
+            let mut rows = first.content.records.len();
+            let mut group = vec![first];
+            while rows < self.max_group_rows {
+                match rx.try_recv() {
+                    Ok(Req::Write(r)) => {
+                        rows += r.content.records.len();
+                        group.push(r);
+                    }
+                    Ok(job) => {
+                        pending = Some(job);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let res = (|| -> Result<(), rusqlite::Error> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            match (job.f)(&self.conn) {
+                Ok(()) => self.conn.execute_batch("COMMIT"),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })();
+        self.streams.clear();
+        if let Err(e) = self.reload() {
+            tracing::error!(error = %e, "hot store: cannot reload partitions after a job");
+        }
+        let _ = job.reply.send(res.map_err(|source| Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }));
+    }
+
+    fn commit_group(&mut self, group: Vec<WriteReq>) {
+        let started = Instant::now();
+        let n = group.len();
+        let mut results: Vec<Result<Outcome, Error>> = Vec::with_capacity(n);
+        let res = (|| -> Result<(), rusqlite::Error> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for req in &group {
+                self.conn.execute_batch("SAVEPOINT batch")?;
+                match self.store_one(&req.id, &req.content) {
+                    Ok(o) => {
+                        self.conn.execute_batch("RELEASE batch")?;
+                        results.push(Ok(o));
+                    }
+                    Err(e) => {
+                        self.conn
+                            .execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+                        self.streams.clear();
+                        // Partitions made in the rolled-back savepoint are gone.
+                        self.reload()?;
+                        results.push(Err(Error::Sqlite {
+                            path: self.path.clone(),
+                            source: e,
+                        }));
+                    }
+                }
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_row_id', ?1)",
+                )?
+                .execute([self.next_id])?;
+            self.conn.execute_batch("COMMIT")
+        })();
+        if let Err(e) = res {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.touched = Committed::default();
+            // Stream ids and partitions made in the failed transaction do not exist.
+            self.streams.clear();
+            if let Err(e) = self.reload() {
+                tracing::error!(error = %e, "hot store: cannot reload partitions");
+            }
+            tracing::error!(error = %e, batches = n, "hot store commit failed; agents will resend");
+            metrics::counter!("heimdall_aggregator_store_errors_total").increment(1);
+            for req in group {
+                let _ = req.reply.send(Err(Error::Sqlite {
+                    path: self.path.clone(),
+                    source: rusqlite::Error::ToSqlConversionFailure(e.to_string().into()),
+                }));
+            }
+            return;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mut touched = std::mem::take(&mut self.touched);
+        if let Some(hook) = self.hook.get() {
+            touched.streams.sort_unstable();
+            touched.streams.dedup();
+            if !touched.streams.is_empty() || touched.anomalies {
+                hook(touched);
+            }
+        }
+        metrics::histogram!("heimdall_aggregator_store_commit_seconds").record(secs);
+        metrics::histogram!("heimdall_aggregator_store_group_batches").record(n as f64);
+        for (req, r) in group.into_iter().zip(results) {
+            if let Ok(Outcome::Stored(rows)) = &r {
+                metrics::counter!("heimdall_aggregator_ingest_rows_total").increment(*rows as u64);
+            }
+            let _ = req.reply.send(r);
+        }
+    }
+
+    fn stream_id(&mut self, labels: &Labels) -> Result<i64, rusqlite::Error> {
+        if let Some(id) = self.streams.get(labels) {
+            return Ok(*id);
+        }
+        let key = labels_key(labels);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM streams WHERE labels = ?1")?;
+        let id = match stmt.query_row([&key], |r| r.get(0)).optional()? {
+            Some(id) => id,
+            None => {
+                self.conn
+                    .prepare_cached("INSERT INTO streams(labels) VALUES (?1)")?
+                    .execute([&key])?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        if self.streams.len() >= STREAM_CACHE {
+            self.streams.clear();
+        }
+        self.streams.insert(labels.clone(), id);
+        Ok(id)
+    }
+
+    /// Stores a batch's streams and lines; returns the stream ids of its stream table.
+    fn store_records(&mut self, content: &BatchContent) -> Result<Vec<i64>, rusqlite::Error> {
+        let mut ids = Vec::with_capacity(content.streams.len());
+        for s in &content.streams {
+            ids.push(self.stream_id(s)?);
+        }
+        let mut used = vec![false; ids.len()];
+        for r in &content.records {
+            if let Some(u) = used.get_mut(r.stream as usize) {
+                *u = true;
+            }
+        }
+        self.touched.streams.extend(
+            ids.iter()
+                .zip(&used)
+                .filter(|(_, u)| **u)
+                .map(|(id, _)| *id),
+        );
+        self.touched.anomalies |= !content.anomalies.is_empty();
+        for r in &content.records {
+            let start = r.time_ns.div_euclid(self.partition_ns) * self.partition_ns;
+            let table = match self.parts.get(&start) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = create_partition(
+                        &self.conn,
+                        start,
+                        start.saturating_add(self.partition_ns),
+                    )?;
+                    self.parts.insert(start, t.clone());
+                    metrics::gauge!("heimdall_aggregator_hot_partitions")
+                        .set(self.parts.len() as f64);
+                    t
+                }
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO \"{table}\"(id, stream_id, ts, observed, level, template_id, flags, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ))?
+                .execute(params![
+                    id,
+                    ids[r.stream as usize],
+                    r.time_ns,
+                    r.observed_ns,
+                    r.level as u8,
+                    r.template_id as i64,
+                    r.flags,
+                    &r.line[..],
+                ])?;
+            self.index
+                .add(&table, self.made.contains(&table), id, r.time_ns, &r.line);
+        }
+        Ok(ids)
+    }
+
+    /// Stores a batch's templates, aggregates and anomaly events; `ids` maps its stream
+    /// table to stream ids.
+    fn store_extras(&mut self, ids: &[i64], content: &BatchContent) -> Result<(), rusqlite::Error> {
+        let now = heimdall_common::record::now_ns();
+        if !content.templates.is_empty() {
+            let mut ins = self.conn.prepare_cached(
+                "INSERT INTO templates(id, text, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
+            )?;
+            for t in &content.templates {
+                ins.execute(params![t.id as i64, t.text, now])?;
+            }
+        }
+        if !content.aggregates.is_empty() {
+            let mut ins = self.conn.prepare_cached(
+                "INSERT INTO aggregates(stream_id, start, window_secs, level, template_id, count, bytes, shipped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(stream_id, start, level, template_id) DO UPDATE SET
+                   count = count + excluded.count, bytes = bytes + excluded.bytes,
+                   shipped = shipped + excluded.shipped",
+            )?;
+            for a in &content.aggregates {
+                ins.execute(params![
+                    ids[a.stream as usize],
+                    a.start_ns,
+                    a.window_secs,
+                    a.level as u8,
+                    a.template_id as i64,
+                    a.count as i64,
+                    a.bytes as i64,
+                    a.shipped as i64,
+                ])?;
+            }
+        }
+        for a in &content.anomalies {
+            let stream = self.stream_id(&a.stream)?;
+            let agent = a.stream.get("agent").unwrap_or_default().to_owned();
+            let templates = serde_json::to_string(
+                &a.templates
+                    .iter()
+                    .map(|t| serde_json::json!({"id": format!("{:016x}", t.id), "text": t.text}))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_else(|_| "[]".into());
+            let samples = serde_json::to_string(&a.samples).unwrap_or_else(|_| "[]".into());
+            let n = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO anomalies(agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    agent,
+                    a.id as i64,
+                    stream,
+                    a.kind.as_str(),
+                    a.time_ns,
+                    now,
+                    a.score,
+                    a.baseline,
+                    a.observed,
+                    templates,
+                    samples,
+                ])?;
+            if n > 0 {
+                metrics::counter!("heimdall_aggregator_anomalies_total", "kind" => a.kind.as_str())
+                    .increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn store_one(
+        &mut self,
+        id: &Option<BatchId>,
+        content: &BatchContent,
+    ) -> Result<Outcome, rusqlite::Error> {
+        let Some(id) = id else {
+            let ids = self.store_records(content)?;
+            self.store_extras(&ids, content)?;
+            return Ok(Outcome::Stored(content.records.len()));
+        };
+        let agent: &str = &id.agent;
+        let (epoch, seq) = (id.epoch as i64, id.seq as i64);
+        let hw: i64 = self
+            .conn
+            .prepare_cached("SELECT acked_through FROM batch_hw WHERE agent = ?1 AND epoch = ?2")?
+            .query_row(params![agent, epoch], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let seen = seq <= hw
+            || self
+                .conn
+                .prepare_cached(
+                    "SELECT 1 FROM batch_seen WHERE agent = ?1 AND epoch = ?2 AND seq = ?3",
+                )?
+                .query_row(params![agent, epoch, seq], |_| Ok(()))
+                .optional()?
+                .is_some();
+        if seen {
+            return Ok(Outcome::Duplicate);
+        }
+        let ids = self.store_records(content)?;
+        self.store_extras(&ids, content)?;
+        // Record the identity: everything below `floor` is settled on the agent's side,
+        // then advance the contiguous mark over ids seen above it.
+        // The connection handler guarantees 1 <= floor <= seq <= i64::MAX.
+        let floor = i64::try_from(id.floor).unwrap_or(i64::MAX);
+        let mut new_hw = hw.max(floor.saturating_sub(1));
+        if Some(seq) == new_hw.checked_add(1) {
+            new_hw = seq;
+        } else {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO batch_seen(agent, epoch, seq) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![agent, epoch, seq])?;
+        }
+        loop {
+            let next = self
+                .conn
+                .prepare_cached(
+                    "SELECT 1 FROM batch_seen WHERE agent = ?1 AND epoch = ?2 AND seq = ?3",
+                )?
+                .query_row(params![agent, epoch, new_hw.saturating_add(1)], |_| Ok(()))
+                .optional()?;
+            if next.is_none() || new_hw == i64::MAX {
+                break;
+            }
+            new_hw += 1;
+        }
+        self.conn
+            .prepare_cached("DELETE FROM batch_seen WHERE agent = ?1 AND epoch = ?2 AND seq <= ?3")?
+            .execute(params![agent, epoch, new_hw])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO batch_hw(agent, epoch, acked_through, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(agent, epoch) DO UPDATE SET acked_through = excluded.acked_through, updated = excluded.updated",
+            )?
+            .execute(params![agent, epoch, new_hw, heimdall_common::record::now_ns()])?;
+        Ok(Outcome::Stored(content.records.len()))
+    }
+}
+
+/// One stored row, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    pub stream_id: i64,
+    pub ts: i64,
+    pub level: Level,
+    pub flags: u8,
+    pub line: Vec<u8>,
+}
+
+/// All streams: `(id, labels)`.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn load_streams(conn: &Connection) -> Result<Vec<(i64, Labels)>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached("SELECT id, labels FROM streams ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    rows.map(|r| r.map(|(id, s)| (id, parse_labels_key(&s))))
+        .collect()
+}
+
+/// A page of rows of one partition: rows of `streams` in `[start, end)` after the
+/// keyset position `after` (`(ts, id)`; exclusive), in (ts, id) order (descending when
+/// `backward`), at most `limit`; only rows with ids in `ids` (inclusive), when given.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+#[allow(clippy::too_many_arguments)]
+pub fn page_ids(
+    conn: &Connection,
+    partition: &str,
+    streams: &[i64],
+    start: i64,
+    end: i64,
+    backward: bool,
+    after: Option<(i64, i64)>,
+    limit: usize,
+    ids: Option<(i64, i64)>,
+) -> Result<Vec<Row>, rusqlite::Error> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = streams
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (cmp, order) = if backward {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let (id_lo, id_hi) = ids.unwrap_or((i64::MIN, i64::MAX));
+    let by_id = if ids.is_some() {
+        "AND id >= ?6 AND id <= ?7"
+    } else {
+        "AND ?6 <= ?7"
+    };
+    let sql = format!(
+        "SELECT id, stream_id, ts, level, flags, line FROM \"{partition}\"
+         WHERE stream_id IN ({list}) AND ts >= ?1 AND ts < ?2 AND (ts, id) {cmp} (?3, ?4) {by_id}
+         ORDER BY ts {order}, id {order} LIMIT ?5"
+    );
+    let (cur_ts, cur_id) = after.unwrap_or(if backward {
+        (i64::MAX, i64::MAX)
+    } else {
+        (i64::MIN, i64::MIN)
+    });
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![start, end, cur_ts, cur_id, limit as i64, id_lo, id_hi],
+        |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                stream_id: r.get(1)?,
+                ts: r.get(2)?,
+                level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
+                flags: r.get(4)?,
+                line: r.get(5)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// Lines in the hot tier, across partitions.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn count_rows(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let mut n = 0u64;
+    for p in partitions(conn)? {
+        let c: i64 = conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
+            r.get(0)
+        })?;
+        n += c as u64;
+    }
+    Ok(n)
+}
+
+/// The highest row id stored (0 when empty).
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn max_row_id(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    let mut max = 0i64;
+    for p in partitions(conn)? {
+        let m: i64 = conn.query_row(
+            &format!("SELECT coalesce(max(id), 0) FROM \"{}\"", p.name),
+            [],
+            |r| r.get(0),
+        )?;
+        max = max.max(m);
+    }
+    Ok(max)
+}
+
+/// Rows of `streams` stored after row `after` (in storage order), at most `limit`,
+/// each with its row id.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn rows_after(
+    conn: &Connection,
+    streams: &[i64],
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, Row)>, rusqlite::Error> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = streams
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out: Vec<(i64, Row)> = Vec::new();
+    for p in partitions(conn)? {
+        let sql = format!(
+            "SELECT id, stream_id, ts, level, flags, line FROM \"{}\"
+             WHERE id > ?1 AND stream_id IN ({list}) ORDER BY id LIMIT ?2",
+            p.name
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            let id: i64 = r.get(0)?;
+            Ok((
+                id,
+                Row {
+                    id,
+                    stream_id: r.get(1)?,
+                    ts: r.get(2)?,
+                    level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
+                    flags: r.get(4)?,
+                    line: r.get(5)?,
+                },
+            ))
+        })?;
+        for r in rows {
+            out.push(r?);
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// How long a query may wait for the writer's lock before giving up.
+pub const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use heimdall_common::record::LogRecord;
+
+    fn content(lines: &[&str]) -> BatchContent {
+        BatchContent {
+            streams: vec![Labels::new([("host", "h"), ("source", "/a")])],
+            records: lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| LogRecord {
+                    stream: 0,
+                    time_ns: 1000 + i as i64,
+                    observed_ns: 1000 + i as i64,
+                    level: Level::Info,
+                    template_id: u64::MAX,
+                    flags: 0,
+                    redacted: 0,
+                    line: Bytes::from(l.to_string()),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn id(seq: u64, floor: u64) -> BatchId {
+        BatchId {
+            agent: "a1".into(),
+            epoch: 7,
+            seq,
+            floor,
+        }
+    }
+
+    fn count(path: &Path) -> i64 {
+        count_rows(&open_reader(path).unwrap()).unwrap() as i64
+    }
+
+    #[tokio::test]
+    async fn resent_batches_are_stored_once_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        let mut s = HotStore::open(&path, 1000).unwrap();
+        assert_eq!(
+            s.write(id(2, 1), content(&["b"])).await.unwrap(),
+            Outcome::Stored(1)
+        );
+        assert_eq!(
+            s.write(id(1, 1), content(&["a"])).await.unwrap(),
+            Outcome::Stored(1)
+        );
+        assert_eq!(
+            s.write(id(2, 1), content(&["b"])).await.unwrap(),
+            Outcome::Duplicate
+        );
+        assert_eq!(
+            s.write(id(1, 1), content(&["a"])).await.unwrap(),
+            Outcome::Duplicate
+        );
+        // Another epoch of the same agent (a reinstalled agent) is a different batch.
+        let other = BatchId {
+            epoch: 8,
+            ..id(1, 1)
+        };
+        assert_eq!(
+            s.write(other, content(&["c"])).await.unwrap(),
+            Outcome::Stored(1)
+        );
+        s.close();
+        assert_eq!(count(&path), 3);
+        // The identity survives a restart.
+        let mut s = HotStore::open(&path, 1000).unwrap();
+        assert_eq!(
+            s.write(id(2, 1), content(&["b"])).await.unwrap(),
+            Outcome::Duplicate
+        );
+        // Batches the agent dropped (floor moved past them) do not hold the mark back.
+        assert_eq!(
+            s.write(id(10, 10), content(&["j"])).await.unwrap(),
+            Outcome::Stored(1)
+        );
+        assert_eq!(
+            s.write(id(5, 10), content(&["e"])).await.unwrap(),
+            Outcome::Duplicate
+        );
+        s.close();
+        let seen: i64 = open_reader(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM batch_seen", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 0);
+    }
+
+    /// Regression: a backfill spanning more than 500 hours once failed every batch, when
+    /// a view united the partitions (SQLite allows 500 terms in a compound SELECT).
+    #[tokio::test]
+    async fn a_batch_spanning_a_thousand_hours_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        let mut s = HotStore::open(&path, 100_000).unwrap();
+        let mut c = content(&vec!["x"; 1000]);
+        for (i, r) in c.records.iter_mut().enumerate() {
+            r.time_ns = 1_700_000_000_000_000_000 + i as i64 * DEFAULT_PARTITION_NS;
+        }
+        assert_eq!(s.write(id(1, 1), c).await.unwrap(), Outcome::Stored(1000));
+        s.close();
+        let conn = open_reader(&path).unwrap();
+        assert_eq!(partitions(&conn).unwrap().len(), 1000);
+        assert_eq!(count_rows(&conn).unwrap(), 1000);
+        // Row ids go on across partitions and restarts.
+        let mut s = HotStore::open(&path, 100_000).unwrap();
+        s.write(id(2, 1), content(&["y"])).await.unwrap();
+        s.close();
+        assert_eq!(max_row_id(&open_reader(&path).unwrap()).unwrap(), 1001);
+    }
+
+    #[tokio::test]
+    async fn rows_read_back_newest_first_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        let mut s = HotStore::open(&path, 1000).unwrap();
+        let lines: Vec<String> = (0..5000).map(|i| format!("l{i}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        s.write(id(1, 1), content(&refs)).await.unwrap();
+        s.close();
+        let conn = open_reader(&path).unwrap();
+        let streams = load_streams(&conn).unwrap();
+        assert_eq!(streams.len(), 1);
+        let parts = partitions(&conn).unwrap();
+        assert_eq!(parts.len(), 1);
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let rows = page_ids(
+                &conn,
+                &parts[0].name,
+                &[streams[0].0],
+                0,
+                i64::MAX,
+                true,
+                after,
+                2048,
+                None,
+            )
+            .unwrap();
+            let Some(last) = rows.last() else { break };
+            after = Some((last.ts, last.id));
+            got.extend(rows.iter().map(|r| r.ts));
+        }
+        assert_eq!(got.len(), 5000);
+        assert!(got.windows(2).all(|w| w[0] > w[1]));
+    }
+}

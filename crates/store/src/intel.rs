@@ -1,0 +1,243 @@
+//! Queries over what agents compute at the edge: template patterns with counts, exact
+//! record counts from pre-aggregates (`count_over_time` / `bytes_over_time` for
+//! streams whose lines are not all stored), and anomaly events.
+//!
+//! Aggregates are keyed by their window start; a window belongs to the step bucket its
+//! start falls in, so buckets are exact when the step is a multiple of the agents'
+//! window (10 s by default).
+
+use crate::read::select_streams;
+use heimdall_common::record::{Labels, Level};
+use heimdall_logql::Matcher;
+use rusqlite::Connection;
+use std::collections::{BTreeMap, HashMap};
+
+/// Calls `each(stream_id, start, level, template_id, count, bytes, shipped)` for the
+/// aggregates of `streams` with window starts in `[start, end)`.
+fn scan_aggregates(
+    conn: &Connection,
+    streams: &[i64],
+    start: i64,
+    end: i64,
+    mut each: impl FnMut(i64, i64, u8, u64, u64, u64, u64),
+) -> Result<(), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT start, level, template_id, count, bytes, shipped FROM aggregates
+         WHERE stream_id = ?1 AND start >= ?2 AND start < ?3",
+    )?;
+    for &s in streams {
+        let mut rows = stmt.query(rusqlite::params![s, start, end])?;
+        while let Some(r) = rows.next()? {
+            each(
+                s,
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u8,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, i64>(4)? as u64,
+                r.get::<_, i64>(5)? as u64,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One template with its counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    pub template_id: u64,
+    /// The template text; empty when no agent sent it (yet).
+    pub text: String,
+    pub total: u64,
+    /// (bucket start in ns, records).
+    pub samples: Vec<(i64, u64)>,
+}
+
+/// The `limit` templates with the most records in `[start, end)` over the selected
+/// streams, each with counts per `step`.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn patterns(
+    conn: &Connection,
+    matchers: &[Matcher],
+    start: i64,
+    end: i64,
+    step: i64,
+    limit: usize,
+) -> Result<Vec<Pattern>, rusqlite::Error> {
+    let ids: Vec<i64> = select_streams(conn, matchers)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let step = step.max(1);
+    let mut by: HashMap<u64, BTreeMap<i64, u64>> = HashMap::new();
+    scan_aggregates(conn, &ids, start, end, |_, t, _, tid, count, _, _| {
+        let b = start + (t - start).div_euclid(step) * step;
+        *by.entry(tid).or_default().entry(b).or_default() += count;
+    })?;
+    let mut out: Vec<Pattern> = by
+        .into_iter()
+        .map(|(tid, m)| Pattern {
+            template_id: tid,
+            text: String::new(),
+            total: m.values().sum(),
+            samples: m.into_iter().collect(),
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.total
+            .cmp(&a.total)
+            .then(a.template_id.cmp(&b.template_id))
+    });
+    out.truncate(limit);
+    let mut stmt = conn.prepare_cached("SELECT text FROM templates WHERE id = ?1")?;
+    for p in &mut out {
+        use rusqlite::OptionalExtension;
+        p.text = stmt
+            .query_row([p.template_id as i64], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// One series of [`counts`]: its labels and (bucket start in ns, value) points.
+pub type Series = (BTreeMap<String, String>, Vec<(i64, u64)>);
+
+/// What [`counts`] adds up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// Records read (`count_over_time`).
+    Count,
+    /// Line bytes read (`bytes_over_time`).
+    Bytes,
+    /// Records stored as lines.
+    Shipped,
+}
+
+/// Record counts (or bytes) per `step` in `[start, end)` over the selected streams,
+/// grouped by the labels `by` (`level` is the record level). An empty `by` keeps every
+/// stream label and the level apart.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn counts(
+    conn: &Connection,
+    matchers: &[Matcher],
+    start: i64,
+    end: i64,
+    step: i64,
+    by: Option<&[String]>,
+    measure: Measure,
+) -> Result<Vec<Series>, rusqlite::Error> {
+    let streams = select_streams(conn, matchers)?;
+    let labels: HashMap<i64, Labels> = streams.iter().cloned().collect();
+    let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
+    let step = step.max(1);
+    let mut series: BTreeMap<BTreeMap<String, String>, BTreeMap<i64, u64>> = BTreeMap::new();
+    scan_aggregates(
+        conn,
+        &ids,
+        start,
+        end,
+        |sid, t, level, _, count, bytes, shipped| {
+            let l = &labels[&sid];
+            let level = Level::from_u8(level).unwrap_or_default().as_str();
+            let key: BTreeMap<String, String> = match by {
+                None => l
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .chain([("level".to_owned(), level.to_owned())])
+                    .collect(),
+                Some(names) => names
+                    .iter()
+                    .filter_map(|n| {
+                        let v = if n == "level" { Some(level) } else { l.get(n) };
+                        v.map(|v| (n.clone(), v.to_owned()))
+                    })
+                    .collect(),
+            };
+            let b = start + (t - start).div_euclid(step) * step;
+            let v = match measure {
+                Measure::Count => count,
+                Measure::Bytes => bytes,
+                Measure::Shipped => shipped,
+            };
+            *series.entry(key).or_default().entry(b).or_default() += v;
+        },
+    )?;
+    Ok(series
+        .into_iter()
+        .map(|(k, m)| (k, m.into_iter().collect()))
+        .collect())
+}
+
+/// One stored anomaly event.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AnomalyRow {
+    pub agent: String,
+    pub id: String,
+    pub kind: String,
+    pub time_ns: i64,
+    pub received_ns: i64,
+    pub score: f64,
+    pub baseline: f64,
+    pub observed: f64,
+    pub stream: BTreeMap<String, String>,
+    pub templates: serde_json::Value,
+    pub samples: serde_json::Value,
+}
+
+/// Anomaly events of the selected streams (all streams without matchers) in
+/// `[start, end)`, newest first, at most `limit`, optionally of one kind and with at
+/// least `min_score`.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn anomalies(
+    conn: &Connection,
+    matchers: &[Matcher],
+    start: i64,
+    end: i64,
+    kind: Option<&str>,
+    min_score: f64,
+    limit: usize,
+) -> Result<Vec<AnomalyRow>, rusqlite::Error> {
+    let streams: HashMap<i64, Labels> = select_streams(conn, matchers)?.into_iter().collect();
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples
+         FROM anomalies WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) AND score >= ?4
+         ORDER BY ts DESC, id",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![start, end, kind, min_score])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let Some(labels) = streams.get(&r.get::<_, i64>(2)?) else {
+            continue;
+        };
+        let json = |i: usize| -> Result<serde_json::Value, rusqlite::Error> {
+            Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default())
+        };
+        out.push(AnomalyRow {
+            agent: r.get(0)?,
+            id: format!("{:016x}", r.get::<_, i64>(1)? as u64),
+            kind: r.get(3)?,
+            time_ns: r.get(4)?,
+            received_ns: r.get(5)?,
+            score: r.get(6)?,
+            baseline: r.get(7)?,
+            observed: r.get(8)?,
+            stream: labels
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            templates: json(9)?,
+            samples: json(10)?,
+        });
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}

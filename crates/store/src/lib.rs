@@ -1,0 +1,29 @@
+//! `heimdall-store`: where data lives and how it is read back. Depends on the LogQL
+//! syntax (`heimdall-logql`) for selectors and line filters; never on query
+//! evaluation (`heimdall-query`) or alerting.
+//!
+//! - [`hot`]: SQLite in WAL mode, written by one thread with group commit, lines in
+//!   time partitions; every batch is committed together with its identity, so a resent
+//!   batch is never stored twice.
+//! - [`segment`]: the Parquet segment format of the warm and cold tiers, with its
+//!   statistics and token bloom filter.
+//! - [`catalog`]: which segments exist, where, in which state (in the hot database).
+//! - [`cold`]: segments on S3-compatible object storage, and the local cache.
+//! - [`lifecycle`]: compaction, upload, retention, crash recovery.
+//! - [`erase`]: deleting lines by selector and time range across every tier.
+//! - [`rebuild`]: the catalog made again from the bucket listing.
+//! - [`read`]: the one reader across every tier: stream selection, scans merged in
+//!   time order with pruning by time, stream and token filters, pre-aggregates.
+//! - [`intel`]: template patterns, counts from the agents' pre-aggregates, anomaly
+//!   events, as stored.
+
+pub mod catalog;
+pub mod cold;
+pub mod erase;
+pub mod hot;
+pub mod hot_index;
+pub mod intel;
+pub mod lifecycle;
+pub mod read;
+pub mod rebuild;
+pub mod segment;

@@ -1,0 +1,676 @@
+//! Moves data between tiers and deletes it: hot→warm compaction, warm→cold upload,
+//! retention, erasure. One thread runs the steps in turn, every `interval` or when
+//! asked ([`LifecycleHandle::trigger`]).
+//!
+//! Every move is verified before its source is deleted, and each step is safe to kill
+//! at any point:
+//! - **Compaction** of a hot partition records the segment as `writing`, writes the
+//!   Parquet file under a temporary name, fsyncs it, reads every row back and compares
+//!   count and content hash, renames it, and then — in one SQLite transaction — makes
+//!   the segment `active` and deletes the partition's rows up to the highest row id it
+//!   read (rows that arrived meanwhile stay). A restart deletes `writing` segments and
+//!   their files: the rows are still in the partition.
+//! - **Upload** (see [`crate::cold`]) records `uploading`, copies the file,
+//!   reads the object back and compares size and CRC-32C, then marks the segment
+//!   `cold` and deletes the local file. A restart turns `uploading` back to warm (the
+//!   copy is made again) and removes local files of segments already cold.
+//! - **Retention** and **erasure** mark segments `deleting` before removing their files
+//!   or objects; a restart finishes the removal.
+//!
+//! Metrics: `heimdall_aggregator_lifecycle_runs_total{step,outcome}`,
+//! `heimdall_aggregator_lifecycle_rows_total{step}`,
+//! `heimdall_aggregator_lifecycle_seconds{step}`, and per tier
+//! `heimdall_aggregator_tier_segments`, `_rows`, `_bytes`.
+
+use super::catalog::{self, Tier};
+use super::cold::ColdStore;
+use super::hot::{self, HotStore};
+use super::segment::{SegmentFile, SegmentRow, SegmentWriter};
+use heimdall_common::record::Level;
+use rusqlite::{params, Connection};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Lifecycle failures (one step fails; the next run tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] hot::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Segment(#[from] super::segment::Error),
+    #[error(transparent)]
+    Cold(#[from] super::cold::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Rows changed under a compaction (an erasure ran); it is retried.
+    #[error("partition {0} changed during compaction")]
+    Raced(String),
+}
+
+/// Lifecycle settings.
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    /// Between runs.
+    pub interval: Duration,
+    /// Segment files.
+    pub warm_dir: PathBuf,
+    /// A hot partition is compacted once its end is this far in the past.
+    pub compact_after: Duration,
+    /// Beyond this many hot rows, the oldest partitions are compacted early.
+    pub hot_max_rows: u64,
+    /// Most rows per segment.
+    pub segment_rows: u64,
+    /// zstd level of segments.
+    pub zstd_level: i32,
+    /// Warm segments older than this (by their newest line) go to the cold tier.
+    pub upload_after: Option<Duration>,
+    /// Data older than this is deleted from every tier.
+    pub retention: Option<Duration>,
+}
+
+/// How long a segment that left the catalog keeps its file: longer than any query
+/// (`api.query_timeout` is at most this in practice).
+pub const REAP_GRACE: Duration = Duration::from_secs(120);
+
+/// Crashes the process at a named point when `HEIMDALL_FAILPOINT` names it: how the
+/// crash-safety tests stop the aggregator exactly between two steps of a move.
+pub fn failpoint(name: &str) {
+    if std::env::var("HEIMDALL_FAILPOINT").is_ok_and(|f| f == name) {
+        tracing::error!(failpoint = name, "failpoint reached: aborting");
+        std::process::abort();
+    }
+}
+
+/// Starts and stops the lifecycle thread.
+pub struct LifecycleHandle {
+    wake: std::sync::mpsc::Sender<Option<std::sync::mpsc::Sender<()>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LifecycleHandle {
+    /// Runs every step now; returns when they are done.
+    pub fn trigger(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.wake.send(Some(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// A function that runs every step now (for the API).
+    pub fn trigger_fn(&self) -> impl Fn() + Send + Sync + 'static {
+        let wake = std::sync::Mutex::new(self.wake.clone());
+        move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sent = wake
+                .lock()
+                .map(|w| w.send(Some(tx)).is_ok())
+                .unwrap_or(false);
+            if sent {
+                let _ = rx.recv();
+            }
+        }
+    }
+
+    /// Waits for the thread to stop (after the shutdown token was cancelled).
+    pub fn join(mut self) {
+        let _ = self.wake.send(None);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The lifecycle.
+pub struct Lifecycle {
+    pub store: Arc<HotStore>,
+    pub db_path: PathBuf,
+    pub cfg: LifecycleConfig,
+    pub cold: Option<Arc<ColdStore>>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+fn record(step: &'static str, started: Instant, res: &Result<u64, Error>) {
+    let outcome = if res.is_ok() { "ok" } else { "error" };
+    metrics::counter!("heimdall_aggregator_lifecycle_runs_total", "step" => step, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("heimdall_aggregator_lifecycle_seconds", "step" => step)
+        .record(started.elapsed().as_secs_f64());
+    match res {
+        Ok(n) => {
+            metrics::counter!("heimdall_aggregator_lifecycle_rows_total", "step" => step)
+                .increment(*n);
+        }
+        Err(e) => {
+            tracing::warn!(step, error = %e, "lifecycle step failed; it runs again next time")
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Recovers from an interrupted run, then starts the thread.
+    ///
+    /// # Errors
+    /// When recovery cannot read the catalog or the segment directory.
+    pub fn start(self, shutdown: CancellationToken) -> Result<LifecycleHandle, Error> {
+        std::fs::create_dir_all(&self.cfg.warm_dir).map_err(io(&self.cfg.warm_dir))?;
+        self.recover()?;
+        let (wake, rx) = std::sync::mpsc::channel::<Option<std::sync::mpsc::Sender<()>>>();
+        let thread = std::thread::Builder::new()
+            .name("lifecycle".into())
+            .spawn(move || {
+                let mut done: Option<std::sync::mpsc::Sender<()>> = None;
+                loop {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    self.run_once(&shutdown);
+                    if let Some(d) = done.take() {
+                        let _ = d.send(());
+                    }
+                    match rx.recv_timeout(self.cfg.interval) {
+                        Ok(Some(d)) => done = Some(d),
+                        Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                }
+            })
+            .map_err(|e| Error::Io {
+                path: PathBuf::from("lifecycle thread"),
+                source: e,
+            })?;
+        Ok(LifecycleHandle {
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    fn reader(&self) -> Result<Connection, Error> {
+        Ok(hot::open_reader(&self.db_path)?)
+    }
+
+    /// Finishes or rolls back what a crash interrupted.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn recover(&self) -> Result<(), Error> {
+        let conn = self.reader()?;
+        for s in catalog::in_state(&conn, "writing")? {
+            for p in [self.warm_path(&s.name), self.tmp_path(&s.name)] {
+                let _ = std::fs::remove_file(&p);
+            }
+            let id = s.id;
+            self.store
+                .job_blocking(Box::new(move |c| catalog::remove(c, id)))?;
+            tracing::info!(segment = %s.name, "rolled back an interrupted compaction");
+        }
+        for s in catalog::in_state(&conn, "uploading")? {
+            let id = s.id;
+            self.store.job_blocking(Box::new(move |c| {
+                catalog::set_state(c, id, "active", Tier::Warm)
+            }))?;
+            tracing::info!(segment = %s.name, "an interrupted upload will run again");
+        }
+        for s in catalog::in_state(&conn, "deleting")? {
+            self.delete_files(&s)?;
+            let id = s.id;
+            self.store
+                .job_blocking(Box::new(move |c| catalog::remove(c, id)))?;
+        }
+        let known: std::collections::HashSet<String> = catalog::all(&conn)?
+            .into_iter()
+            .filter(|s| s.tier == Tier::Warm)
+            .map(|s| s.name)
+            .collect();
+        for e in std::fs::read_dir(&self.cfg.warm_dir).map_err(io(&self.cfg.warm_dir))? {
+            let e = e.map_err(io(&self.cfg.warm_dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Cold segments' local copies and files no catalog entry knows are left by
+            // a crash after the catalog moved on.
+            if name.ends_with(".tmp") || (name.ends_with(".parquet") && !known.contains(&name)) {
+                let _ = std::fs::remove_file(e.path());
+                tracing::info!(file = %name, "removed a segment file the catalog does not list");
+            }
+        }
+        Ok(())
+    }
+
+    /// Local path of a warm segment.
+    pub fn warm_path(&self, name: &str) -> PathBuf {
+        self.cfg.warm_dir.join(name)
+    }
+
+    fn tmp_path(&self, name: &str) -> PathBuf {
+        self.cfg.warm_dir.join(format!("{name}.tmp"))
+    }
+
+    fn delete_files(&self, s: &catalog::Segment) -> Result<(), Error> {
+        let _ = std::fs::remove_file(self.warm_path(&s.name));
+        if s.tier == Tier::Cold {
+            if let Some(c) = &self.cold {
+                c.delete(&s.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the files or objects of segments in `deleting` for longer than `grace`
+    /// (queries that began before they left the catalog may still read them until then).
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn reap(&self, grace: Duration) -> Result<u64, Error> {
+        let conn = self.reader()?;
+        let cutoff = heimdall_common::record::now_ns() - grace.as_nanos() as i64;
+        let mut n = 0;
+        for s in catalog::in_state(&conn, "deleting")? {
+            if s.updated > cutoff {
+                continue;
+            }
+            self.delete_files(&s)?;
+            let id = s.id;
+            self.store
+                .job_blocking(Box::new(move |c| catalog::remove(c, id)))?;
+            n += s.rows;
+        }
+        Ok(n)
+    }
+
+    /// Indexes hot partitions the token index does not cover (after a restart).
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn index_hot(&self, shutdown: &CancellationToken) -> Result<u64, Error> {
+        let conn = self.reader()?;
+        let ix = self.store.index();
+        let mut rows = 0;
+        for p in hot::partitions(&conn)? {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if ix.is_complete(&p.name) {
+                continue;
+            }
+            let max_id: i64 = conn.query_row(
+                &format!("SELECT coalesce(max(id), 0) FROM \"{}\"", p.name),
+                [],
+                |r| r.get(0),
+            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id, ts, line FROM \"{}\" WHERE id <= ?1 ORDER BY id",
+                p.name
+            ))?;
+            let all: Vec<(i64, i64, Vec<u8>)> = stmt
+                .query_map([max_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            rows += all.len() as u64;
+            ix.rebuild(&p.name, all, max_id);
+        }
+        metrics::gauge!("heimdall_aggregator_hot_index_bytes").set(ix.bytes() as f64);
+        Ok(rows)
+    }
+
+    /// Runs every step once.
+    pub fn run_once(&self, shutdown: &CancellationToken) {
+        let t = Instant::now();
+        let r = self.reap(REAP_GRACE);
+        record("reap", t, &r);
+        let t = Instant::now();
+        let r = self.index_hot(shutdown);
+        record("index", t, &r);
+        let t = Instant::now();
+        let r = self.erase_pending();
+        record("erase", t, &r);
+        let t = Instant::now();
+        let r = self.retention();
+        record("retention", t, &r);
+        let t = Instant::now();
+        let r = self.compact(shutdown);
+        record("compact", t, &r);
+        if self.cold.is_some() {
+            let t = Instant::now();
+            let r = self.upload(shutdown);
+            record("upload", t, &r);
+        }
+        if let Ok(conn) = self.reader() {
+            if let Ok(t) = catalog::totals(&conn) {
+                for tier in ["warm", "cold"] {
+                    let (n, rows, bytes) = t.get(tier).copied().unwrap_or_default();
+                    metrics::gauge!("heimdall_aggregator_tier_segments", "tier" => tier)
+                        .set(n as f64);
+                    metrics::gauge!("heimdall_aggregator_tier_rows", "tier" => tier)
+                        .set(rows as f64);
+                    metrics::gauge!("heimdall_aggregator_tier_bytes", "tier" => tier)
+                        .set(bytes as f64);
+                }
+            }
+        }
+    }
+
+    /// Compacts every hot partition that is old enough, and the oldest ones while the
+    /// hot tier holds more than `hot_max_rows`. Returns the rows moved.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn compact(&self, shutdown: &CancellationToken) -> Result<u64, Error> {
+        let conn = self.reader()?;
+        let parts = hot::partitions(&conn)?;
+        let mut counts = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for p in &parts {
+            let n: i64 =
+                conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
+                    r.get(0)
+                })?;
+            total += n as u64;
+            counts.push(n as u64);
+        }
+        metrics::gauge!("heimdall_aggregator_tier_rows", "tier" => "hot").set(total as f64);
+        let cutoff = heimdall_common::record::now_ns() - self.cfg.compact_after.as_nanos() as i64;
+        let mut moved = 0;
+        for (p, n) in parts.iter().zip(counts) {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let old = p.end <= cutoff;
+            let big = total > self.cfg.hot_max_rows;
+            if !old && !big {
+                continue;
+            }
+            let m = self.compact_partition(&conn, p)?;
+            moved += m;
+            total = total.saturating_sub(n);
+        }
+        Ok(moved)
+    }
+
+    /// Compacts one hot partition now, whatever its age. Returns the rows moved.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn compact_named(&self, partition: &str) -> Result<u64, Error> {
+        let conn = self.reader()?;
+        match hot::partitions(&conn)?
+            .into_iter()
+            .find(|p| p.name == partition)
+        {
+            Some(p) => self.compact_partition(&conn, &p),
+            None => Ok(0),
+        }
+    }
+
+    /// Uploads one warm segment to the cold tier now, whatever its age.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn upload_named(&self, segment: &str) -> Result<u64, Error> {
+        let conn = self.reader()?;
+        let Some(cold) = &self.cold else { return Ok(0) };
+        let Some(s) = catalog::in_state(&conn, "active")?
+            .into_iter()
+            .find(|s| s.name == segment && s.tier == Tier::Warm)
+        else {
+            return Ok(0);
+        };
+        self.upload_segment(cold, &s)
+    }
+
+    fn upload_segment(&self, cold: &ColdStore, s: &catalog::Segment) -> Result<u64, Error> {
+        let id = s.id;
+        self.store.job_blocking(Box::new(move |c| {
+            catalog::set_state(c, id, "uploading", Tier::Warm)
+        }))?;
+        let local = self.warm_path(&s.name);
+        cold.upload(&local, &s.name, s.bytes, s.checksum)?;
+        failpoint("upload-copied");
+        self.store.job_blocking(Box::new(move |c| {
+            catalog::set_state(c, id, "active", Tier::Cold)
+        }))?;
+        failpoint("upload-committed");
+        std::fs::remove_file(&local).map_err(io(&local))?;
+        tracing::info!(segment = %s.name, rows = s.rows, "uploaded a segment to the cold tier");
+        Ok(s.rows)
+    }
+
+    fn compact_partition(&self, conn: &Connection, p: &hot::Partition) -> Result<u64, Error> {
+        let name = p.name.clone();
+        let (max_id, n): (i64, i64) = conn.query_row(
+            &format!("SELECT coalesce(max(id), 0), count(*) FROM \"{name}\""),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if n == 0 {
+            let part = name.clone();
+            self.store
+                .job_blocking(Box::new(move |c| drop_if_empty(c, &part).map(|_| ())))?;
+            return Ok(0);
+        }
+        let labels: HashMap<i64, String> = hot::load_streams(conn)?
+            .into_iter()
+            .map(|(id, l)| (id, hot::labels_key(&l)))
+            .collect();
+        // Write the partition's rows (up to max_id) in (stream, ts, id) order, cut into
+        // segments of at most segment_rows.
+        let mut pieces: Vec<(i64, String, super::segment::SegmentInfo)> = Vec::new();
+        let mut writer: Option<(i64, String, SegmentWriter)> = None;
+        let mut after: (i64, i64, i64) = (i64::MIN, i64::MIN, i64::MIN);
+        let sql = format!(
+            "SELECT id, stream_id, ts, observed, level, template_id, flags, line FROM \"{name}\"
+             WHERE id <= ?1 AND (stream_id, ts, id) > (?2, ?3, ?4) ORDER BY stream_id, ts, id LIMIT 8192"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut written = 0u64;
+        loop {
+            let rows: Vec<SegmentRow> = stmt
+                .query_map(params![max_id, after.0, after.1, after.2], |r| {
+                    Ok(SegmentRow {
+                        id: r.get(0)?,
+                        stream_id: r.get(1)?,
+                        ts: r.get(2)?,
+                        observed: r.get(3)?,
+                        level: Level::from_u8(r.get::<_, u8>(4)?).unwrap_or_default(),
+                        template_id: r.get::<_, i64>(5)? as u64,
+                        flags: r.get(6)?,
+                        line: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                after = (row.stream_id, row.ts, row.id);
+                if writer
+                    .as_ref()
+                    .is_some_and(|w| w.2.rows() >= self.cfg.segment_rows)
+                {
+                    let (id, seg, w) = writer.take().expect("checked");
+                    pieces.push((id, seg.clone(), w.finish()?));
+                }
+                if writer.is_none() {
+                    let seg = format!(
+                        "{}-{:016x}.parquet",
+                        name.trim_start_matches("logs_"),
+                        fastrand::u64(..)
+                    );
+                    let (src, segname) = (name.clone(), seg.clone());
+                    let id = std::sync::Arc::new(std::sync::Mutex::new(0i64));
+                    let id2 = id.clone();
+                    self.store.job_blocking(Box::new(move |c| {
+                        let v = catalog::begin(c, &segname, &src)?;
+                        *id2.lock().unwrap_or_else(|p| p.into_inner()) = v;
+                        Ok(())
+                    }))?;
+                    let id = *id.lock().unwrap_or_else(|p| p.into_inner());
+                    let w = SegmentWriter::create(
+                        &self.tmp_path(&seg),
+                        labels.clone(),
+                        self.cfg.zstd_level,
+                    )?;
+                    writer = Some((id, seg, w));
+                }
+                writer.as_mut().expect("just made").2.push(row)?;
+                written += 1;
+            }
+        }
+        if let Some((id, seg, w)) = writer.take() {
+            pieces.push((id, seg, w.finish()?));
+        }
+        if written != n as u64 {
+            return Err(Error::Raced(name));
+        }
+        // Verify every piece from disk before anything is deleted.
+        for (_, seg, info) in &pieces {
+            SegmentFile::open(&self.tmp_path(seg))?.verify(info)?;
+        }
+        failpoint("compact-written");
+        for (_, seg, _) in &pieces {
+            let (tmp, fin) = (self.tmp_path(seg), self.warm_path(seg));
+            std::fs::rename(&tmp, &fin).map_err(io(&fin))?;
+        }
+        fsync_dir(&self.cfg.warm_dir)?;
+        failpoint("compact-renamed");
+        let part = name.clone();
+        let want = n;
+        let infos: Vec<(i64, super::segment::SegmentInfo)> = pieces
+            .iter()
+            .map(|(id, _, info)| (*id, info.clone()))
+            .collect();
+        self.store.job_blocking(Box::new(move |c| {
+            // The rows this compaction read must all still be there.
+            let still: i64 = c.query_row(
+                &format!("SELECT count(*) FROM \"{part}\" WHERE id <= ?1"),
+                [max_id],
+                |r| r.get(0),
+            )?;
+            if still != want {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    format!("partition {part} changed during compaction").into(),
+                ));
+            }
+            for (id, info) in &infos {
+                catalog::activate(c, *id, info, &HashMap::new())?;
+            }
+            c.execute(&format!("DELETE FROM \"{part}\" WHERE id <= ?1"), [max_id])?;
+            drop_if_empty(c, &part)?;
+            Ok(())
+        }))?;
+        failpoint("compact-committed");
+        tracing::info!(partition = %name, rows = n, segments = pieces.len(), "compacted a hot partition");
+        Ok(n as u64)
+    }
+
+    /// Deletes everything older than the retention period. Returns the rows deleted
+    /// from the hot tier and segments.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn retention(&self) -> Result<u64, Error> {
+        let Some(keep) = self.cfg.retention else {
+            return Ok(0);
+        };
+        let cutoff = heimdall_common::record::now_ns() - keep.as_nanos() as i64;
+        let conn = self.reader()?;
+        let mut deleted = 0u64;
+        for p in hot::partitions(&conn)? {
+            if p.end > cutoff {
+                continue;
+            }
+            let n: i64 =
+                conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
+                    r.get(0)
+                })?;
+            let part = p.name.clone();
+            self.store.job_blocking(Box::new(move |c| {
+                c.execute_batch(&format!("DROP TABLE IF EXISTS \"{part}\""))?;
+                c.execute("DELETE FROM partitions WHERE name = ?1", [&part])?;
+                Ok(())
+            }))?;
+            deleted += n as u64;
+        }
+        for s in catalog::all(&conn)? {
+            if s.max_ts >= cutoff || s.state != "active" {
+                continue;
+            }
+            let id = s.id;
+            let tier = s.tier;
+            self.store.job_blocking(Box::new(move |c| {
+                catalog::set_state(c, id, "deleting", tier)
+            }))?;
+            deleted += s.rows;
+        }
+        self.store.job_blocking(Box::new(move |c| {
+            c.execute("DELETE FROM aggregates WHERE start < ?1", [cutoff])?;
+            c.execute("DELETE FROM anomalies WHERE ts < ?1", [cutoff])?;
+            Ok(())
+        }))?;
+        Ok(deleted)
+    }
+
+    /// Uploads warm segments old enough to the cold tier. Returns the rows moved.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn upload(&self, shutdown: &CancellationToken) -> Result<u64, Error> {
+        let (Some(cold), Some(after)) = (&self.cold, self.cfg.upload_after) else {
+            return Ok(0);
+        };
+        let cutoff = heimdall_common::record::now_ns() - after.as_nanos() as i64;
+        let conn = self.reader()?;
+        let mut moved = 0;
+        for s in catalog::in_state(&conn, "active")? {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if s.tier != Tier::Warm || s.max_ts >= cutoff {
+                continue;
+            }
+            moved += self.upload_segment(cold, &s)?;
+        }
+        Ok(moved)
+    }
+
+    /// Runs pending erasure requests (see [`crate::erase`]).
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn erase_pending(&self) -> Result<u64, Error> {
+        super::erase::run_pending(self)
+    }
+}
+
+/// Drops a partition that has no rows left; returns whether it did.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn drop_if_empty(c: &Connection, part: &str) -> Result<bool, rusqlite::Error> {
+    let left: i64 = c.query_row(&format!("SELECT count(*) FROM \"{part}\""), [], |r| {
+        r.get(0)
+    })?;
+    if left > 0 {
+        return Ok(false);
+    }
+    c.execute_batch(&format!("DROP TABLE IF EXISTS \"{part}\""))?;
+    c.execute("DELETE FROM partitions WHERE name = ?1", [part])?;
+    Ok(true)
+}

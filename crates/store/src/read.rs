@@ -1,0 +1,904 @@
+//! The one reader across every tier.
+//!
+//! [`Source`] is the one view of stored data the query layer has, across tiers: it
+//! selects streams by their labels, scans lines of a time range, and reads the agents'
+//! pre-aggregates. One planner serves every tier: hot partitions and segments (warm
+//! on local disk, cold through the local cache of the object store) are pruned by time
+//! and stream (the catalog keeps each stream's time range per segment) and by the
+//! segments' token bloom filters for `|=` filters. Ordered scans merge every source
+//! lazily in `(ts, id)` order, newest first or oldest first: a segment is opened only
+//! when the merge reaches its time range and is read in time slices, and hot
+//! partitions are read in keyset pages, so memory stays bounded. Unordered scans (for
+//! metric queries) read each source once, streaming.
+//!
+//! A query runs in one SQLite read transaction, so a compaction committing meanwhile
+//! cannot make it see a line twice or miss it.
+
+use crate::catalog::{self, Candidate, Tier};
+use crate::cold::ColdStore;
+use crate::hot;
+use crate::hot_index::{HotIndex, Plan};
+use crate::segment::{self, SegmentFile, Selection};
+use heimdall_common::record::{Labels, Level};
+use heimdall_logql::{FilterOp, LineFilter, Matcher};
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Query failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The hot store failed.
+    #[error("hot store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A segment could not be read.
+    #[error(transparent)]
+    Segment(#[from] segment::Error),
+    /// The cold tier could not be read.
+    #[error(transparent)]
+    Cold(#[from] crate::cold::Error),
+    /// The query ran past its deadline.
+    #[error("the query timed out; narrow the time range or the selector")]
+    Timeout,
+    /// The query would exceed a memory bound.
+    #[error("{0}")]
+    Limit(String),
+    /// The query cannot be evaluated (type errors, pipeline errors).
+    #[error("{0}")]
+    Eval(String),
+    /// The client went away; the query was abandoned.
+    #[error("the query was cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Whether the client asked for something it can change (HTTP 400 rather than 500).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Error::Limit(_) | Error::Eval(_))
+    }
+}
+
+/// One stored line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    pub stream_id: i64,
+    pub ts: i64,
+    pub level: Level,
+    /// Bits from `heimdall_common::record::flags`.
+    pub flags: u8,
+    pub line: Vec<u8>,
+}
+
+/// The order a scan returns lines in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first, by `(ts, id)`.
+    Forward,
+    /// Newest first.
+    Backward,
+    /// Whatever is cheapest (metric queries).
+    Any,
+}
+
+/// The segment tiers a source reads besides the hot tier.
+#[derive(Clone, Default)]
+pub struct Tiers {
+    /// Warm segment files.
+    pub warm_dir: PathBuf,
+    /// The cold tier, when configured.
+    pub cold: Option<Arc<ColdStore>>,
+    /// Token filters over blocks of hot rows, when the hot store runs in this process.
+    pub hot_index: Option<HotIndex>,
+    /// Segments' bloom filters, kept in memory between queries.
+    pub blooms: BloomCache,
+}
+
+/// Most bytes of segment bloom filters kept in memory (segments are immutable, so a
+/// cached filter never goes stale; a rewritten segment has a new id).
+pub const BLOOM_CACHE_BYTES: usize = 512 << 20;
+
+/// Bloom filters by segment id (the segment's, and its row groups'), least recently
+/// used out beyond [`BLOOM_CACHE_BYTES`].
+#[derive(Clone, Default)]
+pub struct BloomCache {
+    inner: Arc<std::sync::Mutex<BloomLru>>,
+}
+
+type Blooms = Arc<Vec<segment::Bloom>>;
+
+#[derive(Default)]
+struct BloomLru {
+    /// (segment id, 0 for the segment's filter or 1 for its row groups').
+    map: HashMap<(i64, u8), (Blooms, usize, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl BloomCache {
+    fn cached(
+        &self,
+        key: (i64, u8),
+        load: impl FnOnce() -> Result<Vec<segment::Bloom>, rusqlite::Error>,
+    ) -> Result<Blooms, rusqlite::Error> {
+        {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.tick += 1;
+            let t = g.tick;
+            if let Some((b, _, used)) = g.map.get_mut(&key) {
+                *used = t;
+                return Ok(b.clone());
+            }
+        }
+        let b: Blooms = Arc::new(load()?);
+        let size: usize = b.iter().map(segment::Bloom::byte_size).sum::<usize>() + 64;
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        while g.bytes + size > BLOOM_CACHE_BYTES && !g.map.is_empty() {
+            let oldest = g
+                .map
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| *k)
+                .expect("non-empty");
+            if let Some((_, sz, _)) = g.map.remove(&oldest) {
+                g.bytes -= sz;
+            }
+        }
+        let t = g.tick;
+        if let Some((_, old, _)) = g.map.insert(key, (b.clone(), size, t)) {
+            g.bytes -= old;
+        }
+        g.bytes += size;
+        metrics::gauge!("heimdall_aggregator_bloom_cache_bytes").set(g.bytes as f64);
+        Ok(b)
+    }
+
+    /// The filter of segment `id` (none for a segment without one).
+    fn segment(&self, conn: &Connection, id: i64) -> Result<Blooms, rusqlite::Error> {
+        self.cached((id, 0), || {
+            Ok(catalog::bloom(conn, id)?.into_iter().collect())
+        })
+    }
+
+    /// The filters of segment `id`'s row groups, in file order.
+    fn row_groups(&self, conn: &Connection, id: i64) -> Result<Blooms, rusqlite::Error> {
+        self.cached((id, 1), || catalog::row_group_blooms(conn, id))
+    }
+}
+
+/// The stored data a query reads.
+pub struct Source<'a> {
+    pub hot: &'a Connection,
+    tiers: Option<&'a Tiers>,
+    /// Set when the query's client has gone away.
+    cancel: Option<&'a AtomicBool>,
+}
+
+/// Rows per hot page and the smallest segment slice worth reading.
+const PAGE: usize = 2048;
+
+/// A part of a hot partition to read: an id range (none for all of it) and its time
+/// range `[min, max]`.
+type HotPart = (Option<(i64, i64)>, i64, i64);
+
+struct HotRun {
+    name: String,
+    /// Only rows with ids in this range (one indexed block).
+    ids: Option<(i64, i64)>,
+    after: Option<(i64, i64)>,
+    buf: VecDeque<Row>,
+    done: bool,
+}
+
+struct SegRun {
+    cand: Candidate,
+    file: Option<SegmentFile>,
+    wanted: HashSet<i64>,
+    /// Catalog stream id by file stream id.
+    map: HashMap<i64, i64>,
+    /// The part of the range not read yet: `[lo, hi)`.
+    lo: i64,
+    hi: i64,
+    width: i64,
+    buf: VecDeque<Row>,
+}
+
+enum Run {
+    Hot(HotRun),
+    Seg(Box<SegRun>),
+}
+
+#[derive(PartialEq, Eq)]
+struct HeapEntry {
+    key: (i64, i64),
+    run: usize,
+    backward: bool,
+}
+
+impl Ord for HeapEntry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        let c = self.key.cmp(&o.key).then(o.run.cmp(&self.run));
+        if self.backward {
+            c
+        } else {
+            c.reverse()
+        }
+    }
+}
+
+impl PartialOrd for HeapEntry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl<'a> Source<'a> {
+    /// A source over the hot store only.
+    pub fn hot(conn: &'a Connection) -> Source<'a> {
+        Source {
+            hot: conn,
+            tiers: None,
+            cancel: None,
+        }
+    }
+
+    /// Reads segments too.
+    pub fn with_tiers(mut self, tiers: &'a Tiers) -> Source<'a> {
+        self.tiers = Some(tiers);
+        self
+    }
+
+    /// Scans stop with [`Error::Cancelled`] once `flag` is set.
+    pub fn with_cancel(mut self, flag: &'a AtomicBool) -> Source<'a> {
+        self.cancel = Some(flag);
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn check(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        if self.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::Timeout);
+        }
+        Ok(())
+    }
+
+    /// Streams whose labels satisfy every matcher.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn streams(&self, matchers: &[Matcher]) -> Result<Vec<(i64, Labels)>, Error> {
+        Ok(hot::load_streams(self.hot)?
+            .into_iter()
+            .filter(|(_, l)| matchers.iter().all(|m| m.matches(l.get(&m.name))))
+            .collect())
+    }
+
+    /// Segments that may hold lines of `streams` in `[start, end)` passing `filters`.
+    fn segments(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        filters: &[&LineFilter],
+    ) -> Result<Vec<Candidate>, Error> {
+        if self.tiers.is_none() {
+            return Ok(Vec::new());
+        }
+        let needles: Vec<&[u8]> = filters
+            .iter()
+            .filter(|f| f.op == FilterOp::Contains)
+            .map(|f| f.pattern.as_bytes())
+            .collect();
+        let mut out = Vec::new();
+        let cache = self.tiers.map(|t| &t.blooms);
+        for mut c in catalog::candidates(self.hot, streams, start, end)? {
+            if !needles.is_empty() {
+                let passes =
+                    |b: &segment::Bloom| needles.iter().all(|n| segment::may_contain(b, n));
+                let seg = match cache {
+                    Some(cache) => cache.segment(self.hot, c.segment.id)?,
+                    None => Arc::new(
+                        catalog::bloom(self.hot, c.segment.id)?
+                            .into_iter()
+                            .collect(),
+                    ),
+                };
+                if seg.first().is_some_and(|b| !passes(b)) {
+                    metrics::counter!("heimdall_aggregator_query_segments_pruned_total")
+                        .increment(1);
+                    continue;
+                }
+                let groups = match cache {
+                    Some(cache) => cache.row_groups(self.hot, c.segment.id)?,
+                    None => Arc::new(catalog::row_group_blooms(self.hot, c.segment.id)?),
+                };
+                if !groups.is_empty() {
+                    let keep: Vec<bool> = groups.iter().map(passes).collect();
+                    let skipped = keep.iter().filter(|k| !**k).count();
+                    metrics::counter!("heimdall_aggregator_query_row_groups_pruned_total")
+                        .increment(skipped as u64);
+                    if skipped == keep.len() {
+                        continue;
+                    }
+                    if skipped > 0 {
+                        c.row_groups = Some(Arc::new(keep));
+                    }
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// The parts of a hot partition to read for `filters`: `(ids, min_ts, max_ts)`,
+    /// the whole partition as one part when it is not indexed or nothing prunes.
+    fn hot_parts(&self, p: &hot::Partition, filters: &[&LineFilter]) -> Vec<HotPart> {
+        let needles: Vec<&[u8]> = filters
+            .iter()
+            .filter(|f| f.op == FilterOp::Contains)
+            .map(|f| f.pattern.as_bytes())
+            .collect();
+        let whole = vec![(None, p.start, p.end.saturating_sub(1))];
+        let Some(ix) = self.tiers.and_then(|t| t.hot_index.as_ref()) else {
+            return whole;
+        };
+        match ix.plan(&p.name, &needles) {
+            Plan::All => whole,
+            Plan::Blocks(b) => {
+                metrics::counter!("heimdall_aggregator_query_hot_blocks_read_total")
+                    .increment(b.len() as u64);
+                b.into_iter()
+                    .map(|(a, z, lo, hi)| (Some((a, z)), lo, hi))
+                    .collect()
+            }
+        }
+    }
+
+    fn open_segment(&self, c: &Candidate) -> Result<SegmentFile, Error> {
+        let tiers = self.tiers.expect("segments are listed only with tiers");
+        let path = match c.segment.tier {
+            Tier::Warm => {
+                let p = tiers.warm_dir.join(&c.segment.name);
+                match (&tiers.cold, p.exists()) {
+                    // Uploaded and removed since this query's snapshot: the object
+                    // holds the same bytes.
+                    (Some(cold), false) => {
+                        cold.fetch(&c.segment.name, c.segment.bytes, c.segment.checksum)?
+                    }
+                    _ => p,
+                }
+            }
+            Tier::Cold => match &tiers.cold {
+                Some(cold) => cold.fetch(&c.segment.name, c.segment.bytes, c.segment.checksum)?,
+                None => {
+                    return Err(Error::Eval(format!(
+                        "segment {} is in the cold tier, which is not configured",
+                        c.segment.name
+                    )))
+                }
+            },
+        };
+        Ok(SegmentFile::open(&path)?)
+    }
+
+    /// Streams matching `matchers` with at least one line in `[start, end)`.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn streams_in_range(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, Labels)>, Error> {
+        let parts: Vec<hot::Partition> = hot::partitions(self.hot)?
+            .into_iter()
+            .filter(|p| p.end > start && p.start < end)
+            .collect();
+        let mut seg = self.hot.prepare_cached(
+            "SELECT 1 FROM segment_streams ss JOIN segments s ON s.id = ss.segment_id
+             WHERE ss.stream_id = ?1 AND ss.max_ts >= ?2 AND ss.min_ts < ?3 AND s.state IN ('active', 'uploading') LIMIT 1",
+        )?;
+        let mut out = Vec::new();
+        for (id, l) in self.streams(matchers)? {
+            let mut has = seg
+                .query_row(rusqlite::params![id, start, end], |_| Ok(()))
+                .optional()?
+                .is_some();
+            for p in &parts {
+                if has {
+                    break;
+                }
+                has = self
+                    .hot
+                    .prepare_cached(&format!(
+                        "SELECT 1 FROM \"{}\" WHERE stream_id = ?1 AND ts >= ?2 AND ts < ?3 LIMIT 1",
+                        p.name
+                    ))?
+                    .query_row(rusqlite::params![id, start, end], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+            }
+            if has {
+                out.push((id, l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries and bytes of `streams` in `[start, end)`: from the agents'
+    /// pre-aggregates where they cover a stream, else counted from the hot tier and the
+    /// catalog (whole segments, so an estimate at the range's edges).
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn volume(&self, streams: &[i64], start: i64, end: i64) -> Result<(u64, u64), Error> {
+        let cover = self.aggregate_coverage(streams, start)?;
+        let (agg, lines): (Vec<i64>, Vec<i64>) =
+            streams.iter().partition(|s| cover.contains_key(s));
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        self.aggregates(&agg, start, end, |_, _, _, _, c, b| {
+            entries += c;
+            bytes += b;
+        })?;
+        let parts = hot::partitions(self.hot)?;
+        for s in lines {
+            for p in parts.iter().filter(|p| p.end > start && p.start < end) {
+                let (c, b): (i64, i64) = self
+                    .hot
+                    .prepare_cached(&format!(
+                        "SELECT count(*), coalesce(sum(length(line)), 0) FROM \"{}\" WHERE stream_id = ?1 AND ts >= ?2 AND ts < ?3",
+                        p.name
+                    ))?
+                    .query_row(rusqlite::params![s, start, end], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                entries += c as u64;
+                bytes += b as u64;
+            }
+            for c in catalog::candidates(self.hot, &[s], start, end)? {
+                entries += c.rows();
+                let frac = c.rows() as f64 / c.segment.rows.max(1) as f64;
+                bytes += (c.segment.raw_bytes as f64 * frac) as u64;
+            }
+        }
+        Ok((entries, bytes))
+    }
+
+    /// Calls `each` for the lines of `streams` in `[start, end)` in `order`, until it
+    /// returns `false`. `filters` are line filters every line of use passes; lines
+    /// failing them may be skipped. Returns `false` when the deadline stopped the scan.
+    ///
+    /// # Errors
+    /// [`Error`] (not [`Error::Timeout`]: a deadline ends the scan with `Ok(false)`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        order: Order,
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+        mut each: impl FnMut(Row) -> bool,
+    ) -> Result<bool, Error> {
+        if streams.is_empty() || start >= end {
+            return Ok(true);
+        }
+        let res = match order {
+            Order::Any => self.scan_any(streams, start, end, filters, deadline, &mut each),
+            Order::Forward | Order::Backward => self.scan_ordered(
+                streams,
+                start,
+                end,
+                order == Order::Backward,
+                filters,
+                deadline,
+                &mut each,
+            ),
+        };
+        match res {
+            Err(Error::Timeout) => Ok(false),
+            other => other.map(|()| true),
+        }
+    }
+
+    fn scan_any(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+        each: &mut impl FnMut(Row) -> bool,
+    ) -> Result<(), Error> {
+        for p in hot::partitions(self.hot)? {
+            if p.end <= start || p.start >= end {
+                continue;
+            }
+            for (ids, lo, hi) in self.hot_parts(&p, filters) {
+                if hi < start || lo >= end {
+                    continue;
+                }
+                let mut after = None;
+                loop {
+                    self.check(deadline)?;
+                    let rows = hot::page_ids(
+                        self.hot, &p.name, streams, start, end, false, after, PAGE, ids,
+                    )?;
+                    let n = rows.len();
+                    for r in rows {
+                        after = Some((r.ts, r.id));
+                        if !each(Row {
+                            id: r.id,
+                            stream_id: r.stream_id,
+                            ts: r.ts,
+                            level: r.level,
+                            flags: r.flags,
+                            line: r.line,
+                        }) {
+                            return Ok(());
+                        }
+                    }
+                    if n < PAGE {
+                        break;
+                    }
+                }
+            }
+        }
+        for c in self.segments(streams, start, end, filters)? {
+            self.check(deadline)?;
+            let file = self.open_segment(&c)?;
+            let wanted: HashSet<i64> = c.streams.iter().map(|s| s.file_stream_id).collect();
+            let map: HashMap<i64, i64> = c
+                .streams
+                .iter()
+                .map(|s| (s.file_stream_id, s.stream_id))
+                .collect();
+            let mut stopped = false;
+            let mut n = 0u32;
+            let mut late: Option<Error> = None;
+            file.read(
+                &Selection {
+                    streams: &wanted,
+                    start,
+                    end,
+                    row_groups: c.row_groups.as_deref().map(Vec::as_slice),
+                },
+                false,
+                |r, _| {
+                    n = n.wrapping_add(1);
+                    if n % 4096 == 0 {
+                        if let Err(e) = self.check(deadline) {
+                            late = Some(e);
+                            return false;
+                        }
+                    }
+                    if !filters.iter().all(|f| f.matches(&r.line)) {
+                        return true;
+                    }
+                    let row = Row {
+                        id: r.id,
+                        stream_id: map[&r.stream_id],
+                        ts: r.ts,
+                        level: r.level,
+                        flags: r.flags,
+                        line: r.line,
+                    };
+                    if !each(row) {
+                        stopped = true;
+                        return false;
+                    }
+                    true
+                },
+            )?;
+            if let Some(e) = late {
+                return Err(e);
+            }
+            if stopped {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_ordered(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        backward: bool,
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+        each: &mut impl FnMut(Row) -> bool,
+    ) -> Result<(), Error> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut heap = BinaryHeap::new();
+        let bound = |lo: i64, hi_incl: i64| -> (i64, i64) {
+            if backward {
+                (hi_incl, i64::MAX)
+            } else {
+                (lo, i64::MIN)
+            }
+        };
+        for p in hot::partitions(self.hot)? {
+            if p.end <= start || p.start >= end {
+                continue;
+            }
+            for (ids, lo, hi) in self.hot_parts(&p, filters) {
+                let (lo, hi) = (lo.max(start).max(p.start), hi.min(end.saturating_sub(1)));
+                if lo > hi {
+                    continue;
+                }
+                let key = bound(lo, hi);
+                runs.push(Run::Hot(HotRun {
+                    name: p.name.clone(),
+                    ids,
+                    after: None,
+                    buf: VecDeque::new(),
+                    done: false,
+                }));
+                heap.push(HeapEntry {
+                    key,
+                    run: runs.len() - 1,
+                    backward,
+                });
+            }
+        }
+        for c in self.segments(streams, start, end, filters)? {
+            let (lo, hi) = c.range();
+            let (lo, hi) = (lo.max(start), hi.min(end.saturating_sub(1)));
+            if lo > hi {
+                continue;
+            }
+            let rows = c.rows().max(1);
+            let span = (hi - lo).saturating_add(1);
+            // About 16k rows per slice, assuming rows spread evenly in time.
+            let width = if rows <= 16_384 {
+                span
+            } else {
+                (span as f64 * 16_384.0 / rows as f64).max(1.0) as i64
+            };
+            let key = bound(lo, hi);
+            runs.push(Run::Seg(Box::new(SegRun {
+                wanted: c.streams.iter().map(|s| s.file_stream_id).collect(),
+                map: c
+                    .streams
+                    .iter()
+                    .map(|s| (s.file_stream_id, s.stream_id))
+                    .collect(),
+                cand: c,
+                file: None,
+                lo,
+                hi: hi.saturating_add(1),
+                width,
+                buf: VecDeque::new(),
+            })));
+            heap.push(HeapEntry {
+                key,
+                run: runs.len() - 1,
+                backward,
+            });
+        }
+        // An entry is either a run's bound (its buffer is empty and not yet filled) or
+        // the key of the row at the front of its buffer.
+        while let Some(top) = heap.pop() {
+            self.check(deadline)?;
+            let run = &mut runs[top.run];
+            let front = match run {
+                Run::Hot(h) => h.buf.front().map(|r| (r.ts, r.id)),
+                Run::Seg(s) => s.buf.front().map(|r| (r.ts, r.id)),
+            };
+            if front == Some(top.key) {
+                let row = match run {
+                    Run::Hot(h) => h.buf.pop_front(),
+                    Run::Seg(s) => s.buf.pop_front(),
+                }
+                .expect("front checked");
+                if !each(row) {
+                    return Ok(());
+                }
+            }
+            // Refill when empty, then queue the new front.
+            let empty = match run {
+                Run::Hot(h) => h.buf.is_empty(),
+                Run::Seg(s) => s.buf.is_empty(),
+            };
+            if empty {
+                match run {
+                    Run::Hot(h) => {
+                        if !h.done {
+                            let rows = hot::page_ids(
+                                self.hot, &h.name, streams, start, end, backward, h.after, PAGE,
+                                h.ids,
+                            )?;
+                            h.done = rows.len() < PAGE;
+                            if let Some(last) = rows.last() {
+                                h.after = Some((last.ts, last.id));
+                            }
+                            h.buf.extend(rows.into_iter().map(|r| Row {
+                                id: r.id,
+                                stream_id: r.stream_id,
+                                ts: r.ts,
+                                level: r.level,
+                                flags: r.flags,
+                                line: r.line,
+                            }));
+                        }
+                    }
+                    Run::Seg(s) => self.fill_segment(s, backward, filters)?,
+                }
+            }
+            let front = match &runs[top.run] {
+                Run::Hot(h) => h.buf.front().map(|r| (r.ts, r.id)),
+                Run::Seg(s) => s.buf.front().map(|r| (r.ts, r.id)),
+            };
+            if let Some(key) = front {
+                heap.push(HeapEntry {
+                    key,
+                    run: top.run,
+                    backward,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next time slice of a segment (newest slice first when `backward`)
+    /// until it yields rows or the range is used up.
+    fn fill_segment(
+        &self,
+        s: &mut SegRun,
+        backward: bool,
+        filters: &[&LineFilter],
+    ) -> Result<(), Error> {
+        if s.file.is_none() {
+            s.file = Some(self.open_segment(&s.cand)?);
+        }
+        let file = s.file.as_ref().expect("just opened");
+        while s.buf.is_empty() && s.lo < s.hi {
+            let (a, b) = if backward {
+                ((s.hi.saturating_sub(s.width)).max(s.lo), s.hi)
+            } else {
+                (s.lo, (s.lo.saturating_add(s.width)).min(s.hi))
+            };
+            let mut rows: Vec<Row> = Vec::new();
+            file.read(
+                &Selection {
+                    streams: &s.wanted,
+                    start: a,
+                    end: b,
+                    row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
+                },
+                false,
+                |r, _| {
+                    if filters.iter().all(|f| f.matches(&r.line)) {
+                        rows.push(Row {
+                            id: r.id,
+                            stream_id: s.map[&r.stream_id],
+                            ts: r.ts,
+                            level: r.level,
+                            flags: r.flags,
+                            line: r.line,
+                        });
+                    }
+                    true
+                },
+            )?;
+            if backward {
+                s.hi = a;
+                rows.sort_by_key(|r| std::cmp::Reverse((r.ts, r.id)));
+            } else {
+                s.lo = b;
+                rows.sort_by_key(|r| (r.ts, r.id));
+            }
+            if rows.len() < 4096 {
+                s.width = s.width.saturating_mul(2);
+            }
+            s.buf.extend(rows);
+        }
+        Ok(())
+    }
+
+    /// For each of `streams` whose lines the agents' pre-aggregates cover (its first
+    /// aggregate window starts no later than its first stored line in any tier), the
+    /// window in ns.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn aggregate_coverage(
+        &self,
+        streams: &[i64],
+        _from: i64,
+    ) -> Result<HashMap<i64, i64>, Error> {
+        let mut first_agg = self.hot.prepare_cached(
+            "SELECT start, window_secs FROM aggregates WHERE stream_id = ?1 ORDER BY start LIMIT 1",
+        )?;
+        let mut first_seg = self.hot.prepare_cached(
+            "SELECT min(ss.min_ts) FROM segment_streams ss JOIN segments s ON s.id = ss.segment_id
+             WHERE ss.stream_id = ?1 AND s.state IN ('active', 'uploading')",
+        )?;
+        let parts = hot::partitions(self.hot)?;
+        let mut out = HashMap::new();
+        for &s in streams {
+            let Some((start, window)): Option<(i64, i64)> = first_agg
+                .query_row([s], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+            else {
+                continue;
+            };
+            let window_ns = window.saturating_mul(1_000_000_000);
+            let mut first: Option<i64> = first_seg.query_row([s], |r| r.get(0))?;
+            for p in &parts {
+                let t: Option<i64> = self
+                    .hot
+                    .prepare_cached(&format!(
+                        "SELECT min(ts) FROM \"{}\" WHERE stream_id = ?1",
+                        p.name
+                    ))?
+                    .query_row([s], |r| r.get(0))?;
+                first = match (first, t) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            if first.is_none_or(|t| start <= t) {
+                out.insert(s, window_ns);
+            }
+        }
+        Ok(out)
+    }
+    /// Calls `each(stream, window_start, window_ns, level, count, bytes)` for the
+    /// aggregates of `streams` with window starts in `[start, end)`.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn aggregates(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        mut each: impl FnMut(i64, i64, i64, u8, u64, u64),
+    ) -> Result<(), Error> {
+        let mut stmt = self.hot.prepare_cached(
+            "SELECT start, window_secs, level, sum(count), sum(bytes) FROM aggregates
+             WHERE stream_id = ?1 AND start >= ?2 AND start < ?3 GROUP BY start, level",
+        )?;
+        for &s in streams {
+            let mut rows = stmt.query(rusqlite::params![s, start, end])?;
+            while let Some(r) = rows.next()? {
+                each(
+                    s,
+                    r.get(0)?,
+                    r.get::<_, i64>(1)?.saturating_mul(1_000_000_000),
+                    r.get::<_, i64>(2)? as u8,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, i64>(4)? as u64,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams whose labels satisfy every matcher, from the hot store.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn select_streams(
+    conn: &Connection,
+    matchers: &[Matcher],
+) -> Result<Vec<(i64, Labels)>, rusqlite::Error> {
+    Ok(hot::load_streams(conn)?
+        .into_iter()
+        .filter(|(_, l)| matchers.iter().all(|m| m.matches(l.get(&m.name))))
+        .collect())
+}
