@@ -5,39 +5,26 @@ use super::{bad, internal, on_reader, parse_time, ApiError, ApiState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use heimdall_api::model::{EraseRequest, Erasure, Segment};
+use heimdall_api::Envelope;
 use heimdall_store::{catalog, erase};
-use serde::Deserialize;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// `POST /api/v1/admin/compact`: runs compaction, upload, retention and pending
 /// erasures now; answers when they are done.
-pub async fn compact(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn compact(State(st): State<Arc<ApiState>>) -> Result<Json<Envelope<()>>, ApiError> {
     let st2 = st.clone();
     tokio::task::spawn_blocking(move || (st2.compact_now)())
         .await
         .map_err(internal)?;
-    Ok(Json(json!({"status": "success"})))
-}
-
-/// An erasure request.
-#[derive(Deserialize)]
-pub struct EraseRequest {
-    /// A stream selector with optional line filters.
-    pub query: String,
-    /// Start (RFC 3339, Unix seconds or ns); default: the beginning of time.
-    pub start: Option<String>,
-    /// End (exclusive); default: now.
-    pub end: Option<String>,
-    /// Wait until it is done (default true).
-    pub wait: Option<bool>,
+    Ok(Json(Envelope::done()))
 }
 
 /// `POST /api/v1/admin/erase`: deletes matching lines from every tier.
 pub async fn erase(
     State(st): State<Arc<ApiState>>,
     Json(req): Json<EraseRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Envelope<Erasure>>), ApiError> {
     erase::validate(&req.query).map_err(bad)?;
     let start = match &req.start {
         Some(s) => parse_time(s).map_err(bad)?,
@@ -73,36 +60,52 @@ pub async fn erase(
             .await
             .map_err(internal)?;
         let rows = on_reader(&st, erase::list).await?;
-        let e = rows.into_iter().find(|e| e.id == id);
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"status": "success", "data": e})),
-        ));
+        let e = rows
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| internal(format!("erasure {id} is not recorded")))?;
+        return Ok((StatusCode::OK, Json(Envelope::ok(e))));
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"status": "success", "data": {"id": id, "state": "pending"}})),
+        Json(Envelope::ok(Erasure {
+            id,
+            query: req.query,
+            start,
+            end,
+            state: "pending".into(),
+            ..Erasure::default()
+        })),
     ))
 }
 
 /// `GET /api/v1/admin/erasures`.
-pub async fn erasures(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn erasures(
+    State(st): State<Arc<ApiState>>,
+) -> Result<Json<Envelope<Vec<Erasure>>>, ApiError> {
     let rows = on_reader(&st, erase::list).await?;
-    Ok(Json(json!({"status": "success", "data": rows})))
+    Ok(Json(Envelope::ok(rows)))
 }
 
 /// `GET /api/v1/admin/segments`: the catalog.
-pub async fn segments(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn segments(
+    State(st): State<Arc<ApiState>>,
+) -> Result<Json<Envelope<Vec<Segment>>>, ApiError> {
     let segs = on_reader(&st, catalog::all).await?;
-    let data: Vec<Value> = segs
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id, "name": s.name, "state": s.state, "tier": s.tier.as_str(),
-                "min_ts": s.min_ts, "max_ts": s.max_ts, "rows": s.rows, "bytes": s.bytes,
-                "raw_bytes": s.raw_bytes, "checksum": format!("{:08x}", s.checksum),
-            })
+    let data = segs
+        .into_iter()
+        .map(|s| Segment {
+            id: s.id,
+            name: s.name,
+            state: s.state,
+            tier: s.tier.as_str().to_owned(),
+            min_ts: s.min_ts,
+            max_ts: s.max_ts,
+            rows: s.rows,
+            bytes: s.bytes,
+            raw_bytes: s.raw_bytes,
+            checksum: format!("{:08x}", s.checksum),
         })
         .collect();
-    Ok(Json(json!({"status": "success", "data": data})))
+    Ok(Json(Envelope::ok(data)))
 }

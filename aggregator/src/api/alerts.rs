@@ -13,8 +13,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use heimdall_alert::eval::{AlertHandle, Command};
 use heimdall_alert::{correlate, state};
+use heimdall_api::model::{Alert, By, Incident, NewSilence, Reloaded, Rules, Silence};
+use heimdall_api::Envelope;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ async fn command(st: &ApiState, c: Command) -> Result<(), ApiError> {
 }
 
 /// `GET /api/v1/rules`.
-pub async fn rules(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn rules(State(st): State<Arc<ApiState>>) -> Result<Json<Envelope<Rules>>, ApiError> {
     let a = api(&st)?;
     let h = a
         .handle
@@ -68,12 +69,12 @@ pub async fn rules(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiEr
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Ok(Json(json!({"status": "success", "data": {"rules": h}})))
+    Ok(Json(Envelope::ok(Rules { rules: h })))
 }
 
 /// `POST /api/v1/rules/reload`: reads the rule files again; on any problem the old
 /// rules stay and the answer lists every problem.
-pub async fn reload(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn reload(State(st): State<Arc<ApiState>>) -> Result<Json<Envelope<Reloaded>>, ApiError> {
     let a = api(&st)?;
     let (paths, iv) = (a.rule_paths.clone(), a.default_interval);
     let groups = tokio::task::spawn_blocking(move || heimdall_rules::load(&paths, iv))
@@ -82,7 +83,7 @@ pub async fn reload(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiE
         .map_err(|p| bad(p.to_string()))?;
     let n: usize = groups.iter().map(|g| g.rules.len()).sum();
     command(&st, Command::Reload(groups)).await?;
-    Ok(Json(json!({"status": "success", "data": {"rules": n}})))
+    Ok(Json(Envelope::ok(Reloaded { rules: n })))
 }
 
 #[derive(Deserialize)]
@@ -95,7 +96,7 @@ pub struct AlertParams {
 pub async fn alerts(
     State(st): State<Arc<ApiState>>,
     Query(p): Query<AlertParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<Alert>>>, ApiError> {
     if let Some(s) = p.state.as_deref() {
         if !["pending", "firing", "resolved"].contains(&s) {
             return Err(bad(format!(
@@ -106,29 +107,14 @@ pub async fn alerts(
     let mut all = on_db(&st, state::alerts).await?;
     all.retain(|a| p.state.as_deref().is_none_or(|s| a.state.as_str() == s));
     all.retain(|a| p.fingerprint.as_deref().is_none_or(|f| a.fingerprint == f));
-    Ok(Json(json!({"status": "success", "data": all})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewSilence {
-    /// A selector over alert labels.
-    matchers: String,
-    /// RFC 3339 or Unix seconds; default now.
-    starts: Option<String>,
-    ends: Option<String>,
-    /// Instead of `ends`: e.g. `2h`.
-    duration: Option<String>,
-    created_by: String,
-    #[serde(default)]
-    comment: String,
+    Ok(Json(Envelope::ok(all)))
 }
 
 /// `POST /api/v1/silences`.
 pub async fn add_silence(
     State(st): State<Arc<ApiState>>,
     Json(s): Json<NewSilence>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Silence>>, ApiError> {
     let q = heimdall_logql::parse_log(&s.matchers).map_err(|e| bad(format!("matchers: {e}")))?;
     if !q.stages.is_empty() || q.matchers.is_empty() {
         return Err(bad(
@@ -170,27 +156,29 @@ pub async fn add_silence(
     let sv = silence.clone();
     on_db(&st, move |c| state::put_silence(c, &sv)).await?;
     tracing::info!(id = %silence.id, matchers = %silence.matchers, by = %silence.created_by, "silence added");
-    Ok(Json(json!({"status": "success", "data": silence})))
+    Ok(Json(Envelope::ok(silence)))
 }
 
 /// `GET /api/v1/silences`: active and future ones.
-pub async fn silences(State(st): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+pub async fn silences(
+    State(st): State<Arc<ApiState>>,
+) -> Result<Json<Envelope<Vec<Silence>>>, ApiError> {
     let now = heimdall_common::record::now_ns();
     let all = on_db(&st, move |c| state::silences(c, now)).await?;
-    Ok(Json(json!({"status": "success", "data": all})))
+    Ok(Json(Envelope::ok(all)))
 }
 
 /// `DELETE /api/v1/silences/{id}`: ends it now.
 pub async fn expire_silence(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<()>>, ApiError> {
     let now = heimdall_common::record::now_ns();
     let idc = id.clone();
     if !on_db(&st, move |c| state::expire_silence(c, &idc, now)).await? {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no silence {id}")));
     }
-    Ok(Json(json!({"status": "success"})))
+    Ok(Json(Envelope::done()))
 }
 
 #[derive(Deserialize)]
@@ -203,7 +191,7 @@ pub struct IncidentParams {
 pub async fn incidents(
     State(st): State<Arc<ApiState>>,
     Query(p): Query<IncidentParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<Incident>>>, ApiError> {
     let open_only = match p.state.as_deref() {
         None | Some("open") => true,
         Some("all") => false,
@@ -211,23 +199,18 @@ pub async fn incidents(
     };
     let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
     let all = on_db(&st, move |c| correlate::list(c, open_only, limit)).await?;
-    Ok(Json(json!({"status": "success", "data": all})))
+    Ok(Json(Envelope::ok(all)))
 }
 
 /// `GET /api/v1/incidents/{id}`.
 pub async fn incident(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Incident>>, ApiError> {
     match on_db(&st, move |c| correlate::get(c, id)).await? {
-        Some(i) => Ok(Json(json!({"status": "success", "data": i}))),
+        Some(i) => Ok(Json(Envelope::ok(i))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no incident {id}"))),
     }
-}
-
-#[derive(Deserialize, Default)]
-pub struct By {
-    by: Option<String>,
 }
 
 /// `POST /api/v1/incidents/{id}/ack`.
@@ -235,10 +218,10 @@ pub async fn ack(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<i64>,
     body: Option<Json<By>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<()>>, ApiError> {
     let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
     command(&st, Command::AckIncident { id, by }).await?;
-    Ok(Json(json!({"status": "success"})))
+    Ok(Json(Envelope::done()))
 }
 
 /// `POST /api/v1/incidents/{id}/resolve`.
@@ -246,8 +229,8 @@ pub async fn resolve(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<i64>,
     body: Option<Json<By>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<()>>, ApiError> {
     let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
     command(&st, Command::ResolveIncident { id, by }).await?;
-    Ok(Json(json!({"status": "success"})))
+    Ok(Json(Envelope::done()))
 }

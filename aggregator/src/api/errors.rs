@@ -33,12 +33,7 @@ pub fn error_type(status: StatusCode) -> &'static str {
 
 /// A JSON error response.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({
-        "status": "error",
-        "errorType": error_type(status),
-        "message": message,
-        "error": message,
-    });
+    let body = heimdall_api::ErrorBody::new(error_type(status), message);
     let mut r = (status, axum::Json(body)).into_response();
     r.extensions_mut().insert(ErrorMessage(message.to_owned()));
     r

@@ -12,6 +12,11 @@ use axum::extract::{Path as AxPath, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use heimdall_api::loki::{
+    BuildInfo, IndexStats, LabelSet, MatrixSeries, PushRefused, QueryData, QueryResult, Stream,
+    TailMessage, VectorSample,
+};
+use heimdall_api::{format_value, Envelope};
 use heimdall_common::limits;
 use heimdall_common::record::{Labels, Level, LogRecord};
 use heimdall_common::wire::BatchContent;
@@ -146,28 +151,15 @@ impl Params {
     }
 }
 
-/// A sample value as Prometheus writes it.
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
+/// Seconds, as Loki writes sample times.
+fn secs(ns: i64) -> f64 {
+    ns as f64 / 1e9
 }
 
-/// Seconds as a JSON number, as Loki writes sample times.
-fn secs(ns: i64) -> Value {
-    let s = ns as f64 / 1e9;
-    serde_json::Number::from_f64(s).map_or(Value::Null, Value::Number)
-}
-
-fn labels_json(l: &Labels) -> Value {
-    let m: BTreeMap<&str, &str> = l.iter().collect();
-    json!(m)
+fn label_set(l: &Labels) -> LabelSet {
+    l.iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Value {
@@ -212,24 +204,26 @@ fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Valu
     })
 }
 
-fn streams_json(res: &LogResult) -> Vec<Value> {
+fn streams_of(res: &LogResult) -> Vec<Stream> {
     res.streams
         .iter()
-        .map(|(labels, entries)| {
-            let values: Vec<Value> = entries
+        .map(|(labels, entries)| Stream {
+            stream: label_set(labels),
+            values: entries
                 .iter()
-                .map(|e| json!([e.ts.to_string(), String::from_utf8_lossy(&e.line)]))
-                .collect();
-            json!({"stream": labels_json(labels), "values": values})
+                .map(|e| {
+                    (
+                        e.ts.to_string(),
+                        String::from_utf8_lossy(&e.line).into_owned(),
+                    )
+                })
+                .collect(),
         })
         .collect()
 }
 
-fn success(result_type: &str, result: Value, stats: Value) -> Json<Value> {
-    Json(json!({
-        "status": "success",
-        "data": {"resultType": result_type, "result": result, "stats": stats}
-    }))
+fn success(result: QueryResult, stats: Value) -> Json<Envelope<QueryData>> {
+    Json(Envelope::ok(QueryData { result, stats }))
 }
 
 async fn eval_metric(
@@ -249,7 +243,7 @@ async fn eval_metric(
     on_source(st, move |src, _| eval::evaluate(src, &expr, req)).await
 }
 
-async fn instant(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
+async fn instant(st: Arc<ApiState>, p: Params) -> Result<Json<Envelope<QueryData>>, ApiError> {
     let started = Instant::now();
     let q = p.query()?;
     let t = match p.get("time") {
@@ -264,26 +258,28 @@ async fn instant(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> 
     let (v, stats) = eval_metric(&st, expr, t, t, 1).await?;
     metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "instant")
         .record(started.elapsed().as_secs_f64());
-    let (kind, result, n) = match v {
-        EvalValue::Scalar(x) => ("scalar", json!([secs(t), format_value(x)]), 1),
+    let (result, n) = match v {
+        EvalValue::Scalar(x) => (QueryResult::Scalar((secs(t), format_value(x))), 1),
         EvalValue::Vector(series) => {
-            let r: Vec<Value> = series
+            let r: Vec<VectorSample> = series
                 .iter()
                 .filter(|s| !s.values[0].is_nan())
-                .map(|s| json!({"metric": labels_json(&s.labels), "value": [secs(t), format_value(s.values[0])]}))
+                .map(|s| VectorSample {
+                    metric: label_set(&s.labels),
+                    value: (secs(t), format_value(s.values[0])),
+                })
                 .collect();
             let n = r.len();
-            ("vector", json!(r), n)
+            (QueryResult::Vector(r), n)
         }
     };
     Ok(success(
-        kind,
         result,
         stats_json(started, stats.lines, stats.bytes, n),
     ))
 }
 
-async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
+async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Envelope<QueryData>>, ApiError> {
     let started = Instant::now();
     let q = p.query()?;
     let (start, end) = p.range()?;
@@ -302,10 +298,9 @@ async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
             let res = on_source(&st, move |src, _| exec::run_log_query(src, &lq, &req)).await?;
             metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "log")
                 .record(started.elapsed().as_secs_f64());
-            let stats = stats_json(started, res.scanned, res.scanned_bytes, res.lines);
-            let mut body = success("streams", json!(streams_json(&res)), stats);
-            body.0["data"]["stats"]["summary"]["partial"] = json!(res.partial);
-            Ok(body)
+            let mut stats = stats_json(started, res.scanned, res.scanned_bytes, res.lines);
+            stats["summary"]["partial"] = json!(res.partial);
+            Ok(success(QueryResult::Streams(streams_of(&res)), stats))
         }
         Query::Metric(expr) => {
             let step = parse_step(p.get("step").or(p.get("interval")), start, end)?;
@@ -338,22 +333,24 @@ async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
                 EvalValue::Vector(s) => s,
             };
             let mut points = 0;
-            let result: Vec<Value> = series
+            let result: Vec<MatrixSeries> = series
                 .iter()
                 .map(|s| {
-                    let values: Vec<Value> = times
+                    let values: Vec<_> = times
                         .iter()
                         .zip(&s.values)
                         .filter(|(_, v)| !v.is_nan())
-                        .map(|(t, v)| json!([secs(*t), format_value(*v)]))
+                        .map(|(t, v)| (secs(*t), format_value(*v)))
                         .collect();
                     points += values.len();
-                    json!({"metric": labels_json(&s.labels), "values": values})
+                    MatrixSeries {
+                        metric: label_set(&s.labels),
+                        values,
+                    }
                 })
                 .collect();
             Ok(success(
-                "matrix",
-                json!(result),
+                QueryResult::Matrix(result),
                 stats_json(started, stats.lines, stats.bytes, points),
             ))
         }
@@ -364,7 +361,7 @@ async fn ranged(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
 pub async fn query(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<QueryData>>, ApiError> {
     instant(st, Params::raw(q)).await
 }
 
@@ -372,7 +369,7 @@ pub async fn query(
 pub async fn query_form(
     State(st): State<Arc<ApiState>>,
     body: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<QueryData>>, ApiError> {
     instant(st, Params::parse(&body)).await
 }
 
@@ -380,7 +377,7 @@ pub async fn query_form(
 pub async fn query_range(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<QueryData>>, ApiError> {
     ranged(st, Params::raw(q)).await
 }
 
@@ -388,7 +385,7 @@ pub async fn query_range(
 pub async fn query_range_form(
     State(st): State<Arc<ApiState>>,
     body: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<QueryData>>, ApiError> {
     ranged(st, Params::parse(&body)).await
 }
 
@@ -430,7 +427,7 @@ async fn streams_matching(
 pub async fn labels(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
     let p = Params::raw(q);
     let (start, end) = p.range()?;
     let sel: Vec<String> = p.owned("query").into_iter().collect();
@@ -439,7 +436,7 @@ pub async fn labels(
         .iter()
         .flat_map(|l| l.iter().map(|(k, _)| k.to_owned()).collect::<Vec<_>>())
         .collect();
-    Ok(Json(json!({"status": "success", "data": names})))
+    Ok(Json(Envelope::ok(names.into_iter().collect())))
 }
 
 /// `GET /loki/api/v1/label/<name>/values`.
@@ -447,7 +444,7 @@ pub async fn label_values(
     State(st): State<Arc<ApiState>>,
     AxPath(name): AxPath<String>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
     let p = Params::raw(q);
     let (start, end) = p.range()?;
     let sel: Vec<String> = p.owned("query").into_iter().collect();
@@ -456,10 +453,13 @@ pub async fn label_values(
         .iter()
         .filter_map(|l| l.get(&name).map(str::to_owned))
         .collect();
-    Ok(Json(json!({"status": "success", "data": values})))
+    Ok(Json(Envelope::ok(values.into_iter().collect())))
 }
 
-async fn series_of(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError> {
+async fn series_of(
+    st: Arc<ApiState>,
+    p: Params,
+) -> Result<Json<Envelope<Vec<LabelSet>>>, ApiError> {
     let (start, end) = p.range()?;
     let sel: Vec<String> = p
         .all("match[]")
@@ -469,19 +469,19 @@ async fn series_of(st: Arc<ApiState>, p: Params) -> Result<Json<Value>, ApiError
     if sel.is_empty() {
         return Err(bad("missing `match[]` parameter (a stream selector)"));
     }
-    let data: Vec<Value> = streams_matching(&st, sel, start, end)
+    let data = streams_matching(&st, sel, start, end)
         .await?
         .iter()
-        .map(labels_json)
+        .map(label_set)
         .collect();
-    Ok(Json(json!({"status": "success", "data": data})))
+    Ok(Json(Envelope::ok(data)))
 }
 
 /// `GET /loki/api/v1/series`.
 pub async fn series(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<LabelSet>>>, ApiError> {
     series_of(st, Params::raw(q)).await
 }
 
@@ -489,7 +489,7 @@ pub async fn series(
 pub async fn series_form(
     State(st): State<Arc<ApiState>>,
     body: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<LabelSet>>>, ApiError> {
     series_of(st, Params::parse(&body)).await
 }
 
@@ -499,7 +499,7 @@ pub async fn series_form(
 pub async fn index_stats(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IndexStats>, ApiError> {
     let p = Params::raw(q);
     let (start, end) = p.range()?;
     let Query::Log(lq) = p.query()? else {
@@ -512,22 +512,21 @@ pub async fn index_stats(
         Ok((streams.len(), entries, bytes))
     })
     .await?;
-    Ok(Json(
-        json!({"streams": streams, "chunks": 0, "entries": entries, "bytes": bytes}),
-    ))
+    Ok(Json(IndexStats {
+        streams: streams as u64,
+        chunks: 0,
+        entries,
+        bytes,
+    }))
 }
 
 /// `GET /loki/api/v1/status/buildinfo`.
-pub async fn buildinfo() -> Json<Value> {
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "revision": "",
-        "branch": "",
-        "buildUser": "",
-        "buildDate": "",
-        "goVersion": "",
-        "application": "heimdall"
-    }))
+pub async fn buildinfo() -> Json<BuildInfo> {
+    Json(BuildInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        application: "heimdall".into(),
+        ..BuildInfo::default()
+    })
 }
 
 /// A level from a pushed stream's labels or structured metadata, else from the line.
@@ -886,15 +885,18 @@ pub async fn push(
     ));
     let mut r = ApiError(StatusCode::BAD_REQUEST, message.clone()).into_response();
     // The counts in the body too, for clients that read JSON.
-    if let Ok(b) = serde_json::to_vec(&json!({
-        "status": "error",
-        "errorType": "bad_data",
-        "message": message,
-        "error": message,
-        "accepted": n,
-        "refused": refused,
-        "reasons": reasons_by_kind.iter().map(|(w, k)| (w.as_str(), *k)).collect::<BTreeMap<_, _>>(),
-    })) {
+    if let Ok(b) = serde_json::to_vec(&PushRefused {
+        status: "error".into(),
+        error_type: "bad_data".into(),
+        message: message.clone(),
+        error: message,
+        accepted: n,
+        refused,
+        reasons: reasons_by_kind
+            .iter()
+            .map(|(w, k)| (w.as_str().to_owned(), *k))
+            .collect(),
+    }) {
         *r.body_mut() = axum::body::Body::from(b);
         r.headers_mut().remove(header::CONTENT_LENGTH);
     }
@@ -969,7 +971,7 @@ async fn tail_loop(
     for (_, e) in &mut history.streams {
         e.reverse();
     }
-    send_tail(&mut socket, &streams_json(&history)).await?;
+    send_tail(&mut socket, streams_of(&history)).await?;
     let pipeline = Pipeline::new(&lq);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -1013,16 +1015,20 @@ async fn tail_loop(
                 streams: groups.into_iter().collect(),
                 ..Default::default()
             };
-            send_tail(&mut socket, &streams_json(&res)).await?;
+            send_tail(&mut socket, streams_of(&res)).await?;
         }
     }
 }
 
-async fn send_tail(socket: &mut WebSocket, streams: &[Value]) -> Result<(), String> {
+async fn send_tail(socket: &mut WebSocket, streams: Vec<Stream>) -> Result<(), String> {
     if streams.is_empty() {
         return Ok(());
     }
-    let msg = json!({"streams": streams, "dropped_entries": null}).to_string();
+    let msg = serde_json::to_string(&TailMessage {
+        streams,
+        dropped_entries: None,
+    })
+    .map_err(|e| e.to_string())?;
     socket
         .send(Message::Text(msg.into()))
         .await

@@ -18,11 +18,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use heimdall_api::{loki as lokiapi, model, Envelope};
 use heimdall_logql::{self as parse, Query};
 use heimdall_store::hot::{self, HotStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -322,25 +323,27 @@ impl IntelParams {
 async fn patterns(
     State(st): State<Arc<ApiState>>,
     AxQuery(p): AxQuery<IntelParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<lokiapi::Pattern>>>, ApiError> {
     let (matchers, start, end, step) = p.selector_range_step()?;
     let limit = p.limit.unwrap_or(50).clamp(1, 10_000);
     let pats = on_reader(&st, move |c| {
         heimdall_store::intel::patterns(c, &matchers, start, end.saturating_add(1), step, limit)
     })
     .await?;
-    let data: Vec<Value> = pats
-        .iter()
-        .map(|p| {
-            json!({
-                "pattern": p.text,
-                "template_id": format!("{:016x}", p.template_id),
-                "total": p.total,
-                "samples": p.samples.iter().map(|(t, c)| json!([t / 1_000_000_000, c])).collect::<Vec<_>>(),
-            })
+    let data = pats
+        .into_iter()
+        .map(|p| lokiapi::Pattern {
+            pattern: p.text,
+            template_id: format!("{:016x}", p.template_id),
+            total: p.total,
+            samples: p
+                .samples
+                .iter()
+                .map(|(t, c)| (t / 1_000_000_000, *c))
+                .collect(),
         })
         .collect();
-    Ok(Json(json!({"status": "success", "data": data})))
+    Ok(Json(Envelope::ok(data)))
 }
 
 /// Exact counts per step from the agents' pre-aggregates, as a Loki matrix: what
@@ -349,7 +352,7 @@ async fn patterns(
 async fn aggregates(
     State(st): State<Arc<ApiState>>,
     AxQuery(p): AxQuery<IntelParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<lokiapi::QueryData>>, ApiError> {
     use heimdall_store::intel::Measure;
     let (matchers, start, end, step) = p.selector_range_step()?;
     let measure = match p.measure.as_deref() {
@@ -381,18 +384,19 @@ async fn aggregates(
         )
     })
     .await?;
-    let result: Vec<Value> = series
-        .iter()
-        .map(|(m, v)| {
-            json!({
-                "metric": m,
-                "values": v.iter().map(|(t, c)| json!([*t as f64 / 1e9, c.to_string()])).collect::<Vec<_>>(),
-            })
+    let result = series
+        .into_iter()
+        .map(|(metric, v)| lokiapi::MatrixSeries {
+            metric,
+            values: v
+                .iter()
+                .map(|(t, c)| (*t as f64 / 1e9, c.to_string()))
+                .collect(),
         })
         .collect();
-    Ok(Json(json!({
-        "status": "success",
-        "data": {"resultType": "matrix", "result": result}
+    Ok(Json(Envelope::ok(lokiapi::QueryData {
+        result: lokiapi::QueryResult::Matrix(result),
+        stats: Value::Null,
     })))
 }
 
@@ -400,7 +404,7 @@ async fn aggregates(
 async fn anomalies(
     State(st): State<Arc<ApiState>>,
     AxQuery(p): AxQuery<IntelParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Envelope<Vec<model::AnomalyEvent>>>, ApiError> {
     let matchers = selector(p.query.as_deref())?;
     let (start, end) = range(&p.start, &p.end, &p.since)?;
     if let Some(k) = p.kind.as_deref() {
@@ -425,11 +429,11 @@ async fn anomalies(
         )
     })
     .await?;
-    Ok(Json(json!({"status": "success", "data": rows})))
+    Ok(Json(Envelope::ok(rows)))
 }
 
-async fn agents(State(st): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({"status": "success", "data": st.registry.list()}))
+async fn agents(State(st): State<Arc<ApiState>>) -> Json<Envelope<Vec<model::Agent>>> {
+    Json(Envelope::ok(st.registry.list()))
 }
 
 async fn metrics_text(State(st): State<Arc<ApiState>>) -> Response {

@@ -10,7 +10,6 @@
 pub mod conn;
 pub mod listener;
 
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -18,34 +17,7 @@ use std::sync::Mutex;
 const MAX_AGENTS: usize = 100_000;
 
 /// What an agent last told us.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AgentStatus {
-    pub agent_id: String,
-    pub host: String,
-    pub version: String,
-    pub remote_addr: String,
-    pub connected: bool,
-    /// ns since the Unix epoch.
-    pub last_seen_ns: i64,
-    pub spool_bytes: u64,
-    pub spool_batches: u64,
-    /// Age of the oldest batch waiting in the agent's spool.
-    pub lag_seconds: f64,
-    pub files: u64,
-    /// Read lag: bytes written to the agent's files and not read yet.
-    pub unread_bytes: u64,
-    pub batches: u64,
-    pub rows: u64,
-    /// Batches this aggregator rejected from the agent since it started (they can never
-    /// be decoded; the agent keeps them in its dead-letter directory).
-    pub rejected_batches: u64,
-    /// Why the last one was rejected.
-    pub last_reject: String,
-    /// Batches in the agent's dead-letter directory, as its heartbeat says.
-    pub dead_letter_batches: u64,
-    /// Open connections from this agent.
-    pub connections: usize,
-}
+pub use heimdall_api::model::Agent as AgentStatus;
 
 impl heimdall_alert::eval::Hosts for Registry {
     fn last_seen(&self) -> Vec<(String, i64)> {

@@ -22,9 +22,9 @@
 use super::config::{Alerting, Correlation};
 use super::notify::{alert_out, AlertOut};
 use super::state::{Alert, State};
-use heimdall_store::intel::AnomalyRow;
+use heimdall_api::model::AnomalyEvent;
+pub use heimdall_api::model::{Candidate, Incident as IncidentOut, Signal};
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Most open incidents kept; the oldest is closed beyond it.
@@ -33,62 +33,6 @@ const MAX_OPEN: usize = 10_000;
 const MAX_SIGNALS: usize = 1_000;
 /// Resolved incidents stay in memory this long (they stay in the database).
 const KEEP_RESOLVED: i64 = 3_600 * 1_000_000_000;
-
-/// One alert or anomaly event in an incident.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Signal {
-    /// `alert:<fingerprint>` or `anomaly:<agent>:<id>`.
-    pub key: String,
-    /// `alert <name>` or `anomaly <kind>`.
-    pub what: String,
-    /// The labels that say where (host, service, …), as `k=v` text.
-    pub subject: String,
-    pub labels: BTreeMap<String, String>,
-    pub service: Option<String>,
-    pub host: Option<String>,
-    /// When it began, ns.
-    pub onset: i64,
-    /// When it was last seen, ns.
-    pub at: i64,
-    pub active: bool,
-    pub score: f64,
-    pub templates: Vec<u64>,
-    pub traces: Vec<String>,
-    pub samples: Vec<String>,
-    /// A LogQL query that shows its lines.
-    pub query: String,
-}
-
-/// A ranked root-cause candidate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    pub name: String,
-    pub score: f64,
-    pub why: String,
-    pub onset: i64,
-    pub hosts: Vec<String>,
-}
-
-/// An incident as stored and shown.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct IncidentOut {
-    pub id: i64,
-    /// `open` or `resolved`.
-    pub state: String,
-    pub title: String,
-    pub opened: i64,
-    pub updated: i64,
-    pub resolved: Option<i64>,
-    pub acked_by: Option<String>,
-    pub acked_at: Option<i64>,
-    pub paged: bool,
-    pub url: String,
-    pub candidates: Vec<Candidate>,
-    /// Timeline, by onset.
-    pub signals: Vec<Signal>,
-    /// The incident's alerts, as receivers see them.
-    pub alerts: Vec<AlertOut>,
-}
 
 /// What the notifier should send.
 #[derive(Clone, Debug)]
@@ -527,36 +471,15 @@ impl Correlator {
     pub fn anomaly(
         &mut self,
         conn: &Connection,
-        a: &AnomalyRow,
+        a: &AnomalyEvent,
         now: i64,
     ) -> Result<(), rusqlite::Error> {
-        let samples: Vec<String> = a
-            .samples
-            .as_array()
-            .map(|v| {
-                v.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .take(5)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let samples: Vec<String> = a.samples.iter().take(5).cloned().collect();
         let templates: Vec<u64> = a
             .templates
-            .as_array()
-            .map(|v| {
-                v.iter()
-                    .filter_map(|t| {
-                        t.get("id")
-                            .and_then(|x| {
-                                x.as_u64().or_else(|| {
-                                    x.as_str().and_then(|s| u64::from_str_radix(s, 16).ok())
-                                })
-                            })
-                            .or_else(|| t.as_u64())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+            .iter()
+            .filter_map(|t| u64::from_str_radix(&t.id, 16).ok())
+            .collect();
         let labels = a.stream.clone();
         let subject: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let s = Signal {

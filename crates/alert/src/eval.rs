@@ -64,20 +64,7 @@ enum Msg {
 }
 
 /// How one rule did at its last evaluation.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct RuleHealth {
-    pub group: String,
-    pub name: String,
-    pub kind: &'static str,
-    /// ns of the last evaluation.
-    pub last_eval: i64,
-    pub last_seconds: f64,
-    /// Empty when it went well.
-    pub error: String,
-    pub active: usize,
-    pub origin: String,
-    pub query: String,
-}
+pub use heimdall_api::model::RuleHealth;
 
 /// A handle the aggregator and the API keep: feeds commits and commands to the engine.
 #[derive(Clone)]
@@ -523,7 +510,8 @@ impl Engine {
                     RuleKind::Anomaly { .. } => "anomaly",
                     RuleKind::AbsentHosts { .. } => "absent_hosts",
                     RuleKind::AbsentStreams { .. } => "absent_streams",
-                },
+                }
+                .to_owned(),
                 last_eval: now,
                 last_seconds: secs,
                 error,
@@ -908,11 +896,9 @@ impl Engine {
                     });
                     e.value = e.value.max(a.score);
                     e.onset = Some(e.onset.unwrap_or(a.time_ns).min(a.time_ns));
-                    if let Some(s) = a.samples.as_array() {
-                        for l in s.iter().filter_map(|v| v.as_str()) {
-                            if e.samples.len() < SAMPLES {
-                                e.samples.push(l.to_owned());
-                            }
+                    for l in &a.samples {
+                        if e.samples.len() < SAMPLES {
+                            e.samples.push(l.clone());
                         }
                     }
                 }

@@ -29,22 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One alert as receivers see it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AlertOut {
-    pub status: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    /// ns since the Unix epoch.
-    pub starts_at: i64,
-    /// ns; 0 while firing (Alertmanager posts set it ahead).
-    pub ends_at: i64,
-    pub generator_url: String,
-    pub fingerprint: String,
-    pub value: f64,
-    #[serde(default)]
-    pub samples: Vec<String>,
-}
+pub use heimdall_api::model::AlertOut;
 
 /// A notification waiting in the outbox.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,8 +5,9 @@
 //! Kept apart from the hot store so that alert bookkeeping never waits behind ingest
 //! commits, and so that an operator can reset alerting without touching logs.
 
+pub use heimdall_api::model::{Alert, AlertState as State, Silence};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -84,52 +85,13 @@ pub fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-/// Where an alert instance is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Pending,
-    Firing,
-    Resolved,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Firing => "firing",
-            State::Resolved => "resolved",
-        }
+/// An alert state from its stored name (an unknown one is pending).
+fn parse_state(s: &str) -> State {
+    match s {
+        "firing" => State::Firing,
+        "resolved" => State::Resolved,
+        _ => State::Pending,
     }
-
-    fn parse(s: &str) -> State {
-        match s {
-            "firing" => State::Firing,
-            "resolved" => State::Resolved,
-            _ => State::Pending,
-        }
-    }
-}
-
-/// One alert instance: a rule and a label set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
-    pub fingerprint: String,
-    pub rule: String,
-    pub group: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    pub state: State,
-    /// When the condition started to hold (for absence: when the host or stream was
-    /// last heard of; for anomaly rules: the event's onset), ns.
-    pub active_at: i64,
-    pub fired_at: Option<i64>,
-    pub resolved_at: Option<i64>,
-    /// Last evaluation at which the condition held, ns.
-    pub last_true: i64,
-    pub value: f64,
-    /// A few lines that show it.
-    pub samples: Vec<String>,
 }
 
 /// A stable fingerprint of a label set (FNV-1a over sorted pairs), as hex.
@@ -193,7 +155,7 @@ fn alert_row(r: &rusqlite::Row<'_>) -> Result<Alert, rusqlite::Error> {
         group: r.get(2)?,
         labels: serde_json::from_str(&j(3)?).unwrap_or_default(),
         annotations: serde_json::from_str(&j(4)?).unwrap_or_default(),
-        state: State::parse(&j(5)?),
+        state: parse_state(&j(5)?),
         active_at: r.get(6)?,
         fired_at: r.get(7)?,
         resolved_at: r.get(8)?,
@@ -214,20 +176,6 @@ pub fn alerts(conn: &Connection) -> Result<Vec<Alert>, rusqlite::Error> {
     )?;
     let rows = stmt.query_map([], alert_row)?;
     rows.collect()
-}
-
-/// A silence: alerts whose labels match every matcher are not notified between
-/// `starts` and `ends`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Silence {
-    pub id: String,
-    /// A stream selector over alert labels, e.g. `{alertname="HostSilent", host="db1"}`.
-    pub matchers: String,
-    pub starts: i64,
-    pub ends: i64,
-    pub created_by: String,
-    pub comment: String,
-    pub created: i64,
 }
 
 /// Stores a silence.

@@ -17,18 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 
 /// A recorded erasure request.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Erasure {
-    pub id: i64,
-    pub query: String,
-    pub start: i64,
-    pub end: i64,
-    pub state: String,
-    pub lines: u64,
-    pub segments: u64,
-    pub created: i64,
-    pub finished: Option<i64>,
-}
+pub use heimdall_api::model::Erasure;
 
 /// Checks an erasure query: a stream selector with line filters only.
 ///

@@ -7,6 +7,7 @@
 //! window (10 s by default).
 
 use crate::read::select_streams;
+use heimdall_api::model::{AnomalyEvent, TemplateRef};
 use heimdall_common::record::{Labels, Level};
 use heimdall_logql::Matcher;
 use rusqlite::Connection;
@@ -173,22 +174,6 @@ pub fn counts(
         .collect())
 }
 
-/// One stored anomaly event.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AnomalyRow {
-    pub agent: String,
-    pub id: String,
-    pub kind: String,
-    pub time_ns: i64,
-    pub received_ns: i64,
-    pub score: f64,
-    pub baseline: f64,
-    pub observed: f64,
-    pub stream: BTreeMap<String, String>,
-    pub templates: serde_json::Value,
-    pub samples: serde_json::Value,
-}
-
 /// Anomaly events of the selected streams (all streams without matchers) in
 /// `[start, end)`, newest first, at most `limit`, optionally of one kind and with at
 /// least `min_score`.
@@ -203,7 +188,7 @@ pub fn anomalies(
     kind: Option<&str>,
     min_score: f64,
     limit: usize,
-) -> Result<Vec<AnomalyRow>, rusqlite::Error> {
+) -> Result<Vec<AnomalyEvent>, rusqlite::Error> {
     let streams: HashMap<i64, Labels> = select_streams(conn, matchers)?.into_iter().collect();
     let mut stmt = conn.prepare_cached(
         "SELECT agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples
@@ -216,10 +201,11 @@ pub fn anomalies(
         let Some(labels) = streams.get(&r.get::<_, i64>(2)?) else {
             continue;
         };
-        let json = |i: usize| -> Result<serde_json::Value, rusqlite::Error> {
-            Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default())
-        };
-        out.push(AnomalyRow {
+        let templates: Vec<TemplateRef> =
+            serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default();
+        let samples: Vec<String> =
+            serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default();
+        out.push(AnomalyEvent {
             agent: r.get(0)?,
             id: format!("{:016x}", r.get::<_, i64>(1)? as u64),
             kind: r.get(3)?,
@@ -232,8 +218,8 @@ pub fn anomalies(
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            templates: json(9)?,
-            samples: json(10)?,
+            templates,
+            samples,
         });
         if out.len() >= limit {
             break;

@@ -1,0 +1,181 @@
+//! The Loki HTTP API's shapes, as Grafana and Loki's clients expect them: query results
+//! (`streams`, `matrix`, `vector`, `scalar`), label and series lists, index statistics,
+//! build information, tail messages and pushes.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A stream's (or a series') labels.
+pub type LabelSet = BTreeMap<String, String>;
+
+/// `data` of `/loki/api/v1/query` and `query_range`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryData {
+    #[serde(flatten)]
+    pub result: QueryResult,
+    /// Loki's statistics object (`summary`, `querier`, `ingester`); `summary.partial`
+    /// is true when the answer was cut (the byte cap or the deadline).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub stats: serde_json::Value,
+}
+
+impl QueryData {
+    /// Whether the answer was cut before the limit or the end of the range.
+    pub fn partial(&self) -> bool {
+        self.stats["summary"]["partial"] == true
+    }
+}
+
+/// A query's result, by `resultType`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+pub enum QueryResult {
+    /// Log lines grouped by labels.
+    Streams(Vec<Stream>),
+    /// Series over a range.
+    Matrix(Vec<MatrixSeries>),
+    /// Series at one instant.
+    Vector(Vec<VectorSample>),
+    /// One number at one instant.
+    Scalar(Sample),
+}
+
+/// Log lines of one label set: `[["<ns>", "<line>"], …]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    pub stream: LabelSet,
+    pub values: Vec<(String, String)>,
+}
+
+impl Stream {
+    /// The entries with their times parsed (ns since the Unix epoch).
+    pub fn entries(&self) -> impl Iterator<Item = (i64, &str)> {
+        self.values
+            .iter()
+            .map(|(t, l)| (t.parse().unwrap_or(0), l.as_str()))
+    }
+}
+
+/// `[<seconds>, "<value>"]`: Loki writes sample values as strings (`NaN`, `+Inf`).
+pub type Sample = (f64, String);
+
+/// A series of a range query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MatrixSeries {
+    pub metric: LabelSet,
+    pub values: Vec<Sample>,
+}
+
+/// A series of an instant query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VectorSample {
+    pub metric: LabelSet,
+    pub value: Sample,
+}
+
+/// `/loki/api/v1/index/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStats {
+    pub streams: u64,
+    pub chunks: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// `/loki/api/v1/status/buildinfo`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildInfo {
+    pub version: String,
+    pub revision: String,
+    pub branch: String,
+    pub build_user: String,
+    pub build_date: String,
+    pub go_version: String,
+    pub application: String,
+}
+
+/// One message of the `/loki/api/v1/tail` WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TailMessage {
+    pub streams: Vec<Stream>,
+    #[serde(default)]
+    pub dropped_entries: Option<Vec<serde_json::Value>>,
+}
+
+/// A JSON push body (`POST /loki/api/v1/push`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub streams: Vec<PushStream>,
+}
+
+/// One stream of a push: its labels and `[["<ns>", "<line>"], …]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushStream {
+    pub stream: LabelSet,
+    pub values: Vec<(String, String)>,
+}
+
+/// The answer to a push some of whose entries were refused (HTTP 400); the others were
+/// stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushRefused {
+    pub status: String,
+    #[serde(rename = "errorType")]
+    pub error_type: String,
+    /// Loki's sentences for the first refusals, and the counts.
+    pub message: String,
+    pub error: String,
+    /// Entries stored.
+    pub accepted: usize,
+    /// Entries refused.
+    pub refused: usize,
+    /// Refused entries by reason: `too_old`, `too_new`, `invalid_labels`.
+    pub reasons: BTreeMap<String, usize>,
+}
+
+/// A pattern of `/loki/api/v1/patterns`: a template with its counts per step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pattern {
+    pub pattern: String,
+    /// The template id, 16 hex digits.
+    pub template_id: String,
+    pub total: u64,
+    /// `[<seconds>, <count>]`.
+    pub samples: Vec<(i64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_results_have_lokis_shape() {
+        let d = QueryData {
+            result: QueryResult::Streams(vec![Stream {
+                stream: LabelSet::from([("app".into(), "x".into())]),
+                values: vec![("1700000000000000000".into(), "hello".into())],
+            }]),
+            stats: serde_json::json!({"summary": {"partial": false}}),
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["resultType"], "streams");
+        assert_eq!(v["result"][0]["values"][0][1], "hello");
+        let back: QueryData = serde_json::from_value(v).unwrap();
+        assert_eq!(back, d);
+        let m: QueryData = serde_json::from_str(
+            r#"{"resultType":"vector","result":[{"metric":{"a":"b"},"value":[1.5,"2"]}],"stats":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.result,
+            QueryResult::Vector(vec![VectorSample {
+                metric: LabelSet::from([("a".into(), "b".into())]),
+                value: (1.5, "2".into())
+            }])
+        );
+        let s: QueryData =
+            serde_json::from_str(r#"{"resultType":"scalar","result":[1,"NaN"]}"#).unwrap();
+        assert_eq!(s.result, QueryResult::Scalar((1.0, "NaN".into())));
+    }
+}
