@@ -140,8 +140,10 @@ fn overrides(args: &RunArgs) -> Overrides {
 
 /// The configuration's path and text.
 fn read_text(args: &RunArgs) -> anyhow::Result<(PathBuf, String)> {
-    heimdall_common::config::read_config(args.config.as_deref(), DEFAULT_CONFIG)
-        .map_err(anyhow::Error::msg)
+    Ok(heimdall_common::config::read_config(
+        args.config.as_deref(),
+        DEFAULT_CONFIG,
+    )?)
 }
 
 fn load(args: &RunArgs) -> anyhow::Result<AgentConfig> {

@@ -59,6 +59,9 @@ pub enum Error {
     /// The alert database cannot be opened.
     #[error(transparent)]
     Alerting(#[from] heimdall_alert::eval::Error),
+    /// The HTTP client for notifications cannot be made.
+    #[error("HTTP client for notifications: {0}")]
+    Http(String),
 }
 
 /// Where the aggregator actually listens (ports chosen by the OS when 0 was asked).
@@ -257,9 +260,10 @@ pub async fn run(
         let h = alert_handle.clone();
         store.on_commit(Box::new(move |c| h.committed(c)));
     }
+    heimdall_common::tls::install_default_provider();
     let client = reqwest::Client::builder()
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new());
+        .map_err(|e| Error::Http(e.to_string()))?;
     let mut dispatchers = tokio::task::JoinSet::new();
     for (r, w) in cfg.alerting.receivers.iter().zip(&wake) {
         let d = heimdall_alert::notify::Dispatcher {

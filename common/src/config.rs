@@ -8,21 +8,43 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
+/// A value (a size, a duration) that does not parse; the message says what is expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+impl InvalidValue {
+    fn new(message: impl Into<String>) -> InvalidValue {
+        InvalidValue(message.into())
+    }
+}
+
+/// The configuration file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read config {}: {source}", path.display())]
+pub struct ReadError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// A size in bytes, written as an integer or with a unit: `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses `"64MiB"`, `"1 GB"`, `"4096"`.
-    pub fn parse(s: &str) -> Result<ByteSize, String> {
+    pub fn parse(s: &str) -> Result<ByteSize, InvalidValue> {
         let s = s.trim();
         let split = s
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size (expected e.g. 4096, 64KiB, 16MiB, 1GiB)"))?;
+        let num: f64 = num.parse().map_err(|_| {
+            InvalidValue::new(format!(
+                "`{s}` is not a size (expected e.g. 4096, 64KiB, 16MiB, 1GiB)"
+            ))
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -34,14 +56,14 @@ impl ByteSize {
             "t" | "tb" => 1_000_000_000_000,
             "tib" => 1 << 40,
             other => {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)"
-                ))
+                )))
             }
         };
         let v = num * mult as f64;
         if !(0.0..=u64::MAX as f64).contains(&v) {
-            return Err(format!("size `{s}` is out of range"));
+            return Err(InvalidValue(format!("size `{s}` is out of range")));
         }
         Ok(ByteSize(v as u64))
     }
@@ -98,16 +120,18 @@ pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     /// Parses `"250ms"`, `"10s"`, `"1h30m"`, `"2d"`.
-    pub fn parse(s: &str) -> Result<HumanDuration, String> {
+    pub fn parse(s: &str) -> Result<HumanDuration, InvalidValue> {
         parse_duration(s).map(HumanDuration)
     }
 }
 
 /// Parses a duration such as `"250ms"`, `"10s"`, `"1h30m"`, `"2d"` or `"1w"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidValue> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("empty duration (expected e.g. 500ms, 10s, 5m, 1h)".into());
+        return Err(InvalidValue::new(
+            "empty duration (expected e.g. 500ms, 10s, 5m, 1h)",
+        ));
     }
     let mut total = Duration::ZERO;
     let mut rest = t;
@@ -116,13 +140,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "`{t}` is not a duration (expected e.g. 500ms, 10s, 5m, 1h)"
-            ));
+            )));
         }
         let num: f64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("`{t}` is not a duration"))?;
+            .map_err(|_| InvalidValue::new(format!("`{t}` is not a duration")))?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -139,14 +163,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => 86400.0,
             "w" => 7.0 * 86400.0,
             other => {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "unknown duration unit `{other}` in `{t}` (use ms, s, m, h, d)"
-                ))
+                )))
             }
         };
         let part = num * secs;
         if !part.is_finite() || !(0.0..=1e12).contains(&part) {
-            return Err(format!("duration `{t}` is out of range"));
+            return Err(InvalidValue(format!("duration `{t}` is out of range")));
         }
         total += Duration::from_secs_f64(part);
     }
@@ -433,16 +457,17 @@ pub fn read_config_text(
 /// `default` (built-in defaults when absent).
 ///
 /// # Errors
-/// A message naming the file.
+/// [`ReadError`], naming the file.
 pub fn read_config(
     explicit: Option<&std::path::Path>,
     default: &str,
-) -> Result<(std::path::PathBuf, String), String> {
+) -> Result<(std::path::PathBuf, String), ReadError> {
     let default = std::path::PathBuf::from(default);
     let path = explicit.map_or_else(|| default.clone(), std::path::Path::to_owned);
-    read_config_text(explicit, &default)
-        .map(|text| (path.clone(), text))
-        .map_err(|e| format!("cannot read config {}: {e}", path.display()))
+    match read_config_text(explicit, &default) {
+        Ok(text) => Ok((path, text)),
+        Err(source) => Err(ReadError { path, source }),
+    }
 }
 
 #[cfg(test)]
@@ -455,7 +480,10 @@ mod tests {
         assert_eq!(ByteSize::parse("64KiB").unwrap(), ByteSize(65536));
         assert_eq!(ByteSize::parse("1 GiB").unwrap(), ByteSize(1 << 30));
         assert_eq!(ByteSize::parse("2MB").unwrap(), ByteSize(2_000_000));
-        assert!(ByteSize::parse("12 parsecs").unwrap_err().contains("unit"));
+        assert!(ByteSize::parse("12 parsecs")
+            .unwrap_err()
+            .0
+            .contains("unit"));
         assert!(ByteSize::parse("lots").is_err());
         assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
     }

@@ -266,6 +266,12 @@ pub fn root_store(ca: &Path) -> Result<rustls::RootCertStore, Error> {
     roots(ca)
 }
 
+/// Makes ring the process's default rustls provider (for libraries that build their
+/// TLS from the default: reqwest in object storage and notifications). Idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The crypto provider Heimdall uses everywhere.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     provider()

@@ -1,10 +1,13 @@
 //! The `heimdall` CLI answers a selector with line filters, newest first, with labels;
+//! it reaches an HTTPS API through a private CA (queries and `tail -f` over `wss://`);
 //! bad configurations are refused naming the key.
 
-use heimdall_tests::{bins, wait_for_count, AgentOptions, Cluster};
-use std::io::Write;
-use std::process::Command;
-use std::time::Duration;
+use heimdall_tests::{
+    append, bins, stored_count, wait_for_count, Agent, AgentOptions, Aggregator, Cluster, Pki,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn query_prints_matching_lines_newest_first_with_labels() {
@@ -122,5 +125,123 @@ fn bad_config_is_refused_naming_the_key() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn https_api_is_reached_through_a_private_ca_and_tail_follows_over_wss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki = Pki::new(&root.join("pki")).unwrap();
+    let agg = Aggregator::start_with(
+        root,
+        &pki,
+        None,
+        &format!(
+            "[api]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (cert, key) = pki.agent_cert("secure1").unwrap();
+    let _agent = Agent::start(
+        &root.join("agent"),
+        "secure1",
+        agg.addrs.ingest,
+        &pki,
+        (&cert, &key),
+        &AgentOptions {
+            include: vec![format!("{}/*.log", logs.display())],
+            batch_timeout: "50ms",
+            ..AgentOptions::default()
+        },
+    )
+    .unwrap();
+    let app = logs.join("app.log");
+    append(&app, b"before tail 1\nbefore tail 2\n");
+    assert_eq!(
+        wait_for_count(2, Duration::from_secs(30), || stored_count(&agg.db())),
+        2
+    );
+    let base = format!("https://localhost:{}", agg.addrs.api.port());
+    let ca = pki.ca_pem.to_str().unwrap();
+
+    // Without the private CA the server is not trusted, and the CLI says why.
+    let out = Command::new(&bins().cli)
+        .args(["--addr", &base, "labels"])
+        .env_remove("HEIMDALL_CA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the aggregator") && err.contains("certificate"),
+        "{err}"
+    );
+
+    // With it (flag or environment), queries work.
+    let out = Command::new(&bins().cli)
+        .args(["--addr", &base, "query", r#"{host="secure1"}"#, "-o", "raw"])
+        .env("HEIMDALL_CA", ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "before tail 2\nbefore tail 1\n"
+    );
+
+    // `tail -f` over wss:// prints the history, then lines as they are stored.
+    let mut tail = Command::new(&bins().cli)
+        .args([
+            "--addr",
+            &base,
+            "--ca",
+            ca,
+            "tail",
+            "-f",
+            r#"{host="secure1"}"#,
+            "-o",
+            "raw",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut appended = false;
+    while !seen.iter().any(|l: &String| l == "after tail") && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+        if !appended && seen.len() >= 2 {
+            append(&app, b"after tail\n");
+            appended = true;
+        }
+    }
+    let _ = tail.kill();
+    let out = tail.wait_with_output().unwrap();
+    assert_eq!(
+        seen,
+        ["before tail 1", "before tail 2", "after tail"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

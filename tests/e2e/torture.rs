@@ -434,6 +434,15 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
         let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}.log"));
         let _ = std::fs::write(&path, history.join("\n"));
         eprintln!("torture: the operations are in {}", path.display());
+        for (from, name) in [
+            (c.root.join(format!("agent-{AGENT}/agent.log")), "agent"),
+            (c.root.join("aggregator.log"), "aggregator"),
+        ] {
+            let to = path.with_file_name(format!("torture-{seed}-{name}.log"));
+            if std::fs::copy(&from, &to).is_ok() {
+                eprintln!("torture: the {name}'s log is {}", to.display());
+            }
+        }
     }
     assert!(
         wrong.is_empty(),

@@ -291,6 +291,38 @@ impl Drop for Proc {
 }
 
 /// A running aggregator.
+/// The test aggregator's configuration: `base` with `extra`'s tables merged in (a key
+/// in both takes `extra`'s value). Tests read the hot tier's SQLite directly, so lines
+/// stay there unless `extra` configures `[warm]` itself (their log lines often carry old
+/// timestamps, which the default lifecycle would compact at once).
+fn aggregator_config(base: &str, extra: &str) -> anyhow::Result<String> {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse()?;
+    let extra: toml::Table = extra
+        .parse()
+        .map_err(|e| anyhow::anyhow!("extra aggregator config: {e}"))?;
+    if !extra.contains_key("warm") {
+        table.insert(
+            "warm".into(),
+            toml::Value::Table(toml::Table::from_iter([(
+                "compact_after".to_owned(),
+                toml::Value::String("3650d".into()),
+            )])),
+        );
+    }
+    merge(&mut table, extra);
+    Ok(toml::to_string(&table)?)
+}
+
 pub struct Aggregator {
     pub proc: Proc,
     pub state_dir: PathBuf,
@@ -339,24 +371,19 @@ impl Aggregator {
             Some(p) => (p.ingest.to_string(), p.api.to_string()),
             None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
         };
-        // Tests read the hot tier's SQLite directly: lines stay there unless a test
-        // configures the tiers itself (their log lines often carry old timestamps,
-        // which the default lifecycle would compact at once).
-        let keep_hot = if extra.contains("[warm]") {
-            ""
-        } else {
-            "[warm]\ncompact_after = \"3650d\"\n"
-        };
         let config = dir.join("aggregator.toml");
         std::fs::write(
             &config,
-            format!(
-                "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\nmax_limit = 1000000\n[shutdown]\ngrace = \"5s\"\n{keep_hot}{extra}",
-                state_dir.display().to_string(),
-                pki.ca_pem.display().to_string(),
-                pki.server_cert.display().to_string(),
-                pki.server_key.display().to_string(),
-            ),
+            aggregator_config(
+                &format!(
+                    "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\nmax_limit = 1000000\n[shutdown]\ngrace = \"5s\"\n",
+                    state_dir.display().to_string(),
+                    pki.ca_pem.display().to_string(),
+                    pki.server_cert.display().to_string(),
+                    pki.server_key.display().to_string(),
+                ),
+                extra,
+            )?,
         )?;
         let listen = state_dir.join(heimdall_aggregator::LISTEN_FILE);
         let _ = std::fs::remove_file(&listen);

@@ -1,18 +1,22 @@
 //! `heimdall-cli`: the `heimdall` command-line client. It talks to the aggregator only
-//! over HTTP and links none of its storage, query engine or server.
+//! through the typed client of `heimdall-api` (HTTP, and a WebSocket for `tail -f`) and
+//! links none of its storage, query engine or server; `rules check` validates rule files
+//! with `heimdall-rules`, the same code the aggregator loads them with.
 //!
-//! The `heimdall` command-line client: queries the aggregator's HTTP API, lists agents,
-//! and `quickstart` runs an aggregator and an agent locally on embedded defaults.
+//! `quickstart` runs an aggregator and an agent locally on embedded defaults.
 
 mod quickstart;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use heimdall_api::client::{AnomalyQuery, Client, RangeQuery};
+use heimdall_api::loki::{LabelSet, QueryResult, Stream};
+use heimdall_api::model::NewSilence;
+use heimdall_api::{format_ns, format_value};
 pub use quickstart::QuickstartArgs;
-use serde_json::Value;
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// Heimdall command-line client: query logs stored by a Heimdall aggregator, list the
@@ -31,6 +35,10 @@ pub struct Cli {
     /// API token, when the aggregator requires one (`[[api.tokens]]`).
     #[arg(long, global = true, env = "HEIMDALL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an `https://` address besides the usual public
+    /// roots, e.g. the aggregator's own CA (`ca.pem` of `heimdall-aggregator init-certs`).
+    #[arg(long, global = true, env = "HEIMDALL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -276,31 +284,11 @@ pub struct AnomaliesArgs {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
-    if let Some(t) = cli.token.clone() {
-        let _ = TOKEN.set(t);
-    }
-    let res = match cli.command {
-        Cmd::Query(q) => query(&cli.addr, &q),
-        Cmd::Tail(t) => tail(&cli.addr, &t),
-        Cmd::Labels(l) => labels(&cli.addr, &l),
-        Cmd::Agents => agents(&cli.addr),
-        Cmd::Patterns(a) => patterns(&cli.addr, &a),
-        Cmd::Anomalies(a) => anomalies(&cli.addr, &a),
-        Cmd::Rules(a) => rules(&cli.addr, a),
-        Cmd::Alerts(a) => alerts(&cli.addr, &a),
-        Cmd::Silence(a) => silence(&cli.addr, a),
-        Cmd::Incidents(a) => incidents(&cli.addr, a),
-        Cmd::Quickstart(a) => quickstart::run(&a, terminate),
-        Cmd::GenerateDocs { out } => {
-            heimdall_common::docs::generate(<Cli as clap::CommandFactory>::command(), &out)
-                .map(|files| {
-                    for f in files {
-                        println!("{}", f.display());
-                    }
-                })
-                .with_context(|| format!("generate-docs: {}", out.display()))
-        }
-    };
+    let res = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
     match res {
         Ok(()) => 0,
         Err(e) => {
@@ -310,162 +298,128 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
-static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Shows `querying… Ns` on a terminal's stderr while a slow request runs.
-struct Progress {
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    fn start() -> Progress {
-        use std::io::IsTerminal;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = std::io::stderr().is_terminal().then(|| {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let spin = ['|', '/', '-', '\\'];
-                let mut i = 0;
-                let mut shown = false;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if started.elapsed() >= Duration::from_secs(1) {
-                        eprint!(
-                            "\r{} querying… {}s ",
-                            spin[i % 4],
-                            started.elapsed().as_secs()
-                        );
-                        shown = true;
-                        i += 1;
-                    }
-                }
-                if shown {
-                    eprint!("\r\x1b[K");
-                }
-            })
-        });
-        Progress { done, thread }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn get(url: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
-    let _progress = Progress::start();
-    let mut req = authorized(ureq::get(url).timeout(Duration::from_secs(120)));
-    for (k, v) in params {
-        req = req.query(k, v);
-    }
-    answer(url, req.call())
-}
-
-/// A request to the API with a JSON body (or none).
-fn send(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let req = authorized(ureq::request(method, url).timeout(Duration::from_secs(60)));
-    let res = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || {
+        Client::new(&cli.addr, cli.token.clone(), cli.ca.as_deref())
+            .context("cannot set up the client")
     };
-    answer(url, res)
-}
-
-fn authorized(req: ureq::Request) -> ureq::Request {
-    match TOKEN.get() {
-        Some(t) => req.set("Authorization", &format!("Bearer {t}")),
-        None => req,
-    }
-}
-
-/// The JSON of an answer, or the API's error `message`.
-fn answer(url: &str, res: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Value> {
-    match res {
-        Ok(r) => r.into_json().context("invalid JSON from aggregator"),
-        Err(ureq::Error::Status(code, r)) => {
-            let body: Value = r.into_json().unwrap_or(Value::Null);
-            let msg = body
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("(no message)");
-            bail!("aggregator answered {code}: {msg}")
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot reach the aggregator at {url}")),
-    }
-}
-
-fn whoami(by: Option<String>) -> String {
-    by.or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "heimdall-cli".into())
-}
-
-fn rules(addr: &str, a: RulesArgs) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
-    match a.action {
-        RulesAction::Check { files } => {
-            match heimdall_rules::load(&files, Duration::from_secs(10)) {
-                Ok(groups) => {
-                    let n: usize = groups.iter().map(|g| g.rules.len()).sum();
-                    println!("{} group(s), {n} rule(s): valid", groups.len());
-                    Ok(())
-                }
-                Err(p) => {
-                    for pr in &p.0 {
-                        eprintln!("{pr}");
+    match cli.command {
+        Cmd::Query(ref q) => query(&client()?, q).await,
+        Cmd::Tail(ref t) => tail(&client()?, t).await,
+        Cmd::Labels(ref l) => labels(&client()?, l).await,
+        Cmd::Agents => agents(&client()?).await,
+        Cmd::Patterns(ref a) => patterns(&client()?, a).await,
+        Cmd::Anomalies(ref a) => anomalies(&client()?, a).await,
+        Cmd::Rules(RulesArgs {
+            action: RulesAction::Check { ref files },
+        }) => check_rules(files),
+        Cmd::Rules(RulesArgs { ref action }) => rules(&client()?, action).await,
+        Cmd::Alerts(ref a) => alerts(&client()?, a).await,
+        Cmd::Silence(ref a) => silence(&client()?, a).await,
+        Cmd::Incidents(ref a) => incidents(&client()?, a).await,
+        Cmd::Quickstart(ref a) => quickstart::run(a).await,
+        Cmd::GenerateDocs { ref out } => {
+            heimdall_common::docs::generate(<Cli as clap::CommandFactory>::command(), out)
+                .map(|files| {
+                    for f in files {
+                        println!("{}", f.display());
                     }
-                    bail!("{} problem(s) found", p.0.len())
+                })
+                .with_context(|| format!("generate-docs: {}", out.display()))
+        }
+    }
+}
+
+/// Runs `fut`, showing `querying… Ns` on a terminal's stderr once it takes over a
+/// second.
+async fn progress<T>(fut: impl Future<Output = T>) -> T {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return fut.await;
+    }
+    tokio::pin!(fut);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let spin = ['|', '/', '-', '\\'];
+    let mut shown = 0usize;
+    let out = loop {
+        tokio::select! {
+            v = &mut fut => break v,
+            _ = tick.tick() => {
+                if started.elapsed() >= Duration::from_secs(1) {
+                    eprint!("\r{} querying… {}s ", spin[shown % 4], started.elapsed().as_secs());
+                    shown += 1;
                 }
             }
         }
+    };
+    if shown > 0 {
+        eprint!("\r\x1b[K");
+    }
+    out
+}
+
+fn whoami(by: Option<&String>) -> String {
+    by.cloned()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "heimdall-cli".into())
+}
+
+fn check_rules(files: &[PathBuf]) -> anyhow::Result<()> {
+    match heimdall_rules::load(files, Duration::from_secs(10)) {
+        Ok(groups) => {
+            let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+            println!("{} group(s), {n} rule(s): valid", groups.len());
+            Ok(())
+        }
+        Err(p) => {
+            for pr in &p.0 {
+                eprintln!("{pr}");
+            }
+            bail!("{} problem(s) found", p.0.len())
+        }
+    }
+}
+
+async fn rules(c: &Client, action: &RulesAction) -> anyhow::Result<()> {
+    match action {
+        RulesAction::Check { files } => check_rules(files),
         RulesAction::List => {
-            let v = get(&format!("{base}/api/v1/rules"), &[])?;
+            let rules = progress(c.rules()).await?;
             println!(
                 "{:<16} {:<24} {:<15} {:>6} {:>9} {:<25} ERROR",
                 "GROUP", "RULE", "KIND", "ACTIVE", "EVAL_MS", "LAST_EVAL"
             );
-            for r in v["data"]["rules"].as_array().into_iter().flatten() {
+            for r in &rules.rules {
                 println!(
                     "{:<16} {:<24} {:<15} {:>6} {:>9.1} {:<25} {}",
-                    r["group"].as_str().unwrap_or(""),
-                    r["name"].as_str().unwrap_or(""),
-                    r["kind"].as_str().unwrap_or(""),
-                    r["active"].as_u64().unwrap_or(0),
-                    r["last_seconds"].as_f64().unwrap_or(0.0) * 1000.0,
-                    match r["last_eval"].as_i64().unwrap_or(0) {
+                    r.group,
+                    r.name,
+                    r.kind,
+                    r.active,
+                    r.last_seconds * 1000.0,
+                    match r.last_eval {
                         0 => "never".to_owned(),
                         t => format_ns(t),
                     },
-                    r["error"].as_str().unwrap_or(""),
+                    r.error,
                 );
             }
             Ok(())
         }
         RulesAction::Reload => {
-            let v = send("POST", &format!("{base}/api/v1/rules/reload"), None)?;
-            println!("reloaded: {} rule(s)", v["data"]["rules"]);
+            let r = c.reload_rules().await?;
+            println!("reloaded: {} rule(s)", r.rules);
             Ok(())
         }
     }
 }
 
-fn alerts(addr: &str, a: &AlertsArgs) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
-    let mut params = Vec::new();
-    if let Some(s) = &a.state {
-        params.push(("state", s.as_str()));
-    }
-    let v = get(&format!("{base}/api/v1/alerts"), &params)?;
-    let list = v["data"].as_array().cloned().unwrap_or_default();
+async fn alerts(c: &Client, a: &AlertsArgs) -> anyhow::Result<()> {
+    let list = progress(c.alerts(a.state.as_deref())).await?;
     if a.output == "json" {
-        for x in list {
-            println!("{x}");
+        for x in &list {
+            println!("{}", serde_json::to_string(x)?);
         }
         return Ok(());
     }
@@ -473,194 +427,151 @@ fn alerts(addr: &str, a: &AlertsArgs) -> anyhow::Result<()> {
         "{:<9} {:<24} {:<25} {:>10}  LABELS",
         "STATE", "ALERT", "SINCE", "VALUE"
     );
-    for x in list {
-        let labels: Vec<String> = x["labels"]
-            .as_object()
-            .into_iter()
-            .flatten()
+    for x in &list {
+        let labels: Vec<String> = x
+            .labels
+            .iter()
             .filter(|(k, _)| *k != "alertname" && !k.starts_with("__"))
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .map(|(k, v)| format!("{k}={v}"))
             .collect();
         println!(
             "{:<9} {:<24} {:<25} {:>10}  {}",
-            x["state"].as_str().unwrap_or(""),
-            x["rule"].as_str().unwrap_or(""),
-            format_ns(x["active_at"].as_i64().unwrap_or(0)),
-            heimdall_rules::format_value(x["value"].as_f64().unwrap_or(f64::NAN)),
+            x.state.as_str(),
+            x.rule,
+            format_ns(x.active_at),
+            format_value(x.value),
             labels.join(" ")
         );
     }
     Ok(())
 }
 
-fn silence(addr: &str, a: SilenceArgs) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
-    match a.action {
+async fn silence(c: &Client, a: &SilenceArgs) -> anyhow::Result<()> {
+    match &a.action {
         SilenceAction::Add {
             matchers,
             duration,
             comment,
             by,
         } => {
-            let v = send(
-                "POST",
-                &format!("{base}/api/v1/silences"),
-                Some(serde_json::json!({
-                    "matchers": matchers,
-                    "duration": duration,
-                    "comment": comment,
-                    "created_by": whoami(by),
-                })),
-            )?;
-            println!(
-                "silence {} until {}",
-                v["data"]["id"].as_str().unwrap_or(""),
-                format_ns(v["data"]["ends"].as_i64().unwrap_or(0))
-            );
+            let s = c
+                .add_silence(&NewSilence {
+                    matchers: matchers.clone(),
+                    duration: Some(duration.clone()),
+                    comment: comment.clone(),
+                    created_by: whoami(by.as_ref()),
+                    ..NewSilence::default()
+                })
+                .await?;
+            println!("silence {} until {}", s.id, format_ns(s.ends));
             Ok(())
         }
         SilenceAction::List => {
-            let v = get(&format!("{base}/api/v1/silences"), &[])?;
+            let list = progress(c.silences()).await?;
             println!(
                 "{:<17} {:<25} {:<25} {:<12} MATCHERS / COMMENT",
                 "ID", "STARTS", "ENDS", "BY"
             );
-            for s in v["data"].as_array().into_iter().flatten() {
+            for s in &list {
                 println!(
                     "{:<17} {:<25} {:<25} {:<12} {}  {}",
-                    s["id"].as_str().unwrap_or(""),
-                    format_ns(s["starts"].as_i64().unwrap_or(0)),
-                    format_ns(s["ends"].as_i64().unwrap_or(0)),
-                    s["created_by"].as_str().unwrap_or(""),
-                    s["matchers"].as_str().unwrap_or(""),
-                    s["comment"].as_str().unwrap_or(""),
+                    s.id,
+                    format_ns(s.starts),
+                    format_ns(s.ends),
+                    s.created_by,
+                    s.matchers,
+                    s.comment,
                 );
             }
             Ok(())
         }
         SilenceAction::Expire { id } => {
-            send("DELETE", &format!("{base}/api/v1/silences/{id}"), None)?;
+            c.expire_silence(id).await?;
             println!("silence {id} expired");
             Ok(())
         }
     }
 }
 
-fn incidents(addr: &str, a: IncidentsArgs) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
-    match a.action {
+async fn incidents(c: &Client, a: &IncidentsArgs) -> anyhow::Result<()> {
+    match &a.action {
         None => {
-            let v = get(
-                &format!("{base}/api/v1/incidents"),
-                &[("state", if a.all { "all" } else { "open" })],
-            )?;
+            let list = progress(c.incidents(a.all)).await?;
             println!(
                 "{:>5} {:<9} {:<25} {:>7} {:<16} {:<12} TITLE",
                 "ID", "STATE", "OPENED", "SIGNALS", "LIKELY_CAUSE", "ACKED_BY"
             );
-            for i in v["data"].as_array().into_iter().flatten() {
+            for i in &list {
                 println!(
                     "{:>5} {:<9} {:<25} {:>7} {:<16} {:<12} {}",
-                    i["id"],
-                    i["state"].as_str().unwrap_or(""),
-                    format_ns(i["opened"].as_i64().unwrap_or(0)),
-                    i["signals"].as_array().map_or(0, Vec::len),
-                    i["candidates"][0]["name"].as_str().unwrap_or("-"),
-                    i["acked_by"].as_str().unwrap_or("-"),
-                    i["title"].as_str().unwrap_or(""),
+                    i.id,
+                    i.state,
+                    format_ns(i.opened),
+                    i.signals.len(),
+                    i.candidates.first().map_or("-", |c| c.name.as_str()),
+                    i.acked_by.as_deref().unwrap_or("-"),
+                    i.title,
                 );
             }
             Ok(())
         }
         Some(IncidentAction::Show { id }) => {
-            let v = get(&format!("{base}/api/v1/incidents/{id}"), &[])?;
-            let i = &v["data"];
-            println!(
-                "Incident #{id} ({}): {}",
-                i["state"].as_str().unwrap_or(""),
-                i["title"].as_str().unwrap_or("")
-            );
-            println!("opened {}", format_ns(i["opened"].as_i64().unwrap_or(0)));
-            if let Some(by) = i["acked_by"].as_str() {
+            let i = progress(c.incident(*id)).await?;
+            println!("Incident #{id} ({}): {}", i.state, i.title);
+            println!("opened {}", format_ns(i.opened));
+            if let Some(by) = &i.acked_by {
                 println!("acknowledged by {by}");
             }
             println!("\nRoot-cause candidates, likeliest first:");
-            for (k, c) in i["candidates"].as_array().into_iter().flatten().enumerate() {
+            for (k, c) in i.candidates.iter().enumerate() {
                 println!(
                     "  {}. {:<16} score {:.2}  {}",
                     k + 1,
-                    c["name"].as_str().unwrap_or(""),
-                    c["score"].as_f64().unwrap_or(0.0),
-                    c["why"].as_str().unwrap_or("")
+                    c.name,
+                    c.score,
+                    c.why
                 );
             }
             println!("\nTimeline:");
-            for s in i["signals"].as_array().into_iter().flatten() {
+            for s in &i.signals {
                 println!(
                     "  {}  {:<8} {:<28} {}",
-                    format_ns(s["onset"].as_i64().unwrap_or(0)),
-                    if s["active"].as_bool().unwrap_or(false) {
-                        "active"
-                    } else {
-                        "ended"
-                    },
-                    s["what"].as_str().unwrap_or(""),
-                    s["subject"].as_str().unwrap_or("")
+                    format_ns(s.onset),
+                    if s.active { "active" } else { "ended" },
+                    s.what,
+                    s.subject
                 );
-                for l in s["samples"].as_array().into_iter().flatten().take(2) {
-                    println!("      | {}", l.as_str().unwrap_or(""));
+                for l in s.samples.iter().take(2) {
+                    println!("      | {l}");
                 }
-                if let Some(q) = s["query"].as_str() {
-                    println!("      heimdall query '{q}'");
+                if !s.query.is_empty() {
+                    println!("      heimdall query '{}'", s.query);
                 }
             }
             Ok(())
         }
         Some(IncidentAction::Ack { id, by }) => {
-            send(
-                "POST",
-                &format!("{base}/api/v1/incidents/{id}/ack"),
-                Some(serde_json::json!({"by": whoami(by)})),
-            )?;
+            c.incident_action(*id, "ack", &whoami(by.as_ref())).await?;
             println!("incident {id} acknowledged");
             Ok(())
         }
         Some(IncidentAction::Resolve { id, by }) => {
-            send(
-                "POST",
-                &format!("{base}/api/v1/incidents/{id}/resolve"),
-                Some(serde_json::json!({"by": whoami(by)})),
-            )?;
+            c.incident_action(*id, "resolve", &whoami(by.as_ref()))
+                .await?;
             println!("incident {id} resolved");
             Ok(())
         }
     }
 }
 
-/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
-pub fn format_ns(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ns.to_string())
+/// Labels as a LogQL selector: `{host="web1", source="/x"}`.
+fn format_labels(l: &LabelSet) -> String {
+    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", inner.join(", "))
 }
 
-/// A JSON label object as a LogQL selector: `{host="web1", source="/x"}`.
-fn format_labels(v: &Value) -> String {
-    v.as_object()
-        .map(|m| {
-            let inner: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{k}={:?}", v.as_str().unwrap_or("")))
-                .collect();
-            format!("{{{}}}", inner.join(", "))
-        })
-        .unwrap_or_default()
-}
-
+/// Prints one log line in `output`'s format; false once stdout is closed (e.g. piped
+/// into `head`).
 fn print_line(out: &mut impl Write, output: &str, ts: i64, labels: &str, line: &str) -> bool {
     let r = match output {
         "raw" => writeln!(out, "{line}"),
@@ -674,50 +585,38 @@ fn print_line(out: &mut impl Write, output: &str, ts: i64, labels: &str, line: &
     r.is_ok()
 }
 
-/// Lines of a `streams` result as (ts, labels, line).
-fn stream_lines(v: &Value) -> Vec<(i64, String, String)> {
+/// The lines of streams as (ts, labels, line).
+fn stream_lines(streams: &[Stream]) -> Vec<(i64, String, String)> {
     let mut lines = Vec::new();
-    for s in v["data"]["result"].as_array().into_iter().flatten() {
-        let labels = format_labels(&s["stream"]);
-        for e in s["values"].as_array().into_iter().flatten() {
-            let ts = e[0].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
-            lines.push((ts, labels.clone(), e[1].as_str().unwrap_or("").to_owned()));
+    for s in streams {
+        let labels = format_labels(&s.stream);
+        for (ts, line) in s.entries() {
+            lines.push((ts, labels.clone(), line.to_owned()));
         }
     }
     lines
 }
 
-fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
-    let limit = a.limit.to_string();
-    let base = addr.trim_end_matches('/');
-    let mut params = vec![
-        ("query", a.query.as_str()),
-        ("limit", limit.as_str()),
-        ("direction", if a.forward { "forward" } else { "backward" }),
-    ];
-    let v = if a.instant {
-        if let Some(t) = &a.to {
-            params.push(("time", t));
-        }
-        get(&format!("{base}/loki/api/v1/query"), &params)?
+async fn query(c: &Client, a: &QueryArgs) -> anyhow::Result<()> {
+    let data = if a.instant {
+        progress(c.query(&a.query, a.to.as_deref(), Some(a.limit))).await?
     } else {
-        match &a.from {
-            Some(f) => params.push(("start", f)),
-            None => params.push(("since", &a.since)),
-        }
-        if let Some(t) = &a.to {
-            params.push(("end", t));
-        }
-        if let Some(s) = &a.step {
-            params.push(("step", s));
-        }
-        get(&format!("{base}/loki/api/v1/query_range"), &params)?
+        progress(c.query_range(&RangeQuery {
+            query: a.query.clone(),
+            start: a.from.clone(),
+            end: a.to.clone(),
+            since: Some(a.since.clone()),
+            limit: Some(a.limit),
+            forward: a.forward,
+            step: a.step.clone(),
+        }))
+        .await?
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match v["data"]["resultType"].as_str() {
-        Some("streams") => {
-            let mut lines = stream_lines(&v);
+    match &data.result {
+        QueryResult::Streams(streams) => {
+            let mut lines = stream_lines(streams);
             if a.forward {
                 lines.sort_by_key(|l| l.0);
             } else {
@@ -726,90 +625,75 @@ fn query(addr: &str, a: &QueryArgs) -> anyhow::Result<()> {
             lines.truncate(a.limit);
             for (ts, labels, line) in &lines {
                 if !print_line(&mut out, &a.output, *ts, labels, line) {
-                    return Ok(()); // stdout closed (e.g. piped into head)
+                    return Ok(());
                 }
             }
             if lines.is_empty() {
                 eprintln!("no lines matched");
             }
         }
-        Some(kind @ ("matrix" | "vector")) => {
-            let mut rows: Vec<(String, Vec<(f64, String)>)> = Vec::new();
-            for s in v["data"]["result"].as_array().into_iter().flatten() {
-                let labels = format_labels(&s["metric"]);
-                let points: Vec<(f64, String)> = if kind == "vector" {
-                    vec![(
-                        s["value"][0].as_f64().unwrap_or(0.0),
-                        s["value"][1].as_str().unwrap_or("").to_owned(),
-                    )]
-                } else {
-                    s["values"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|p| {
-                            (
-                                p[0].as_f64().unwrap_or(0.0),
-                                p[1].as_str().unwrap_or("").to_owned(),
-                            )
-                        })
-                        .collect()
-                };
-                rows.push((labels, points));
-            }
-            if a.output == "json" {
-                for (labels, points) in &rows {
-                    for (t, val) in points {
-                        let o = serde_json::json!({"time": format_ns((*t * 1e9) as i64), "labels": labels, "value": val});
-                        if writeln!(out, "{o}").is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-            } else {
-                let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
-                let _ = writeln!(out, "{:<26} {:<width$} VALUE", "TIME", "SERIES");
-                for (labels, points) in &rows {
-                    for (t, val) in points {
-                        if writeln!(
-                            out,
-                            "{:<26} {:<width$} {val}",
-                            format_ns((*t * 1e9) as i64),
-                            labels
-                        )
-                        .is_err()
-                        {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
+        QueryResult::Matrix(_) | QueryResult::Vector(_) => {
+            let rows: Vec<(String, Vec<(f64, String)>)> = match &data.result {
+                QueryResult::Matrix(m) => m
+                    .iter()
+                    .map(|s| (format_labels(&s.metric), s.values.clone()))
+                    .collect(),
+                QueryResult::Vector(v) => v
+                    .iter()
+                    .map(|s| (format_labels(&s.metric), vec![s.value.clone()]))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            print_series(&mut out, &a.output, &rows);
             if rows.is_empty() {
                 eprintln!("no series matched");
             }
         }
-        Some("scalar") => {
-            let _ = writeln!(out, "{}", v["data"]["result"][1].as_str().unwrap_or(""));
+        QueryResult::Scalar((_, v)) => {
+            let _ = writeln!(out, "{v}");
         }
-        other => bail!("unexpected result type {other:?} from the aggregator"),
     }
     Ok(())
 }
 
-fn tail(addr: &str, a: &TailArgs) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
+/// Series points as a table (`text`) or one JSON object per point.
+fn print_series(out: &mut impl Write, output: &str, rows: &[(String, Vec<(f64, String)>)]) {
+    let time = |t: f64| format_ns((t * 1e9) as i64);
+    if output == "json" {
+        for (labels, points) in rows {
+            for (t, val) in points {
+                let o = serde_json::json!({"time": time(*t), "labels": labels, "value": val});
+                if writeln!(out, "{o}").is_err() {
+                    return;
+                }
+            }
+        }
+        return;
+    }
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
+    let _ = writeln!(out, "{:<26} {:<width$} VALUE", "TIME", "SERIES");
+    for (labels, points) in rows {
+        for (t, val) in points {
+            if writeln!(out, "{:<26} {:<width$} {val}", time(*t), labels).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn tail(c: &Client, a: &TailArgs) -> anyhow::Result<()> {
     if !a.follow {
-        let limit = a.lines.to_string();
-        let v = get(
-            &format!("{base}/loki/api/v1/query_range"),
-            &[
-                ("query", &a.query),
-                ("limit", &limit),
-                ("since", &a.since),
-                ("direction", "backward"),
-            ],
-        )?;
-        let mut lines = stream_lines(&v);
+        let data = progress(c.query_range(&RangeQuery {
+            query: a.query.clone(),
+            since: Some(a.since.clone()),
+            limit: Some(a.lines),
+            ..RangeQuery::default()
+        }))
+        .await?;
+        let QueryResult::Streams(streams) = &data.result else {
+            bail!("tail takes a log query, not a metric query");
+        };
+        let mut lines = stream_lines(streams);
         lines.sort_by_key(|l| l.0);
         let skip = lines.len().saturating_sub(a.lines);
         let stdout = std::io::stdout();
@@ -821,59 +705,12 @@ fn tail(addr: &str, a: &TailArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let since = heimdall_common::config::parse_duration(&a.since).map_err(anyhow::Error::msg)?;
+    let since = heimdall_common::config::parse_duration(&a.since).context("--since")?;
     let start = heimdall_common::record::now_ns() - since.as_nanos() as i64;
-    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else {
-        format!("ws://{}", base.trim_start_matches("http://"))
-    };
-    let mut url = url_with(
-        &format!("{ws_base}/loki/api/v1/tail"),
-        &[
-            ("query", &a.query),
-            ("limit", &a.lines.to_string()),
-            ("start", &start.to_string()),
-        ],
-    );
-    if url.starts_with("wss://") {
-        bail!("tail -f over https is not supported by this CLI; use the HTTP address");
-    }
-    let host = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    let stream = std::net::TcpStream::connect(&host)
-        .with_context(|| format!("cannot reach the aggregator at {host}"))?;
-    let mut request =
-        tungstenite::client::IntoClientRequest::into_client_request(std::mem::take(&mut url))
-            .context("bad tail URL")?;
-    if let Some(t) = TOKEN.get() {
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {t}").parse().context("bad token")?,
-        );
-    }
-    let (mut ws, _) =
-        tungstenite::client(request, stream).map_err(|e| anyhow::anyhow!("tail: {e}"))?;
+    let mut t = c.tail(&a.query, a.lines, start).await?;
     let stdout = std::io::stdout();
-    loop {
-        let msg = match ws.read() {
-            Ok(m) => m,
-            Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
-            Err(e) => bail!("tail: {e}"),
-        };
-        let tungstenite::Message::Text(text) = msg else {
-            if msg.is_close() {
-                return Ok(());
-            }
-            continue;
-        };
-        let v: Value = serde_json::from_str(&text).context("invalid tail message")?;
-        let wrapped = serde_json::json!({"data": {"result": v["streams"]}});
-        let mut lines = stream_lines(&wrapped);
+    while let Some(msg) = t.next().await {
+        let mut lines = stream_lines(&msg?.streams);
         lines.sort_by_key(|l| l.0);
         let mut out = stdout.lock();
         for (ts, labels, line) in &lines {
@@ -883,79 +720,38 @@ fn tail(addr: &str, a: &TailArgs) -> anyhow::Result<()> {
         }
         let _ = out.flush();
     }
+    Ok(())
 }
 
-fn url_with(base: &str, params: &[(&str, &str)]) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    let q: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect();
-    format!("{base}?{}", q.join("&"))
-}
-
-fn labels(addr: &str, a: &LabelsArgs) -> anyhow::Result<()> {
-    let base = addr.trim_end_matches('/');
-    let url = match &a.name {
-        Some(n) => format!("{base}/loki/api/v1/label/{n}/values"),
-        None => format!("{base}/loki/api/v1/labels"),
-    };
-    let mut params = vec![("since", a.since.as_str())];
-    if let Some(q) = &a.query {
-        params.push(("query", q));
-    }
-    let v = get(&url, &params)?;
+async fn labels(c: &Client, a: &LabelsArgs) -> anyhow::Result<()> {
+    let list = progress(c.labels(a.name.as_deref(), a.query.as_deref(), &a.since)).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.output == "json" {
-        let _ = writeln!(out, "{}", v["data"]);
+        let _ = writeln!(out, "{}", serde_json::to_string(&list)?);
         return Ok(());
     }
-    for x in v["data"].as_array().into_iter().flatten() {
-        if writeln!(out, "{}", x.as_str().unwrap_or("")).is_err() {
+    for x in &list {
+        if writeln!(out, "{x}").is_err() {
             break;
         }
     }
     Ok(())
 }
 
-fn patterns(addr: &str, a: &PatternsArgs) -> anyhow::Result<()> {
-    let limit = a.limit.to_string();
-    let v = get(
-        &format!("{}/loki/api/v1/patterns", addr.trim_end_matches('/')),
-        &[
-            ("query", a.query.as_str()),
-            ("since", a.since.as_str()),
-            ("limit", limit.as_str()),
-            ("step", a.since.as_str()),
-        ],
-    )?;
+async fn patterns(c: &Client, a: &PatternsArgs) -> anyhow::Result<()> {
+    // One step over the whole range: a count per template.
+    let data = progress(c.patterns(&a.query, &a.since, Some(&a.since), a.limit)).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let data = v["data"].as_array().cloned().unwrap_or_default();
     if a.output != "json" {
         let _ = writeln!(out, "{:>12}  {:<16}  TEMPLATE", "COUNT", "ID");
     }
     for p in &data {
         let r = if a.output == "json" {
-            writeln!(out, "{p}")
+            writeln!(out, "{}", serde_json::to_string(p)?)
         } else {
-            writeln!(
-                out,
-                "{:>12}  {:<16}  {}",
-                p["total"].as_u64().unwrap_or(0),
-                p["template_id"].as_str().unwrap_or(""),
-                p["pattern"].as_str().unwrap_or("")
-            )
+            writeln!(out, "{:>12}  {:<16}  {}", p.total, p.template_id, p.pattern)
         };
         if r.is_err() {
             return Ok(());
@@ -967,44 +763,32 @@ fn patterns(addr: &str, a: &PatternsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn anomalies(addr: &str, a: &AnomaliesArgs) -> anyhow::Result<()> {
-    let limit = a.limit.to_string();
-    let min = a.min_score.map(|m| m.to_string());
-    let mut params = vec![("since", a.since.as_str()), ("limit", limit.as_str())];
-    if let Some(q) = &a.query {
-        params.push(("query", q));
-    }
-    if let Some(k) = &a.kind {
-        params.push(("kind", k));
-    }
-    if let Some(m) = &min {
-        params.push(("min_score", m));
-    }
-    let v = get(
-        &format!("{}/api/v1/anomalies", addr.trim_end_matches('/')),
-        &params,
-    )?;
+async fn anomalies(c: &Client, a: &AnomaliesArgs) -> anyhow::Result<()> {
+    let data = progress(c.anomalies(&AnomalyQuery {
+        query: a.query.clone(),
+        since: Some(a.since.clone()),
+        kind: a.kind.clone(),
+        min_score: a.min_score,
+        limit: Some(a.limit),
+    }))
+    .await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let data = v["data"].as_array().cloned().unwrap_or_default();
     for e in &data {
         let r = if a.output == "json" {
-            writeln!(out, "{e}")
+            writeln!(out, "{}", serde_json::to_string(e)?)
         } else {
-            let stream = format_labels(&e["stream"]);
-            let template = e["templates"][0]["text"].as_str().unwrap_or("");
-            let sample = e["samples"][0].as_str().unwrap_or("");
             writeln!(
                 out,
                 "{} {:<13} score {:>6.1} (observed {:.1}, baseline {:.1}) {}\n    template: {}\n    sample:   {}",
-                format_ns(e["time_ns"].as_i64().unwrap_or(0)),
-                e["kind"].as_str().unwrap_or(""),
-                e["score"].as_f64().unwrap_or(0.0),
-                e["observed"].as_f64().unwrap_or(0.0),
-                e["baseline"].as_f64().unwrap_or(0.0),
-                stream,
-                template,
-                sample
+                format_ns(e.time_ns),
+                e.kind,
+                e.score,
+                e.observed,
+                e.baseline,
+                format_labels(&e.stream),
+                e.templates.first().map_or("", |t| t.text.as_str()),
+                e.samples.first().map_or("", String::as_str),
             )
         };
         if r.is_err() {
@@ -1017,11 +801,8 @@ fn anomalies(addr: &str, a: &AnomaliesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn agents(addr: &str) -> anyhow::Result<()> {
-    let v = get(
-        &format!("{}/api/v1/agents", addr.trim_end_matches('/')),
-        &[],
-    )?;
+async fn agents(c: &Client) -> anyhow::Result<()> {
+    let list = progress(c.agents()).await?;
     println!(
         "{:<24} {:<10} {:<9} {:>12} {:>8} {:>12} {:>6} {:>8} {:>11} {:<25}",
         "AGENT",
@@ -1036,31 +817,29 @@ fn agents(addr: &str) -> anyhow::Result<()> {
         "LAST_SEEN"
     );
     let mut problems = Vec::new();
-    for a in v["data"].as_array().into_iter().flatten() {
-        let id = a["agent_id"].as_str().unwrap_or("");
-        let rejected = a["rejected_batches"].as_u64().unwrap_or(0);
-        let dead = a["dead_letter_batches"].as_u64().unwrap_or(0);
+    for a in &list {
         println!(
             "{:<24} {:<10} {:<9} {:>12} {:>8.1} {:>12} {:>6} {:>8} {:>11} {:<25}",
-            id,
-            a["version"].as_str().unwrap_or(""),
-            a["connected"].as_bool().unwrap_or(false),
-            a["spool_bytes"].as_u64().unwrap_or(0),
-            a["lag_seconds"].as_f64().unwrap_or(0.0),
-            a["unread_bytes"].as_u64().unwrap_or(0),
-            a["files"].as_u64().unwrap_or(0),
-            rejected,
-            dead,
-            format_ns(a["last_seen_ns"].as_i64().unwrap_or(0)),
+            a.agent_id,
+            a.version,
+            a.connected,
+            a.spool_bytes,
+            a.lag_seconds,
+            a.unread_bytes,
+            a.files,
+            a.rejected_batches,
+            a.dead_letter_batches,
+            format_ns(a.last_seen_ns),
         );
-        if rejected > 0 || dead > 0 {
-            let why = a["last_reject"].as_str().unwrap_or("");
+        if a.rejected_batches > 0 || a.dead_letter_batches > 0 {
             problems.push(format!(
-                "{id}: {dead} batches in its dead-letter directory{}",
-                if why.is_empty() {
+                "{}: {} batches in its dead-letter directory{}",
+                a.agent_id,
+                a.dead_letter_batches,
+                if a.last_reject.is_empty() {
                     String::new()
                 } else {
-                    format!("; last rejected because: {why}")
+                    format!("; last rejected because: {}", a.last_reject)
                 }
             ));
         }
@@ -1075,36 +854,4 @@ fn agents(addr: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let p = exe.with_file_name(name);
-    if !p.exists() {
-        bail!(
-            "{} not found next to {}; build everything with `cargo build --release`",
-            name,
-            exe.display()
-        );
-    }
-    Ok(p)
-}
-
-/// Sends SIGTERM and waits up to 20 s, then kills.
-fn terminate(child: &mut Child) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -15,11 +15,14 @@
 //!   file is kept, and flags it does not follow are named.
 
 use anyhow::{bail, Context};
+use heimdall_api::client::Client;
 use heimdall_common::certs;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
 
 /// `heimdall quickstart` flags.
 #[derive(clap::Args, Debug)]
@@ -203,21 +206,30 @@ fn log_tail(path: &Path) -> String {
     out
 }
 
-/// Waits until `ready` says yes, or `child` exits, or the time is up.
-fn wait_ready(
+/// What a readiness probe found.
+enum Probe {
+    Ready,
+    /// Not yet, and why.
+    NotYet(String),
+}
+
+/// Waits until `probe` says ready, or `child` exits, or the time is up.
+async fn wait_ready<F, Fut>(
     child: &mut Child,
     name: &str,
     log: &Path,
-    mut ready: impl FnMut() -> Result<bool, String>,
-) -> anyhow::Result<()> {
+    mut probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Probe>,
+{
     let start = Instant::now();
-    let mut last = String::new();
     loop {
-        match ready() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
+        let last = match probe().await {
+            Probe::Ready => return Ok(()),
+            Probe::NotYet(why) => why,
+        };
         if let Some(st) = child.try_wait()? {
             bail!(
                 "{name} exited ({st}) before it was ready\n{}",
@@ -236,18 +248,73 @@ fn wait_ready(
                 log_tail(log)
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn http_get(url: &str) -> Result<(u16, String), String> {
-    match ureq::get(url).timeout(Duration::from_secs(2)).call() {
-        Ok(r) => {
-            let code = r.status();
-            Ok((code, r.into_string().unwrap_or_default()))
+/// The aggregator is ready when its `/ready` answers 200.
+async fn aggregator_ready(c: &Client) -> Probe {
+    match c.health("/ready").await {
+        Ok((200, _)) => Probe::Ready,
+        Ok((code, body)) => Probe::NotYet(format!("its /ready says {code} {}", body.trim())),
+        Err(e) => Probe::NotYet(format!("{:#}", anyhow::Error::from(e))),
+    }
+}
+
+/// The agent is ready when its `/ready` says it is connected to the aggregator.
+async fn agent_ready(c: &Client) -> Probe {
+    match c.health("/ready").await {
+        Ok((code, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if code == 200 && v["connected"] == true {
+                Probe::Ready
+            } else if body.is_empty() {
+                Probe::NotYet(format!("its /ready says {code}"))
+            } else {
+                Probe::NotYet(format!("its /ready says {body}"))
+            }
         }
-        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Probe::NotYet(format!("{:#}", anyhow::Error::from(e))),
+    }
+}
+
+/// The path of `name` next to this program.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let p = exe.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} not found next to {}; build everything with `cargo build --release`",
+            name,
+            exe.display()
+        );
+    }
+    Ok(p)
+}
+
+/// An exit status (or why it is unknown) as text.
+fn exit(st: std::io::Result<std::process::ExitStatus>) -> String {
+    match st {
+        Ok(st) => st.to_string(),
+        Err(e) => format!("status unknown: {e}"),
+    }
+}
+
+/// Sends SIGTERM and waits up to 20 s, then kills.
+async fn terminate(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 
@@ -255,9 +322,9 @@ fn http_get(url: &str) -> Result<(u16, String), String> {
 ///
 /// # Errors
 /// A port in use, a program that would not start or get ready, I/O.
-pub fn run(a: &QuickstartArgs, terminate: fn(&mut Child)) -> anyhow::Result<()> {
-    let agg_bin = super::sibling("heimdall-aggregator")?;
-    let agent_bin = super::sibling("heimdall-agent")?;
+pub async fn run(a: &QuickstartArgs) -> anyhow::Result<()> {
+    let agg_bin = sibling("heimdall-aggregator")?;
+    let agent_bin = sibling("heimdall-agent")?;
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let dir = a.dir.canonicalize()?;
@@ -404,10 +471,13 @@ pub fn run(a: &QuickstartArgs, terminate: fn(&mut Child)) -> anyhow::Result<()> 
         .spawn()
         .context("cannot start heimdall-aggregator")?;
     let api_url = format!("http://{api}");
+    let agg_client = Client::new(&api_url, None, None)?;
     if let Err(e) = wait_ready(&mut agg, "the aggregator", &agg_log, || {
-        http_get(&format!("{api_url}/ready")).map(|(code, _)| code == 200)
-    }) {
-        terminate(&mut agg);
+        aggregator_ready(&agg_client)
+    })
+    .await
+    {
+        terminate(&mut agg).await;
         return Err(e);
     }
     let mut agent = match Command::new(&agent_bin)
@@ -420,29 +490,18 @@ pub fn run(a: &QuickstartArgs, terminate: fn(&mut Child)) -> anyhow::Result<()> 
     {
         Ok(c) => c,
         Err(e) => {
-            terminate(&mut agg);
+            terminate(&mut agg).await;
             return Err(e).context("cannot start heimdall-agent");
         }
     };
-    let agent_ready = format!("http://{metrics}/ready");
+    let agent_client = Client::new(&format!("http://{metrics}"), None, None)?;
     if let Err(e) = wait_ready(&mut agent, "the agent", &agent_log, || {
-        let (code, body) = http_get(&agent_ready)?;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if code == 200 && v["connected"] == true {
-            Ok(true)
-        } else {
-            Err(format!(
-                "its /ready says {}",
-                if body.is_empty() {
-                    code.to_string()
-                } else {
-                    body
-                }
-            ))
-        }
-    }) {
-        terminate(&mut agent);
-        terminate(&mut agg);
+        agent_ready(&agent_client)
+    })
+    .await
+    {
+        terminate(&mut agent).await;
+        terminate(&mut agg).await;
         return Err(e);
     }
     let addr_hint = if api.to_string() == DEFAULT_API {
@@ -473,28 +532,20 @@ pub fn run(a: &QuickstartArgs, terminate: fn(&mut Child)) -> anyhow::Result<()> 
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let why = rt.block_on(async {
+    let why = {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok::<_, std::io::Error>(None),
-                _ = int.recv() => return Ok(None),
-                _ = tick.tick() => {
-                    if let Some(st) = agent.try_wait()? { return Ok(Some(format!("the agent exited ({st})\n{}", log_tail(&agent_log)))); }
-                    if let Some(st) = agg.try_wait()? { return Ok(Some(format!("the aggregator exited ({st})\n{}", log_tail(&agg_log)))); }
-                }
-            }
+        tokio::select! {
+            _ = term.recv() => None,
+            _ = int.recv() => None,
+            st = agent.wait() => Some(format!("the agent exited ({})\n{}", exit(st), log_tail(&agent_log))),
+            st = agg.wait() => Some(format!("the aggregator exited ({})\n{}", exit(st), log_tail(&agg_log))),
         }
-    })?;
+    };
     println!("\nstopping (the agent flushes its spool, the aggregator commits what it has)…");
-    terminate(&mut agent);
-    terminate(&mut agg);
+    terminate(&mut agent).await;
+    terminate(&mut agg).await;
     if let Some(why) = why {
         bail!("{why}");
     }

@@ -91,6 +91,8 @@ impl ColdStore {
     /// # Errors
     /// [`Error::Config`], [`Error::Io`] when the cache directory cannot be made.
     pub fn new(cfg: &ColdConfig, handle: tokio::runtime::Handle) -> Result<ColdStore, Error> {
+        // object_store's HTTP client takes the process's default TLS provider.
+        heimdall_common::tls::install_default_provider();
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
