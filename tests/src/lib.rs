@@ -27,13 +27,27 @@ pub struct Bins {
 }
 
 /// Builds the workspace binaries (once per test process) with the profile of the
-/// running test binary, and returns their paths.
+/// running test binary, and returns their paths. With `HEIMDALL_TEST_BINS=DIR` the
+/// binaries in DIR are tested instead (installed ones, or a copy that edits to the
+/// sources must not change while a long test runs), and nothing is built.
 ///
 /// # Panics
 /// If the build fails.
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("HEIMDALL_TEST_BINS") {
+            let dir = PathBuf::from(dir);
+            let bins = Bins {
+                agent: dir.join("heimdall-agent"),
+                aggregator: dir.join("heimdall-aggregator"),
+                cli: dir.join("heimdall"),
+            };
+            for b in [&bins.agent, &bins.aggregator, &bins.cli] {
+                assert!(b.exists(), "HEIMDALL_TEST_BINS: {} is missing", b.display());
+            }
+            return bins;
+        }
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/<test> → target/<profile>
         let dir = exe
