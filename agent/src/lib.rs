@@ -24,9 +24,11 @@ pub mod spool;
 
 use config::AgentConfig;
 use heimdall_common::record::Labels;
+use heimdall_common::tasks::Stage;
 use sources::{Checkpoint, Chunk, Positions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Chunks buffered between the file sources and the batcher.
@@ -52,16 +54,12 @@ pub enum Error {
     },
 }
 
-/// The running sources: one thread per file source and one for the journal.
+/// The running sources: one thread per file source and one for the journal, in a
+/// stage of their own (a reload stops them without stopping the agent).
 struct Sources {
-    files: Vec<(
-        std::thread::JoinHandle<sources::file::FileTailer>,
-        CancellationToken,
-    )>,
-    journal: Option<(
-        std::thread::JoinHandle<sources::journald::JournalReader>,
-        CancellationToken,
-    )>,
+    stage: Stage,
+    files: Vec<oneshot::Receiver<sources::file::FileTailer>>,
+    journal: Option<oneshot::Receiver<sources::journald::JournalReader>>,
 }
 
 impl Sources {
@@ -82,6 +80,7 @@ impl Sources {
             .cloned()
             .partition(|c| c.key.is_journal());
         let mut out = Sources {
+            stage: Stage::child_of("sources", shutdown),
             files: Vec::new(),
             journal: None,
         };
@@ -99,13 +98,14 @@ impl Sources {
                 cursor = reader.cursor.as_deref().unwrap_or("(none)"),
                 "reading the journal"
             );
-            let (tx, token) = (tx.clone(), shutdown.child_token());
-            let (t, root) = (token.clone(), shutdown.clone());
-            let h = std::thread::Builder::new()
-                .name("journal-source".into())
-                .spawn(move || sources::journald::run(reader, tx, t, root))
+            let (tx, root) = (tx.clone(), shutdown.clone());
+            let h = out
+                .stage
+                .spawn_thread("journal-source", move |stop| {
+                    sources::journald::run(reader, tx, stop, root)
+                })
                 .map_err(|e| Error::Thread("journal source", e))?;
-            out.journal = Some((h, token));
+            out.journal = Some(h);
         }
         for (i, src) in cfg.files.iter().enumerate() {
             tracing::info!(include = ?src.include, "tailing files");
@@ -120,14 +120,14 @@ impl Sources {
                     Some(path),
                 ));
             }
-            let (tx, token, gauges) = (tx.clone(), shutdown.child_token(), gauges.clone());
-            let stop = CancellationToken::new();
-            let s = stop.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("file-source-{i}"))
-                .spawn(move || sources::file::run(tailer, tx, gauges, token, s))
+            let (tx, root, gauges) = (tx.clone(), shutdown.clone(), gauges.clone());
+            let h = out
+                .stage
+                .spawn_thread(&format!("file-source-{i}"), move |stop| {
+                    sources::file::run(tailer, tx, gauges, root, stop)
+                })
                 .map_err(|e| Error::Thread("file source", e))?;
-            out.files.push((h, stop));
+            out.files.push(h);
         }
         Ok(out)
     }
@@ -135,26 +135,19 @@ impl Sources {
     /// Stops every source once it has handed on what it read; returns where each
     /// stood (ahead of the spool: what they sent is still on its way there).
     async fn stop(self) -> Vec<Checkpoint> {
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            if let Some((h, token)) = self.journal {
-                token.cancel();
-                if let Ok(r) = h.join() {
-                    out.extend(r.position());
-                }
+        self.stage.token().cancel();
+        let mut out = Vec::new();
+        if let Some(h) = self.journal {
+            if let Ok(r) = h.await {
+                out.extend(r.position());
             }
-            for (_, stop) in &self.files {
-                stop.cancel();
+        }
+        for h in self.files {
+            if let Ok(t) = h.await {
+                out.extend(t.checkpoints());
             }
-            for (h, _) in self.files {
-                if let Ok(t) = h.join() {
-                    out.extend(t.checkpoints());
-                }
-            }
-            out
-        })
-        .await
-        .unwrap_or_default()
+        }
+        out
     }
 }
 
@@ -235,16 +228,18 @@ pub async fn run(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), Error> {
     let health = Arc::new(http::Health::default());
+    // The metrics endpoint and the housekeeping tick stop when the shutdown begins.
+    let service = Stage::child_of("service", &shutdown);
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| Error::MetricsListen { addr, source })?;
         tracing::info!(%addr, "serving /metrics, /ready and /live");
-        tokio::spawn(http::serve(
+        service.spawn(http::serve(
             listener,
             metrics,
             health.clone(),
-            shutdown.child_token(),
+            service.token(),
         ));
     }
     check_tls_at_start(&cfg.ship.tls)?;
@@ -283,14 +278,17 @@ pub async fn run(
             cfg.aggregate_window,
             Some(pipeline::anomaly::Detector::new(cfg.anomaly.clone())),
         );
-    let batcher = tokio::spawn(pipeline::batch::run(
+    // The batcher ends when the sources are gone (its channel closes).
+    let batching = Stage::new("batching");
+    batching.spawn(pipeline::batch::run(
         rx,
         spool.clone(),
         batcher,
         cfg.batch_timeout,
         Some(events_tx),
     ));
-    let ship_stop = CancellationToken::new();
+    // The shipper runs on while the shutdown drains the spool.
+    let shipping = Stage::new("shipping");
     let shipper = ship::Shipper {
         cfg: cfg.ship.clone(),
         spool: spool.clone(),
@@ -298,14 +296,14 @@ pub async fn run(
         events: Arc::new(tokio::sync::Mutex::new(events_rx)),
     };
     let (ship_tx, ship_rx) = tokio::sync::watch::channel(cfg.ship.clone());
-    let shipper = tokio::spawn(shipper.run(ship_stop.clone(), ship_rx));
-    let housekeeping = {
+    shipping.spawn(shipper.run(shipping.token(), ship_rx));
+    {
         let spool = spool.clone();
-        let token = shutdown.child_token();
+        let token = service.token();
         let systemd = systemd.clone();
         let health = health.clone();
         let gauges = gauges.clone();
-        tokio::spawn(async move {
+        service.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut pinged = Instant::now();
             let mut ticks = 0u64;
@@ -348,8 +346,8 @@ pub async fn run(
                     }
                 }
             }
-        })
-    };
+        });
+    }
     health.tick();
     health
         .started
@@ -408,9 +406,9 @@ pub async fn run(
     let deadline = Instant::now() + cfg.shutdown_grace;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining the pipeline into the spool");
     let _ = tokio::time::timeout_at(deadline.into(), sources.stop()).await;
-    if tokio::time::timeout_at(deadline.into(), batcher)
+    if !batching
+        .wait(deadline.saturating_duration_since(Instant::now()))
         .await
-        .is_err()
     {
         tracing::warn!("pipeline did not drain within the grace period; unspooled lines are read again at the next start");
     }
@@ -418,9 +416,8 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = spool.stats().batches;
-    ship_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(3), shipper).await;
-    housekeeping.abort();
+    shipping.stop(Duration::from_secs(3)).await;
+    service.stop(Duration::from_secs(3)).await;
     spool.close();
     let s = spool.clone();
     let _ = tokio::task::spawn_blocking(move || s.flush_state()).await;

@@ -24,10 +24,12 @@ pub mod config;
 pub mod ingest;
 
 use config::AggregatorConfig;
+use heimdall_common::tasks::Stage;
 use heimdall_common::wire::Limits;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Structural failures that stop the aggregator.
@@ -61,7 +63,7 @@ pub enum Error {
     Alerting(#[from] heimdall_alert::eval::Error),
     /// The HTTP client for notifications cannot be made.
     #[error("HTTP client for notifications: {0}")]
-    Http(String),
+    Http(#[source] reqwest::Error),
 }
 
 /// Where the aggregator actually listens (ports chosen by the OS when 0 was asked).
@@ -100,22 +102,7 @@ fn quic_endpoint(
             let mut k = vec![0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
                 .map_err(|_| Error::StateDir(std::io::Error::other("no system randomness")))?;
-            let tmp = path.with_extension("tmp");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(Error::StateDir)?;
-                f.write_all(&k)
-                    .and_then(|()| f.sync_all())
-                    .map_err(Error::StateDir)?;
-            }
-            std::fs::rename(&tmp, &path).map_err(Error::StateDir)?;
+            heimdall_common::fs::write_atomic_mode(&path, &k, 0o600).map_err(Error::StateDir)?;
             k
         }
     };
@@ -140,6 +127,12 @@ fn quic_endpoint(
 
 /// Runs the aggregator until `shutdown` is cancelled, then drains.
 ///
+/// Work runs in stages ([`Stage`]) that stop in the order data flows: `serving` (QUIC
+/// ingest, the HTTP API, the SIGHUP reloader, the watchdog) first, so nothing new
+/// arrives; then `alerting` (the rule engine, which has seen every commit, and the
+/// dispatchers, whose undelivered notifications stay in the outbox); then `storage`
+/// (the lifecycle finishes its step, the hot store's writer commits what is queued).
+///
 /// # Errors
 /// [`Error`] for structural failures at start.
 pub async fn run(
@@ -148,47 +141,11 @@ pub async fn run(
     prometheus: Option<PrometheusHandle>,
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(Error::StateDir)?;
-    if let Err(e) = heimdall_common::tls::check_own_certificate(&cfg.tls.cert) {
-        if matches!(e, heimdall_common::tls::Error::NotValidNow { .. }) {
-            tracing::error!(error = %e, "server certificate is not valid now; agents will refuse it");
-        } else {
-            return Err(e.into());
-        }
-    }
-    let server_config = heimdall_common::tls::server_config(&cfg.tls)?;
-    let db = cfg.db_path.clone();
-    let max_rows = cfg.max_group_rows;
-    let partition_ns = cfg.partition_ns;
-    let store = tokio::task::spawn_blocking(move || {
-        heimdall_store::hot::HotStore::open_with(&db, max_rows, partition_ns)
-    })
-    .await
-    .expect("store open task does not panic")?;
-    let store = Arc::new(store);
-    let cold = match &cfg.cold {
-        Some(c) => Some(Arc::new(
-            heimdall_store::cold::ColdStore::new(c, tokio::runtime::Handle::current())
-                .map_err(Error::Cold)?,
-        )),
-        None => None,
-    };
-    let lifecycle = heimdall_store::lifecycle::Lifecycle {
-        store: store.clone(),
-        db_path: cfg.db_path.clone(),
-        cfg: cfg.lifecycle.clone(),
-        cold: cold.clone(),
-    };
-    let lc_token = shutdown.child_token();
-    let lifecycle = tokio::task::spawn_blocking(move || lifecycle.start(lc_token))
-        .await
-        .expect("lifecycle start does not panic")
-        .map_err(Error::Lifecycle)?;
-    let tiers = Arc::new(heimdall_store::read::Tiers {
-        warm_dir: cfg.lifecycle.warm_dir.clone(),
-        cold,
-        hot_index: Some(store.index().clone()),
-        blooms: heimdall_store::read::BloomCache::default(),
-    });
+    let server_config = tls_config(&cfg)?;
+    // The lifecycle hears SIGTERM at once (its steps are safe to interrupt); the hot
+    // store closes last.
+    let storage_stage = Stage::child_of("storage", &shutdown);
+    let storage = Storage::open(&cfg, &storage_stage).await?;
     let endpoint = quic_endpoint(&cfg, server_config)?;
     let http = bind_tcp(cfg.api_listen).map_err(|source| Error::Bind {
         what: "HTTP API",
@@ -200,35 +157,185 @@ pub async fn run(
         api: http.local_addr().map_err(Error::StateDir)?,
     };
     let listen_file = cfg.state_dir.join(LISTEN_FILE);
-    let tmp = listen_file.with_extension("tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(&addrs).expect("addresses serialise"),
+    heimdall_common::fs::write_atomic(
+        &listen_file,
+        &serde_json::to_vec(&addrs).expect("addresses serialise"),
     )
-    .and_then(|()| std::fs::rename(&tmp, &listen_file))
     .map_err(Error::StateDir)?;
     tracing::info!(ingest = %addrs.ingest, api = %addrs.api, db = %cfg.db_path.display(), "aggregator listening");
 
     let registry = Arc::new(ingest::Registry::default());
+    let alerting = Stage::new("alerting");
+    let alert_api = start_alerting(&cfg, addrs, &storage, &registry, &alerting)?;
+    let serving = Stage::child_of("serving", &shutdown);
+    serving.spawn(
+        ingest_listener(&cfg, endpoint, &storage, &registry)
+            .run(serving.token(), cfg.shutdown_grace),
+    );
+    serving.spawn(reload_on_hangup(alert_api.clone(), serving.token()));
+    let state = Arc::new(api::ApiState {
+        db_path: cfg.db_path.clone(),
+        registry,
+        prometheus,
+        max_limit: cfg.max_limit,
+        query_timeout: cfg.query_timeout,
+        store: storage.store.clone(),
+        tiers: storage.tiers.clone(),
+        lifecycle: storage.lifecycle.clone(),
+        tokens: cfg.tokens.clone(),
+        eval_limits: heimdall_query::eval::Limits {
+            max_series: cfg.max_series,
+            ..Default::default()
+        },
+        alerting: Some(alert_api),
+        align_queries_with_step: cfg.align_queries_with_step,
+        push: cfg.push,
+    });
+    let tls = match &cfg.api_tls {
+        Some((c, k)) => Some(api::tls::server_config(c, k)?),
+        None => None,
+    };
+    serving.spawn(serve_api(http, tls, state, serving.token()));
+
+    // Under systemd (Type=notify): ready once both listeners are bound and the stores
+    // open; the watchdog is fed while the runtime and its blocking pool answer.
+    let systemd = heimdall_common::systemd::Notifier::from_env();
+    systemd.ready(&format!("ingest on {}, API on {}", addrs.ingest, addrs.api));
+    {
+        let (systemd, token) = (systemd.clone(), serving.token());
+        serving.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = heimdall_common::systemd::watchdog_loop(systemd, || async {
+                    tokio::task::spawn_blocking(|| ()).await.is_ok()
+                }) => {}
+            }
+        });
+    }
+
+    shutdown.cancelled().await;
+    systemd.stopping("finishing in-flight batches");
+    tracing::info!("shutting down: finishing in-flight batches");
+    // Ingest gives in-flight batches `shutdown_grace`; the API its open requests.
+    serving
+        .stop(cfg.shutdown_grace + Duration::from_secs(5))
+        .await;
+    alerting.stop(Duration::from_secs(30)).await;
+    storage.close(&storage_stage).await;
+    let _ = std::fs::remove_file(&listen_file);
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+fn tls_config(cfg: &AggregatorConfig) -> Result<quinn::ServerConfig, Error> {
+    if let Err(e) = heimdall_common::tls::check_own_certificate(&cfg.tls.cert) {
+        if matches!(e, heimdall_common::tls::Error::NotValidNow { .. }) {
+            tracing::error!(error = %e, "server certificate is not valid now; agents will refuse it");
+        } else {
+            return Err(e.into());
+        }
+    }
+    Ok(heimdall_common::tls::server_config(&cfg.tls)?)
+}
+
+/// The storage tiers and their lifecycle.
+struct Storage {
+    store: Arc<heimdall_store::hot::HotStore>,
+    tiers: Arc<heimdall_store::read::Tiers>,
+    lifecycle: heimdall_store::lifecycle::LifecycleHandle,
+}
+
+impl Storage {
+    /// Opens the hot store and the cold tier, recovers an interrupted tier move and
+    /// starts the lifecycle in `stage`.
+    async fn open(cfg: &AggregatorConfig, stage: &Stage) -> Result<Storage, Error> {
+        let db = cfg.db_path.clone();
+        let max_rows = cfg.max_group_rows;
+        let partition_ns = cfg.partition_ns;
+        let store = tokio::task::spawn_blocking(move || {
+            heimdall_store::hot::HotStore::open_with(&db, max_rows, partition_ns)
+        })
+        .await
+        .expect("store open task does not panic")?;
+        let store = Arc::new(store);
+        let cold = match &cfg.cold {
+            Some(c) => Some(Arc::new(
+                heimdall_store::cold::ColdStore::new(c, tokio::runtime::Handle::current())
+                    .map_err(Error::Cold)?,
+            )),
+            None => None,
+        };
+        let lifecycle = heimdall_store::lifecycle::Lifecycle {
+            store: store.clone(),
+            db_path: cfg.db_path.clone(),
+            cfg: cfg.lifecycle.clone(),
+            cold: cold.clone(),
+        };
+        let st = stage.clone();
+        let lifecycle = tokio::task::spawn_blocking(move || lifecycle.start(&st))
+            .await
+            .expect("lifecycle start does not panic")
+            .map_err(Error::Lifecycle)?;
+        let tiers = Arc::new(heimdall_store::read::Tiers {
+            warm_dir: cfg.lifecycle.warm_dir.clone(),
+            cold,
+            hot_index: Some(store.index().clone()),
+            blooms: heimdall_store::read::BloomCache::default(),
+        });
+        Ok(Storage {
+            store,
+            tiers,
+            lifecycle,
+        })
+    }
+
+    /// Stops the lifecycle, then closes the hot store: its writer commits what is
+    /// queued and checkpoints the WAL. Called when nothing else holds the store.
+    async fn close(self, stage: &Stage) {
+        stage.stop(Duration::from_secs(60)).await;
+        let Storage { store, tiers, .. } = self;
+        drop(tiers);
+        match Arc::try_unwrap(store) {
+            Ok(mut s) => {
+                let _ = tokio::task::spawn_blocking(move || s.close()).await;
+            }
+            Err(_) => tracing::warn!("store still in use at shutdown; leaving it to close on exit"),
+        }
+    }
+}
+
+fn ingest_listener(
+    cfg: &AggregatorConfig,
+    endpoint: quinn::Endpoint,
+    storage: &Storage,
+    registry: &Arc<ingest::Registry>,
+) -> ingest::listener::Listener {
     let memory_kib = u32::try_from(cfg.max_memory_bytes / 1024).unwrap_or(u32::MAX);
-    let limits = Limits::default();
-    let listener = ingest::listener::Listener {
+    ingest::listener::Listener {
         endpoint,
-        store: store.clone(),
+        store: storage.store.clone(),
         registry: registry.clone(),
         settings: ingest::listener::IngestSettings {
             server_id: cfg.server_id.clone(),
-            limits,
+            limits: Limits::default(),
             max_streams_per_connection: cfg.max_streams_per_connection,
             max_connections_per_agent: cfg.max_connections_per_agent,
             memory: Arc::new(tokio::sync::Semaphore::new(memory_kib as usize)),
             memory_kib,
         },
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
-    };
-    let ingest = tokio::spawn(listener.run(shutdown.child_token(), cfg.shutdown_grace));
+    }
+}
 
-    // Alerting: the engine thread, told of every commit, and one dispatcher per receiver.
+/// Starts the rule engine (told of every commit) and one dispatcher per receiver in
+/// `stage`.
+fn start_alerting(
+    cfg: &AggregatorConfig,
+    addrs: ListenAddrs,
+    storage: &Storage,
+    registry: &Arc<ingest::Registry>,
+    stage: &Stage,
+) -> Result<Arc<api::alerts::AlertApi>, Error> {
     let wake: Vec<Arc<tokio::sync::Notify>> = cfg
         .alerting
         .receivers
@@ -240,13 +347,12 @@ pub async fn run(
         // The default names `api.listen`; with port 0 the real port is known only now.
         alerting.external_url = format!("http://{}", addrs.api);
     }
-    let engine_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (alert_handle, engine) = heimdall_alert::eval::start(
+    let handle = heimdall_alert::eval::start(
         heimdall_alert::eval::EngineDeps {
             cfg: alerting,
             groups: cfg.rule_groups.clone(),
             hot_path: cfg.db_path.clone(),
-            tiers: tiers.clone(),
+            tiers: storage.tiers.clone(),
             hosts: registry.clone(),
             wake: wake.clone(),
             eval_limits: heimdall_query::eval::Limits {
@@ -254,17 +360,14 @@ pub async fn run(
                 ..Default::default()
             },
         },
-        engine_stop.clone(),
+        stage,
     )?;
     {
-        let h = alert_handle.clone();
-        store.on_commit(Box::new(move |c| h.committed(c)));
+        let h = handle.clone();
+        storage.store.on_commit(Box::new(move |c| h.committed(c)));
     }
     heimdall_common::tls::install_default_provider();
-    let client = reqwest::Client::builder()
-        .build()
-        .map_err(|e| Error::Http(e.to_string()))?;
-    let mut dispatchers = tokio::task::JoinSet::new();
+    let client = reqwest::Client::builder().build().map_err(Error::Http)?;
     for (r, w) in cfg.alerting.receivers.iter().zip(&wake) {
         let d = heimdall_alert::notify::Dispatcher {
             receiver: r.clone(),
@@ -272,94 +375,42 @@ pub async fn run(
             wake: w.clone(),
             client: client.clone(),
         };
-        dispatchers.spawn(d.run(shutdown.child_token()));
+        stage.spawn(d.run(stage.token()));
     }
-    let alert_api = Arc::new(api::alerts::AlertApi {
-        handle: alert_handle.clone(),
+    Ok(Arc::new(api::alerts::AlertApi {
+        handle,
         rule_paths: cfg.alerting.rules.clone(),
         default_interval: cfg.alerting.evaluation_interval,
-    });
-    tokio::spawn(reload_on_hangup(alert_api.clone(), shutdown.child_token()));
+    }))
+}
 
-    let state = Arc::new(api::ApiState {
-        db_path: cfg.db_path.clone(),
-        registry,
-        prometheus,
-        max_limit: cfg.max_limit,
-        query_timeout: cfg.query_timeout,
-        store: store.clone(),
-        tiers,
-        compact_now: Box::new(lifecycle.trigger_fn()),
-        tokens: cfg.tokens.clone(),
-        eval_limits: heimdall_query::eval::Limits {
-            max_series: cfg.max_series,
-            ..Default::default()
-        },
-        alerting: Some(alert_api),
-        align_queries_with_step: cfg.align_queries_with_step,
-        push: cfg.push,
-    });
-    let token = shutdown.child_token();
-    let tls = match &cfg.api_tls {
-        Some((c, k)) => Some(api::tls::server_config(c, k)?),
-        None => None,
-    };
-    let api = tokio::spawn(async move {
-        let router = api::router(state);
-        let res = match tls {
-            Some(tls) => match api::tls::TlsListener::new(http, tls) {
-                Ok(l) => {
-                    axum::serve(l, router)
-                        .with_graceful_shutdown(async move { token.cancelled().await })
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-            None => {
-                axum::serve(http, router)
-                    .with_graceful_shutdown(async move { token.cancelled().await })
+/// Serves the HTTP API (with TLS when configured) until `stop`, then lets open
+/// requests finish.
+async fn serve_api(
+    http: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<api::ApiState>,
+    stop: CancellationToken,
+) {
+    let router = api::router(state);
+    let res = match tls {
+        Some(tls) => match api::tls::TlsListener::new(http, tls) {
+            Ok(l) => {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             }
-        };
-        if let Err(e) = res {
-            tracing::error!(error = %e, "HTTP API failed");
+            Err(e) => Err(e),
+        },
+        None => {
+            axum::serve(http, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
         }
-    });
-
-    // Under systemd (Type=notify): ready once both listeners are bound and the stores
-    // open; the watchdog is fed while the runtime and its blocking pool answer.
-    let systemd = heimdall_common::systemd::Notifier::from_env();
-    systemd.ready(&format!("ingest on {}, API on {}", addrs.ingest, addrs.api));
-    let watchdog = tokio::spawn(heimdall_common::systemd::watchdog_loop(
-        systemd.clone(),
-        || async { tokio::task::spawn_blocking(|| ()).await.is_ok() },
-    ));
-
-    shutdown.cancelled().await;
-    watchdog.abort();
-    systemd.stopping("finishing in-flight batches");
-    tracing::info!("shutting down: finishing in-flight batches");
-    let _ = ingest.await;
-    let _ = tokio::time::timeout(cfg.shutdown_grace, api).await;
-    // The engine commits its state after every round; stop it, then the dispatchers
-    // (what they have not delivered stays in the outbox for the next start).
-    engine_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    drop(alert_handle);
-    let _ = tokio::task::spawn_blocking(move || engine.join()).await;
-    while dispatchers.join_next().await.is_some() {}
-    // The lifecycle finishes the step it is in (each is safe to interrupt anyway).
-    let _ = tokio::task::spawn_blocking(move || lifecycle.join()).await;
-    // Every connection task is done, so this is the last handle: the writer commits what
-    // is queued and checkpoints the WAL.
-    match Arc::try_unwrap(store) {
-        Ok(mut s) => {
-            let _ = tokio::task::spawn_blocking(move || s.close()).await;
-        }
-        Err(_) => tracing::warn!("store still in use at shutdown; leaving it to close on exit"),
+    };
+    if let Err(e) = res {
+        tracing::error!(error = %e, "HTTP API failed");
     }
-    let _ = std::fs::remove_file(&listen_file);
-    tracing::info!("aggregator stopped");
-    Ok(())
 }
 
 /// SIGHUP: reads the rule files again (the old rules stay when any is invalid).
@@ -376,15 +427,15 @@ async fn reload_on_hangup(a: Arc<api::alerts::AlertApi>, shutdown: CancellationT
         }
         tracing::info!("SIGHUP received: reloading alert rules");
         let (paths, iv, h) = (a.rule_paths.clone(), a.default_interval, a.handle.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            let groups = heimdall_rules::load(&paths, iv).map_err(|p| p.to_string())?;
-            h.command(heimdall_alert::eval::Command::Reload(groups))
-        })
-        .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "alert rules not reloaded; the old rules stay")
+        match tokio::task::spawn_blocking(move || heimdall_rules::load(&paths, iv)).await {
+            Ok(Ok(groups)) => {
+                let reload = heimdall_alert::eval::Command::Reload(groups);
+                if let Err(e) = h.command(reload).await {
+                    tracing::error!(error = %e, "alert rules not reloaded; the old rules stay");
+                }
+            }
+            Ok(Err(problems)) => {
+                tracing::error!(error = %problems, "alert rules not reloaded; the old rules stay")
             }
             Err(e) => tracing::error!(error = %e, "alert rule reload failed"),
         }

@@ -9,9 +9,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -55,17 +53,8 @@ fn write(path: &Path, data: &str, private: bool) -> Result<(), Error> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(data.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    let mode = if private { 0o600 } else { 0o644 };
+    crate::fs::write_atomic_mode(path, data.as_bytes(), mode).map_err(io)
 }
 
 fn read(path: &Path) -> Result<String, Error> {

@@ -548,16 +548,11 @@ impl SourceMiner {
             text.push_str(&t);
             text.push('\n');
         }
-        let tmp = p.with_extension("tmp");
         let res = (|| -> std::io::Result<()> {
-            use std::io::Write;
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, p)
+            heimdall_common::fs::write_atomic(p, text.as_bytes())
         })();
         match res {
             Ok(()) => self.dirty = false,

@@ -12,7 +12,7 @@ pub mod resend;
 
 use crate::spool::Spool;
 use heimdall_common::tls::{self, TlsFiles};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -47,8 +47,10 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
     cap.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-fn resolve(endpoint: &str) -> Option<SocketAddr> {
-    endpoint.to_socket_addrs().ok()?.next()
+/// The first address `endpoint` (`host:port`) resolves to, asked of the system's
+/// resolver without blocking the runtime.
+async fn resolve(endpoint: &str) -> Option<SocketAddr> {
+    tokio::net::lookup_host(endpoint).await.ok()?.next()
 }
 
 impl Shipper {
@@ -170,7 +172,9 @@ pub(crate) async fn connect(
     name: &str,
 ) -> Result<quinn::Connection, conn::Error> {
     let client = tls::client_config(&cfg.tls).map_err(conn::Error::Tls)?;
-    let addr = resolve(name).ok_or_else(|| conn::Error::Resolve(name.to_owned()))?;
+    let addr = resolve(name)
+        .await
+        .ok_or_else(|| conn::Error::Resolve(name.to_owned()))?;
     let connecting = endpoint
         .connect_with(client, addr, &cfg.server_name)
         .map_err(|e| conn::Error::Connect(e.to_string()))?;

@@ -18,8 +18,24 @@ pub struct Resent {
     pub dead: DeadLetter,
     /// The records it held, when the file could be decoded here.
     pub records: Option<usize>,
-    /// `Ok` when the aggregator stored it; the reason otherwise.
-    pub result: Result<(), String>,
+    /// `Ok` when the aggregator stored it; why not otherwise.
+    pub result: Result<(), NotResent>,
+}
+
+/// Why a dead-lettered batch was not re-sent (it stays in the dead-letter directory,
+/// except for [`NotResent::Moving`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NotResent {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the file is not a whole batch frame: {0}")]
+    NotAFrame(#[source] wire::Error),
+    #[error("the file holds another kind of frame")]
+    NotABatch,
+    #[error("the aggregator rejected it again: {0}")]
+    Rejected(String),
+    #[error("stored, but cannot move it to resent/: {0}")]
+    Moving(#[source] std::io::Error),
 }
 
 /// Sends `items` to the first endpoint of `cfg` that answers, one after the other.
@@ -62,19 +78,17 @@ pub async fn resend(cfg: &ShipConfig, items: Vec<DeadLetter>) -> Result<Vec<Rese
                 }
             },
             Err(e) => {
-                let why = format!("cannot read {}: {e}", dead.path.display());
                 out.push(Resent {
                     dead,
                     records: None,
-                    result: Err(why),
+                    result: Err(NotResent::Read(e)),
                 });
                 continue;
             }
         };
         let result = match send_batch(c.clone(), frame, 1, limits).await? {
-            Outcome::Acked => dead_letter::mark_resent(&dead)
-                .map_err(|e| format!("stored, but cannot move it to resent/: {e}")),
-            Outcome::Rejected(why) => Err(why),
+            Outcome::Acked => dead_letter::mark_resent(&dead).map_err(NotResent::Moving),
+            Outcome::Rejected(why) => Err(NotResent::Rejected(why)),
         };
         out.push(Resent {
             dead,
@@ -93,11 +107,9 @@ fn reidentify(
     bytes: bytes::Bytes,
     limits: &Limits,
     dead: &DeadLetter,
-) -> Result<(bytes::Bytes, Option<usize>), String> {
-    let Frame::Batch(mut b) = wire::parse(bytes, limits)
-        .map_err(|e| format!("the file is not a whole batch frame: {e}"))?
-    else {
-        return Err("the file holds another kind of frame".into());
+) -> Result<(bytes::Bytes, Option<usize>), NotResent> {
+    let Frame::Batch(mut b) = wire::parse(bytes, limits).map_err(NotResent::NotAFrame)? else {
+        return Err(NotResent::NotABatch);
     };
     let records = b.open(limits).ok().map(|c| c.records.len());
     b.epoch = dead_letter::resend_identity(dead.epoch, dead.seq);

@@ -50,13 +50,21 @@ pub struct Entry {
     pub message: Vec<u8>,
 }
 
+/// Why a line of `journalctl --output=json` is not an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum BadEntry {
+    #[error("not a JSON object: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("entry without __CURSOR")]
+    NoCursor,
+}
+
 /// Decodes one line of `journalctl --output=json`.
 ///
 /// # Errors
-/// A message saying what is wrong with the line.
-pub fn decode_entry(line: &[u8]) -> Result<Entry, String> {
-    let v: serde_json::Map<String, Value> =
-        serde_json::from_slice(line).map_err(|e| format!("not a JSON object: {e}"))?;
+/// [`BadEntry`] saying what is wrong with the line.
+pub fn decode_entry(line: &[u8]) -> Result<Entry, BadEntry> {
+    let v: serde_json::Map<String, Value> = serde_json::from_slice(line)?;
     let text = |k: &str| -> Option<String> {
         match v.get(k)? {
             Value::String(s) => Some(s.clone()),
@@ -65,7 +73,7 @@ pub fn decode_entry(line: &[u8]) -> Result<Entry, String> {
             _ => None,
         }
     };
-    let cursor = text("__CURSOR").ok_or("entry without __CURSOR")?;
+    let cursor = text("__CURSOR").ok_or(BadEntry::NoCursor)?;
     let time_ns = text("__REALTIME_TIMESTAMP")
         .and_then(|s| s.parse::<i64>().ok())
         .map_or(0, |us| us.saturating_mul(1000));
@@ -236,7 +244,7 @@ impl JournalReader {
             Err(reason) => {
                 self.bad += 1;
                 metrics::counter!("heimdall_agent_journal_bad_entries_total").increment(1);
-                tracing::warn!(reason, "skipping a journal line that is not an entry");
+                tracing::warn!(%reason, "skipping a journal line that is not an entry");
                 return;
             }
         };

@@ -15,7 +15,7 @@
 //! aggregator's `Ack` and the move to `resent/`) stores it once.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The dead-letter directory of the spool in `spool_dir`.
@@ -103,14 +103,9 @@ pub fn write(spool_dir: &Path, epoch: u64, seq: u64, frame: &[u8], reason: &str)
     let base = d.join(format!("{epoch:016x}-{seq:020}"));
     // The reason first: a `.batch` is only listed once its reason is in place.
     for (ext, data) in [("reason", reason.as_bytes()), ("batch", frame)] {
-        let path = base.with_extension(ext);
-        let tmp = base.with_extension(format!("{ext}.tmp"));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
+        heimdall_common::fs::write_atomic(&base.with_extension(ext), data)?;
     }
-    fs::File::open(&d)?.sync_all()
+    Ok(())
 }
 
 /// The identity a re-sent batch goes under: an epoch derived from the original
@@ -138,7 +133,7 @@ pub fn mark_resent(d: &DeadLetter) -> io::Result<()> {
     if reason.exists() {
         fs::rename(&reason, to.join(Path::new(name).with_extension("reason")))?;
     }
-    fs::File::open(parent)?.sync_all()
+    heimdall_common::fs::sync_dir(parent)
 }
 
 #[cfg(test)]

@@ -54,10 +54,27 @@ pub enum Error {
     },
     /// The state file exists but cannot be decoded.
     #[error("spool state file {path} is corrupt: {reason}")]
-    CorruptState { path: PathBuf, reason: String },
+    CorruptState { path: PathBuf, reason: StateFault },
     /// The spool is being shut down.
     #[error("spool is closed")]
     Closed,
+}
+
+/// Why a spool state file cannot be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateFault {
+    #[error("too short")]
+    TooShort,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("not a Heimdall spool state file")]
+    NotState,
+    #[error("unsupported version {0}")]
+    Version(u32),
+    #[error("bad checkpoint: {0}")]
+    Checkpoint(&'static str),
+    #[error("trailing bytes")]
+    Trailing,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -738,9 +755,7 @@ fn seg_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
+    heimdall_common::fs::sync_dir(dir).map_err(io_err("fsync", dir))
 }
 
 fn new_epoch() -> u64 {
@@ -867,43 +882,36 @@ fn write_state(dir: &Path, g: &Inner) -> Result<(), Error> {
     }
     let crc = crc32c::crc32c(&b);
     b.put_u32(crc);
-    let tmp = dir.join("state.tmp");
     let path = dir.join("state");
-    {
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&b).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-    sync_dir(dir)
+    heimdall_common::fs::write_atomic(&path, &b).map_err(io_err("write", &path))
 }
 
-fn read_state(data: &[u8], g: &mut Inner) -> Result<(), String> {
+fn read_state(data: &[u8], g: &mut Inner) -> Result<(), StateFault> {
     if data.len() < 36 {
-        return Err("too short".into());
+        return Err(StateFault::TooShort);
     }
     let (body, crc) = data.split_at(data.len() - 4);
     if crc32c::crc32c(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-        return Err("checksum mismatch".into());
+        return Err(StateFault::Checksum);
     }
     let mut b = body;
     if b.get_u32() != STATE_MAGIC {
-        return Err("not a Heimdall spool state file".into());
+        return Err(StateFault::NotState);
     }
     let v = b.get_u32();
     if !(1..=STATE_VERSION).contains(&v) {
-        return Err(format!("unsupported version {v}"));
+        return Err(StateFault::Version(v));
     }
     g.epoch = b.get_u64();
     g.acked_through = b.get_u64();
     g.snapshot_seq = b.get_u64();
     let n = b.get_u32();
     for _ in 0..n {
-        let c = get_checkpoint(&mut b, v >= 2, v >= 3).map_err(str::to_owned)?;
+        let c = get_checkpoint(&mut b, v >= 2, v >= 3).map_err(StateFault::Checkpoint)?;
         g.snapshot.insert(c);
     }
     if b.has_remaining() {
-        return Err("trailing bytes".into());
+        return Err(StateFault::Trailing);
     }
     Ok(())
 }

@@ -13,10 +13,7 @@ use std::sync::Arc;
 /// `POST /api/v1/admin/compact`: runs compaction, upload, retention and pending
 /// erasures now; answers when they are done.
 pub async fn compact(State(st): State<Arc<ApiState>>) -> Result<Json<Envelope<()>>, ApiError> {
-    let st2 = st.clone();
-    tokio::task::spawn_blocking(move || (st2.compact_now)())
-        .await
-        .map_err(internal)?;
+    st.lifecycle.run_now().await;
     Ok(Json(Envelope::done()))
 }
 
@@ -55,10 +52,7 @@ pub async fn erase(
     .map_err(internal)??;
     tracing::info!(erasure = id, query = %req.query, "erasure requested");
     if req.wait.unwrap_or(true) {
-        let st2 = st.clone();
-        tokio::task::spawn_blocking(move || (st2.compact_now)())
-            .await
-            .map_err(internal)?;
+        st.lifecycle.run_now().await;
         let rows = on_reader(&st, erase::list).await?;
         let e = rows
             .into_iter()

@@ -47,17 +47,18 @@ async fn on_db<T: Send + 'static>(
 }
 
 async fn command(st: &ApiState, c: Command) -> Result<(), ApiError> {
+    use heimdall_alert::correlate::IncidentError;
+    use heimdall_alert::eval::CommandError;
     let h = api(st)?.handle.clone();
-    tokio::task::spawn_blocking(move || h.command(c))
-        .await
-        .map_err(internal)?
-        .map_err(|e| {
-            if e.contains("no rows") {
-                ApiError(StatusCode::NOT_FOUND, "no such open incident".into())
-            } else {
-                internal(e)
-            }
-        })
+    h.command(c).await.map_err(|e| match e {
+        CommandError::Incident(IncidentError::NoSuchIncident(_)) => {
+            ApiError(StatusCode::NOT_FOUND, e.to_string())
+        }
+        CommandError::Stopped | CommandError::NoAnswer(_) => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        _ => internal(e),
+    })
 }
 
 /// `GET /api/v1/rules`.

@@ -631,17 +631,60 @@ pub use crate::ingest::stamp_identity as push_identity;
 /// One pushed entry: time, line and structured metadata.
 type PushEntry<'a> = (i64, &'a str, Option<&'a serde_json::Map<String, Value>>);
 
+/// Why a push body is refused whole.
+#[derive(Debug, thiserror::Error)]
+enum BadPush {
+    #[error("push body is not valid JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("push body needs a `streams` array")]
+    NoStreams,
+    #[error("streams[{0}].values[{1}]: expected [\"<unix ns>\", \"<line>\"]")]
+    ValueShape(usize, usize),
+    #[error("streams[{0}].values[{1}]: `{2}` is not a Unix time in nanoseconds")]
+    ValueTime(usize, usize, String),
+    #[error("streams[{0}].entries[{1}]: needs `{2}`")]
+    EntryField(usize, usize, &'static str),
+    #[error("streams[{0}].entries[{1}]: {2}")]
+    EntryTime(usize, usize, super::BadTime),
+    #[error("streams[{0}]: needs `values`")]
+    NoValues(usize),
+}
+
+/// Why one pushed stream's labels are refused (its entries are, the others are kept).
+#[derive(Debug, thiserror::Error)]
+enum BadLabels {
+    #[error("streams[{0}].stream.{1}: label values must be strings")]
+    NotString(usize, String),
+    #[error("streams[{0}].labels: {1}")]
+    Selector(usize, parse::ParseError),
+    #[error("streams[{0}].labels: only `=` matchers may name a stream")]
+    NotEquality(usize),
+    #[error("streams[{0}]: needs a `stream` object of labels")]
+    Missing(usize),
+    #[error("streams[{0}]: a stream needs at least one label")]
+    Empty(usize),
+    #[error("entry for stream '{0}' has {n} label names; limit {MAX_PUSH_LABELS}", n = .0.len())]
+    TooMany(Labels),
+    #[error("streams[{0}]: `{1}` is not a valid label name")]
+    BadName(usize, String),
+    #[error(
+        "streams[{0}]: label `{1}` is longer than the limit ({names} bytes for names, {values} for values; value is {2} bytes)",
+        names = limits::MAX_LABEL_NAME_BYTES,
+        values = limits::MAX_LABEL_VALUE_BYTES
+    )]
+    TooLong(usize, String, usize),
+}
+
 /// Decodes a Loki JSON push body. A body that is not a push at all (not JSON, no
 /// `streams`, an entry that is not `[ts, line]`) is an error naming where; entries
 /// that break a limit are refused one by one while the rest are kept, as Loki does.
 /// Lines over the protocol's line limit are cut and flagged `truncated`.
-fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("push body is not valid JSON: {e}"))?;
+fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded, BadPush> {
+    let v: Value = serde_json::from_slice(body)?;
     let streams = v
         .get("streams")
         .and_then(Value::as_array)
-        .ok_or("push body needs a `streams` array")?;
+        .ok_or(BadPush::NoStreams)?;
     let now = crate::ingest::now_ns();
     let oldest = policy
         .max_age
@@ -656,15 +699,11 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
             for (ei, e) in values.iter().enumerate() {
                 let (ts, line) = match e.as_array().map(Vec::as_slice) {
                     Some([Value::String(ts), Value::String(line), ..]) => (ts, line),
-                    _ => {
-                        return Err(format!(
-                            "streams[{si}].values[{ei}]: expected [\"<unix ns>\", \"<line>\"]"
-                        ))
-                    }
+                    _ => return Err(BadPush::ValueShape(si, ei)),
                 };
-                let ts: i64 = ts.parse().map_err(|_| {
-                    format!("streams[{si}].values[{ei}]: `{ts}` is not a Unix time in nanoseconds")
-                })?;
+                let ts: i64 = ts
+                    .parse()
+                    .map_err(|_| BadPush::ValueTime(si, ei, ts.clone()))?;
                 entries.push((ts, line, e.get(2).and_then(Value::as_object)));
             }
         } else if let Some(list) = s.get("entries").and_then(Value::as_array) {
@@ -673,22 +712,22 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
                     .get("ts")
                     .or_else(|| e.get("timestamp"))
                     .and_then(Value::as_str)
-                    .ok_or_else(|| format!("streams[{si}].entries[{ei}]: needs `ts`"))?;
-                let ts = parse_time(ts).map_err(|m| format!("streams[{si}].entries[{ei}]: {m}"))?;
+                    .ok_or(BadPush::EntryField(si, ei, "ts"))?;
+                let ts = parse_time(ts).map_err(|m| BadPush::EntryTime(si, ei, m))?;
                 let line = e
                     .get("line")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| format!("streams[{si}].entries[{ei}]: needs `line`"))?;
+                    .ok_or(BadPush::EntryField(si, ei, "line"))?;
                 entries.push((ts, line, None));
             }
         } else {
-            return Err(format!("streams[{si}]: needs `values`"));
+            return Err(BadPush::NoValues(si));
         }
         out.total += entries.len();
         let labels = match push_labels(si, s) {
             Ok(l) => l,
             Err(why) => {
-                out.refuse(Refusal::InvalidLabels, entries.len(), || why);
+                out.refuse(Refusal::InvalidLabels, entries.len(), || why.to_string());
                 continue;
             }
         };
@@ -746,53 +785,46 @@ fn decode_push(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded
 }
 
 /// The labels of `streams[si]`, checked as Loki checks them.
-fn push_labels(si: usize, s: &Value) -> Result<Labels, String> {
+fn push_labels(si: usize, s: &Value) -> Result<Labels, BadLabels> {
     let labels = match (s.get("stream"), s.get("labels")) {
         (Some(Value::Object(m)), _) => {
             let mut pairs = Vec::with_capacity(m.len());
             for (k, v) in m {
-                let v = v.as_str().ok_or_else(|| {
-                    format!("streams[{si}].stream.{k}: label values must be strings")
-                })?;
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| BadLabels::NotString(si, k.clone()))?;
                 pairs.push((k.clone(), v.to_owned()));
             }
             Labels::new(pairs)
         }
         (_, Some(Value::String(sel))) => {
-            let q = parse::parse_log(sel).map_err(|e| format!("streams[{si}].labels: {e}"))?;
+            let q = parse::parse_log(sel).map_err(|e| BadLabels::Selector(si, e))?;
             if q.matchers.iter().any(|m| m.op != parse::MatchOp::Eq) {
-                return Err(format!(
-                    "streams[{si}].labels: only `=` matchers may name a stream"
-                ));
+                return Err(BadLabels::NotEquality(si));
             }
             Labels::new(q.matchers.into_iter().map(|m| (m.name, m.value)))
         }
-        _ => return Err(format!("streams[{si}]: needs a `stream` object of labels")),
+        _ => return Err(BadLabels::Missing(si)),
     };
     if labels.is_empty() {
-        return Err(format!("streams[{si}]: a stream needs at least one label"));
+        return Err(BadLabels::Empty(si));
     }
     if labels.len() > MAX_PUSH_LABELS {
-        return Err(format!(
-            "entry for stream '{labels}' has {} label names; limit {MAX_PUSH_LABELS}",
-            labels.len()
-        ));
+        return Err(BadLabels::TooMany(labels));
     }
     if let Some((k, _)) = labels
         .iter()
         .find(|(k, _)| !parse::valid_label(k) || k.starts_with("__"))
     {
-        return Err(format!("streams[{si}]: `{k}` is not a valid label name"));
+        return Err(BadLabels::BadName(si, k.to_owned()));
     }
     if let Some((k, v)) = labels.iter().find(|(k, v)| {
         k.len() > limits::MAX_LABEL_NAME_BYTES || v.len() > limits::MAX_LABEL_VALUE_BYTES
     }) {
-        return Err(format!(
-            "streams[{si}]: label `{}` is longer than the limit ({} bytes for names, {} for values; value is {} bytes)",
-            limits::cut_str(k, 64),
-            limits::MAX_LABEL_NAME_BYTES,
-            limits::MAX_LABEL_VALUE_BYTES,
-            v.len()
+        return Err(BadLabels::TooLong(
+            si,
+            limits::cut_str(k, 64).to_owned(),
+            v.len(),
         ));
     }
     Ok(labels)
@@ -949,7 +981,7 @@ async fn tail_loop(
     lq: LogQuery,
     start: i64,
     limit: usize,
-) -> Result<(), String> {
+) -> Result<(), TailEnd> {
     // The newest row id first, then history: a line stored in between may come twice,
     // none is missed.
     let q = lq.clone();
@@ -966,7 +998,7 @@ async fn tail_loop(
         Ok((last, exec::run_log_query(src, &q, &req)?))
     })
     .await
-    .map_err(|e| e.1)?;
+    .map_err(|e| TailEnd::Query(e.1))?;
     let mut history = history;
     for (_, e) in &mut history.streams {
         e.reverse();
@@ -1008,7 +1040,7 @@ async fn tail_loop(
             Ok((next, groups))
         })
         .await
-        .map_err(|e| e.1)?;
+        .map_err(|e| TailEnd::Query(e.1))?;
         last_id = next;
         if !groups.is_empty() {
             let res = LogResult {
@@ -1020,7 +1052,16 @@ async fn tail_loop(
     }
 }
 
-async fn send_tail(socket: &mut WebSocket, streams: Vec<Stream>) -> Result<(), String> {
+/// Why a tail ended early.
+#[derive(Debug, thiserror::Error)]
+enum TailEnd {
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("websocket: {0}")]
+    Socket(#[from] axum::Error),
+}
+
+async fn send_tail(socket: &mut WebSocket, streams: Vec<Stream>) -> Result<(), TailEnd> {
     if streams.is_empty() {
         return Ok(());
     }
@@ -1028,11 +1069,8 @@ async fn send_tail(socket: &mut WebSocket, streams: Vec<Stream>) -> Result<(), S
         streams,
         dropped_entries: None,
     })
-    .map_err(|e| e.to_string())?;
-    socket
-        .send(Message::Text(msg.into()))
-        .await
-        .map_err(|e| e.to_string())
+    .expect("plain data serialises");
+    Ok(socket.send(Message::Text(msg.into())).await?)
 }
 
 #[cfg(test)]
@@ -1092,7 +1130,9 @@ mod tests {
             (r#"{"nope":1}"#, "`streams` array"),
             ("not json", "not valid JSON"),
         ] {
-            let e = decode_push(body.as_bytes(), &any_age(), "push").unwrap_err();
+            let e = decode_push(body.as_bytes(), &any_age(), "push")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(msg), "{body}: {e}");
         }
         // A stream with bad labels: its entries are refused, the others kept.

@@ -40,8 +40,8 @@ pub struct ApiState {
     pub store: Arc<HotStore>,
     /// The segment tiers queries read.
     pub tiers: Arc<heimdall_store::read::Tiers>,
-    /// Runs the storage lifecycle now and waits for it.
-    pub compact_now: Box<dyn Fn() + Send + Sync>,
+    /// Runs the lifecycle's steps now (`/api/v1/admin/compact`, erasures that wait).
+    pub lifecycle: heimdall_store::lifecycle::LifecycleHandle,
     /// API tokens; empty means the API is open (the local default).
     pub tokens: Vec<auth::Token>,
     /// Bounds on metric queries.
@@ -135,17 +135,25 @@ impl From<heimdall_query::exec::Error> for ApiError {
     }
 }
 
-pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+pub(crate) fn bad(msg: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.to_string())
 }
 
 pub(crate) fn internal(msg: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
 }
 
+/// A parameter that is not a timestamp.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a timestamp (use RFC 3339, Unix seconds or nanoseconds)")]
+pub struct BadTime(String);
+
 /// Parses a Loki timestamp: RFC 3339, float seconds, integer seconds (≤ 10 digits) or
 /// integer nanoseconds.
-pub fn parse_time(s: &str) -> Result<i64, String> {
+///
+/// # Errors
+/// [`BadTime`] naming the value.
+pub fn parse_time(s: &str) -> Result<i64, BadTime> {
     let s = s.trim();
     if let Ok(n) = s.parse::<i64>() {
         let digits = s.trim_start_matches('-').len();
@@ -162,9 +170,7 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     }
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp_nanos() as i64)
-        .map_err(|_| {
-            format!("`{s}` is not a timestamp (use RFC 3339, Unix seconds or nanoseconds)")
-        })
+        .map_err(|_| BadTime(s.to_owned()))
 }
 
 fn range(

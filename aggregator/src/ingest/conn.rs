@@ -27,13 +27,65 @@ pub struct Handler {
     pub shutdown: CancellationToken,
 }
 
-fn identity(conn: &quinn::Connection) -> Result<String, String> {
-    let any = conn.peer_identity().ok_or("no client certificate")?;
+/// Why a connection has no agent identity.
+#[derive(Debug, thiserror::Error)]
+enum NoIdentity {
+    #[error("no client certificate")]
+    NoCertificate,
+    #[error("unexpected peer identity type")]
+    UnexpectedType,
+    #[error("empty certificate chain")]
+    EmptyChain,
+    #[error(transparent)]
+    Certificate(#[from] tls::Error),
+}
+
+fn identity(conn: &quinn::Connection) -> Result<String, NoIdentity> {
+    let any = conn.peer_identity().ok_or(NoIdentity::NoCertificate)?;
     let certs = any
         .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| "unexpected peer identity type")?;
-    let first = certs.first().ok_or("empty certificate chain")?;
-    tls::peer_identity(first).map_err(|e| e.to_string())
+        .map_err(|_| NoIdentity::UnexpectedType)?;
+    let first = certs.first().ok_or(NoIdentity::EmptyChain)?;
+    Ok(tls::peer_identity(first)?)
+}
+
+/// How a connection ended normally.
+#[derive(Debug)]
+enum Closed {
+    Shutdown,
+    ByAgent(String),
+    StreamsClosed,
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shutdown => f.write_str("aggregator shutting down"),
+            Self::ByAgent(why) => write!(f, "closed by agent: {why}"),
+            Self::StreamsClosed => f.write_str("stream limit closed"),
+        }
+    }
+}
+
+/// How a connection failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("no control stream within 10s")]
+    NoControlStream,
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("expected hello, got {0}")]
+    NotHello(&'static str),
+    #[error("control stream closed before hello")]
+    NoHello,
+    #[error("bad hello: {0}")]
+    BadHello(quic::Error),
+    #[error("no hello within 10s")]
+    HelloTimeout,
+    #[error("refused: protocol version {0}")]
+    Version(u16),
+    #[error("control stream: {0}")]
+    Control(quic::Error),
 }
 
 impl Handler {
@@ -75,13 +127,12 @@ impl Handler {
         }
     }
 
-    async fn serve(&self, conn: &quinn::Connection, agent: Arc<str>) -> Result<String, String> {
+    async fn serve(&self, conn: &quinn::Connection, agent: Arc<str>) -> Result<Closed, ConnError> {
         let limits = self.settings.limits;
         let (mut ctl_send, mut ctl_recv) =
             tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
                 .await
-                .map_err(|_| "no control stream within 10s".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| ConnError::NoControlStream)??;
         let mut buf = BytesMut::new();
         let hello = match tokio::time::timeout(
             Duration::from_secs(10),
@@ -90,10 +141,10 @@ impl Handler {
         .await
         {
             Ok(Ok(Some(Frame::Hello(h)))) => h,
-            Ok(Ok(Some(other))) => return Err(format!("expected hello, got {}", other.name())),
-            Ok(Ok(None)) => return Err("control stream closed before hello".into()),
-            Ok(Err(e)) => return Err(format!("bad hello: {e}")),
-            Err(_) => return Err("no hello within 10s".into()),
+            Ok(Ok(Some(other))) => return Err(ConnError::NotHello(other.name())),
+            Ok(Ok(None)) => return Err(ConnError::NoHello),
+            Ok(Err(e)) => return Err(ConnError::BadHello(e)),
+            Err(_) => return Err(ConnError::HelloTimeout),
         };
         if hello.version != wire::PROTOCOL_VERSION {
             let r = Frame::Refuse(Refuse {
@@ -108,7 +159,7 @@ impl Handler {
             let _ = ctl_send.finish();
             tokio::time::sleep(Duration::from_millis(100)).await;
             conn.close(2u32.into(), b"unsupported version");
-            return Err(format!("refused: protocol version {}", hello.version));
+            return Err(ConnError::Version(hello.version));
         }
         if hello.agent_id != *agent {
             tracing::debug!(certificate = %agent, claimed = %hello.agent_id, "agent claims another id; using the certificate's");
@@ -122,7 +173,7 @@ impl Handler {
         });
         quic::write_frame(&mut ctl_send, &welcome)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnError::Control)?;
         let remote = conn.remote_address().to_string();
         self.registry.update(&agent, |a| {
             a.host = hello.host.clone();
@@ -156,7 +207,7 @@ impl Handler {
         let sem = Arc::new(Semaphore::new(self.settings.max_streams_per_connection));
         let result = loop {
             let stream = tokio::select! {
-                _ = self.shutdown.cancelled() => break Ok("aggregator shutting down".to_owned()),
+                _ = self.shutdown.cancelled() => break Ok(Closed::Shutdown),
                 s = conn.accept_bi() => s,
                 u = conn.accept_uni() => {
                     if let Ok(recv) = u {
@@ -168,15 +219,14 @@ impl Handler {
             let (send, recv) = match stream {
                 Ok(s) => s,
                 Err(quinn::ConnectionError::ApplicationClosed(c)) => {
-                    break Ok(format!(
-                        "closed by agent: {}",
-                        String::from_utf8_lossy(&c.reason)
+                    break Ok(Closed::ByAgent(
+                        String::from_utf8_lossy(&c.reason).into_owned(),
                     ))
                 }
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err(e.into()),
             };
             let Ok(permit) = sem.clone().acquire_owned().await else {
-                break Ok(String::new());
+                break Ok(Closed::StreamsClosed);
             };
             let ctx = BatchCtx {
                 store: self.store.clone(),

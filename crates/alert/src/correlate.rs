@@ -49,6 +49,15 @@ impl IncidentEvent {
     }
 }
 
+/// Why an action on an incident failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentError {
+    #[error("no open incident {0}")]
+    NoSuchIncident(i64),
+    #[error("alert database: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
 /// Open and recent incidents; runs on the engine thread.
 pub struct Correlator {
     cfg: Correlation,
@@ -589,22 +598,22 @@ impl Correlator {
     /// Marks an incident acknowledged.
     ///
     /// # Errors
-    /// [`rusqlite::Error`]; `QueryReturnedNoRows` when there is no such open incident.
+    /// [`IncidentError::NoSuchIncident`] when it is not open, [`IncidentError::Db`].
     pub fn ack(
         &mut self,
         conn: &Connection,
         id: i64,
         by: &str,
         now: i64,
-    ) -> Result<(), rusqlite::Error> {
+    ) -> Result<(), IncidentError> {
         let inc = self
             .incidents
             .get_mut(&id)
-            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            .ok_or(IncidentError::NoSuchIncident(id))?;
         inc.acked_by = Some(by.to_owned());
         inc.acked_at = Some(now);
         let inc = inc.clone();
-        Self::save(conn, &inc)
+        Ok(Self::save(conn, &inc)?)
     }
 
     /// Resolves an incident by hand.
@@ -617,12 +626,12 @@ impl Correlator {
         id: i64,
         by: &str,
         now: i64,
-    ) -> Result<Vec<IncidentEvent>, rusqlite::Error> {
+    ) -> Result<Vec<IncidentEvent>, IncidentError> {
         let inc = self
             .incidents
             .get_mut(&id)
             .filter(|i| i.state == "open")
-            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            .ok_or(IncidentError::NoSuchIncident(id))?;
         inc.state = "resolved".into();
         inc.resolved = Some(now);
         inc.updated = now;

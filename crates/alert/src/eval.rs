@@ -22,6 +22,7 @@ use super::incremental::RuleState;
 use super::notify::Notifier;
 use super::state::{self, Alert, State};
 use heimdall_common::record::{now_ns, Labels};
+use heimdall_common::tasks::Stage;
 use heimdall_logql::{Expr, MatchOp, Matcher};
 use heimdall_query::eval::{evaluate, EvalRequest, Limits, Value};
 use heimdall_query::exec::{LogRequest, Source};
@@ -32,9 +33,11 @@ use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Commits arriving within this long of the first are handled together.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -60,8 +63,36 @@ pub enum Command {
 
 enum Msg {
     Committed(Committed),
-    Command(Command, std::sync::mpsc::Sender<Result<(), String>>),
+    Command(Command, oneshot::Sender<Result<(), CommandError>>),
 }
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The incident does not exist or is not open.
+    #[error(transparent)]
+    Incident(#[from] super::correlate::IncidentError),
+    #[error("alert database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("the alert engine has stopped")]
+    Stopped,
+    #[error("the alert engine did not answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+/// Why a rule, or a step of a round, could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Open(#[from] hot::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Query(#[from] heimdall_store::read::Error),
+}
+
+/// How long a command may wait for the engine (a round in progress finishes first).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How one rule did at its last evaluation.
 pub use heimdall_api::model::RuleHealth;
@@ -69,7 +100,7 @@ pub use heimdall_api::model::RuleHealth;
 /// A handle the aggregator and the API keep: feeds commits and commands to the engine.
 #[derive(Clone)]
 pub struct AlertHandle {
-    tx: SyncSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     /// Set when a commit notice could not be queued: the engine then runs every rule.
     overflow: Arc<AtomicBool>,
     pub health: Arc<Mutex<Vec<RuleHealth>>>,
@@ -82,21 +113,24 @@ impl AlertHandle {
         match self.tx.try_send(Msg::Committed(c)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.overflow.store(true, Ordering::Relaxed),
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Closed(_)) => {}
         }
     }
 
-    /// Runs a command on the engine thread and waits for it (from a blocking context).
+    /// Runs a command on the engine thread and waits for its answer.
     ///
     /// # Errors
-    /// The command's error, or that the engine stopped.
-    pub fn command(&self, c: Command) -> Result<(), String> {
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// The command's [`CommandError`], or that the engine stopped or did not answer.
+    pub async fn command(&self, c: Command) -> Result<(), CommandError> {
+        let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Command(c, tx))
-            .map_err(|_| "the alert engine has stopped".to_owned())?;
-        rx.recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "the alert engine did not answer".to_owned())?
+            .await
+            .map_err(|_| CommandError::Stopped)?;
+        tokio::time::timeout(COMMAND_TIMEOUT, rx)
+            .await
+            .map_err(|_| CommandError::NoAnswer(COMMAND_TIMEOUT))?
+            .map_err(|_| CommandError::Stopped)?
     }
 }
 
@@ -129,23 +163,23 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot start the alert engine thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
-/// Starts the engine thread; it stops when `stop` is set and the handle is dropped.
+/// Starts the engine thread as part of `stage` (it stops when the stage does). Must be
+/// called within a Tokio runtime, which the thread uses for its timers.
 ///
 /// # Errors
-/// [`Error::Db`] when the alert database cannot be opened.
-pub fn start(
-    deps: EngineDeps,
-    stop: Arc<AtomicBool>,
-) -> Result<(AlertHandle, std::thread::JoinHandle<()>), Error> {
+/// [`Error::Db`] when the alert database cannot be opened, [`Error::Thread`].
+pub fn start(deps: EngineDeps, stage: &Stage) -> Result<AlertHandle, Error> {
     let path = deps.cfg.db_path.clone();
     let db_err = |source| Error::Db {
         path: path.clone(),
         source,
     };
     let conn = state::open(&deps.cfg.db_path).map_err(db_err)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+    let (tx, rx) = mpsc::channel(4096);
     let overflow = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Mutex::new(Vec::new()));
     let handle = AlertHandle {
@@ -155,14 +189,18 @@ pub fn start(
         db_path: deps.cfg.db_path.clone(),
     };
     let mut engine = Engine::new(deps, conn, overflow, health).map_err(db_err)?;
-    let t = std::thread::Builder::new()
-        .name("alert-engine".into())
-        .spawn(move || engine.run(&rx, &stop))
-        .map_err(|e| Error::Db {
-            path: PathBuf::new(),
-            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-        })?;
-    Ok((handle, t))
+    let rt = tokio::runtime::Handle::current();
+    stage
+        .spawn_thread("alert-engine", move |stop| engine.run(rx, &stop, &rt))
+        .map_err(Error::Thread)?;
+    Ok(handle)
+}
+
+/// What the engine waits for between rounds.
+enum Next {
+    Msg(Msg),
+    Due,
+    Stop,
 }
 
 struct Engine {
@@ -297,16 +335,16 @@ impl Engine {
         self.deps.groups.iter().map(|g| g.rules.len()).sum()
     }
 
-    fn hot(&mut self) -> Result<&Connection, String> {
+    fn hot(&mut self) -> Result<&Connection, RunError> {
         if self.hot.is_none() {
-            self.hot = Some(hot::open_reader(&self.deps.hot_path).map_err(|e| e.to_string())?);
+            self.hot = Some(hot::open_reader(&self.deps.hot_path)?);
         }
         Ok(self.hot.as_ref().expect("just opened"))
     }
 
-    fn refresh_streams(&mut self) -> Result<(), String> {
+    fn refresh_streams(&mut self) -> Result<(), RunError> {
         let conn = self.hot()?;
-        let all = hot::load_streams(conn).map_err(|e| e.to_string())?;
+        let all = hot::load_streams(conn)?;
         let now = now_ns();
         for (id, l) in all {
             // Streams first seen now count as alive since the engine started (the
@@ -317,7 +355,12 @@ impl Engine {
         Ok(())
     }
 
-    fn run(&mut self, rx: &Receiver<Msg>, stop: &AtomicBool) {
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        stop: &CancellationToken,
+        rt: &tokio::runtime::Handle,
+    ) {
         if let Err(e) = self.refresh_streams() {
             tracing::warn!(error = %e, "alert engine: cannot read streams yet");
         }
@@ -329,7 +372,7 @@ impl Engine {
                 }
             }
         }
-        while !stop.load(Ordering::Relaxed) {
+        loop {
             let now = now_ns();
             let next = self
                 .due
@@ -341,19 +384,24 @@ impl Engine {
                 .unwrap_or(now + 1_000_000_000);
             let wait = Duration::from_nanos((next - now).clamp(0, 1_000_000_000) as u64);
             let mut work = Work::default();
-            match rx.recv_timeout(wait) {
-                Ok(m) => {
+            let next = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => Next::Stop,
+                    m = rx.recv() => m.map_or(Next::Stop, Next::Msg),
+                    () = tokio::time::sleep(wait) => Next::Due,
+                }
+            });
+            match next {
+                Next::Msg(m) => {
                     self.take(m, &mut work);
-                    let until = Instant::now() + DEBOUNCE;
-                    while let Some(left) = until.checked_duration_since(Instant::now()) {
-                        match rx.recv_timeout(left) {
-                            Ok(m) => self.take(m, &mut work),
-                            Err(_) => break,
-                        }
+                    let until = tokio::time::Instant::now() + DEBOUNCE;
+                    while let Ok(Some(m)) = rt.block_on(tokio::time::timeout_at(until, rx.recv())) {
+                        self.take(m, &mut work);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Next::Due => {}
+                Next::Stop => break,
             }
             if self.overflow.swap(false, Ordering::Relaxed) {
                 work.all = true;
@@ -383,7 +431,7 @@ impl Engine {
         }
     }
 
-    fn command(&mut self, c: Command) -> Result<(), String> {
+    fn command(&mut self, c: Command) -> Result<(), CommandError> {
         match c {
             Command::Reload(groups) => {
                 let names: HashSet<(String, String)> = groups
@@ -399,9 +447,7 @@ impl Engine {
                     .filter(|a| !names.contains(&(a.group.clone(), a.rule.clone())))
                     .map(|a| a.fingerprint.clone())
                     .collect();
-                self.db
-                    .execute_batch("BEGIN IMMEDIATE")
-                    .map_err(|e| e.to_string())?;
+                self.db.execute_batch("BEGIN IMMEDIATE")?;
                 let res = (|| -> Result<(), rusqlite::Error> {
                     for fp in gone {
                         self.transition(&fp, now)?;
@@ -409,10 +455,10 @@ impl Engine {
                     Ok(())
                 })();
                 match res {
-                    Ok(()) => self.db.execute_batch("COMMIT").map_err(|e| e.to_string())?,
+                    Ok(()) => self.db.execute_batch("COMMIT")?,
                     Err(e) => {
                         let _ = self.db.execute_batch("ROLLBACK");
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
                 }
                 self.due = vec![now; groups.len()];
@@ -424,20 +470,14 @@ impl Engine {
                 tracing::info!(rules = self.rule_count(), "alert rules reloaded");
                 Ok(())
             }
-            Command::AckIncident { id, by } => self
-                .correlator
-                .ack(&self.db, id, &by, now_ns())
-                .map_err(|e| e.to_string()),
+            Command::AckIncident { id, by } => {
+                Ok(self.correlator.ack(&self.db, id, &by, now_ns())?)
+            }
             Command::ResolveIncident { id, by } => {
                 let now = now_ns();
-                let ev = self
-                    .correlator
-                    .resolve(&self.db, id, &by, now)
-                    .map_err(|e| e.to_string())?;
+                let ev = self.correlator.resolve(&self.db, id, &by, now)?;
                 for e in ev {
-                    self.notifier
-                        .incident(&self.db, &e, now)
-                        .map_err(|e| e.to_string())?;
+                    self.notifier.incident(&self.db, &e, now)?;
                 }
                 self.wake_dispatchers();
                 Ok(())
@@ -495,7 +535,7 @@ impl Engine {
                     metrics::counter!("heimdall_aggregator_alert_evaluation_failures_total")
                         .increment(1);
                     tracing::warn!(rule = %rule.name, group = %rule.group, error = %e, "rule evaluation failed");
-                    (None, e)
+                    (None, e.to_string())
                 }
             };
             let n = active.as_ref().map_or(0, Vec::len);
@@ -700,7 +740,7 @@ impl Engine {
         work: &Work,
         todo: &std::collections::BTreeSet<(usize, usize)>,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunError> {
         let limits = self.deps.eval_limits;
         let deadline = Some(Instant::now() + self.deps.cfg.query_timeout);
         let fresh: Vec<((usize, usize), RuleState)> = todo
@@ -716,14 +756,13 @@ impl Engine {
         if !fresh.is_empty() {
             let tiers = self.deps.tiers.clone();
             let conn = self.hot()?;
-            conn.execute_batch("BEGIN").map_err(|e| e.to_string())?;
-            let res = (|| -> Result<Vec<(RuleKey, RuleState)>, String> {
-                let max = hot::max_row_id(conn).map_err(|e| e.to_string())?;
+            conn.execute_batch("BEGIN")?;
+            let res = (|| -> Result<Vec<(RuleKey, RuleState)>, RunError> {
+                let max = hot::max_row_id(conn)?;
                 let src = Source::hot(conn).with_tiers(&tiers);
                 let mut out = Vec::new();
                 for (k, mut st) in fresh {
-                    st.seed(&src, now, max, deadline, limits)
-                        .map_err(|e| e.to_string())?;
+                    st.seed(&src, now, max, deadline, limits)?;
                     out.push((k, st));
                 }
                 Ok(out)
@@ -769,7 +808,7 @@ impl Engine {
         loop {
             let rows = {
                 let conn = self.hot()?;
-                hot::rows_after(conn, &streams, after, 20_000).map_err(|e| e.to_string())?
+                hot::rows_after(conn, &streams, after, 20_000)?
             };
             let Some(last) = rows.last().map(|(id, _)| *id) else {
                 break;
@@ -808,7 +847,7 @@ impl Engine {
         key: (usize, usize),
         rule: &Rule,
         now: i64,
-    ) -> Result<Vec<Active>, String> {
+    ) -> Result<Vec<Active>, RunError> {
         let timeout = self.deps.cfg.query_timeout;
         let limits = self.deps.eval_limits;
         match &rule.kind {
@@ -825,7 +864,7 @@ impl Engine {
                         .evaluate(&src, expr, now, limits)
                         .map(|v| (v, heimdall_query::eval::Stats::default())),
                     None => {
-                        conn.execute_batch("BEGIN").map_err(|e| e.to_string())?;
+                        conn.execute_batch("BEGIN")?;
                         let r = evaluate(
                             &src,
                             expr,
@@ -862,7 +901,7 @@ impl Engine {
                             samples: Vec::new(),
                         }]
                     }),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 };
                 out
             }
@@ -882,8 +921,7 @@ impl Engine {
                     kind.map(|k| k.as_str()),
                     *min_score,
                     10_000,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 let mut by: BTreeMap<BTreeMap<String, String>, Active> = BTreeMap::new();
                 for a in rows.into_iter().filter(|a| now - a.received_ns < hold) {
                     let mut labels = a.stream.clone();

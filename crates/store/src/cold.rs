@@ -220,6 +220,8 @@ impl ColdStore {
             .cache_dir
             .join(format!("{name}.{:08x}.tmp", fastrand::u32(..)));
         std::fs::write(&tmp, &data).map_err(io(&tmp))?;
+        // A cache: it may be lost in a crash (it is checked against the catalog on use),
+        // so no fsync; the rename only keeps a half-written object from being seen.
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         metrics::histogram!("heimdall_aggregator_cold_fetch_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -19,14 +19,25 @@ use std::collections::{HashMap, HashSet};
 /// A recorded erasure request.
 pub use heimdall_api::model::Erasure;
 
+/// Why a query cannot name what to erase.
+#[derive(Debug, thiserror::Error)]
+pub enum BadErasure {
+    #[error(transparent)]
+    Parse(#[from] parse::ParseError),
+    #[error(
+        "an erasure takes a stream selector with line filters only (no parsers or label filters)"
+    )]
+    NotOnlyLineFilters,
+}
+
 /// Checks an erasure query: a stream selector with line filters only.
 ///
 /// # Errors
-/// A message for the client.
-pub fn validate(query: &str) -> Result<LogQuery, String> {
-    let q = parse::parse_log(query).map_err(|e| e.to_string())?;
+/// [`BadErasure`], a message for the client.
+pub fn validate(query: &str) -> Result<LogQuery, BadErasure> {
+    let q = parse::parse_log(query)?;
     if !q.only_line_filters() {
-        return Err("an erasure takes a stream selector with line filters only (no parsers or label filters)".into());
+        return Err(BadErasure::NotOnlyLineFilters);
     }
     Ok(q)
 }
@@ -250,7 +261,7 @@ fn erase_one(
         let info: SegmentInfo = w.finish()?;
         SegmentFile::open(&tmp)?.verify(&info)?;
         let fin = lc.warm_path(&name);
-        std::fs::rename(&tmp, &fin).map_err(|source| Error::Io {
+        heimdall_common::fs::rename_durable(&tmp, &fin).map_err(|source| Error::Io {
             path: fin.clone(),
             source,
         })?;

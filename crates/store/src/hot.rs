@@ -38,6 +38,24 @@ pub enum Error {
     /// The writer thread is gone (shutting down or crashed).
     #[error("store writer is not running")]
     WriterGone,
+    /// The database's directory cannot be made.
+    #[error("hot store directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread cannot be started.
+    #[error("cannot start the hot store writer: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The group commit this batch was part of failed (and was rolled back); every
+    /// batch in the group gets the same error.
+    #[error("hot store commit failed ({path}): {source}")]
+    Commit {
+        path: PathBuf,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
     /// The database file exists but was made by an incompatible version.
     #[error("database {path} has schema version {found}, this build needs {want}")]
     Schema {
@@ -367,9 +385,9 @@ impl HotStore {
         partition_ns: i64,
     ) -> Result<HotStore, Error> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Sqlite {
-                path: path.to_owned(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
             })?;
         }
         let conn = open_rw(path)?;
@@ -433,10 +451,7 @@ impl HotStore {
                     Err(e) => tracing::error!(error = %e, "hot store writer cannot start"),
                 },
             )
-            .map_err(|e| Error::Sqlite {
-                path: path.to_owned(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            .map_err(Error::Thread)?;
         Ok(HotStore {
             path: path.to_owned(),
             tx: Some(tx),
@@ -536,6 +551,22 @@ impl HotStore {
         tx.blocking_send(Req::Job(Job { f, reply }))
             .map_err(|_| Error::WriterGone)?;
         rx.blocking_recv().map_err(|_| Error::WriterGone)?
+    }
+
+    /// [`HotStore::job_blocking`] for a job that answers with a value.
+    ///
+    /// # Errors
+    /// As [`HotStore::job_blocking`].
+    pub fn job_blocking_value<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.job_blocking(Box::new(move |c| {
+            let _ = tx.send(f(c)?);
+            Ok(())
+        }))?;
+        rx.blocking_recv().map_err(|_| Error::WriterGone)
     }
 
     /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
@@ -730,10 +761,11 @@ impl Writer {
             }
             tracing::error!(error = %e, batches = n, "hot store commit failed; agents will resend");
             metrics::counter!("heimdall_aggregator_store_errors_total").increment(1);
+            let e = Arc::new(e);
             for req in group {
-                let _ = req.reply.send(Err(Error::Sqlite {
+                let _ = req.reply.send(Err(Error::Commit {
                     path: self.path.clone(),
-                    source: rusqlite::Error::ToSqlConversionFailure(e.to_string().into()),
+                    source: e.clone(),
                 }));
             }
             return;

@@ -27,6 +27,7 @@ use super::cold::ColdStore;
 use super::hot::{self, HotStore};
 use super::segment::{SegmentFile, SegmentRow, SegmentWriter};
 use heimdall_common::record::Level;
+use heimdall_common::tasks::Stage;
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,9 @@ pub struct LifecycleConfig {
 pub const REAP_GRACE: Duration = Duration::from_secs(120);
 
 /// Crashes the process at a named point when `HEIMDALL_FAILPOINT` names it: how the
-/// crash-safety tests stop the aggregator exactly between two steps of a move.
+/// crash-safety tests stop the aggregator exactly between two steps of a move. Only
+/// in builds with the `failpoints` feature (the test suite's); a no-op otherwise.
+#[cfg(feature = "failpoints")]
 pub fn failpoint(name: &str) {
     if std::env::var("HEIMDALL_FAILPOINT").is_ok_and(|f| f == name) {
         tracing::error!(failpoint = name, "failpoint reached: aborting");
@@ -90,41 +93,24 @@ pub fn failpoint(name: &str) {
     }
 }
 
-/// Starts and stops the lifecycle thread.
+/// Without the `failpoints` feature, failpoints compile to nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn failpoint(_name: &str) {}
+
+/// Asks the running lifecycle for an immediate run (for the API).
+#[derive(Clone)]
 pub struct LifecycleHandle {
-    wake: std::sync::mpsc::Sender<Option<std::sync::mpsc::Sender<()>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    wake: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl LifecycleHandle {
-    /// Runs every step now; returns when they are done.
-    pub fn trigger(&self) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.wake.send(Some(tx)).is_ok() {
-            let _ = rx.recv();
-        }
-    }
-
-    /// A function that runs every step now (for the API).
-    pub fn trigger_fn(&self) -> impl Fn() + Send + Sync + 'static {
-        let wake = std::sync::Mutex::new(self.wake.clone());
-        move || {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let sent = wake
-                .lock()
-                .map(|w| w.send(Some(tx)).is_ok())
-                .unwrap_or(false);
-            if sent {
-                let _ = rx.recv();
-            }
-        }
-    }
-
-    /// Waits for the thread to stop (after the shutdown token was cancelled).
-    pub fn join(mut self) {
-        let _ = self.wake.send(None);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Runs every step now; returns when they are done (at once when the lifecycle
+    /// has stopped).
+    pub async fn run_now(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.wake.send(tx).await.is_ok() {
+            let _ = rx.await;
         }
     }
 }
@@ -145,9 +131,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    heimdall_common::fs::sync_dir(dir).map_err(io(dir))
 }
 
 fn record(step: &'static str, started: Instant, res: &Result<u64, Error>) {
@@ -168,41 +152,46 @@ fn record(step: &'static str, started: Instant, res: &Result<u64, Error>) {
 }
 
 impl Lifecycle {
-    /// Recovers from an interrupted run, then starts the thread.
+    /// Recovers from an interrupted run, then starts the lifecycle thread as part of
+    /// `stage` (it finishes the step it is in when the stage stops; each step is safe
+    /// to interrupt anyway). Blocks while recovering; call it from a blocking context
+    /// within a Tokio runtime, whose timers the thread uses.
     ///
     /// # Errors
-    /// When recovery cannot read the catalog or the segment directory.
-    pub fn start(self, shutdown: CancellationToken) -> Result<LifecycleHandle, Error> {
+    /// When recovery cannot read the catalog or the segment directory, or the thread
+    /// cannot start.
+    pub fn start(self, stage: &Stage) -> Result<LifecycleHandle, Error> {
         std::fs::create_dir_all(&self.cfg.warm_dir).map_err(io(&self.cfg.warm_dir))?;
         self.recover()?;
-        let (wake, rx) = std::sync::mpsc::channel::<Option<std::sync::mpsc::Sender<()>>>();
-        let thread = std::thread::Builder::new()
-            .name("lifecycle".into())
-            .spawn(move || {
-                let mut done: Option<std::sync::mpsc::Sender<()>> = None;
-                loop {
-                    if shutdown.is_cancelled() {
-                        break;
-                    }
-                    self.run_once(&shutdown);
+        let (wake, mut rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(16);
+        let rt = tokio::runtime::Handle::current();
+        stage
+            .spawn_thread("lifecycle", move |stop| {
+                let mut done: Option<tokio::sync::oneshot::Sender<()>> = None;
+                while !stop.is_cancelled() {
+                    self.run_once(&stop);
                     if let Some(d) = done.take() {
                         let _ = d.send(());
                     }
-                    match rx.recv_timeout(self.cfg.interval) {
-                        Ok(Some(d)) => done = Some(d),
-                        Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    let next = rt.block_on(async {
+                        tokio::select! {
+                            biased;
+                            () = stop.cancelled() => None,
+                            d = rx.recv() => d.map(Some),
+                            () = tokio::time::sleep(self.cfg.interval) => Some(None),
+                        }
+                    });
+                    match next {
+                        None => break,
+                        Some(d) => done = d,
                     }
                 }
             })
-            .map_err(|e| Error::Io {
+            .map_err(|source| Error::Io {
                 path: PathBuf::from("lifecycle thread"),
-                source: e,
+                source,
             })?;
-        Ok(LifecycleHandle {
-            wake,
-            thread: Some(thread),
-        })
+        Ok(LifecycleHandle { wake })
     }
 
     fn reader(&self) -> Result<Connection, Error> {
@@ -556,7 +545,7 @@ impl Lifecycle {
             .iter()
             .map(|(id, _, info)| (*id, info.clone()))
             .collect();
-        self.store.job_blocking(Box::new(move |c| {
+        let unchanged = self.store.job_blocking_value(move |c| {
             // The rows this compaction read must all still be there.
             let still: i64 = c.query_row(
                 &format!("SELECT count(*) FROM \"{part}\" WHERE id <= ?1"),
@@ -564,17 +553,19 @@ impl Lifecycle {
                 |r| r.get(0),
             )?;
             if still != want {
-                return Err(rusqlite::Error::ToSqlConversionFailure(
-                    format!("partition {part} changed during compaction").into(),
-                ));
+                return Ok(false);
             }
             for (id, info) in &infos {
                 catalog::activate(c, *id, info, &HashMap::new())?;
             }
             c.execute(&format!("DELETE FROM \"{part}\" WHERE id <= ?1"), [max_id])?;
             drop_if_empty(c, &part)?;
-            Ok(())
-        }))?;
+            Ok(true)
+        })?;
+        if !unchanged {
+            // The partition was left as it was; the next run compacts it again.
+            return Err(Error::Raced(name));
+        }
         failpoint("compact-committed");
         tracing::info!(partition = %name, rows = n, segments = pieces.len(), "compacted a hot partition");
         Ok(n as u64)
