@@ -26,7 +26,7 @@ fn journal_remote() -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    panic!("systemd-journal-remote is needed for the journal tests: apt-get install systemd-journal-remote (.ci/run installs it)");
+    panic!("systemd-journal-remote is needed for the journal tests: apt-get install systemd-journal-remote (scripts/test installs it)");
 }
 
 /// The message of entry `i`; some are binary, some span lines.

@@ -54,7 +54,7 @@ fn identity(conn: &quinn::Connection) -> Result<String, NoIdentity> {
 enum Closed {
     Shutdown,
     ByAgent(String),
-    StreamsClosed,
+    StreamLimitGone,
 }
 
 impl std::fmt::Display for Closed {
@@ -62,7 +62,7 @@ impl std::fmt::Display for Closed {
         match self {
             Self::Shutdown => f.write_str("aggregator shutting down"),
             Self::ByAgent(why) => write!(f, "closed by agent: {why}"),
-            Self::StreamsClosed => f.write_str("stream limit closed"),
+            Self::StreamLimitGone => f.write_str("stream limit closed"),
         }
     }
 }
@@ -226,7 +226,7 @@ impl Handler {
                 Err(e) => break Err(e.into()),
             };
             let Ok(permit) = sem.clone().acquire_owned().await else {
-                break Ok(Closed::StreamsClosed);
+                break Ok(Closed::StreamLimitGone);
             };
             let ctx = BatchCtx {
                 store: self.store.clone(),

@@ -396,7 +396,9 @@ impl Engine {
                 Next::Msg(m) => {
                     self.take(m, &mut work);
                     let until = tokio::time::Instant::now() + DEBOUNCE;
-                    while let Ok(Some(m)) = rt.block_on(tokio::time::timeout_at(until, rx.recv())) {
+                    while let Ok(Some(m)) =
+                        rt.block_on(async { tokio::time::timeout_at(until, rx.recv()).await })
+                    {
                         self.take(m, &mut work);
                     }
                 }

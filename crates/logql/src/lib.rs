@@ -14,7 +14,9 @@
 //!   `vector(n)`, numbers, and the binary operators `+ - * / % ^`, comparisons (with
 //!   `bool`), `and`, `or`, `unless`, with Prometheus precedence.
 //!
-//! Recursive descent over a small lexer; the AST types live here too.
+//! Recursive descent over a small lexer; the AST types live here too. `Display` on the
+//! AST prints canonical LogQL that parses back to the same AST (see `print.rs`; checked
+//! by a property test here and by the `logql_parse` fuzz target in `fuzz/`).
 
 use regex::Regex;
 use std::fmt;
@@ -53,6 +55,13 @@ pub struct Matcher {
     pub regex: Option<Regex>,
 }
 
+/// Equal when they match the same way (the compiled regex follows from the rest).
+impl PartialEq for Matcher {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name && self.op == o.op && self.value == o.value
+    }
+}
+
 impl Matcher {
     /// Whether a label value (absent labels count as `""`) satisfies the matcher.
     pub fn matches(&self, v: Option<&str>) -> bool {
@@ -82,6 +91,13 @@ pub struct LineFilter {
     pub pattern: String,
     /// Compiled for `|~` and `!~` (unanchored, as in LogQL).
     pub regex: Option<regex::bytes::Regex>,
+}
+
+/// Equal when they filter the same way (the compiled regex follows from the rest).
+impl PartialEq for LineFilter {
+    fn eq(&self, o: &Self) -> bool {
+        self.op == o.op && self.pattern == o.pattern
+    }
 }
 
 impl LineFilter {
@@ -138,7 +154,7 @@ pub enum NumKind {
 }
 
 /// A label filter expression (`| status >= 500 and level="error"`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LabelFilter {
     Str(Matcher),
     Num {
@@ -159,14 +175,14 @@ pub enum FormatPart {
 }
 
 /// A label named in `drop`/`keep`, optionally only when it has a value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LabelName {
     pub name: String,
     pub only: Option<Matcher>,
 }
 
 /// A pipeline stage.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Stage {
     Line(LineFilter),
     /// `| json`; with parameters, only those labels, each from a path such as
@@ -187,7 +203,7 @@ pub enum PathPart {
 }
 
 /// A log query: which streams, and what happens to their lines.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogQuery {
     pub matchers: Vec<Matcher>,
     pub stages: Vec<Stage>,
@@ -286,7 +302,7 @@ pub enum BinOp {
 }
 
 /// A metric expression.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
     Number(f64),
     /// `vector(n)`: one series without labels.
@@ -316,7 +332,7 @@ pub enum Expr {
 }
 
 /// Any query.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Query {
     Log(LogQuery),
     Metric(Expr),
@@ -1367,6 +1383,9 @@ pub fn parse_log(src: &str) -> Result<LogQuery, ParseError> {
         )),
     }
 }
+
+mod print;
+pub use print::has_ambiguous_drop;
 
 #[cfg(test)]
 mod tests {
