@@ -523,9 +523,9 @@ impl AgentConfig {
         let state_dir = ov
             .state_dir
             .clone()
-            .or(raw.state_dir)
+            .or(raw.state_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let host = match raw.host {
+        let host = match raw.host.clone() {
             Some(h) if h.trim().is_empty() => {
                 p.push(
                     "host",
@@ -538,7 +538,7 @@ impl AgentConfig {
         };
         check_labels(&mut p, "labels", &raw.labels);
 
-        let mut sources = raw.files;
+        let mut sources = raw.files.clone();
         if !ov.include.is_empty() {
             if sources.is_empty() {
                 sources.push(FileSourceConfig::with_include(ov.include.clone()));
@@ -557,139 +557,7 @@ impl AgentConfig {
         let mut files = Vec::new();
         for (i, s) in sources.into_iter().enumerate() {
             let key = format!("files[{i}]");
-            if s.include.is_empty() {
-                p.push(format!("{key}.include"), "needs at least one glob");
-            }
-            for (j, g) in s.include.iter().enumerate() {
-                if let Err(e) = glob::Pattern::new(g) {
-                    p.push(
-                        format!("{key}.include[{j}]"),
-                        format!("`{g}` is not a valid glob: {e}"),
-                    );
-                } else if !g.starts_with('/') {
-                    p.push(
-                        format!("{key}.include[{j}]"),
-                        format!("`{g}` must be an absolute path"),
-                    );
-                }
-            }
-            let mut exclude = Vec::new();
-            for (j, g) in s.exclude.iter().enumerate() {
-                match glob::Pattern::new(g) {
-                    Ok(pat) => exclude.push(pat),
-                    Err(e) => p.push(
-                        format!("{key}.exclude[{j}]"),
-                        format!("`{g}` is not a valid glob: {e}"),
-                    ),
-                }
-            }
-            let max_line_bytes = s.max_line_bytes.map_or(256 << 10, |b| b.0);
-            if !(64..=limits::MAX_LINE_BYTES as u64).contains(&max_line_bytes) {
-                p.push(
-                    format!("{key}.max_line_bytes"),
-                    "must be between 64B and 4MiB (the protocol's longest line)",
-                );
-            }
-            let read_from = match s.read_from.as_deref() {
-                None | Some("beginning") => ReadFrom::Beginning,
-                Some("end") => ReadFrom::End,
-                Some(other) => {
-                    p.push(
-                        format!("{key}.read_from"),
-                        format!("`{other}`: expected `beginning` or `end`"),
-                    );
-                    ReadFrom::Beginning
-                }
-            };
-            let poll_interval = s.poll_interval.map_or(Duration::from_secs(1), |d| d.0);
-            if poll_interval < Duration::from_millis(10)
-                || poll_interval > Duration::from_secs(3600)
-            {
-                p.push(
-                    format!("{key}.poll_interval"),
-                    "must be between 10ms and 1h",
-                );
-            }
-            check_source_labels(&mut p, &key, &s.labels);
-            let labels_from_path =
-                s.labels_from_path
-                    .as_deref()
-                    .and_then(|re| match regex::Regex::new(re) {
-                        Ok(r) if r.capture_names().flatten().next().is_some() => {
-                            for name in r.capture_names().flatten() {
-                                check_label_name(&mut p, &format!("{key}.labels_from_path"), name);
-                                if name == "host" || name == "source" {
-                                    p.push(
-                                        format!("{key}.labels_from_path"),
-                                        format!("group `{name}` names a label the agent sets"),
-                                    );
-                                }
-                            }
-                            Some(r)
-                        }
-                        Ok(_) => {
-                            p.push(
-                                format!("{key}.labels_from_path"),
-                                "needs at least one named group, like (?P<service>[^/]+)",
-                            );
-                            None
-                        }
-                        Err(e) => {
-                            p.push(
-                                format!("{key}.labels_from_path"),
-                                format!("not a valid regular expression: {e}"),
-                            );
-                            None
-                        }
-                    });
-            let groups = labels_from_path
-                .as_ref()
-                .map_or(0, |r| r.capture_names().flatten().count());
-            let count = raw.labels.len() + s.labels.len() + groups + AGENT_SET_LABELS;
-            if count > limits::MAX_LABELS {
-                p.push(
-                    format!("{key}.labels"),
-                    format!(
-                        "streams would have up to {count} labels with the global ones, the \
-                         path's groups and the {AGENT_SET_LABELS} Heimdall sets; at most {} \
-                         are allowed",
-                        limits::MAX_LABELS
-                    ),
-                );
-            }
-            let multiline = s.multiline.as_ref().and_then(|m| {
-                multiline(
-                    &mut p,
-                    &format!("{key}.multiline"),
-                    m,
-                    max_line_bytes as usize,
-                )
-            });
-            let parser = parser(&mut p, &format!("{key}.parse"), &s.parse);
-            let redact = global.redactor(&mut p, &format!("{key}.redact"), s.redact.as_ref());
-            let policy = policy(
-                &mut p,
-                &key,
-                s.ship.as_deref(),
-                s.sample_rate,
-                &raw.anomaly,
-                s.anomaly.as_ref(),
-            );
-            files.push(FileSource {
-                include: s.include,
-                exclude,
-                max_line_bytes: max_line_bytes as usize,
-                read_from,
-                poll_interval,
-                rotate_wait: s.rotate_wait.map_or(Duration::from_secs(5), |d| d.0),
-                labels: s.labels,
-                labels_from_path,
-                allow_binary: s.allow_binary,
-                multiline,
-                parser,
-                redact,
-                policy,
-            });
+            files.push(file_source(&mut p, &key, s, &global, &raw));
         }
 
         let batch_max_bytes = raw.batch.max_bytes.map_or(1 << 20, |b| b.0);
@@ -705,34 +573,7 @@ impl AgentConfig {
             p.push("batch.timeout", "must be between 1ms and 10m");
         }
 
-        let spool_max_bytes = raw.spool.max_bytes.map_or(1 << 30, |b| b.0);
-        if spool_max_bytes < (1 << 20) {
-            p.push("spool.max_bytes", "must be at least 1MiB");
-        }
-        let spool_segment_bytes = raw
-            .spool
-            .segment_bytes
-            .map_or((32u64 << 20).min(spool_max_bytes / 8).max(64 << 10), |b| {
-                b.0
-            });
-        if spool_segment_bytes < (64 << 10) || spool_segment_bytes > spool_max_bytes / 2 {
-            p.push(
-                "spool.segment_bytes",
-                "must be at least 64KiB and at most half of spool.max_bytes",
-            );
-        }
-        let spool_memory_bytes = raw.spool.memory_bytes.map_or(16 << 20, |b| b.0);
-        let policy = match raw.spool.policy.as_deref() {
-            None | Some("block") => FullPolicy::Block,
-            Some("drop_oldest") => FullPolicy::DropOldest,
-            Some(other) => {
-                p.push(
-                    "spool.policy",
-                    format!("`{other}`: expected `block` or `drop_oldest`"),
-                );
-                FullPolicy::Block
-            }
-        };
+        let spool = spool_limits(&mut p, &raw.spool);
         let journald = journald(&mut p, raw.journald, &global, &raw.anomaly);
         let templates = templates(&mut p, &raw.templates);
         let aggregate_window = raw
@@ -751,31 +592,7 @@ impl AgentConfig {
         let anomaly = detector_config(&mut p, &raw.anomaly, aggregate_window);
         let redact = global.redactor(&mut p, "redact", None);
 
-        let endpoints = if !ov.endpoints.is_empty() {
-            ov.endpoints.clone()
-        } else if raw.output.endpoints.is_empty() {
-            vec![DEFAULT_ENDPOINT.to_owned()]
-        } else {
-            raw.output.endpoints.clone()
-        };
-        for (i, e) in endpoints.iter().enumerate() {
-            if !e.contains(':')
-                || e.rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .is_none()
-            {
-                p.push(
-                    format!("output.endpoints[{i}]"),
-                    format!("`{e}` is not host:port"),
-                );
-            }
-        }
-        let tls = tls_files(&state_dir, &raw.output);
-        let window = raw.output.window.unwrap_or(16) as usize;
-        if !(1..=256).contains(&window) {
-            p.push("output.window", "must be between 1 and 256");
-        }
+        let ship = ship_config(&mut p, ov, &raw.output, &state_dir, &host);
         let metrics_listen = match ov.metrics_listen.clone().or(raw.metrics.listen) {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9601))),
             Some(s) if s.is_empty() => None,
@@ -799,27 +616,8 @@ impl AgentConfig {
             batch_max_bytes: batch_max_bytes as usize,
             batch_max_records: batch_max_records as usize,
             batch_timeout,
-            spool: SpoolLimits {
-                max_bytes: spool_max_bytes,
-                segment_bytes: spool_segment_bytes,
-                memory_bytes: spool_memory_bytes,
-                policy,
-            },
-            ship: ShipConfig {
-                endpoints,
-                server_name: raw.output.server_name.unwrap_or_else(|| "localhost".into()),
-                tls,
-                window,
-                max_backoff: raw
-                    .output
-                    .max_backoff
-                    .map_or(Duration::from_secs(30), |d| d.0),
-                heartbeat: raw
-                    .output
-                    .heartbeat
-                    .map_or(Duration::from_secs(10), |d| d.0),
-                host: host.clone(),
-            },
+            spool,
+            ship,
             host,
             metrics_listen,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
@@ -828,6 +626,227 @@ impl AgentConfig {
             aggregate_window,
             anomaly,
         })
+    }
+}
+
+/// One `[[files]]` source, checked.
+fn file_source(
+    p: &mut ConfigProblems,
+    key: &str,
+    s: FileSourceConfig,
+    global: &GlobalRedact,
+    raw: &AgentConfigFile,
+) -> FileSource {
+    if s.include.is_empty() {
+        p.push(format!("{key}.include"), "needs at least one glob");
+    }
+    for (j, g) in s.include.iter().enumerate() {
+        if let Err(e) = glob::Pattern::new(g) {
+            p.push(
+                format!("{key}.include[{j}]"),
+                format!("`{g}` is not a valid glob: {e}"),
+            );
+        } else if !g.starts_with('/') {
+            p.push(
+                format!("{key}.include[{j}]"),
+                format!("`{g}` must be an absolute path"),
+            );
+        }
+    }
+    let mut exclude = Vec::new();
+    for (j, g) in s.exclude.iter().enumerate() {
+        match glob::Pattern::new(g) {
+            Ok(pat) => exclude.push(pat),
+            Err(e) => p.push(
+                format!("{key}.exclude[{j}]"),
+                format!("`{g}` is not a valid glob: {e}"),
+            ),
+        }
+    }
+    let max_line_bytes = s.max_line_bytes.map_or(256 << 10, |b| b.0);
+    if !(64..=limits::MAX_LINE_BYTES as u64).contains(&max_line_bytes) {
+        p.push(
+            format!("{key}.max_line_bytes"),
+            "must be between 64B and 4MiB (the protocol's longest line)",
+        );
+    }
+    let read_from = match s.read_from.as_deref() {
+        None | Some("beginning") => ReadFrom::Beginning,
+        Some("end") => ReadFrom::End,
+        Some(other) => {
+            p.push(
+                format!("{key}.read_from"),
+                format!("`{other}`: expected `beginning` or `end`"),
+            );
+            ReadFrom::Beginning
+        }
+    };
+    let poll_interval = s.poll_interval.map_or(Duration::from_secs(1), |d| d.0);
+    if poll_interval < Duration::from_millis(10) || poll_interval > Duration::from_secs(3600) {
+        p.push(
+            format!("{key}.poll_interval"),
+            "must be between 10ms and 1h",
+        );
+    }
+    check_source_labels(p, key, &s.labels);
+    let labels_from_path =
+        s.labels_from_path
+            .as_deref()
+            .and_then(|re| match regex::Regex::new(re) {
+                Ok(r) if r.capture_names().flatten().next().is_some() => {
+                    for name in r.capture_names().flatten() {
+                        check_label_name(p, &format!("{key}.labels_from_path"), name);
+                        if name == "host" || name == "source" {
+                            p.push(
+                                format!("{key}.labels_from_path"),
+                                format!("group `{name}` names a label the agent sets"),
+                            );
+                        }
+                    }
+                    Some(r)
+                }
+                Ok(_) => {
+                    p.push(
+                        format!("{key}.labels_from_path"),
+                        "needs at least one named group, like (?P<service>[^/]+)",
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.push(
+                        format!("{key}.labels_from_path"),
+                        format!("not a valid regular expression: {e}"),
+                    );
+                    None
+                }
+            });
+    let groups = labels_from_path
+        .as_ref()
+        .map_or(0, |r| r.capture_names().flatten().count());
+    let count = raw.labels.len() + s.labels.len() + groups + AGENT_SET_LABELS;
+    if count > limits::MAX_LABELS {
+        p.push(
+            format!("{key}.labels"),
+            format!(
+                "streams would have up to {count} labels with the global ones, the \
+                 path's groups and the {AGENT_SET_LABELS} Heimdall sets; at most {} \
+                 are allowed",
+                limits::MAX_LABELS
+            ),
+        );
+    }
+    let multiline = s
+        .multiline
+        .as_ref()
+        .and_then(|m| multiline(p, &format!("{key}.multiline"), m, max_line_bytes as usize));
+    let parser = parser(p, &format!("{key}.parse"), &s.parse);
+    let redact = global.redactor(p, &format!("{key}.redact"), s.redact.as_ref());
+    let policy = policy(
+        p,
+        key,
+        s.ship.as_deref(),
+        s.sample_rate,
+        &raw.anomaly,
+        s.anomaly.as_ref(),
+    );
+    FileSource {
+        include: s.include,
+        exclude,
+        max_line_bytes: max_line_bytes as usize,
+        read_from,
+        poll_interval,
+        rotate_wait: s.rotate_wait.map_or(Duration::from_secs(5), |d| d.0),
+        labels: s.labels,
+        labels_from_path,
+        allow_binary: s.allow_binary,
+        multiline,
+        parser,
+        redact,
+        policy,
+    }
+}
+
+/// `[spool]`, checked.
+fn spool_limits(p: &mut ConfigProblems, raw: &SpoolConfig) -> SpoolLimits {
+    let spool_max_bytes = raw.max_bytes.map_or(1 << 30, |b| b.0);
+    if spool_max_bytes < (1 << 20) {
+        p.push("spool.max_bytes", "must be at least 1MiB");
+    }
+    let spool_segment_bytes = raw
+        .segment_bytes
+        .map_or((32u64 << 20).min(spool_max_bytes / 8).max(64 << 10), |b| {
+            b.0
+        });
+    if spool_segment_bytes < (64 << 10) || spool_segment_bytes > spool_max_bytes / 2 {
+        p.push(
+            "spool.segment_bytes",
+            "must be at least 64KiB and at most half of spool.max_bytes",
+        );
+    }
+    let spool_memory_bytes = raw.memory_bytes.map_or(16 << 20, |b| b.0);
+    let policy = match raw.policy.as_deref() {
+        None | Some("block") => FullPolicy::Block,
+        Some("drop_oldest") => FullPolicy::DropOldest,
+        Some(other) => {
+            p.push(
+                "spool.policy",
+                format!("`{other}`: expected `block` or `drop_oldest`"),
+            );
+            FullPolicy::Block
+        }
+    };
+    SpoolLimits {
+        max_bytes: spool_max_bytes,
+        segment_bytes: spool_segment_bytes,
+        memory_bytes: spool_memory_bytes,
+        policy,
+    }
+}
+
+/// `[output]` (with `--endpoint` overrides), checked.
+fn ship_config(
+    p: &mut ConfigProblems,
+    ov: &Overrides,
+    raw: &OutputConfig,
+    state_dir: &Path,
+    host: &str,
+) -> ShipConfig {
+    let endpoints = if !ov.endpoints.is_empty() {
+        ov.endpoints.clone()
+    } else if raw.endpoints.is_empty() {
+        vec![DEFAULT_ENDPOINT.to_owned()]
+    } else {
+        raw.endpoints.clone()
+    };
+    for (i, e) in endpoints.iter().enumerate() {
+        if !e.contains(':')
+            || e.rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_none()
+        {
+            p.push(
+                format!("output.endpoints[{i}]"),
+                format!("`{e}` is not host:port"),
+            );
+        }
+    }
+    let tls = tls_files(state_dir, raw);
+    let window = raw.window.unwrap_or(16) as usize;
+    if !(1..=256).contains(&window) {
+        p.push("output.window", "must be between 1 and 256");
+    }
+    ShipConfig {
+        endpoints,
+        server_name: raw
+            .server_name
+            .clone()
+            .unwrap_or_else(|| "localhost".into()),
+        tls,
+        window,
+        max_backoff: raw.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
+        heartbeat: raw.heartbeat.map_or(Duration::from_secs(10), |d| d.0),
+        host: host.to_owned(),
     }
 }
 

@@ -5,7 +5,7 @@ use heimdall_common::config::{ByteSize, ConfigProblems, HumanDuration, ShutdownC
 use heimdall_common::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The configuration file as written.
@@ -299,7 +299,7 @@ impl AggregatorConfig {
         let state_dir = ov
             .state_dir
             .clone()
-            .or(raw.state_dir)
+            .or(raw.state_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let ingest_listen = addr(
             &mut p,
@@ -310,38 +310,11 @@ impl AggregatorConfig {
         let api_listen = addr(
             &mut p,
             "api.listen",
-            ov.api_listen.clone().or(raw.api.listen),
+            ov.api_listen.clone().or(raw.api.listen.clone()),
             "127.0.0.1:3100",
         );
         let tls = tls_files(&state_dir, &raw.ingest);
-        let max_streams = raw.ingest.max_streams_per_connection.unwrap_or(64);
-        if !(1..=1024).contains(&max_streams) {
-            p.push(
-                "ingest.max_streams_per_connection",
-                "must be between 1 and 1024",
-            );
-        }
-        let max_connections = raw.ingest.max_connections.unwrap_or(10_000);
-        if max_connections == 0 {
-            p.push("ingest.max_connections", "must be at least 1");
-        }
-        let max_per_agent = raw.ingest.max_connections_per_agent.unwrap_or(4);
-        if max_per_agent == 0 {
-            p.push("ingest.max_connections_per_agent", "must be at least 1");
-        }
-        let max_memory = raw.ingest.max_memory.map_or(1 << 30, |b| b.0);
-        // Frames are as large as the protocol allows (agents agree on it by
-        // construction), and three must fit at once.
-        let max_frame = heimdall_common::limits::MAX_FRAME_BYTES as u64;
-        if max_memory < 3 * max_frame {
-            p.push(
-                "ingest.max_memory",
-                format!(
-                    "must be at least {}MiB: three of the largest frames the protocol allows",
-                    (3 * max_frame).div_ceil(1 << 20)
-                ),
-            );
-        }
+        let ingest_limits = ingest_limits(&mut p, &raw.ingest);
         let max_limit = raw.api.max_limit.unwrap_or(5000);
         if max_limit == 0 {
             p.push("api.max_limit", "must be at least 1");
@@ -351,90 +324,12 @@ impl AggregatorConfig {
                 p.push("api.query_timeout", "must be between 100ms and 2m");
             }
         }
-        let api_tls = match (&raw.api.tls_cert, &raw.api.tls_key) {
-            (Some(c), Some(k)) => {
-                for (f, key) in [(c, "api.tls_cert"), (k, "api.tls_key")] {
-                    if let Err(e) = std::fs::metadata(f) {
-                        p.push(key, format!("{}: {e}", f.display()));
-                    }
-                }
-                Some((c.clone(), k.clone()))
-            }
-            (None, None) => None,
-            (Some(_), None) => {
-                p.push("api.tls_key", "is needed with api.tls_cert");
-                None
-            }
-            (None, Some(_)) => {
-                p.push("api.tls_cert", "is needed with api.tls_key");
-                None
-            }
-        };
+        let api_tls = api_tls(&mut p, &raw.api);
         let max_series = raw.api.max_series.unwrap_or(50_000);
         if max_series == 0 {
             p.push("api.max_series", "must be at least 1");
         }
-        let mut tokens = Vec::new();
-        for (i, t) in raw.api.tokens.iter().enumerate() {
-            let key = |k: &str| format!("api.tokens[{i}].{k}");
-            let sha = match (&t.token_file, &t.sha256) {
-                (Some(f), None) => match std::fs::read_to_string(f) {
-                    Ok(text) => {
-                        let tok = text.lines().next().unwrap_or("").trim();
-                        if tok.len() < 16 {
-                            p.push(
-                                key("token_file"),
-                                format!("{}: a token must be at least 16 characters", f.display()),
-                            );
-                            None
-                        } else {
-                            Some(crate::api::auth::digest(tok))
-                        }
-                    }
-                    Err(e) => {
-                        p.push(key("token_file"), format!("{}: {e}", f.display()));
-                        None
-                    }
-                },
-                (None, Some(h)) => {
-                    let bytes: Option<Vec<u8>> = (h.len() == 64)
-                        .then(|| {
-                            (0..32)
-                                .map(|j| u8::from_str_radix(&h[2 * j..2 * j + 2], 16).ok())
-                                .collect()
-                        })
-                        .flatten();
-                    match bytes {
-                        Some(b) => {
-                            let mut d = [0u8; 32];
-                            d.copy_from_slice(&b);
-                            Some(d)
-                        }
-                        None => {
-                            p.push(key("sha256"), "must be 64 hex digits");
-                            None
-                        }
-                    }
-                }
-                _ => {
-                    p.push(
-                        key("token_file"),
-                        "give exactly one of token_file and sha256",
-                    );
-                    None
-                }
-            };
-            if t.name.trim().is_empty() {
-                p.push(key("name"), "must not be empty");
-            }
-            if let Some(sha256) = sha {
-                tokens.push(crate::api::auth::Token {
-                    name: t.name.clone(),
-                    sha256,
-                    role: t.role,
-                });
-            }
-        }
+        let tokens = api_tokens(&mut p, &raw.api.tokens);
         let max_group_rows = raw.store.max_group_rows.unwrap_or(200_000);
         if max_group_rows == 0 {
             p.push("store.max_group_rows", "must be at least 1");
@@ -454,122 +349,8 @@ impl AggregatorConfig {
         if partition < Duration::from_secs(60) || partition > Duration::from_secs(7 * 86_400) {
             p.push("store.partition", "must be between 1m and 7d");
         }
-        let zstd_level = raw.warm.zstd_level.unwrap_or(9);
-        if !(1..=22).contains(&zstd_level) {
-            p.push("warm.zstd_level", "must be between 1 and 22");
-        }
-        let segment_rows = raw.warm.segment_rows.unwrap_or(1_000_000);
-        if !(1000..=100_000_000).contains(&segment_rows) {
-            p.push("warm.segment_rows", "must be between 1000 and 100000000");
-        }
-        let interval = raw.warm.interval.map_or(Duration::from_secs(30), |d| d.0);
-        if interval < Duration::from_millis(100) {
-            p.push("warm.interval", "must be at least 100ms");
-        }
-        let cold = match raw.cold.bucket {
-            None => {
-                for (set, key) in [
-                    (raw.cold.endpoint.is_some(), "cold.endpoint"),
-                    (raw.cold.access_key_id.is_some(), "cold.access_key_id"),
-                    (
-                        raw.cold.secret_access_key_file.is_some(),
-                        "cold.secret_access_key_file",
-                    ),
-                ] {
-                    if set {
-                        p.push(key, "needs cold.bucket");
-                    }
-                }
-                None
-            }
-            Some(bucket) => {
-                if bucket.trim().is_empty() {
-                    p.push("cold.bucket", "must not be empty");
-                }
-                let secret = match &raw.cold.secret_access_key_file {
-                    Some(f) => match std::fs::read_to_string(f) {
-                        Ok(t) => Some(t.trim().to_owned()),
-                        Err(e) => {
-                            p.push(
-                                "cold.secret_access_key_file",
-                                format!("{}: {e}", f.display()),
-                            );
-                            None
-                        }
-                    },
-                    None => std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
-                };
-                if let Some(e) = &raw.cold.endpoint {
-                    if !(e.starts_with("http://") || e.starts_with("https://")) {
-                        p.push(
-                            "cold.endpoint",
-                            format!("`{e}` is not an http:// or https:// URL"),
-                        );
-                    }
-                }
-                let prefix = raw
-                    .cold
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| server_id_default(&raw.server_id));
-                if prefix.contains("..") {
-                    p.push("cold.prefix", "must not contain `..`");
-                }
-                Some(heimdall_store::cold::ColdConfig {
-                    bucket,
-                    prefix,
-                    allow_http: raw
-                        .cold
-                        .endpoint
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with("http://")),
-                    path_style: raw.cold.path_style.unwrap_or(raw.cold.endpoint.is_some()),
-                    endpoint: raw.cold.endpoint.clone(),
-                    region: raw
-                        .cold
-                        .region
-                        .clone()
-                        .unwrap_or_else(|| "us-east-1".into()),
-                    access_key_id: raw
-                        .cold
-                        .access_key_id
-                        .clone()
-                        .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok()),
-                    secret_access_key: secret,
-                    cache_dir: raw
-                        .cold
-                        .cache_dir
-                        .clone()
-                        .unwrap_or_else(|| state_dir.join("cold-cache")),
-                    cache_max_bytes: raw.cold.cache_max_bytes.map_or(10 << 30, |b| b.0),
-                })
-            }
-        };
-        let retention = raw.retention.period.map(|d| d.0);
-        if retention.is_some_and(|r| r < Duration::from_secs(3600)) {
-            p.push("retention.period", "must be at least 1h");
-        }
-        let lifecycle = heimdall_store::lifecycle::LifecycleConfig {
-            interval,
-            warm_dir: raw
-                .warm
-                .dir
-                .clone()
-                .unwrap_or_else(|| state_dir.join("segments")),
-            compact_after: raw
-                .warm
-                .compact_after
-                .map_or(Duration::from_secs(7200), |d| d.0),
-            hot_max_rows: raw.warm.hot_max_rows.unwrap_or(20_000_000),
-            segment_rows,
-            zstd_level,
-            upload_after: cold.as_ref().map(|_| {
-                raw.cold
-                    .upload_after
-                    .map_or(Duration::from_secs(86_400), |d| d.0)
-            }),
-            retention,
-        };
+        let cold = cold_tier(&mut p, &raw.cold, &raw.server_id, &state_dir);
+        let lifecycle = lifecycle(&mut p, &raw, cold.is_some(), &state_dir);
         let alerting = raw.alerting.validate(&mut p, &state_dir, api_listen);
         let rule_groups = match heimdall_rules::load(&alerting.rules, alerting.evaluation_interval)
         {
@@ -593,10 +374,10 @@ impl AggregatorConfig {
             server_id,
             ingest_listen,
             tls,
-            max_streams_per_connection: max_streams as usize,
-            max_connections: max_connections as usize,
-            max_connections_per_agent: max_per_agent as usize,
-            max_memory_bytes: max_memory,
+            max_streams_per_connection: ingest_limits.max_streams_per_connection,
+            max_connections: ingest_limits.max_connections,
+            max_connections_per_agent: ingest_limits.max_connections_per_agent,
+            max_memory_bytes: ingest_limits.max_memory_bytes,
             api_listen,
             max_limit: max_limit as usize,
             query_timeout: raw
@@ -605,26 +386,290 @@ impl AggregatorConfig {
                 .map_or(Duration::from_secs(30), |d| d.0),
             max_series: max_series as usize,
             align_queries_with_step: raw.api.align_queries_with_step.unwrap_or(true),
-            push: crate::api::loki::PushPolicy {
-                max_age: if raw.push.reject_old_samples.unwrap_or(true) {
-                    Some(
-                        raw.push
-                            .reject_old_samples_max_age
-                            .map_or(Duration::from_secs(168 * 3600), |d| d.0),
-                    )
-                } else {
-                    None
-                },
-                creation_grace: raw
-                    .push
-                    .creation_grace_period
-                    .map_or(Duration::from_secs(600), |d| d.0),
-            },
+            push: push_policy(&raw.push),
             api_tls,
             tokens,
             max_group_rows: max_group_rows as usize,
             shutdown_grace: raw.shutdown.grace.map_or(Duration::from_secs(10), |d| d.0),
         })
+    }
+}
+
+/// The ingest listener's limits, checked.
+struct IngestLimits {
+    max_streams_per_connection: usize,
+    max_connections: usize,
+    max_connections_per_agent: usize,
+    max_memory_bytes: u64,
+}
+
+fn ingest_limits(p: &mut ConfigProblems, raw: &IngestConfig) -> IngestLimits {
+    let max_streams = raw.max_streams_per_connection.unwrap_or(64);
+    if !(1..=1024).contains(&max_streams) {
+        p.push(
+            "ingest.max_streams_per_connection",
+            "must be between 1 and 1024",
+        );
+    }
+    let max_connections = raw.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        p.push("ingest.max_connections", "must be at least 1");
+    }
+    let max_per_agent = raw.max_connections_per_agent.unwrap_or(4);
+    if max_per_agent == 0 {
+        p.push("ingest.max_connections_per_agent", "must be at least 1");
+    }
+    let max_memory = raw.max_memory.map_or(1 << 30, |b| b.0);
+    // Frames are as large as the protocol allows (agents agree on it by
+    // construction), and three must fit at once.
+    let max_frame = heimdall_common::limits::MAX_FRAME_BYTES as u64;
+    if max_memory < 3 * max_frame {
+        p.push(
+            "ingest.max_memory",
+            format!(
+                "must be at least {}MiB: three of the largest frames the protocol allows",
+                (3 * max_frame).div_ceil(1 << 20)
+            ),
+        );
+    }
+    IngestLimits {
+        max_streams_per_connection: max_streams as usize,
+        max_connections: max_connections as usize,
+        max_connections_per_agent: max_per_agent as usize,
+        max_memory_bytes: max_memory,
+    }
+}
+
+/// `api.tls_cert` and `api.tls_key`: both or neither, and readable.
+fn api_tls(p: &mut ConfigProblems, raw: &ApiConfig) -> Option<(PathBuf, PathBuf)> {
+    match (&raw.tls_cert, &raw.tls_key) {
+        (Some(c), Some(k)) => {
+            for (f, key) in [(c, "api.tls_cert"), (k, "api.tls_key")] {
+                if let Err(e) = std::fs::metadata(f) {
+                    p.push(key, format!("{}: {e}", f.display()));
+                }
+            }
+            Some((c.clone(), k.clone()))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            p.push("api.tls_key", "is needed with api.tls_cert");
+            None
+        }
+        (None, Some(_)) => {
+            p.push("api.tls_cert", "is needed with api.tls_key");
+            None
+        }
+    }
+}
+
+/// `api.tokens`: each with a name and exactly one of a token file (at least 16
+/// characters) or a SHA-256 digest.
+fn api_tokens(p: &mut ConfigProblems, raw: &[TokenConfig]) -> Vec<crate::api::auth::Token> {
+    let mut tokens = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let key = |k: &str| format!("api.tokens[{i}].{k}");
+        let sha = match (&t.token_file, &t.sha256) {
+            (Some(f), None) => match std::fs::read_to_string(f) {
+                Ok(text) => {
+                    let tok = text.lines().next().unwrap_or("").trim();
+                    if tok.len() < 16 {
+                        p.push(
+                            key("token_file"),
+                            format!("{}: a token must be at least 16 characters", f.display()),
+                        );
+                        None
+                    } else {
+                        Some(crate::api::auth::digest(tok))
+                    }
+                }
+                Err(e) => {
+                    p.push(key("token_file"), format!("{}: {e}", f.display()));
+                    None
+                }
+            },
+            (None, Some(h)) => {
+                let bytes: Option<Vec<u8>> = (h.len() == 64)
+                    .then(|| {
+                        (0..32)
+                            .map(|j| u8::from_str_radix(&h[2 * j..2 * j + 2], 16).ok())
+                            .collect()
+                    })
+                    .flatten();
+                match bytes {
+                    Some(b) => {
+                        let mut d = [0u8; 32];
+                        d.copy_from_slice(&b);
+                        Some(d)
+                    }
+                    None => {
+                        p.push(key("sha256"), "must be 64 hex digits");
+                        None
+                    }
+                }
+            }
+            _ => {
+                p.push(
+                    key("token_file"),
+                    "give exactly one of token_file and sha256",
+                );
+                None
+            }
+        };
+        if t.name.trim().is_empty() {
+            p.push(key("name"), "must not be empty");
+        }
+        if let Some(sha256) = sha {
+            tokens.push(crate::api::auth::Token {
+                name: t.name.clone(),
+                sha256,
+                role: t.role,
+            });
+        }
+    }
+    tokens
+}
+
+/// `[cold]`: the S3-compatible tier, when a bucket is set.
+fn cold_tier(
+    p: &mut ConfigProblems,
+    raw: &ColdConfigFile,
+    server_id: &Option<String>,
+    state_dir: &Path,
+) -> Option<heimdall_store::cold::ColdConfig> {
+    match &raw.bucket {
+        None => {
+            for (set, key) in [
+                (raw.endpoint.is_some(), "cold.endpoint"),
+                (raw.access_key_id.is_some(), "cold.access_key_id"),
+                (
+                    raw.secret_access_key_file.is_some(),
+                    "cold.secret_access_key_file",
+                ),
+            ] {
+                if set {
+                    p.push(key, "needs cold.bucket");
+                }
+            }
+            None
+        }
+        Some(bucket) => {
+            if bucket.trim().is_empty() {
+                p.push("cold.bucket", "must not be empty");
+            }
+            let secret = match &raw.secret_access_key_file {
+                Some(f) => match std::fs::read_to_string(f) {
+                    Ok(t) => Some(t.trim().to_owned()),
+                    Err(e) => {
+                        p.push(
+                            "cold.secret_access_key_file",
+                            format!("{}: {e}", f.display()),
+                        );
+                        None
+                    }
+                },
+                None => std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            };
+            if let Some(e) = &raw.endpoint {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    p.push(
+                        "cold.endpoint",
+                        format!("`{e}` is not an http:// or https:// URL"),
+                    );
+                }
+            }
+            let prefix = raw
+                .prefix
+                .clone()
+                .unwrap_or_else(|| server_id_default(server_id));
+            if prefix.contains("..") {
+                p.push("cold.prefix", "must not contain `..`");
+            }
+            Some(heimdall_store::cold::ColdConfig {
+                bucket: bucket.clone(),
+                prefix,
+                allow_http: raw
+                    .endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+                path_style: raw.path_style.unwrap_or(raw.endpoint.is_some()),
+                endpoint: raw.endpoint.clone(),
+                region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: raw
+                    .access_key_id
+                    .clone()
+                    .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok()),
+                secret_access_key: secret,
+                cache_dir: raw
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join("cold-cache")),
+                cache_max_bytes: raw.cache_max_bytes.map_or(10 << 30, |b| b.0),
+            })
+        }
+    }
+}
+
+/// `[warm]`, `[store] partition` and `[retention]`: the lifecycle's settings.
+fn lifecycle(
+    p: &mut ConfigProblems,
+    raw: &AggregatorConfigFile,
+    cold: bool,
+    state_dir: &Path,
+) -> heimdall_store::lifecycle::LifecycleConfig {
+    let zstd_level = raw.warm.zstd_level.unwrap_or(9);
+    if !(1..=22).contains(&zstd_level) {
+        p.push("warm.zstd_level", "must be between 1 and 22");
+    }
+    let segment_rows = raw.warm.segment_rows.unwrap_or(1_000_000);
+    if !(1000..=100_000_000).contains(&segment_rows) {
+        p.push("warm.segment_rows", "must be between 1000 and 100000000");
+    }
+    let interval = raw.warm.interval.map_or(Duration::from_secs(30), |d| d.0);
+    if interval < Duration::from_millis(100) {
+        p.push("warm.interval", "must be at least 100ms");
+    }
+    let retention = raw.retention.period.map(|d| d.0);
+    if retention.is_some_and(|r| r < Duration::from_secs(3600)) {
+        p.push("retention.period", "must be at least 1h");
+    }
+    heimdall_store::lifecycle::LifecycleConfig {
+        interval,
+        warm_dir: raw
+            .warm
+            .dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("segments")),
+        compact_after: raw
+            .warm
+            .compact_after
+            .map_or(Duration::from_secs(7200), |d| d.0),
+        hot_max_rows: raw.warm.hot_max_rows.unwrap_or(20_000_000),
+        segment_rows,
+        zstd_level,
+        upload_after: cold.then(|| {
+            raw.cold
+                .upload_after
+                .map_or(Duration::from_secs(86_400), |d| d.0)
+        }),
+        retention,
+    }
+}
+
+/// `[push]`: which pushed entries are too old or too new.
+fn push_policy(raw: &PushConfig) -> crate::api::loki::PushPolicy {
+    crate::api::loki::PushPolicy {
+        max_age: if raw.reject_old_samples.unwrap_or(true) {
+            Some(
+                raw.reject_old_samples_max_age
+                    .map_or(Duration::from_secs(168 * 3600), |d| d.0),
+            )
+        } else {
+            None
+        },
+        creation_grace: raw
+            .creation_grace_period
+            .map_or(Duration::from_secs(600), |d| d.0),
     }
 }
 

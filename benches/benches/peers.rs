@@ -123,7 +123,20 @@ fn syslog_ng_args(dir: &Path) -> Vec<String> {
     ]
 }
 
-fn find_peers() -> Vec<Result<Peer, String>> {
+/// A peer that is not installed here, and how to install it.
+struct Missing(&'static str);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: skipped, not installed (benches/peers-setup.sh)",
+            self.0
+        )
+    }
+}
+
+fn find_peers() -> Vec<Result<Peer, Missing>> {
     let mut out = Vec::new();
     let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
         .iter()
@@ -138,7 +151,7 @@ fn find_peers() -> Vec<Result<Peer, String>> {
             config: rsyslog_config,
             args: rsyslog_args,
         }),
-        None => Err("rsyslog: skipped, not installed (benches/peers-setup.sh)".into()),
+        None => Err(Missing("rsyslog")),
     });
     let root = std::env::var("HEIMDALL_SYSLOG_NG_ROOT").map_or_else(
         |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers/syslog-ng-root"),
@@ -170,7 +183,7 @@ fn find_peers() -> Vec<Result<Peer, String>> {
             args: syslog_ng_args,
         })
     } else {
-        Err("syslog-ng: skipped, not installed (benches/peers-setup.sh)".into())
+        Err(Missing("syslog-ng"))
     });
     out
 }

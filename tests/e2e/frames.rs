@@ -9,15 +9,13 @@ use heimdall_tests::{quic_client, wait_for_count, AgentOptions, Cluster};
 use std::io::Write;
 use std::time::Duration;
 
-async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Frame, String> {
-    let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> anyhow::Result<Frame> {
+    let (mut s, mut r) = conn.open_bi().await?;
     // The aggregator may answer (and stop reading) before an oversized frame is sent
     // whole; that is fine.
     let _ = s.write_all(bytes).await;
     let _ = s.finish();
-    heimdall_common::quic::read_single(&mut r, &Limits::default())
-        .await
-        .map_err(|e| e.to_string())
+    Ok(heimdall_common::quic::read_single(&mut r, &Limits::default()).await?)
 }
 
 fn content(n: usize) -> BatchContent {
@@ -39,7 +37,7 @@ fn content(n: usize) -> BatchContent {
     }
 }
 
-fn reject_code(f: &Result<Frame, String>) -> Option<u16> {
+fn reject_code(f: &anyhow::Result<Frame>) -> Option<u16> {
     match f {
         Ok(Frame::Reject(r)) => Some(r.code),
         _ => None,

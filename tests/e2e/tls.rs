@@ -13,14 +13,10 @@ use std::path::Path;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Connects, says hello and sends one batch; any failure is returned as text.
-async fn attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<(), String> {
-    let conn = ep
-        .connect(addr, "localhost")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+/// Connects, says hello and sends one batch; any failure is returned.
+async fn attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<()> {
+    let conn = ep.connect(addr, "localhost")?.await?;
+    let (mut s, mut r) = conn.open_bi().await?;
     let hello = Frame::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
         agent_id: "intruder".into(),
@@ -28,13 +24,11 @@ async fn attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<(), String> {
         agent_version: "0".into(),
         capabilities: 0,
     });
-    s.write_all(&hello.to_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(&hello.to_bytes()).await?;
     let mut buf = bytes::BytesMut::new();
     match heimdall_common::quic::read_frame(&mut r, &mut buf, &Limits::default()).await {
         Ok(Some(Frame::Welcome(_))) => {}
-        other => return Err(format!("no welcome: {other:?}")),
+        other => anyhow::bail!("no welcome: {other:?}"),
     }
     let content = BatchContent {
         streams: vec![heimdall_common::record::Labels::new([("host", "intruder")])],
@@ -42,15 +36,11 @@ async fn attempt(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<(), String> {
         ..Default::default()
     };
     let b = Frame::Batch(Batch::seal(1, 1, 1, Codec::Lz4, &content));
-    let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    s.write_all(&b.to_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    s.finish().map_err(|e| e.to_string())?;
-    heimdall_common::quic::read_single(&mut r, &Limits::default())
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let (mut s, mut r) = conn.open_bi().await?;
+    s.write_all(&b.to_bytes()).await?;
+    s.finish()?;
+    heimdall_common::quic::read_single(&mut r, &Limits::default()).await?;
+    Ok(())
 }
 
 fn no_client_auth(ca: &Path) -> quinn::Endpoint {

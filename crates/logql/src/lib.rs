@@ -834,7 +834,7 @@ impl<'a> Parser<'a> {
                     let path = if self.peek_tok()? == Tok::Eq {
                         self.bump()?;
                         let (ppos, p) = self.string_value("a quoted JSON path")?;
-                        json_path(&p).map_err(|m| err(ppos, m))?
+                        json_path(&p, ppos)?
                     } else {
                         vec![PathPart::Key(label.clone())]
                     };
@@ -888,9 +888,7 @@ impl<'a> Parser<'a> {
             "line_format" => {
                 self.bump()?;
                 let (tpos, tpl) = self.string_value("a quoted template")?;
-                Ok(Stage::LineFormat(
-                    line_template(&tpl).map_err(|(o, m)| err(tpos + 1 + o, m))?,
-                ))
+                Ok(Stage::LineFormat(line_template(&tpl, tpos + 1)?))
             }
             "unwrap" | "pattern" | "regexp" | "label_format" | "unpack" | "decolorize" => Err(err(
                 pos,
@@ -1266,8 +1264,8 @@ pub fn valid_label(s: &str) -> bool {
         && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
 }
 
-/// Parses a JSON path such as `a.b[0].c` or `["a b"].c`.
-fn json_path(p: &str) -> Result<Vec<PathPart>, String> {
+/// Parses a JSON path such as `a.b[0].c` or `["a b"].c` (written at `pos`).
+fn json_path(p: &str, pos: usize) -> Result<Vec<PathPart>, ParseError> {
     let mut out = Vec::new();
     let b = p.as_bytes();
     let mut i = 0;
@@ -1284,14 +1282,17 @@ fn json_path(p: &str) -> Result<Vec<PathPart>, String> {
                 if !key.is_empty() {
                     out.push(PathPart::Key(std::mem::take(&mut key)));
                 }
-                let end = p[i..].find(']').ok_or("unclosed `[` in JSON path")? + i;
+                let end = p[i..]
+                    .find(']')
+                    .ok_or_else(|| err(pos, "unclosed `[` in JSON path"))?
+                    + i;
                 let inner = p[i + 1..end].trim();
                 if let Some(q) = inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
                     out.push(PathPart::Key(q.to_owned()));
                 } else {
                     let n: usize = inner
                         .parse()
-                        .map_err(|_| format!("`{inner}` is not an array index"))?;
+                        .map_err(|_| err(pos, format!("`{inner}` is not an array index")))?;
                     out.push(PathPart::Index(n));
                 }
                 i = end + 1;
@@ -1307,13 +1308,14 @@ fn json_path(p: &str) -> Result<Vec<PathPart>, String> {
         out.push(PathPart::Key(key));
     }
     if out.is_empty() {
-        return Err("empty JSON path".into());
+        return Err(err(pos, "empty JSON path"));
     }
     Ok(out)
 }
 
-/// Parses a `line_format` template: text with `{{.label}}` or `{{ .label }}`.
-fn line_template(t: &str) -> Result<Vec<FormatPart>, (usize, String)> {
+/// Parses a `line_format` template: text with `{{.label}}` or `{{ .label }}` (its text
+/// starting at `pos` in the query; positions in errors count bytes of the template).
+fn line_template(t: &str, pos: usize) -> Result<Vec<FormatPart>, ParseError> {
     let mut out = Vec::new();
     let mut rest = t;
     let mut off = 0;
@@ -1323,12 +1325,12 @@ fn line_template(t: &str) -> Result<Vec<FormatPart>, (usize, String)> {
         }
         let end = rest[i..]
             .find("}}")
-            .ok_or((off + i, "unclosed `{{` in template".to_owned()))?
+            .ok_or_else(|| err(pos + off + i, "unclosed `{{` in template"))?
             + i;
         let inner = rest[i + 2..end].trim();
         let Some(name) = inner.strip_prefix('.').filter(|n| valid_label(n)) else {
-            return Err((
-                off + i,
+            return Err(err(
+                pos + off + i,
                 format!("`{{{{{inner}}}}}`: only `{{{{.label}}}}` is supported in templates"),
             ));
         };
