@@ -73,9 +73,9 @@ prev="$version~prev"
 
 echo "== building packages (profile $profile): previous ($prev) and current ($version)"
 build_flags=(--profile "$profile" --fast)
-# The same build as the end-to-end tests' (`--workspace`: the same features), so after
-# `cargo test` nothing is compiled again.
-cargo build --locked --profile "$profile" --workspace --bins
+# The same build as the end-to-end tests' (`--workspace --tests`: the same features as
+# `cargo test`), so after `cargo test` nothing is compiled again.
+cargo build --locked --profile "$profile" --workspace --bins --tests
 packaging/build-packages.sh "${build_flags[@]}" --no-build --version "$prev" --out "$work/prev" >/dev/null
 packaging/build-packages.sh "${build_flags[@]}" --no-build --out "$work/cur" >/dev/null
 deb() { echo "$work/$1/$2_$3-1_$(dpkg --print-architecture).deb"; }

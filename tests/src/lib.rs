@@ -58,7 +58,10 @@ pub fn bins() -> &'static Bins {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--workspace", "--bins", "--quiet"]);
+        // `--tests` resolves features as `cargo test` does (dev-dependencies' features
+        // included), so the binaries reuse every library the test build made; without
+        // it a third of the workspace's dependencies would be compiled again.
+        cmd.args(["build", "--workspace", "--bins", "--tests", "--quiet"]);
         // Cargo gives this test process the test crate's own variables. Build scripts
         // that watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, …) would run
         // again, and everything above them would be compiled a second time, here and

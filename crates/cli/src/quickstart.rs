@@ -168,7 +168,9 @@ fn write_config(path: &Path, what: &str, body: &str) -> anyhow::Result<Config> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
     let text = format!("{}{body}", header(what, body));
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    // Whole or not at all: a config cut short by a crash would be kept as "edited".
+    heimdall_common::fs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Config::Written)
 }
 
