@@ -110,3 +110,74 @@ fn every_error_is_json_with_a_message() {
         .proc
         .wait_for_log("request refused", Duration::from_secs(5)));
 }
+
+/// Fluent Bit (`compress gzip`), Vector and Loki's own clients compress JSON pushes; they
+/// are stored like plain ones. A body that inflates past the push limit is refused with
+/// 413 before it is held in memory whole.
+#[test]
+fn gzip_and_deflate_pushes_are_stored_and_bombs_refused() {
+    use std::io::Write;
+    let c = Cluster::start().unwrap();
+    let url = format!("{}/loki/api/v1/push", c.agg.url());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let body = |line: &str| {
+        serde_json::to_vec(&serde_json::json!({"streams": [
+            {"stream": {"app": "zipped"}, "values": [[now.to_string(), line]]}
+        ]}))
+        .unwrap()
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body("gzip line")).unwrap();
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(&body("deflate line")).unwrap();
+    let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    raw.write_all(&body("raw deflate line")).unwrap();
+    for (enc, data) in [
+        ("gzip", gz.finish().unwrap()),
+        ("deflate", zlib.finish().unwrap()),
+        ("deflate", raw.finish().unwrap()),
+    ] {
+        let r = ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .set("Content-Encoding", enc)
+            .send_bytes(&data);
+        assert_eq!(
+            r.map(|r| r.status())
+                .unwrap_or_else(|e| panic!("{enc}: {e}")),
+            204
+        );
+    }
+    let sel = r#"{app="zipped"}"#;
+    wait_for_count(3, Duration::from_secs(20), || {
+        query_lines(&c.agg.url(), sel, 100).len() as u64
+    });
+    let mut lines: Vec<String> = query_lines(&c.agg.url(), sel, 100)
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, vec!["deflate line", "gzip line", "raw deflate line"]);
+
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    bomb.write_all(&vec![b' '; 64 << 20]).unwrap();
+    let r = ureq::post(&url)
+        .set("Content-Type", "application/json")
+        .set("Content-Encoding", "gzip")
+        .send_bytes(&bomb.finish().unwrap());
+    let Err(ureq::Error::Status(413, r)) = r else {
+        panic!("a 64 MiB inflated body must be refused with 413: {r:?}");
+    };
+    let body: serde_json::Value = r.into_json().unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("decompresses to more than"),
+        "{body}"
+    );
+    let r = ureq::post(&url)
+        .set("Content-Type", "application/json")
+        .set("Content-Encoding", "br")
+        .send_bytes(b"{}");
+    assert!(matches!(r, Err(ureq::Error::Status(415, _))), "{r:?}");
+}

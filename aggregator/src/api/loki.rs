@@ -830,7 +830,65 @@ fn push_labels(si: usize, s: &Value) -> Result<Labels, BadLabels> {
     Ok(labels)
 }
 
-/// `POST /loki/api/v1/push` (JSON). Answers 204 after the lines are committed; 400
+/// Why a push body could not be decompressed.
+#[derive(Debug, thiserror::Error)]
+enum Decompress {
+    #[error(
+        "Content-Encoding `{0}` is not supported (send gzip, deflate or an uncompressed body)"
+    )]
+    Unsupported(String),
+    #[error("the push body decompresses to more than {0} bytes")]
+    TooLarge(usize),
+    #[error("the push body is not valid {encoding}: {source}")]
+    Corrupt {
+        encoding: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The body under its `Content-Encoding`, as Loki takes it: `gzip`, `deflate` (zlib-wrapped
+/// as HTTP defines it, or raw DEFLATE as Go's `compress/flate` clients send it), or
+/// none. The decompressed body may be at most `limit` bytes (a small body must not
+/// expand into gigabytes).
+fn decompress<'a>(
+    enc: &str,
+    body: &'a [u8],
+    limit: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>, Decompress> {
+    use std::io::Read;
+    let enc = enc.trim();
+    let read = |encoding: &'static str, r: &mut dyn Read| {
+        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+        r.take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|source| Decompress::Corrupt { encoding, source })?;
+        if out.len() > limit {
+            return Err(Decompress::TooLarge(limit));
+        }
+        Ok(std::borrow::Cow::Owned(out))
+    };
+    if enc.is_empty() || enc.eq_ignore_ascii_case("identity") {
+        Ok(std::borrow::Cow::Borrowed(body))
+    } else if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") {
+        read("gzip", &mut flate2::read::MultiGzDecoder::new(body))
+    } else if enc.eq_ignore_ascii_case("deflate") {
+        // A zlib stream starts with a header whose first two bytes, read as a big-endian
+        // number, are a multiple of 31 with compression method 8.
+        let zlib = body.len() >= 2
+            && body[0] & 0x0f == 8
+            && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
+        if zlib {
+            read("deflate", &mut flate2::read::ZlibDecoder::new(body))
+        } else {
+            read("deflate", &mut flate2::read::DeflateDecoder::new(body))
+        }
+    } else {
+        Err(Decompress::Unsupported(enc.to_owned()))
+    }
+}
+
+/// `POST /loki/api/v1/push` (JSON, uncompressed, gzip or deflate). Answers 204 after the lines are committed; 400
 /// when some entries were refused (the others are stored), saying how many and why.
 pub async fn push(
     State(st): State<Arc<ApiState>>,
@@ -851,21 +909,28 @@ pub async fn push(
             format!("push bodies of type `{ctype}` are not supported; send JSON with Content-Type: application/json"),
         ));
     }
-    if let Some(enc) = headers
+    let enc = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-    {
-        if !enc.eq_ignore_ascii_case("identity") {
-            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "encoding")
+        .unwrap_or("identity");
+    let body = match decompress(enc, &body, MAX_PUSH_BYTES) {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = match e {
+                Decompress::Unsupported(_) => "encoding",
+                Decompress::TooLarge(_) => "too_large",
+                Decompress::Corrupt { .. } => "invalid",
+            };
+            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => reason)
                 .increment(1);
-            return Err(ApiError(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "Content-Encoding `{enc}` is not supported; send the JSON body uncompressed"
-                ),
-            ));
+            let status = match e {
+                Decompress::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Decompress::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                Decompress::Corrupt { .. } => StatusCode::BAD_REQUEST,
+            };
+            return Err(ApiError(status, e.to_string()));
         }
-    }
+    };
     let decoded = match decode_push(&body, &st.push, &caller) {
         Ok(c) => c,
         Err(m) => {
@@ -1076,6 +1141,57 @@ async fn send_tail(socket: &mut WebSocket, streams: Vec<Stream>) -> Result<(), T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_decompress_as_loki_takes_them() {
+        use std::io::Write;
+        let json = br#"{"streams":[{"stream":{"a":"b"},"values":[["1","x"]]}]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(json).unwrap();
+        let zlib = zlib.finish().unwrap();
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        raw.write_all(json).unwrap();
+        let raw = raw.finish().unwrap();
+        for (enc, body) in [
+            ("gzip", &gz),
+            ("GZIP", &gz),
+            ("deflate", &zlib),
+            ("deflate", &raw),
+            ("identity", &json.to_vec()),
+            ("", &json.to_vec()),
+        ] {
+            assert_eq!(&*decompress(enc, body, 1 << 20).unwrap(), json, "{enc}");
+        }
+        assert!(matches!(
+            decompress("br", json, 1 << 20),
+            Err(Decompress::Unsupported(_))
+        ));
+        assert!(matches!(
+            decompress("gzip", json, 1 << 20),
+            Err(Decompress::Corrupt { .. })
+        ));
+        // A bomb: 64 MiB of zeros in a few kilobytes.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![0u8; 64 << 20]).unwrap();
+        let bomb = bomb.finish().unwrap();
+        assert!(bomb.len() < 1 << 20);
+        assert!(matches!(
+            decompress("gzip", &bomb, MAX_PUSH_BYTES),
+            Err(Decompress::TooLarge(_))
+        ));
+        // At the limit exactly, it is accepted.
+        assert_eq!(
+            decompress("gzip", &gz, json.len()).unwrap().len(),
+            json.len()
+        );
+        assert!(matches!(
+            decompress("gzip", &gz, json.len() - 1),
+            Err(Decompress::TooLarge(_))
+        ));
+    }
 
     #[test]
     fn params_keep_repeated_keys_and_decode() {
