@@ -26,14 +26,19 @@ pub struct Resent {
 /// except for [`NotResent::Moving`]).
 #[derive(Debug, thiserror::Error)]
 pub enum NotResent {
+    /// The dead-letter file cannot be read.
     #[error("cannot read it: {0}")]
     Read(#[source] std::io::Error),
+    /// The file does not hold a whole frame.
     #[error("the file is not a whole batch frame: {0}")]
     NotAFrame(#[source] wire::Error),
+    /// The frame is not a batch.
     #[error("the file holds another kind of frame")]
     NotABatch,
+    /// The aggregator rejected it again, saying why.
     #[error("the aggregator rejected it again: {0}")]
     Rejected(String),
+    /// Stored, but the file could not be moved to `resent/`.
     #[error("stored, but cannot move it to resent/: {0}")]
     Moving(#[source] std::io::Error),
 }

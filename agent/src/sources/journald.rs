@@ -53,8 +53,10 @@ pub struct Entry {
 /// Why a line of `journalctl --output=json` is not an entry.
 #[derive(Debug, thiserror::Error)]
 pub enum BadEntry {
+    /// The line is not a JSON object.
     #[error("not a JSON object: {0}")]
     NotJson(#[from] serde_json::Error),
+    /// The entry has no cursor, so it could not be resumed from.
     #[error("entry without __CURSOR")]
     NoCursor,
 }

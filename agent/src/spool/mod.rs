@@ -63,16 +63,22 @@ pub enum Error {
 /// Why a spool state file cannot be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateFault {
+    /// Shorter than the fixed header and checksum.
     #[error("too short")]
     TooShort,
+    /// The checksum does not match (a torn or damaged write).
     #[error("checksum mismatch")]
     Checksum,
+    /// Wrong magic number.
     #[error("not a Heimdall spool state file")]
     NotState,
+    /// A format version this build does not read.
     #[error("unsupported version {0}")]
     Version(u32),
+    /// A checkpoint record that does not decode.
     #[error("bad checkpoint: {0}")]
     Checkpoint(&'static str),
+    /// Bytes after the last checkpoint.
     #[error("trailing bytes")]
     Trailing,
 }

@@ -634,18 +634,25 @@ type PushEntry<'a> = (i64, &'a str, Option<&'a serde_json::Map<String, Value>>);
 /// Why a push body is refused whole.
 #[derive(Debug, thiserror::Error)]
 enum BadPush {
+    /// The body is not JSON.
     #[error("push body is not valid JSON: {0}")]
     NotJson(#[from] serde_json::Error),
+    /// No `streams` array.
     #[error("push body needs a `streams` array")]
     NoStreams,
+    /// A `values` entry that is not `[ts, line, …]`.
     #[error("streams[{0}].values[{1}]: expected [\"<unix ns>\", \"<line>\"]")]
     ValueShape(usize, usize),
+    /// A `values` timestamp that is not nanoseconds.
     #[error("streams[{0}].values[{1}]: `{2}` is not a Unix time in nanoseconds")]
     ValueTime(usize, usize, String),
+    /// An `entries` item without `ts` or `line`.
     #[error("streams[{0}].entries[{1}]: needs `{2}`")]
     EntryField(usize, usize, &'static str),
+    /// An `entries` timestamp that does not parse.
     #[error("streams[{0}].entries[{1}]: {2}")]
     EntryTime(usize, usize, super::BadTime),
+    /// A stream with neither `values` nor `entries`.
     #[error("streams[{0}]: needs `values`")]
     NoValues(usize),
 }
@@ -653,20 +660,28 @@ enum BadPush {
 /// Why one pushed stream's labels are refused (its entries are, the others are kept).
 #[derive(Debug, thiserror::Error)]
 enum BadLabels {
+    /// A label value that is not a string.
     #[error("streams[{0}].stream.{1}: label values must be strings")]
     NotString(usize, String),
+    /// A `labels` selector that does not parse.
     #[error("streams[{0}].labels: {1}")]
     Selector(usize, parse::ParseError),
+    /// A `labels` selector with other matchers than `=`.
     #[error("streams[{0}].labels: only `=` matchers may name a stream")]
     NotEquality(usize),
+    /// Neither `stream` nor `labels`.
     #[error("streams[{0}]: needs a `stream` object of labels")]
     Missing(usize),
+    /// No labels at all.
     #[error("streams[{0}]: a stream needs at least one label")]
     Empty(usize),
+    /// More labels than a stream may have.
     #[error("entry for stream '{0}' has {n} label names; limit {MAX_PUSH_LABELS}", n = .0.len())]
     TooMany(Labels),
+    /// A label name that is not one (or is reserved: `__…`).
     #[error("streams[{0}]: `{1}` is not a valid label name")]
     BadName(usize, String),
+    /// A label name or value over the protocol's limit.
     #[error(
         "streams[{0}]: label `{1}` is longer than the limit ({names} bytes for names, {values} for values; value is {2} bytes)",
         names = limits::MAX_LABEL_NAME_BYTES,
@@ -833,12 +848,15 @@ fn push_labels(si: usize, s: &Value) -> Result<Labels, BadLabels> {
 /// Why a push body could not be decompressed.
 #[derive(Debug, thiserror::Error)]
 enum Decompress {
+    /// An encoding other than gzip, deflate or identity (415).
     #[error(
         "Content-Encoding `{0}` is not supported (send gzip, deflate or an uncompressed body)"
     )]
     Unsupported(String),
+    /// The inflated body would exceed the push limit (413).
     #[error("the push body decompresses to more than {0} bytes")]
     TooLarge(usize),
+    /// The body does not decode as its encoding says (400).
     #[error("the push body is not valid {encoding}: {source}")]
     Corrupt {
         encoding: &'static str,
@@ -916,18 +934,13 @@ pub async fn push(
     let body = match decompress(enc, &body, MAX_PUSH_BYTES) {
         Ok(b) => b,
         Err(e) => {
-            let reason = match e {
-                Decompress::Unsupported(_) => "encoding",
-                Decompress::TooLarge(_) => "too_large",
-                Decompress::Corrupt { .. } => "invalid",
+            let (reason, status) = match e {
+                Decompress::Unsupported(_) => ("encoding", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                Decompress::TooLarge(_) => ("too_large", StatusCode::PAYLOAD_TOO_LARGE),
+                Decompress::Corrupt { .. } => ("invalid", StatusCode::BAD_REQUEST),
             };
             metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => reason)
                 .increment(1);
-            let status = match e {
-                Decompress::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Decompress::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                Decompress::Corrupt { .. } => StatusCode::BAD_REQUEST,
-            };
             return Err(ApiError(status, e.to_string()));
         }
     };
@@ -1120,8 +1133,10 @@ async fn tail_loop(
 /// Why a tail ended early.
 #[derive(Debug, thiserror::Error)]
 enum TailEnd {
+    /// Reading the next lines failed.
     #[error("query failed: {0}")]
     Query(String),
+    /// The client went away or the socket failed.
     #[error("websocket: {0}")]
     Socket(#[from] axum::Error),
 }

@@ -30,12 +30,16 @@ pub struct Handler {
 /// Why a connection has no agent identity.
 #[derive(Debug, thiserror::Error)]
 enum NoIdentity {
+    /// The client sent no certificate.
     #[error("no client certificate")]
     NoCertificate,
+    /// quinn gave an identity that is not a certificate chain.
     #[error("unexpected peer identity type")]
     UnexpectedType,
+    /// The chain holds no certificate.
     #[error("empty certificate chain")]
     EmptyChain,
+    /// The certificate has no usable common name.
     #[error(transparent)]
     Certificate(#[from] tls::Error),
 }
@@ -70,20 +74,28 @@ impl std::fmt::Display for Closed {
 /// How a connection failed.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
+    /// The agent opened no control stream in time.
     #[error("no control stream within 10s")]
     NoControlStream,
+    /// The connection failed.
     #[error(transparent)]
     Connection(#[from] quinn::ConnectionError),
+    /// The first frame was not a hello.
     #[error("expected hello, got {0}")]
     NotHello(&'static str),
+    /// The control stream ended before a hello.
     #[error("control stream closed before hello")]
     NoHello,
+    /// The hello could not be read.
     #[error("bad hello: {0}")]
     BadHello(quic::Error),
+    /// No hello in time.
     #[error("no hello within 10s")]
     HelloTimeout,
+    /// The agent speaks another protocol version.
     #[error("refused: protocol version {0}")]
     Version(u16),
+    /// Writing to the control stream failed.
     #[error("control stream: {0}")]
     Control(quic::Error),
 }

@@ -52,8 +52,10 @@ impl IncidentEvent {
 /// Why an action on an incident failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IncidentError {
+    /// No open incident has this id.
     #[error("no open incident {0}")]
     NoSuchIncident(i64),
+    /// The alert database failed.
     #[error("alert database: {0}")]
     Db(#[from] rusqlite::Error),
 }

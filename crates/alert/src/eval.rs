@@ -72,10 +72,13 @@ pub enum CommandError {
     /// The incident does not exist or is not open.
     #[error(transparent)]
     Incident(#[from] super::correlate::IncidentError),
+    /// The alert database failed.
     #[error("alert database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The engine is not running (shutting down).
     #[error("the alert engine has stopped")]
     Stopped,
+    /// The engine did not answer in time.
     #[error("the alert engine did not answer within {0:?}")]
     NoAnswer(Duration),
 }
@@ -83,10 +86,13 @@ pub enum CommandError {
 /// Why a rule, or a step of a round, could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The hot store cannot be opened for reading.
     #[error(transparent)]
     Open(#[from] hot::Error),
+    /// A read of the hot store failed.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// A query over the tiers failed.
     #[error(transparent)]
     Query(#[from] heimdall_store::read::Error),
 }
@@ -157,12 +163,14 @@ pub struct EngineDeps {
 /// Errors that stop the engine from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The alert database cannot be opened.
     #[error("alert database {path}: {source}")]
     Db {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
+    /// The engine thread cannot be started.
     #[error("cannot start the alert engine thread: {0}")]
     Thread(#[source] std::io::Error),
 }

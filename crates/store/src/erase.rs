@@ -22,8 +22,10 @@ pub use heimdall_api::model::Erasure;
 /// Why a query cannot name what to erase.
 #[derive(Debug, thiserror::Error)]
 pub enum BadErasure {
+    /// The query does not parse.
     #[error(transparent)]
     Parse(#[from] parse::ParseError),
+    /// The query has stages other than line filters.
     #[error(
         "an erasure takes a stream selector with line filters only (no parsers or label filters)"
     )]
@@ -201,7 +203,6 @@ fn erase_one(
             .query_map([seg.id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let wanted: HashSet<i64> = cand.streams.iter().map(|s| s.file_stream_id).collect();
-        let all: HashSet<i64> = footer.streams.iter().map(|s| s.stream_id).collect();
         let mut hits = 0u64;
         file.read(
             &Selection {
@@ -229,32 +230,23 @@ fn erase_one(
         let mut w = SegmentWriter::create(&tmp, labels, lc.cfg.zstd_level)?;
         let mut kept = 0u64;
         let mut failed = None;
-        file.read(
-            &Selection {
-                streams: &all,
-                start: i64::MIN,
-                end: i64::MAX,
-                row_groups: None,
-            },
-            false,
-            |r, _| {
-                let hit = wanted.contains(&r.stream_id)
-                    && r.ts >= start
-                    && r.ts < end
-                    && matches(&filters, &r.line);
-                if hit {
-                    return true;
+        file.read_all(&footer, |r| {
+            let hit = wanted.contains(&r.stream_id)
+                && r.ts >= start
+                && r.ts < end
+                && matches(&filters, &r.line);
+            if hit {
+                return true;
+            }
+            kept += 1;
+            match w.push(r) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
                 }
-                kept += 1;
-                match w.push(r) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                }
-            },
-        )?;
+            }
+        })?;
         if let Some(e) = failed {
             return Err(e.into());
         }

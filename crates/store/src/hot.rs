@@ -1014,13 +1014,14 @@ impl Writer {
     }
 }
 
-/// One stored row, as read back.
+/// One stored row, as read back (also what the cross-tier reader yields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
     pub id: i64,
     pub stream_id: i64,
     pub ts: i64,
     pub level: Level,
+    /// Bits from `heimdall_common::record::flags`.
     pub flags: u8,
     pub line: Vec<u8>,
 }

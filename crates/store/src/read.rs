@@ -19,7 +19,7 @@ use crate::cold::ColdStore;
 use crate::hot;
 use crate::hot_index::{HotIndex, Plan};
 use crate::segment::{self, SegmentFile, Selection};
-use heimdall_common::record::{Labels, Level};
+use heimdall_common::record::Labels;
 use heimdall_logql::{FilterOp, LineFilter, Matcher};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -61,17 +61,8 @@ impl Error {
     }
 }
 
-/// One stored line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub id: i64,
-    pub stream_id: i64,
-    pub ts: i64,
-    pub level: Level,
-    /// Bits from `heimdall_common::record::flags`.
-    pub flags: u8,
-    pub line: Vec<u8>,
-}
+/// One stored line, from whichever tier (the hot store's row type).
+pub use super::hot::Row;
 
 /// The order a scan returns lines in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -536,14 +527,7 @@ impl<'a> Source<'a> {
                     let n = rows.len();
                     for r in rows {
                         after = Some((r.ts, r.id));
-                        if !each(Row {
-                            id: r.id,
-                            stream_id: r.stream_id,
-                            ts: r.ts,
-                            level: r.level,
-                            flags: r.flags,
-                            line: r.line,
-                        }) {
+                        if !each(r) {
                             return Ok(());
                         }
                     }
@@ -724,14 +708,7 @@ impl<'a> Source<'a> {
                             if let Some(last) = rows.last() {
                                 h.after = Some((last.ts, last.id));
                             }
-                            h.buf.extend(rows.into_iter().map(|r| Row {
-                                id: r.id,
-                                stream_id: r.stream_id,
-                                ts: r.ts,
-                                level: r.level,
-                                flags: r.flags,
-                                line: r.line,
-                            }));
+                            h.buf.extend(rows);
                         }
                     }
                     Run::Seg(s) => self.fill_segment(s, backward, filters)?,

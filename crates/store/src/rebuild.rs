@@ -8,7 +8,7 @@ use super::catalog::{self, Tier};
 use super::cold::ColdStore;
 use super::hot::{self, HotStore};
 use super::lifecycle::Error;
-use super::segment::{index_line, Bloom, SegmentFile, SegmentInfo, Selection};
+use super::segment::{index_line, Bloom, SegmentFile, SegmentInfo};
 use std::collections::{HashMap, HashSet};
 
 /// What a rebuild did.
@@ -59,34 +59,24 @@ fn add(store: &HotStore, cold: &ColdStore, name: &str, size: u64) -> Result<u64,
     let footer = file.footer()?;
     let labels = file.stream_labels()?;
     // Statistics and the bloom filter from the rows; the footer's content hash must hold.
-    let all: HashSet<i64> = footer.streams.iter().map(|s| s.stream_id).collect();
     let mut entries = HashSet::new();
     let mut rg_entries = HashSet::new();
     let mut row_group_blooms = Vec::new();
     let mut bounds = file.row_group_rows().into_iter();
     let mut left = bounds.next().unwrap_or(usize::MAX);
     let (mut levels, mut raw_bytes) = (0u8, 0u64);
-    file.read(
-        &Selection {
-            streams: &all,
-            start: i64::MIN,
-            end: i64::MAX,
-            row_groups: None,
-        },
-        false,
-        |r, _| {
-            levels |= 1 << (r.level as u8);
-            raw_bytes += r.line.len() as u64;
-            index_line(&r.line, &mut rg_entries);
-            left = left.saturating_sub(1);
-            if left == 0 {
-                row_group_blooms.push(Bloom::from_entries(rg_entries.iter()));
-                entries.extend(rg_entries.drain());
-                left = bounds.next().unwrap_or(usize::MAX);
-            }
-            true
-        },
-    )?;
+    file.read_all(&footer, |r| {
+        levels |= 1 << (r.level as u8);
+        raw_bytes += r.line.len() as u64;
+        index_line(&r.line, &mut rg_entries);
+        left = left.saturating_sub(1);
+        if left == 0 {
+            row_group_blooms.push(Bloom::from_entries(rg_entries.iter()));
+            entries.extend(rg_entries.drain());
+            left = bounds.next().unwrap_or(usize::MAX);
+        }
+        true
+    })?;
     if !rg_entries.is_empty() {
         row_group_blooms.push(Bloom::from_entries(rg_entries.iter()));
         entries.extend(rg_entries.drain());

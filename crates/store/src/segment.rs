@@ -685,6 +685,30 @@ impl SegmentFile {
             .collect()
     }
 
+    /// Calls `each(row)` for every row of the segment (whose footer is `footer`) in file
+    /// order until it returns `false`: what verification, erasure and catalog rebuilds
+    /// read.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn read_all(
+        &self,
+        footer: &FooterMeta,
+        mut each: impl FnMut(SegmentRow) -> bool,
+    ) -> Result<(), Error> {
+        let all: HashSet<i64> = footer.streams.iter().map(|s| s.stream_id).collect();
+        self.read(
+            &Selection {
+                streams: &all,
+                start: i64::MIN,
+                end: i64::MAX,
+                row_groups: None,
+            },
+            false,
+            |r, _| each(r),
+        )
+    }
+
     /// Calls `each(row, labels)` for the selected rows in file order (by stream, then
     /// time) until it returns `false`; row groups whose statistics exclude the
     /// selection are not read. `labels` is given only when `with_labels`.
@@ -832,23 +856,13 @@ impl SegmentFile {
     /// [`Error::Corrupt`] on any difference.
     pub fn verify(&self, info: &SegmentInfo) -> Result<(), Error> {
         let footer = self.footer()?;
-        let all: HashSet<i64> = footer.streams.iter().map(|s| s.stream_id).collect();
         let mut h = 0xcbf2_9ce4_8422_2325u64;
         let mut rows = 0u64;
-        self.read(
-            &Selection {
-                streams: &all,
-                start: i64::MIN,
-                end: i64::MAX,
-                row_groups: None,
-            },
-            false,
-            |r, _| {
-                row_hash(&mut h, &r);
-                rows += 1;
-                true
-            },
-        )?;
+        self.read_all(&footer, |r| {
+            row_hash(&mut h, &r);
+            rows += 1;
+            true
+        })?;
         let bad = |what: String| Error::Corrupt {
             path: self.path.clone(),
             what,
