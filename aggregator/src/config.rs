@@ -40,9 +40,28 @@ pub struct AggregatorConfigFile {
     /// Alert rules, receivers and incident correlation.
     #[serde(default)]
     pub alerting: heimdall_alert::config::AlertingConfigFile,
-    /// What pushes through the Loki API (`/loki/api/v1/push`) may hold.
+    /// What pushes through the Loki API (`/loki/api/v1/push`) and OTLP may hold.
     #[serde(default)]
     pub push: PushConfig,
+    /// OTLP logs over HTTP.
+    #[serde(default)]
+    pub otlp: OtlpConfig,
+}
+
+/// OTLP logs over HTTP (`/v1/logs` on its own listener, `/otlp/v1/logs` on the API's).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// TCP address of the OTLP listener (the collector's default port). Default
+    /// `127.0.0.1:4318`; when that default is taken, the aggregator runs without it
+    /// (OTLP stays on the API at `/otlp/v1/logs`). An address given here must bind.
+    pub listen: Option<String>,
+    /// Serve the OTLP listener at all. Default true.
+    pub enabled: Option<bool>,
+    /// Resource attributes that become stream labels (by their OTLP names); the others
+    /// are structured metadata. Default: Loki 3's list (`service.name`,
+    /// `k8s.namespace.name`, `deployment.environment`, …).
+    pub index_labels: Option<Vec<String>>,
 }
 
 /// Limits of pushed entries, named and defaulted as Loki's.
@@ -55,6 +74,12 @@ pub struct PushConfig {
     pub reject_old_samples_max_age: Option<HumanDuration>,
     /// How far in the future a pushed entry may be. Default 10m.
     pub creation_grace_period: Option<HumanDuration>,
+    /// Labels a stream's `service_name` is taken from when it has none, in order
+    /// (`unknown_service` when it has none of them); applies to agents' streams too.
+    /// Default Loki's: service, app, application, name, app_kubernetes_io_name,
+    /// container, container_name, k8s_container_name, component, workload, job. An
+    /// empty list turns discovery off.
+    pub discover_service_name: Option<Vec<String>>,
 }
 
 /// Warm tier.
@@ -219,7 +244,11 @@ pub struct AggregatorConfig {
     pub max_series: usize,
     pub align_queries_with_step: bool,
     /// What pushed entries may hold.
-    pub push: crate::api::loki::PushPolicy,
+    pub push: crate::api::push::PushPolicy,
+    /// The OTLP listener and whether its address was configured (it must bind then).
+    pub otlp_listen: Option<(SocketAddr, bool)>,
+    /// How OTLP resources map to labels.
+    pub otlp: crate::api::otlp::OtlpMapping,
     /// HTTPS certificate and key, when the API serves TLS.
     pub api_tls: Option<(PathBuf, PathBuf)>,
     pub tokens: Vec<crate::api::auth::Token>,
@@ -314,6 +343,7 @@ impl AggregatorConfig {
             "127.0.0.1:3100",
         );
         let tls = tls_files(&state_dir, &raw.ingest);
+        let (otlp_listen, otlp) = otlp(&mut p, &raw.otlp);
         let ingest_limits = ingest_limits(&mut p, &raw.ingest);
         let max_limit = raw.api.max_limit.unwrap_or(5000);
         if max_limit == 0 {
@@ -387,6 +417,8 @@ impl AggregatorConfig {
             max_series: max_series as usize,
             align_queries_with_step: raw.api.align_queries_with_step.unwrap_or(true),
             push: push_policy(&raw.push),
+            otlp_listen,
+            otlp,
             api_tls,
             tokens,
             max_group_rows: max_group_rows as usize,
@@ -657,8 +689,8 @@ fn lifecycle(
 }
 
 /// `[push]`: which pushed entries are too old or too new.
-fn push_policy(raw: &PushConfig) -> crate::api::loki::PushPolicy {
-    crate::api::loki::PushPolicy {
+fn push_policy(raw: &PushConfig) -> crate::api::push::PushPolicy {
+    crate::api::push::PushPolicy {
         max_age: if raw.reject_old_samples.unwrap_or(true) {
             Some(
                 raw.reject_old_samples_max_age
@@ -670,7 +702,36 @@ fn push_policy(raw: &PushConfig) -> crate::api::loki::PushPolicy {
         creation_grace: raw
             .creation_grace_period
             .map_or(Duration::from_secs(600), |d| d.0),
+        service_name_from: match &raw.discover_service_name {
+            Some(l) => l.iter().cloned().collect(),
+            None => crate::api::push::PushPolicy::default().service_name_from,
+        },
     }
+}
+
+/// `[otlp]`: the listener (`None` when off; the flag says whether it was asked for
+/// explicitly) and the attribute mapping.
+fn otlp(
+    p: &mut ConfigProblems,
+    raw: &OtlpConfig,
+) -> (Option<(SocketAddr, bool)>, crate::api::otlp::OtlpMapping) {
+    let listen = if raw.enabled.unwrap_or(true) {
+        let a = addr(p, "otlp.listen", raw.listen.clone(), "127.0.0.1:4318");
+        Some((a, raw.listen.is_some()))
+    } else {
+        None
+    };
+    let mut mapping = crate::api::otlp::OtlpMapping::default();
+    if let Some(l) = &raw.index_labels {
+        if let Some(bad) = l.iter().find(|n| n.trim().is_empty()) {
+            p.push(
+                "otlp.index_labels",
+                format!("`{bad}` is not an attribute name"),
+            );
+        }
+        mapping.index_labels = l.iter().cloned().collect();
+    }
+    (listen, mapping)
 }
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub enum Error {
 pub struct ListenAddrs {
     pub ingest: SocketAddr,
     pub api: SocketAddr,
+    /// The OTLP listener, when it runs.
+    #[serde(default)]
+    pub otlp: Option<SocketAddr>,
 }
 
 /// Name of the file in the state directory that records [`ListenAddrs`].
@@ -152,9 +155,32 @@ pub async fn run(
         addr: cfg.api_listen,
         source,
     })?;
+    let otlp = match cfg.otlp_listen {
+        None => None,
+        Some((addr, explicit)) => match bind_tcp(addr) {
+            Ok(l) => Some(l),
+            // The default port taken (a collector on the same host, another aggregator):
+            // OTLP stays on the API's listener. An address asked for must bind.
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(%addr, "the default OTLP port is taken; OTLP is served on the API's listener only (/otlp/v1/logs); set otlp.listen to choose another");
+                None
+            }
+            Err(source) => {
+                return Err(Error::Bind {
+                    what: "OTLP",
+                    addr,
+                    source,
+                })
+            }
+        },
+    };
     let addrs = ListenAddrs {
         ingest: endpoint.local_addr().map_err(Error::StateDir)?,
         api: http.local_addr().map_err(Error::StateDir)?,
+        otlp: match &otlp {
+            Some(l) => Some(l.local_addr().map_err(Error::StateDir)?),
+            None => None,
+        },
     };
     let listen_file = cfg.state_dir.join(LISTEN_FILE);
     heimdall_common::fs::write_atomic(
@@ -189,13 +215,22 @@ pub async fn run(
         },
         alerting: Some(alert_api),
         align_queries_with_step: cfg.align_queries_with_step,
-        push: cfg.push,
+        push: cfg.push.clone(),
+        otlp: cfg.otlp.clone(),
     });
     let tls = match &cfg.api_tls {
         Some((c, k)) => Some(api::tls::server_config(c, k)?),
         None => None,
     };
-    serving.spawn(serve_api(http, tls, state, serving.token()));
+    if let Some(l) = otlp {
+        serving.spawn(serve_api(
+            l,
+            tls.clone(),
+            api::otlp_router(state.clone()),
+            serving.token(),
+        ));
+    }
+    serving.spawn(serve_api(http, tls, api::router(state), serving.token()));
 
     // Under systemd (Type=notify): ready once both listeners are bound and the stores
     // open; the watchdog is fed while the runtime and its blocking pool answer.
@@ -322,6 +357,7 @@ fn ingest_listener(
             max_connections_per_agent: cfg.max_connections_per_agent,
             memory: Arc::new(tokio::sync::Semaphore::new(memory_kib as usize)),
             memory_kib,
+            service_name_from: cfg.push.service_name_from.clone(),
         },
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
     }
@@ -389,10 +425,9 @@ fn start_alerting(
 async fn serve_api(
     http: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<api::ApiState>,
+    router: axum::Router,
     stop: CancellationToken,
 ) {
-    let router = api::router(state);
     let res = match tls {
         Some(tls) => match api::tls::TlsListener::new(http, tls) {
             Ok(l) => {

@@ -105,6 +105,7 @@ fn batch(lines: &[Vec<u8>], t0: i64, dt: i64, nstreams: usize, offset: usize) ->
             flags: 0,
             redacted: 0,
             line: Bytes::from(l.clone()),
+            metadata: Default::default(),
         });
     }
     c.aggregates = aggs
@@ -279,6 +280,7 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
             template_id: 0,
             flags: 0,
             line: l.clone(),
+            metadata: Default::default(),
         })
         .collect();
     rows.sort_by_key(|r| (r.stream_id, r.ts, r.id));
@@ -361,6 +363,7 @@ fn loghub(root: &std::path::Path) -> anyhow::Result<()> {
                 template_id: 0,
                 flags: 0,
                 line: l.to_vec(),
+                metadata: Default::default(),
             });
         }
     }

@@ -27,6 +27,7 @@ fn content() -> BatchContent {
             flags: 0,
             redacted: 0,
             line: Bytes::copy_from_slice(l),
+            metadata: Default::default(),
         })
         .collect();
     BatchContent {

@@ -193,6 +193,10 @@ pub struct LogRecord {
     pub redacted: u32,
     /// The message bytes (redacted, not necessarily UTF-8).
     pub line: Bytes,
+    /// Structured metadata: name/value pairs kept with this one line (a trace id, a
+    /// user id), as Loki 3 keeps them. Never part of the stream's identity; empty for
+    /// most lines.
+    pub metadata: Labels,
 }
 
 /// A template's text, sent with the first batches that use its id.

@@ -49,6 +49,8 @@ pub mod section {
     pub const AGGREGATES: u8 = 4;
     /// Anomaly events (also sent ahead on their own stream).
     pub const ANOMALIES: u8 = 5;
+    /// Structured metadata of the records that have some: `(record index, pairs)`.
+    pub const METADATA: u8 = 6;
 }
 
 /// Most templates, samples and label pairs one anomaly event carries.
@@ -617,6 +619,22 @@ impl BatchContent {
             put_anomalies(&mut body, &self.anomalies);
             put_section(dst, section::ANOMALIES, &body);
         }
+        let with_meta = self
+            .records
+            .iter()
+            .filter(|r| !r.metadata.is_empty())
+            .count();
+        if with_meta > 0 {
+            body.clear();
+            put_varint(&mut body, with_meta as u64);
+            for (i, r) in self.records.iter().enumerate() {
+                if !r.metadata.is_empty() {
+                    put_varint(&mut body, i as u64);
+                    put_labels(&mut body, &r.metadata);
+                }
+            }
+            put_section(dst, section::METADATA, &body);
+        }
     }
 
     /// Decodes payload sections, skipping sections this version does not know.
@@ -630,6 +648,7 @@ impl BatchContent {
         let mut templates: Option<Vec<Template>> = None;
         let mut aggregates: Option<Vec<Aggregate>> = None;
         let mut anomalies: Option<Vec<Anomaly>> = None;
+        let mut metadata: Option<Vec<(u64, Labels)>> = None;
         let mut fix = Repairs::default();
         while r.remaining() > 0 {
             let tag = r.u8("section tag")?;
@@ -701,6 +720,7 @@ impl BatchContent {
                             flags: fl,
                             redacted,
                             line,
+                            metadata: Labels::default(),
                         });
                     }
                     s.finish("record section")?;
@@ -778,13 +798,34 @@ impl BatchContent {
                     s.finish("anomaly section")?;
                     anomalies = Some(v);
                 }
+                section::METADATA => {
+                    if metadata.is_some() {
+                        return Err(Error::BadSections("has two metadata sections"));
+                    }
+                    let n = s.count("metadata count", limits.max_records, 2)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let i = s.varint("metadata record index")?;
+                        v.push((i, s.labels(limits, &mut fix)?));
+                    }
+                    s.finish("metadata section")?;
+                    metadata = Some(v);
+                }
                 // Sections from newer agents: skipped, so additions stay compatible.
                 _ => {}
             }
         }
+        let mut records = records.unwrap_or_default();
+        for (i, m) in metadata.unwrap_or_default() {
+            // Metadata for a record that is not there is skipped, its neighbours kept.
+            match records.get_mut(usize::try_from(i).unwrap_or(usize::MAX)) {
+                Some(r) => r.metadata = m,
+                None => fix.unknown_fields += 1,
+            }
+        }
         Ok(BatchContent {
             streams: streams.ok_or(Error::BadSections("has no stream table"))?,
-            records: records.unwrap_or_default(),
+            records,
             templates: templates.unwrap_or_default(),
             aggregates: aggregates.unwrap_or_default(),
             anomalies: anomalies.unwrap_or_default(),
@@ -1160,6 +1201,7 @@ mod tests {
                     flags: flags::TRUNCATED,
                     redacted: 2,
                     line: Bytes::from_static(b"error: disk full"),
+                    metadata: Default::default(),
                 },
                 LogRecord {
                     stream: 1,
@@ -1170,6 +1212,7 @@ mod tests {
                     flags: flags::INVALID_UTF8,
                     redacted: 0,
                     line: Bytes::from_static(b"\xff\xfe bytes"),
+                    metadata: Default::default(),
                 },
             ],
             ..Default::default()
@@ -1388,8 +1431,9 @@ mod tests {
                 0u8..=flags::KNOWN,
                 any::<u32>(),
                 proptest::collection::vec(any::<u8>(), 0..300),
+                arb_labels(),
             )
-                .prop_map(|(stream, t, o, lv, tid, fl, red, line)| LogRecord {
+                .prop_map(|(stream, t, o, lv, tid, fl, red, line, meta)| LogRecord {
                     stream,
                     time_ns: t,
                     observed_ns: o,
@@ -1398,6 +1442,7 @@ mod tests {
                     flags: fl,
                     redacted: red,
                     line: Bytes::from(line),
+                    metadata: meta,
                 });
             (Just(streams), proptest::collection::vec(rec, 0..40)).prop_map(|(streams, records)| {
                 BatchContent {

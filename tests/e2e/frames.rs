@@ -31,6 +31,7 @@ fn content(n: usize) -> BatchContent {
                 flags: 0,
                 redacted: 0,
                 line: Bytes::from(format!("hand-made line {i}")),
+                metadata: Default::default(),
             })
             .collect(),
         ..Default::default()

@@ -375,6 +375,7 @@ fn dead_letters_are_counted_shown_and_resent_once() {
                 flags: 0,
                 redacted: 0,
                 line: format!("a line rejected once {i}").into(),
+                metadata: Default::default(),
             })
             .collect(),
         ..BatchContent::default()

@@ -74,6 +74,7 @@ fn setup(rows: &[Spec], prefix: &str, s3: &S3Server) -> Setup {
                 flags: 0,
                 redacted: 0,
                 line: bytes::Bytes::from(line.clone()),
+                metadata: Default::default(),
             })
             .collect(),
         ..Default::default()
@@ -219,7 +220,7 @@ fn reference_log(rows: &[Spec], c: &LogCase) -> Grouped {
     let mut out = Grouped::new();
     for (ts, _, i) in hits {
         let (st, _, level, line) = &rows[i];
-        out.entry(base_labels(&labels[*st], *level, 0))
+        out.entry(base_labels(&labels[*st], &Labels::default(), *level, 0))
             .or_default()
             .push((ts, line.clone()));
     }
@@ -241,6 +242,7 @@ fn run_log(s: &Setup, c: &LogCase) -> Grouped {
             max_bytes: usize::MAX,
             backward: c.backward,
             deadline: None,
+            categorize: false,
         },
     )
     .unwrap();

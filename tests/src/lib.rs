@@ -384,16 +384,25 @@ impl Aggregator {
     ) -> anyhow::Result<Aggregator> {
         let state_dir = dir.join("aggregator");
         std::fs::create_dir_all(&state_dir)?;
-        let (ingest, api) = match ports {
-            Some(p) => (p.ingest.to_string(), p.api.to_string()),
-            None => ("127.0.0.1:0".into(), "127.0.0.1:0".into()),
+        let (ingest, api, otlp) = match ports {
+            Some(p) => (
+                p.ingest.to_string(),
+                p.api.to_string(),
+                p.otlp
+                    .map_or_else(|| "127.0.0.1:0".into(), |a| a.to_string()),
+            ),
+            None => (
+                "127.0.0.1:0".into(),
+                "127.0.0.1:0".into(),
+                "127.0.0.1:0".into(),
+            ),
         };
         let config = dir.join("aggregator.toml");
         std::fs::write(
             &config,
             aggregator_config(
                 &format!(
-                    "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\nmax_limit = 1000000\n[shutdown]\ngrace = \"5s\"\n",
+                    "state_dir = {:?}\nserver_id = \"test-aggregator\"\n[ingest]\nlisten = {ingest:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n[api]\nlisten = {api:?}\nmax_limit = 1000000\n[otlp]\nlisten = {otlp:?}\n[shutdown]\ngrace = \"5s\"\n",
                     state_dir.display().to_string(),
                     pki.ca_pem.display().to_string(),
                     pki.server_cert.display().to_string(),
@@ -855,6 +864,41 @@ pub fn python() -> &'static Path {
         assert!(ok, "pip install -r tests/requirements.txt failed");
         std::fs::write(&stamp, want).expect("write venv stamp");
         py
+    })
+}
+
+/// The npm packages of `tests/package.json` (Loki clients for Node), installed under
+/// `target/` on first use; returns the `node_modules` directory to put on `NODE_PATH`.
+///
+/// # Panics
+/// When `npm` is missing or the registry unreachable.
+pub fn node_modules() -> &'static Path {
+    static NM: OnceLock<PathBuf> = OnceLock::new();
+    NM.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("../target"));
+        let dir = target.join("heimdall-test-node");
+        let want = std::fs::read_to_string(root.join("package.json")).expect("tests/package.json");
+        let stamp = dir.join("package.installed");
+        let modules = dir.join("node_modules");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+            return modules;
+        }
+        std::fs::create_dir_all(&dir).expect("create the npm directory");
+        std::fs::write(dir.join("package.json"), &want).expect("write package.json");
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "npm install of tests/package.json failed (Debian: apt install npm)"
+        );
+        std::fs::write(&stamp, want).expect("write npm stamp");
+        modules
     })
 }
 

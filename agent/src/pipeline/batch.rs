@@ -139,6 +139,7 @@ impl Batcher {
                 flags: line.flags,
                 redacted: line.redacted,
                 line: line.bytes,
+                metadata: Default::default(),
             });
         }
         self.checkpoints.insert(chunk.checkpoint);

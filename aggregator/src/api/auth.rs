@@ -53,11 +53,14 @@ pub fn digest(token: &str) -> [u8; 32] {
     out
 }
 
+/// Where lines are pushed: the Loki API, and OTLP on the API's listener and on its own.
+pub const PUSH_PATHS: [&str; 3] = ["/loki/api/v1/push", "/otlp/v1/logs", "/v1/logs"];
+
 /// The role a request needs.
 pub fn required(method: &Method, path: &str) -> Role {
     if path.starts_with("/api/v1/admin/") {
         Role::Admin
-    } else if path == "/loki/api/v1/push" && method == Method::POST {
+    } else if PUSH_PATHS.contains(&path) && method == Method::POST {
         Role::Write
     } else if method != Method::GET
         && ["/api/v1/silences", "/api/v1/incidents", "/api/v1/rules"]

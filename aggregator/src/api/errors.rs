@@ -79,7 +79,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             message = format!(
                 "request body is larger than {} bytes ({message})",
-                super::loki::MAX_PUSH_BYTES
+                super::push::MAX_PUSH_BYTES
             );
         }
         let mut r = json_error(status, &message);

@@ -10,6 +10,9 @@ pub mod alerts;
 pub mod auth;
 pub mod errors;
 pub mod loki;
+pub mod otlp;
+pub mod proto;
+pub mod push;
 pub mod tls;
 
 use crate::ingest::Registry;
@@ -51,7 +54,9 @@ pub struct ApiState {
     /// Truncate metric `query_range` start and end to multiples of the step.
     pub align_queries_with_step: bool,
     /// What pushed entries may hold.
-    pub push: loki::PushPolicy,
+    pub push: push::PushPolicy,
+    /// How OTLP resources map to labels.
+    pub otlp: otlp::OtlpMapping,
 }
 
 /// The router.
@@ -72,7 +77,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(loki::series).post(loki::series_form),
         )
         .route("/loki/api/v1/index/stats", get(loki::index_stats))
-        .route("/loki/api/v1/push", post(loki::push))
+        .route("/loki/api/v1/push", post(push::loki_push))
+        .route("/otlp/v1/logs", post(otlp::logs))
         .route("/loki/api/v1/tail", get(loki::tail))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .route("/loki/api/v1/patterns", get(patterns))
@@ -98,7 +104,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/admin/erase", post(admin::erase))
         .route("/api/v1/admin/erasures", get(admin::erasures))
         .route("/api/v1/admin/segments", get(admin::segments))
-        .layer(axum::extract::DefaultBodyLimit::max(loki::MAX_PUSH_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(push::MAX_PUSH_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
@@ -107,6 +113,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(api)
         .route("/metrics", get(metrics_text))
         .route("/ready", get(|| async { "ready\n" }))
+        .fallback(errors::not_found)
+        .layer(axum::middleware::from_fn(errors::layer))
+        .with_state(state)
+}
+
+/// The OTLP listener's router: `POST /v1/logs` (and `/otlp/v1/logs`), with the API's
+/// tokens.
+pub fn otlp_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/logs", post(otlp::logs))
+        .route("/otlp/v1/logs", post(otlp::logs))
+        .layer(axum::extract::DefaultBodyLimit::max(push::MAX_PUSH_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .fallback(errors::not_found)
         .layer(axum::middleware::from_fn(errors::layer))
         .with_state(state)
@@ -403,6 +425,7 @@ async fn aggregates(
     Ok(Json(Envelope::ok(lokiapi::QueryData {
         result: lokiapi::QueryResult::Matrix(result),
         stats: Value::Null,
+        encoding_flags: Vec::new(),
     })))
 }
 

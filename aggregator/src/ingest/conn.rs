@@ -223,7 +223,7 @@ impl Handler {
                 s = conn.accept_bi() => s,
                 u = conn.accept_uni() => {
                     if let Ok(recv) = u {
-                        tokio::spawn(handle_events(recv, self.store.clone(), agent.clone(), limits));
+                        tokio::spawn(handle_events(recv, self.store.clone(), agent.clone(), limits, self.settings.service_name_from.clone()));
                     }
                     continue;
                 }
@@ -247,6 +247,7 @@ impl Handler {
                 limits,
                 memory: self.settings.memory.clone(),
                 budget: self.settings.memory_kib,
+                service_name_from: self.settings.service_name_from.clone(),
             };
             tokio::spawn(async move {
                 handle_batch(send, recv, ctx).await;
@@ -365,6 +366,7 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         limits,
         memory,
         budget,
+        service_name_from,
     } = ctx;
     let reject = |seq: u64, epoch: u64, code: u16, why: String| {
         Frame::Reject(Reject {
@@ -446,10 +448,10 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     }
     // Provenance no agent can forge: the certificate's identity on every stream.
     for s in &mut content.streams {
-        super::stamp_identity(s, &agent);
+        super::stamp_stream(s, &agent, &service_name_from);
     }
     for a in &mut content.anomalies {
-        super::stamp_identity(&mut a.stream, &agent);
+        super::stamp_stream(&mut a.stream, &agent, &service_name_from);
     }
     let rows = content.records.len();
     let id = BatchId {
@@ -492,6 +494,7 @@ async fn handle_events(
     store: Arc<HotStore>,
     agent: Arc<str>,
     limits: wire::Limits,
+    service_name_from: Arc<[String]>,
 ) {
     let frame = match tokio::time::timeout(
         Duration::from_secs(30),
@@ -511,7 +514,7 @@ async fn handle_events(
         return;
     };
     for a in &mut events {
-        super::stamp_identity(&mut a.stream, &agent);
+        super::stamp_stream(&mut a.stream, &agent, &service_name_from);
     }
     let n = events.len();
     match store.write_anomalies(events).await {
@@ -530,6 +533,8 @@ struct BatchCtx {
     memory: Arc<Semaphore>,
     /// Size of the whole budget in KiB: no reservation may ask for more.
     budget: u32,
+    /// Labels `service_name` is discovered from.
+    service_name_from: Arc<[String]>,
 }
 
 fn count_reject(code: u16) {

@@ -22,6 +22,8 @@ pub struct IngestSettings {
     pub memory: Arc<tokio::sync::Semaphore>,
     /// The budget's size in KiB.
     pub memory_kib: u32,
+    /// Labels `service_name` is discovered from (`[push] discover_service_name`).
+    pub service_name_from: Arc<[String]>,
 }
 
 /// Accepts agent connections until `shutdown`.

@@ -68,10 +68,23 @@ impl Registry {
 
 pub(crate) use heimdall_common::record::now_ns;
 
-/// The labels of a stream as stored: `agent` is who sent it (the certificate's name on
+/// The labels of an agent's stream as stored: its identity, and a `service_name`
+/// discovered as for pushes.
+///
+/// `agent` is who sent it (the certificate's name on
 /// QUIC, the token's name on a push), and a sender's own `agent` label is kept as
 /// `exported_agent` (as Prometheus keeps a scraped label that collides with a target
 /// label), so no sender can pass for another.
+pub fn stamp_stream(
+    labels: &mut heimdall_common::record::Labels,
+    who: &str,
+    service_from: &[String],
+) {
+    stamp_identity(labels, who);
+    crate::api::push::discover_service_name(labels, service_from);
+}
+
+/// Sets the `agent` label of a stream (see [`stamp_stream`]).
 pub fn stamp_identity(labels: &mut heimdall_common::record::Labels, who: &str) {
     if let Some(v) = labels.remove("agent") {
         if v == who {

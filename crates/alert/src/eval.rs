@@ -1064,6 +1064,7 @@ impl Engine {
             max_bytes: 64 << 10,
             backward: true,
             deadline: Some(Instant::now() + Duration::from_secs(2)),
+            categorize: false,
         };
         match heimdall_query::exec::run_log_query(&src, &q, &req) {
             Ok(r) => r

@@ -187,14 +187,14 @@ impl RuleState {
                 if *id <= self.seeded_id {
                     continue;
                 }
-                let Some(out) = leaf
-                    .pipeline
-                    .process(stream, row.level, row.flags, &row.line)
+                let Some(out) =
+                    leaf.pipeline
+                        .process(stream, &row.metadata, row.level, row.flags, &row.line)
                 else {
                     continue;
                 };
                 let labels = match out.labels {
-                    None => base_labels(stream, row.level, row.flags),
+                    None => base_labels(stream, &row.metadata, row.level, row.flags),
                     Some(l) => {
                         if let Some(kind) = l.get(ERROR_LABEL) {
                             leaf.error = Some(format!(
@@ -336,6 +336,7 @@ mod tests {
                     flags: 0,
                     redacted: 0,
                     line: Bytes::from(l.to_string()),
+                    metadata: Default::default(),
                 })
                 .collect(),
             ..Default::default()

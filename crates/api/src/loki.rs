@@ -17,7 +17,19 @@ pub struct QueryData {
     /// is true when the answer was cut (the byte cap or the deadline).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub stats: serde_json::Value,
+    /// `["categorize-labels"]` when the entries carry their structured metadata and
+    /// parsed labels apart (asked for with `X-Loki-Response-Encoding-Flags`).
+    #[serde(
+        rename = "encodingFlags",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub encoding_flags: Vec<String>,
 }
+
+/// The encoding flag that splits a line's labels into stream labels, structured
+/// metadata and parsed labels.
+pub const CATEGORIZE_LABELS: &str = "categorize-labels";
 
 impl QueryData {
     /// Whether the answer was cut before the limit or the end of the range.
@@ -40,11 +52,12 @@ pub enum QueryResult {
     Scalar(Sample),
 }
 
-/// Log lines of one label set: `[["<ns>", "<line>"], …]`.
+/// Log lines of one label set: `[["<ns>", "<line>"], …]`, or with `categorize-labels`
+/// `[["<ns>", "<line>", {"structuredMetadata": {…}, "parsed": {…}}], …]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stream {
     pub stream: LabelSet,
-    pub values: Vec<(String, String)>,
+    pub values: Vec<LogEntry>,
 }
 
 impl Stream {
@@ -52,7 +65,81 @@ impl Stream {
     pub fn entries(&self) -> impl Iterator<Item = (i64, &str)> {
         self.values
             .iter()
-            .map(|(t, l)| (t.parse().unwrap_or(0), l.as_str()))
+            .map(|e| (e.ts.parse().unwrap_or(0), e.line.as_str()))
+    }
+}
+
+/// One line of a [`Stream`]: a JSON array of two elements, or three when the line has
+/// categorized labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Nanoseconds since the Unix epoch, as a decimal string.
+    pub ts: String,
+    pub line: String,
+    pub labels: Option<EntryLabels>,
+}
+
+impl From<(String, String)> for LogEntry {
+    fn from((ts, line): (String, String)) -> LogEntry {
+        LogEntry {
+            ts,
+            line,
+            labels: None,
+        }
+    }
+}
+
+/// The third element of a categorized entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryLabels {
+    #[serde(
+        rename = "structuredMetadata",
+        default,
+        skip_serializing_if = "LabelSet::is_empty"
+    )]
+    pub structured_metadata: LabelSet,
+    #[serde(default, skip_serializing_if = "LabelSet::is_empty")]
+    pub parsed: LabelSet,
+}
+
+impl Serialize for LogEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2 + usize::from(self.labels.is_some()))?;
+        t.serialize_element(&self.ts)?;
+        t.serialize_element(&self.line)?;
+        if let Some(l) = &self.labels {
+            t.serialize_element(l)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LogEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogEntry, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LogEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[\"<unix ns>\", \"<line>\"] with optional labels")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<LogEntry, A::Error> {
+                use serde::de::Error;
+                let ts = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let line = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let labels = a.next_element::<EntryLabels>()?;
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(LogEntry { ts, line, labels })
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 
@@ -154,9 +241,10 @@ mod tests {
         let d = QueryData {
             result: QueryResult::Streams(vec![Stream {
                 stream: LabelSet::from([("app".into(), "x".into())]),
-                values: vec![("1700000000000000000".into(), "hello".into())],
+                values: vec![("1700000000000000000".to_owned(), "hello".to_owned()).into()],
             }]),
             stats: serde_json::json!({"summary": {"partial": false}}),
+            encoding_flags: Vec::new(),
         };
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["resultType"], "streams");
@@ -177,5 +265,26 @@ mod tests {
         let s: QueryData =
             serde_json::from_str(r#"{"resultType":"scalar","result":[1,"NaN"]}"#).unwrap();
         assert_eq!(s.result, QueryResult::Scalar((1.0, "NaN".into())));
+    }
+
+    #[test]
+    fn categorized_entries_have_three_elements_as_loki_3_writes_them() {
+        let e = LogEntry {
+            ts: "1".into(),
+            line: "x".into(),
+            labels: Some(EntryLabels {
+                structured_metadata: LabelSet::from([("trace_id".into(), "abc".into())]),
+                parsed: LabelSet::new(),
+            }),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!(["1", "x", {"structuredMetadata": {"trace_id": "abc"}}])
+        );
+        assert_eq!(serde_json::from_value::<LogEntry>(v).unwrap(), e);
+        let plain: LogEntry = serde_json::from_str(r#"["2","y"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&plain).unwrap(), r#"["2","y"]"#);
+        assert!(serde_json::from_str::<LogEntry>(r#"["2"]"#).is_err());
     }
 }

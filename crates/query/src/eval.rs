@@ -314,7 +314,10 @@ impl Ctx<'_, '_> {
                         Some(i) => *i,
                         None => {
                             let lv = Level::from_u8(level).unwrap_or_default();
-                            match new_series(base_labels(labels[&sid], lv, 0), &mut cells) {
+                            match new_series(
+                                base_labels(labels[&sid], &Labels::default(), lv, 0),
+                                &mut cells,
+                            ) {
                                 Ok(i) => {
                                     fast.insert(key, i);
                                     i
@@ -351,7 +354,7 @@ impl Ctx<'_, '_> {
                 lines += 1;
                 bytes_read += row.line.len() as u64;
                 let stream = labels[&row.stream_id];
-                let Some(out) = pipeline.process(stream, row.level, row.flags, &row.line) else {
+                let Some(out) = pipeline.process(stream, &row.metadata, row.level, row.flags, &row.line) else {
                     return true;
                 };
                 let i = match out.labels {
@@ -359,7 +362,7 @@ impl Ctx<'_, '_> {
                         let key = (row.stream_id, row.level as u8);
                         match fast.get(&key) {
                             Some(i) => *i,
-                            None => match new_series(base_labels(stream, row.level, row.flags), &mut cells) {
+                            None => match new_series(base_labels(stream, &row.metadata, row.level, row.flags), &mut cells) {
                                 Ok(i) => {
                                     fast.insert(key, i);
                                     i
@@ -780,6 +783,7 @@ mod tests {
                 flags: 0,
                 redacted: 0,
                 line: Bytes::from(line.clone()),
+                metadata: Default::default(),
             });
             let e = aggs
                 .entry((*st as u32, ts.div_euclid(10 * S) * 10 * S, *level as u8))

@@ -22,13 +22,45 @@ pub struct LogRequest {
     /// Newest first.
     pub backward: bool,
     pub deadline: Option<Instant>,
+    /// Group lines by their stream's labels only and give each line its structured
+    /// metadata and parsed labels apart (Loki's `categorize-labels` encoding); otherwise
+    /// lines are grouped by all their labels.
+    pub categorize: bool,
 }
 
 /// One result line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub ts: i64,
     pub line: Vec<u8>,
+    /// With `categorize`: the line's structured metadata (with its level and flag labels,
+    /// which are per line too).
+    pub structured: Labels,
+    /// With `categorize`: labels the pipeline extracted.
+    pub parsed: Labels,
+}
+
+/// Splits a line's labels as Loki's `categorize-labels` does: those that are the
+/// stream's, those that are the line's own (its structured metadata, level and flags),
+/// and those the pipeline extracted.
+pub fn categorize(labels: Labels, stream: &Labels, metadata: &Labels) -> (Labels, Labels, Labels) {
+    let (mut st, mut sm, mut parsed) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, v) in labels.iter() {
+        if stream.get(k) == Some(v) {
+            st.push((k, v));
+        } else if metadata.get(k) == Some(v)
+            || k.strip_suffix("_extracted")
+                .is_some_and(|b| metadata.get(b) == Some(v))
+            || k == "detected_level"
+            || (k == "level" && stream.get("level").is_none())
+            || crate::pipeline::FLAG_LABELS.iter().any(|(_, n)| *n == k)
+        {
+            sm.push((k, v));
+        } else {
+            parsed.push((k, v));
+        }
+    }
+    (Labels::new(st), Labels::new(sm), Labels::new(parsed))
 }
 
 /// Lines grouped by their labels, each group's lines in the requested order.
@@ -74,22 +106,38 @@ pub fn run_log_query(src: &Source<'_>, q: &LogQuery, req: &LogRequest) -> Result
             scanned += 1;
             scanned_bytes += row.line.len() as u64;
             let stream = &labels[&row.stream_id];
-            let Some(out) = pipeline.process(stream, row.level, row.flags, &row.line) else {
+            let Some(out) =
+                pipeline.process(stream, &row.metadata, row.level, row.flags, &row.line)
+            else {
                 return true;
-            };
-            let key = match out.labels {
-                Some(l) => l,
-                None => fast
-                    .entry((row.stream_id, row.level as u8, row.flags))
-                    .or_insert_with(|| base_labels(stream, row.level, row.flags))
-                    .clone(),
             };
             let line = out.line.into_owned();
             bytes += line.len();
-            groups
-                .entry(key)
-                .or_default()
-                .push(Entry { ts: row.ts, line });
+            if req.categorize {
+                let all = out
+                    .labels
+                    .unwrap_or_else(|| base_labels(stream, &row.metadata, row.level, row.flags));
+                let (key, structured, parsed) = categorize(all, stream, &row.metadata);
+                groups.entry(key).or_default().push(Entry {
+                    ts: row.ts,
+                    line,
+                    structured,
+                    parsed,
+                });
+            } else {
+                let key = match out.labels {
+                    Some(l) => l,
+                    None => fast
+                        .entry((row.stream_id, row.level as u8, row.flags))
+                        .or_insert_with(|| base_labels(stream, &row.metadata, row.level, row.flags))
+                        .clone(),
+                };
+                groups.entry(key).or_default().push(Entry {
+                    ts: row.ts,
+                    line,
+                    ..Entry::default()
+                });
+            }
             lines += 1;
             lines < req.limit && bytes < req.max_bytes
         },

@@ -1,7 +1,8 @@
 //! Runs a log query's pipeline over one line: line filters, `json`/`logfmt`
 //! extraction, label filters, `drop`/`keep` and `line_format`.
 //!
-//! A line's labels start as its stream's labels plus the record level as
+//! A line's labels start as its stream's labels, its structured metadata (a name that
+//! is also a stream label gets the suffix `_extracted`), and the record level as
 //! `detected_level` (Loki's name) and `level` (unless the stream has a `level` label
 //! of its own). Extracted labels that collide with stream labels get the suffix
 //! `_extracted`, as in Loki; they replace the record-level labels. Parse failures do
@@ -38,8 +39,11 @@ pub struct Output<'a> {
 /// The labels a line starts with: its stream's labels, its level, and its flags when
 /// set (`truncated`, `invalid_utf8`, `no_newline`, all `"true"`), so that
 /// `| truncated="true"` finds the lines cut at the line limit.
-pub fn base_labels(stream: &Labels, level: Level, flags: u8) -> Labels {
+pub fn base_labels(stream: &Labels, metadata: &Labels, level: Level, flags: u8) -> Labels {
     let mut l = stream.clone();
+    for (k, v) in metadata.iter() {
+        put(stream, &mut l, k, v.to_owned());
+    }
     l.insert("detected_level", level.as_str());
     if stream.get("level").is_none() {
         l.insert("level", level.as_str());
@@ -68,16 +72,20 @@ impl Pipeline {
         }
     }
 
-    /// Runs the stages over `line`; `None` when a stage filtered it out.
+    /// Runs the stages over `line`; `None` when a stage filtered it out. A line with
+    /// structured metadata always gets its labels (`Some`): callers may key lines
+    /// without it by stream.
     pub fn process<'a>(
         &self,
         stream: &Labels,
+        metadata: &Labels,
         level: Level,
         flags: u8,
         line: &'a [u8],
     ) -> Option<Output<'a>> {
         let mut line: Cow<'a, [u8]> = Cow::Borrowed(line);
-        let mut labels: Option<Labels> = None;
+        let mut labels: Option<Labels> =
+            (!metadata.is_empty()).then(|| base_labels(stream, metadata, level, flags));
         for s in &self.stages {
             match s {
                 Stage::Line(f) => {
@@ -86,29 +94,35 @@ impl Pipeline {
                     }
                 }
                 Stage::Json(params) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
                     json(stream, l, &line, params);
                 }
                 Stage::Logfmt => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
                     logfmt(stream, l, &line);
                 }
                 Stage::Label(f) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
                     if !label_filter(f, l) {
                         return None;
                     }
                 }
                 Stage::Drop(names) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
                     l.retain(|k, v| !names.iter().any(|n| named(n, k, v)));
                 }
                 Stage::Keep(names) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
                     l.retain(|k, v| names.iter().any(|n| named(n, k, v)));
                 }
                 Stage::LineFormat(parts) => {
-                    let l = labels.get_or_insert_with(|| base_labels(stream, level, flags));
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
                     let mut out = Vec::with_capacity(line.len());
                     for p in parts {
                         match p {
@@ -382,11 +396,12 @@ mod tests {
     fn run(q: &str, line: &str) -> Option<(Labels, String)> {
         let p = Pipeline::new(&parse_log(q).unwrap());
         let stream = Labels::new([("app", "api"), ("host", "h1")]);
-        p.process(&stream, Level::Info, 0, line.as_bytes())
+        p.process(&stream, &Labels::default(), Level::Info, 0, line.as_bytes())
             .map(|o| {
                 (
-                    o.labels
-                        .unwrap_or_else(|| base_labels(&stream, Level::Info, 0)),
+                    o.labels.unwrap_or_else(|| {
+                        base_labels(&stream, &Labels::default(), Level::Info, 0)
+                    }),
                     String::from_utf8_lossy(&o.line).into_owned(),
                 )
             })

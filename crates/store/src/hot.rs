@@ -266,7 +266,7 @@ pub fn partitions(conn: &Connection) -> Result<Vec<Partition>, rusqlite::Error> 
     rows.collect()
 }
 
-const LOG_COLUMNS: &str = "id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL, observed INTEGER NOT NULL, level INTEGER NOT NULL, template_id INTEGER NOT NULL, flags INTEGER NOT NULL, line BLOB NOT NULL";
+const LOG_COLUMNS: &str = "id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL, observed INTEGER NOT NULL, level INTEGER NOT NULL, template_id INTEGER NOT NULL, flags INTEGER NOT NULL, line BLOB NOT NULL, meta TEXT";
 
 /// Creates the partition `[start, end)` if it does not exist (inside the caller's
 /// transaction).
@@ -411,6 +411,20 @@ impl HotStore {
         if !has_rg {
             conn.execute_batch("ALTER TABLE segments ADD COLUMN rg_blooms BLOB")
                 .map_err(sqlite(path))?;
+        }
+        // Partitions made before structured metadata get its column (NULL: none).
+        for p in partitions(&conn).map_err(sqlite(path))? {
+            let has_meta: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{}') WHERE name = 'meta'",
+                    p.name
+                ))
+                .and_then(|mut s| s.exists([]))
+                .map_err(sqlite(path))?;
+            if !has_meta {
+                conn.execute_batch(&format!("ALTER TABLE \"{}\" ADD COLUMN meta TEXT", p.name))
+                    .map_err(sqlite(path))?;
+            }
         }
         // Lines live in partition tables only (a view over them would hit SQLite's
         // limit of 500 terms in a compound SELECT once there are many hours).
@@ -852,7 +866,7 @@ impl Writer {
             self.next_id += 1;
             self.conn
                 .prepare_cached(&format!(
-                    "INSERT INTO \"{table}\"(id, stream_id, ts, observed, level, template_id, flags, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    "INSERT INTO \"{table}\"(id, stream_id, ts, observed, level, template_id, flags, line, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ))?
                 .execute(params![
                     id,
@@ -863,6 +877,7 @@ impl Writer {
                     r.template_id as i64,
                     r.flags,
                     &r.line[..],
+                    metadata_json(&r.metadata),
                 ])?;
             self.index
                 .add(&table, self.made.contains(&table), id, r.time_ns, &r.line);
@@ -1024,6 +1039,37 @@ pub struct Row {
     /// Bits from `heimdall_common::record::flags`.
     pub flags: u8,
     pub line: Vec<u8>,
+    /// The line's structured metadata (empty for most lines).
+    pub metadata: Labels,
+}
+
+/// Structured metadata as stored (in the hot tier and the segments' `metadata`
+/// column): a JSON object of strings, `{"trace_id":"4bf9…"}`; `None` when there is none,
+/// so lines without metadata cost nothing.
+pub fn metadata_json(m: &Labels) -> Option<String> {
+    if m.is_empty() {
+        return None;
+    }
+    let obj: serde_json::Map<String, serde_json::Value> = m
+        .iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+        .collect();
+    Some(serde_json::Value::Object(obj).to_string())
+}
+
+/// Reads [`metadata_json`] back; `None`, or text that is not such an object, is no
+/// metadata.
+pub fn parse_metadata_json(s: Option<&str>) -> Labels {
+    let Some(s) = s else {
+        return Labels::default();
+    };
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s) {
+        Ok(m) => Labels::new(
+            m.into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned()))),
+        ),
+        Err(_) => Labels::default(),
+    }
 }
 
 /// All streams: `(id, labels)`.
@@ -1075,7 +1121,7 @@ pub fn page_ids(
         "AND ?6 <= ?7"
     };
     let sql = format!(
-        "SELECT id, stream_id, ts, level, flags, line FROM \"{partition}\"
+        "SELECT id, stream_id, ts, level, flags, line, meta FROM \"{partition}\"
          WHERE stream_id IN ({list}) AND ts >= ?1 AND ts < ?2 AND (ts, id) {cmp} (?3, ?4) {by_id}
          ORDER BY ts {order}, id {order} LIMIT ?5"
     );
@@ -1095,6 +1141,7 @@ pub fn page_ids(
                 level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
                 flags: r.get(4)?,
                 line: r.get(5)?,
+                metadata: parse_metadata_json(r.get_ref(6)?.as_str_or_null()?),
             })
         },
     )?;
@@ -1155,7 +1202,7 @@ pub fn rows_after(
     let mut out: Vec<(i64, Row)> = Vec::new();
     for p in partitions(conn)? {
         let sql = format!(
-            "SELECT id, stream_id, ts, level, flags, line FROM \"{}\"
+            "SELECT id, stream_id, ts, level, flags, line, meta FROM \"{}\"
              WHERE id > ?1 AND stream_id IN ({list}) ORDER BY id LIMIT ?2",
             p.name
         );
@@ -1171,6 +1218,7 @@ pub fn rows_after(
                     level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
                     flags: r.get(4)?,
                     line: r.get(5)?,
+                    metadata: parse_metadata_json(r.get_ref(6)?.as_str_or_null()?),
                 },
             ))
         })?;
@@ -1207,6 +1255,7 @@ mod tests {
                     flags: 0,
                     redacted: 0,
                     line: Bytes::from(l.to_string()),
+                    metadata: Default::default(),
                 })
                 .collect(),
             ..Default::default()

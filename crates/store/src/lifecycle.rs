@@ -464,7 +464,7 @@ impl Lifecycle {
         let mut writer: Option<(i64, String, SegmentWriter)> = None;
         let mut after: (i64, i64, i64) = (i64::MIN, i64::MIN, i64::MIN);
         let sql = format!(
-            "SELECT id, stream_id, ts, observed, level, template_id, flags, line FROM \"{name}\"
+            "SELECT id, stream_id, ts, observed, level, template_id, flags, line, meta FROM \"{name}\"
              WHERE id <= ?1 AND (stream_id, ts, id) > (?2, ?3, ?4) ORDER BY stream_id, ts, id LIMIT 8192"
         );
         let mut stmt = conn.prepare(&sql)?;
@@ -481,6 +481,7 @@ impl Lifecycle {
                         template_id: r.get::<_, i64>(5)? as u64,
                         flags: r.get(6)?,
                         line: r.get(7)?,
+                        metadata: hot::parse_metadata_json(r.get_ref(8)?.as_str_or_null()?),
                     })
                 })?
                 .collect::<Result<_, _>>()?;

@@ -575,6 +575,7 @@ impl<'a> Source<'a> {
                         level: r.level,
                         flags: r.flags,
                         line: r.line,
+                        metadata: r.metadata,
                     };
                     if !each(row) {
                         stopped = true;
@@ -765,6 +766,7 @@ impl<'a> Source<'a> {
                             level: r.level,
                             flags: r.flags,
                             line: r.line,
+                            metadata: r.metadata,
                         });
                     }
                     true

@@ -68,6 +68,7 @@ message heimdall_segment {
     required binary line (STRING);
     optional binary line_raw;
     required binary labels (STRING);
+    optional binary metadata (JSON);
 }";
 
 const COL_ID: usize = 0;
@@ -80,6 +81,9 @@ const COL_FLAGS: usize = 6;
 const COL_LINE: usize = 7;
 const COL_RAW: usize = 8;
 const COL_LABELS: usize = 9;
+/// Structured metadata as a JSON object of strings; null for lines without. Segments
+/// written before it existed have ten columns.
+const COL_META: usize = 10;
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 65_536;
@@ -97,6 +101,8 @@ pub struct SegmentRow {
     pub template_id: u64,
     pub flags: u8,
     pub line: Vec<u8>,
+    /// Structured metadata (empty for most lines).
+    pub metadata: Labels,
 }
 
 /// Rows and time range of one stream in a segment.
@@ -322,6 +328,9 @@ fn row_hash(h: &mut u64, r: &SegmentRow) {
     mix(r.template_id);
     mix(u64::from(r.flags));
     mix(hash(2, &r.line));
+    if !r.metadata.is_empty() {
+        mix(hash(3, super::hot::labels_key(&r.metadata).as_bytes()));
+    }
 }
 
 /// Writes one segment. Rows must come sorted by (stream, ts, id).
@@ -517,6 +526,19 @@ impl SegmentWriter {
                         })
                         .collect();
                     w.write_batch(&v, None, None).map(|_| ())
+                }
+                (COL_META, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    let json: Vec<Option<String>> = rows
+                        .iter()
+                        .map(|r| super::hot::metadata_json(&r.metadata))
+                        .collect();
+                    let def: Vec<i16> = json.iter().map(|j| i16::from(j.is_some())).collect();
+                    let v: Vec<ByteArray> = json
+                        .into_iter()
+                        .flatten()
+                        .map(|j| ByteArray::from(j.into_bytes()))
+                        .collect();
+                    w.write_batch(&v, Some(&def), None).map(|_| ())
                 }
                 _ => {
                     return Err(Error::Corrupt {
@@ -806,14 +828,26 @@ impl SegmentFile {
             } else {
                 None
             };
-            if ids.len() != n || lines.len() != n || raw_def.len() != n {
+            let (meta, meta_def) = if md.file_metadata().schema_descr().num_columns() > COL_META {
+                read_bytes(COL_META, true)?
+            } else {
+                (Vec::new(), vec![0; n])
+            };
+            if ids.len() != n || lines.len() != n || raw_def.len() != n || meta_def.len() != n {
                 return Err(Error::Corrupt {
                     path: path.clone(),
                     what: format!("row group {g} is short"),
                 });
             }
             let mut raw_i = 0;
+            let mut meta_i = 0;
             for i in 0..n {
+                let meta_here = if meta_def[i] == 1 {
+                    meta_i += 1;
+                    meta.get(meta_i - 1)
+                } else {
+                    None
+                };
                 let raw_here = raw_def[i] == 1;
                 let raw_line = if raw_here {
                     raw_i += 1;
@@ -837,6 +871,9 @@ impl SegmentFile {
                     template_id: templates[i] as u64,
                     flags: flags[i] as u8,
                     line,
+                    metadata: super::hot::parse_metadata_json(
+                        meta_here.and_then(|m| std::str::from_utf8(m.data()).ok()),
+                    ),
                 };
                 let l = labels
                     .as_ref()
@@ -925,6 +962,7 @@ mod tests {
             template_id: 42,
             flags: 0,
             line: line.to_vec(),
+            metadata: Labels::default(),
         }
     }
 
