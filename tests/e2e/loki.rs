@@ -476,6 +476,8 @@ fn third_party_client_pushes_with_tokens_and_cli_tails() {
     assert_eq!(s["stream"]["severity"], "error", "the client's level tag");
     assert_eq!(s["stream"]["detected_level"], "error");
     assert_eq!(s["values"][0][1], "payment A3 failed: card declined");
+    // Its stream's service_name: its `service` tag (before `app`, as in Loki's list).
+    assert_eq!(s["stream"]["service_name"], "billing");
 
     // `heimdall tail -f` shows history, then new lines as they are stored.
     let mut tail = Command::new(&bins().cli)

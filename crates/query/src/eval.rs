@@ -98,6 +98,9 @@ struct Ctx<'a, 'b> {
     leaves: Option<&'a dyn Leaves>,
     /// Range functions evaluated so far (the index passed to [`Leaves::range`]).
     leaf_no: usize,
+    /// The labels the aggregation directly around the range function being evaluated
+    /// groups by (`sum by (level) (…)`: `level`; `sum (…)`: none), when it is `by`.
+    group_by: Option<Vec<String>>,
 }
 
 /// Values of range functions kept elsewhere (alert rules evaluated incrementally).
@@ -120,6 +123,7 @@ pub fn evaluate(src: &Source<'_>, expr: &Expr, req: EvalRequest) -> Result<(Valu
         stats: Stats::default(),
         leaves: None,
         leaf_no: 0,
+        group_by: None,
     };
     let v = cx.eval(expr)?;
     Ok((v, cx.stats))
@@ -143,6 +147,7 @@ pub fn evaluate_with(
         stats: Stats::default(),
         leaves: Some(leaves),
         leaf_no: 0,
+        group_by: None,
     };
     let v = cx.eval(expr)?;
     Ok((v, cx.stats))
@@ -201,7 +206,14 @@ impl Ctx<'_, '_> {
                 param,
                 inner,
             } => {
-                let v = match self.eval(inner)? {
+                self.group_by = match grouping {
+                    None => Some(Vec::new()),
+                    Some(g) if !g.without => Some(g.labels.clone()),
+                    Some(_) => None,
+                };
+                let v = self.eval(inner);
+                self.group_by = None;
+                let v = match v? {
                     Value::Vector(v) => v,
                     Value::Scalar(_) => {
                         return Err(Error::Eval(
@@ -289,6 +301,81 @@ impl Ctx<'_, '_> {
         } else {
             (Vec::new(), streams.clone())
         };
+
+        // The rest from the per-second counts, when the query counts lines as stored
+        // and its windows are whole seconds.
+        const SEC: i64 = 1_000_000_000;
+        let whole_seconds = range_ns % SEC == 0
+            && (steps == 1 || step % SEC == 0)
+            && (t0 - offset_ns).rem_euclid(SEC) == 0;
+        let (from_volume, mut from_lines): (Vec<_>, Vec<_>) =
+            if whole_seconds && aggregates_answer(log) && !from_lines.is_empty() {
+                let ids: Vec<i64> = from_lines.iter().map(|(id, _)| *id).collect();
+                let cov = self.src.volume_covered(&ids)?;
+                from_lines.into_iter().partition(|(id, _)| cov.contains(id))
+            } else {
+                (Vec::new(), from_lines)
+            };
+        if !from_volume.is_empty() {
+            let labels: HashMap<i64, &Labels> =
+                from_volume.iter().map(|(id, l)| (*id, l)).collect();
+            let ids: Vec<i64> = from_volume.iter().map(|(id, _)| *id).collect();
+            let mut rows = Vec::new();
+            self.src.per_second(
+                &ids,
+                t0 - range_ns - offset_ns,
+                req.end_ns - offset_ns,
+                |k, secs| rows.push((k, secs)),
+            )?;
+            // Lines with structured metadata have it in their labels: their counts stand
+            // for them only under an aggregation that groups it away.
+            let group_by = self.group_by.clone();
+            let safe = |sid: i64| {
+                group_by.as_ref().is_some_and(|g| {
+                    g.iter().all(|n| {
+                        n == "level" || n == "detected_level" || labels[&sid].get(n).is_some()
+                    })
+                })
+            };
+            let unsafe_streams: std::collections::HashSet<i64> = rows
+                .iter()
+                .filter(|(k, _)| k.meta && !safe(k.stream_id))
+                .map(|(k, _)| k.stream_id)
+                .collect();
+            from_lines.extend(
+                from_volume
+                    .iter()
+                    .filter(|(id, _)| unsafe_streams.contains(id))
+                    .cloned(),
+            );
+            let mut by_key: HashMap<(i64, u8, u8), usize> = HashMap::new();
+            for (k, secs) in rows {
+                if unsafe_streams.contains(&k.stream_id) {
+                    continue;
+                }
+                self.stats.aggregate_rows += 1;
+                let i = match by_key.get(&(k.stream_id, k.level, k.flags)) {
+                    Some(i) => *i,
+                    None => {
+                        let lv = Level::from_u8(k.level).unwrap_or_default();
+                        let i = new_series(
+                            base_labels(labels[&k.stream_id], &Labels::default(), lv, k.flags),
+                            &mut cells,
+                        )?;
+                        by_key.insert((k.stream_id, k.level, k.flags), i);
+                        i
+                    }
+                };
+                for (sec, count, bytes) in secs {
+                    add(
+                        &mut cells[i],
+                        heimdall_store::volume::instant(k.minute, sec) + offset_ns,
+                        count as f64,
+                        bytes as f64,
+                    );
+                }
+            }
+        }
 
         if !from_aggregates.is_empty() {
             let labels: HashMap<i64, &Labels> =
@@ -877,6 +964,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(vector(v), vec![("{}".into(), vec![2.0, 1.0, 1.0, 1.0])]);
+        // Counted from the per-second counts, no line read.
+        assert_eq!(st.lines, 0);
+        assert!(st.aggregate_rows > 0);
+        // A line filter needs the lines; the answer is the same.
+        let (v, st) = eval(
+            &p,
+            r#"sum(count_over_time({app=~".+"} |= "" [10s]))"#,
+            T0 + 10 * S,
+            T0 + 40 * S,
+            10 * S,
+        )
+        .unwrap();
+        assert_eq!(vector(v), vec![("{}".into(), vec![2.0, 1.0, 1.0, 1.0])]);
         assert_eq!(st.lines, 5);
         let (v, _) = eval(
             &p,
@@ -1042,15 +1142,21 @@ mod tests {
             range_windows in 1i64..30,
             step_windows in 1i64..30,
             with_aggregates in any::<bool>(),
+            any_seconds in (1i64..300, 1i64..300),
         ) {
             let words = ["GET /x 200", "error: boom", "GET /y error", "idle"];
             let rows: Vec<RowSpec> = specs
                 .iter()
-                .map(|(s, sec, lv, w, frac)| (*s, sec * S + frac, Level::from_u8(*lv).unwrap(), words[*w].to_string()))
+                // Without pre-aggregates, lines on whole seconds too (the per-second
+                // counts are exact at any whole-second step and range).
+                .map(|(s, sec, lv, w, frac)| (*s, sec * S + if with_aggregates { *frac } else { frac - 1 }, Level::from_u8(*lv).unwrap(), words[*w].to_string()))
                 .collect();
             let (_d, p) = store(&rows, with_aggregates);
-            let range = range_windows * 10 * S;
-            let step = step_windows * 10 * S;
+            let (range, step) = if with_aggregates {
+                (range_windows * 10 * S, step_windows * 10 * S)
+            } else {
+                (any_seconds.0 * S, any_seconds.1 * S)
+            };
             let (start, end) = (T0, T0 + 3_600 * S);
             let sel = match host { Some(h) => format!(r#"{{host="{h}"}}"#), None => r#"{app=~".+"}"#.to_string() };
             let f = filter.map(|f| format!(r#" |= "{f}""#)).unwrap_or_default();

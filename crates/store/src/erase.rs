@@ -150,6 +150,12 @@ fn erase_one(
     if streams.is_empty() {
         return Ok((0, 0));
     }
+    // The per-second counts of these streams stop being used before any line goes.
+    let uncover = streams.clone();
+    lc.store.job_blocking(Box::new(move |c| {
+        crate::volume::uncover(c, &uncover)?;
+        Ok(())
+    }))?;
     let mut lines = 0u64;
     // Hot partitions: matching ids, deleted in chunks.
     for p in hot::partitions(conn)? {

@@ -403,6 +403,7 @@ impl HotStore {
         }
         conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
         migrate_v1(&conn).map_err(sqlite(path))?;
+        super::volume::create(&conn).map_err(sqlite(path))?;
         // Catalogs made before row-group filters existed get the column.
         let has_rg: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'rg_blooms'")
@@ -613,6 +614,8 @@ struct Writer {
     hook: Arc<std::sync::OnceLock<CommitHook>>,
     /// What the current group stored, for the hook.
     touched: Committed,
+    /// Per-second counts of the batch being stored.
+    volume: super::volume::Tally,
 }
 
 /// Most stream ids cached by the writer; the cache is cleared when it grows past this.
@@ -638,6 +641,7 @@ impl Writer {
             index,
             hook: Arc::default(),
             touched: Committed::default(),
+            volume: super::volume::Tally::default(),
         };
         w.reload()?;
         Ok(w)
@@ -881,7 +885,16 @@ impl Writer {
                 ])?;
             self.index
                 .add(&table, self.made.contains(&table), id, r.time_ns, &r.line);
+            self.volume.add(
+                ids[r.stream as usize],
+                r.time_ns,
+                r.level as u8,
+                r.flags,
+                !r.metadata.is_empty(),
+                r.line.len(),
+            );
         }
+        self.volume.write(&self.conn)?;
         Ok(ids)
     }
 

@@ -14,6 +14,8 @@
 //! - [`rebuild`]: the catalog made again from the bucket listing.
 //! - [`read`]: the one reader across every tier: stream selection, scans merged in
 //!   time order with pruning by time, stream and token filters, pre-aggregates.
+//! - [`volume`]: per-second line counts by stream and level, for volume queries at any
+//!   step.
 //! - [`intel`]: template patterns, counts from the agents' pre-aggregates, anomaly
 //!   events, as stored.
 
@@ -27,3 +29,4 @@ pub mod lifecycle;
 pub mod read;
 pub mod rebuild;
 pub mod segment;
+pub mod volume;

@@ -613,6 +613,11 @@ impl Lifecycle {
         }
         self.store.job_blocking(Box::new(move |c| {
             c.execute("DELETE FROM aggregates WHERE start < ?1", [cutoff])?;
+            // A minute's row goes once the whole minute is past the cutoff.
+            c.execute(
+                "DELETE FROM volume WHERE minute < ?1",
+                [cutoff.saturating_sub(60_000_000_000)],
+            )?;
             c.execute("DELETE FROM anomalies WHERE ts < ?1", [cutoff])?;
             Ok(())
         }))?;

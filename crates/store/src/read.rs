@@ -840,6 +840,28 @@ impl<'a> Source<'a> {
     ///
     /// # Errors
     /// [`Error::Sqlite`].
+    /// Which of `streams` have per-second counts ([`crate::volume`]).
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn volume_covered(&self, streams: &[i64]) -> Result<HashSet<i64>, Error> {
+        Ok(crate::volume::covered(self.hot, streams)?)
+    }
+
+    /// The per-second counts of `streams` for lines in `(start, end]`, row by row.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn per_second(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        each: impl FnMut(crate::volume::Key, Vec<crate::volume::Second>),
+    ) -> Result<(), Error> {
+        Ok(crate::volume::read(self.hot, streams, start, end, each)?)
+    }
+
     pub fn aggregates(
         &self,
         streams: &[i64],

@@ -1,0 +1,333 @@
+//! Per-second line counts of every stream, by level: what log-volume queries
+//! (`sum by (level) (count_over_time({…}[$__auto]))`, Grafana's histogram above the
+//! lines, Drilldown's service list) are answered from, at any step that is a whole
+//! number of seconds, without reading a line.
+//!
+//! One row per (stream, minute, level, flags, metadata): `seconds` holds, for each
+//! second of the minute that had lines, the line count and bytes. A line at `ts`
+//! counts in the second `ceil(ts / 1 s)`, i.e. second `b` holds `((b - 1) s, b s]`:
+//! for a step and a range that are whole seconds, a query's window `(t - range, t]` is
+//! then exactly a set of whole seconds, so answers equal counting the lines.
+//!
+//! The rows are written by the hot store's writer in the same transaction as the lines
+//! (a batch stored once is counted once) and kept until retention drops them; they
+//! are not moved by compaction, so they cover warm and cold lines too. Streams made
+//! before the table existed are not covered ([`first_stream`]); queries read their
+//! lines.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+/// One second's lines: (second of the minute, count, bytes).
+pub type Second = (u8, u64, u64);
+
+/// The key of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub stream_id: i64,
+    /// Start of the minute, ns.
+    pub minute: i64,
+    pub level: u8,
+    pub flags: u8,
+    /// Whether the lines carry structured metadata.
+    pub meta: bool,
+}
+
+const SECOND: i64 = 1_000_000_000;
+const MINUTE: i64 = 60 * SECOND;
+
+/// The row and second a line at `ts` counts in.
+pub fn locate(ts: i64) -> (i64, u8) {
+    // ceil(ts / 1 s), for negative times too.
+    let b = (ts.div_euclid(SECOND) + i64::from(ts.rem_euclid(SECOND) != 0)).saturating_mul(SECOND);
+    let minute = b.div_euclid(MINUTE) * MINUTE;
+    (minute, ((b - minute) / SECOND) as u8)
+}
+
+/// The instant (end of its second, ns) a second of a row stands for.
+pub fn instant(minute: i64, sec: u8) -> i64 {
+    minute + i64::from(sec) * SECOND
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let (&c, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(c & 0x7f) << (7 * i);
+        if c & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Encodes seconds (sorted by second, unique).
+pub fn encode(secs: &[Second]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secs.len() * 4);
+    for &(s, c, b) in secs {
+        out.push(s);
+        put_varint(&mut out, c);
+        put_varint(&mut out, b);
+    }
+    out
+}
+
+/// Decodes [`encode`]'s bytes; damage ends the list (what decoded is kept).
+pub fn decode(mut b: &[u8]) -> Vec<Second> {
+    let mut out = Vec::new();
+    while let Some((&s, rest)) = b.split_first() {
+        b = rest;
+        let (Some(c), Some(n)) = (varint(&mut b), varint(&mut b)) else {
+            break;
+        };
+        out.push((s, c, n));
+    }
+    out
+}
+
+/// Adds `add` into `into` (both sorted by second).
+fn merge(into: &[Second], add: &[Second]) -> Vec<Second> {
+    let mut out = Vec::with_capacity(into.len() + add.len());
+    let (mut i, mut j) = (0, 0);
+    while i < into.len() || j < add.len() {
+        match (into.get(i), add.get(j)) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                out.push((a.0, a.1 + b.1, a.2 + b.2));
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                out.push(*a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                out.push(*a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                out.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+/// Counts of one batch, before they are written.
+#[derive(Debug, Default)]
+pub struct Tally(HashMap<Key, [(u64, u64); 60]>);
+
+impl Tally {
+    /// Counts a line.
+    pub fn add(&mut self, stream_id: i64, ts: i64, level: u8, flags: u8, meta: bool, bytes: usize) {
+        let (minute, sec) = locate(ts);
+        let e = self
+            .0
+            .entry(Key {
+                stream_id,
+                minute,
+                level,
+                flags,
+                meta,
+            })
+            .or_insert([(0, 0); 60]);
+        let c = &mut e[usize::from(sec)];
+        c.0 += 1;
+        c.1 += bytes as u64;
+    }
+
+    /// Adds the counts into the table (inside the caller's transaction) and clears.
+    ///
+    /// # Errors
+    /// [`rusqlite::Error`].
+    pub fn write(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        let mut get = conn.prepare_cached(
+            "SELECT seconds FROM volume WHERE stream_id = ?1 AND minute = ?2 AND level = ?3 AND flags = ?4 AND meta = ?5",
+        )?;
+        let mut put = conn.prepare_cached(
+            "INSERT OR REPLACE INTO volume(stream_id, minute, level, flags, meta, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (k, counts) in self.0.drain() {
+            let add: Vec<Second> = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.0 > 0)
+                .map(|(s, c)| (s as u8, c.0, c.1))
+                .collect();
+            let p = params![k.stream_id, k.minute, k.level, k.flags, k.meta];
+            let old: Option<Vec<u8>> = get.query_row(p, |r| r.get(0)).optional()?;
+            let secs = match old {
+                Some(o) => merge(&decode(&o), &add),
+                None => add,
+            };
+            put.execute(params![
+                k.stream_id,
+                k.minute,
+                k.level,
+                k.flags,
+                k.meta,
+                encode(&secs)
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// The table, and the first stream it covers (made in the caller's transaction when
+/// missing: streams that already have lines are not covered).
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS volume_uncovered (stream_id INTEGER PRIMARY KEY);",
+    )?;
+    let exists: bool = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'volume' AND type = 'table'")?
+        .exists([])?;
+    if exists {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "CREATE TABLE volume (
+            stream_id INTEGER NOT NULL,
+            minute    INTEGER NOT NULL,
+            level     INTEGER NOT NULL,
+            flags     INTEGER NOT NULL,
+            meta      INTEGER NOT NULL,
+            seconds   BLOB NOT NULL,
+            PRIMARY KEY (stream_id, minute, level, flags, meta)
+        ) WITHOUT ROWID;
+        CREATE INDEX volume_minute ON volume(minute);",
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('volume_first_stream', (SELECT coalesce(max(id), 0) + 1 FROM streams))",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Stops covering `streams` (lines of theirs are being erased: their counts would no
+/// longer match the lines). Queries read their lines from then on.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn uncover(conn: &Connection, streams: &[i64]) -> Result<(), rusqlite::Error> {
+    let mut ins =
+        conn.prepare_cached("INSERT OR IGNORE INTO volume_uncovered(stream_id) VALUES (?1)")?;
+    for s in streams {
+        ins.execute([s])?;
+    }
+    Ok(())
+}
+
+/// Which of `streams` the table covers.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn covered(
+    conn: &Connection,
+    streams: &[i64],
+) -> Result<std::collections::HashSet<i64>, rusqlite::Error> {
+    let first = first_stream(conn)?;
+    let mut gone = conn.prepare_cached("SELECT 1 FROM volume_uncovered WHERE stream_id = ?1")?;
+    let mut out = std::collections::HashSet::new();
+    for &s in streams {
+        if s >= first && !gone.exists([s])? {
+            out.insert(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The first stream id the table covers (all later ones are covered too, unless
+/// [`uncover`]ed).
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn first_stream(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'volume_first_stream'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(i64::MAX))
+}
+
+/// Calls `each(key, seconds)` for the rows of `streams` whose minute holds any of
+/// `(start, end]`.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn read(
+    conn: &Connection,
+    streams: &[i64],
+    start: i64,
+    end: i64,
+    mut each: impl FnMut(Key, Vec<Second>),
+) -> Result<(), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT minute, level, flags, meta, seconds FROM volume
+         WHERE stream_id = ?1 AND minute >= ?2 AND minute <= ?3",
+    )?;
+    let lo = locate(start.saturating_add(1)).0;
+    let hi = locate(end).0;
+    for &s in streams {
+        let mut rows = stmt.query(params![s, lo, hi])?;
+        while let Some(r) = rows.next()? {
+            let blob = r.get_ref(4)?.as_blob()?;
+            each(
+                Key {
+                    stream_id: s,
+                    minute: r.get(0)?,
+                    level: r.get::<_, i64>(1)? as u8,
+                    flags: r.get::<_, i64>(2)? as u8,
+                    meta: r.get::<_, i64>(3)? != 0,
+                },
+                decode(blob),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_hold_the_half_open_interval_ending_on_them() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(1), (0, 1));
+        assert_eq!(locate(SECOND), (0, 1));
+        assert_eq!(locate(SECOND + 1), (0, 2));
+        assert_eq!(locate(59 * SECOND + 1), (MINUTE, 0));
+        assert_eq!(locate(-1), (0, 0));
+        assert_eq!(locate(-SECOND - 1), (-MINUTE, 59));
+        assert_eq!(instant(MINUTE, 0), MINUTE);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_merges() {
+        let a = vec![(0, 1, 10), (5, 300, 1 << 40)];
+        assert_eq!(decode(&encode(&a)), a);
+        let b = vec![(5, 1, 1), (59, 2, 2)];
+        assert_eq!(
+            merge(&a, &b),
+            vec![(0, 1, 10), (5, 301, (1 << 40) + 1), (59, 2, 2)]
+        );
+        assert_eq!(decode(&[3, 0x80]), vec![]);
+    }
+}
