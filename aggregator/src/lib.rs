@@ -217,6 +217,7 @@ pub async fn run(
         align_queries_with_step: cfg.align_queries_with_step,
         push: cfg.push.clone(),
         otlp: cfg.otlp.clone(),
+        retention: cfg.lifecycle.retention,
     });
     let tls = match &cfg.api_tls {
         Some((c, k)) => Some(api::tls::server_config(c, k)?),

@@ -612,6 +612,48 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
                 .is_some_and(|r| !r.is_empty())
         },
     )?;
+    // Grafana's log-volume query, at the steps it picks ($__auto is the step), over 24 h
+    // and over the last 15 minutes: answered from per-second counts at any step.
+    for (span, label) in [(86_400 * S, "24h"), (900 * S, "15m")] {
+        for step in [1i64, 15, 60, 300] {
+            if span / (step * S) > 11_000 {
+                // Refused as Loki refuses it: more than 11,000 points per series.
+                println!("(v) Grafana volume, {label}, step {step}s: refused (over 11,000 points per series, as in Loki)");
+                continue;
+            }
+            let q = format!(
+                "sum by (level, detected_level) (count_over_time({{app=\"api\"}} | drop __error__ [{step}s]))"
+            );
+            let what = format!("(v) Grafana volume, {{app=\"api\"}}, {label}, step {step}s");
+            let url = format!(
+                "{base}/loki/api/v1/query_range?query={}&start={}&end={end}&step={step}000ms",
+                enc(&q),
+                end - span
+            );
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                let v: serde_json::Value = ureq::get(&url)
+                    .timeout(Duration::from_secs(300))
+                    .call()?
+                    .into_json()?;
+                times.push(t.elapsed().as_secs_f64());
+                anyhow::ensure!(
+                    v["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty()),
+                    "{what}: empty answer"
+                );
+            }
+            let max = times.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{what:<62} median {:>7.3}s  max {:>7.3}s  (target < 0.3s: {})",
+                median(&mut times),
+                max,
+                if max < 0.3 { "met" } else { "MISSED" }
+            );
+        }
+    }
     run(
         "(c) newest 1,000 lines of {host=\"host07\", app=\"db\"}",
         format!("{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=1000&direction=backward", enc("{host=\"host07\", app=\"db\"}")),

@@ -75,9 +75,21 @@ fn templates_aggregates_and_anomalies_reach_the_aggregator() {
     let data = v["data"].as_array().unwrap();
     assert_eq!(data.len(), 2, "{v}");
     assert_eq!(data[0]["total"], 300);
-    assert_eq!(data[0]["pattern"], "user <*> logged in from <*>");
+    // Loki's placeholder, and the level of the lines.
+    assert_eq!(data[0]["pattern"], "user <_> logged in from <_>");
+    assert!(data[0]["level"].is_string(), "{v}");
     assert_eq!(data[1]["total"], 200);
-    assert_eq!(data[1]["pattern"], "GET <*> <*> <*>");
+    assert_eq!(data[1]["pattern"], "GET <_> <_> <_>");
+    // Samples on multiples of the step, their counts adding up to the total.
+    let samples = data[0]["samples"].as_array().unwrap();
+    assert!(
+        samples.iter().all(|s| s[0].as_i64().unwrap() % 3600 == 0),
+        "{v}"
+    );
+    assert_eq!(
+        samples.iter().map(|s| s[1].as_u64().unwrap()).sum::<u64>(),
+        300
+    );
     let rows = stored_rows(&c.agg.db()).unwrap();
     let ids: std::collections::HashSet<u64> = rows.iter().map(|r| r.template_id).collect();
     assert_eq!(ids.len(), 2, "stored rows carry the two template ids");
@@ -188,7 +200,7 @@ fn templates_aggregates_and_anomalies_reach_the_aggregator() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("user <*> logged in from <*>"), "{stdout}");
+    assert!(stdout.contains("user <_> logged in from <_>"), "{stdout}");
 
     // The miner's templates survive the agent.
     agent.proc.terminate(Duration::from_secs(20)).unwrap();

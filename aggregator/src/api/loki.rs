@@ -74,7 +74,7 @@ impl Params {
         )
     }
 
-    fn raw(q: Option<String>) -> Params {
+    pub(super) fn raw(q: Option<String>) -> Params {
         q.as_deref().map(Params::parse).unwrap_or_default()
     }
 
@@ -87,7 +87,7 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    fn owned(&self, k: &str) -> Option<String> {
+    pub(super) fn owned(&self, k: &str) -> Option<String> {
         self.get(k).map(str::to_owned)
     }
 
@@ -99,7 +99,7 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    fn usize(&self, k: &str) -> Result<Option<usize>, ApiError> {
+    pub(super) fn usize(&self, k: &str) -> Result<Option<usize>, ApiError> {
         self.get(k)
             .map(|v| {
                 v.parse()
@@ -109,7 +109,7 @@ impl Params {
     }
 
     /// `limit` (default 100): over `max` is an error, as in Loki, not a silent clamp.
-    fn limit(&self, max: usize) -> Result<usize, ApiError> {
+    pub(super) fn limit(&self, max: usize) -> Result<usize, ApiError> {
         match self.usize("limit")?.unwrap_or(100) {
             0 => Err(bad("limit must be a positive value")),
             n if n > max => Err(bad(format!(
@@ -119,14 +119,14 @@ impl Params {
         }
     }
 
-    fn query(&self) -> Result<Query, ApiError> {
+    pub(super) fn query(&self) -> Result<Query, ApiError> {
         let q = self
             .get("query")
             .ok_or_else(|| bad("missing `query` parameter"))?;
         parse::parse(q).map_err(|e| bad(e.to_string()))
     }
 
-    fn range(&self) -> Result<(i64, i64), ApiError> {
+    pub(super) fn range(&self) -> Result<(i64, i64), ApiError> {
         range(
             &self.owned("start"),
             &self.owned("end"),
@@ -134,7 +134,7 @@ impl Params {
         )
     }
 
-    fn backward(&self) -> Result<bool, ApiError> {
+    pub(super) fn backward(&self) -> Result<bool, ApiError> {
         match self.get("direction") {
             None | Some("backward") | Some("BACKWARD") => Ok(true),
             Some("forward") | Some("FORWARD") => Ok(false),
@@ -146,17 +146,17 @@ impl Params {
 }
 
 /// Seconds, as Loki writes sample times.
-fn secs(ns: i64) -> f64 {
+pub(super) fn secs(ns: i64) -> f64 {
     ns as f64 / 1e9
 }
 
-fn label_set(l: &Labels) -> LabelSet {
+pub(super) fn label_set(l: &Labels) -> LabelSet {
     l.iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
 
-fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Value {
+pub(super) fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Value {
     let exec = started.elapsed().as_secs_f64();
     let per_sec = |x: u64| {
         if exec > 0.0 {
@@ -198,7 +198,7 @@ fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Valu
     })
 }
 
-fn streams_of(res: &LogResult) -> Vec<Stream> {
+fn streams_of(res: &LogResult, categorized: bool) -> Vec<Stream> {
     res.streams
         .iter()
         .map(|(labels, entries)| Stream {
@@ -208,11 +208,10 @@ fn streams_of(res: &LogResult) -> Vec<Stream> {
                 .map(|e| LogEntry {
                     ts: e.ts.to_string(),
                     line: String::from_utf8_lossy(&e.line).into_owned(),
-                    labels: (!e.structured.is_empty() || !e.parsed.is_empty()).then(|| {
-                        EntryLabels {
-                            structured_metadata: label_set(&e.structured),
-                            parsed: label_set(&e.parsed),
-                        }
+                    // Categorized entries are always triples, `{}` when there is nothing.
+                    labels: categorized.then(|| EntryLabels {
+                        structured_metadata: label_set(&e.structured),
+                        parsed: label_set(&e.parsed),
                     }),
                 })
                 .collect(),
@@ -318,7 +317,7 @@ async fn ranged(
             let mut stats = stats_json(started, res.scanned, res.scanned_bytes, res.lines);
             stats["summary"]["partial"] = json!(res.partial);
             let mut data = QueryData {
-                result: QueryResult::Streams(streams_of(&res)),
+                result: QueryResult::Streams(streams_of(&res, categorize)),
                 stats,
                 encoding_flags: Vec::new(),
             };
@@ -418,7 +417,7 @@ pub async fn query_range_form(
 
 /// Streams with lines in the range matching any of `selectors` (all streams with lines
 /// in the range when there are none).
-async fn streams_matching(
+pub(super) async fn streams_matching(
     st: &ApiState,
     selectors: Vec<String>,
     start: i64,
@@ -473,6 +472,12 @@ pub async fn label_values(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
     let p = Params::raw(q);
+    if name == "detected_level" {
+        // Loki keeps it as structured metadata and answers nothing here; the levels the
+        // lines have are what a user filtering by level wants.
+        let levels = super::drilldown::detected_levels(&st, &p).await?;
+        return Ok(Json(Envelope::ok(levels)));
+    }
     let (start, end) = p.range()?;
     let sel: Vec<String> = p.owned("query").into_iter().collect();
     let values: BTreeSet<String> = streams_matching(&st, sel, start, end)
@@ -550,8 +555,10 @@ pub async fn index_stats(
 /// `GET /loki/api/v1/status/buildinfo`.
 pub async fn buildinfo() -> Json<BuildInfo> {
     Json(BuildInfo {
-        version: env!("CARGO_PKG_VERSION").into(),
-        application: "heimdall".into(),
+        // The Loki API level Heimdall follows (see LOKI_API_VERSION); Heimdall's own
+        // version is in `application`.
+        version: super::drilldown::LOKI_API_VERSION.into(),
+        application: format!("heimdall {}", env!("CARGO_PKG_VERSION")),
         ..BuildInfo::default()
     })
 }
@@ -625,7 +632,7 @@ async fn tail_loop(
     for (_, e) in &mut history.streams {
         e.reverse();
     }
-    send_tail(&mut socket, streams_of(&history)).await?;
+    send_tail(&mut socket, streams_of(&history, false)).await?;
     let pipeline = Pipeline::new(&lq);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -670,7 +677,7 @@ async fn tail_loop(
                 streams: groups.into_iter().collect(),
                 ..Default::default()
             };
-            send_tail(&mut socket, streams_of(&res)).await?;
+            send_tail(&mut socket, streams_of(&res, false)).await?;
         }
     }
 }

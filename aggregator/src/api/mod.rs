@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod drilldown;
 pub mod errors;
 pub mod loki;
 pub mod otlp;
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub push: push::PushPolicy,
     /// How OTLP resources map to labels.
     pub otlp: otlp::OtlpMapping,
+    /// How long data is kept (`None`: forever), as `drilldown-limits` reports it.
+    pub retention: Option<Duration>,
 }
 
 /// The router.
@@ -77,6 +80,31 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(loki::series).post(loki::series_form),
         )
         .route("/loki/api/v1/index/stats", get(loki::index_stats))
+        .route(
+            "/loki/api/v1/index/volume",
+            get(drilldown::volume).post(drilldown::volume),
+        )
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(drilldown::volume_range).post(drilldown::volume_range),
+        )
+        .route(
+            "/loki/api/v1/detected_labels",
+            get(drilldown::detected_labels).post(drilldown::detected_labels),
+        )
+        .route(
+            "/loki/api/v1/detected_fields",
+            get(drilldown::detected_fields).post(drilldown::detected_fields),
+        )
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(drilldown::detected_field_values).post(drilldown::detected_field_values),
+        )
+        .route("/loki/api/v1/drilldown-limits", get(drilldown::limits))
+        .route(
+            "/loki/api/v1/format_query",
+            get(drilldown::format_query).post(drilldown::format_query),
+        )
         .route("/loki/api/v1/push", post(push::loki_push))
         .route("/otlp/v1/logs", post(otlp::logs))
         .route("/loki/api/v1/tail", get(loki::tail))
@@ -353,7 +381,9 @@ async fn patterns(
     AxQuery(p): AxQuery<IntelParams>,
 ) -> Result<Json<Envelope<Vec<lokiapi::Pattern>>>, ApiError> {
     let (matchers, start, end, step) = p.selector_range_step()?;
-    let limit = p.limit.unwrap_or(50).clamp(1, 10_000);
+    // As Loki: counts kept at 10 s resolution, so no step below it.
+    let step = step.max(10_000_000_000);
+    let limit = p.limit.unwrap_or(500).clamp(1, 10_000);
     let pats = on_reader(&st, move |c| {
         heimdall_store::intel::patterns(c, &matchers, start, end.saturating_add(1), step, limit)
     })
@@ -361,14 +391,24 @@ async fn patterns(
     let data = pats
         .into_iter()
         .map(|p| lokiapi::Pattern {
-            pattern: p.text,
+            pattern: p.text.replace("<*>", "<_>"),
+            level: p.level.as_str().to_owned(),
             template_id: format!("{:016x}", p.template_id),
             total: p.total,
-            samples: p
-                .samples
-                .iter()
-                .map(|(t, c)| (t / 1_000_000_000, *c))
-                .collect(),
+            // Every step between the first and the last sample, zeros included, as
+            // Loki answers.
+            samples: match (p.samples.first(), p.samples.last()) {
+                (Some(first), Some(last)) => {
+                    let have: std::collections::HashMap<i64, u64> =
+                        p.samples.iter().copied().collect();
+                    (0..)
+                        .map(|i| first.0 + i * step)
+                        .take_while(|t| *t <= last.0)
+                        .map(|t| (t / 1_000_000_000, have.get(&t).copied().unwrap_or(0)))
+                        .collect()
+                }
+                _ => Vec::new(),
+            },
         })
         .collect();
     Ok(Json(Envelope::ok(data)))

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 /// A stream's (or a series') labels.
 pub type LabelSet = BTreeMap<String, String>;
 
-/// `data` of `/loki/api/v1/query` and `query_range`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `data` of `/loki/api/v1/query` and `query_range`. Written as Loki writes it:
+/// `resultType`, then `encodingFlags` (when any), then `result` and `stats` (Grafana
+/// reads the flags before the result to know the entries' shape).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct QueryData {
     #[serde(flatten)]
     pub result: QueryResult,
@@ -25,6 +27,33 @@ pub struct QueryData {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub encoding_flags: Vec<String>,
+}
+
+impl Serialize for QueryData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        let kind = match &self.result {
+            QueryResult::Streams(_) => "streams",
+            QueryResult::Matrix(_) => "matrix",
+            QueryResult::Vector(_) => "vector",
+            QueryResult::Scalar(_) => "scalar",
+        };
+        m.serialize_entry("resultType", kind)?;
+        if !self.encoding_flags.is_empty() {
+            m.serialize_entry("encodingFlags", &self.encoding_flags)?;
+        }
+        match &self.result {
+            QueryResult::Streams(v) => m.serialize_entry("result", v)?,
+            QueryResult::Matrix(v) => m.serialize_entry("result", v)?,
+            QueryResult::Vector(v) => m.serialize_entry("result", v)?,
+            QueryResult::Scalar(v) => m.serialize_entry("result", v)?,
+        }
+        if !self.stats.is_null() {
+            m.serialize_entry("stats", &self.stats)?;
+        }
+        m.end()
+    }
 }
 
 /// The encoding flag that splits a line's labels into stream labels, structured
@@ -221,14 +250,18 @@ pub struct PushRefused {
     pub reasons: BTreeMap<String, usize>,
 }
 
-/// A pattern of `/loki/api/v1/patterns`: a template with its counts per step.
+/// A pattern of `/loki/api/v1/patterns`: a template (variables as `<_>`, as Loki writes
+/// them) at one level, with its counts per step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pattern {
     pub pattern: String,
+    /// The records' level (`info`, `error`, …; `unknown` when none was found).
+    #[serde(default)]
+    pub level: String,
     /// The template id, 16 hex digits.
     pub template_id: String,
     pub total: u64,
-    /// `[<seconds>, <count>]`.
+    /// `[<seconds>, <count>]`, at multiples of the step.
     pub samples: Vec<(i64, u64)>,
 }
 
@@ -283,6 +316,28 @@ mod tests {
             serde_json::json!(["1", "x", {"structuredMetadata": {"trace_id": "abc"}}])
         );
         assert_eq!(serde_json::from_value::<LogEntry>(v).unwrap(), e);
+        let empty = LogEntry {
+            labels: Some(EntryLabels::default()),
+            ..e.clone()
+        };
+        assert_eq!(serde_json::to_string(&empty).unwrap(), r#"["1","x",{}]"#);
+        // The flags come before the result, as Grafana's reader needs.
+        let d = QueryData {
+            result: QueryResult::Streams(vec![Stream {
+                stream: LabelSet::new(),
+                values: vec![empty],
+            }]),
+            stats: serde_json::Value::Null,
+            encoding_flags: vec![CATEGORIZE_LABELS.into()],
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"resultType":"streams","encodingFlags":["categorize-labels"],"result":"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<QueryData>(&text).unwrap(), d);
         let plain: LogEntry = serde_json::from_str(r#"["2","y"]"#).unwrap();
         assert_eq!(serde_json::to_string(&plain).unwrap(), r#"["2","y"]"#);
         assert!(serde_json::from_str::<LogEntry>(r#"["2"]"#).is_err());

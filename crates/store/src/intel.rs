@@ -47,6 +47,9 @@ fn scan_aggregates(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pattern {
     pub template_id: u64,
+    /// The level of its records (a template seen at several levels is one pattern per
+    /// level, as Loki's are).
+    pub level: heimdall_common::record::Level,
     /// The template text; empty when no agent sent it (yet).
     pub text: String,
     pub total: u64,
@@ -72,15 +75,17 @@ pub fn patterns(
         .map(|(id, _)| id)
         .collect();
     let step = step.max(1);
-    let mut by: HashMap<u64, BTreeMap<i64, u64>> = HashMap::new();
-    scan_aggregates(conn, &ids, start, end, |_, t, _, tid, count, _, _| {
-        let b = start + (t - start).div_euclid(step) * step;
-        *by.entry(tid).or_default().entry(b).or_default() += count;
+    let mut by: HashMap<(u64, u8), BTreeMap<i64, u64>> = HashMap::new();
+    scan_aggregates(conn, &ids, start, end, |_, t, level, tid, count, _, _| {
+        // Samples on multiples of the step, as Loki aligns them.
+        let b = t.div_euclid(step) * step;
+        *by.entry((tid, level)).or_default().entry(b).or_default() += count;
     })?;
     let mut out: Vec<Pattern> = by
         .into_iter()
-        .map(|(tid, m)| Pattern {
+        .map(|((tid, level), m)| Pattern {
             template_id: tid,
+            level: heimdall_common::record::Level::from_u8(level).unwrap_or_default(),
             text: String::new(),
             total: m.values().sum(),
             samples: m.into_iter().collect(),
@@ -90,6 +95,7 @@ pub fn patterns(
         b.total
             .cmp(&a.total)
             .then(a.template_id.cmp(&b.template_id))
+            .then(a.level.cmp(&b.level))
     });
     out.truncate(limit);
     let mut stmt = conn.prepare_cached("SELECT text FROM templates WHERE id = ?1")?;
