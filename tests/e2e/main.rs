@@ -5,6 +5,7 @@ mod alerts;
 mod chaos;
 mod cli;
 mod contract;
+mod drilldown;
 mod ecosystem;
 mod exactly_once;
 mod frames;

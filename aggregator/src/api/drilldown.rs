@@ -537,7 +537,7 @@ fn field_limit(p: &Params) -> Result<usize, ApiError> {
 }
 
 fn logfmt_pipeline() -> heimdall_query::pipeline::Pipeline {
-    let q = parse::parse_log("{x=\"\"} | logfmt").expect("a fixed query");
+    let q = parse::parse_log("{x=\"y\"} | logfmt").expect("a fixed query");
     heimdall_query::pipeline::Pipeline::new(&q)
 }
 
@@ -691,6 +691,14 @@ pub async fn detected_levels(st: &ApiState, p: &Params) -> Result<Vec<String>, A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_logfmt_sampler_builds() {
+        let out = logfmt_pipeline()
+            .process(&Labels::default(), &Labels::default(), Level::Unknown, 0, b"a=1 b=x")
+            .unwrap();
+        assert_eq!(out.labels.unwrap().get("a"), Some("1"));
+    }
 
     #[test]
     fn field_types_follow_lokis_order() {
