@@ -82,6 +82,44 @@ pub enum FilterOp {
     NotContains,
     Re,
     NotRe,
+    /// `|> "<_> GET <_>"`: the whole line matches the pattern, each `<_>` (or named
+    /// `<capture>`) standing for any text.
+    Pattern,
+    /// `!> "…"`: the line does not match the pattern.
+    NotPattern,
+}
+
+/// The regular expression of a pattern filter: anchored at both ends, literal text as
+/// it is, each `<_>` or `<name>` any text (shortest first).
+pub fn pattern_regex(pattern: &str) -> String {
+    let mut out = String::from("(?s)^");
+    let mut rest = pattern;
+    while let Some(i) = rest.find('<') {
+        let after = &rest[i + 1..];
+        let name_len = after
+            .find('>')
+            .filter(|n| {
+                *n > 0
+                    && after[..*n]
+                        .bytes()
+                        .enumerate()
+                        .all(|(j, c)| c == b'_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit()))
+            });
+        match name_len {
+            Some(n) => {
+                out.push_str(&regex::escape(&rest[..i]));
+                out.push_str(".*?");
+                rest = &after[n + 1..];
+            }
+            None => {
+                out.push_str(&regex::escape(&rest[..=i]));
+                rest = after;
+            }
+        }
+    }
+    out.push_str(&regex::escape(rest));
+    out.push('$');
+    out
 }
 
 /// A line filter.
@@ -106,8 +144,12 @@ impl LineFilter {
         match self.op {
             FilterOp::Contains => memmem(line, self.pattern.as_bytes()),
             FilterOp::NotContains => !memmem(line, self.pattern.as_bytes()),
-            FilterOp::Re => self.regex.as_ref().is_some_and(|r| r.is_match(line)),
-            FilterOp::NotRe => !self.regex.as_ref().is_some_and(|r| r.is_match(line)),
+            FilterOp::Re | FilterOp::Pattern => {
+                self.regex.as_ref().is_some_and(|r| r.is_match(line))
+            }
+            FilterOp::NotRe | FilterOp::NotPattern => {
+                !self.regex.as_ref().is_some_and(|r| r.is_match(line))
+            }
         }
     }
 }
@@ -371,6 +413,8 @@ enum Tok {
     Caret,
     PipeEq,
     PipeRe,
+    PipeGt,
+    NotGt,
     Pipe,
     Eof,
 }
@@ -414,6 +458,8 @@ impl Tok {
             Tok::Caret => "^",
             Tok::PipeEq => "|=",
             Tok::PipeRe => "|~",
+            Tok::PipeGt => "|>",
+            Tok::NotGt => "!>",
             Tok::Pipe => "|",
             _ => "?",
         }
@@ -499,6 +545,7 @@ impl<'a> Lexer<'a> {
             (b'=', _) => (Tok::Eq, 1),
             (b'!', Some(b'=')) => (Tok::Ne, 2),
             (b'!', Some(b'~')) => (Tok::Nre, 2),
+            (b'!', Some(b'>')) => (Tok::NotGt, 2),
             (b'>', Some(b'=')) => (Tok::Ge, 2),
             (b'>', _) => (Tok::Gt, 1),
             (b'<', Some(b'=')) => (Tok::Le, 2),
@@ -511,6 +558,7 @@ impl<'a> Lexer<'a> {
             (b'^', _) => (Tok::Caret, 1),
             (b'|', Some(b'=')) => (Tok::PipeEq, 2),
             (b'|', Some(b'~')) => (Tok::PipeRe, 2),
+            (b'|', Some(b'>')) => (Tok::PipeGt, 2),
             (b'|', _) => (Tok::Pipe, 1),
             (b'"', _) => return self.string().map(|s| (start, Tok::Str(s))),
             (b'`', _) => {
@@ -783,6 +831,10 @@ impl<'a> Parser<'a> {
                 regex::bytes::Regex::new(&pattern)
                     .map_err(|e| err(vpos, format!("invalid regular expression: {e}")))?,
             ),
+            FilterOp::Pattern | FilterOp::NotPattern => Some(
+                regex::bytes::Regex::new(&pattern_regex(&pattern))
+                    .map_err(|e| err(vpos, format!("invalid pattern: {e}")))?,
+            ),
             _ => None,
         };
         Ok(LineFilter { op, pattern, regex })
@@ -797,6 +849,8 @@ impl<'a> Parser<'a> {
                 Tok::Ne => FilterOp::NotContains,
                 Tok::PipeRe => FilterOp::Re,
                 Tok::Nre => FilterOp::NotRe,
+                Tok::PipeGt => FilterOp::Pattern,
+                Tok::NotGt => FilterOp::NotPattern,
                 Tok::Pipe => {
                     self.bump()?;
                     let s = self.stage()?;
@@ -1392,6 +1446,34 @@ pub use print::has_ambiguous_drop;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pattern_filters_match_whole_lines_with_placeholders() {
+        let q = log(r#"{app="x"} |> "<_> GET <path> 200 <_>" !> "<_>health<_>""#);
+        let f = filters(&q);
+        assert_eq!(f[0].op, FilterOp::Pattern);
+        assert_eq!(f[1].op, FilterOp::NotPattern);
+        let ok = |line: &str| f.iter().all(|x| x.matches(line.as_bytes()));
+        assert!(ok("10.0.0.1 GET /items 200 12ms"));
+        assert!(!ok("10.0.0.1 GET /health 200 1ms"), "the second filter");
+        assert!(!ok("10.0.0.1 POST /items 200 12ms"));
+        assert!(!ok("GET /items 200 12ms"), "the leading <_> needs text before ` GET`");
+        // Anchored: literal ends must be the line's ends.
+        let a = log(r#"{app="x"} |> "level=<_> msg=done""#);
+        let a = filters(&a)[0];
+        assert!(a.matches(b"level=info msg=done"));
+        assert!(!a.matches(b"level=info msg=done twice"));
+        assert!(!a.matches(b"x level=info msg=done"));
+        // `<` that does not open a placeholder is text; regex characters are literal.
+        let b = log(r#"{app="x"} |> "a <= b (<_>) [*]""#);
+        assert!(filters(&b)[0].matches(b"a <= b (ok) [*]"));
+        assert!(!filters(&b)[0].matches(b"a <= b ok [*]"));
+        assert_eq!(pattern_regex("<_>"), "(?s)^.*?$");
+        assert_eq!(
+            parse(r#"{app="x"} |> "<_> GET <_>""#).unwrap().to_string(),
+            r#"{app="x"} |> "<_> GET <_>""#
+        );
+    }
 
     fn log(q: &str) -> LogQuery {
         parse_log(q).unwrap()

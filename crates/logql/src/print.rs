@@ -103,6 +103,8 @@ impl Display for LineFilter {
             FilterOp::NotContains => "!= ",
             FilterOp::Re => "|~ ",
             FilterOp::NotRe => "!~ ",
+            FilterOp::Pattern => "|> ",
+            FilterOp::NotPattern => "!> ",
         })?;
         quoted(f, &self.pattern)
     }
@@ -581,7 +583,18 @@ mod tests {
     }
 
     fn line_filter() -> impl Strategy<Value = LineFilter> {
-        (0..4u8, text(), regex_text()).prop_map(|(op, t, re)| match op {
+        (0..6u8, text(), regex_text()).prop_map(|(op, t, re)| match op {
+            4 | 5 => LineFilter {
+                op: if op == 4 {
+                    FilterOp::Pattern
+                } else {
+                    FilterOp::NotPattern
+                },
+                regex: Some(
+                    regex::bytes::Regex::new(&crate::pattern_regex(&t)).expect("valid"),
+                ),
+                pattern: t,
+            },
             0 => LineFilter {
                 op: FilterOp::Contains,
                 pattern: t,
