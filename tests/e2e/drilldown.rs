@@ -424,6 +424,30 @@ fn drilldown_request_sequence_gets_lokis_answers() {
     );
     assert_eq!(by_trace.len(), 1);
 
+    // A duration field's panel: its average over time, unwrapped.
+    let avg = api.range(
+        &format!(
+            r#"avg_over_time({pipeline} | duration!="" | unwrap duration(duration) | __error__="" [15m]) by ()"#
+        ),
+        end,
+        end,
+        15_000,
+        0,
+    );
+    let got: f64 = avg["data"]["result"][0]["values"][0][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((got - (0.012 + 0.25 + 1.5) / 3.0).abs() < 1e-9, "{avg}");
+    // A pattern filter, as clicking a pattern adds it.
+    let by_pattern = query_lines(
+        &api.base,
+        r#"{service_name="api"} |> "<_> status=500 <_>""#,
+        1000,
+    );
+    assert_eq!(by_pattern.len(), 20);
+
     // The query editor's formatter, and Grafana's health check.
     let f = api.get("format_query", &[("query", r#"{app="x"}|="a"  | json"#)]);
     assert_eq!(f["status"], "success");

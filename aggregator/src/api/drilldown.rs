@@ -336,59 +336,13 @@ pub fn field_type(v: &str) -> &'static str {
         "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
     ) {
         "boolean"
-    } else if is_duration(v) {
+    } else if heimdall_query::values::duration_secs(v).is_some() {
         "duration"
-    } else if is_bytes(v) {
+    } else if !v.is_empty() && heimdall_query::values::bytes(v).is_some() {
         "bytes"
     } else {
         "string"
     }
-}
-
-/// A Go duration: `300ms`, `1.5h`, `2h45m`, `-10s`.
-fn is_duration(v: &str) -> bool {
-    let s = v.strip_prefix(['-', '+']).unwrap_or(v);
-    if s == "0" {
-        return true;
-    }
-    let mut rest = s;
-    let mut any = false;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if n == 0 || rest[..n].parse::<f64>().is_err() {
-            return false;
-        }
-        rest = &rest[n..];
-        let unit = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
-            .iter()
-            .filter(|u| rest.starts_with(**u))
-            .max_by_key(|u| u.len());
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
-        any = true;
-    }
-    any
-}
-
-/// A size as humanize reads it: `42 MB`, `10KiB`, `1.5GB`, `512 b`.
-fn is_bytes(v: &str) -> bool {
-    let s = v.trim();
-    let n = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    if n == 0 || s[..n].parse::<f64>().is_err() {
-        return false;
-    }
-    let unit = s[n..].trim().to_ascii_lowercase();
-    [
-        "b", "kb", "kib", "k", "mb", "mib", "m", "gb", "gib", "g", "tb", "tib", "t", "pb", "pib",
-        "p", "eb", "eib", "e",
-    ]
-    .contains(&unit.as_str())
 }
 
 /// One detected field as it is being gathered.
@@ -695,7 +649,13 @@ mod tests {
     #[test]
     fn the_logfmt_sampler_builds() {
         let out = logfmt_pipeline()
-            .process(&Labels::default(), &Labels::default(), Level::Unknown, 0, b"a=1 b=x")
+            .process(
+                &Labels::default(),
+                &Labels::default(),
+                Level::Unknown,
+                0,
+                b"a=1 b=x",
+            )
             .unwrap();
         assert_eq!(out.labels.unwrap().get("a"), Some("1"));
     }

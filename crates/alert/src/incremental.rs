@@ -60,8 +60,11 @@ fn collect(e: &Expr, out: &mut Vec<(RangeFn, LogQuery, i64)>) -> bool {
             log,
             range_ns,
             offset_ns,
+            ..
         } => {
-            if *offset_ns != 0 || *func == RangeFn::AbsentOverTime {
+            // Counts and bytes are kept per bucket; absence and unwrapped values are
+            // evaluated in full.
+            if *offset_ns != 0 || *func == RangeFn::AbsentOverTime || func.unwraps() {
                 return false;
             }
             out.push((*func, log.clone(), *range_ns));
@@ -135,6 +138,8 @@ impl RuleState {
                     log: leaf.log.clone(),
                     range_ns: w,
                     offset_ns: 0,
+                    grouping: None,
+                    param: None,
                 };
                 match evaluate(src, &e, req)?.0 {
                     Value::Vector(v) => Ok(v),
@@ -290,7 +295,7 @@ impl Leaves for RuleState {
                     RangeFn::Rate => c / secs,
                     RangeFn::BytesOverTime => b,
                     RangeFn::BytesRate => b / secs,
-                    RangeFn::AbsentOverTime => return None,
+                    _ => return None,
                 };
                 Some(Series {
                     labels: labels.clone(),

@@ -96,15 +96,12 @@ pub fn pattern_regex(pattern: &str) -> String {
     let mut rest = pattern;
     while let Some(i) = rest.find('<') {
         let after = &rest[i + 1..];
-        let name_len = after
-            .find('>')
-            .filter(|n| {
-                *n > 0
-                    && after[..*n]
-                        .bytes()
-                        .enumerate()
-                        .all(|(j, c)| c == b'_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit()))
-            });
+        let name_len = after.find('>').filter(|n| {
+            *n > 0
+                && after[..*n].bytes().enumerate().all(|(j, c)| {
+                    c == b'_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit())
+                })
+        });
         match name_len {
             Some(n) => {
                 out.push_str(&regex::escape(&rest[..i]));
@@ -235,6 +232,8 @@ pub enum Stage {
     Drop(Vec<LabelName>),
     Keep(Vec<LabelName>),
     LineFormat(Vec<FormatPart>),
+    /// `| unwrap …` (in range functions over values only).
+    Unwrap(Unwrap),
 }
 
 /// A step of a JSON path.
@@ -275,6 +274,17 @@ pub enum RangeFn {
     BytesOverTime,
     BytesRate,
     AbsentOverTime,
+    /// Over the values an `| unwrap` stage takes from the lines:
+    SumOverTime,
+    AvgOverTime,
+    MinOverTime,
+    MaxOverTime,
+    FirstOverTime,
+    LastOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+    /// `quantile_over_time(φ, …)`.
+    QuantileOverTime,
 }
 
 impl RangeFn {
@@ -285,9 +295,48 @@ impl RangeFn {
             "bytes_over_time" => RangeFn::BytesOverTime,
             "bytes_rate" => RangeFn::BytesRate,
             "absent_over_time" => RangeFn::AbsentOverTime,
+            "sum_over_time" => RangeFn::SumOverTime,
+            "avg_over_time" => RangeFn::AvgOverTime,
+            "min_over_time" => RangeFn::MinOverTime,
+            "max_over_time" => RangeFn::MaxOverTime,
+            "first_over_time" => RangeFn::FirstOverTime,
+            "last_over_time" => RangeFn::LastOverTime,
+            "stddev_over_time" => RangeFn::StddevOverTime,
+            "stdvar_over_time" => RangeFn::StdvarOverTime,
+            "quantile_over_time" => RangeFn::QuantileOverTime,
             _ => return None,
         })
     }
+
+    /// Whether it aggregates unwrapped values (and needs an `| unwrap` stage).
+    pub fn unwraps(self) -> bool {
+        !matches!(
+            self,
+            RangeFn::CountOverTime
+                | RangeFn::Rate
+                | RangeFn::BytesOverTime
+                | RangeFn::BytesRate
+                | RangeFn::AbsentOverTime
+        )
+    }
+}
+
+/// How `| unwrap` reads a label's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwrapConv {
+    /// A number.
+    Number,
+    /// `duration(l)` / `duration_seconds(l)`: a Go duration (`250ms`, `1h2m`), in seconds.
+    Duration,
+    /// `bytes(l)`: a size (`5 KiB`, `42MB`), in bytes.
+    Bytes,
+}
+
+/// `| unwrap [conv(]label[)]`: the value a range function aggregates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unwrap {
+    pub label: String,
+    pub conv: UnwrapConv,
 }
 
 /// A vector aggregation.
@@ -354,6 +403,10 @@ pub enum Expr {
         log: LogQuery,
         range_ns: i64,
         offset_ns: i64,
+        /// `by`/`without` after an unwrapped range function (`avg_over_time(…) by (x)`).
+        grouping: Option<Grouping>,
+        /// φ of `quantile_over_time`.
+        param: Option<f64>,
     },
     Agg {
         op: AggOp,
@@ -710,6 +763,8 @@ struct Parser<'a> {
     peeked: Option<(usize, Tok)>,
     /// Open parentheses in label filters.
     label_depth: usize,
+    /// Inside a range function's log query (where `| unwrap` may be).
+    in_range: bool,
 }
 
 /// Deepest nesting of parentheses and function calls accepted.
@@ -944,7 +999,38 @@ impl<'a> Parser<'a> {
                 let (tpos, tpl) = self.string_value("a quoted template")?;
                 Ok(Stage::LineFormat(line_template(&tpl, tpos + 1)?))
             }
-            "unwrap" | "pattern" | "regexp" | "label_format" | "unpack" | "decolorize" => Err(err(
+            "unwrap" if !self.in_range => Err(err(
+                pos,
+                "`| unwrap` is only valid inside a range function such as avg_over_time({…} | unwrap latency [5m])",
+            )),
+            "unwrap" => {
+                self.bump()?;
+                let (npos, n) = self.bump()?;
+                let Tok::Ident(n) = n else {
+                    return Err(err(npos, format!("expected a label name after `unwrap`, found {}", n.describe())));
+                };
+                let conv = match n.as_str() {
+                    "duration" | "duration_seconds" => Some(UnwrapConv::Duration),
+                    "bytes" => Some(UnwrapConv::Bytes),
+                    _ => None,
+                };
+                match conv {
+                    Some(conv) if self.peek_tok()? == Tok::LParen => {
+                        self.bump()?;
+                        let (lpos, l) = self.bump()?;
+                        let Tok::Ident(label) = l else {
+                            return Err(err(lpos, format!("expected a label name, found {}", l.describe())));
+                        };
+                        self.expect(Tok::RParen, "`)`")?;
+                        Ok(Stage::Unwrap(Unwrap { label, conv }))
+                    }
+                    _ => Ok(Stage::Unwrap(Unwrap {
+                        label: n,
+                        conv: UnwrapConv::Number,
+                    })),
+                }
+            }
+            "pattern" | "regexp" | "label_format" | "unpack" | "decolorize" => Err(err(
                 pos,
                 format!("the `{name}` stage is not supported by this aggregator version"),
             )),
@@ -1173,7 +1259,7 @@ impl<'a> Parser<'a> {
                     return Ok(Expr::Vector(v));
                 }
                 if let Some(func) = RangeFn::from_name(&name) {
-                    return self.range_call(func);
+                    return self.range_call(func, pos);
                 }
                 if let Some(op) = AggOp::from_name(&name) {
                     return self.aggregation(op, pos, depth);
@@ -1181,7 +1267,7 @@ impl<'a> Parser<'a> {
                 Err(err(
                     pos,
                     format!(
-                        "unknown function `{name}` (expected count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, sum, avg, min, max, count, stddev, stdvar, topk, bottomk or vector)"
+                        "unknown function `{name}` (expected count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, sum/avg/min/max/first/last/stddev/stdvar/quantile_over_time, sum, avg, min, max, count, stddev, stdvar, topk, bottomk or vector)"
                     ),
                 ))
             }
@@ -1192,14 +1278,30 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn range_call(&mut self, func: RangeFn) -> Result<Expr, ParseError> {
+    fn range_call(&mut self, func: RangeFn, pos: usize) -> Result<Expr, ParseError> {
         self.expect(Tok::LParen, "`(`")?;
+        let param = if func == RangeFn::QuantileOverTime {
+            let (qpos, q) = self.bump()?;
+            let Tok::Number(q) = q else {
+                return Err(err(
+                    qpos,
+                    format!("expected the quantile (0 to 1), found {}", q.describe()),
+                ));
+            };
+            self.expect(Tok::Comma, "`,`")?;
+            Some(q)
+        } else {
+            None
+        };
         // `({…} | …)[5m]` is allowed as well as `{…} | … [5m]`.
         let parened = self.peek_tok()? == Tok::LParen;
         if parened {
             self.bump()?;
         }
-        let mut log = self.log_query()?;
+        self.in_range = true;
+        let log = self.log_query();
+        self.in_range = false;
+        let mut log = log?;
         if parened {
             self.expect(Tok::RParen, "`)`")?;
         }
@@ -1216,7 +1318,10 @@ impl<'a> Parser<'a> {
         }
         self.expect(Tok::RBracket, "`]`")?;
         // Stages may also follow the range.
-        self.stages(&mut log.stages)?;
+        self.in_range = true;
+        let more = self.stages(&mut log.stages);
+        self.in_range = false;
+        more?;
         let mut offset_ns = 0;
         if self.peek_tok()? == Tok::Ident("offset".into()) {
             self.bump()?;
@@ -1230,11 +1335,35 @@ impl<'a> Parser<'a> {
             offset_ns = o;
         }
         self.expect(Tok::RParen, "`)`")?;
+        let unwraps = log
+            .stages
+            .iter()
+            .filter(|s| matches!(s, Stage::Unwrap(_)))
+            .count();
+        if func.unwraps() && unwraps != 1 {
+            return Err(err(
+                pos,
+                "this range function needs one `| unwrap <label>` stage (e.g. avg_over_time({…} | logfmt | unwrap latency [5m]))",
+            ));
+        }
+        if !func.unwraps() && unwraps > 0 {
+            return Err(err(
+                pos,
+                "`| unwrap` is only for sum_over_time, avg_over_time, min/max/first/last_over_time, stddev/stdvar_over_time and quantile_over_time",
+            ));
+        }
+        let grouping = if func.unwraps() {
+            self.grouping()?
+        } else {
+            None
+        };
         Ok(Expr::Range {
             func,
             log,
             range_ns,
             offset_ns,
+            grouping,
+            param,
         })
     }
 
@@ -1407,6 +1536,7 @@ pub fn parse(src: &str) -> Result<Query, ParseError> {
         lex: Lexer { src, pos: 0 },
         peeked: None,
         label_depth: 0,
+        in_range: false,
     };
     let (pos, t) = p.peek()?.clone();
     let q = match t {
@@ -1448,6 +1578,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unwrapped_range_functions_parse_and_print_back() {
+        for q in [
+            r#"avg_over_time({app="x"} | logfmt | unwrap duration(latency) | __error__="" [5m]) by ()"#,
+            r#"sum by (path) (sum_over_time({app="x"} | json | unwrap bytes(size) [1m]))"#,
+            r#"quantile_over_time(0.99, {app="x"} | logfmt | unwrap ms [5m]) by (host)"#,
+            r#"max_over_time({app="x"} | logfmt | unwrap ms [5m] offset 1h)"#,
+        ] {
+            let parsed = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+            let printed = parsed.to_string();
+            assert_eq!(parse(&printed).unwrap(), parsed, "{q} -> {printed}");
+        }
+        let Query::Metric(Expr::Range {
+            func,
+            log,
+            grouping,
+            param,
+            ..
+        }) = parse(r#"quantile_over_time(0.9, {a="b"} | unwrap duration_seconds(d) [1m]) by (x)"#)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(func, RangeFn::QuantileOverTime);
+        assert_eq!(param, Some(0.9));
+        assert_eq!(grouping.unwrap().labels, vec!["x".to_owned()]);
+        assert_eq!(
+            log.stages,
+            vec![Stage::Unwrap(Unwrap {
+                label: "d".into(),
+                conv: UnwrapConv::Duration
+            })]
+        );
+        for (q, msg) in [
+            (r#"avg_over_time({a="b"}[5m])"#, "needs one `| unwrap"),
+            (r#"count_over_time({a="b"} | unwrap x [5m])"#, "only for"),
+            (
+                r#"quantile_over_time({a="b"} | unwrap x [5m])"#,
+                "expected the quantile",
+            ),
+        ] {
+            let e = parse(q).unwrap_err().to_string();
+            assert!(e.contains(msg), "{q}: {e}");
+        }
+    }
+
+    #[test]
     fn pattern_filters_match_whole_lines_with_placeholders() {
         let q = log(r#"{app="x"} |> "<_> GET <path> 200 <_>" !> "<_>health<_>""#);
         let f = filters(&q);
@@ -1457,7 +1633,10 @@ mod tests {
         assert!(ok("10.0.0.1 GET /items 200 12ms"));
         assert!(!ok("10.0.0.1 GET /health 200 1ms"), "the second filter");
         assert!(!ok("10.0.0.1 POST /items 200 12ms"));
-        assert!(!ok("GET /items 200 12ms"), "the leading <_> needs text before ` GET`");
+        assert!(
+            !ok("GET /items 200 12ms"),
+            "the leading <_> needs text before ` GET`"
+        );
         // Anchored: literal ends must be the line's ends.
         let a = log(r#"{app="x"} |> "level=<_> msg=done""#);
         let a = filters(&a)[0];
@@ -1677,7 +1856,12 @@ mod tests {
             ("frobnicate(1)", 0, "unknown function"),
             ("sum({a=\"b\"})", 4, "log query cannot be used here"),
             (r#"{a="b"} | status >"#, 18, "expected a number"),
-            (r#"{a="b"} | unwrap x"#, 10, "not supported"),
+            (
+                r#"{a="b"} | unwrap x"#,
+                10,
+                "only valid inside a range function",
+            ),
+            (r#"{a="b"} | regexp "(?P<x>.)""#, 10, "not supported"),
             (
                 r#"{a="b"} | line_format "{{.a}} {{ if }}""#,
                 30,

@@ -270,6 +270,11 @@ impl Display for Stage {
                 }
                 Ok(())
             }
+            Stage::Unwrap(u) => match u.conv {
+                crate::UnwrapConv::Number => write!(f, "| unwrap {}", u.label),
+                crate::UnwrapConv::Duration => write!(f, "| unwrap duration({})", u.label),
+                crate::UnwrapConv::Bytes => write!(f, "| unwrap bytes({})", u.label),
+            },
             Stage::LineFormat(parts) => {
                 let mut t = String::new();
                 for p in parts {
@@ -346,6 +351,15 @@ impl Display for RangeFn {
             RangeFn::BytesOverTime => "bytes_over_time",
             RangeFn::BytesRate => "bytes_rate",
             RangeFn::AbsentOverTime => "absent_over_time",
+            RangeFn::SumOverTime => "sum_over_time",
+            RangeFn::AvgOverTime => "avg_over_time",
+            RangeFn::MinOverTime => "min_over_time",
+            RangeFn::MaxOverTime => "max_over_time",
+            RangeFn::FirstOverTime => "first_over_time",
+            RangeFn::LastOverTime => "last_over_time",
+            RangeFn::StddevOverTime => "stddev_over_time",
+            RangeFn::StdvarOverTime => "stdvar_over_time",
+            RangeFn::QuantileOverTime => "quantile_over_time",
         })
     }
 }
@@ -383,6 +397,18 @@ impl Display for BinOp {
     }
 }
 
+/// ` by (a, b)` / ` without (a)`.
+fn write_grouping(f: &mut Formatter<'_>, g: &crate::Grouping) -> fmt::Result {
+    write!(f, " {} (", if g.without { "without" } else { "by" })?;
+    for (i, l) in g.labels.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        f.write_str(l)?;
+    }
+    f.write_char(')')
+}
+
 impl Display for Expr {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self {
@@ -393,12 +419,22 @@ impl Display for Expr {
                 log,
                 range_ns,
                 offset_ns,
+                grouping,
+                param,
             } => {
-                write!(f, "{func}({log} [{}]", Dur(*range_ns))?;
+                write!(f, "{func}(")?;
+                if let Some(p) = param {
+                    write!(f, "{}, ", Num(*p))?;
+                }
+                write!(f, "{log} [{}]", Dur(*range_ns))?;
                 if *offset_ns != 0 {
                     write!(f, " offset {}", Dur(*offset_ns))?;
                 }
-                f.write_char(')')
+                f.write_char(')')?;
+                if let Some(g) = grouping {
+                    write_grouping(f, g)?;
+                }
+                Ok(())
             }
             Expr::Agg {
                 op,
@@ -408,14 +444,8 @@ impl Display for Expr {
             } => {
                 write!(f, "{op}")?;
                 if let Some(g) = grouping {
-                    write!(f, " {} (", if g.without { "without" } else { "by" })?;
-                    for (i, l) in g.labels.iter().enumerate() {
-                        if i > 0 {
-                            f.write_str(", ")?;
-                        }
-                        f.write_str(l)?;
-                    }
-                    f.write_str(") ")?;
+                    write_grouping(f, g)?;
+                    f.write_char(' ')?;
                 }
                 f.write_char('(')?;
                 if let Some(k) = param {
@@ -590,9 +620,7 @@ mod tests {
                 } else {
                     FilterOp::NotPattern
                 },
-                regex: Some(
-                    regex::bytes::Regex::new(&crate::pattern_regex(&t)).expect("valid"),
-                ),
+                regex: Some(regex::bytes::Regex::new(&crate::pattern_regex(&t)).expect("valid")),
                 pattern: t,
             },
             0 => LineFilter {
@@ -776,6 +804,8 @@ mod tests {
                     log,
                     range_ns,
                     offset_ns,
+                    grouping: None,
+                    param: None,
                 }),
         ];
         leaf.prop_recursive(4, 16, 2, |inner| {

@@ -191,11 +191,18 @@ impl Ctx<'_, '_> {
                 log,
                 range_ns,
                 offset_ns,
+                grouping,
+                param,
             } => {
                 let i = self.leaf_no;
                 self.leaf_no += 1;
                 if let Some(v) = self.leaves.and_then(|l| l.range(i, self.req.start_ns)) {
                     return Ok(Value::Vector(v));
+                }
+                if func.unwraps() {
+                    return self
+                        .unwrapped(*func, log, *range_ns, *offset_ns, grouping.as_ref(), *param)
+                        .map(Value::Vector);
                 }
                 self.range(*func, log, *range_ns, *offset_ns)
                     .map(Value::Vector)
@@ -535,6 +542,117 @@ impl Ctx<'_, '_> {
         Ok(out)
     }
 
+    /// A range function over unwrapped values: the samples each series has in
+    /// `(t - range, t]`, aggregated per step.
+    fn unwrapped(
+        &mut self,
+        func: RangeFn,
+        log: &LogQuery,
+        range_ns: i64,
+        offset_ns: i64,
+        grouping: Option<&Grouping>,
+        param: Option<f64>,
+    ) -> Result<Vec<Series>, Error> {
+        let streams = self.src.streams(&log.matchers)?;
+        let (steps, req) = (self.steps, self.req);
+        let (t0, step) = (req.start_ns, req.step_ns.max(1));
+        let scan_start = t0 - range_ns - offset_ns + 1;
+        let scan_end = req.end_ns - offset_ns + 1;
+        let pipeline = Pipeline::new(log);
+        let labels: HashMap<i64, &Labels> = streams.iter().map(|(id, l)| (*id, l)).collect();
+        let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
+        let filters: Vec<_> = log.leading_filters().collect();
+        let key = |l: Labels| -> Labels {
+            match grouping {
+                None => l,
+                Some(g) if g.without => {
+                    let mut l = l;
+                    l.retain(|k, _| !g.labels.iter().any(|n| n == k));
+                    l
+                }
+                Some(g) => Labels::new(
+                    g.labels
+                        .iter()
+                        .filter_map(|n| l.get(n).map(|v| (n.clone(), v.to_owned()))),
+                ),
+            }
+        };
+        let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+        let (mut lines, mut bytes, mut samples) = (0u64, 0u64, 0usize);
+        let mut failed: Option<Error> = None;
+        let complete = self.src.scan(
+            &ids,
+            scan_start,
+            scan_end,
+            Order::Any,
+            &filters,
+            req.deadline,
+            |row| {
+                lines += 1;
+                bytes += row.line.len() as u64;
+                let stream = labels[&row.stream_id];
+                let Some(out) =
+                    pipeline.process(stream, &row.metadata, row.level, row.flags, &row.line)
+                else {
+                    return true;
+                };
+                let l = out
+                    .labels
+                    .unwrap_or_else(|| base_labels(stream, &row.metadata, row.level, row.flags));
+                if let Some(kind) = l.get(ERROR_LABEL) {
+                    failed = Some(Error::Eval(format!(
+                        "pipeline error: {kind} on a line of {stream}; add `| __error__=\"\"` after the unwrap to skip such lines"
+                    )));
+                    return false;
+                }
+                let Some(v) = out.value else { return true };
+                let k = key(l);
+                if !series.contains_key(&k) {
+                    if let Err(e) = check_points(req.limits, steps, series.len() + 1) {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+                samples += 1;
+                if samples > req.limits.max_points {
+                    failed = Some(Error::Limit(format!(
+                        "the query would hold more than {} samples; shorten the range or filter the lines",
+                        req.limits.max_points
+                    )));
+                    return false;
+                }
+                series.entry(k).or_default().push((row.ts + offset_ns, v));
+                true
+            },
+        )?;
+        self.stats.lines += lines;
+        self.stats.bytes += bytes;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !complete {
+            return Err(Error::Timeout);
+        }
+        let mut out: Vec<Series> = series
+            .into_iter()
+            .map(|(labels, mut s)| {
+                s.sort_by_key(|x| x.0);
+                let values = (0..steps)
+                    .map(|i| {
+                        let t = t0 + i as i64 * step;
+                        let lo = s.partition_point(|x| x.0 <= t - range_ns);
+                        let hi = s.partition_point(|x| x.0 <= t);
+                        over_time(func, param, &s[lo..hi])
+                    })
+                    .collect();
+                Series { labels, values }
+            })
+            .collect();
+        out.retain(|s| s.values.iter().any(|v| !v.is_nan()));
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
     fn aggregate(
         &mut self,
         op: AggOp,
@@ -653,6 +771,50 @@ impl Ctx<'_, '_> {
 
 /// Whether the agents' pre-aggregates can answer a range function over `log`: a bare
 /// selector, or one that only drops error labels (which it cannot have).
+/// An unwrapped range function over the samples of one window (in time order); NaN
+/// (no point) when there are none.
+fn over_time(func: RangeFn, param: Option<f64>, s: &[(i64, f64)]) -> f64 {
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let n = s.len() as f64;
+    let sum: f64 = s.iter().map(|x| x.1).sum();
+    let var = || {
+        let mean = sum / n;
+        s.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / n
+    };
+    match func {
+        RangeFn::SumOverTime => sum,
+        RangeFn::AvgOverTime => sum / n,
+        RangeFn::MinOverTime => s.iter().map(|x| x.1).fold(f64::INFINITY, f64::min),
+        RangeFn::MaxOverTime => s.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max),
+        RangeFn::FirstOverTime => s[0].1,
+        RangeFn::LastOverTime => s[s.len() - 1].1,
+        RangeFn::StdvarOverTime => var(),
+        RangeFn::StddevOverTime => var().sqrt(),
+        RangeFn::QuantileOverTime => {
+            // As Prometheus: linear between the closest ranks; beyond [0, 1], ±Inf.
+            let q = param.unwrap_or(f64::NAN);
+            if q.is_nan() {
+                return f64::NAN;
+            }
+            if q < 0.0 {
+                return f64::NEG_INFINITY;
+            }
+            if q > 1.0 {
+                return f64::INFINITY;
+            }
+            let mut v: Vec<f64> = s.iter().map(|x| x.1).collect();
+            v.sort_by(f64::total_cmp);
+            let rank = q * (n - 1.0);
+            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+            let w = rank - rank.floor();
+            v[lo] * (1.0 - w) + v[hi] * w
+        }
+        _ => f64::NAN,
+    }
+}
+
 fn aggregates_answer(log: &LogQuery) -> bool {
     log.stages.iter().all(|s| match s {
         Stage::Drop(names) => names.iter().all(|n| n.name.starts_with("__error")),
@@ -949,6 +1111,95 @@ mod tests {
             (1, 25 * S, Level::Warn, r#"{"status":503,"ms":900}"#.into()),
             (2, 31 * S, Level::Error, "deadlock error".into()),
         ]
+    }
+
+    #[test]
+    fn unwrapped_values_are_aggregated_over_time() {
+        let rows: Vec<RowSpec> = vec![
+            (0, S, Level::Info, "ms=10 d=250ms size=1KiB".into()),
+            (0, 2 * S, Level::Info, "ms=20 d=1s size=2KiB".into()),
+            (1, 3 * S, Level::Info, "ms=30 d=2s size=3KiB".into()),
+            (1, 4 * S, Level::Info, "ms=slow d=x size=y".into()),
+            (2, 5 * S, Level::Info, "no fields here".into()),
+        ];
+        let (_d, p) = store(&rows, false);
+        let one = |q: &str| -> f64 {
+            let (v, _) =
+                eval(&p, q, T0 + 60 * S, T0 + 60 * S, S).unwrap_or_else(|e| panic!("{q}: {e}"));
+            let v = vector(v);
+            assert_eq!(v.len(), 1, "{q}: {v:?}");
+            v[0].1[0]
+        };
+        let sel = r#"{app="api"} | logfmt"#;
+        let q = |f: &str, unwrap: &str| {
+            format!(r#"{f}({sel} | unwrap {unwrap} | __error__="" [1m]) by ()"#)
+        };
+        assert_eq!(one(&q("sum_over_time", "ms")), 60.0);
+        assert_eq!(one(&q("avg_over_time", "ms")), 20.0);
+        assert_eq!(one(&q("min_over_time", "ms")), 10.0);
+        assert_eq!(one(&q("max_over_time", "ms")), 30.0);
+        assert_eq!(one(&q("first_over_time", "ms")), 10.0);
+        assert_eq!(one(&q("last_over_time", "ms")), 30.0);
+        assert!((one(&q("stdvar_over_time", "ms")) - 200.0 / 3.0).abs() < 1e-9);
+        assert!((one(&q("stddev_over_time", "ms")) - (200.0f64 / 3.0).sqrt()).abs() < 1e-9);
+        assert_eq!(
+            one(&q("quantile_over_time(0.5,", "ms").replace("(0.5,(", "(0.5, ")),
+            20.0
+        );
+        assert_eq!(
+            one(&q("avg_over_time", "duration(d)")),
+            (0.25 + 1.0 + 2.0) / 3.0
+        );
+        assert_eq!(one(&q("sum_over_time", "bytes(size)")), 6.0 * 1024.0);
+        // Grouped by a stream label; the unwrapped label leaves the series' labels.
+        let (v, _) = eval(
+            &p,
+            &format!(r#"max_over_time({sel} | unwrap ms | __error__="" [1m]) by (host)"#),
+            T0 + 60 * S,
+            T0 + 60 * S,
+            S,
+        )
+        .unwrap();
+        assert_eq!(
+            vector(v),
+            vec![
+                (r#"{host="a"}"#.into(), vec![20.0]),
+                (r#"{host="b"}"#.into(), vec![30.0])
+            ]
+        );
+        let (v, _) = eval(
+            &p,
+            &format!(r#"sum_over_time({sel} | unwrap ms | __error__="" [1m])"#),
+            T0 + 60 * S,
+            T0 + 60 * S,
+            S,
+        )
+        .unwrap();
+        assert!(
+            vector(v).iter().all(|(l, _)| !l.contains("ms=")),
+            "ms is unwrapped"
+        );
+        // A value that does not convert is an error unless filtered out.
+        let e = eval(
+            &p,
+            &format!(r#"sum_over_time({sel} | unwrap ms [1m])"#),
+            T0 + 60 * S,
+            T0 + 60 * S,
+            S,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("SampleExtractionErr"), "{e}");
+        // Windows: per step, only the samples in (t - range, t].
+        let (v, _) = eval(
+            &p,
+            &format!(r#"sum_over_time({sel} | unwrap ms | __error__="" [2s]) by ()"#),
+            T0 + 2 * S,
+            T0 + 4 * S,
+            S,
+        )
+        .unwrap();
+        assert_eq!(vector(v), vec![("{}".into(), vec![30.0, 50.0, 30.0])]);
     }
 
     #[test]

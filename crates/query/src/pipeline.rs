@@ -11,7 +11,9 @@
 //! `__error__=""` remove.
 
 use heimdall_common::record::{Labels, Level};
-use heimdall_logql::{FormatPart, LabelFilter, LabelName, LogQuery, NumKind, PathPart, Stage};
+use heimdall_logql::{
+    FormatPart, LabelFilter, LabelName, LogQuery, NumKind, PathPart, Stage, UnwrapConv,
+};
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -34,6 +36,9 @@ pub struct Output<'a> {
     /// `None` when the labels are the line's base labels (see [`base_labels`]).
     pub labels: Option<Labels>,
     pub line: Cow<'a, [u8]>,
+    /// What `| unwrap` took (`None` without one, or when the label did not convert:
+    /// then `__error__` is `SampleExtractionErr`).
+    pub value: Option<f64>,
 }
 
 /// The labels a line starts with: its stream's labels, its level, and its flags when
@@ -86,6 +91,7 @@ impl Pipeline {
         let mut line: Cow<'a, [u8]> = Cow::Borrowed(line);
         let mut labels: Option<Labels> =
             (!metadata.is_empty()).then(|| base_labels(stream, metadata, level, flags));
+        let mut value = None;
         for s in &self.stages {
             match s {
                 Stage::Line(f) => {
@@ -134,9 +140,38 @@ impl Pipeline {
                     }
                     line = Cow::Owned(out);
                 }
+                Stage::Unwrap(u) => {
+                    let l =
+                        labels.get_or_insert_with(|| base_labels(stream, metadata, level, flags));
+                    // The unwrapped label leaves the series' labels, as in Loki.
+                    let raw = l.remove(&u.label);
+                    let v = raw.as_deref().and_then(|s| {
+                        let s = s.trim();
+                        match u.conv {
+                            UnwrapConv::Number => s.parse::<f64>().ok(),
+                            UnwrapConv::Duration => crate::values::duration_secs(s),
+                            UnwrapConv::Bytes => crate::values::bytes(s),
+                        }
+                    });
+                    if v.is_none() {
+                        set_error(
+                            l,
+                            "SampleExtractionErr",
+                            match raw {
+                                Some(r) => format!("cannot unwrap `{r}` of label {}", u.label),
+                                None => format!("no label {} to unwrap", u.label),
+                            },
+                        );
+                    }
+                    value = v;
+                }
             }
         }
-        Some(Output { labels, line })
+        Some(Output {
+            labels,
+            line,
+            value,
+        })
     }
 }
 
@@ -343,22 +378,11 @@ fn numeric(v: &str, kind: NumKind) -> Option<f64> {
     let v = v.trim();
     match kind {
         NumKind::Number => v.parse::<f64>().ok(),
-        NumKind::Duration => {
-            if let Ok(f) = v.parse::<f64>() {
-                return Some(f);
-            }
-            heimdall_common::config::parse_duration(v)
-                .ok()
-                .map(|d| d.as_secs_f64())
-        }
-        NumKind::Bytes => {
-            if let Ok(f) = v.parse::<f64>() {
-                return Some(f);
-            }
-            heimdall_common::config::ByteSize::parse(v)
-                .ok()
-                .map(|b| b.0 as f64)
-        }
+        NumKind::Duration => v
+            .parse::<f64>()
+            .ok()
+            .or_else(|| crate::values::duration_secs(v)),
+        NumKind::Bytes => crate::values::bytes(v),
     }
 }
 
