@@ -743,6 +743,52 @@ mod tests {
         let c = AggregatorConfig::load("", &Overrides::default()).unwrap();
         assert_eq!(c.ingest_listen.port(), 7400);
         assert_eq!(c.api_listen.port(), 3100);
+        assert_eq!(
+            c.otlp_listen.map(|(a, asked)| (a.port(), asked)),
+            Some((4318, false))
+        );
+        assert!(c.otlp.index_labels.iter().any(|l| l == "service.name"));
+        assert_eq!(
+            c.push.service_name_from.first().map(String::as_str),
+            Some("service")
+        );
+    }
+
+    #[test]
+    fn otlp_and_service_name_discovery_are_configurable() {
+        let c = AggregatorConfig::load(
+            r#"
+[otlp]
+listen = "0.0.0.0:14318"
+index_labels = ["service.name", "team"]
+[push]
+discover_service_name = []
+"#,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.otlp_listen.map(|(a, asked)| (a.port(), asked)),
+            Some((14318, true))
+        );
+        assert_eq!(&*c.otlp.index_labels, ["service.name", "team"]);
+        assert!(c.push.service_name_from.is_empty());
+        let off =
+            AggregatorConfig::load("[otlp]\nenabled = false\n", &Overrides::default()).unwrap();
+        assert!(off.otlp_listen.is_none());
+        let Error::Invalid(p) = AggregatorConfig::load(
+            r#"
+[otlp]
+listen = "port 4318"
+index_labels = [""]
+"#,
+            &Overrides::default(),
+        )
+        .unwrap_err() else {
+            panic!("expected validation errors")
+        };
+        let keys: Vec<_> = p.0.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(keys, vec!["otlp.listen", "otlp.index_labels"]);
     }
 
     #[test]

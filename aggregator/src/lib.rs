@@ -16,7 +16,8 @@
 //! Layout:
 //! - [`config`]: the TOML file and its validation.
 //! - [`ingest`]: the QUIC server (mutual TLS, batch streams, agent status).
-//! - [`api`]: HTTP (Loki-compatible endpoints, agents, alerts, metrics).
+//! - [`api`]: HTTP (Loki-compatible endpoints and pushes, Drilldown, OTLP logs, agents,
+//!   alerts, metrics).
 #![forbid(unsafe_code)]
 
 pub mod api;

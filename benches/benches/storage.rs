@@ -124,6 +124,135 @@ fn batch(lines: &[Vec<u8>], t0: i64, dt: i64, nstreams: usize, offset: usize) ->
     c
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PushFormat {
+    /// `logproto.PushRequest` under snappy: Promtail's, Alloy's and Vector's default.
+    Protobuf,
+    /// Loki's JSON push.
+    Json,
+}
+
+/// One Loki push body per batch, in `format`.
+fn push_bodies(contents: &[BatchContent], format: PushFormat) -> Vec<Vec<u8>> {
+    use heimdall_aggregator::api::proto::Writer;
+    contents
+        .iter()
+        .map(|c| {
+            // Entries by stream, as clients batch them.
+            let mut by: Vec<Vec<&LogRecord>> = vec![Vec::new(); c.streams.len()];
+            for r in &c.records {
+                by[r.stream as usize].push(r);
+            }
+            match format {
+                PushFormat::Protobuf => {
+                    let mut req = Writer::default();
+                    for (si, recs) in by.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+                        let mut stream = Writer::default();
+                        stream.bytes(1, c.streams[si].to_string().as_bytes());
+                        for r in recs {
+                            let mut ts = Writer::default();
+                            ts.uint(1, (r.time_ns / S) as u64)
+                                .uint(2, (r.time_ns % S) as u64);
+                            let mut e = Writer::default();
+                            e.message(1, &ts).bytes(2, &r.line);
+                            stream.message(2, &e);
+                        }
+                        req.message(1, &stream);
+                    }
+                    snap::raw::Encoder::new()
+                        .compress_vec(&req.buf)
+                        .expect("snappy")
+                }
+                PushFormat::Json => {
+                    let streams: Vec<serde_json::Value> = by
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| !r.is_empty())
+                        .map(|(si, recs)| {
+                            let labels: serde_json::Map<String, serde_json::Value> = c.streams[si]
+                                .iter()
+                                .map(|(k, v)| (k.to_owned(), v.into()))
+                                .collect();
+                            let values: Vec<serde_json::Value> = recs
+                                .iter()
+                                .map(|r| {
+                                    serde_json::json!([
+                                        r.time_ns.to_string(),
+                                        String::from_utf8_lossy(&r.line)
+                                    ])
+                                })
+                                .collect();
+                            serde_json::json!({"stream": labels, "values": values})
+                        })
+                        .collect();
+                    serde_json::to_vec(&serde_json::json!({ "streams": streams })).expect("json")
+                }
+            }
+        })
+        .collect()
+}
+
+/// Loki pushes over HTTP by several concurrent clients into a real aggregator, each
+/// answered after the lines are committed; reported against the QUIC path measured in
+/// the same run.
+fn http_push(
+    root: &std::path::Path,
+    pki: &Pki,
+    contents: &[BatchContent],
+    raw: u64,
+    format: PushFormat,
+    quic_rate: f64,
+) -> anyhow::Result<()> {
+    const CLIENTS: usize = 8;
+    let bodies = push_bodies(contents, format);
+    let n: usize = contents.iter().map(|c| c.records.len()).sum();
+    let wire: usize = bodies.iter().map(Vec::len).sum();
+    let agg = Aggregator::start(&root.join(format!("push-{format:?}")), pki, None)?;
+    let url = format!("{}/loki/api/v1/push", agg.url());
+    let ctype = match format {
+        PushFormat::Protobuf => "application/x-protobuf",
+        PushFormat::Json => "application/json",
+    };
+    let queue = std::sync::Mutex::new(bodies);
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    let agent = ureq::AgentBuilder::new().build();
+                    loop {
+                        let Some(b) = queue.lock().expect("queue").pop() else {
+                            return Ok(());
+                        };
+                        let r = agent
+                            .post(&url)
+                            .set("Content-Type", ctype)
+                            .timeout(Duration::from_secs(120))
+                            .send_bytes(&b)?;
+                        anyhow::ensure!(r.status() == 204, "push answered {}", r.status());
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("client thread")?;
+        }
+        Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let stored = heimdall_tests::stored_count(&agg.db());
+    anyhow::ensure!(stored == n as u64, "stored {stored} of {n}");
+    let rate = n as f64 / secs;
+    println!(
+        "Loki push over HTTP, {format:?}, {CLIENTS} clients ({:.0} MB on the wire): {:>10.0} lines/s  {:>6.1} MB/s  (ratio to QUIC {:.2})",
+        wire as f64 / 1e6,
+        rate,
+        raw as f64 / 1e6 / secs,
+        rate / quic_rate
+    );
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
@@ -263,6 +392,11 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         lines.len() as f64 / base_secs
     );
     println!("ratio QUIC / in-process: {:.2}", base_secs / quic_secs);
+    drop(agg);
+    let quic_rate = lines.len() as f64 / quic_secs;
+    for format in [PushFormat::Protobuf, PushFormat::Json] {
+        http_push(root, &pki, &contents, raw, format, quic_rate)?;
+    }
 
     // Compression of a warm segment on the same lines.
     let labels: HashMap<i64, String> = (1..=200)

@@ -1,5 +1,7 @@
 //! The HTTP API: the Loki endpoints Grafana and the `heimdall` CLI use (see [`loki`]),
-//! native endpoints for agents, edge intelligence and health, and `/metrics`.
+//! what Logs Drilldown asks besides queries ([`drilldown`]), pushes from Loki clients
+//! ([`push`]) and OTLP exporters ([`otlp`], on its own listener too), native endpoints
+//! for agents, edge intelligence and health, and `/metrics`.
 //!
 //! Owns request parsing, response shapes and access control ([`auth`]); queries run on
 //! a blocking thread with read-only SQLite connections and a deadline, and stop when
