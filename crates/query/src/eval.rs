@@ -213,10 +213,15 @@ impl Ctx<'_, '_> {
                 param,
                 inner,
             } => {
-                self.group_by = match grouping {
-                    None => Some(Vec::new()),
-                    Some(g) if !g.without => Some(g.labels.clone()),
-                    Some(_) => None,
+                // Only for `sum` (other aggregations see how many series there are)
+                // of a range function directly inside (through a binary operator,
+                // series are matched on all their labels before this grouping applies).
+                self.group_by = match (grouping, inner.as_ref()) {
+                    _ if *op != AggOp::Sum => None,
+                    (_, e) if !matches!(e, Expr::Range { .. }) => None,
+                    (None, _) => Some(Vec::new()),
+                    (Some(g), _) if !g.without => Some(g.labels.clone()),
+                    (Some(_), _) => None,
                 };
                 let v = self.eval(inner);
                 self.group_by = None;
@@ -1013,6 +1018,15 @@ mod tests {
     }
 
     fn store(rows: &[RowSpec], with_aggregates: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+        store_meta(rows, with_aggregates, |_| Labels::default())
+    }
+
+    /// As [`store`], row `i` with structured metadata `meta(i)`.
+    fn store_meta(
+        rows: &[RowSpec],
+        with_aggregates: bool,
+        meta: impl Fn(usize) -> Labels,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hot.db");
         let mut s = HotStore::open(&path, 100_000).unwrap();
@@ -1021,7 +1035,7 @@ mod tests {
             ..Default::default()
         };
         let mut aggs: std::collections::BTreeMap<(u32, i64, u8), (u64, u64)> = Default::default();
-        for (st, off, level, line) in rows {
+        for (i, (st, off, level, line)) in rows.iter().enumerate() {
             let ts = T0 + off;
             content.records.push(LogRecord {
                 stream: *st as u32,
@@ -1032,7 +1046,7 @@ mod tests {
                 flags: 0,
                 redacted: 0,
                 line: Bytes::from(line.clone()),
-                metadata: Default::default(),
+                metadata: meta(i),
             });
             let e = aggs
                 .entry((*st as u32, ts.div_euclid(10 * S) * 10 * S, *level as u8))
@@ -1111,6 +1125,60 @@ mod tests {
             (1, 25 * S, Level::Warn, r#"{"status":503,"ms":900}"#.into()),
             (2, 31 * S, Level::Error, "deadlock error".into()),
         ]
+    }
+
+    /// Lines with structured metadata have it among their labels: counts kept per
+    /// second stand for them only under a `sum` that groups it away; otherwise the
+    /// lines are read, and the answers are the same as from lines.
+    #[test]
+    fn volume_counts_respect_structured_metadata() {
+        let rows: Vec<RowSpec> = (0..40)
+            .map(|i| {
+                (
+                    i % 2,
+                    (i as i64 + 1) * S,
+                    if i % 4 == 0 {
+                        Level::Error
+                    } else {
+                        Level::Info
+                    },
+                    format!("line {i}"),
+                )
+            })
+            .collect();
+        let (_d, p) = store_meta(&rows, false, |i| {
+            Labels::new([("trace", format!("t{}", i % 3))])
+        });
+        let at = T0 + 60 * S;
+        let run = |q: &str| eval(&p, q, at, at, S).unwrap();
+        let (v, st) = run(r#"sum by (level) (count_over_time({app="api"}[1m]))"#);
+        assert_eq!(st.lines, 0, "from the per-second counts");
+        let (w, st2) = run(r#"sum by (level) (count_over_time({app="api"} |= "" [1m]))"#);
+        assert!(st2.lines > 0);
+        assert_eq!(vector(v), vector(w));
+        // Grouped by the metadata: only the lines know it.
+        let (v, st) = run(r#"sum by (trace) (count_over_time({app="api"}[1m]))"#);
+        assert!(st.lines > 0);
+        assert_eq!(
+            vector(v)
+                .into_iter()
+                .map(|(l, v)| (l, v[0]))
+                .collect::<Vec<_>>(),
+            vec![
+                (r#"{trace="t0"}"#.to_owned(), 14.0),
+                (r#"{trace="t1"}"#.to_owned(), 13.0),
+                (r#"{trace="t2"}"#.to_owned(), 13.0)
+            ]
+        );
+        // Without a sum: a series per metadata value, as from lines.
+        let (v, _) = run(r#"count_over_time({app="api", host="a"}[1m])"#);
+        let (w, _) = run(r#"count_over_time({app="api", host="a"} |= "" [1m])"#);
+        assert_eq!(vector(v.clone()), vector(w));
+        assert!(vector(v).iter().all(|(l, _)| l.contains("trace=")));
+        // `count by` sees how many series there are: from lines too.
+        let (v, _) = run(r#"count by (level) (count_over_time({app="api"}[1m]))"#);
+        let (w, _) = run(r#"count by (level) (count_over_time({app="api"} |= "" [1m]))"#);
+        assert_eq!(vector(v), vector(w));
     }
 
     #[test]
