@@ -543,7 +543,7 @@ pub fn admit(
         let mut labels = Vec::new();
         let mut rest = Vec::new();
         for (k, v) in res.attributes {
-            if mapping.index_labels.iter().any(|n| *n == k) {
+            if mapping.index_labels.contains(&k) {
                 let v = v.text();
                 if !v.is_empty() {
                     labels.push((push::sanitize_name(&k), v));

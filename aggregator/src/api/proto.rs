@@ -219,7 +219,7 @@ mod tests {
             fields(&[0x0b], "t").next(),
             Some(Err(Error::WireType("t", 3)))
         ));
-        assert!(matches!(fields(&[0x08; 12], "t").nth(0), Some(Ok(_))));
+        assert!(matches!(fields(&[0x08; 12], "t").next(), Some(Ok(_))));
         assert!(matches!(
             fields(
                 &[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],

@@ -597,8 +597,7 @@ fn utf8<'a>(b: &'a [u8], what: &'static str) -> Result<&'a str, BadPush> {
 /// a `timestamp` (1, `google.protobuf.Timestamp`), a `line` (2) and
 /// `structuredMetadata` (3, name/value pairs).
 pub fn decode_proto(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded, BadPush> {
-    type Entry<'a> = (i64, &'a [u8], Vec<(String, String)>);
-    let mut streams: Vec<(&str, Vec<Entry<'_>>)> = Vec::new();
+    let mut streams: Vec<(&str, Vec<ProtoEntry<'_>>)> = Vec::new();
     for f in proto::fields(body, "PushRequest") {
         let (n, v) = f?;
         if n != 1 {
@@ -633,7 +632,10 @@ pub fn decode_proto(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<De
     Ok(intake.finish())
 }
 
-fn proto_entry(b: &[u8]) -> Result<(i64, &[u8], Vec<(String, String)>), BadPush> {
+/// One decoded `EntryAdapter`: time, line and structured metadata.
+type ProtoEntry<'a> = (i64, &'a [u8], Vec<(String, String)>);
+
+fn proto_entry(b: &[u8]) -> Result<ProtoEntry<'_>, BadPush> {
     let (mut ts, mut line, mut meta) = (0i64, &b""[..], Vec::new());
     for f in proto::fields(b, "EntryAdapter") {
         let (n, v) = f?;
@@ -759,7 +761,7 @@ pub fn caller_name(caller: Option<axum::Extension<super::auth::Caller>>) -> Stri
 }
 
 /// A header's value, `""` when absent or not text.
-pub fn header_str<'h>(headers: &'h HeaderMap, name: header::HeaderName) -> &'h str {
+pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -1113,7 +1115,10 @@ mod tests {
     }
 
     /// A `logproto.PushRequest` as Promtail writes it.
-    fn proto_push(labels: &str, entries: &[(i64, &str, &[(&str, &str)])]) -> Vec<u8> {
+    /// An entry to encode: time, line, structured metadata.
+    type Entry<'a> = (i64, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn proto_push(labels: &str, entries: &[Entry<'_>]) -> Vec<u8> {
         use proto::Writer;
         let mut stream = Writer::default();
         stream.bytes(1, labels.as_bytes());
