@@ -495,16 +495,25 @@ fn logfmt_pipeline() -> heimdall_query::pipeline::Pipeline {
     heimdall_query::pipeline::Pipeline::new(&q)
 }
 
+/// The fields of a detected-fields request's sample, and the answer's limit.
+async fn sampled_fields(
+    st: &ApiState,
+    q: Option<String>,
+    body: String,
+) -> Result<(BTreeMap<String, Field>, usize), ApiError> {
+    let p = params(q, Some(body));
+    let limit = field_limit(&p)?;
+    let res = sample(st, &p).await?;
+    Ok((gather(&res, &logfmt_pipeline()), limit))
+}
+
 /// `GET|POST /loki/api/v1/detected_fields`.
 pub async fn detected_fields(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let p = params(q, Some(body));
-    let limit = field_limit(&p)?;
-    let res = sample(&st, &p).await?;
-    let fields = gather(&res, &logfmt_pipeline());
+    let (fields, limit) = sampled_fields(&st, q, body).await?;
     if fields.is_empty() {
         return Ok(Json(json!({})));
     }
@@ -534,10 +543,7 @@ pub async fn detected_field_values(
     RawQuery(q): RawQuery,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let p = params(q, Some(body));
-    let limit = field_limit(&p)?;
-    let res = sample(&st, &p).await?;
-    let fields = gather(&res, &logfmt_pipeline());
+    let (fields, limit) = sampled_fields(&st, q, body).await?;
     let values: Vec<String> = fields
         .get(&name)
         .map(|f| f.values.iter().take(limit).cloned().collect())
