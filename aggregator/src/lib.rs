@@ -16,12 +16,14 @@
 //! Layout:
 //! - [`config`]: the TOML file and its validation.
 //! - [`ingest`]: the QUIC server (mutual TLS, batch streams, agent status).
+//! - [`console`]: the web UI's embedded files.
 //! - [`api`]: HTTP (Loki-compatible endpoints and pushes, Drilldown, OTLP logs, agents,
 //!   alerts, metrics).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod ingest;
 
 use config::AggregatorConfig;

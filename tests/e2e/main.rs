@@ -4,6 +4,7 @@
 mod alerts;
 mod chaos;
 mod cli;
+mod console;
 mod contract;
 mod drilldown;
 mod ecosystem;

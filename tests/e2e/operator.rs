@@ -69,6 +69,13 @@ fn quickstart_is_ready_when_it_says_so_and_follows_a_new_include() {
         "{}",
         qs.log_tail(40)
     );
+    // The console's address is printed, and it answers.
+    assert!(
+        qs.log_text().contains(&format!("console     {base}/")),
+        "{}",
+        qs.log_tail(20)
+    );
+    assert_eq!(ureq::get(&format!("{base}/")).call().unwrap().status(), 200);
     // Said only once both are up: the agent is ready and connected right now.
     let (code, v) = get_status(&format!("http://127.0.0.1:{metrics}/ready"));
     assert_eq!((code, v["connected"].as_bool()), (200, Some(true)), "{v}");

@@ -139,6 +139,7 @@ pub async fn require(
 ) -> Result<Response, ApiError> {
     if st.tokens.is_empty() {
         req.extensions_mut().insert(Caller(ANONYMOUS.to_owned()));
+        req.extensions_mut().insert(Role::Admin);
         return Ok(next.run(req).await);
     }
     let need = required(req.method(), req.uri().path());
@@ -173,6 +174,7 @@ pub async fn require(
         ));
     }
     req.extensions_mut().insert(Caller(t.name.clone()));
+    req.extensions_mut().insert(t.role);
     Ok(next.run(req).await)
 }
 

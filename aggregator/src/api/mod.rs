@@ -112,6 +112,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/loki/api/v1/tail", get(loki::tail))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .route("/loki/api/v1/patterns", get(patterns))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/aggregates", get(aggregates))
@@ -141,6 +142,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ));
     Router::new()
         .merge(api)
+        .merge(crate::console::router())
         .route("/metrics", get(metrics_text))
         .route("/ready", get(|| async { "ready\n" }))
         .fallback(errors::not_found)
@@ -162,6 +164,21 @@ pub fn otlp_router(state: Arc<ApiState>) -> Router {
         .fallback(errors::not_found)
         .layer(axum::middleware::from_fn(errors::layer))
         .with_state(state)
+}
+
+/// `GET /api/v1/whoami`: the caller's token name and role (the console shows write
+/// actions only to roles that may take them).
+async fn whoami(
+    State(st): State<Arc<ApiState>>,
+    caller: Option<axum::Extension<auth::Caller>>,
+    role: Option<axum::Extension<auth::Role>>,
+) -> Json<Envelope<Value>> {
+    Json(Envelope::ok(serde_json::json!({
+        "name": caller.map_or_else(|| auth::ANONYMOUS.to_owned(), |c| c.0 .0),
+        "role": role.map_or(auth::Role::Read, |r| r.0).as_str(),
+        "tokens": !st.tokens.is_empty(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
 }
 
 /// An API error: HTTP status and a JSON body with a `message`.

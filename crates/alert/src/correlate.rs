@@ -352,7 +352,8 @@ impl Correlator {
                     acked_by: None,
                     acked_at: None,
                     paged: false,
-                    url: format!("{}/api/v1/incidents/{id}", self.base_url),
+                    // The console's page of the incident (its JSON: /api/v1/incidents/<id>).
+                    url: format!("{}/incidents/{id}", self.base_url),
                     candidates: Vec::new(),
                     signals: Vec::new(),
                     alerts: Vec::new(),

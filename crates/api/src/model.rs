@@ -250,6 +250,7 @@ pub struct Incident {
     pub acked_by: Option<String>,
     pub acked_at: Option<i64>,
     pub paged: bool,
+    /// The incident's page in the console (what notifications link to).
     pub url: String,
     pub candidates: Vec<Candidate>,
     /// Timeline, by onset.

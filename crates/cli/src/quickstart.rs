@@ -513,6 +513,7 @@ pub async fn run(a: &QuickstartArgs) -> anyhow::Result<()> {
     };
     println!(
         "\nHeimdall is running.\n\
+         \n  console     {api_url}/  (open it in a browser)\
          \n  aggregator  QUIC ingest {ingest} (mutual TLS), HTTP API {api_url}\
          \n  agent       tailing {tailing}, connected\
          \n  data        {db} (SQLite)\
