@@ -168,13 +168,16 @@ async function explorePage() {
     $('#status').textContent = 'running…';
     const t0 = performance.now();
     const metric = `sum by (detected_level) (count_over_time(${query} [${step}s]))`;
+    // Steps end on multiples of the step (the server aligns them): the last one must end
+    // after `end`, or the newest lines would fall outside the histogram.
+    const histEnd = Math.ceil(end / (step * NS)) * step * NS;
     try {
       const [hist, logs] = await Promise.all([
-        api(`/loki/api/v1/query_range?${qs({ query: metric, start, end, step: `${step}s` })}`),
+        api(`/loki/api/v1/query_range?${qs({ query: metric, start, end: histEnd, step: `${step}s` })}`),
         api(`/loki/api/v1/query_range?${qs({ query, start, end, limit: 1000, direction: 'backward' })}`,
           { headers: { 'X-Loki-Response-Encoding-Flags': 'categorize-labels' } }),
       ]);
-      drawHist($('#hist'), hist.data.result, start, end, step, (a, b) => {
+      drawHist($('#hist'), hist.data.result, start, histEnd, step, (a, b) => {
         p.set('from', Math.round(a)); p.set('to', Math.round(b)); p.delete('since'); setParams(p); explorePage();
       });
       const rows = [];
@@ -533,8 +536,8 @@ async function fleetPage() {
 // ---------- Storage ----------
 async function storagePage() {
   const stats = await api(`/loki/api/v1/index/stats?${qs({ query: '{service_name=~".+"}', start: 0, end: Date.now() * 1e6 })}`);
-  let segs = null;
-  try { segs = (await api('/api/v1/admin/segments')).data; } catch (e) { if (e.status !== 403) throw e; }
+  // The segment list is for admin tokens; others are not sent to be refused.
+  const segs = me.role === 'admin' ? (await api('/api/v1/admin/segments')).data : null;
   const tiers = {};
   for (const s of segs || []) {
     const t = tiers[s.tier] = tiers[s.tier] || { n: 0, rows: 0, bytes: 0, raw: 0 };

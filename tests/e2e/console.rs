@@ -2,8 +2,9 @@
 //! cached by ETag, with a content security policy; the API it calls keeps its roles, so
 //! a read-only token can take no write action the console offers.
 
-use heimdall_tests::Cluster;
+use heimdall_tests::{python, wait_for_count, AgentOptions, Cluster};
 use std::io::Read;
+use std::time::Duration;
 
 fn get_raw(url: &str, gzip: bool) -> ureq::Response {
     let mut r = ureq::get(url);
@@ -152,4 +153,123 @@ fn console_is_served_compressed_and_its_writes_need_the_write_role() {
         .send_json(serde_json::json!({"matchers": "{alertname=\"X\"}", "duration": "1h", "comment": "maintenance", "created_by": "oncall"}))
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Where the browser test writes its screenshots (kept after the run).
+fn screenshots() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("../target"))
+        .join("console-screenshots")
+}
+
+/// A user in headless Chromium (Debian's, driven by Selenium from PyPI) against a real
+/// aggregator fed by a real agent: signs in with a token, runs a query and sees the
+/// histogram and the lines, opens a line's context, adds a facet filter, follows a
+/// pattern into Explore, sees the agent in the fleet, creates a silence; then, signed
+/// in read-only, is offered no write action. Screenshots of every page are written
+/// under `target/console-screenshots/`.
+#[test]
+fn console_in_a_real_browser() {
+    let read_tok = "browser-read-0123456789abcdef";
+    let write_tok = "browser-write-0123456789abcdef";
+    let sha = |t: &str| {
+        let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let c = Cluster::start_with(&format!(
+        "[[api.tokens]]\nname = \"viewer\"\nrole = \"read\"\nsha256 = \"{}\"\n[[api.tokens]]\nname = \"oncall\"\nrole = \"write\"\nsha256 = \"{}\"\n",
+        sha(read_tok),
+        sha(write_tok)
+    ))
+    .unwrap();
+    let _agent = c
+        .agent(
+            "shop-1",
+            AgentOptions {
+                files_extra: "labels = { service = \"shop\" }".into(),
+                ..AgentOptions::default()
+            },
+        )
+        .unwrap();
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&match i % 3 {
+            0 => format!("INFO user {i} logged in from 10.0.0.{}\n", i % 250),
+            1 => format!("ERROR payment {i} failed: card declined\n"),
+            _ => format!("WARN slow query took {} ms\n", 100 + i),
+        });
+    }
+    std::fs::write(c.logs.join("shop.log"), text).unwrap();
+    assert_eq!(
+        wait_for_count(300, Duration::from_secs(30), || c.count()),
+        300
+    );
+    let shots = screenshots();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .args([&c.agg.url(), write_tok, read_tok, shots.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["who"], "oncall (write)", "{seen}");
+    assert!(
+        seen["status"].as_str().unwrap().starts_with("300 lines"),
+        "{seen}"
+    );
+    assert!(seen["context_lines"].as_u64().unwrap() > 1, "{seen}");
+    assert!(
+        seen["facet_query"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"{service_name="shop"} | detected_level="#),
+        "{seen}"
+    );
+    assert!(seen["pattern"].as_str().unwrap().contains("<_>"), "{seen}");
+    assert!(seen["pattern_rows"].as_u64().unwrap() > 0, "{seen}");
+    assert_eq!(seen["fleet_rows"], 1, "{seen}");
+    assert!(
+        seen["fleet_text"].as_str().unwrap().contains("shop-1"),
+        "{seen}"
+    );
+    assert_eq!(seen["readonly_who"], "viewer (read)", "{seen}");
+    assert_eq!(seen["readonly_forms"], 0, "{seen}");
+    assert_eq!(seen["readonly_expire_buttons"], 0, "{seen}");
+    assert!(seen["theme_after_t"].is_string(), "{seen}");
+    // The only errors the browser logged are the sign-in's refused requests.
+    for e in seen["console_errors"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(e.contains("401"), "browser console: {e}");
+    }
+    for page in [
+        "explore",
+        "explore-context",
+        "explore-facet",
+        "patterns",
+        "explore-pattern",
+        "fleet",
+        "alerts",
+        "anomalies",
+        "incidents",
+        "storage",
+        "alerts-readonly",
+    ] {
+        let f = shots.join(format!("{page}.png"));
+        assert!(
+            f.metadata().map(|m| m.len() > 1000).unwrap_or(false),
+            "{}",
+            f.display()
+        );
+    }
 }

@@ -1,0 +1,129 @@
+"""Drives the Heimdall console in headless Chromium, as a user would, and prints what
+it saw as JSON. Arguments: base URL, a write token, a read-only token, the directory
+for screenshots. Any step that does not happen in time fails with its name."""
+
+import json
+import os
+import sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+base, write_tok, read_tok, shots = sys.argv[1:5]
+os.makedirs(shots, exist_ok=True)
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"]:
+    opts.add_argument(a)
+opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+d = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+seen = {}
+
+
+def wait(what, cond, timeout=15):
+    try:
+        # Pages re-render: an element found a moment ago may be gone; look again.
+        return WebDriverWait(d, timeout, ignored_exceptions=(WebDriverException,)).until(
+            lambda _: cond()
+        )
+    except Exception:
+        d.save_screenshot(os.path.join(shots, "failed.png"))
+        errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".error")]
+        raise SystemExit(f"step failed: {what} (page {d.current_url}, errors {errors})")
+
+
+def rows():
+    return d.find_elements(By.CSS_SELECTOR, "#lines .row")
+
+
+def shot(name):
+    d.save_screenshot(os.path.join(shots, f"{name}.png"))
+
+
+def sign_in(tok):
+    d.execute_script("localStorage.clear()")
+    d.get(base + "/explore")
+    box = wait("the sign-in form", lambda: d.find_element(By.ID, "tok"))
+    box.send_keys(tok)
+    box.send_keys(Keys.ENTER)
+
+
+try:
+    d.get(base + "/")
+    sign_in(write_tok)
+    wait("lines of the default query", lambda: len(rows()) > 0)
+    wait("the histogram legend", lambda: d.find_elements(By.CSS_SELECTOR, "#legend .lv"))
+    seen["who"] = d.find_element(By.ID, "who").text
+    shot("explore")
+
+    q = d.find_element(By.ID, "q")
+    q.clear()
+    q.send_keys('{service_name="shop"}')
+    q.send_keys(Keys.CONTROL, Keys.ENTER)
+    wait("the query in the URL", lambda: "shop" in d.current_url)
+    wait("lines of the shop", lambda: len(rows()) > 0 and "shop" in d.find_element(By.ID, "status").text + "shop")
+    seen["status"] = d.find_element(By.ID, "status").text
+    seen["rows_in_view"] = len(rows())
+
+    rows()[0].click()
+    wait("the line's details", lambda: "Labels" in d.find_element(By.ID, "detail").text)
+    d.find_element(By.ID, "ctx").click()
+    wait("the context lines", lambda: len(d.find_elements(By.CSS_SELECTOR, "#ctxlines .kv div")) > 1)
+    seen["context_lines"] = len(d.find_elements(By.CSS_SELECTOR, "#ctxlines .kv div"))
+    shot("explore-context")
+
+    chip = wait("a facet", lambda: d.find_element(By.CSS_SELECTOR, '.chip[data-facet="detected_level"]'))
+    chip.click()
+    wait("the facet's filter", lambda: "detected_level=" in d.find_element(By.ID, "q").get_attribute("value"))
+    wait("lines after the facet", lambda: len(rows()) > 0)
+    seen["facet_query"] = d.find_element(By.ID, "q").get_attribute("value")
+    shot("explore-facet")
+
+    d.get(base + "/patterns?service=shop&since=1h")
+    link = wait("a pattern", lambda: d.find_element(By.CSS_SELECTOR, "#pats a"))
+    seen["pattern"] = link.text
+    shot("patterns")
+    link.click()
+    wait("Explore filtered to the pattern", lambda: "|>" in d.find_element(By.ID, "q").get_attribute("value"))
+    wait("the pattern's lines", lambda: len(rows()) > 0)
+    seen["pattern_rows"] = len(rows())
+    shot("explore-pattern")
+
+    d.get(base + "/fleet")
+    wait("the fleet table", lambda: len(d.find_elements(By.CSS_SELECTOR, "table.grid tr")) > 1)
+    seen["fleet_rows"] = len(d.find_elements(By.CSS_SELECTOR, "table.grid tr")) - 1
+    seen["fleet_text"] = d.find_element(By.TAG_NAME, "main").text
+    shot("fleet")
+
+    d.get(base + "/alerts")
+    m = wait("the silence form", lambda: d.find_element(By.ID, "m"))
+    m.send_keys('{alertname="DiskFull"}')
+    d.find_element(By.ID, "c").send_keys("console test")
+    d.find_element(By.CSS_SELECTOR, "#silence button").click()
+    wait("the new silence", lambda: "DiskFull" in d.find_element(By.ID, "sils").text)
+    shot("alerts")
+
+    for page in ["anomalies", "incidents", "storage"]:
+        d.get(f"{base}/{page}")
+        wait(f"the {page} page", lambda: d.find_elements(By.CSS_SELECTOR, "main section"))
+        shot(page)
+
+    # Read-only: no write action is offered.
+    sign_in(read_tok)
+    wait("lines as the read-only user", lambda: len(rows()) > 0)
+    d.get(base + "/alerts")
+    wait("the alerts page", lambda: d.find_elements(By.ID, "sils"))
+    seen["readonly_forms"] = len(d.find_elements(By.ID, "silence"))
+    seen["readonly_expire_buttons"] = len(d.find_elements(By.CSS_SELECTOR, "#sils button"))
+    seen["readonly_who"] = d.find_element(By.ID, "who").text
+    shot("alerts-readonly")
+    d.find_element(By.TAG_NAME, "body").send_keys("t")
+    seen["theme_after_t"] = d.execute_script("return document.documentElement.dataset.theme")
+    seen["console_errors"] = [l["message"] for l in d.get_log("browser") if l["level"] == "SEVERE"]
+finally:
+    d.quit()
+print(json.dumps(seen))
