@@ -29,10 +29,8 @@ fn body(r: ureq::Response) -> Vec<u8> {
     }
 }
 
-#[test]
-fn console_is_served_compressed_and_its_writes_need_the_write_role() {
-    let read_tok = "console-read-0123456789abcdef";
-    let write_tok = "console-write-0123456789abcdef";
+/// An aggregator with a read-only token (`viewer`) and a write token (`oncall`).
+fn with_tokens(read_tok: &str, write_tok: &str) -> Cluster {
     let sha = |t: &str| {
         let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
         d.as_ref()
@@ -40,12 +38,21 @@ fn console_is_served_compressed_and_its_writes_need_the_write_role() {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let c = Cluster::start_with(&format!(
+    Cluster::start_with(&format!(
         "[[api.tokens]]\nname = \"viewer\"\nrole = \"read\"\nsha256 = \"{}\"\n[[api.tokens]]\nname = \"oncall\"\nrole = \"write\"\nsha256 = \"{}\"\n",
         sha(read_tok),
         sha(write_tok)
     ))
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn console_is_served_compressed_and_its_writes_need_the_write_role() {
+    let (read_tok, write_tok) = (
+        "console-read-0123456789abcdef",
+        "console-write-0123456789abcdef",
+    );
+    let c = with_tokens(read_tok, write_tok);
     let base = c.agg.url();
 
     // Every page is the same document, without a token (it holds no data).
@@ -172,21 +179,11 @@ fn screenshots() -> std::path::PathBuf {
 /// under `target/console-screenshots/`.
 #[test]
 fn console_in_a_real_browser() {
-    let read_tok = "browser-read-0123456789abcdef";
-    let write_tok = "browser-write-0123456789abcdef";
-    let sha = |t: &str| {
-        let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
-        d.as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let c = Cluster::start_with(&format!(
-        "[[api.tokens]]\nname = \"viewer\"\nrole = \"read\"\nsha256 = \"{}\"\n[[api.tokens]]\nname = \"oncall\"\nrole = \"write\"\nsha256 = \"{}\"\n",
-        sha(read_tok),
-        sha(write_tok)
-    ))
-    .unwrap();
+    let (read_tok, write_tok) = (
+        "browser-read-0123456789abcdef",
+        "browser-write-0123456789abcdef",
+    );
+    let c = with_tokens(read_tok, write_tok);
     let _agent = c
         .agent(
             "shop-1",
