@@ -181,3 +181,54 @@ fn gzip_and_deflate_pushes_are_stored_and_bombs_refused() {
         .send_bytes(b"{}");
     assert!(matches!(r, Err(ureq::Error::Status(415, _))), "{r:?}");
 }
+
+/// Some Loki clients send `Content-Encoding: snappy` with their protobuf pushes (Loki
+/// takes it: the body is snappy either way); a JSON body under it is un-snappied.
+#[test]
+fn pushes_saying_content_encoding_snappy_are_stored() {
+    use heimdall_aggregator::api::proto::Writer;
+    let c = Cluster::start().unwrap();
+    let url = format!("{}/loki/api/v1/push", c.agg.url());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let mut ts = Writer::default();
+    ts.uint(1, (now / 1_000_000_000) as u64)
+        .uint(2, (now % 1_000_000_000) as u64);
+    let mut entry = Writer::default();
+    entry.message(1, &ts).bytes(2, b"protobuf line");
+    let mut stream = Writer::default();
+    stream.bytes(1, br#"{app="snappy-enc"}"#).message(2, &entry);
+    let mut req = Writer::default();
+    req.message(1, &stream);
+    let proto = snap::raw::Encoder::new().compress_vec(&req.buf).unwrap();
+    let json = snap::raw::Encoder::new()
+        .compress_vec(
+            &serde_json::to_vec(&serde_json::json!({"streams": [
+                {"stream": {"app": "snappy-enc"}, "values": [[(now + 1).to_string(), "json line"]]}
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+    for (ctype, body) in [
+        ("application/x-protobuf", &proto),
+        ("application/json", &json),
+    ] {
+        let r = ureq::post(&url)
+            .set("Content-Type", ctype)
+            .set("Content-Encoding", "snappy")
+            .send_bytes(body);
+        assert_eq!(
+            r.map(|r| r.status())
+                .unwrap_or_else(|e| panic!("{ctype}: {e}")),
+            204
+        );
+    }
+    let sel = r#"{app="snappy-enc"}"#;
+    wait_for_count(2, Duration::from_secs(20), || {
+        query_lines(&c.agg.url(), sel, 100).len() as u64
+    });
+    let lines: Vec<String> = query_lines(&c.agg.url(), sel, 100)
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, vec!["protobuf line", "json line"]);
+}

@@ -59,16 +59,16 @@ fn selector_matchers(q: Option<&str>) -> Result<Vec<Matcher>, ApiError> {
     }
 }
 
-fn params(q: Option<String>, body: Option<String>) -> Params {
-    match body.filter(|b| !b.is_empty()) {
-        Some(b) => {
-            let mut text = q.unwrap_or_default();
-            text.push('&');
-            text.push_str(&b);
-            Params::parse(&text)
-        }
-        None => Params::raw(q),
+/// The parameters of a GET (query string) or a form POST (body, after the query
+/// string's).
+fn params(q: Option<String>, body: String) -> Params {
+    if body.is_empty() {
+        return Params::raw(q);
     }
+    let mut text = q.unwrap_or_default();
+    text.push('&');
+    text.push_str(&body);
+    Params::parse(&text)
 }
 
 /// How a volume answer groups.
@@ -87,7 +87,7 @@ pub async fn volume(
     RawQuery(q): RawQuery,
     body: String,
 ) -> Result<Json<Envelope<QueryData>>, ApiError> {
-    volume_answer(st, params(q, Some(body)), false).await
+    volume_answer(st, params(q, body), false).await
 }
 
 /// `GET|POST /loki/api/v1/index/volume_range`.
@@ -96,7 +96,7 @@ pub async fn volume_range(
     RawQuery(q): RawQuery,
     body: String,
 ) -> Result<Json<Envelope<QueryData>>, ApiError> {
-    volume_answer(st, params(q, Some(body)), true).await
+    volume_answer(st, params(q, body), true).await
 }
 
 async fn volume_answer(
@@ -301,7 +301,7 @@ pub async fn detected_labels(
     RawQuery(q): RawQuery,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let p = params(q, Some(body));
+    let p = params(q, body);
     let (start, end) = p.range()?;
     let sel: Vec<String> = p
         .get("query")
@@ -501,7 +501,7 @@ async fn sampled_fields(
     q: Option<String>,
     body: String,
 ) -> Result<(BTreeMap<String, Field>, usize), ApiError> {
-    let p = params(q, Some(body));
+    let p = params(q, body);
     let limit = field_limit(&p)?;
     let res = sample(st, &p).await?;
     Ok((gather(&res, &logfmt_pipeline()), limit))
@@ -582,7 +582,7 @@ pub async fn limits(State(st): State<Arc<ApiState>>) -> Json<Value> {
 
 /// `GET|POST /loki/api/v1/format_query`: the query written out canonically.
 pub async fn format_query(RawQuery(q): RawQuery, body: String) -> Response {
-    let p = params(q, Some(body));
+    let p = params(q, body);
     let Some(text) = p.get("query") else {
         return (
             StatusCode::BAD_REQUEST,

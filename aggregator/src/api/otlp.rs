@@ -143,6 +143,9 @@ fn hex(b: &[u8]) -> String {
 /// label names.
 fn flatten(prefix: &str, attrs: &[(String, Any)], out: &mut Vec<(String, String)>) {
     for (k, v) in attrs {
+        if k.is_empty() {
+            continue;
+        }
         let name = if prefix.is_empty() {
             push::sanitize_name(k)
         } else {
@@ -625,19 +628,12 @@ pub async fn logs(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = push::caller_name(caller);
-    let ctype = push::header_str(&headers, header::CONTENT_TYPE);
-    let mime = ctype
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let (ctype, mime) = push::media_type(&headers);
     let json = match mime.as_str() {
         "application/json" => true,
         "application/x-protobuf" | "application/protobuf" | "" => false,
         _ => {
-            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "content_type")
-                .increment(1);
+            push::rejected("content_type");
             let (t, b) = status_body(false, 3, &format!(
                 "OTLP bodies of type `{ctype}` are not supported; send application/x-protobuf or application/json"
             ));
@@ -652,8 +648,7 @@ pub async fn logs(
         Ok(b) => b,
         Err(e) => {
             let (status, reason) = e.status();
-            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => reason)
-                .increment(1);
+            push::rejected(reason);
             let (t, b) = status_body(json, 3, &e.to_string());
             return Ok(answer(status, t, b));
         }
@@ -666,8 +661,7 @@ pub async fn logs(
     let resources = match resources {
         Ok(r) => r,
         Err(e) => {
-            metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => "invalid")
-                .increment(1);
+            push::rejected("invalid");
             let (t, b) = status_body(json, 3, &e.to_string());
             return Ok(answer(StatusCode::BAD_REQUEST, t, b));
         }

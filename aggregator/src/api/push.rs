@@ -28,6 +28,7 @@ use heimdall_common::limits;
 use heimdall_common::record::{flags, Labels, Level, LogRecord};
 use heimdall_common::wire::BatchContent;
 use heimdall_logql as parse;
+pub use heimdall_query::pipeline::sanitize as sanitize_name;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -222,25 +223,6 @@ fn check_labels(si: usize, labels: Labels) -> Result<Labels, BadLabels> {
         ));
     }
     Ok(labels)
-}
-
-/// A name made a label name, as Loki and Prometheus normalise attribute names: every
-/// byte that may not be in one becomes `_`, and a leading digit gets a `_` before it.
-pub fn sanitize_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
 }
 
 /// A level word: `error`, `WARN`, `Information`…
@@ -768,7 +750,21 @@ pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
         .unwrap_or("")
 }
 
-fn rejected(reason: &'static str) {
+/// The request's `Content-Type` as sent, and its media type lower-cased without
+/// parameters (`application/json; charset=utf-8` → `application/json`).
+pub fn media_type(headers: &HeaderMap) -> (&str, String) {
+    let ctype = header_str(headers, header::CONTENT_TYPE);
+    let mime = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (ctype, mime)
+}
+
+/// Counts a push refused whole, by reason.
+pub fn rejected(reason: &'static str) {
     metrics::counter!("heimdall_aggregator_push_rejected_total", "reason" => reason).increment(1);
 }
 
@@ -835,8 +831,9 @@ pub async fn store(
     })
 }
 
-/// `POST /loki/api/v1/push`: JSON (`application/json`, optionally under gzip or
-/// deflate) or protobuf (`application/x-protobuf`, snappy). A body without a
+/// `POST /loki/api/v1/push`: JSON (`application/json`, optionally under gzip, deflate
+/// or snappy) or protobuf (`application/x-protobuf`, snappy, with or without
+/// `Content-Encoding: snappy`). A body without a
 /// `Content-Type` is read as JSON when it starts with `{`, as protobuf otherwise (Loki
 /// reads any non-JSON type as protobuf). Answers 204 after the lines are committed; 400
 /// when some entries were refused (the others are stored), saying how many and why.
@@ -847,23 +844,21 @@ pub async fn loki_push(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = caller_name(caller);
-    let ctype = header_str(&headers, header::CONTENT_TYPE);
-    let mime = ctype
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let body = match decompress(
-        header_str(&headers, header::CONTENT_ENCODING),
-        &body,
-        MAX_PUSH_BYTES,
-    ) {
-        Ok(b) => b,
-        Err(e) => {
-            let (status, reason) = e.status();
-            rejected(reason);
-            return Err(ApiError(status, e.to_string()));
+    let (ctype, mime) = media_type(&headers);
+    let enc = header_str(&headers, header::CONTENT_ENCODING);
+    // `Content-Encoding: snappy` names what a protobuf body always is; Loki takes it
+    // (clients need not send it, some do), and a JSON body under it is un-snappied.
+    let snappy = enc.trim().eq_ignore_ascii_case("snappy");
+    let body = if snappy {
+        Cow::Borrowed(&body[..])
+    } else {
+        match decompress(enc, &body, MAX_PUSH_BYTES) {
+            Ok(b) => b,
+            Err(e) => {
+                let (status, reason) = e.status();
+                rejected(reason);
+                return Err(ApiError(status, e.to_string()));
+            }
         }
     };
     let json = match mime.as_str() {
@@ -878,7 +873,9 @@ pub async fn loki_push(
             ));
         }
     };
-    let decoded = if json {
+    let decoded = if json && snappy {
+        unsnappy(&body, MAX_PUSH_BYTES).and_then(|raw| decode_json(&raw, &st.push, &caller))
+    } else if json {
         decode_json(&body, &st.push, &caller)
     } else {
         unsnappy(&body, MAX_PUSH_BYTES).and_then(|raw| decode_proto(&raw, &st.push, &caller))

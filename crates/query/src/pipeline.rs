@@ -182,7 +182,10 @@ fn named(n: &LabelName, k: &str, v: &str) -> bool {
 /// Most labels one parser stage adds to a line; beyond, the rest are ignored.
 const MAX_EXTRACTED: usize = 256;
 
-fn sanitize(key: &str) -> String {
+/// A name made a label name, as Loki and Prometheus normalise keys and attribute
+/// names: every byte that may not be in one becomes `_`, and a name that is empty or
+/// starts with a digit gets a `_` before it (`http.method` → `http_method`).
+pub fn sanitize(key: &str) -> String {
     let mut s: String = key
         .chars()
         .map(|c| {
