@@ -6,6 +6,13 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const main = () => $('#main');
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'unknown'];
 const NS = 1e9;
+// Most lines the Explore list holds (live tail drops the oldest beyond it).
+const MAX_ROWS = 100000;
+function stopLive() {
+  const ws = window.__live;
+  window.__live = null;
+  if (ws) ws.close();
+}
 let me = { role: 'read', name: '', tokens: false };
 
 // ---------- HTML ----------
@@ -93,6 +100,7 @@ const PAGES = {
   alerts: alertsPage, fleet: fleetPage, storage: storagePage,
 };
 async function route() {
+  stopLive();
   const parts = location.pathname.split('/').filter(Boolean);
   const name = parts[0] || 'explore';
   for (const a of document.querySelectorAll('.top nav a')) {
@@ -152,13 +160,49 @@ async function explorePage() {
     p.delete('from'); p.delete('to'); p.set('since', $('#since').value); setParams(p); run();
   });
   $('#download').addEventListener('click', download);
-  $('#live').addEventListener('change', () => {
-    clearInterval(window.__live);
-    if ($('#live').checked) window.__live = setInterval(() => { p.delete('from'); p.delete('to'); run(); }, 2000);
-  });
+  $('#live').addEventListener('change', () => ($('#live').checked ? live() : stopLive()));
   await run();
 
+  // Live tail: the lines arriving after the newest shown, over Loki's tail WebSocket,
+  // on top of the list (which keeps at most MAX_ROWS lines).
+  function live() {
+    stopLive();
+    p.delete('from'); p.delete('to'); setParams(p);
+    const url = new URL(`/loki/api/v1/tail?${qs({ query: ta.value.trim(), limit: 1, start: Date.now() * 1e6 })}`, location.href);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    // Browsers cannot set headers on a WebSocket: the token goes as a subprotocol.
+    const b64 = btoa(unescape(encodeURIComponent(token()))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+    const ws = token() ? new WebSocket(url, [`heimdall.bearer.${b64}`]) : new WebSocket(url);
+    let added = 0;
+    ws.onmessage = ev => {
+      const m = JSON.parse(ev.data);
+      const fresh = [];
+      for (const s of m.streams || []) {
+        for (const v of s.values) fresh.push({ ts: v[0], line: v[1], stream: s.stream, meta: {}, parsed: {} });
+      }
+      if (!fresh.length) return;
+      fresh.sort((a, b) => (BigInt(b.ts) > BigInt(a.ts) ? 1 : -1));
+      const newest = (window.__rows || [])[0];
+      const rows = [...fresh.filter(r => !newest || BigInt(r.ts) >= BigInt(newest.ts)), ...(window.__rows || [])].slice(0, MAX_ROWS);
+      added += fresh.length;
+      window.__rows = rows;
+      showLines(rows);
+      $('#status').textContent = `live · ${added} new · ${rows.length} lines`;
+    };
+    ws.onopen = () => { $('#status').textContent = 'live · waiting for lines'; };
+    ws.onclose = e => {
+      if (window.__live === ws && $('#live')) {
+        $('#live').checked = false;
+        $('#status').textContent = `live tail ended${e.reason ? `: ${e.reason}` : ''}`;
+      }
+    };
+    window.__live = ws;
+  }
+
   async function run() {
+    // A new query restarts the live tail after its results are shown.
+    const wasLive = !!window.__live;
+    stopLive();
     const query = ta.value.trim();
     p.set('q', query);
     setParams(p);
@@ -189,6 +233,7 @@ async function explorePage() {
       showLines(rows);
       facets(rows);
       $('#status').textContent = `${rows.length} lines · ${Math.round(performance.now() - t0)} ms`;
+      if (wasLive) live();
     } catch (e) {
       if (e.status === 401) return;
       $('#status').textContent = '';
@@ -322,7 +367,7 @@ function showLines(rows) {
     for (let i = first; i < last; i++) {
       if (pool.has(i)) continue;
       const r = rows[i];
-      const lv = r.meta.detected_level || 'unknown';
+      const lv = r.meta.detected_level || r.stream.detected_level || 'unknown';
       const el = h(`<div class="row" data-i="${i}"><span class="lv"></span><span class="ts">${esc(fmtTime(r.ts))}</span>${esc(r.line)}</div>`);
       el.style.top = `${i * RH}px`;
       el.querySelector('.lv').style.background = levelColor(lv);
@@ -427,21 +472,137 @@ function spark(c, vals) {
 }
 
 // ---------- Anomalies ----------
+const KIND_LEVEL = { rate_spike: 'warn', rate_drop: 'debug', new_templates: 'info', error_ratio: 'error', silence: 'fatal', resolved: 'trace' };
+const kindColor = k => levelColor(KIND_LEVEL[k] || 'unknown');
 async function anomaliesPage() {
   const p = params();
   const [start, end] = rangeOf(p);
-  const r = await api(`/api/v1/anomalies?${qs({ start, end, limit: 500 })}`);
+  const r = await api(`/api/v1/anomalies?${qs({ start, end, limit: 2000 })}`);
   const ev = (r.data || []).sort((a, b) => b.time_ns - a.time_ns);
-  main().replaceChildren(h(`<section><div class="bar">${rangePicker(p)}<span class="muted">${ev.length} events</span></div>
-    <table class="grid"><tr><th>When</th><th>Host</th><th>Service</th><th>Kind</th><th>Observed / baseline</th><th>Score</th><th>Templates</th></tr>
-    ${ev.map(a => `<tr><td title="${esc(fmtTime(a.time_ns))}">${esc(ago(a.time_ns))}</td><td>${esc(a.stream.host || a.agent)}</td>
-      <td>${esc(a.stream.service_name || '')}</td><td>${esc(a.kind)}</td><td>${a.observed.toFixed(2)} / ${a.baseline.toFixed(2)}</td>
-      <td>${a.score.toFixed(1)}</td><td class="kv">${a.templates.map(t => esc(t.text)).join('<br>')}</td></tr>`).join('')}
-    </table></section>`));
+  const lane = a => `${a.stream.host || a.agent} · ${a.stream.service_name || a.stream.app || ''}`;
+  const lanes = [...new Set(ev.map(lane))].sort();
+  const kinds = [...new Set(ev.map(a => a.kind))].sort();
+  main().replaceChildren(h(`<section><div class="bar">${rangePicker(p)}<span class="muted">${ev.length} events on ${lanes.length} host · service lanes</span>
+      <span class="legend">${kinds.map(k => `<span><span class="lv" data-kind="${esc(k)}"></span>${esc(k)}</span>`).join('')}</span></div>
+    <canvas class="timeline" id="tl" title="Click an event to see its series and baseline"></canvas>
+    <div class="split"><div><table class="grid" id="anoms"><tr><th>When</th><th>Host</th><th>Service</th><th>Kind</th><th>Observed / baseline</th><th>Score</th><th>Templates</th></tr></table></div>
+    <aside class="panel" id="anom"><p class="muted">Select an event to see the series that triggered it.</p></aside></div></section>`));
+  for (const el of document.querySelectorAll('.legend .lv[data-kind]')) el.style.background = kindColor(el.dataset.kind);
   $('#since').addEventListener('change', () => { p.delete('from'); p.delete('to'); p.set('since', $('#since').value); setParams(p); anomaliesPage(); });
+  const key = a => `${a.agent}:${a.id}`;
+  const table = $('#anoms');
+  for (const a of ev.slice(0, 500)) {
+    const tr = h(`<tr class="click" data-key="${esc(key(a))}"><td title="${esc(fmtTime(a.time_ns))}">${esc(ago(a.time_ns))}</td><td>${esc(a.stream.host || a.agent)}</td>
+      <td>${esc(a.stream.service_name || '')}</td><td><span class="lv" style="background:${kindColor(a.kind)}"></span>${esc(a.kind)}</td><td>${fmtNum(a.observed)} / ${fmtNum(a.baseline)}</td>
+      <td>${a.score.toFixed(1)}</td><td class="kv">${a.templates.map(t => esc(t.text)).join('<br>')}</td></tr>`);
+    tr.addEventListener('click', () => select(a));
+    table.appendChild(tr);
+  }
+  if (!ev.length) table.appendChild(h('<tr><td colspan="7" class="muted">No anomalies in this range.</td></tr>'));
+
+  // The timeline: one lane per host and service, each event a dot sized by its score.
+  const c = $('#tl');
+  const LH = 22, TOP = 16;
+  c.style.height = `${TOP + Math.max(1, lanes.length) * LH + 4}px`;
+  const dpr = window.devicePixelRatio || 1;
+  const W = c.clientWidth, H = c.clientHeight;
+  c.width = W * dpr; c.height = H * dpr;
+  const g = c.getContext('2d');
+  g.scale(dpr, dpr);
+  const LEFT = Math.min(220, W / 4);
+  const x = t => LEFT + ((t - start) / (end - start)) * (W - LEFT - 8);
+  g.font = '11px system-ui';
+  g.fillStyle = levelColor('unknown');
+  g.fillText(fmtTime(start).slice(0, 16), LEFT, 11);
+  g.fillText(fmtTime(end).slice(0, 16), W - 110, 11);
+  lanes.forEach((l, i) => {
+    g.fillStyle = levelColor('unknown');
+    g.fillText(l.length > 32 ? `${l.slice(0, 31)}…` : l, 4, TOP + i * LH + 15);
+    g.fillRect(LEFT, TOP + i * LH + LH / 2, W - LEFT - 8, 0.5);
+  });
+  const dots = ev.map(a => ({ a, x: x(a.time_ns), y: TOP + lanes.indexOf(lane(a)) * LH + LH / 2, r: Math.min(8, 3 + Math.log2(1 + a.score)) }));
+  for (const d of [...dots].reverse()) {
+    g.fillStyle = kindColor(d.a.kind);
+    g.beginPath(); g.arc(d.x, d.y, d.r, 0, 2 * Math.PI); g.fill();
+  }
+  c.onclick = e => {
+    const near = dots.map(d => ({ d, dist: Math.hypot(d.x - e.offsetX, d.y - e.offsetY) })).sort((m, n) => m.dist - n.dist)[0];
+    if (near && near.dist < 12) select(near.d.a);
+  };
+  const chosen = ev.find(a => key(a) === p.get('event'));
+  if (chosen) select(chosen);
+
+  // An event's stream: its counts per detector window around the event (from the
+  // agents' pre-aggregates, exact even for lines not shipped) against the baseline.
+  async function select(a) {
+    p.set('event', key(a)); setParams(p);
+    for (const tr of table.querySelectorAll('tr[data-key]')) tr.classList.toggle('sel', tr.dataset.key === key(a));
+    const w = a.window_seconds || 10;
+    const sel = `{${Object.entries(a.stream).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')}}`;
+    const from = a.time_ns - 40 * w * NS, to = a.time_ns + 20 * w * NS;
+    const box = $('#anom');
+    box.replaceChildren(h(`<div><h4>${esc(a.kind)} · ${esc(lane(a))}</h4>
+      <p class="muted">${esc(fmtTime(a.time_ns))} · window ${w} s · score ${a.score.toFixed(1)}</p>
+      <canvas class="series" id="aseries"></canvas>
+      <p class="muted" id="aseries-legend"></p>
+      <h4>Templates</h4><div class="kv">${a.templates.map(t => `<div>${esc(t.text)}</div>`).join('') || '<span class="muted">none</span>'}</div>
+      <h4>Sample lines</h4><div class="kv">${a.samples.map(l => `<div>${esc(l)}</div>`).join('') || '<span class="muted">none</span>'}</div>
+      <h4>Stream</h4><div class="kv">${kvs(a.stream)}</div>
+      <div class="bar"><a href="/explore?${qs({ q: sel, from: String(from), to: String(to) })}" data-nav>Open its lines in Explore</a></div></div>`));
+    const r = await api(`/api/v1/aggregates?${qs({ query: sel, start: from, end: to, step: `${w}s`, by: 'level' })}`);
+    const n = Math.round((to - from) / (w * NS));
+    const total = new Array(n).fill(0), errors = new Array(n).fill(0);
+    for (const s of r.data.result || []) {
+      const bad = ['error', 'fatal'].includes(s.metric.level);
+      for (const [t, v] of s.values) {
+        const i = Math.floor((t * NS - from) / (w * NS));
+        if (i < 0 || i >= n) continue;
+        total[i] += Number(v);
+        if (bad) errors[i] += Number(v);
+      }
+    }
+    const ratio = a.kind === 'error_ratio';
+    const series = ratio ? total.map((t, i) => (t ? errors[i] / t : 0)) : total;
+    plotSeries($('#aseries'), series, a.kind === 'new_templates' ? null : a.baseline, Math.floor((a.time_ns - from) / (w * NS)), kindColor(a.kind));
+    $('#aseries-legend').textContent = ratio
+      ? `error share per ${w} s window; dashed: the baseline ${fmtNum(a.baseline)}, observed ${fmtNum(a.observed)}`
+      : `lines per ${w} s window${a.kind === 'new_templates' ? `; ${fmtNum(a.observed)} new templates` : `; dashed: the baseline ${fmtNum(a.baseline)}, observed ${fmtNum(a.observed)}`}`;
+  }
+}
+function fmtNum(v) {
+  v = Number(v);
+  return Math.abs(v) >= 100 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(2);
+}
+// A bar series with the event's window marked and, when given, the baseline dashed.
+function plotSeries(c, vals, baseline, mark, color) {
+  const dpr = window.devicePixelRatio || 1;
+  const W = c.clientWidth, H = c.clientHeight;
+  c.width = W * dpr; c.height = H * dpr;
+  const g = c.getContext('2d');
+  g.scale(dpr, dpr);
+  const max = Math.max(1e-9, ...vals, baseline || 0) * 1.1;
+  c.dataset.max = max;
+  const bw = W / vals.length;
+  vals.forEach((v, i) => {
+    g.fillStyle = i === mark ? color : levelColor('unknown');
+    const bh = (v / max) * (H - 4);
+    g.fillRect(i * bw + 0.5, H - bh, Math.max(1, bw - 1), bh);
+  });
+  if (baseline !== null) plotBaseline(c, vals, baseline);
+}
+function plotBaseline(c, vals, baseline) {
+  const g = c.getContext('2d');
+  const W = c.clientWidth, H = c.clientHeight;
+  const y = H - (baseline / Number(c.dataset.max)) * (H - 4);
+  g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue('--accent');
+  g.setLineDash([4, 3]);
+  g.beginPath(); g.moveTo(0, y); g.lineTo(W, y); g.stroke();
+  g.setLineDash([]);
 }
 
 // ---------- Incidents ----------
+// Open incidents someone acknowledged show as acked.
+const stateOf = i => (i.state === 'open' && i.acked_by ? 'acked' : i.state);
 async function incidentsPage(rest) {
   if (rest[0]) return incidentPage(rest[0]);
   const p = params();
@@ -449,7 +610,7 @@ async function incidentsPage(rest) {
   const r = await api(`/api/v1/incidents?${qs({ state: all ? 'all' : 'open' })}`);
   main().replaceChildren(h(`<section><div class="bar"><label><input type="checkbox" id="all" ${all ? 'checked' : ''}> include resolved</label></div>
     <table class="grid"><tr><th>#</th><th>State</th><th>Title</th><th>Opened</th><th>Top candidate</th></tr>
-    ${(r.data || []).map(i => `<tr><td><a href="/incidents/${i.id}" data-nav>${i.id}</a></td><td><span class="badge ${esc(i.state)}">${esc(i.state)}</span></td>
+    ${(r.data || []).map(i => `<tr><td><a href="/incidents/${i.id}" data-nav>${i.id}</a></td><td><span class="badge ${esc(stateOf(i))}">${esc(stateOf(i))}</span></td>
       <td><a href="/incidents/${i.id}" data-nav>${esc(i.title)}</a></td><td>${esc(ago(i.opened))}</td><td>${esc((i.candidates[0] || {}).name || '')}</td></tr>`).join('')
       || '<tr><td colspan="5" class="muted">No incidents.</td></tr>'}</table></section>`));
   $('#all').addEventListener('change', () => { p.set('state', $('#all').checked ? 'all' : 'open'); setParams(p); incidentsPage([]); });
@@ -458,21 +619,21 @@ async function incidentPage(id) {
   const i = (await api(`/api/v1/incidents/${encodeURIComponent(id)}`)).data;
   const signals = [...i.signals].sort((a, b) => a.onset - b.onset);
   main().replaceChildren(h(`<section>
-    <h2>#${i.id} ${esc(i.title)} <span class="badge ${esc(i.state)}">${esc(i.state)}</span></h2>
+    <h2>#${i.id} ${esc(i.title)} <span class="badge ${esc(stateOf(i))}">${esc(stateOf(i))}</span></h2>
     <p class="muted">opened ${esc(fmtTime(i.opened))}${i.acked_by ? ` · acked by ${esc(i.acked_by)}` : ''}${i.resolved ? ` · resolved ${esc(fmtTime(i.resolved))}` : ''}</p>
     <div class="bar" id="actions"></div>
     <div class="split"><div>
-      <h3>Timeline</h3><table class="grid"><tr><th>Onset</th><th>Signal</th><th>Host</th><th>Service</th><th>Score</th></tr>
+      <h3>Timeline</h3><table class="grid" id="timeline"><tr><th>Onset</th><th>Signal</th><th>Host</th><th>Service</th><th>Score</th></tr>
       ${signals.map(s => `<tr><td>${esc(fmtTime(s.onset))}</td><td>${esc(s.what)}: ${esc(s.subject)}</td><td>${esc(s.host || '')}</td><td>${esc(s.service || '')}</td><td>${s.score.toFixed(1)}</td></tr>`).join('')}</table>
-      <h3>Sample lines</h3><div class="kv">${signals.flatMap(s => s.samples).slice(0, 30).map(l => `<div>${esc(l)}</div>`).join('') || '<span class="muted">none</span>'}</div>
-      <h3>Alerts</h3><table class="grid"><tr><th>Alert</th><th>Status</th><th>Since</th></tr>
+      <h3>Sample lines</h3><div class="kv" id="samples">${signals.flatMap(s => s.samples).slice(0, 30).map(l => `<div>${esc(l)}</div>`).join('') || '<span class="muted">none</span>'}</div>
+      <h3>Alerts</h3><table class="grid" id="incident-alerts"><tr><th>Alert</th><th>Status</th><th>Since</th></tr>
       ${i.alerts.map(a => `<tr><td>${esc(a.labels.alertname || a.fingerprint)}</td><td><span class="badge ${esc(a.status)}">${esc(a.status)}</span></td><td>${esc(ago(a.starts_at))}</td></tr>`).join('')}</table>
-    </div><aside class="panel"><h4>Root-cause candidates</h4>
+    </div><aside class="panel" id="candidates"><h4>Root-cause candidates</h4>
       ${i.candidates.map((c, n) => `<div><b>${n + 1}. ${esc(c.name)}</b> <span class="muted">score ${c.score.toFixed(2)}</span><div class="muted">${esc(c.why)}</div><div class="muted">hosts: ${esc(c.hosts.join(', '))}</div></div>`).join('<hr>')}
     </aside></div></section>`));
   if (canWrite() && i.state !== 'resolved') {
     const acts = $('#actions');
-    if (i.state !== 'acked') {
+    if (!i.acked_by) {
       const b = h('<button class="primary" id="ack">Acknowledge</button>');
       b.addEventListener('click', async () => { await api(`/api/v1/incidents/${i.id}/ack`, { method: 'POST', json: { by: me.name } }); incidentPage(id); });
       acts.appendChild(b);
@@ -523,30 +684,59 @@ async function alertsPage() {
 async function fleetPage() {
   const r = await api('/api/v1/agents');
   const now = Date.now() * 1e6;
-  const stale = a => !a.connected || now - a.last_seen_ns > 120 * NS;
+  // Stale: disconnected, or three default heartbeats (10 s) missed.
+  const stale = a => !a.connected || now - a.last_seen_ns > 30 * NS;
+  // Days until the client certificate expires; certificates within two weeks are flagged.
+  const certDays = a => (a.cert_not_after ? (a.cert_not_after * NS - now) / (86400 * NS) : null);
+  const certCell = a => {
+    const d = certDays(a);
+    if (d === null) return '<span class="muted">–</span>';
+    const when = esc(fmtTime(a.cert_not_after * NS).slice(0, 10));
+    if (d < 0) return `<span class="badge down" title="${when}">expired</span>`;
+    return `<span class="${d < 14 ? 'badge pending' : ''}" title="${when}">${d < 2 ? `${Math.round(d * 24)} h` : `${Math.floor(d)} d`}</span>`;
+  };
   const agents = (r.data || []).sort((a, b) => (stale(b) - stale(a)) || (a.last_seen_ns - b.last_seen_ns));
-  main().replaceChildren(h(`<section><p class="muted">${agents.length} agents, ${agents.filter(stale).length} stale</p>
-    <table class="grid"><tr><th>Agent</th><th>Host</th><th>Version</th><th>Connection</th><th>Last seen</th><th>Read lag</th><th>Spool</th><th>Dead-lettered</th><th>Files</th></tr>
+  main().replaceChildren(h(`<section><p class="muted">${agents.length} agents, ${agents.filter(stale).length} stale, ${agents.filter(a => certDays(a) !== null && certDays(a) < 14).length} with certificates expiring within 14 days</p>
+    <table class="grid"><tr><th>Agent</th><th>Host</th><th>Version</th><th>Connection</th><th>Last seen</th><th>Read lag</th><th>Spool</th><th>Dead-lettered</th><th>Files</th><th>Certificate expires</th></tr>
     ${agents.map(a => `<tr><td>${esc(a.agent_id)}</td><td>${esc(a.host)}</td><td>${esc(a.version)}</td>
       <td><span class="badge ${stale(a) ? 'down' : 'up'}">${a.connected ? 'connected' : 'disconnected'}</span></td><td>${esc(ago(a.last_seen_ns))}</td>
-      <td>${a.lag_seconds.toFixed(1)} s</td><td>${bytes(a.spool_bytes)} (${a.spool_batches})</td><td>${a.dead_letter_batches}</td><td>${a.files}</td></tr>`).join('')
-      || '<tr><td colspan="9" class="muted">No agent has connected.</td></tr>'}</table></section>`));
+      <td title="${bytes(a.unread_bytes)} written and not read yet">${a.lag_seconds.toFixed(1)} s</td><td>${bytes(a.spool_bytes)} (${a.spool_batches})</td><td>${a.dead_letter_batches}</td><td>${a.files}</td><td>${certCell(a)}</td></tr>`).join('')
+      || '<tr><td colspan="10" class="muted">No agent has connected.</td></tr>'}</table></section>`));
 }
 
 // ---------- Storage ----------
+function dur(secs) {
+  if (secs === null || secs === undefined) return 'off';
+  const u = [[86400, 'd'], [3600, 'h'], [60, 'min'], [1, 's']];
+  const [n, name] = u.find(([n]) => secs >= n) || [1, 's'];
+  return `${+(secs / n).toFixed(1)} ${name}`;
+}
 async function storagePage() {
-  const stats = await api(`/loki/api/v1/index/stats?${qs({ query: '{service_name=~".+"}', start: 0, end: Date.now() * 1e6 })}`);
+  const s = (await api('/api/v1/storage')).data;
+  const pol = s.policy;
+  const runs = rs => rs.map(r => `<tr><td>${esc(r.step)}</td><td title="${esc(fmtTime(r.started_ns))}">${esc(ago(r.started_ns))}</td>
+    <td>${r.seconds.toFixed(2)} s</td><td>${r.rows}</td><td class="error">${esc(r.error || '')}</td></tr>`).join('');
+  main().replaceChildren(h(`<section>
+    <h3>Tiers</h3><table class="grid" id="tiers"><tr><th>Tier</th><th>Partitions / segments</th><th>Lines</th><th>On disk</th><th>Compression</th><th>Oldest</th><th>Newest</th></tr>
+    ${s.tiers.map(t => `<tr><td>${esc(t.tier)}</td><td>${t.parts}</td><td>${t.rows}</td><td>${bytes(t.bytes)}</td>
+      <td>${t.raw_bytes && t.bytes ? `${(t.raw_bytes / t.bytes).toFixed(1)}×` : '–'}</td><td>${esc(fmtTime(t.min_ts))}</td><td>${esc(fmtTime(t.max_ts))}</td></tr>`).join('')}</table>
+    <h3>Policy</h3><table class="grid" id="policy">
+      <tr><td>Hot partitions are compacted to warm segments</td><td>${esc(dur(pol.compact_after_seconds))} after they end, or early beyond ${pol.hot_max_rows} hot lines</td></tr>
+      <tr><td>Warm segments go to the cold tier</td><td>${pol.upload_after_seconds === null ? 'never (no cold tier)' : `${esc(dur(pol.upload_after_seconds))} after their newest line`}</td></tr>
+      <tr><td>Retention (deleted from every tier)</td><td>${pol.retention_seconds === null ? 'kept forever' : esc(dur(pol.retention_seconds))}</td></tr>
+      <tr><td>Lifecycle runs every</td><td>${esc(dur(pol.interval_seconds))}</td></tr></table>
+    <h3>Last run of each step</h3><table class="grid" id="lastruns"><tr><th>Step</th><th>Started</th><th>Took</th><th>Lines</th><th>Error</th></tr>
+    ${runs(s.last_runs) || '<tr><td colspan="5" class="muted">The lifecycle has not run yet.</td></tr>'}</table>
+    <h3>Recent runs that moved or deleted lines</h3><table class="grid" id="runs"><tr><th>Step</th><th>Started</th><th>Took</th><th>Lines</th><th>Error</th></tr>
+    ${runs(s.recent_runs) || '<tr><td colspan="5" class="muted">None since the aggregator started.</td></tr>'}</table>
+    <div id="segs"></div></section>`));
   // The segment list is for admin tokens; others are not sent to be refused.
-  const segs = me.role === 'admin' ? (await api('/api/v1/admin/segments')).data : null;
-  const tiers = {};
-  for (const s of segs || []) {
-    const t = tiers[s.tier] = tiers[s.tier] || { n: 0, rows: 0, bytes: 0, raw: 0 };
-    t.n++; t.rows += s.rows; t.bytes += s.bytes; t.raw += s.raw_bytes;
+  if (me.role === 'admin') {
+    const segs = ((await api('/api/v1/admin/segments')).data || []).sort((a, b) => b.max_ts - a.max_ts).slice(0, 50);
+    $('#segs').replaceChildren(h(`<div><h3>Newest segments</h3><table class="grid"><tr><th>Segment</th><th>Tier</th><th>State</th><th>Lines</th><th>Bytes</th><th>Compression</th><th>From</th><th>To</th></tr>
+      ${segs.map(g => `<tr><td class="kv">${esc(g.name)}</td><td>${esc(g.tier)}</td><td>${esc(g.state)}</td><td>${g.rows}</td><td>${bytes(g.bytes)}</td>
+        <td>${g.bytes ? (g.raw_bytes / g.bytes).toFixed(1) : '–'}×</td><td>${esc(fmtTime(g.min_ts))}</td><td>${esc(fmtTime(g.max_ts))}</td></tr>`).join('') || '<tr><td colspan="8" class="muted">No segments yet: lines are in the hot tier.</td></tr>'}</table></div>`));
   }
-  main().replaceChildren(h(`<section><h3>Stored</h3>
-    <p>${Number(stats.streams || 0)} streams · ${Number(stats.entries || 0)} lines · ${bytes(stats.bytes)}</p>
-    <h3>Segments by tier</h3>${segs === null ? '<p class="muted">Segments are listed to admin tokens.</p>' : `<table class="grid"><tr><th>Tier</th><th>Segments</th><th>Lines</th><th>Bytes</th><th>Compression</th></tr>
-    ${Object.entries(tiers).map(([t, v]) => `<tr><td>${esc(t)}</td><td>${v.n}</td><td>${v.rows}</td><td>${bytes(v.bytes)}</td><td>${v.bytes ? (v.raw / v.bytes).toFixed(1) : '–'}×</td></tr>`).join('') || '<tr><td colspan="5" class="muted">No segments yet: lines are in the hot tier.</td></tr>'}</table>`}</section>`));
 }
 
 // ---------- shell ----------

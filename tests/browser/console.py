@@ -1,6 +1,12 @@
 """Drives the Heimdall console in headless Chromium, as a user would, and prints what
-it saw as JSON. Arguments: base URL, a write token, a read-only token, the directory
-for screenshots. Any step that does not happen in time fails with its name."""
+it saw as JSON. Any step that does not happen in time fails with its name.
+
+Arguments: a scenario, the base URL, the directory for screenshots, then the
+scenario's own:
+- `tour <write token> <read token>`: Explore, context, facets, patterns, fleet,
+  silences, every page, and the read-only view.
+- `incident <write token> <incident URL>`: opens an incident from a notification's
+  link, reads it, acknowledges it; then the fleet and storage pages."""
 
 import json
 import os
@@ -13,7 +19,7 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, write_tok, read_tok, shots = sys.argv[1:5]
+scenario, base, shots = sys.argv[1:4]
 os.makedirs(shots, exist_ok=True)
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
@@ -52,7 +58,7 @@ def sign_in(tok):
     box.send_keys(Keys.ENTER)
 
 
-try:
+def tour(write_tok, read_tok):
     d.get(base + "/")
     sign_in(write_tok)
     wait("lines of the default query", lambda: len(rows()) > 0)
@@ -124,6 +130,49 @@ try:
     d.find_element(By.TAG_NAME, "body").send_keys("t")
     seen["theme_after_t"] = d.execute_script("return document.documentElement.dataset.theme")
     seen["console_errors"] = [l["message"] for l in d.get_log("browser") if l["level"] == "SEVERE"]
+
+
+def incident(write_tok, url):
+    d.get(base + "/")
+    sign_in(write_tok)
+    wait("lines after signing in", lambda: len(rows()) > 0)
+    # The link from the notification, as the SRE would follow it.
+    d.get(url)
+    title = wait("the incident", lambda: d.find_element(By.CSS_SELECTOR, "main h2"))
+    seen["title"] = title.text
+    seen["first_candidate"] = wait(
+        "the root-cause candidates", lambda: d.find_element(By.CSS_SELECTOR, "#candidates > div")
+    ).text
+    seen["timeline"] = d.find_element(By.ID, "timeline").text
+    seen["samples"] = d.find_element(By.ID, "samples").text
+    seen["alerts"] = d.find_element(By.ID, "incident-alerts").text
+    shot("incident")
+    d.find_element(By.ID, "ack").click()
+    wait("the acknowledgement", lambda: "acked by" in d.find_element(By.CSS_SELECTOR, "main").text)
+    seen["after_ack"] = d.find_element(By.CSS_SELECTOR, "main p.muted").text
+    shot("incident-acked")
+
+    # The dead host's connection times out (QUIC idle timeout); the page shows it once
+    # reloaded.
+    def dead_first():
+        d.get(base + "/fleet")
+        wait("the fleet table", lambda: len(d.find_elements(By.CSS_SELECTOR, "table.grid tr")) > 1)
+        return "disconnected" in d.find_elements(By.CSS_SELECTOR, "table.grid tr")[1].text
+
+    wait("the dead host first in the fleet", dead_first, timeout=30)
+    trs = d.find_elements(By.CSS_SELECTOR, "table.grid tr")
+    seen["fleet_rows"] = len(trs) - 1
+    seen["fleet_first"] = trs[1].text
+    shot("fleet-outage")
+
+    d.get(base + "/storage")
+    seen["storage_tiers"] = wait("the storage tiers", lambda: d.find_element(By.ID, "tiers")).text
+    shot("storage-outage")
+    seen["console_errors"] = [l["message"] for l in d.get_log("browser") if l["level"] == "SEVERE"]
+
+
+try:
+    {"tour": tour, "incident": incident}[scenario](*sys.argv[4:])
 finally:
     d.quit()
 print(json.dumps(seen))

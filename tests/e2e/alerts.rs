@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn append(path: &Path, lines: &[String]) {
+pub(crate) fn append(path: &Path, lines: &[String]) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -32,7 +32,7 @@ fn rfc3339(s: &str) -> i128 {
 }
 
 /// An agent on host `host` tailing `<root>/<host>/*.log` with `app` as a label.
-fn agent_on(c: &Cluster, host: &str, app: &str) -> (heimdall_tests::Agent, std::path::PathBuf) {
+pub(crate) fn agent_on(c: &Cluster, host: &str, app: &str) -> (heimdall_tests::Agent, std::path::PathBuf) {
     let dir = c.root.join(format!("logs-{host}"));
     std::fs::create_dir_all(&dir).unwrap();
     let a = c
@@ -448,19 +448,32 @@ fn receivers_get_documented_payloads() {
     );
 }
 
-/// Three hosts: when the database's agent goes silent and the two services that use
-/// it log connection errors, SREs get one page, for one incident, naming the database
-/// as the likely cause; a resolve follows when traffic recovers.
-#[test]
-fn database_outage_is_one_incident_and_one_page() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pager = HttpSink::start().unwrap();
-    let secret = tmp.path().join("secret");
-    std::fs::write(&secret, "incident-secret-0123456789\n").unwrap();
-    let rules = tmp.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        r#"groups:
+/// The database-outage scenario: three hosts (`db1` running `db`, `api1` and `web1`
+/// running services that use it), alert rules that page on a silent host and on
+/// connection errors, correlation that knows the dependencies, and a webhook receiver
+/// that pages once per incident.
+pub(crate) struct Outage {
+    pub pager: HttpSink,
+    pub db: heimdall_tests::Agent,
+    pub fdb: std::path::PathBuf,
+    _api: heimdall_tests::Agent,
+    pub fapi: std::path::PathBuf,
+    _web: heimdall_tests::Agent,
+    pub fweb: std::path::PathBuf,
+    /// Error lines written so far.
+    pub n: usize,
+}
+
+impl Outage {
+    /// The aggregator's configuration for the scenario (rules and receiver files are
+    /// written under `dir`).
+    pub fn config(dir: &Path, pager: &HttpSink) -> String {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "incident-secret-0123456789\n").unwrap();
+        let rules = dir.join("rules.yml");
+        std::fs::write(
+            &rules,
+            r#"groups:
   - name: infra
     interval: 1s
     rules:
@@ -472,65 +485,103 @@ fn database_outage_is_one_incident_and_one_page() {
         labels: { severity: page }
         annotations: { summary: "{{ $labels.app }} on {{ $labels.host }} cannot reach its database" }
 "#,
-    )
-    .unwrap();
-    let c = Cluster::start_with(&format!(
-        "[alerting]\nrules = [{rules:?}]\n[alerting.correlation]\ndependencies = [\"api -> db\", \"web -> db\"]\nsettle = \"8s\"\n[[alerting.receivers]]\nname = \"pager\"\nkind = \"webhook\"\nurl = \"{}/page\"\nsecret_file = {secret:?}\nper_incident = true\n",
-        pager.url()
-    ))
-    .unwrap();
-    let (mut db, fdb) = agent_on(&c, "db1", "db");
-    let (_api, fapi) = agent_on(&c, "api1", "api");
-    let (_web, fweb) = agent_on(&c, "web1", "web");
-    for (f, what) in [
-        (&fdb, "checkpoint complete"),
-        (&fapi, "GET /users 200"),
-        (&fweb, "GET / 200"),
-    ] {
-        append(
-            f,
-            &(0..5).map(|i| format!("{what} {i}")).collect::<Vec<_>>(),
-        );
+        )
+        .unwrap();
+        format!(
+            "[alerting]\nrules = [{rules:?}]\n[alerting.correlation]\ndependencies = [\"api -> db\", \"web -> db\"]\nsettle = \"8s\"\n[[alerting.receivers]]\nname = \"pager\"\nkind = \"webhook\"\nurl = \"{}/page\"\nsecret_file = {secret:?}\nper_incident = true\n",
+            pager.url()
+        )
     }
-    // Every host is known (heartbeats) and its streams stored.
-    wait_until(Duration::from_secs(30), "three hosts' lines", || {
-        c.count() >= 15
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        pager.requests().is_empty(),
-        "nothing pages while all is well"
-    );
 
-    // The outage: the database host dies; the services log errors for a while.
-    db.proc.kill9();
-    let outage = Instant::now();
-    let mut n = 0;
-    let page = loop {
-        n += 1;
-        for (f, who) in [(&fapi, "api"), (&fweb, "web")] {
+    /// Starts the three agents and waits until all is well: every host's lines are
+    /// stored and nothing pages.
+    pub fn start(c: &Cluster, pager: HttpSink) -> Outage {
+        let (db, fdb) = agent_on(c, "db1", "db");
+        let (_api, fapi) = agent_on(c, "api1", "api");
+        let (_web, fweb) = agent_on(c, "web1", "web");
+        for (f, what) in [
+            (&fdb, "checkpoint complete"),
+            (&fapi, "GET /users 200"),
+            (&fweb, "GET / 200"),
+        ] {
+            append(
+                f,
+                &(0..5).map(|i| format!("{what} {i}")).collect::<Vec<_>>(),
+            );
+        }
+        // Every host is known (heartbeats) and its streams stored.
+        wait_until(Duration::from_secs(30), "three hosts' lines", || {
+            c.count() >= 15
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            pager.requests().is_empty(),
+            "nothing pages while all is well"
+        );
+        Outage {
+            pager,
+            db,
+            fdb,
+            _api,
+            fapi,
+            _web,
+            fweb,
+            n: 0,
+        }
+    }
+
+    /// The services log one connection error each.
+    pub fn errors(&mut self) {
+        self.n += 1;
+        for (f, who) in [(&self.fapi, "api"), (&self.fweb, "web")] {
             append(
                 f,
                 &[format!(
-                    "ERROR {who} query {n}: connect to db1:5432: connection refused"
+                    "ERROR {who} query {}: connect to db1:5432: connection refused",
+                    self.n
                 )],
             );
         }
-        let pages: Vec<_> = pager
-            .requests()
-            .into_iter()
-            .filter(|q| q.json()["status"] == "firing")
-            .collect();
-        if let Some(p) = pages.first() {
-            break p.json();
+    }
+
+    /// The database host dies and the services log errors until the page comes;
+    /// returns the page.
+    pub fn until_paged(&mut self, c: &Cluster) -> Value {
+        self.db.proc.kill9();
+        let outage = Instant::now();
+        loop {
+            self.errors();
+            let pages: Vec<_> = self
+                .pager
+                .requests()
+                .into_iter()
+                .filter(|q| q.json()["status"] == "firing")
+                .collect();
+            if let Some(p) = pages.first() {
+                return p.json();
+            }
+            assert!(
+                outage.elapsed() < Duration::from_secs(60),
+                "no page:\n{}",
+                c.agg.proc.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(
-            outage.elapsed() < Duration::from_secs(60),
-            "no page:\n{}",
-            c.agg.proc.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    }
+}
+
+/// Three hosts: when the database's agent goes silent and the two services that use
+/// it log connection errors, SREs get one page, for one incident, naming the database
+/// as the likely cause; a resolve follows when traffic recovers.
+#[test]
+fn database_outage_is_one_incident_and_one_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pager = HttpSink::start().unwrap();
+    let c = Cluster::start_with(&Outage::config(tmp.path(), &pager)).unwrap();
+    let mut o = Outage::start(&c, pager);
+
+    // The outage: the database host dies; the services log errors for a while.
+    let page = o.until_paged(&c);
     let inc = &page["incident"];
     assert_eq!(inc["state"], "open");
     assert_eq!(inc["candidates"][0]["name"], "db", "{inc:#}");
@@ -561,31 +612,23 @@ fn database_outage_is_one_incident_and_one_page() {
     assert!(inc["url"].as_str().unwrap().starts_with(&c.agg.url()));
     // Errors go on a few seconds more: still one page, one incident.
     for _ in 0..6 {
-        n += 1;
-        for (f, who) in [(&fapi, "api"), (&fweb, "web")] {
-            append(
-                f,
-                &[format!(
-                    "ERROR {who} query {n}: connect to db1:5432: connection refused"
-                )],
-            );
-        }
+        o.errors();
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(pager.requests().len(), 1, "exactly one page");
+    assert_eq!(o.pager.requests().len(), 1, "exactly one page");
     let open = get(&format!("{}/api/v1/incidents", c.agg.url()));
     assert_eq!(open["data"].as_array().unwrap().len(), 1, "{open:#}");
     let id = open["data"][0]["id"].as_i64().unwrap();
 
     // Recovery: the database is back, the errors stop; the incident resolves.
-    db.restart().unwrap();
-    append(&fdb, &["checkpoint complete again".to_owned()]);
-    pager
+    o.db.restart().unwrap();
+    append(&o.fdb, &["checkpoint complete again".to_owned()]);
+    o.pager
         .wait(Duration::from_secs(60), "resolve", |r| {
             r.iter().any(|q| q.json()["status"] == "resolved")
         })
         .unwrap();
-    let r = pager
+    let r = o.pager
         .requests()
         .into_iter()
         .find(|q| q.json()["status"] == "resolved")
@@ -594,7 +637,7 @@ fn database_outage_is_one_incident_and_one_page() {
     assert_eq!(r["incident"]["id"], id);
     assert_eq!(r["incident"]["state"], "resolved");
     assert_eq!(
-        pager
+        o.pager
             .requests()
             .iter()
             .filter(|q| q.json()["status"] == "firing")

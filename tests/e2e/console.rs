@@ -2,6 +2,8 @@
 //! cached by ETag, with a content security policy; the API it calls keeps its roles, so
 //! a read-only token can take no write action the console offers.
 
+use crate::alerts::Outage;
+use heimdall_tests::sinks::HttpSink;
 use heimdall_tests::{python, wait_for_count, AgentOptions, Cluster};
 use std::io::Read;
 use std::time::Duration;
@@ -29,8 +31,9 @@ fn body(r: ureq::Response) -> Vec<u8> {
     }
 }
 
-/// An aggregator with a read-only token (`viewer`) and a write token (`oncall`).
-fn with_tokens(read_tok: &str, write_tok: &str) -> Cluster {
+/// An aggregator with a read-only token (`viewer`) and a write token (`oncall`), and
+/// `extra` configuration.
+fn with_tokens(read_tok: &str, write_tok: &str, extra: &str) -> Cluster {
     let sha = |t: &str| {
         let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
         d.as_ref()
@@ -39,7 +42,7 @@ fn with_tokens(read_tok: &str, write_tok: &str) -> Cluster {
             .collect::<String>()
     };
     Cluster::start_with(&format!(
-        "[[api.tokens]]\nname = \"viewer\"\nrole = \"read\"\nsha256 = \"{}\"\n[[api.tokens]]\nname = \"oncall\"\nrole = \"write\"\nsha256 = \"{}\"\n",
+        "[[api.tokens]]\nname = \"viewer\"\nrole = \"read\"\nsha256 = \"{}\"\n[[api.tokens]]\nname = \"oncall\"\nrole = \"write\"\nsha256 = \"{}\"\n{extra}",
         sha(read_tok),
         sha(write_tok)
     ))
@@ -52,7 +55,7 @@ fn console_is_served_compressed_and_its_writes_need_the_write_role() {
         "console-read-0123456789abcdef",
         "console-write-0123456789abcdef",
     );
-    let c = with_tokens(read_tok, write_tok);
+    let c = with_tokens(read_tok, write_tok, "");
     let base = c.agg.url();
 
     // Every page is the same document, without a token (it holds no data).
@@ -162,6 +165,25 @@ fn console_is_served_compressed_and_its_writes_need_the_write_role() {
     assert_eq!(r.status(), 200);
 }
 
+/// Runs a scenario of `browser/console.py` in headless Chromium against `base` and
+/// returns what the browser saw.
+fn browser(scenario: &str, base: &str, args: &[&str]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .args([scenario, base, screenshots().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Where the browser test writes its screenshots (kept after the run).
 fn screenshots() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -183,7 +205,7 @@ fn console_in_a_real_browser() {
         "browser-read-0123456789abcdef",
         "browser-write-0123456789abcdef",
     );
-    let c = with_tokens(read_tok, write_tok);
+    let c = with_tokens(read_tok, write_tok, "");
     let _agent = c
         .agent(
             "shop-1",
@@ -207,19 +229,7 @@ fn console_in_a_real_browser() {
         300
     );
     let shots = screenshots();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.py");
-    let out = std::process::Command::new(python())
-        .arg(&script)
-        .args([&c.agg.url(), write_tok, read_tok, shots.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "browser: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = browser("tour", &c.agg.url(), &[write_tok, read_tok]);
     assert_eq!(seen["who"], "oncall (write)", "{seen}");
     assert!(
         seen["status"].as_str().unwrap().starts_with("300 lines"),
@@ -268,5 +278,54 @@ fn console_in_a_real_browser() {
             "{}",
             f.display()
         );
+    }
+}
+
+/// The alerting tests' database outage, followed in the browser: the SRE opens the
+/// incident from the link in the page they got, sees the signals of the three hosts,
+/// the database ranked first with its reason, the sample lines and the alerts, and
+/// acknowledges it; the fleet lists the three agents, the dead database host first;
+/// the anomalies and storage pages show what the aggregator knows.
+#[test]
+fn console_follows_a_page_to_its_incident_and_acks_it() {
+    let (read_tok, write_tok) = (
+        "incident-read-0123456789abcdef",
+        "incident-write-0123456789abcdef",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let pager = HttpSink::start().unwrap();
+    let c = with_tokens(read_tok, write_tok, &Outage::config(tmp.path(), &pager));
+    let mut o = Outage::start(&c, pager);
+    let page = o.until_paged(&c);
+    let url = page["incident"]["url"].as_str().unwrap().to_owned();
+    let id = page["incident"]["id"].as_i64().unwrap();
+    assert_eq!(url, format!("{}/incidents/{id}", c.agg.url()));
+
+    let seen = browser("incident", &c.agg.url(), &[write_tok, &url]);
+    assert!(seen["title"].as_str().unwrap().starts_with(&format!("#{id} ")), "{seen}");
+    assert!(seen["first_candidate"].as_str().unwrap().contains("1. db"), "{seen}");
+    assert!(seen["first_candidate"].as_str().unwrap().contains("upstream of api, web"), "{seen}");
+    for host in ["db1", "api1", "web1"] {
+        assert!(seen["timeline"].as_str().unwrap().contains(host), "{host}: {seen}");
+    }
+    assert!(seen["samples"].as_str().unwrap().contains("connection refused"), "{seen}");
+    assert!(seen["alerts"].as_str().unwrap().contains("ConnectionErrors"), "{seen}");
+    assert!(seen["after_ack"].as_str().unwrap().contains("acked by oncall"), "{seen}");
+    assert_eq!(seen["fleet_rows"], 3, "{seen}");
+    assert!(seen["fleet_first"].as_str().unwrap().contains("db1"), "{seen}");
+    assert!(seen["fleet_first"].as_str().unwrap().contains("disconnected"), "{seen}");
+    assert!(seen["storage_tiers"].as_str().unwrap().contains("hot"), "{seen}");
+    // The acknowledgement is the aggregator's, not only the page's.
+    let shown: serde_json::Value = ureq::get(&format!("{}/api/v1/incidents/{id}", c.agg.url()))
+        .set("Authorization", &format!("Bearer {read_tok}"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(shown["data"]["state"], "open", "{shown:#}");
+    assert_eq!(shown["data"]["acked_by"], "oncall", "{shown:#}");
+    for shot in ["incident", "incident-acked", "fleet-outage", "storage-outage"] {
+        let f = screenshots().join(format!("{shot}.png"));
+        assert!(f.metadata().map(|m| m.len() > 1000).unwrap_or(false), "{}", f.display());
     }
 }

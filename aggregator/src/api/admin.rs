@@ -1,11 +1,14 @@
 //! Administrative endpoints (role `admin` when tokens are configured): run the storage
-//! lifecycle now, request an erasure, list erasures and segments.
+//! lifecycle now, request an erasure, list erasures and segments. Also the storage
+//! summary every reader may see (tiers, policy, recent lifecycle runs).
 
 use super::{bad, internal, on_reader, parse_time, ApiError, ApiState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use heimdall_api::model::{EraseRequest, Erasure, Segment};
+use heimdall_api::model::{
+    EraseRequest, Erasure, LifecycleRun, Segment, Storage, StoragePolicy, TierSummary,
+};
 use heimdall_api::Envelope;
 use heimdall_store::{catalog, erase};
 use std::sync::Arc;
@@ -102,4 +105,63 @@ pub async fn segments(
         })
         .collect();
     Ok(Json(Envelope::ok(data)))
+}
+
+/// `GET /api/v1/storage` (role `read`): what each tier holds, the lifecycle's policy
+/// and its recent runs. Totals only: the segment list stays an admin endpoint.
+pub async fn storage(State(st): State<Arc<ApiState>>) -> Result<Json<Envelope<Storage>>, ApiError> {
+    let db = st.db_path.clone();
+    let (hot, segs) = on_reader(&st, move |c| {
+        Ok((heimdall_store::hot::summary(c)?, catalog::tier_totals(c)?))
+    })
+    .await?;
+    // The database and its write-ahead log: what the hot tier takes on disk.
+    let on_disk = |suffix: &str| {
+        let mut p = db.clone().into_os_string();
+        p.push(suffix);
+        std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0)
+    };
+    let mut tiers = vec![TierSummary {
+        tier: "hot".into(),
+        parts: hot.0,
+        rows: hot.1,
+        bytes: on_disk("") + on_disk("-wal"),
+        raw_bytes: 0,
+        min_ts: hot.2,
+        max_ts: hot.3,
+    }];
+    for (tier, [n, rows, bytes, raw, min, max]) in segs {
+        tiers.push(TierSummary {
+            tier,
+            parts: n as u64,
+            rows: rows as u64,
+            bytes: bytes as u64,
+            raw_bytes: raw as u64,
+            min_ts: min,
+            max_ts: max,
+        });
+    }
+    let cfg = st.lifecycle.config();
+    let secs = |d: std::time::Duration| d.as_secs_f64();
+    let policy = StoragePolicy {
+        interval_seconds: secs(cfg.interval),
+        compact_after_seconds: secs(cfg.compact_after),
+        hot_max_rows: cfg.hot_max_rows,
+        upload_after_seconds: cfg.upload_after.filter(|_| st.tiers.cold.is_some()).map(secs),
+        retention_seconds: cfg.retention.map(secs),
+    };
+    let run = |r: heimdall_store::lifecycle::Run| LifecycleRun {
+        step: r.step.to_owned(),
+        started_ns: r.started_ns,
+        seconds: r.seconds,
+        rows: r.rows,
+        error: r.error,
+    };
+    let (last, recent) = st.lifecycle.runs();
+    Ok(Json(Envelope::ok(Storage {
+        tiers,
+        policy,
+        last_runs: last.into_iter().map(run).collect(),
+        recent_runs: recent.into_iter().map(run).collect(),
+    })))
 }

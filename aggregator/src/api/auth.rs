@@ -2,8 +2,9 @@
 //!
 //! With no tokens configured the API is open, which suits the local default (it listens
 //! on 127.0.0.1). With tokens, every request except `/ready` and `/metrics` needs one,
-//! as `Authorization: Bearer <token>` or as the password of HTTP Basic auth (what
-//! Grafana's datasource settings offer). Tokens are kept as SHA-256 digests, so the
+//! as `Authorization: Bearer <token>`, as the password of HTTP Basic auth (what
+//! Grafana's datasource settings offer), or on a WebSocket as the subprotocol
+//! [`WS_BEARER`]`<base64url token>`. Tokens are kept as SHA-256 digests, so the
 //! configuration may hold digests instead of secrets.
 //!
 //! Roles are ordered: `read` (queries, labels, tail), `write` (also push), `admin`
@@ -74,8 +75,27 @@ pub fn required(method: &Method, path: &str) -> Role {
     }
 }
 
+/// The prefix of the WebSocket subprotocol that carries a token, base64url-encoded:
+/// browsers cannot set headers on a WebSocket, so the console's live tail offers
+/// `heimdall.bearer.<token>` as a subprotocol (as Kubernetes' API server does).
+pub const WS_BEARER: &str = "heimdall.bearer.";
+
+/// The token offered as a WebSocket subprotocol, and that subprotocol.
+pub fn ws_bearer(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    let proto = offered
+        .split(',')
+        .map(str::trim)
+        .find(|p| p.starts_with(WS_BEARER))?;
+    let raw = base64_decode(&proto[WS_BEARER.len()..])?;
+    Some((String::from_utf8(raw).ok()?, proto.to_owned()))
+}
+
 fn presented(req: &Request) -> Option<String> {
-    let h = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let Some(h) = req.headers().get(header::AUTHORIZATION) else {
+        return ws_bearer(req.headers()).map(|(tok, _)| tok);
+    };
+    let h = h.to_str().ok()?;
     let (scheme, rest) = h.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
         return Some(rest.trim().to_owned());
@@ -190,6 +210,18 @@ mod tests {
         );
         assert_eq!(base64_decode("YQ").unwrap(), b"a");
         assert!(base64_decode("!!!").is_none());
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "other, heimdall.bearer.czNjcmV0LXRva2Vu".parse().unwrap(),
+        );
+        assert_eq!(
+            ws_bearer(&h),
+            Some((
+                "s3cret-token".to_owned(),
+                "heimdall.bearer.czNjcmV0LXRva2Vu".to_owned()
+            ))
+        );
     }
 
     #[test]

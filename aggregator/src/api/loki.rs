@@ -570,8 +570,14 @@ static TAILS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::n
 pub async fn tail(
     State(st): State<Arc<ApiState>>,
     RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // A browser that sent its token as a subprotocol needs it chosen in the answer.
+    let ws = match super::auth::ws_bearer(&headers) {
+        Some((_, proto)) => ws.protocols([proto]),
+        None => ws,
+    };
     let p = Params::raw(q);
     let Query::Log(lq) = p.query()? else {
         return Err(bad("tail takes a log query"));

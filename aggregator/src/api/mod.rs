@@ -135,6 +135,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/admin/erase", post(admin::erase))
         .route("/api/v1/admin/erasures", get(admin::erasures))
         .route("/api/v1/admin/segments", get(admin::segments))
+        .route("/api/v1/storage", get(admin::storage))
         .layer(axum::extract::DefaultBodyLimit::max(push::MAX_PUSH_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

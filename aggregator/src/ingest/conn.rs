@@ -44,13 +44,17 @@ enum NoIdentity {
     Certificate(#[from] tls::Error),
 }
 
-fn identity(conn: &quinn::Connection) -> Result<String, NoIdentity> {
+/// The agent's name (its certificate's common name) and when its certificate expires
+/// (Unix seconds).
+fn identity(conn: &quinn::Connection) -> Result<(String, i64), NoIdentity> {
     let any = conn.peer_identity().ok_or(NoIdentity::NoCertificate)?;
     let certs = any
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| NoIdentity::UnexpectedType)?;
     let first = certs.first().ok_or(NoIdentity::EmptyChain)?;
-    Ok(tls::peer_identity(first)?)
+    let info = tls::cert_info(first)?;
+    let name = info.common_name.ok_or(tls::Error::NoCommonName)?;
+    Ok((name, info.not_after))
 }
 
 /// How a connection ended normally.
@@ -103,8 +107,8 @@ enum ConnError {
 impl Handler {
     pub async fn run(self, conn: quinn::Connection) {
         let remote = conn.remote_address();
-        let agent: Arc<str> = match identity(&conn) {
-            Ok(id) => id.into(),
+        let (agent, not_after): (Arc<str>, i64) = match identity(&conn) {
+            Ok((id, not_after)) => (id.into(), not_after),
             Err(e) => {
                 tracing::warn!(%remote, error = %e, "refused connection: no usable identity in client certificate");
                 conn.close(1u32.into(), b"no identity");
@@ -116,6 +120,7 @@ impl Handler {
             over = a.connections >= self.settings.max_connections_per_agent;
             if !over {
                 a.connections += 1;
+                a.cert_not_after = not_after;
             }
         });
         if over {

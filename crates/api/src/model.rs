@@ -39,6 +39,10 @@ pub struct Agent {
     pub dead_letter_batches: u64,
     /// Open connections.
     pub connections: usize,
+    /// When the client certificate of its last connection expires, Unix seconds (0
+    /// before it first connected).
+    #[serde(default)]
+    pub cert_not_after: i64,
 }
 
 /// A template of an anomaly event.
@@ -70,6 +74,10 @@ pub struct AnomalyEvent {
     /// Redacted sample lines.
     #[serde(default)]
     pub samples: Vec<String>,
+    /// The detector's window for this stream (the agent's aggregate window; `baseline`
+    /// and `observed` are per window), 0 when unknown.
+    #[serde(default)]
+    pub window_seconds: u32,
 }
 
 /// How one rule did at its last evaluation (`/api/v1/rules`).
@@ -289,6 +297,64 @@ pub struct Erasure {
     pub segments: u64,
     pub created: i64,
     pub finished: Option<i64>,
+}
+
+/// What one storage tier holds (`/api/v1/storage`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSummary {
+    /// `hot`, `warm` or `cold`.
+    pub tier: String,
+    /// Hot partitions, or segments.
+    pub parts: u64,
+    pub rows: u64,
+    /// Bytes on disk (the hot tier: the database file, including free pages).
+    pub bytes: u64,
+    /// Bytes of the lines stored (segments only; 0 for the hot tier).
+    pub raw_bytes: u64,
+    /// Oldest and newest line (0 when empty).
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+/// How data moves between tiers and when it is deleted. Durations in seconds;
+/// `None` where the step is off.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoragePolicy {
+    /// Between lifecycle runs.
+    pub interval_seconds: f64,
+    /// A hot partition is compacted once its end is this far in the past.
+    pub compact_after_seconds: f64,
+    /// Beyond this many hot rows the oldest partitions are compacted early.
+    pub hot_max_rows: u64,
+    /// Warm segments go to the cold tier after this.
+    pub upload_after_seconds: Option<f64>,
+    /// Data older than this is deleted from every tier.
+    pub retention_seconds: Option<f64>,
+}
+
+/// One run of a lifecycle step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleRun {
+    /// `reap`, `index`, `erase`, `retention`, `compact` or `upload`.
+    pub step: String,
+    pub started_ns: i64,
+    pub seconds: f64,
+    /// Rows moved or deleted.
+    pub rows: u64,
+    /// Why it failed; absent when it went well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `data` of `/api/v1/storage`: the tiers, the policy and the lifecycle's recent runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Storage {
+    pub tiers: Vec<TierSummary>,
+    pub policy: StoragePolicy,
+    /// The last run of every step.
+    pub last_runs: Vec<LifecycleRun>,
+    /// Recent runs that moved rows or failed, newest first.
+    pub recent_runs: Vec<LifecycleRun>,
 }
 
 /// A segment of the warm or cold tier (`/api/v1/admin/segments`).

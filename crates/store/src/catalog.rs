@@ -359,6 +359,25 @@ pub fn totals(conn: &Connection) -> Result<HashMap<String, (u64, u64, u64)>, rus
     rows.collect()
 }
 
+/// Per tier of segments: segments, rows, bytes, raw bytes, oldest and newest line.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn tier_totals(conn: &Connection) -> Result<Vec<(String, [i64; 6])>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tier, count(*), coalesce(sum(rows), 0), coalesce(sum(bytes), 0),
+                coalesce(sum(raw_bytes), 0), coalesce(min(min_ts), 0), coalesce(max(max_ts), 0)
+         FROM segments WHERE state IN ('active', 'uploading') GROUP BY tier ORDER BY tier DESC",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+        ))
+    })?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1176,6 +1176,29 @@ pub fn count_rows(conn: &Connection) -> Result<u64, rusqlite::Error> {
     Ok(n)
 }
 
+/// Partitions, lines, oldest and newest line time (0 when empty) of the hot tier.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn summary(conn: &Connection) -> Result<(u64, u64, i64, i64), rusqlite::Error> {
+    let parts = partitions(conn)?;
+    let (mut rows, mut min, mut max) = (0u64, i64::MAX, i64::MIN);
+    for p in &parts {
+        let (n, lo, hi): (i64, Option<i64>, Option<i64>) = conn.query_row(
+            &format!("SELECT count(*), min(ts), max(ts) FROM \"{}\"", p.name),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        rows += n as u64;
+        min = min.min(lo.unwrap_or(i64::MAX));
+        max = max.max(hi.unwrap_or(i64::MIN));
+    }
+    if rows == 0 {
+        (min, max) = (0, 0);
+    }
+    Ok((parts.len() as u64, rows, min, max))
+}
+
 /// The highest row id stored (0 when empty).
 ///
 /// # Errors

@@ -197,8 +197,10 @@ pub fn anomalies(
 ) -> Result<Vec<AnomalyEvent>, rusqlite::Error> {
     let streams: HashMap<i64, Labels> = select_streams(conn, matchers)?.into_iter().collect();
     let mut stmt = conn.prepare_cached(
-        "SELECT agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples
-         FROM anomalies WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) AND score >= ?4
+        "SELECT agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples,
+                (SELECT window_secs FROM aggregates g WHERE g.stream_id = a.stream_id AND g.start <= a.ts
+                 ORDER BY g.start DESC LIMIT 1)
+         FROM anomalies a WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) AND score >= ?4
          ORDER BY ts DESC, id",
     )?;
     let mut rows = stmt.query(rusqlite::params![start, end, kind, min_score])?;
@@ -226,6 +228,7 @@ pub fn anomalies(
                 .collect(),
             templates,
             samples,
+            window_seconds: r.get::<_, Option<u32>>(11)?.unwrap_or(0),
         });
         if out.len() >= limit {
             break;

@@ -98,13 +98,72 @@ pub fn failpoint(name: &str) {
 #[inline(always)]
 pub fn failpoint(_name: &str) {}
 
-/// Asks the running lifecycle for an immediate run (for the API).
+/// One run of one lifecycle step, as the storage page shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Run {
+    pub step: &'static str,
+    /// When it started, ns since the epoch.
+    pub started_ns: i64,
+    pub seconds: f64,
+    /// Rows it moved or deleted.
+    pub rows: u64,
+    /// Why it failed; `None` when it went well.
+    pub error: Option<String>,
+}
+
+/// The lifecycle's recent runs: the last run of every step, and the last
+/// [`RunLog::KEEP`] runs that moved rows or failed (runs with nothing to do are not
+/// kept, so an hour of idle runs does not push out the compaction of the morning).
+#[derive(Default)]
+pub struct RunLog {
+    inner: std::sync::Mutex<(HashMap<&'static str, Run>, std::collections::VecDeque<Run>)>,
+}
+
+impl RunLog {
+    /// Runs that did something, kept at most.
+    pub const KEEP: usize = 100;
+
+    fn push(&self, run: Run) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if run.rows > 0 || run.error.is_some() {
+            if g.1.len() >= Self::KEEP {
+                g.1.pop_front();
+            }
+            g.1.push_back(run.clone());
+        }
+        g.0.insert(run.step, run);
+    }
+
+    /// The last run of each step (by step name) and the recent runs that did
+    /// something, newest first.
+    pub fn snapshot(&self) -> (Vec<Run>, Vec<Run>) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last: Vec<Run> = g.0.values().cloned().collect();
+        last.sort_by_key(|r| r.step);
+        (last, g.1.iter().rev().cloned().collect())
+    }
+}
+
+/// Asks the running lifecycle for an immediate run (for the API), and reads its recent
+/// runs and settings.
 #[derive(Clone)]
 pub struct LifecycleHandle {
     wake: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    runs: Arc<RunLog>,
+    cfg: LifecycleConfig,
 }
 
 impl LifecycleHandle {
+    /// The settings the lifecycle runs with.
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.cfg
+    }
+
+    /// See [`RunLog::snapshot`].
+    pub fn runs(&self) -> (Vec<Run>, Vec<Run>) {
+        self.runs.snapshot()
+    }
+
     /// Runs every step now; returns when they are done (at once when the lifecycle
     /// has stopped).
     pub async fn run_now(&self) {
@@ -134,7 +193,17 @@ fn fsync_dir(dir: &Path) -> Result<(), Error> {
     heimdall_common::fs::sync_dir(dir).map_err(io(dir))
 }
 
-fn record(step: &'static str, started: Instant, res: &Result<u64, Error>) {
+fn record(step: &'static str, started: Instant, res: &Result<u64, Error>, log: Option<&RunLog>) {
+    if let Some(log) = log {
+        let seconds = started.elapsed().as_secs_f64();
+        log.push(Run {
+            step,
+            started_ns: heimdall_common::record::now_ns() - (seconds * 1e9) as i64,
+            seconds,
+            rows: *res.as_ref().unwrap_or(&0),
+            error: res.as_ref().err().map(ToString::to_string),
+        });
+    }
     let outcome = if res.is_ok() { "ok" } else { "error" };
     metrics::counter!("heimdall_aggregator_lifecycle_runs_total", "step" => step, "outcome" => outcome)
         .increment(1);
@@ -165,11 +234,17 @@ impl Lifecycle {
         self.recover()?;
         let (wake, mut rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(16);
         let rt = tokio::runtime::Handle::current();
+        let runs = Arc::new(RunLog::default());
+        let handle = LifecycleHandle {
+            wake,
+            runs: runs.clone(),
+            cfg: self.cfg.clone(),
+        };
         stage
             .spawn_thread("lifecycle", move |stop| {
                 let mut done: Option<tokio::sync::oneshot::Sender<()>> = None;
                 while !stop.is_cancelled() {
-                    self.run_once(&stop);
+                    self.run_logged(&stop, Some(&runs));
                     if let Some(d) = done.take() {
                         let _ = d.send(());
                     }
@@ -191,7 +266,7 @@ impl Lifecycle {
                 path: PathBuf::from("lifecycle thread"),
                 source,
             })?;
-        Ok(LifecycleHandle { wake })
+        Ok(handle)
     }
 
     fn reader(&self) -> Result<Connection, Error> {
@@ -321,25 +396,29 @@ impl Lifecycle {
 
     /// Runs every step once.
     pub fn run_once(&self, shutdown: &CancellationToken) {
+        self.run_logged(shutdown, None);
+    }
+
+    fn run_logged(&self, shutdown: &CancellationToken, log: Option<&RunLog>) {
         let t = Instant::now();
         let r = self.reap(REAP_GRACE);
-        record("reap", t, &r);
+        record("reap", t, &r, log);
         let t = Instant::now();
         let r = self.index_hot(shutdown);
-        record("index", t, &r);
+        record("index", t, &r, log);
         let t = Instant::now();
         let r = self.erase_pending();
-        record("erase", t, &r);
+        record("erase", t, &r, log);
         let t = Instant::now();
         let r = self.retention();
-        record("retention", t, &r);
+        record("retention", t, &r, log);
         let t = Instant::now();
         let r = self.compact(shutdown);
-        record("compact", t, &r);
+        record("compact", t, &r, log);
         if self.cold.is_some() {
             let t = Instant::now();
             let r = self.upload(shutdown);
-            record("upload", t, &r);
+            record("upload", t, &r, log);
         }
         if let Ok(conn) = self.reader() {
             if let Ok(t) = catalog::totals(&conn) {
