@@ -113,7 +113,18 @@ def tour(write_tok, read_tok):
     wait("the new silence", lambda: "DiskFull" in d.find_element(By.ID, "sils").text)
     shot("alerts")
 
-    for page in ["anomalies", "incidents", "storage"]:
+    d.get(base + "/anomalies?since=1h")
+    row = wait("an anomaly", lambda: d.find_element(By.CSS_SELECTOR, "#anoms tr.click"))
+    seen["anomaly_rows"] = len(d.find_elements(By.CSS_SELECTOR, "#anoms tr.click"))
+    shot("anomalies")
+    row.click()
+    wait("the anomaly's series", lambda: "baseline" in d.find_element(By.ID, "aseries-legend").text or "templates" in d.find_element(By.ID, "aseries-legend").text)
+    seen["anomaly_legend"] = d.find_element(By.ID, "aseries-legend").text
+    seen["anomaly_series_max"] = float(d.find_element(By.ID, "aseries").get_attribute("data-max") or 0)
+    wait("the event in the URL", lambda: "event=" in d.current_url)
+    shot("anomaly")
+
+    for page in ["incidents", "storage"]:
         d.get(f"{base}/{page}")
         wait(f"the {page} page", lambda: d.find_elements(By.CSS_SELECTOR, "main section"))
         shot(page)

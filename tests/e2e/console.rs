@@ -5,7 +5,7 @@
 use crate::alerts::Outage;
 use heimdall_tests::sinks::HttpSink;
 use heimdall_tests::{python, wait_for_count, AgentOptions, Cluster};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 fn get_raw(url: &str, gzip: bool) -> ureq::Response {
@@ -206,11 +206,18 @@ fn console_in_a_real_browser() {
         "browser-write-0123456789abcdef",
     );
     let c = with_tokens(read_tok, write_tok, "");
+    // A second service whose detector warms up in seconds, for an anomaly to look at.
+    let pay = c.root.join("pay");
+    std::fs::create_dir_all(&pay).unwrap();
     let _agent = c
         .agent(
             "shop-1",
             AgentOptions {
                 files_extra: "labels = { service = \"shop\" }".into(),
+                extra: format!(
+                    "[[files]]\ninclude = [\"{}/*.log\"]\nlabels = {{ service = \"pay\" }}\npoll_interval = \"100ms\"\n[aggregate]\nwindow = \"1s\"\n[anomaly]\nwarmup = \"8s\"\n",
+                    pay.display()
+                ),
                 ..AgentOptions::default()
             },
         )
@@ -227,6 +234,34 @@ fn console_in_a_real_browser() {
     assert_eq!(
         wait_for_count(300, Duration::from_secs(30), || c.count()),
         300
+    );
+    // Steady traffic through the warm-up, then a burst of errors: an anomaly.
+    let mut f = std::fs::File::create(pay.join("pay.log")).unwrap();
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        for _ in 0..10 {
+            writeln!(f, "INFO charge ok seq={n}").unwrap();
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..400 {
+        writeln!(f, "ERROR charge {i} failed: gateway connection refused").unwrap();
+    }
+    drop(f);
+    let anomalies = format!("{}/api/v1/anomalies?since=1h", c.agg.url());
+    assert!(
+        wait_for_count(1, Duration::from_secs(30), || {
+            let v: serde_json::Value = ureq::get(&anomalies)
+                .set("Authorization", &format!("Bearer {read_tok}"))
+                .call()
+                .unwrap()
+                .into_json()
+                .unwrap();
+            v["data"].as_array().map_or(0, |a| a.len() as u64)
+        }) >= 1,
+        "no anomaly for the burst"
     );
     let shots = screenshots();
     let seen = browser("tour", &c.agg.url(), &[write_tok, read_tok]);
@@ -250,6 +285,15 @@ fn console_in_a_real_browser() {
         seen["fleet_text"].as_str().unwrap().contains("shop-1"),
         "{seen}"
     );
+    assert!(seen["anomaly_rows"].as_u64().unwrap() >= 1, "{seen}");
+    assert!(
+        seen["anomaly_legend"].as_str().unwrap().contains("baseline"),
+        "{seen}"
+    );
+    assert!(
+        seen["anomaly_series_max"].as_f64().unwrap() >= 10.0,
+        "the triggering series is drawn: {seen}"
+    );
     assert_eq!(seen["readonly_who"], "viewer (read)", "{seen}");
     assert_eq!(seen["readonly_forms"], 0, "{seen}");
     assert_eq!(seen["readonly_expire_buttons"], 0, "{seen}");
@@ -268,6 +312,7 @@ fn console_in_a_real_browser() {
         "fleet",
         "alerts",
         "anomalies",
+        "anomaly",
         "incidents",
         "storage",
         "alerts-readonly",
