@@ -408,10 +408,12 @@ async function detail(r) {
     <h4>Labels</h4><div class="kv">${kvs(r.stream)}</div>
     <h4>Structured metadata</h4><div class="kv">${kvs(r.meta)}</div>
     <h4>Parsed</h4><div class="kv">${kvs(r.parsed)}</div>
+    <h4>Template</h4><div class="kv" id="tpl"><span class="muted">looking…</span></div>
     <div class="bar"><button id="ctx">Context</button></div><div id="ctxlines"></div></div>`));
+  const stream = `{${Object.entries(r.stream).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')}}`;
+  template(r, stream).catch(() => { $('#tpl').replaceChildren(h('<span class="muted">unknown</span>')); });
   $('#ctx').addEventListener('click', async () => {
     // The lines around it in its stream.
-    const stream = `{${Object.entries(r.stream).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')}}`;
     const ts = BigInt(r.ts);
     const win = 3600n * 1000000000n;
     const [before, after] = await Promise.all([
@@ -422,6 +424,25 @@ async function detail(r) {
     const lines = [...flat(before), ...flat(after)].sort((a, b) => (BigInt(a.ts) > BigInt(b.ts) ? 1 : -1));
     $('#ctxlines').replaceChildren(h(`<div class="kv">${lines.map(l => `<div${l.ts === r.ts ? ' class="mark"' : ''}>${esc(fmtTime(l.ts))} ${esc(l.line)}</div>`).join('')}</div>`));
   });
+}
+
+// The template the agents mined for a line: the most specific of its stream's patterns
+// around its time that matches it (`<_>` stands for any text).
+async function template(r, stream) {
+  const ts = Number(BigInt(r.ts) / 1000000n) * 1e6;
+  const res = await api(`/loki/api/v1/patterns?${qs({ query: stream, start: ts - 3600 * NS, end: ts + 60 * NS, step: '60s' })}`);
+  const fits = (res.data || []).filter(x => {
+    const re = `^${x.pattern.split('<_>').map(p => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('[\\s\\S]*?')}$`;
+    return new RegExp(re).test(r.line);
+  }).sort((a, b) => b.pattern.replace(/<_>/g, '').length - a.pattern.replace(/<_>/g, '').length);
+  const box = $('#tpl');
+  if (!box) return;
+  if (!fits.length) {
+    box.replaceChildren(h('<span class="muted">none (lines an agent did not ship, or pushed over the Loki API, have no template)</span>'));
+    return;
+  }
+  const q = `${stream} |> ${JSON.stringify(fits[0].pattern)}`;
+  box.replaceChildren(h(`<div>${esc(fits[0].pattern)} <a href="/explore?${qs({ q, since: params().get('since') || '1h' })}" data-nav>its lines</a></div>`));
 }
 
 // ---------- Patterns ----------
@@ -783,3 +804,6 @@ async function start() {
 $('#theme').addEventListener('click', () => theme(document.documentElement.dataset.theme === 'dark' ? 'light' : 'dark'));
 $('#help').addEventListener('click', () => $('#keys').showModal());
 start();
+
+// For scripts driving the page (the browser test renders 100,000 lines through it).
+export { showLines };

@@ -77,10 +77,31 @@ def tour(write_tok, read_tok):
 
     rows()[0].click()
     wait("the line's details", lambda: "Labels" in d.find_element(By.ID, "detail").text)
+    seen["template"] = wait("the line's template", lambda: "<_>" in d.find_element(By.ID, "tpl").text and d.find_element(By.ID, "tpl").text)
     d.find_element(By.ID, "ctx").click()
     wait("the context lines", lambda: len(d.find_elements(By.CSS_SELECTOR, "#ctxlines .kv div")) > 1)
     seen["context_lines"] = len(d.find_elements(By.CSS_SELECTOR, "#ctxlines .kv div"))
     shot("explore-context")
+
+    # 100,000 lines stay smooth: only the rows in view are in the document.
+    d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/console/app.js').then(m => {
+            const rows = Array.from({ length: 100000 }, (_, i) => ({
+                ts: String(1800000000000000000 - i), line: `synthetic line ${i}`, stream: {}, meta: {}, parsed: {} }));
+            m.showLines(rows);
+            const box = document.getElementById('lines');
+            box.scrollTop = 50000 * 20;
+            box.dispatchEvent(new Event('scroll'));
+            done();
+        });
+    """)
+    wait("line 50,000 on screen", lambda: d.find_elements(By.CSS_SELECTOR, '#lines .row[data-i="50000"]'))
+    seen["rows_in_document_of_100000"] = len(rows())
+    seen["line_50000"] = d.find_element(By.CSS_SELECTOR, '#lines .row[data-i="50000"]').text
+    shot("explore-100k")
+    d.find_element(By.ID, "q").send_keys(Keys.CONTROL, Keys.ENTER)
+    wait("the query's lines again", lambda: not d.find_elements(By.CSS_SELECTOR, '#lines .row[data-i="50000"]') and len(rows()) > 0)
 
     chip = wait("a facet", lambda: d.find_element(By.CSS_SELECTOR, '.chip[data-facet="detected_level"]'))
     chip.click()

@@ -271,6 +271,7 @@ fn console_in_a_real_browser() {
         "{seen}"
     );
     assert!(seen["context_lines"].as_u64().unwrap() > 1, "{seen}");
+    assert!(seen["template"].as_str().unwrap().contains("its lines"), "{seen}");
     assert!(
         seen["facet_query"]
             .as_str()
@@ -283,6 +284,12 @@ fn console_in_a_real_browser() {
     assert_eq!(seen["fleet_rows"], 1, "{seen}");
     assert!(
         seen["fleet_text"].as_str().unwrap().contains("shop-1"),
+        "{seen}"
+    );
+    let in_doc = seen["rows_in_document_of_100000"].as_u64().unwrap();
+    assert!((10..200).contains(&in_doc), "{seen}");
+    assert!(
+        seen["line_50000"].as_str().unwrap().contains("synthetic line 50000"),
         "{seen}"
     );
     assert!(seen["anomaly_rows"].as_u64().unwrap() >= 1, "{seen}");
@@ -306,6 +313,7 @@ fn console_in_a_real_browser() {
     for page in [
         "explore",
         "explore-context",
+        "explore-100k",
         "explore-facet",
         "patterns",
         "explore-pattern",
