@@ -804,7 +804,12 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
 /// 1,000 lines), timed until both answers are in; warm, 5 runs.
 fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
     let mut first_load = 0usize;
-    for f in ["/", "/console/app.js", "/console/style.css", "/console/favicon.svg"] {
+    for f in [
+        "/",
+        "/console/app.js",
+        "/console/style.css",
+        "/console/favicon.svg",
+    ] {
         let r = ureq::get(&format!("{base}{f}"))
             .set("Accept-Encoding", "gzip")
             .call()?;
@@ -814,7 +819,11 @@ fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> an
     }
     println!(
         "(console) first load: {first_load} bytes compressed (target < 300000: {})",
-        if first_load < 300_000 { "met" } else { "MISSED" }
+        if first_load < 300_000 {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     // What Explore sends for 24 h: a step of 900 s (120 bars), the histogram's end
     // rounded up to a step, the lines newest first with categorized labels.
@@ -823,7 +832,9 @@ fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> an
     let hist_end = (end + step * S - 1) / (step * S) * (step * S);
     let hist = format!(
         "{base}/loki/api/v1/query_range?query={}&start={start}&end={hist_end}&step={step}s",
-        enc(&format!("sum by (detected_level) (count_over_time({selector} [{step}s]))"))
+        enc(&format!(
+            "sum by (detected_level) (count_over_time({selector} [{step}s]))"
+        ))
     );
     let lines = format!(
         "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=1000&direction=backward",
@@ -834,7 +845,10 @@ fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> an
         let t = Instant::now();
         let (h, l) = std::thread::scope(|sc| {
             let h = sc.spawn(|| -> anyhow::Result<serde_json::Value> {
-                Ok(ureq::get(&hist).timeout(Duration::from_secs(300)).call()?.into_json()?)
+                Ok(ureq::get(&hist)
+                    .timeout(Duration::from_secs(300))
+                    .call()?
+                    .into_json()?)
             });
             let l = sc.spawn(|| -> anyhow::Result<serde_json::Value> {
                 Ok(ureq::get(&lines)
@@ -850,12 +864,17 @@ fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> an
             h.map_err(|_| anyhow::anyhow!("histogram request panicked"))??,
             l.map_err(|_| anyhow::anyhow!("lines request panicked"))??,
         );
-        let bars: usize = h["data"]["result"]
-            .as_array()
-            .map_or(0, |r| r.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).max().unwrap_or(0));
-        let n: usize = l["data"]["result"]
-            .as_array()
-            .map_or(0, |r| r.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum());
+        let bars: usize = h["data"]["result"].as_array().map_or(0, |r| {
+            r.iter()
+                .map(|s| s["values"].as_array().map_or(0, Vec::len))
+                .max()
+                .unwrap_or(0)
+        });
+        let n: usize = l["data"]["result"].as_array().map_or(0, |r| {
+            r.iter()
+                .map(|s| s["values"].as_array().map_or(0, Vec::len))
+                .sum()
+        });
         anyhow::ensure!(bars >= 90 && n == 1000, "console: {bars} bars, {n} lines");
     }
     // The first run warms the caches; the five after it are timed.

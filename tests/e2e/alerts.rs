@@ -32,7 +32,11 @@ fn rfc3339(s: &str) -> i128 {
 }
 
 /// An agent on host `host` tailing `<root>/<host>/*.log` with `app` as a label.
-pub(crate) fn agent_on(c: &Cluster, host: &str, app: &str) -> (heimdall_tests::Agent, std::path::PathBuf) {
+pub(crate) fn agent_on(
+    c: &Cluster,
+    host: &str,
+    app: &str,
+) -> (heimdall_tests::Agent, std::path::PathBuf) {
     let dir = c.root.join(format!("logs-{host}"));
     std::fs::create_dir_all(&dir).unwrap();
     let a = c
@@ -628,7 +632,8 @@ fn database_outage_is_one_incident_and_one_page() {
             r.iter().any(|q| q.json()["status"] == "resolved")
         })
         .unwrap();
-    let r = o.pager
+    let r = o
+        .pager
         .requests()
         .into_iter()
         .find(|q| q.json()["status"] == "resolved")

@@ -271,7 +271,10 @@ fn console_in_a_real_browser() {
         "{seen}"
     );
     assert!(seen["context_lines"].as_u64().unwrap() > 1, "{seen}");
-    assert!(seen["template"].as_str().unwrap().contains("its lines"), "{seen}");
+    assert!(
+        seen["template"].as_str().unwrap().contains("its lines"),
+        "{seen}"
+    );
     assert!(
         seen["facet_query"]
             .as_str()
@@ -289,12 +292,18 @@ fn console_in_a_real_browser() {
     let in_doc = seen["rows_in_document_of_100000"].as_u64().unwrap();
     assert!((10..200).contains(&in_doc), "{seen}");
     assert!(
-        seen["line_50000"].as_str().unwrap().contains("synthetic line 50000"),
+        seen["line_50000"]
+            .as_str()
+            .unwrap()
+            .contains("synthetic line 50000"),
         "{seen}"
     );
     assert!(seen["anomaly_rows"].as_u64().unwrap() >= 1, "{seen}");
     assert!(
-        seen["anomaly_legend"].as_str().unwrap().contains("baseline"),
+        seen["anomaly_legend"]
+            .as_str()
+            .unwrap()
+            .contains("baseline"),
         "{seen}"
     );
     assert!(
@@ -355,19 +364,67 @@ fn console_follows_a_page_to_its_incident_and_acks_it() {
     assert_eq!(url, format!("{}/incidents/{id}", c.agg.url()));
 
     let seen = browser("incident", &c.agg.url(), &[write_tok, &url]);
-    assert!(seen["title"].as_str().unwrap().starts_with(&format!("#{id} ")), "{seen}");
-    assert!(seen["first_candidate"].as_str().unwrap().contains("1. db"), "{seen}");
-    assert!(seen["first_candidate"].as_str().unwrap().contains("upstream of api, web"), "{seen}");
+    assert!(
+        seen["title"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("#{id} ")),
+        "{seen}"
+    );
+    assert!(
+        seen["first_candidate"].as_str().unwrap().contains("1. db"),
+        "{seen}"
+    );
+    assert!(
+        seen["first_candidate"]
+            .as_str()
+            .unwrap()
+            .contains("upstream of api, web"),
+        "{seen}"
+    );
     for host in ["db1", "api1", "web1"] {
-        assert!(seen["timeline"].as_str().unwrap().contains(host), "{host}: {seen}");
+        assert!(
+            seen["timeline"].as_str().unwrap().contains(host),
+            "{host}: {seen}"
+        );
     }
-    assert!(seen["samples"].as_str().unwrap().contains("connection refused"), "{seen}");
-    assert!(seen["alerts"].as_str().unwrap().contains("ConnectionErrors"), "{seen}");
-    assert!(seen["after_ack"].as_str().unwrap().contains("acked by oncall"), "{seen}");
+    assert!(
+        seen["samples"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{seen}"
+    );
+    assert!(
+        seen["alerts"]
+            .as_str()
+            .unwrap()
+            .contains("ConnectionErrors"),
+        "{seen}"
+    );
+    assert!(
+        seen["after_ack"]
+            .as_str()
+            .unwrap()
+            .contains("acked by oncall"),
+        "{seen}"
+    );
     assert_eq!(seen["fleet_rows"], 3, "{seen}");
-    assert!(seen["fleet_first"].as_str().unwrap().contains("db1"), "{seen}");
-    assert!(seen["fleet_first"].as_str().unwrap().contains("disconnected"), "{seen}");
-    assert!(seen["storage_tiers"].as_str().unwrap().contains("hot"), "{seen}");
+    assert!(
+        seen["fleet_first"].as_str().unwrap().contains("db1"),
+        "{seen}"
+    );
+    assert!(
+        seen["fleet_first"]
+            .as_str()
+            .unwrap()
+            .contains("disconnected"),
+        "{seen}"
+    );
+    assert!(
+        seen["storage_tiers"].as_str().unwrap().contains("hot"),
+        "{seen}"
+    );
     // The acknowledgement is the aggregator's, not only the page's.
     let shown: serde_json::Value = ureq::get(&format!("{}/api/v1/incidents/{id}", c.agg.url()))
         .set("Authorization", &format!("Bearer {read_tok}"))
@@ -377,8 +434,17 @@ fn console_follows_a_page_to_its_incident_and_acks_it() {
         .unwrap();
     assert_eq!(shown["data"]["state"], "open", "{shown:#}");
     assert_eq!(shown["data"]["acked_by"], "oncall", "{shown:#}");
-    for shot in ["incident", "incident-acked", "fleet-outage", "storage-outage"] {
+    for shot in [
+        "incident",
+        "incident-acked",
+        "fleet-outage",
+        "storage-outage",
+    ] {
         let f = screenshots().join(format!("{shot}.png"));
-        assert!(f.metadata().map(|m| m.len() > 1000).unwrap_or(false), "{}", f.display());
+        assert!(
+            f.metadata().map(|m| m.len() > 1000).unwrap_or(false),
+            "{}",
+            f.display()
+        );
     }
 }

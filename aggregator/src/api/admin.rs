@@ -147,7 +147,10 @@ pub async fn storage(State(st): State<Arc<ApiState>>) -> Result<Json<Envelope<St
         interval_seconds: secs(cfg.interval),
         compact_after_seconds: secs(cfg.compact_after),
         hot_max_rows: cfg.hot_max_rows,
-        upload_after_seconds: cfg.upload_after.filter(|_| st.tiers.cold.is_some()).map(secs),
+        upload_after_seconds: cfg
+            .upload_after
+            .filter(|_| st.tiers.cold.is_some())
+            .map(secs),
         retention_seconds: cfg.retention.map(secs),
     };
     let run = |r: heimdall_store::lifecycle::Run| LifecycleRun {

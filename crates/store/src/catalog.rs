@@ -372,7 +372,14 @@ pub fn tier_totals(conn: &Connection) -> Result<Vec<(String, [i64; 6])>, rusqlit
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+            [
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ],
         ))
     })?;
     rows.collect()
