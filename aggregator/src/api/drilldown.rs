@@ -158,7 +158,7 @@ async fn volume_answer(
         let mut bytes: HashMap<(i64, i64), u64> = HashMap::new();
         let (cov, uncov): (Vec<i64>, Vec<i64>) = ids.iter().partition(|id| covered.contains(id));
         src.per_second(&cov, start.saturating_sub(1), end, |k, secs| {
-            for (s, _, b) in secs {
+            for (s, _, b) in heimdall_store::volume::seconds(secs) {
                 // Second `s` holds lines in (its instant - 1 s, its instant].
                 let ts = heimdall_store::volume::instant(k.minute, s) - 1;
                 if ts >= start - 1_000_000_000 && ts <= end {

@@ -298,47 +298,41 @@ impl Ctx<'_, '_> {
             }
         };
 
-        let (from_aggregates, from_lines): (Vec<_>, Vec<_>) = if aggregates_answer(log) {
-            let window_ok = |w: i64| {
-                w > 0 && range_ns % w == 0 && step % w == 0 && (t0 - offset_ns).rem_euclid(w) == 0
-            };
-            let cover = self.src.aggregate_coverage(
-                &streams.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-                scan_start,
-            )?;
-            streams
-                .iter()
-                .cloned()
-                .partition(|(id, _)| cover.get(id).is_some_and(|w| window_ok(*w)))
-        } else {
-            (Vec::new(), streams.clone())
-        };
-
-        // The rest from the per-second counts, when the query counts lines as stored
-        // and its windows are whole seconds.
+        // Counting without reading lines: the per-second counts of stored lines, or the
+        // agents' pre-aggregates for streams whose agents did not ship every line (only
+        // those count them all) and for streams the per-second counts do not cover.
         const SEC: i64 = 1_000_000_000;
         let whole_seconds = range_ns % SEC == 0
             && (steps == 1 || step % SEC == 0)
             && (t0 - offset_ns).rem_euclid(SEC) == 0;
-        let (from_volume, mut from_lines): (Vec<_>, Vec<_>) =
-            if whole_seconds && aggregates_answer(log) && !from_lines.is_empty() {
-                let ids: Vec<i64> = from_lines.iter().map(|(id, _)| *id).collect();
-                let cov = self.src.volume_covered(&ids)?;
-                from_lines.into_iter().partition(|(id, _)| cov.contains(id))
-            } else {
-                (Vec::new(), from_lines)
+        let ids: Vec<i64> = streams.iter().map(|(id, _)| *id).collect();
+        let volume = if whole_seconds && aggregates_answer(log) {
+            self.src.volume_covered(&ids)?
+        } else {
+            Default::default()
+        };
+        let (from_aggregates, from_lines): (Vec<_>, Vec<_>) = if aggregates_answer(log) {
+            let window_ok = |w: i64| {
+                w > 0 && range_ns % w == 0 && step % w == 0 && (t0 - offset_ns).rem_euclid(w) == 0
             };
+            let cover = self.src.aggregate_coverage(&ids, scan_start)?;
+            let partial = self.src.aggregate_partial(&ids)?;
+            streams.iter().cloned().partition(|(id, _)| {
+                cover.get(id).is_some_and(|w| window_ok(*w))
+                    && (partial.contains(id) || !volume.contains(id))
+            })
+        } else {
+            (Vec::new(), streams.clone())
+        };
+
+        // The rest from the per-second counts.
+        let (from_volume, mut from_lines): (Vec<_>, Vec<_>) = from_lines
+            .into_iter()
+            .partition(|(id, _)| volume.contains(id));
         if !from_volume.is_empty() {
             let labels: HashMap<i64, &Labels> =
                 from_volume.iter().map(|(id, l)| (*id, l)).collect();
             let ids: Vec<i64> = from_volume.iter().map(|(id, _)| *id).collect();
-            let mut rows = Vec::new();
-            self.src.per_second(
-                &ids,
-                t0 - range_ns - offset_ns,
-                req.end_ns - offset_ns,
-                |k, secs| rows.push((k, secs)),
-            )?;
             // Lines with structured metadata have it in their labels: their counts stand
             // for them only under an aggregation that groups it away.
             let group_by = self.group_by.clone();
@@ -349,44 +343,109 @@ impl Ctx<'_, '_> {
                     })
                 })
             };
-            let unsafe_streams: std::collections::HashSet<i64> = rows
-                .iter()
-                .filter(|(k, _)| k.meta && !safe(k.stream_id))
-                .map(|(k, _)| k.stream_id)
-                .collect();
+            // Rows come stream by stream: one stream's rows are kept until the next
+            // stream starts, then counted, or left to be read from lines when some of
+            // them carry metadata the aggregation keeps apart.
+            let mut pending: Vec<(heimdall_store::volume::Key, std::ops::Range<usize>)> =
+                Vec::new();
+            let mut blobs: Vec<u8> = Vec::new();
+            let mut unsafe_streams: std::collections::HashSet<i64> =
+                std::collections::HashSet::new();
+            let mut by_key: HashMap<(i64, u8, u8), usize> = HashMap::new();
+            let mut failed: Option<Error> = None;
+            let mut flush =
+                |pending: &mut Vec<(heimdall_store::volume::Key, std::ops::Range<usize>)>,
+                 blobs: &mut Vec<u8>,
+                 unsafe_streams: &mut std::collections::HashSet<i64>,
+                 cells: &mut Vec<(Labels, Vec<f64>, Vec<f64>)>|
+                 -> Result<(), Error> {
+                    let Some((first, _)) = pending.first() else {
+                        return Ok(());
+                    };
+                    let sid = first.stream_id;
+                    if pending.iter().any(|(k, _)| k.meta) && !safe(sid) {
+                        unsafe_streams.insert(sid);
+                    } else {
+                        for (k, r) in pending.iter() {
+                            self.stats.aggregate_rows += 1;
+                            let i = match by_key.get(&(k.stream_id, k.level, k.flags)) {
+                                Some(i) => *i,
+                                None => {
+                                    let lv = Level::from_u8(k.level).unwrap_or_default();
+                                    let i = new_series(
+                                        base_labels(
+                                            labels[&k.stream_id],
+                                            &Labels::default(),
+                                            lv,
+                                            k.flags,
+                                        ),
+                                        cells,
+                                    )?;
+                                    by_key.insert((k.stream_id, k.level, k.flags), i);
+                                    i
+                                }
+                            };
+                            // When every second of the minute falls in the same steps (a step
+                            // of whole minutes, or a minute inside a step), one addition does.
+                            let first_ts = heimdall_store::volume::instant(k.minute, 0) + offset_ns;
+                            let last_ts = heimdall_store::volume::instant(k.minute, 59) + offset_ns;
+                            let lo = |ts: i64| (ts - t0 + step - 1).div_euclid(step);
+                            let hi = |ts: i64| (ts + range_ns - 1 - t0).div_euclid(step);
+                            let secs = heimdall_store::volume::seconds(&blobs[r.clone()]);
+                            if lo(first_ts) == lo(last_ts) && hi(first_ts) == hi(last_ts) {
+                                let (c, b) =
+                                    secs.fold((0u64, 0u64), |(c, b), (_, n, by)| (c + n, b + by));
+                                add(&mut cells[i], first_ts, c as f64, b as f64);
+                            } else {
+                                for (sec, count, bytes) in secs {
+                                    add(
+                                        &mut cells[i],
+                                        heimdall_store::volume::instant(k.minute, sec) + offset_ns,
+                                        count as f64,
+                                        bytes as f64,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    pending.clear();
+                    blobs.clear();
+                    Ok(())
+                };
+            self.src.per_second(
+                &ids,
+                t0 - range_ns - offset_ns,
+                req.end_ns - offset_ns,
+                |k, secs| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    if pending
+                        .first()
+                        .is_some_and(|(p, _)| p.stream_id != k.stream_id)
+                    {
+                        if let Err(e) =
+                            flush(&mut pending, &mut blobs, &mut unsafe_streams, &mut cells)
+                        {
+                            failed = Some(e);
+                            return;
+                        }
+                    }
+                    let at = blobs.len();
+                    blobs.extend_from_slice(secs);
+                    pending.push((k, at..blobs.len()));
+                },
+            )?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            flush(&mut pending, &mut blobs, &mut unsafe_streams, &mut cells)?;
             from_lines.extend(
                 from_volume
                     .iter()
                     .filter(|(id, _)| unsafe_streams.contains(id))
                     .cloned(),
             );
-            let mut by_key: HashMap<(i64, u8, u8), usize> = HashMap::new();
-            for (k, secs) in rows {
-                if unsafe_streams.contains(&k.stream_id) {
-                    continue;
-                }
-                self.stats.aggregate_rows += 1;
-                let i = match by_key.get(&(k.stream_id, k.level, k.flags)) {
-                    Some(i) => *i,
-                    None => {
-                        let lv = Level::from_u8(k.level).unwrap_or_default();
-                        let i = new_series(
-                            base_labels(labels[&k.stream_id], &Labels::default(), lv, k.flags),
-                            &mut cells,
-                        )?;
-                        by_key.insert((k.stream_id, k.level, k.flags), i);
-                        i
-                    }
-                };
-                for (sec, count, bytes) in secs {
-                    add(
-                        &mut cells[i],
-                        heimdall_store::volume::instant(k.minute, sec) + offset_ns,
-                        count as f64,
-                        bytes as f64,
-                    );
-                }
-            }
         }
 
         if !from_aggregates.is_empty() {
@@ -1179,6 +1238,78 @@ mod tests {
         let (v, _) = run(r#"count by (level) (count_over_time({app="api"}[1m]))"#);
         let (w, _) = run(r#"count by (level) (count_over_time({app="api"} |= "" [1m]))"#);
         assert_eq!(vector(v), vector(w));
+    }
+
+    /// A stream whose agent shipped every line it counted is counted from the stored
+    /// lines' per-second counts; one whose agent sampled is counted from the
+    /// pre-aggregates, which count the lines not shipped too.
+    #[test]
+    fn sampled_streams_count_from_pre_aggregates_others_from_stored_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        let mut s = HotStore::open(&path, 100_000).unwrap();
+        let mut content = BatchContent {
+            streams: streams(),
+            ..Default::default()
+        };
+        for st in [0u32, 1] {
+            for i in 0..10 {
+                content.records.push(LogRecord {
+                    stream: st,
+                    time_ns: T0 + i * S + 1,
+                    observed_ns: T0,
+                    level: Level::Info,
+                    template_id: 7,
+                    flags: 0,
+                    redacted: 0,
+                    line: Bytes::from_static(b"GET /x 200"),
+                    metadata: Labels::default(),
+                });
+            }
+            // Stream 0's agent counted 25 lines and shipped 10 of them.
+            let count = if st == 0 { 25 } else { 10 };
+            content.aggregates.push(Aggregate {
+                stream: st,
+                start_ns: T0,
+                window_secs: 10,
+                level: Level::Info,
+                template_id: 7,
+                count,
+                bytes: count * 10,
+                shipped: 10,
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(s.write(
+            BatchId {
+                agent: "t".into(),
+                epoch: 1,
+                seq: 1,
+                floor: 1,
+            },
+            content,
+        ))
+        .unwrap();
+        s.close();
+        let t = T0 + 60 * S;
+        let (v, stats) = eval(
+            &path,
+            r#"sum by (host) (count_over_time({app="api"}[60s]))"#,
+            t,
+            t,
+            60 * S,
+        )
+        .unwrap();
+        assert_eq!(
+            vector(v),
+            vec![
+                (r#"{host="a"}"#.to_owned(), vec![25.0]),
+                (r#"{host="b"}"#.to_owned(), vec![10.0])
+            ]
+        );
+        assert_eq!(stats.lines, 0);
     }
 
     #[test]

@@ -284,6 +284,24 @@ fn create_partition(conn: &Connection, start: i64, end: i64) -> Result<String, r
     Ok(name)
 }
 
+/// The streams some of whose lines an agent counted and did not ship (sampled, or
+/// shipped as aggregates only): only their pre-aggregates count every line. For the
+/// other streams the stored lines, and so the per-second counts, are the whole truth.
+/// Made once, from the aggregates already stored, for databases older than it.
+fn create_partial(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let exists: bool = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'aggregate_partial' AND type = 'table'")?
+        .exists([])?;
+    if exists {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "CREATE TABLE aggregate_partial (stream_id INTEGER PRIMARY KEY);
+         INSERT OR IGNORE INTO aggregate_partial
+           SELECT DISTINCT stream_id FROM aggregates WHERE shipped < count;",
+    )
+}
+
 /// Brings a schema-1 database (one `logs` table) to schema 2: the table becomes a
 /// partition covering its rows' time range.
 fn migrate_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -404,6 +422,7 @@ impl HotStore {
         conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
         migrate_v1(&conn).map_err(sqlite(path))?;
         super::volume::create(&conn).map_err(sqlite(path))?;
+        create_partial(&conn).map_err(sqlite(path))?;
         // Catalogs made before row-group filters existed get the column.
         let has_rg: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'rg_blooms'")
@@ -919,7 +938,13 @@ impl Writer {
                    count = count + excluded.count, bytes = bytes + excluded.bytes,
                    shipped = shipped + excluded.shipped",
             )?;
+            let mut partial = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO aggregate_partial(stream_id) VALUES (?1)")?;
             for a in &content.aggregates {
+                if a.shipped < a.count {
+                    partial.execute([ids[a.stream as usize]])?;
+                }
                 ins.execute(params![
                     ids[a.stream as usize],
                     a.start_ns,

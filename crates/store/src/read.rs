@@ -840,6 +840,24 @@ impl<'a> Source<'a> {
     ///
     /// # Errors
     /// [`Error::Sqlite`].
+    /// Which of `streams` have lines their agents counted and did not ship (sampled or
+    /// aggregates only): for them only the pre-aggregates count every line.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`].
+    pub fn aggregate_partial(&self, streams: &[i64]) -> Result<HashSet<i64>, Error> {
+        let mut q = self
+            .hot
+            .prepare_cached("SELECT 1 FROM aggregate_partial WHERE stream_id = ?1")?;
+        let mut out = HashSet::new();
+        for &s in streams {
+            if q.exists([s])? {
+                out.insert(s);
+            }
+        }
+        Ok(out)
+    }
+
     /// Which of `streams` have per-second counts ([`crate::volume`]).
     ///
     /// # Errors
@@ -857,7 +875,7 @@ impl<'a> Source<'a> {
         streams: &[i64],
         start: i64,
         end: i64,
-        each: impl FnMut(crate::volume::Key, Vec<crate::volume::Second>),
+        each: impl FnMut(crate::volume::Key, &[u8]),
     ) -> Result<(), Error> {
         Ok(crate::volume::read(self.hot, streams, start, end, each)?)
     }

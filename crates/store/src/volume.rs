@@ -82,16 +82,21 @@ pub fn encode(secs: &[Second]) -> Vec<u8> {
 }
 
 /// Decodes [`encode`]'s bytes; damage ends the list (what decoded is kept).
-pub fn decode(mut b: &[u8]) -> Vec<Second> {
-    let mut out = Vec::new();
-    while let Some((&s, rest)) = b.split_first() {
+pub fn decode(b: &[u8]) -> Vec<Second> {
+    seconds(b).collect()
+}
+
+/// The seconds of [`encode`]'s bytes, without allocating; damage ends them.
+pub fn seconds(mut b: &[u8]) -> impl Iterator<Item = Second> + '_ {
+    std::iter::from_fn(move || {
+        let (&s, rest) = b.split_first()?;
         b = rest;
         let (Some(c), Some(n)) = (varint(&mut b), varint(&mut b)) else {
-            break;
+            b = &[];
+            return None;
         };
-        out.push((s, c, n));
-    }
-    out
+        Some((s, c, n))
+    })
 }
 
 /// Adds `add` into `into` (both sorted by second).
@@ -266,8 +271,8 @@ pub fn first_stream(conn: &Connection) -> Result<i64, rusqlite::Error> {
         .unwrap_or(i64::MAX))
 }
 
-/// Calls `each(key, seconds)` for the rows of `streams` whose minute holds any of
-/// `(start, end]`.
+/// Calls `each(key, encoded seconds)` for the rows of `streams` whose minute holds any
+/// of `(start, end]`, stream by stream (decode the seconds with [`seconds`]).
 ///
 /// # Errors
 /// [`rusqlite::Error`].
@@ -276,7 +281,7 @@ pub fn read(
     streams: &[i64],
     start: i64,
     end: i64,
-    mut each: impl FnMut(Key, Vec<Second>),
+    mut each: impl FnMut(Key, &[u8]),
 ) -> Result<(), rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT minute, level, flags, meta, seconds FROM volume
@@ -296,7 +301,7 @@ pub fn read(
                     flags: r.get::<_, i64>(2)? as u8,
                     meta: r.get::<_, i64>(3)? != 0,
                 },
-                decode(blob),
+                blob,
             );
         }
     }
