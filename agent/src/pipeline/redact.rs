@@ -761,6 +761,20 @@ impl Redactor {
                 0 => i += 1,
                 DIGIT => {
                     let prev = if i > 0 { line[i - 1] } else { b' ' };
+                    // `jane.doe%40example.com`: an address percent-encoded in a URL.
+                    if prev == b'%'
+                        && line.get(i) == Some(&b'4')
+                        && line.get(i + 1) == Some(&b'0')
+                        && self.is_on(EMAIL)
+                    {
+                        if let Some((s, e)) = pct_email_at(line, i - 1) {
+                            if out.last().is_none_or(|f| f.end <= s) {
+                                push(out, s, e, EMAIL);
+                                i = e;
+                                continue;
+                            }
+                        }
+                    }
                     if is_word(prev) {
                         if self.is_on(IBAN)
                             && i >= 2
@@ -823,7 +837,7 @@ impl Redactor {
                 }
                 PAREN => {
                     if self.is_on(PHONE) && (i == 0 || !is_word(line[i - 1])) {
-                        if let Some(e) = us_at(line, i) {
+                        if let Some(e) = us_at(line, i).or_else(|| trunk_at(line, i)) {
                             push(out, i, e, PHONE);
                             i = e;
                             continue;
@@ -875,7 +889,10 @@ impl Redactor {
         let c = line.get(e).copied().unwrap_or(b' ');
         if self.is_on(IPV4) && k <= 3 && c == b'.' && !version_context(line, i) {
             if let Some(e) = ipv4_at(line, i) {
-                return Some((e, IPV4));
+                if !version_suffix(line, e) {
+                    return Some((e, IPV4));
+                }
+                return None;
             }
         }
         if self.is_on(SSN) && k == 3 && c == b'-' {
@@ -891,10 +908,9 @@ impl Redactor {
             }
         }
         let sep = matches!(c, b'-' | b'.' | b' ');
-        let phone_shape = (k == 3 && sep)
+        let phone_shape = ((2..=4).contains(&k) && sep)
             || (k == 1 && line[i] == b'1' && sep)
-            || (k == 5 && c == b' ')
-            || (k == 2 && (c == b' ' || c == b'.'))
+            || (line[i] == b'0' && (2..=5).contains(&k) && (sep || c == b'/'))
             || (k >= 3 && line[i] == b'0' && line[i + 1] == b'0');
         if self.is_on(PHONE) && phone_shape {
             if let Some(e) = phone_at(line, i) {
@@ -1182,19 +1198,61 @@ fn email_at(line: &[u8], at: usize) -> Option<(usize, usize)> {
     if s >= 2 && &line[s - 2..s] == b"//" {
         return None;
     }
+    let e = domain_end(line, at + 1)?;
+    Some((s, e))
+}
+
+/// An address percent-encoded in a URL or query string, `p` at its `%40`
+/// (`jane.doe%40example.com`, `jane%2Bnews%40example.com`): the local part may hold the
+/// escapes of `+`, `-`, `.` and `_`; any other escape (`%3D`, `%2F`, `%26`) ends it.
+fn pct_email_at(line: &[u8], p: usize) -> Option<(usize, usize)> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-');
+    let mut s = p;
+    while s > 0 && p - s < 64 {
+        if s >= 3
+            && line[s - 3] == b'%'
+            && line[s - 2].is_ascii_hexdigit()
+            && line[s - 1].is_ascii_hexdigit()
+        {
+            let esc = [
+                line[s - 2].to_ascii_uppercase(),
+                line[s - 1].to_ascii_uppercase(),
+            ];
+            if matches!(&esc, b"2B" | b"2D" | b"2E" | b"5F") {
+                s -= 3;
+                continue;
+            }
+            break;
+        }
+        if !plain(line[s - 1]) {
+            break;
+        }
+        s -= 1;
+    }
+    while s < p && line[s] == b'.' {
+        s += 1;
+    }
+    if s == p || line[p - 1] == b'.' {
+        return None;
+    }
+    let e = domain_end(line, p + 3)?;
+    Some((s, e))
+}
+
+/// The end of a domain name of at least two labels with an alphabetic top-level label
+/// of 2 or more letters, starting at `d` (after the `@`).
+fn domain_end(line: &[u8], d: usize) -> Option<usize> {
     let n = line.len();
-    let mut e = at + 1;
+    let mut e = d;
     while e < n && (line[e].is_ascii_alphanumeric() || line[e] == b'.' || line[e] == b'-') {
         e += 1;
     }
-    while e > at + 1 && matches!(line[e - 1], b'.' | b'-') {
+    while e > d && matches!(line[e - 1], b'.' | b'-') {
         e -= 1;
     }
-    let domain = &line[at + 1..e];
-    let mut labels = domain.split(|b| *b == b'.');
     let mut count = 0;
     let mut last: &[u8] = b"";
-    for (i, l) in labels.by_ref().enumerate() {
+    for (i, l) in line[d..e].split(|b| *b == b'.').enumerate() {
         if l.is_empty() || l.len() > 63 || l[0] == b'-' || l[l.len() - 1] == b'-' {
             return None;
         }
@@ -1205,10 +1263,7 @@ fn email_at(line: &[u8], at: usize) -> Option<(usize, usize)> {
         count += 1;
         last = l;
     }
-    if count < 2 || last.len() < 2 || !last.iter().all(u8::is_ascii_alphabetic) {
-        return None;
-    }
-    Some((s, e))
+    (count >= 2 && last.len() >= 2 && last.iter().all(u8::is_ascii_alphabetic)).then_some(e)
 }
 
 /// The password of `scheme://user:password@host`, `p` at `://`.
@@ -1619,11 +1674,17 @@ fn finish(
 
 // ---- numbers ----
 
+/// Whether a dotted quad at `i` is a version by what comes before it: the value of a key
+/// that names a version (`version=`, `ver:`, `v `, `release `, `build=`, `firmware `,
+/// `fw=`, `rev `), a pinned requirement (`==`, `>=`, `<=`, `~=`, `!=`), a name it is
+/// glued to by `-` or `_` (`lib-1.2.3.4.so`, `agent_1.2.3.4`), or a User-Agent product
+/// token (`Chrome/120.0.0.0`: a name starting with a capital before `/`).
 fn version_context(line: &[u8], i: usize) -> bool {
     if i == 0 {
         return false;
     }
-    if line[i - 1] == b'/' {
+    let prev = line[i - 1];
+    if prev == b'/' {
         let mut s = i - 1;
         while s > 0
             && (line[s - 1].is_ascii_alphanumeric() || line[s - 1] == b'-' || line[s - 1] == b'_')
@@ -1631,6 +1692,17 @@ fn version_context(line: &[u8], i: usize) -> bool {
             s -= 1;
         }
         return s < i - 1 && line[s].is_ascii_uppercase() && (s == 0 || line[s - 1] != b'/');
+    }
+    if matches!(prev, b'-' | b'_') {
+        // A name with a letter right before: `openssl-1.1.1.1`, not `10.0.0.1-10.0.0.9`.
+        let mut s = i - 1;
+        while s > 0 && line[s - 1].is_ascii_alphanumeric() {
+            s -= 1;
+        }
+        return line[s..i - 1].iter().any(u8::is_ascii_alphabetic);
+    }
+    if i >= 2 && prev == b'=' && matches!(line[i - 2], b'=' | b'>' | b'<' | b'~' | b'!') {
+        return true;
     }
     let mut k = i;
     while k > 0 && i - k < 4 && matches!(line[k - 1], b'=' | b':' | b' ' | b'"' | b'\'') {
@@ -1640,13 +1712,38 @@ fn version_context(line: &[u8], i: usize) -> bool {
         return false;
     }
     let e = k;
-    while k > 0 && e - k < 8 && line[k - 1].is_ascii_alphabetic() {
+    while k > 0 && e - k < 9 && line[k - 1].is_ascii_alphabetic() {
         k -= 1;
     }
+    if k > 0 && line[k - 1].is_ascii_alphanumeric() {
+        return false;
+    }
     let w = &line[k..e];
-    [&b"version"[..], b"ver", b"vsn", b"v"]
-        .iter()
-        .any(|v| w.eq_ignore_ascii_case(v))
+    [
+        &b"version"[..],
+        b"ver",
+        b"vsn",
+        b"v",
+        b"release",
+        b"build",
+        b"firmware",
+        b"fw",
+        b"rev",
+        b"revision",
+    ]
+    .iter()
+    .any(|v| w.eq_ignore_ascii_case(v))
+}
+
+/// Whether a dotted quad ending at `e` is a version by what follows it: a file
+/// extension (`1.2.3.4.so`, `1.2.3.4.tar.gz`), a pre-release or qualifier
+/// (`1.2.3.4-SNAPSHOT`, `1.2.3.4-rc1`), or build metadata (`1.2.3.4+b7`).
+fn version_suffix(line: &[u8], e: usize) -> bool {
+    match line.get(e) {
+        Some(b'.' | b'-') => line.get(e + 1).is_some_and(u8::is_ascii_alphabetic),
+        Some(b'+') => line.get(e + 1).is_some_and(u8::is_ascii_alphanumeric),
+        _ => false,
+    }
 }
 
 fn ipv4_at(line: &[u8], i: usize) -> Option<usize> {
@@ -1908,10 +2005,11 @@ fn us_at(line: &[u8], i: usize) -> Option<usize> {
         return None;
     }
     let s2 = *line.get(j + 3)?;
+    // `415 555-2671` mixes a space and a dash, as people write it.
     let s2_ok = if sep1 == 0 {
         matches!(s2, b'-' | b'.' | b' ')
     } else {
-        s2 == sep1
+        s2 == sep1 || (sep1 == b' ' && s2 == b'-')
     };
     if !s2_ok || !digits(line, j + 4, 4) {
         return None;
@@ -1935,45 +2033,162 @@ fn phone_at(line: &[u8], i: usize) -> Option<usize> {
     if let Some(e) = us_at(line, i) {
         return Some(e);
     }
-    if line[i] == b'0' && line.get(i + 1).is_some_and(|c| (b'1'..=b'9').contains(c)) {
-        // UK: 020 7946 0958, 07700 900123.
-        if digits(line, i, 3)
-            && line.get(i + 3) == Some(&b' ')
-            && digits(line, i + 4, 4)
-            && line.get(i + 8) == Some(&b' ')
-            && digits(line, i + 9, 4)
-            && ends_number(line, i + 13)
-        {
-            return Some(i + 13);
-        }
-        if digits(line, i, 5)
-            && line.get(i + 5) == Some(&b' ')
-            && digits(line, i + 6, 6)
-            && ends_number(line, i + 12)
-        {
-            return Some(i + 12);
-        }
-        // France: 06 12 34 56 78, 06.12.34.56.78.
-        if digits(line, i, 2) {
-            let s = *line.get(i + 2)?;
-            if matches!(s, b' ' | b'.') {
-                let mut j = i + 2;
-                for _ in 0..4 {
-                    if line.get(j) != Some(&s) || !digits(line, j + 1, 2) {
-                        return None;
-                    }
-                    j += 3;
-                }
-                if ends_number(line, j)
-                    && !(line.get(j) == Some(&b' ')
-                        && line.get(j + 1).is_some_and(u8::is_ascii_digit))
-                {
-                    return Some(j);
-                }
-            }
-        }
+    if let Some(e) = trunk_at(line, i) {
+        return Some(e);
+    }
+    if phone_context(line, i) {
+        return grouped_at(line, i, 8);
     }
     None
+}
+
+/// National numbers with a trunk prefix, `0` and an area code, as Europe writes them
+/// (`030 12345678`, `0151 2345 6789`, `030/1234567`, `(030) 1234567`, `08-123 456 78`,
+/// `020 7946 0958`, `06 12 34 56 78`, `044 668 18 00`): 9 to 12 digits in groups, the
+/// first (`0` and the area code, maybe in parentheses) of 2 to 5 digits, the others of
+/// at least 2; separated by single spaces or `-`, or by dots throughout; `/` only after
+/// the first group. A date (`01.02.2024`) has too few digits; a time after it ends it.
+fn trunk_at(line: &[u8], i: usize) -> Option<usize> {
+    let paren = line[i] == b'(';
+    let mut j = i + usize::from(paren);
+    if line.get(j) != Some(&b'0') || !line.get(j + 1).is_some_and(|c| (b'1'..=b'9').contains(c)) {
+        return None;
+    }
+    let g0 = skip_digits(line, j) - j;
+    if !(2..=5).contains(&g0) {
+        return None;
+    }
+    j += g0;
+    if paren {
+        if line.get(j) != Some(&b')') {
+            return None;
+        }
+        j += 1;
+        if line.get(j) == Some(&b' ') && line.get(j + 1).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        // `(030) 1234567`: the first group after the parentheses needs no separator.
+        let k = skip_digits(line, j) - j;
+        if k < 2 {
+            return None;
+        }
+        j += k;
+        return national_rest(line, j, g0 + k, 2, Some(false));
+    }
+    let e = national_rest(line, j, g0, 1, None)?;
+    // `077-00-9346` is written as an SSN (one in an invalid range), not as a phone.
+    let ssn_shape = e - i == 11 && line[i + 3] == b'-' && line[i + 6] == b'-';
+    (!ssn_shape).then_some(e)
+}
+
+/// Further groups of a national number from `j` (after `nd` digits in `groups` groups);
+/// `dots`: whether the separators so far are dots (`None` before the first).
+fn national_rest(
+    line: &[u8],
+    mut j: usize,
+    mut nd: usize,
+    mut groups: usize,
+    mut dots: Option<bool>,
+) -> Option<usize> {
+    while let Some(&s) = line.get(j) {
+        let ok = match s {
+            b' ' | b'-' => dots != Some(true),
+            b'.' => dots != Some(false),
+            b'/' => groups == 1,
+            _ => false,
+        };
+        let k = skip_digits(line, j + 1) - (j + 1);
+        if !ok || k < 2 {
+            break;
+        }
+        nd += k;
+        if nd > 12 {
+            return None;
+        }
+        if s != b'/' {
+            dots = Some(s == b'.');
+        }
+        groups += 1;
+        j += 1 + k;
+    }
+    let time = line.get(j) == Some(&b':');
+    (groups >= 2 && (9..=12).contains(&nd) && !time && ends_number(line, j)).then_some(j)
+}
+
+/// A number written in groups of 2 to 4 digits with one kind of separator (space, `-`
+/// or `.`), `min` to 12 digits in all: a national number without a trunk prefix
+/// (`612 34 56 78`, `347 123 4567`, `512 345 678`, `12 34 56 78`), taken only where
+/// [`phone_context`] says a phone number is written.
+fn grouped_at(line: &[u8], i: usize, min: usize) -> Option<usize> {
+    let k = skip_digits(line, i) - i;
+    if !(2..=4).contains(&k) {
+        return None;
+    }
+    let sep = *line.get(i + k)?;
+    if !matches!(sep, b' ' | b'-' | b'.') {
+        return None;
+    }
+    let (mut j, mut nd, mut groups) = (i + k, k, 1);
+    while line.get(j) == Some(&sep) {
+        let g = skip_digits(line, j + 1) - (j + 1);
+        if !(2..=4).contains(&g) {
+            break;
+        }
+        nd += g;
+        groups += 1;
+        j += 1 + g;
+    }
+    let time = line.get(j) == Some(&b':');
+    (groups >= 2 && (min..=12).contains(&nd) && !time && ends_number(line, j)).then_some(j)
+}
+
+/// Whether the number at `i` is the value of a phone field: it follows, across at most
+/// four of `"' =:`, a name that says so (`phone`, `mobile`, `msisdn`, `telefon`, or all
+/// of `tel`, `fax`, `cell`, `handy`, `mobil`, `gsm`, `tlf` with `_`, `-`, `.` and a
+/// trailing `no`/`nr` ignored): `phone=`, `"mobile": "`, `Tel.: `, `customer_phone: `.
+fn phone_context(line: &[u8], i: usize) -> bool {
+    let mut k = i;
+    while k > 0 && i - k < 4 && matches!(line[k - 1], b'"' | b'\'' | b' ' | b'=' | b':') {
+        k -= 1;
+    }
+    if k == i {
+        return false;
+    }
+    let e = k;
+    while k > 0
+        && e - k < 40
+        && (line[k - 1].is_ascii_alphanumeric() || matches!(line[k - 1], b'_' | b'-' | b'.'))
+    {
+        k -= 1;
+    }
+    let mut name = [0u8; 40];
+    let mut n = 0;
+    for &b in &line[k..e] {
+        if b.is_ascii_alphanumeric() {
+            name[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+    }
+    let name = &name[..n];
+    let has = |w: &[u8]| name.windows(w.len()).any(|x| x == w);
+    if has(b"phone") || has(b"mobile") || has(b"msisdn") || has(b"telefon") {
+        return true;
+    }
+    let base = name
+        .strip_suffix(b"no")
+        .or_else(|| name.strip_suffix(b"nr"))
+        .filter(|b| !b.is_empty())
+        .unwrap_or(name);
+    [
+        &b"tel"[..],
+        b"fax",
+        b"cell",
+        b"handy",
+        b"mobil",
+        b"gsm",
+        b"tlf",
+    ]
+    .contains(&base)
 }
 
 /// Length of an IBAN for its country code.
@@ -2215,6 +2430,59 @@ mod tests {
         one("de +49 30 1234567", "phone", "+49 30 1234567");
         one("intl 0044 20 7946 0958", "phone", "0044 20 7946 0958");
         none("ts 1700000000 at 2024-01-15T10:23:45+01:00 took 123ms");
+    }
+
+    #[test]
+    fn national_phones_of_europe_and_the_us() {
+        for (line, number) in [
+            ("Tel: 030 12345678", "030 12345678"),
+            ("mobil 0151 23456789 erreichbar", "0151 23456789"),
+            ("phone=030/1234567", "030/1234567"),
+            ("call (030) 1234567", "(030) 1234567"),
+            ("ring 08-123 456 78", "08-123 456 78"),
+            ("zurich 044 668 18 00", "044 668 18 00"),
+            ("nl 020 123 4567", "020 123 4567"),
+            ("wien 0664 1234567", "0664 1234567"),
+            ("fr 01.23.45.67.89", "01.23.45.67.89"),
+            ("phone=612 34 56 78", "612 34 56 78"),
+            (r#"{"mobile": "347 123 4567"}"#, "347 123 4567"),
+            ("customer_phone: 512 345 678", "512 345 678"),
+            ("telefono 91 123 45 67", "91 123 45 67"),
+            ("call 415 555-2671", "415 555-2671"),
+            ("call 1 (415) 555-2671", "1 (415) 555-2671"),
+            ("call (415)555-2671", "(415)555-2671"),
+        ] {
+            one(line, "phone", number);
+        }
+        // Look-alikes: dates, times, lists, sizes, ids and numbers away from a phone field.
+        none("on 01.02.2024 at 10:30 and 01-15-2024 10:30:00, 06/12/2024");
+        none("moved 612 34 56 78 rows; took 0.12 0.34 0.56 s; build 2024 01 15");
+        none("hotel 612 34 56 78; retries 0 1 2 3");
+    }
+
+    #[test]
+    fn percent_encoded_emails_in_urls() {
+        one(
+            "GET /signup?email=jane.doe%40example.com&next=%2F HTTP/1.1",
+            "email",
+            "jane.doe%40example.com",
+        );
+        one(
+            "redirect=%2Fprofile%3Femail%3Djane%2Bnews%40example.co.uk%26x%3D1",
+            "email",
+            "jane%2Bnews%40example.co.uk",
+        );
+        none("GET /img/icon%402x.png and progress=40%40 total");
+    }
+
+    #[test]
+    fn versions_that_look_like_addresses() {
+        none("loaded lib-1.2.3.4.so and app_10.0.0.1 from requests==2.31.0.1");
+        none("release 10.1.2.3, build=4.3.2.1, firmware 1.0.0.12, fw=2.0.0.1");
+        none("artifact 1.2.3.4-SNAPSHOT and 1.2.3.4+build7 and 1.2.3.4.tar.gz");
+        one("client 10.0.0.1 connected", "ipv4", "10.0.0.1");
+        assert_eq!(found("range 10.0.0.1-10.0.0.9").len(), 2);
+        one("ssh root@10.0.0.7 ok", "ipv4", "10.0.0.7");
     }
 
     #[test]

@@ -1086,7 +1086,53 @@ PHONE_FULL = [
     re.compile(r"07\d{3} \d{6}"),                           # UK 07700 900123
     re.compile(r"0[1-9](?: \d{2}){4}"),                     # FR 06 12 34 56 78
     re.compile(r"0[1-9](?:\.\d{2}){4}"),                    # FR 06.12.34.56.78
+    re.compile(r"[2-9]\d{2} [2-9]\d{2}-\d{4}"),                # US 415 555-2671
+    re.compile(r"1 \([2-9]\d{2}\) [2-9]\d{2}-\d{4}"),          # US 1 (415) 555-2671
+    re.compile(r"\([2-9]\d{2}\)[2-9]\d{2}-\d{4}"),             # US (415)555-2671
 ]
+# National numbers with a trunk prefix (9 to 12 digits, checked apart).
+TRUNK_FULL = [
+    re.compile(r"0[1-9]\d{0,3}(?:[ -]\d{2,})+"),             # 030 12345678, 08-123 456 78
+    re.compile(r"0[1-9]\d{0,3}/\d{2,}(?:[ -]\d{2,})*"),       # 030/1234567
+    re.compile(r"\(0[1-9]\d{0,3}\) ?\d{2,}(?:[ -]\d{2,})*"),   # (030) 1234567
+    re.compile(r"0[1-9]\d{0,3}(?:\.\d{2,})+"),               # 01.23.45.67.89
+]
+# National numbers without a trunk prefix, only after a phone key (8 to 12 digits).
+GROUPED_FULL = [re.compile(r"\d{2,4}(?: \d{2,4})+"), re.compile(r"\d{2,4}(?:-\d{2,4})+"),
+                re.compile(r"\d{2,4}(?:\.\d{2,4})+")]
+PHONE_WORDS = ("phone", "mobile", "msisdn", "telefon")
+PHONE_NAMES = ("tel", "fax", "cell", "handy", "mobil", "gsm", "tlf")
+
+
+def phone_context(prefix):
+    """Whether a number after `prefix` is the value of a phone field (README rule)."""
+    m = re.search(r"(?:^|[^A-Za-z0-9_.-])([A-Za-z0-9_.-]{1,40})[\"' =:]{1,4}$", prefix)
+    if not m:
+        return False
+    # The separators are at most four characters, and the name is what comes before them.
+    sep = re.search(r"[\"' =:]{1,4}$", prefix).group()
+    name_end = len(prefix) - len(sep)
+    n = re.search(r"[A-Za-z0-9_.-]{1,40}$", prefix[:name_end])
+    if not n:
+        return False
+    name = re.sub(r"[^A-Za-z0-9]", "", n.group()).lower()
+    if any(w in name for w in PHONE_WORDS):
+        return True
+    base = name
+    for suf in ("no", "nr"):
+        if name.endswith(suf) and len(name) > len(suf):
+            base = name[:-len(suf)]
+            break
+    return base in PHONE_NAMES
+
+
+def is_trunk(v):
+    return any(p.fullmatch(v) for p in TRUNK_FULL) and 9 <= sum(c.isdigit() for c in v) <= 12
+
+
+EMAIL_PCT_UNIT = r"(?:[A-Za-z0-9_+-]|%2[BbDdEe]|%5[Ff])"
+EMAIL_PCT = re.compile(EMAIL_PCT_UNIT + r"+(?:\." + EMAIL_PCT_UNIT + r"+)*%40"
+                       r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}")
 
 
 def card_brand(d):
@@ -1128,7 +1174,7 @@ def validate_span(text, s, e, t):
         errs.append(f"{t} {v!r}: {msg}")
 
     if t == "email":
-        if not EMAIL_FULL.fullmatch(v):
+        if not EMAIL_FULL.fullmatch(v) and not EMAIL_PCT.fullmatch(v):
             bad("not an address")
     elif t == "ipv4":
         parts = v.split(".")
@@ -1164,7 +1210,9 @@ def validate_span(text, s, e, t):
         elif "-" not in v and not re.search(r'(?:^|[^A-Za-z0-9_])ssn"?\s*[=:]\s*"?$', text[:s]):
             bad("bare SSN not the value of a key named ssn")
     elif t == "phone":
-        if not any(p.fullmatch(v) for p in PHONE_FULL):
+        grouped = any(p.fullmatch(v) for p in GROUPED_FULL) and 8 <= sum(c.isdigit() for c in v) <= 12 \
+            and phone_context(text[:s])
+        if not any(p.fullmatch(v) for p in PHONE_FULL) and not is_trunk(v) and not grouped:
             bad("no phone format")
         if v.startswith("+"):
             n = sum(c.isdigit() for c in v)
@@ -1216,7 +1264,8 @@ def boundary_errs(text, s, e, t):
     a = text[e] if e < len(text) else ""
     v = text[s:e]
     errs = []
-    if (b.isalnum() and v[0].isalnum()) or (a.isalnum() and v[-1].isalnum()):
+    after_escape = t == "email" and re.search(r"%[0-9A-Fa-f]{2}$", text[:s]) is not None
+    if (b.isalnum() and v[0].isalnum() and not after_escape) or (a.isalnum() and v[-1].isalnum()):
         errs.append(f"{t} {v!r}: inside a longer token")
     if t in ("card", "phone", "ssn", "iban", "ipv4"):
         if b == "." or a == "." or isin(b, DG) or isin(a, DG):
@@ -1260,12 +1309,19 @@ def is_masked(v):
     return v != "" and all(c in "*xX" for c in v)
 
 
+VERSION_KEYS = r"(?i:version|ver|vsn|v|release|build|firmware|fw|rev|revision)"
+
+
 def quad_context(prefix):
-    if re.search(r"(?<![A-Za-z0-9_])(?i:version|ver|vsn|v)(?:=|:|: | )$", prefix):
+    if re.search(r"(?<![A-Za-z0-9])" + VERSION_KEYS + r"(?:=|:|: | )$", prefix):
+        return "version"
+    if re.search(r"(?:==|>=|<=|~=|!=)$", prefix):
+        return "version"
+    if re.search(r"(?<![A-Za-z0-9])[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*[-_]$", prefix):
         return "version"
     if re.search(r"(?<![A-Za-z0-9_-])[A-Z][A-Za-z]*/$", prefix):
         return "version"
-    if re.search(r"(?i)(?:version|ver|vsn|v)[\"']?[\s=:]*[\"']?$", prefix):
+    if re.search(VERSION_KEYS + r"[\"']?[\s=:]*[\"']?$", prefix):
         return "ambiguous"
     if re.search(r"[A-Za-z0-9_-]/$", prefix):
         return "ambiguous"
@@ -1311,6 +1367,26 @@ def scan(text, spans):
         else:
             exact(s, e, "email")
 
+    # percent-encoded addresses: units are `%XX` escapes or single characters; the local
+    # part is the run of allowed units before `%40` (leading dots dropped).
+    for m in re.finditer(r"%40((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,})(?![A-Za-z0-9])", text):
+        k = m.start()
+        start = k
+        while start > 0:
+            if start >= 3 and re.fullmatch(r"%[0-9A-Fa-f]{2}", text[start - 3:start]):
+                if text[start - 2:start].upper() in ("2B", "2D", "2E", "5F"):
+                    start -= 3
+                    continue
+                break
+            if re.fullmatch(r"[A-Za-z0-9._+-]", text[start - 1]):
+                start -= 1
+                continue
+            break
+        while start < k and text[start] == ".":
+            start += 1
+        if start < k and text[k - 1] != "." and not re.fullmatch(r"[0-9]x\.(?:png|jpg|webp|svg)", m.group(1)):
+            exact(start, m.end(), "email")
+
     # ipv4 ------------------------------------------------------------------------
     for m in re.finditer(r"\d+(?:\.\d+)*", text):
         parts = m.group().split(".")
@@ -1327,6 +1403,10 @@ def scan(text, spans):
         a = text[e] if e < len(text) else ""
         if any(len(p) > 1 and p[0] == "0" for p in parts):
             amb.append(f"quad with leading zero {m.group()!r}")
+            continue
+        nxt = text[e + 1] if e + 1 < len(text) else ""
+        if (a in ".-" and nxt.isalpha()) or (a == "+" and nxt.isalnum()):
+            forbidden.append((s, e))  # a version: lib-1.2.3.4.so, 1.2.3.4-SNAPSHOT, 1.2.3.4+b7
             continue
         if b.isalnum() or b == "." or a.isalnum() or a == ".":
             amb.append(f"quad glued to a token {m.group()!r}")
@@ -1390,7 +1470,15 @@ def scan(text, spans):
                     phone_like = True
                 if lens == [1, 3, 3, 4] and g0 == "1":
                     phone_like = True
-                if j > i and g0.startswith("0") and not g0.startswith("00") and 10 <= nd <= 11:
+                after = text[e:e + 1]
+                dotted = "." in seps
+                if (j > i and g0.startswith("0") and not g0.startswith("00") and 2 <= len(g0) <= 5
+                        and all(x >= 2 for x in lens[1:]) and 9 <= nd <= 12 and after != ":"
+                        and (not dotted or set(seps) == {"."})
+                        and not (lens == [3, 2, 4] and seps == ["-", "-"])):
+                    phone_like = True
+                if (j > i and len(set(seps)) == 1 and all(2 <= x <= 4 for x in lens) and 8 <= nd <= 12
+                        and after != ":" and phone_context(text[:s])):
                     phone_like = True
                 if j > i and g0.startswith("00") and 10 <= nd <= 17:
                     phone_like = True
@@ -1401,6 +1489,10 @@ def scan(text, spans):
                     within(s, e, "phone")
     for m in re.finditer(r"\(\s*[2-9]\d{2}\s*\)[ .-]?[2-9]\d{2}[ .-]?\d{4}", text):
         within(m.start(), m.end(), "phone")
+    # Trunk numbers with the area code in parentheses or before a slash.
+    for m in re.finditer(r"\(0[1-9]\d{0,3}\) ?\d{2,}(?:[ -]\d{2,})*|(?<![\d./-])0[1-9]\d{0,3}/\d{2,}(?:[ -]\d{2,})*", text):
+        if 9 <= sum(c.isdigit() for c in m.group()) <= 12 and not text[m.end():m.end() + 1].isalnum():
+            within(m.start(), m.end(), "phone")
     for m in re.finditer(r"(?<![A-Za-z0-9_])ssn\"?\s*[=:]\s*\"?(\d{9})(?!\d)", text, re.I):
         a, g, s_ = m.group(1)[:3], m.group(1)[3:5], m.group(1)[5:]
         if ssn_valid(a, g, s_):
@@ -2801,6 +2893,158 @@ def logfmt_aws():
     if chance(0.3):
         pairs.append(("request_id", uuid4()))
     return lf(*pairs)
+
+
+# ---- national phone numbers, percent-encoded addresses, versions like addresses --------
+
+def phone_trunk():
+    """A national number with a trunk prefix, as European countries write them."""
+    f = R.randrange(13)
+    if f == 0:  # DE landline
+        area, sub = ch(["30", "40", "89", "69", "221", "211", "711", "351", "341", "421"]), _nz(ri(6, 8))
+        s = ch([f"0{area} {sub}", f"0{area}/{sub}", f"0{area}-{sub}", f"(0{area}) {sub}",
+                f"0{area} {sub[:3]} {sub[3:]}", f"(0{area}) {sub[:3]} {sub[3:]}"])
+    elif f == 1:  # DE mobile
+        pre, sub = "01" + ch("567") + _d(1), _nz(ri(7, 8))
+        s = ch([f"{pre} {sub}", f"{pre}/{sub}", f"{pre}-{sub}", f"{pre} {sub[:4]} {sub[4:]}"])
+    elif f == 2:  # AT
+        s = ch([f"0664 {_nz(7)}", f"0699 {_nz(3)} {_d(4)}", f"01 {_nz(7)}", f"0316 {_nz(6)}"])
+    elif f == 3:  # CH
+        s = f"0{ch(['44', '22', '31', '61', '79', '78'])} {_nz(3)} {_d(2)} {_d(2)}"
+    elif f == 4:  # NL
+        s = ch([f"020 {_nz(3)} {_d(4)}", f"06-{_d(8)}", f"06 {_d(8)}", f"010-{_nz(3)} {_d(4)}"])
+    elif f == 5:  # BE
+        s = ch([f"02 {_nz(3)} {_d(2)} {_d(2)}", f"0470 {_d(2)} {_d(2)} {_d(2)}", f"09 {_nz(3)} {_d(2)} {_d(2)}"])
+    elif f == 6:  # SE
+        s = ch([f"08-{_nz(3)} {_d(3)} {_d(2)}", f"070-{_nz(3)} {_d(2)} {_d(2)}", f"031-{_nz(3)} {_d(2)} {_d(2)}"])
+    elif f == 7:  # IT landline
+        s = f"0{ch('26')} {_nz(4)} {_d(4)}"
+    elif f == 8:  # IE
+        s = ch([f"01 {_nz(3)} {_d(4)}", f"087 {_nz(3)} {_d(4)}"])
+    elif f == 9:  # FI
+        s = ch([f"040 {_nz(7)}", f"09 {_nz(4)} {_d(4)}"])
+    elif f == 10:  # FR with dashes or dots
+        sep = ch(["-", "."])
+        s = "0" + ch("1234567") + "".join(sep + _d(2) for _ in range(4))
+    elif f == 11:  # UK
+        s = ch([f"0121 {_nz(3)} {_d(4)}", f"01632 {_nz(6)}", f"0161 {_nz(3)} {_d(4)}"])
+    else:  # US written with parentheses or mixed separators
+        a, b, c = phone_us_parts()
+        s = ch([f"{a} {b}-{c}", f"1 ({a}) {b}-{c}", f"({a}){b}-{c}", f"({a}) {b} {c}"])
+    return (s, "phone")
+
+
+def phone_grouped():
+    """A national number without a trunk prefix (Spain, Italy's mobiles, Poland,
+    Denmark, Norway, Portugal): a phone only as the value of a phone field."""
+    g = ch([
+        lambda: [ch("67") + _d(2), _d(2), _d(2), _d(2)], lambda: [ch("67") + _d(2), _d(3), _d(3)],
+        lambda: ["9" + ch("1345"), _d(3), _d(2), _d(2)], lambda: ["3" + _d(2), _d(3), _d(4)],
+        lambda: [ch("5678") + _d(2), _d(3), _d(3)], lambda: [_nz(2), _d(2), _d(2), _d(2)],
+        lambda: [ch("49") + _d(2), _d(2), _d(3)], lambda: ["9" + ch("1236") + _d(1), _d(3), _d(3)],
+    ])()
+    return (ch([" ", " ", "-", "."]).join(g), "phone")
+
+
+PHONE_KEYS = ["phone", "phone_number", "mobile", "customer_phone", "tel", "Tel.", "telefono", "Telefon",
+              "msisdn", "contact_phone", "fax", "mobile_no", "handy", "cell", "phoneNumber", "TEL", "tel_nr"]
+
+
+def phone_field(value, key=None):
+    """`value` (labeled) as the value of a phone key, in one of the usual notations."""
+    key = key or ch(PHONE_KEYS)
+    f = R.randrange(4)
+    if f == 0:
+        return [f'"{key}": "', value, '"']
+    if f == 1:
+        return [key, '="', value, '"']
+    if f == 2:
+        return [key.capitalize() if key.islower() else key, ": ", value]
+    return [key, " ", value]
+
+
+@tpl("app", 170)
+def national_phones():
+    lead = ch([f"{iso_ts_z()} INFO ", f"{iso_ts_z()} WARN ", f"level=info ts={iso_ts_z()} ", "", f"[{service()}] "])
+    what = ch(["customer updated", "callback requested", "contact saved", "sms sent", "order confirmed",
+               "Kontakt gespeichert", "rappel demande"])
+    f = R.randrange(3)
+    if f == 0:
+        return [lead, what, " ", phone_field(phone_trunk())]
+    if f == 1:
+        return [lead, what, " ", phone_field(phone_grouped())]
+    return [lead, what, ": call ", phone_trunk(), ch(["", " today", f" ({first()})", " before 18:00"])]
+
+
+@tpl("json", 60)
+def json_national_phones():
+    return J(O(("ts", iso_ts_z()), ("level", "info"), ("msg", "profile updated"), ("user_id", ri(1, 99999)),
+               ("phone", S(phone_trunk() if chance(0.5) else phone_grouped()))))
+
+
+def pct_local():
+    f, l = first(), last()
+    local = ch([f + "." + l, f + "+" + word(), f + "_" + l, f[0] + l + str(ri(1, 99)), f + "-" + l])
+    out = local.replace("+", "%2B")
+    if chance(0.3):
+        out = out.replace(".", "%2E")
+    if chance(0.2):
+        out = out.replace("_", "%5F")
+    return out
+
+
+@tpl("url", 110)
+def url_pct_email():
+    addr = (pct_local() + "%40" + domain(), "email")
+    f = R.randrange(5)
+    if f == 0:
+        u = [f"GET /api/{ch(['subscribe', 'signup', 'invite', 'users/lookup'])}?email=", addr,
+             f"&plan={word()} HTTP/1.1"]
+    elif f == 1:
+        u = [f"https://{domain()}/login?redirect=%2Fverify%3Femail%3D", addr, f"%26code%3D{ri(100000, 999999)}"]
+    elif f == 2:
+        u = [f"https://{domain()}/unsubscribe?u=", addr, f"&list={word()}"]
+    elif f == 3:
+        u = [f"{iso_ts_z()} INFO callback url=https://{domain()}/cb?state={hexs(8)}&login_hint=", addr]
+    else:
+        u = [f"{ch(['POST', 'GET'])} /track?e=", addr, f"&t={epoch()} {status()}"]
+    return u
+
+
+@tpl("app", 110, neg=True)
+def versions_like_addresses():
+    v = version4()
+    return ch([
+        lambda: f"{iso_ts_z()} INFO loaded lib{word()}-{v}.so",
+        lambda: f"{iso_ts_z()} INFO deploying {word()}-{v}.jar to {service()}",
+        lambda: f"pip install {word()}=={v}",
+        lambda: f"requirement {word()}>={v} satisfied",
+        lambda: f"artifact {word()}-{v}-SNAPSHOT uploaded",
+        lambda: f"{service()} release {v} rolled out",
+        lambda: f"level=info msg=\"started\" build={v}",
+        lambda: f"device {hexs(6)} firmware {v} ok",
+        lambda: f"fw={v} board=rev{ri(1, 9)}",
+        lambda: f"package {word()}_{v} installed",
+        lambda: f"{word()} {v}+build{ri(1, 99)} ready",
+        lambda: f"fetched {word()}-{v}.tar.gz ({size_str()})",
+        lambda: f"image {word()}:{version3()} rev {v}",
+    ])()
+
+
+@tpl("app", 90, neg=True)
+def national_phone_look_alikes():
+    return ch([
+        lambda: f"{iso_ts_z()} INFO report for 01.{ri(1, 12):02d}.{ri(2019, 2025)} at {ri(10, 23)}:{ri(10, 59)}",
+        lambda: f"batch 0{ri(1, 9)}-{ri(10, 28)}-{ri(2019, 2025)} {ri(10, 23)}:{ri(10, 59)}:{ri(10, 59)} done",
+        lambda: f"schedule 0{ri(1, 9)}/{ri(10, 28)}/{ri(2019, 2025)} ok",
+        lambda: f"load 0.{ri(10, 99)} 0.{ri(10, 99)} 0.{ri(10, 99)}",
+        lambda: f"rows=\"{ch('67')}{_d(2)} {_d(2)} {_d(2)} {_d(2)}\" shards={ri(2, 9)}",
+        lambda: f"hotel_id=\"{_nz(3)} {_d(2)} {_d(2)} {_d(2)}\"",
+        lambda: f"dims {ri(1000, 1999)} {ri(100, 999)} {ri(10, 99)} {ri(10, 99)}",
+        lambda: f"retries 0 {ri(1, 9)} {ri(1, 9)} {ri(1, 9)}",
+        lambda: f"quantiles 05 {ri(10, 49)} {ri(50, 89)} {ri(90, 99)}",
+        lambda: f"counters intel {_nz(2)} {_d(2)} {_d(2)} {_d(2)}",
+    ])()
 
 
 # --------------------------------------------------------------------------------------
