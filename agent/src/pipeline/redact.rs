@@ -2036,10 +2036,8 @@ fn phone_at(line: &[u8], i: usize) -> Option<usize> {
     if let Some(e) = trunk_at(line, i) {
         return Some(e);
     }
-    if phone_context(line, i) {
-        return grouped_at(line, i, 8);
-    }
-    None
+    // The shape first: it rules out dates and times before the field name is read.
+    grouped_at(line, i, 8).filter(|_| phone_context(line, i))
 }
 
 /// National numbers with a trunk prefix, `0` and an area code, as Europe writes them
