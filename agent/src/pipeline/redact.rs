@@ -2133,6 +2133,11 @@ fn grouped_at(line: &[u8], i: usize, min: usize) -> Option<usize> {
             break;
         }
         nd += g;
+        if nd > 12 {
+            // Longer than any phone number: stop here, or a long run of digit groups
+            // would be walked again from each of its numbers.
+            return None;
+        }
         groups += 1;
         j += 1 + g;
     }
