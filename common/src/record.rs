@@ -207,6 +207,15 @@ pub struct Template {
     pub text: String,
 }
 
+/// A template that generalised: lines the agent tagged `from` before belong to the
+/// template now called `to` (see the template identity notes in
+/// `heimdall_store::templates`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TemplateAlias {
+    pub from: u64,
+    pub to: u64,
+}
+
 /// Exact counts of one stream's records at one level and template in one window.
 ///
 /// An agent sends the aggregates of every record it read, shipped or not, in the batch

@@ -12,7 +12,9 @@
 //! agents can add sections that older aggregators skip.
 
 use crate::limits;
-use crate::record::{flags, Aggregate, Anomaly, AnomalyKind, Labels, Level, LogRecord, Template};
+use crate::record::{
+    flags, Aggregate, Anomaly, AnomalyKind, Labels, Level, LogRecord, Template, TemplateAlias,
+};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Protocol version spoken by this build. Bumped on incompatible changes only;
@@ -51,6 +53,8 @@ pub mod section {
     pub const ANOMALIES: u8 = 5;
     /// Structured metadata of the records that have some: `(record index, pairs)`.
     pub const METADATA: u8 = 6;
+    /// Templates that generalised: `(former id, id now)` pairs.
+    pub const ALIASES: u8 = 7;
 }
 
 /// Most templates, samples and label pairs one anomaly event carries.
@@ -532,6 +536,9 @@ pub struct BatchContent {
     pub aggregates: Vec<Aggregate>,
     /// Anomaly events detected while this batch was open.
     pub anomalies: Vec<Anomaly>,
+    /// Templates that generalised while this batch was open: their former ids are
+    /// aliases of the new ones.
+    pub aliases: Vec<TemplateAlias>,
     /// What the decoder cut or skipped to accept the payload (never encoded; all zero
     /// for a payload within the limits).
     pub repairs: Repairs,
@@ -635,6 +642,15 @@ impl BatchContent {
             }
             put_section(dst, section::METADATA, &body);
         }
+        if !self.aliases.is_empty() {
+            body.clear();
+            put_varint(&mut body, self.aliases.len() as u64);
+            for a in &self.aliases {
+                body.put_u64_le(a.from);
+                body.put_u64_le(a.to);
+            }
+            put_section(dst, section::ALIASES, &body);
+        }
     }
 
     /// Decodes payload sections, skipping sections this version does not know.
@@ -649,6 +665,7 @@ impl BatchContent {
         let mut aggregates: Option<Vec<Aggregate>> = None;
         let mut anomalies: Option<Vec<Anomaly>> = None;
         let mut metadata: Option<Vec<(u64, Labels)>> = None;
+        let mut aliases: Option<Vec<TemplateAlias>> = None;
         let mut fix = Repairs::default();
         while r.remaining() > 0 {
             let tag = r.u8("section tag")?;
@@ -811,6 +828,20 @@ impl BatchContent {
                     s.finish("metadata section")?;
                     metadata = Some(v);
                 }
+                section::ALIASES => {
+                    if aliases.is_some() {
+                        return Err(Error::BadSections("has two alias sections"));
+                    }
+                    let n = s.count("alias count", limits.max_records, 16)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let from = s.u64_le("alias from")?;
+                        let to = s.u64_le("alias to")?;
+                        v.push(TemplateAlias { from, to });
+                    }
+                    s.finish("alias section")?;
+                    aliases = Some(v);
+                }
                 // Sections from newer agents: skipped, so additions stay compatible.
                 _ => {}
             }
@@ -829,6 +860,7 @@ impl BatchContent {
             templates: templates.unwrap_or_default(),
             aggregates: aggregates.unwrap_or_default(),
             anomalies: anomalies.unwrap_or_default(),
+            aliases: aliases.unwrap_or_default(),
             repairs: fix,
         })
     }
@@ -1309,6 +1341,7 @@ mod tests {
             samples: vec!["ERROR db down".into()],
         };
         c.anomalies = vec![ev.clone()];
+        c.aliases = vec![crate::record::TemplateAlias { from: 41, to: 42 }];
         let b = Batch::seal(1, 1, 1, Codec::Lz4, &c);
         assert_eq!(b.open(&Limits::default()).unwrap(), c);
         let f = Frame::Anomalies(vec![ev]);

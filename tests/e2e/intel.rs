@@ -9,7 +9,7 @@ use heimdall_tests::{bins, free_port, metric, stored_rows, wait_for_count, Agent
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-fn enc(q: &str) -> String {
+pub(crate) fn enc(q: &str) -> String {
     let mut s = String::new();
     for b in q.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -20,6 +20,7 @@ mod reload;
 mod scale;
 mod spool_cap;
 mod systemd;
+mod templates;
 mod tiers;
 mod tls;
 mod torture;

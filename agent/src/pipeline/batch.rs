@@ -12,7 +12,7 @@ use crate::sources::{Checkpoint, Chunk, Positions};
 use crate::spool::{FullPolicy, Spool};
 use bytes::{Bytes, BytesMut};
 use heimdall_common::limits;
-use heimdall_common::record::{Anomaly, Labels, LogRecord, Template};
+use heimdall_common::record::{Anomaly, Labels, LogRecord, Template, TemplateAlias};
 use heimdall_common::wire::{Batch, BatchContent, Codec, Frame};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -104,6 +104,10 @@ impl Batcher {
         });
         self.bytes += new_stream;
         for t in &chunk.templates {
+            if let Some(from) = t.replaces {
+                self.bytes += 16;
+                self.content.aliases.push(TemplateAlias { from, to: t.id });
+            }
             if self.batch_templates.insert(t.id) {
                 let text = limits::cut_str(&t.text, limits::MAX_TEMPLATE_BYTES);
                 self.bytes += text.len() + 16;

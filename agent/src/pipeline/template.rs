@@ -21,7 +21,11 @@
 //! carry its text), and keeps its templates in the state directory across restarts.
 //!
 //! Template ids are a 64-bit FNV-1a hash of the template text, so one template has one
-//! id on every host and after a restart.
+//! id on every host and after a restart. When a template generalises (a position
+//! becomes `<*>`), its text and so its id change; the miner reports the former id
+//! ([`Matched::replaced`]) and the agent ships the pair as an alias, which the
+//! aggregator resolves so that every id a template ever had reads as one (see
+//! `heimdall_store::templates`).
 //!
 //! One configuration serves every log: nothing here is tuned per dataset. On the
 //! Loghub-2k benchmark (`agent/tests/loghub_ga.rs`) it groups 97.5% of lines right on
@@ -77,6 +81,9 @@ pub struct Matched {
     pub new: bool,
     /// The message started a template: nothing known was like it.
     pub created: bool,
+    /// The template's former id, when the message generalised it (its text, and so its
+    /// id, changed): lines tagged with the former id belong to this template.
+    pub replaced: Option<u64>,
 }
 
 /// One token of a message as the miner sees it: a span of the message and how much of
@@ -365,7 +372,7 @@ impl Miner {
                 }
             }
         }
-        let (c, new, created) = match best {
+        let (c, new, created, replaced) = match best {
             Some((c, sim, _)) if sim > self.cfg.similarity || self.toks.is_empty() => {
                 let cl = self.clusters[c].as_mut().expect("leaf clusters are live");
                 let mut changed = false;
@@ -375,15 +382,18 @@ impl Miner {
                         changed = true;
                     }
                 }
+                let mut replaced = None;
                 if changed {
+                    let old = cl.id;
                     cl.id = template_id(&cl.tokens.join(" "));
+                    replaced = (old != cl.id).then_some(old);
                 }
                 cl.last_used = self.clock;
-                (c, changed, false)
+                (c, changed, false, replaced)
             }
             _ => {
                 let toks = self.toks.iter().map(|t| t.masked_text(message)).collect();
-                (self.insert(toks, leaf), true, true)
+                (self.insert(toks, leaf), true, true, None)
             }
         };
         Matched {
@@ -391,6 +401,7 @@ impl Miner {
             id: self.clusters[c].as_ref().map_or(0, |cl| cl.id),
             new,
             created,
+            replaced,
         }
     }
 
@@ -507,16 +518,20 @@ impl SourceMiner {
         let m = self.miner.add(&text);
         line.template_id = m.id;
         self.dirty |= m.new;
-        if self.announced.insert(m.id) {
-            if self.announced.len() > 4 * self.miner.cfg.max_templates {
-                self.announced.clear();
-                self.announced.insert(m.id);
-            }
+        let fresh = self.announced.insert(m.id);
+        if fresh && self.announced.len() > 4 * self.miner.cfg.max_templates {
+            self.announced.clear();
+            self.announced.insert(m.id);
+        }
+        // A generalised template is announced with its former id even when its new text
+        // was known already (two templates that became one).
+        if fresh || m.replaced.is_some() {
             if let Some(t) = self.miner.template(m.cluster) {
                 out.push(crate::sources::NewTemplate {
                     id: m.id,
                     text: t.into(),
                     created: m.created,
+                    replaces: m.replaced,
                 });
             }
         }

@@ -423,6 +423,7 @@ impl HotStore {
         migrate_v1(&conn).map_err(sqlite(path))?;
         super::volume::create(&conn).map_err(sqlite(path))?;
         create_partial(&conn).map_err(sqlite(path))?;
+        super::templates::create(&conn).map_err(sqlite(path))?;
         // Catalogs made before row-group filters existed get the column.
         let has_rg: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'rg_blooms'")
@@ -929,6 +930,10 @@ impl Writer {
             for t in &content.templates {
                 ins.execute(params![t.id as i64, t.text, now])?;
             }
+        }
+        // After the texts: the more general text names a joined set.
+        for a in &content.aliases {
+            super::templates::link(&self.conn, a.from, a.to)?;
         }
         if !content.aggregates.is_empty() {
             let mut ins = self.conn.prepare_cached(

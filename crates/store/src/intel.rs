@@ -10,7 +10,7 @@ use crate::read::select_streams;
 use heimdall_api::model::{AnomalyEvent, TemplateRef};
 use heimdall_common::record::{Labels, Level};
 use heimdall_logql::Matcher;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
 
 /// Calls `each(stream_id, start, level, template_id, count, bytes, shipped)` for the
@@ -75,10 +75,13 @@ pub fn patterns(
         .map(|(id, _)| id)
         .collect();
     let step = step.max(1);
+    // Every id a template had counts under the one it has now (its root).
+    let roots = crate::templates::roots(conn)?;
     let mut by: HashMap<(u64, u8), BTreeMap<i64, u64>> = HashMap::new();
     scan_aggregates(conn, &ids, start, end, |_, t, level, tid, count, _, _| {
         // Samples on multiples of the step, as Loki aligns them.
         let b = t.div_euclid(step) * step;
+        let tid = roots.get(&tid).copied().unwrap_or(tid);
         *by.entry((tid, level)).or_default().entry(b).or_default() += count;
     })?;
     let mut out: Vec<Pattern> = by
@@ -100,7 +103,6 @@ pub fn patterns(
     out.truncate(limit);
     let mut stmt = conn.prepare_cached("SELECT text FROM templates WHERE id = ?1")?;
     for p in &mut out {
-        use rusqlite::OptionalExtension;
         p.text = stmt
             .query_row([p.template_id as i64], |r| r.get(0))
             .optional()?
@@ -196,6 +198,8 @@ pub fn anomalies(
     limit: usize,
 ) -> Result<Vec<AnomalyEvent>, rusqlite::Error> {
     let streams: HashMap<i64, Labels> = select_streams(conn, matchers)?.into_iter().collect();
+    let roots = crate::templates::roots(conn)?;
+    let mut text_of = conn.prepare_cached("SELECT text FROM templates WHERE id = ?1")?;
     let mut stmt = conn.prepare_cached(
         "SELECT agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples,
                 (SELECT window_secs FROM aggregates g WHERE g.stream_id = a.stream_id AND g.start <= a.ts
@@ -209,8 +213,27 @@ pub fn anomalies(
         let Some(labels) = streams.get(&r.get::<_, i64>(2)?) else {
             continue;
         };
-        let templates: Vec<TemplateRef> =
+        let mut templates: Vec<TemplateRef> =
             serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default();
+        // Named by the id the template has now, with its text now.
+        for t in &mut templates {
+            let Ok(id) = u64::from_str_radix(&t.id, 16) else {
+                continue;
+            };
+            if let Some(&root) = roots.get(&id) {
+                if root != id {
+                    t.id = format!("{root:016x}");
+                    if let Some(text) = text_of
+                        .query_row([root as i64], |r| r.get::<_, String>(0))
+                        .optional()?
+                    {
+                        t.text = text;
+                    }
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        templates.retain(|t| seen.insert(t.id.clone()));
         let samples: Vec<String> =
             serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default();
         out.push(AnomalyEvent {

@@ -29,4 +29,5 @@ pub mod lifecycle;
 pub mod read;
 pub mod rebuild;
 pub mod segment;
+pub mod templates;
 pub mod volume;
