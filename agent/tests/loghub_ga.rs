@@ -1,5 +1,9 @@
 //! Grouping Accuracy of the template miner on the Loghub-2k benchmark (eight
-//! datasets, corrected ground truth), with the one configuration the agent runs.
+//! datasets, corrected ground truth), with the one configuration the agent runs,
+//! scored from the template ids as the aggregator resolves them (the ids lines were
+//! tagged with, joined through the aliases a template leaves as it generalises).
+//! Also printed: the miner's clusters, the ids as tagged, and whole lines (header
+//! included, as the agent mines a file).
 //!
 //! The data is read from `$HEIMDALL_LOGHUB_DIR`, else `../shared/data/loghub` beside
 //! the checkout; without it the test says loudly that it skipped.
@@ -87,6 +91,45 @@ fn grouping_accuracy(predicted: &[usize], truth: &[String]) -> f64 {
     correct as f64 / predicted.len() as f64
 }
 
+/// Mines `messages` in order; per message its cluster, the id it was tagged with, and
+/// that id resolved through the aliases the agent ships (a former id to the id its
+/// template has at the end), as the aggregator resolves them; and the template count.
+fn mine(messages: &[&str]) -> (Vec<usize>, Vec<usize>, Vec<usize>, usize) {
+    let mut miner = Miner::new(MinerConfig::default());
+    let (mut clusters, mut ids) = (Vec::new(), Vec::new());
+    let mut next: HashMap<u64, u64> = HashMap::new();
+    for m in messages {
+        let r = miner.add(m);
+        if let Some(old) = r.replaced {
+            next.insert(old, r.id);
+        }
+        clusters.push(r.cluster);
+        ids.push(r.id);
+    }
+    let resolve = |mut id: u64| {
+        let mut hops = 0;
+        while let Some(&n) = next.get(&id) {
+            if n == id || hops > 64 {
+                break;
+            }
+            id = n;
+            hops += 1;
+        }
+        id
+    };
+    let as_group = |v: Vec<u64>| -> Vec<usize> {
+        let mut names: HashMap<u64, usize> = HashMap::new();
+        v.into_iter()
+            .map(|id| {
+                let n = names.len();
+                *names.entry(id).or_insert(n)
+            })
+            .collect()
+    };
+    let resolved = as_group(ids.iter().map(|&i| resolve(i)).collect());
+    (clusters, as_group(ids), resolved, miner.len())
+}
+
 #[test]
 fn loghub_grouping_accuracy_averages_at_least_0_95() {
     let Some(dir) = data_dir() else {
@@ -106,22 +149,28 @@ fn loghub_grouping_accuracy_averages_at_least_0_95() {
         let header = csv_fields(rows.next().unwrap());
         let ev = header.iter().position(|h| h == "EventId").unwrap();
         let truth: Vec<String> = rows.map(|r| csv_fields(r)[ev].clone()).collect();
-        let mut miner = Miner::new(MinerConfig::default());
-        let mut predicted = Vec::new();
-        for line in raw.lines() {
-            let line = line.trim_end_matches('\r');
-            let content = re
-                .captures(line)
-                .map_or(line, |c| c.name("Content").unwrap().as_str());
-            predicted.push(miner.add(content).cluster);
-        }
-        assert_eq!(predicted.len(), truth.len(), "{d}: lines vs ground truth");
-        let ga = grouping_accuracy(&predicted, &truth);
-        eprintln!("{d:<10} GA {ga:.3} ({} templates)", miner.len());
+        let lines: Vec<&str> = raw.lines().map(|l| l.trim_end_matches('\r')).collect();
+        let content: Vec<&str> = lines
+            .iter()
+            .map(|l| {
+                re.captures(l)
+                    .map_or(*l, |c| c.name("Content").unwrap().as_str())
+            })
+            .collect();
+        let (clusters, shipped, resolved, n) = mine(&content);
+        assert_eq!(clusters.len(), truth.len(), "{d}: lines vs ground truth");
+        let ga = grouping_accuracy(&resolved, &truth);
+        let (_, _, raw_resolved, _) = mine(&lines);
+        eprintln!(
+            "{d:<10} GA {ga:.3} from ids as resolved ({:.3} clusters, {:.3} ids as tagged; whole lines {:.3}) ({n} templates)",
+            grouping_accuracy(&clusters, &truth),
+            grouping_accuracy(&shipped, &truth),
+            grouping_accuracy(&raw_resolved, &truth),
+        );
         total += ga;
     }
     let avg = total / DATASETS.len() as f64;
-    eprintln!("average    GA {avg:.3}");
+    eprintln!("average    GA {avg:.3} from ids as resolved");
     assert!(
         avg >= MIN_AVERAGE_GA,
         "average GA {avg:.3} is below {MIN_AVERAGE_GA}"
