@@ -277,7 +277,8 @@ pub async fn run(
         .with_intel(
             cfg.aggregate_window,
             Some(pipeline::anomaly::Detector::new(cfg.anomaly.clone())),
-        );
+        )
+        .with_detector_state(cfg.state_dir.join("anomaly-baselines.json"));
     // The batcher ends when the sources are gone (its channel closes).
     let batching = Stage::new("batching");
     batching.spawn(pipeline::batch::run(

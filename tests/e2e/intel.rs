@@ -214,3 +214,65 @@ fn templates_aggregates_and_anomalies_reach_the_aggregator() {
     assert!(saved.contains("debug tick <*> queue depth <*>"), "{saved}");
     c.agg.proc.terminate(Duration::from_secs(20)).unwrap();
 }
+
+/// The detector's baselines survive a restart: after a graceful stop and a start, a
+/// burst of errors right away is an anomaly event, without a second warm-up (a
+/// detector starting afresh would say nothing for its 8 s warm-up).
+#[test]
+fn anomaly_baselines_survive_a_restart() {
+    let c = Cluster::start().unwrap();
+    let mut a = c
+        .agent(
+            "intel-r",
+            AgentOptions {
+                extra: "[aggregate]\nwindow = \"1s\"\n[anomaly]\nwarmup = \"8s\"\n".into(),
+                ..AgentOptions::default()
+            },
+        )
+        .unwrap();
+    let log = c.logs.join("pay.log");
+    let steady = |f: &mut std::fs::File, d: Duration, n: &mut u64| {
+        let started = Instant::now();
+        while started.elapsed() < d {
+            for _ in 0..10 {
+                writeln!(f, "INFO charge ok seq={n}").unwrap();
+                *n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut f = std::fs::File::create(&log).unwrap();
+    let mut n = 0;
+    steady(&mut f, Duration::from_secs(11), &mut n);
+    a.proc.terminate(Duration::from_secs(15)).unwrap();
+    let state = a.state_dir.join("anomaly-baselines.json");
+    assert!(state.exists(), "baselines saved at shutdown");
+    a.restart().unwrap();
+    steady(&mut f, Duration::from_secs(2), &mut n);
+    let burst_at = Instant::now();
+    for i in 0..400 {
+        writeln!(f, "ERROR charge {i} failed: gateway connection refused").unwrap();
+    }
+    drop(f);
+    let url = format!("{}/api/v1/anomalies?since=1h", c.agg.url());
+    let found = loop {
+        let v = get(&url);
+        let ev = v["data"].as_array().unwrap().clone();
+        if let Some(e) = ev.iter().find(|e| {
+            e["samples"]
+                .to_string()
+                .contains("gateway connection refused")
+        }) {
+            break e.clone();
+        }
+        assert!(
+            burst_at.elapsed() < Duration::from_secs(5),
+            "no anomaly within 5 s of the burst, before a new warm-up could end: {ev:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        ["rate_spike", "error_ratio"].contains(&found["kind"].as_str().unwrap()),
+        "{found}"
+    );
+}

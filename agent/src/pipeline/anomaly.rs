@@ -31,6 +31,11 @@
 //! after it fired until its condition clears. Memory is bounded: at most `max_streams`
 //! streams and `max_template_series` template series in all (beyond, new ones are not
 //! tracked and counted); series idle for a day (streams) or six hours (templates) go.
+//!
+//! The baselines and warm-up progress survive a restart: [`Detector::state`] writes
+//! them (the agent saves them every minute and when it stops) and
+//! [`Detector::restore`] takes them back, unless the window length changed (the
+//! baselines are per window) or the state is from another version.
 
 use heimdall_common::record::{Anomaly, AnomalyKind, Labels, Level, Template};
 use std::collections::HashMap;
@@ -86,7 +91,7 @@ const STREAM_IDLE_SECS: f64 = 86_400.0;
 const TEMPLATE_IDLE_SECS: f64 = 6.0 * 3600.0;
 
 /// Baselines of one count series.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Rate {
     n: u64,
     fast: f64,
@@ -388,6 +393,165 @@ impl Detector {
                 .increment(dropped as u64);
         }
         out
+    }
+}
+
+/// The saved form of a [`Detector`]'s baselines (its open window is not kept).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    version: u32,
+    window_ms: u64,
+    now: u64,
+    series: Vec<SavedSeries>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSeries {
+    labels: Vec<(String, String)>,
+    sensitivity: f64,
+    windows: u64,
+    seen: u64,
+    total: Rate,
+    err_mean: f64,
+    err_dev: f64,
+    err_n: u64,
+    new_ring: [u32; NEW_RING],
+    new_ids: Vec<u64>,
+    new_mean: f64,
+    zero_run: u64,
+    recent: Vec<u32>,
+    median_slow: f64,
+    median_n: u64,
+    ramp_active: bool,
+    quiet_peak: f64,
+    cool: [u32; 6],
+    templates: Vec<SavedTemplate>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedTemplate {
+    id: u64,
+    rate: Rate,
+    text: Option<String>,
+    seen: u64,
+    cool: u32,
+}
+
+/// Version of the saved state.
+const STATE_VERSION: u32 = 1;
+
+impl Detector {
+    /// The baselines and warm-up progress of every series, as JSON (see
+    /// [`Detector::restore`]).
+    pub fn state(&self) -> String {
+        let saved = Saved {
+            version: STATE_VERSION,
+            window_ms: self.cfg.window.as_millis() as u64,
+            now: self.now,
+            series: self
+                .series
+                .values()
+                .map(|s| SavedSeries {
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    sensitivity: s.sensitivity,
+                    windows: s.windows,
+                    seen: s.seen,
+                    total: s.total.clone(),
+                    err_mean: s.err_mean,
+                    err_dev: s.err_dev,
+                    err_n: s.err_n,
+                    new_ring: s.new_ring,
+                    new_ids: s.new_ids.clone(),
+                    new_mean: s.new_mean,
+                    zero_run: s.zero_run,
+                    recent: s.recent.iter().copied().collect(),
+                    median_slow: s.median_slow,
+                    median_n: s.median_n,
+                    ramp_active: s.ramp_active,
+                    quiet_peak: s.quiet_peak,
+                    cool: s.cool,
+                    templates: s
+                        .templates
+                        .iter()
+                        .map(|(id, t)| SavedTemplate {
+                            id: *id,
+                            rate: t.rate.clone(),
+                            text: t.text.as_deref().map(str::to_owned),
+                            seen: t.seen,
+                            cool: t.cool,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        serde_json::to_string(&saved).unwrap_or_default()
+    }
+
+    /// Takes back the series of a [`Detector::state`], within this detector's caps;
+    /// returns how many streams it took back.
+    ///
+    /// # Errors
+    /// Why nothing was taken back: unreadable, another version, another window length.
+    pub fn restore(&mut self, text: &str) -> Result<usize, String> {
+        let saved: Saved = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if saved.version != STATE_VERSION {
+            return Err(format!(
+                "state version {} (this agent writes {STATE_VERSION})",
+                saved.version
+            ));
+        }
+        let window_ms = self.cfg.window.as_millis() as u64;
+        if saved.window_ms != window_ms {
+            return Err(format!(
+                "saved with {} ms windows, running with {window_ms} ms: baselines are per window",
+                saved.window_ms
+            ));
+        }
+        self.now = self.now.max(saved.now);
+        let mut n = 0;
+        for ss in saved.series {
+            if self.series.len() >= self.cfg.max_streams {
+                self.untracked += 1;
+                continue;
+            }
+            let labels = Arc::new(Labels::new(ss.labels));
+            let mut s = Series::new(labels.clone(), ss.seen);
+            s.sensitivity = ss.sensitivity;
+            s.windows = ss.windows;
+            s.total = ss.total;
+            s.err_mean = ss.err_mean;
+            s.err_dev = ss.err_dev;
+            s.err_n = ss.err_n;
+            s.new_ring = ss.new_ring;
+            s.new_ids = ss.new_ids;
+            s.new_mean = ss.new_mean;
+            s.zero_run = ss.zero_run;
+            s.recent = ss.recent.into_iter().take(MEDIAN_WINDOWS).collect();
+            s.median_slow = ss.median_slow;
+            s.median_n = ss.median_n;
+            s.ramp_active = ss.ramp_active;
+            s.quiet_peak = ss.quiet_peak;
+            s.cool = ss.cool;
+            for t in ss.templates {
+                if self.template_series >= self.cfg.max_template_series {
+                    self.untracked += 1;
+                    continue;
+                }
+                let mut ts = TemplateSeries::new(t.seen);
+                ts.rate = t.rate;
+                ts.text = t.text.map(Arc::from);
+                ts.cool = t.cool;
+                s.templates.insert(t.id, ts);
+                self.template_series += 1;
+            }
+            self.series.insert(labels, s);
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
@@ -737,6 +901,41 @@ mod tests {
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
         assert_eq!(fired[0].kind, AnomalyKind::Silence);
+    }
+
+    /// Baselines taken back after a restart: the burst right after it is seen, as
+    /// without the restart; a detector starting afresh is still warming up.
+    #[test]
+    fn baselines_survive_a_restart() {
+        let s = stream();
+        let mut d = det();
+        let mut t = 0i64;
+        for i in 0..120u64 {
+            d.observe(&s, 1.0, Level::Info, 1, 100 + i % 7, Some(b"ok"));
+            assert!(d.close_window(t).is_empty(), "window {i}");
+            t += 10_000_000_000;
+        }
+        let saved = d.state();
+        let burst = |d: &mut Detector, t: i64| {
+            d.observe(&s, 1.0, Level::Info, 1, 103, None);
+            d.observe(&s, 1.0, Level::Error, 2, 80, Some(b"db down"));
+            d.close_window(t)
+        };
+        let mut restarted = det();
+        assert_eq!(restarted.restore(&saved), Ok(1));
+        let ev = burst(&mut restarted, t);
+        assert!(
+            ev.iter().any(|e| e.kind == AnomalyKind::ErrorRatio),
+            "{ev:?}"
+        );
+        assert!(burst(&mut det(), t).is_empty(), "a fresh detector warms up");
+        // Baselines per 10 s window mean nothing to a detector with 1 s windows.
+        let mut other = Detector::new(DetectorConfig {
+            window: Duration::from_secs(1),
+            ..DetectorConfig::default()
+        });
+        assert!(other.restore(&saved).unwrap_err().contains("windows"));
+        assert!(det().restore("not json").is_err());
     }
 
     #[test]

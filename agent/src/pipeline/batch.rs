@@ -47,7 +47,13 @@ pub struct Batcher {
     /// Start of the detector's open window (arrival time).
     window_start: Option<i64>,
     not_shipped: u64,
+    /// Where the detector's baselines are kept across restarts, and when they were
+    /// last written.
+    detector_state: Option<(std::path::PathBuf, Instant)>,
 }
+
+/// How often the detector's baselines are written while the agent runs.
+const DETECTOR_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 impl Batcher {
     /// A batcher with 10 s aggregate windows and no anomaly detection.
@@ -66,6 +72,7 @@ impl Batcher {
             detector: None,
             window_start: None,
             not_shipped: 0,
+            detector_state: None,
         }
     }
 
@@ -75,6 +82,41 @@ impl Batcher {
         self.aggs = Aggregates::new(window);
         self.detector = detector;
         self
+    }
+
+    /// Keeps the detector's baselines in `path`: takes back what is there now, and
+    /// writes them every minute and when batching ends.
+    pub fn with_detector_state(mut self, path: std::path::PathBuf) -> Batcher {
+        if let Some(d) = self.detector.as_mut() {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match d.restore(&text) {
+                    Ok(n) => tracing::info!(
+                        streams = n,
+                        "anomaly baselines loaded; no new warm-up for them"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "anomaly baselines not loaded; streams warm up again")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read anomaly baselines; streams warm up again")
+                }
+            }
+            self.detector_state = Some((path, Instant::now()));
+        }
+        self
+    }
+
+    /// The detector's state to write, when it is due (`force`: now).
+    fn detector_state_due(&mut self, force: bool) -> Option<(std::path::PathBuf, String)> {
+        let d = self.detector.as_ref()?;
+        let (path, saved) = self.detector_state.as_mut()?;
+        if !force && saved.elapsed() < DETECTOR_SAVE_EVERY {
+            return None;
+        }
+        *saved = Instant::now();
+        Some((path.clone(), d.state()))
     }
 
     /// When the open batch must be closed, if one is open.
@@ -336,6 +378,9 @@ pub async fn run(
                         let _ = tx.try_send(ev);
                     }
                 }
+                if let Some(st) = b.detector_state_due(false) {
+                    tokio::task::spawn_blocking(move || save_detector_state(&st.0, &st.1));
+                }
                 next_window = next_window.zip(window).map(|(t, w)| t + w);
                 false
             }
@@ -351,9 +396,25 @@ pub async fn run(
     if let Some(p) = b.take() {
         let _ = seal_tx.send(p).await;
     }
+    if let Some(st) = b.detector_state_due(true) {
+        let _ = tokio::task::spawn_blocking(move || save_detector_state(&st.0, &st.1)).await;
+    }
     drop(seal_tx);
     let _ = sealer.await;
     let _ = writer.await;
+}
+
+/// Writes the detector's baselines (a temp file renamed over the old one).
+fn save_detector_state(path: &std::path::Path, state: &str) {
+    let res = (|| -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        heimdall_common::fs::write_atomic(path, state.as_bytes())
+    })();
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save anomaly baselines");
+    }
 }
 
 /// A compressed batch on its way to the spool.
