@@ -132,7 +132,9 @@ impl Handler {
         metrics::gauge!("heimdall_aggregator_connections").increment(1.0);
         let res = self.serve(&conn, agent.clone()).await;
         metrics::gauge!("heimdall_aggregator_connections").decrement(1.0);
-        self.registry.update(&agent, |a| {
+        // A connection that ended (often by timing out after the agent died) is not a
+        // sign of life: the agent's last-seen time stays its last heartbeat's.
+        self.registry.update_unseen(&agent, |a| {
             a.connections = a.connections.saturating_sub(1);
             a.connected = a.connections > 0;
         });

@@ -35,8 +35,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Applies `f` to the agent's entry, creating it.
+    /// Applies `f` to the agent's entry, creating it, and marks the agent seen now.
     pub fn update(&self, agent_id: &str, f: impl FnOnce(&mut AgentStatus)) {
+        self.apply(agent_id, true, f);
+    }
+
+    /// Applies `f` to the agent's entry without marking it seen: what the aggregator
+    /// notices on its own (a connection timing out) says nothing of the agent being
+    /// alive.
+    pub fn update_unseen(&self, agent_id: &str, f: impl FnOnce(&mut AgentStatus)) {
+        self.apply(agent_id, false, f);
+    }
+
+    fn apply(&self, agent_id: &str, seen: bool, f: impl FnOnce(&mut AgentStatus)) {
         let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         if !g.contains_key(agent_id) && g.len() >= MAX_AGENTS {
             if let Some(oldest) = g
@@ -52,7 +63,9 @@ impl Registry {
             agent_id: agent_id.to_owned(),
             ..AgentStatus::default()
         });
-        e.last_seen_ns = now_ns();
+        if seen || e.last_seen_ns == 0 {
+            e.last_seen_ns = now_ns();
+        }
         f(e);
         metrics::gauge!("heimdall_aggregator_agents_known").set(g.len() as f64);
     }
