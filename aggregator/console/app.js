@@ -506,7 +506,7 @@ async function anomaliesPage() {
   main().replaceChildren(h(`<section><div class="bar">${rangePicker(p)}<span class="muted">${ev.length} events on ${lanes.length} host · service lanes</span>
       <span class="legend">${kinds.map(k => `<span><span class="lv" data-kind="${esc(k)}"></span>${esc(k)}</span>`).join('')}</span></div>
     <canvas class="timeline" id="tl" title="Click an event to see its series and baseline"></canvas>
-    <div class="split"><div><table class="grid" id="anoms"><tr><th>When</th><th>Host</th><th>Service</th><th>Kind</th><th>Observed / baseline</th><th>Score</th><th>Templates</th></tr></table></div>
+    <div class="split"><div><table class="grid" id="anoms"><tr><th>When</th><th>Host</th><th>Service</th><th>Kind</th><th>Observed / baseline</th><th>Score</th><th>Ended</th><th>Templates</th></tr></table></div>
     <aside class="panel" id="anom"><p class="muted">Select an event to see the series that triggered it.</p></aside></div></section>`));
   $('#since').addEventListener('change', () => { p.delete('from'); p.delete('to'); p.set('since', $('#since').value); setParams(p); anomaliesPage(); });
   const key = a => `${a.agent}:${a.id}`;
@@ -514,11 +514,12 @@ async function anomaliesPage() {
   for (const a of ev.slice(0, 500)) {
     const tr = h(`<tr class="click" data-key="${esc(key(a))}"><td title="${esc(fmtTime(a.time_ns))}">${esc(ago(a.time_ns))}</td><td>${esc(a.stream.host || a.agent)}</td>
       <td>${esc(a.stream.service_name || '')}</td><td><span class="lv" data-kind="${esc(a.kind)}"></span>${esc(a.kind)}</td><td>${fmtNum(a.observed)} / ${fmtNum(a.baseline)}</td>
-      <td>${a.score.toFixed(1)}</td><td class="kv">${a.templates.map(t => esc(t.text)).join('<br>')}</td></tr>`);
+      <td>${a.score.toFixed(1)}</td><td>${a.ended_ns ? `after ${esc(dur(Math.max(1, Math.round((a.ended_ns - a.time_ns) / NS))))}` : '<span class="badge firing">ongoing</span>'}</td>
+      <td class="kv">${a.templates.map(t => esc(t.text)).join('<br>')}</td></tr>`);
     tr.addEventListener('click', () => select(a));
     table.appendChild(tr);
   }
-  if (!ev.length) table.appendChild(h('<tr><td colspan="7" class="muted">No anomalies in this range.</td></tr>'));
+  if (!ev.length) table.appendChild(h('<tr><td colspan="8" class="muted">No anomalies in this range.</td></tr>'));
   // Colours go through the CSSOM: the content security policy allows no inline style.
   for (const el of document.querySelectorAll('.lv[data-kind]')) el.style.background = kindColor(el.dataset.kind);
 
@@ -543,6 +544,13 @@ async function anomaliesPage() {
     g.fillRect(LEFT, TOP + i * LH + LH / 2, W - LEFT - 8, 0.5);
   });
   const dots = ev.map(a => ({ a, x: x(a.time_ns), y: TOP + lanes.indexOf(lane(a)) * LH + LH / 2, r: Math.min(8, 3 + Math.log2(1 + a.score)) }));
+  for (const d of dots) {
+    // How long it lasted, to its end (or to now while it goes on).
+    g.fillStyle = kindColor(d.a.kind);
+    g.globalAlpha = 0.35;
+    g.fillRect(d.x, d.y - 2, Math.max(0, x(Math.min(end, d.a.ended_ns || end)) - d.x), 4);
+    g.globalAlpha = 1;
+  }
   for (const d of [...dots].reverse()) {
     g.fillStyle = kindColor(d.a.kind);
     g.beginPath(); g.arc(d.x, d.y, d.r, 0, 2 * Math.PI); g.fill();
@@ -564,7 +572,7 @@ async function anomaliesPage() {
     const from = a.time_ns - 40 * w * NS, to = a.time_ns + 20 * w * NS;
     const box = $('#anom');
     box.replaceChildren(h(`<div><h4>${esc(a.kind)} · ${esc(lane(a))}</h4>
-      <p class="muted">${esc(fmtTime(a.time_ns))} · window ${w} s · score ${a.score.toFixed(1)}</p>
+      <p class="muted">${esc(fmtTime(a.time_ns))} · window ${w} s · score ${a.score.toFixed(1)} · ${a.ended_ns ? `ended ${esc(fmtTime(a.ended_ns))}` : 'ongoing'}</p>
       <canvas class="series" id="aseries"></canvas>
       <p class="muted" id="aseries-legend"></p>
       <h4>Templates</h4><div class="kv">${a.templates.map(t => `<div>${esc(t.text)}</div>`).join('') || '<span class="muted">none</span>'}</div>

@@ -207,6 +207,18 @@ pub struct Template {
     pub text: String,
 }
 
+/// The end of an anomaly: the condition an event reported is over (the spike has
+/// passed, the stream logs again). Sent in the batches, after the event.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AnomalyEnd {
+    /// The event's id ([`Anomaly::id`]).
+    pub id: u64,
+    /// Start of the first window without the condition, ns since the Unix epoch.
+    pub time_ns: i64,
+    /// What that window showed (as the event's `observed`).
+    pub observed: f64,
+}
+
 /// A template that generalised: lines the agent tagged `from` before belong to the
 /// template now called `to` (see the template identity notes in
 /// `heimdall_store::templates`).

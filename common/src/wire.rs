@@ -13,7 +13,8 @@
 
 use crate::limits;
 use crate::record::{
-    flags, Aggregate, Anomaly, AnomalyKind, Labels, Level, LogRecord, Template, TemplateAlias,
+    flags, Aggregate, Anomaly, AnomalyEnd, AnomalyKind, Labels, Level, LogRecord, Template,
+    TemplateAlias,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -55,6 +56,8 @@ pub mod section {
     pub const METADATA: u8 = 6;
     /// Templates that generalised: `(former id, id now)` pairs.
     pub const ALIASES: u8 = 7;
+    /// Ends of anomalies: `(event id, time, observed)`.
+    pub const ANOMALY_ENDS: u8 = 8;
 }
 
 /// Most templates, samples and label pairs one anomaly event carries.
@@ -539,6 +542,8 @@ pub struct BatchContent {
     /// Templates that generalised while this batch was open: their former ids are
     /// aliases of the new ones.
     pub aliases: Vec<TemplateAlias>,
+    /// Anomalies that ended while this batch was open.
+    pub anomaly_ends: Vec<AnomalyEnd>,
     /// What the decoder cut or skipped to accept the payload (never encoded; all zero
     /// for a payload within the limits).
     pub repairs: Repairs,
@@ -651,6 +656,16 @@ impl BatchContent {
             }
             put_section(dst, section::ALIASES, &body);
         }
+        if !self.anomaly_ends.is_empty() {
+            body.clear();
+            put_varint(&mut body, self.anomaly_ends.len() as u64);
+            for e in &self.anomaly_ends {
+                body.put_u64_le(e.id);
+                put_varint(&mut body, zigzag(e.time_ns));
+                body.put_f64_le(e.observed);
+            }
+            put_section(dst, section::ANOMALY_ENDS, &body);
+        }
     }
 
     /// Decodes payload sections, skipping sections this version does not know.
@@ -666,6 +681,7 @@ impl BatchContent {
         let mut anomalies: Option<Vec<Anomaly>> = None;
         let mut metadata: Option<Vec<(u64, Labels)>> = None;
         let mut aliases: Option<Vec<TemplateAlias>> = None;
+        let mut ends: Option<Vec<AnomalyEnd>> = None;
         let mut fix = Repairs::default();
         while r.remaining() > 0 {
             let tag = r.u8("section tag")?;
@@ -842,6 +858,26 @@ impl BatchContent {
                     s.finish("alias section")?;
                     aliases = Some(v);
                 }
+                section::ANOMALY_ENDS => {
+                    if ends.is_some() {
+                        return Err(Error::BadSections("has two anomaly end sections"));
+                    }
+                    let n = s.count("anomaly end count", MAX_ANOMALIES, 18)?;
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let id = s.u64_le("anomaly end id")?;
+                        let time_ns = unzigzag(s.varint("anomaly end time")?);
+                        // A figure that is not finite says nothing: the end stands.
+                        let observed = s.f64_le("anomaly end observed")?.unwrap_or(0.0);
+                        v.push(AnomalyEnd {
+                            id,
+                            time_ns,
+                            observed,
+                        });
+                    }
+                    s.finish("anomaly end section")?;
+                    ends = Some(v);
+                }
                 // Sections from newer agents: skipped, so additions stay compatible.
                 _ => {}
             }
@@ -861,6 +897,7 @@ impl BatchContent {
             aggregates: aggregates.unwrap_or_default(),
             anomalies: anomalies.unwrap_or_default(),
             aliases: aliases.unwrap_or_default(),
+            anomaly_ends: ends.unwrap_or_default(),
             repairs: fix,
         })
     }

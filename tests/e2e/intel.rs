@@ -217,9 +217,10 @@ fn templates_aggregates_and_anomalies_reach_the_aggregator() {
 
 /// The detector's baselines survive a restart: after a graceful stop and a start, a
 /// burst of errors right away is an anomaly event, without a second warm-up (a
-/// detector starting afresh would say nothing for its 8 s warm-up).
+/// detector starting afresh would say nothing for its 8 s warm-up); when the burst is
+/// over, the event ends.
 #[test]
-fn anomaly_baselines_survive_a_restart() {
+fn anomaly_baselines_survive_a_restart_and_anomalies_end() {
     let c = Cluster::start().unwrap();
     let mut a = c
         .agent(
@@ -275,4 +276,15 @@ fn anomaly_baselines_survive_a_restart() {
         ["rate_spike", "error_ratio"].contains(&found["kind"].as_str().unwrap()),
         "{found}"
     );
+    // The burst is over: the agent says so, and the aggregator records when.
+    let id = found["id"].as_str().unwrap().to_owned();
+    let ended = wait_for_count(1, Duration::from_secs(15), || {
+        get(&url)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["id"] == id.as_str() && e["ended_ns"].as_i64().is_some())
+            .count() as u64
+    });
+    assert_eq!(ended, 1, "the anomaly {id} never ended");
 }

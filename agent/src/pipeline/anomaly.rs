@@ -37,7 +37,7 @@
 //! [`Detector::restore`] takes them back, unless the window length changed (the
 //! baselines are per window) or the state is from another version.
 
-use heimdall_common::record::{Anomaly, AnomalyKind, Labels, Level, Template};
+use heimdall_common::record::{Anomaly, AnomalyEnd, AnomalyKind, Labels, Level, Template};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,7 +204,12 @@ struct Series {
     templates: HashMap<u64, TemplateSeries>,
     open: Window,
     cool: [u32; 6],
+    /// Events raised and not ended yet: (kind, event id).
+    live: Vec<(AnomalyKind, u64)>,
 }
+
+/// Most events one stream keeps waiting for their end (the oldest are let go).
+const MAX_LIVE_EVENTS: usize = 16;
 
 /// Figures for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -226,6 +231,8 @@ pub struct Detector {
     /// Windows closed so far.
     now: u64,
     warmup_windows: u64,
+    /// Ends of events found by the windows closed since [`Detector::take_ends`].
+    ends: Vec<AnomalyEnd>,
 }
 
 fn cut(line: &[u8], max: usize) -> Box<str> {
@@ -266,6 +273,7 @@ impl Detector {
             template_series: 0,
             untracked: 0,
             now: 0,
+            ends: Vec::new(),
         }
     }
 
@@ -360,6 +368,12 @@ impl Detector {
         }
     }
 
+    /// The ends of anomalies found since the last call: each event's condition was
+    /// gone in a window after the event.
+    pub fn take_ends(&mut self) -> Vec<AnomalyEnd> {
+        std::mem::take(&mut self.ends)
+    }
+
     /// Closes the window that started at `start_ns`: tests every stream, moves the
     /// baselines and returns the anomalies found.
     pub fn close_window(&mut self, start_ns: i64) -> Vec<Anomaly> {
@@ -379,7 +393,14 @@ impl Detector {
             keep
         });
         for s in self.series.values_mut() {
-            removed_templates += s.close(start_ns, now, warm, template_idle, &a, &mut out);
+            removed_templates += s.close(
+                start_ns,
+                now,
+                warm,
+                template_idle,
+                &a,
+                (&mut out, &mut self.ends),
+            );
         }
         self.template_series -= removed_templates;
         self.now += 1;
@@ -426,6 +447,9 @@ struct SavedSeries {
     quiet_peak: f64,
     cool: [u32; 6],
     templates: Vec<SavedTemplate>,
+    /// Events not ended yet: (kind as on the wire, id).
+    #[serde(default)]
+    live: Vec<(u8, u64)>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -474,6 +498,7 @@ impl Detector {
                     ramp_active: s.ramp_active,
                     quiet_peak: s.quiet_peak,
                     cool: s.cool,
+                    live: s.live.iter().map(|(k, id)| (*k as u8, *id)).collect(),
                     templates: s
                         .templates
                         .iter()
@@ -536,6 +561,12 @@ impl Detector {
             s.ramp_active = ss.ramp_active;
             s.quiet_peak = ss.quiet_peak;
             s.cool = ss.cool;
+            s.live = ss
+                .live
+                .into_iter()
+                .filter_map(|(k, id)| Some((AnomalyKind::from_u8(k)?, id)))
+                .take(MAX_LIVE_EVENTS)
+                .collect();
             for t in ss.templates {
                 if self.template_series >= self.cfg.max_template_series {
                     self.untracked += 1;
@@ -578,6 +609,7 @@ impl Series {
             templates: HashMap::new(),
             open: Window::default(),
             cool: [0; 6],
+            live: Vec::new(),
         }
     }
 
@@ -635,8 +667,9 @@ impl Series {
         warmup: u64,
         template_idle: u64,
         a: &Alphas,
-        out: &mut Vec<Anomaly>,
+        (out, ends): (&mut Vec<Anomaly>, &mut Vec<AnomalyEnd>),
     ) -> usize {
+        let raised = out.len();
         let open = std::mem::take(&mut self.open);
         let sens = self.sensitivity;
         let warm = self.windows >= warmup;
@@ -646,6 +679,14 @@ impl Series {
         }
         let k = |kind: AnomalyKind| kind as usize;
 
+        // What this window shows, whether or not it may raise an event: an event
+        // ends with the first window that no longer shows its condition.
+        let template_spiking = open.templates.iter().any(|(id, &c)| {
+            self.templates
+                .get(id)
+                .is_some_and(|t| c as f64 >= t.rate.spike_threshold(10.0, sens))
+        });
+        let stream_spiking = x >= self.total.spike_threshold(50.0, sens);
         // Template spikes, largest first.
         if warm {
             let mut spikes: Vec<(f64, u64, f64, f64)> = Vec::new();
@@ -738,6 +779,7 @@ impl Series {
         // The rest compares this window with the baselines of the windows before.
         let slow = self.total.slow;
         self.total.update(x, a);
+        let dropping = slow >= 30.0 && self.total.fast < slow / (1.0 + 3.0 / sens);
         if warm && x > 0.0 && self.cool[k(AnomalyKind::RateDrop)] == 0 && slow >= 30.0 {
             let thr = slow / (1.0 + 3.0 / sens);
             let fast = self.total.fast;
@@ -755,8 +797,13 @@ impl Series {
         }
 
         // Error ratio.
+        let mut errors_high = false;
         if open.total >= 20 {
             let r = open.errors as f64 / x;
+            errors_high = self.err_n >= 6
+                && r > (self.err_mean + 0.05 / sens)
+                    .max(self.err_mean + 6.0 / sens * self.err_dev)
+                    .max(2.0 * self.err_mean);
             if warm && self.err_n >= 6 && self.cool[k(AnomalyKind::ErrorRatio)] == 0 {
                 let thr = (self.err_mean + 0.05 / sens)
                     .max(self.err_mean + 6.0 / sens * self.err_dev)
@@ -789,6 +836,10 @@ impl Series {
             self.new_ids.drain(..cut);
         }
         let recent: f64 = self.new_ring.iter().map(|n| f64::from(*n)).sum();
+        let new_expected = self.new_mean * NEW_RING as f64;
+        let templates_new = recent
+            >= (8.0 / sens)
+                .max(new_expected * (1.0 + 2.0 / sens) + 6.0 / sens * new_expected.sqrt());
         if warm && self.cool[k(AnomalyKind::NewTemplates)] == 0 {
             let expected = self.new_mean * NEW_RING as f64;
             let thr =
@@ -840,6 +891,31 @@ impl Series {
             }
         }
 
+        // Ends of the events raised before this window, then this window's events.
+        self.live.retain(|(kind, id)| {
+            let still = match kind {
+                AnomalyKind::RateSpike => template_spiking || stream_spiking || self.ramp_active,
+                AnomalyKind::RateDrop => dropping,
+                AnomalyKind::ErrorRatio => errors_high,
+                AnomalyKind::NewTemplates => templates_new,
+                AnomalyKind::Silence => open.total == 0,
+            };
+            if !still {
+                ends.push(AnomalyEnd {
+                    id: *id,
+                    time_ns: start_ns,
+                    observed: x,
+                });
+            }
+            still
+        });
+        for e in &out[raised..] {
+            if self.live.len() >= MAX_LIVE_EVENTS {
+                self.live.remove(0);
+            }
+            self.live.push((e.kind, e.id));
+        }
+
         self.quiet_peak *= a.peak_decay;
         self.windows += 1;
         dropped
@@ -882,6 +958,18 @@ mod tests {
             "{ev:?}"
         );
         assert!(ev.iter().any(|e| e.kind == AnomalyKind::ErrorRatio));
+        assert!(d.take_ends().is_empty(), "nothing has ended yet");
+        // The next window is ordinary again: every event of the burst ends with it.
+        t += 10_000_000_000;
+        d.observe(&s, 1.0, Level::Info, 1, 104, None);
+        d.observe(&s, 1.0, Level::Error, 2, 1, Some(b"db down"));
+        assert!(d.close_window(t).is_empty());
+        let mut ended: Vec<u64> = d.take_ends().iter().map(|e| e.id).collect();
+        let mut raised: Vec<u64> = ev.iter().map(|e| e.id).collect();
+        ended.sort_unstable();
+        raised.sort_unstable();
+        assert_eq!(ended, raised);
+        assert!(d.take_ends().is_empty());
     }
 
     #[test]
@@ -901,6 +989,13 @@ mod tests {
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
         assert_eq!(fired[0].kind, AnomalyKind::Silence);
+        // It ends when the stream logs again.
+        assert!(d.take_ends().is_empty());
+        d.observe(&s, 1.0, Level::Info, 1, 50, None);
+        d.close_window(t);
+        let ends = d.take_ends();
+        assert_eq!(ends.len(), 1);
+        assert_eq!((ends[0].id, ends[0].time_ns), (fired[0].id, t));
     }
 
     /// Baselines taken back after a restart: the burst right after it is seen, as

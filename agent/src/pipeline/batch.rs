@@ -266,6 +266,13 @@ impl Batcher {
             self.content.anomalies.extend(ev.iter().cloned());
             self.opened.get_or_insert_with(Instant::now);
         }
+        let ends = d.take_ends();
+        if !ends.is_empty() {
+            metrics::counter!("heimdall_agent_anomaly_ends_total").increment(ends.len() as u64);
+            self.bytes += ends.len() * 24;
+            self.content.anomaly_ends.extend(ends);
+            self.opened.get_or_insert_with(Instant::now);
+        }
         ev
     }
 

@@ -502,7 +502,7 @@ impl Correlator {
             host: labels.get("host").cloned(),
             onset: a.time_ns,
             at: a.received_ns.max(a.time_ns),
-            active: true,
+            active: a.ended_ns.is_none(),
             score: a.score,
             templates,
             traces: trace_ids(&self.cfg.trace_fields, &samples),
@@ -521,6 +521,38 @@ impl Correlator {
             return Ok(());
         }
         self.add(conn, s, now)
+    }
+
+    /// An anomaly event's condition ended: its signal is no longer active, so an
+    /// incident held open only by it resolves at the next tick.
+    ///
+    /// # Errors
+    /// [`rusqlite::Error`].
+    pub fn anomaly_ended(
+        &mut self,
+        conn: &Connection,
+        a: &AnomalyEvent,
+        now: i64,
+    ) -> Result<(), rusqlite::Error> {
+        let key = format!("anomaly:{}:{}", a.agent, a.id);
+        let holder = self
+            .incidents
+            .values()
+            .find(|i| i.state == "open" && i.signals.iter().any(|s| s.key == key && s.active))
+            .map(|i| i.id);
+        let Some(id) = holder else {
+            return Ok(());
+        };
+        let mut inc = self.incidents.remove(&id).expect("present");
+        for s in inc.signals.iter_mut().filter(|s| s.key == key) {
+            s.active = false;
+            s.at = a.ended_ns.unwrap_or(now);
+        }
+        inc.updated = now;
+        self.rank(&mut inc);
+        Self::save(conn, &inc)?;
+        self.incidents.insert(id, inc);
+        Ok(())
     }
 
     /// When `tick` has something to do next.
@@ -558,10 +590,12 @@ impl Correlator {
                 .signals
                 .iter()
                 .any(|s| s.active && s.key.starts_with("alert:"));
+            // An anomaly holds its incident open while it lasts: until its end, or
+            // for `quiet` after it when its agent sent none.
             let recent_anomaly = inc
                 .signals
                 .iter()
-                .any(|s| s.key.starts_with("anomaly:") && now - s.at < quiet);
+                .any(|s| s.key.starts_with("anomaly:") && s.active && now - s.at < quiet);
             let mut changed = false;
             if !firing && !recent_anomaly {
                 inc.state = "resolved".into();
@@ -781,6 +815,46 @@ mod tests {
         assert!(matches!(ev[0], IncidentEvent::Resolve(_)));
         assert_eq!(list(&conn, false, 10).expect("list").len(), 1);
         let _ = Duration::ZERO;
+    }
+
+    /// An incident held open by an anomaly resolves when the agent says the anomaly
+    /// ended, not `quiet` later.
+    #[test]
+    fn an_anomaly_end_resolves_its_incident() {
+        let conn = super::super::state::open(std::path::Path::new(":memory:")).expect("db");
+        let mut c = Correlator::load(&conn, &cfg()).expect("load");
+        let s = 1_000_000_000;
+        let mut ev = AnomalyEvent {
+            agent: "api1".into(),
+            id: "00000000000000aa".into(),
+            kind: "error_ratio".into(),
+            time_ns: 100 * s,
+            received_ns: 101 * s,
+            score: 4.0,
+            baseline: 0.01,
+            observed: 0.5,
+            stream: BTreeMap::from([("host".into(), "api1".into()), ("app".into(), "api".into())]),
+            templates: Vec::new(),
+            samples: vec!["ERROR boom".into()],
+            window_seconds: 10,
+            ended_ns: None,
+        };
+        c.anomaly(&conn, &ev, 101 * s).expect("anomaly");
+        assert!(c.tick(&conn, 102 * s).expect("tick").is_empty());
+        let _ = c.tick(&conn, 110 * s).expect("tick");
+        let open = |c: &Correlator| c.incidents.values().filter(|i| i.state == "open").count();
+        assert_eq!(open(&c), 1);
+        // Still going 30 s later: the incident stays open.
+        let _ = c.tick(&conn, 130 * s).expect("tick");
+        assert_eq!(open(&c), 1);
+        ev.ended_ns = Some(135 * s);
+        c.anomaly_ended(&conn, &ev, 136 * s).expect("end");
+        let out = c.tick(&conn, 137 * s).expect("tick");
+        assert_eq!(open(&c), 0);
+        assert!(
+            out.iter().any(|e| matches!(e, IncidentEvent::Resolve(_))),
+            "{out:?}"
+        );
     }
 
     #[test]

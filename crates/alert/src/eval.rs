@@ -707,6 +707,11 @@ impl Engine {
             newest = newest.max(a.received_ns);
             self.correlator.anomaly(&self.db, a, now)?;
         }
+        // Ends arrive after their events: each ended event's signal stops being active
+        // (a no-op once it is).
+        for a in rows.iter().filter(|a| a.ended_ns.is_some()) {
+            self.correlator.anomaly_ended(&self.db, a, now)?;
+        }
         self.anomalies_seen = newest;
         Ok(())
     }
@@ -933,7 +938,12 @@ impl Engine {
                     10_000,
                 )?;
                 let mut by: BTreeMap<BTreeMap<String, String>, Active> = BTreeMap::new();
-                for a in rows.into_iter().filter(|a| now - a.received_ns < hold) {
+                // An event holds its instance for `hold`, or until the agent says its
+                // condition ended.
+                for a in rows
+                    .into_iter()
+                    .filter(|a| now - a.received_ns < hold && a.ended_ns.is_none())
+                {
                     let mut labels = a.stream.clone();
                     labels.insert("anomaly_kind".into(), a.kind.clone());
                     let e = by.entry(labels.clone()).or_insert(Active {

@@ -78,6 +78,9 @@ pub struct AnomalyEvent {
     /// and `observed` are per window), 0 when unknown.
     #[serde(default)]
     pub window_seconds: u32,
+    /// When the condition ended (start of the first window without it), if it has.
+    #[serde(default)]
+    pub ended_ns: Option<i64>,
 }
 
 /// How one rule did at its last evaluation (`/api/v1/rules`).

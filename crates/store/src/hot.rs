@@ -190,7 +190,8 @@ struct WriteReq {
     /// `None` for anomaly events sent ahead of their batch and lines pushed through the
     /// Loki API: stored without identity.
     id: Option<BatchId>,
-    content: BatchContent,
+    /// Boxed: a batch's content is large beside a job, and requests queue by value.
+    content: Box<BatchContent>,
     reply: oneshot::Sender<Result<Outcome, Error>>,
 }
 
@@ -424,6 +425,20 @@ impl HotStore {
         super::volume::create(&conn).map_err(sqlite(path))?;
         create_partial(&conn).map_err(sqlite(path))?;
         super::templates::create(&conn).map_err(sqlite(path))?;
+        // Anomaly events stored before ends existed get the columns (NULL: not ended).
+        let has_ended: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('anomalies') WHERE name = 'ended'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(sqlite(path))?;
+        if !has_ended {
+            conn.execute_batch(
+                "ALTER TABLE anomalies ADD COLUMN ended INTEGER;
+                 ALTER TABLE anomalies ADD COLUMN ended_observed REAL;",
+            )
+            .map_err(sqlite(path))?;
+        }
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS anomalies_id ON anomalies(id)")
+            .map_err(sqlite(path))?;
         // Catalogs made before row-group filters existed get the column.
         let has_rg: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'rg_blooms'")
@@ -523,7 +538,7 @@ impl HotStore {
             .set((tx.max_capacity() - tx.capacity()) as f64);
         tx.send(Req::Write(WriteReq {
             id: Some(id),
-            content,
+            content: Box::new(content),
             reply,
         }))
         .await
@@ -542,7 +557,7 @@ impl HotStore {
         let (reply, rx) = oneshot::channel();
         tx.send(Req::Write(WriteReq {
             id: None,
-            content,
+            content: Box::new(content),
             reply,
         }))
         .await
@@ -562,10 +577,10 @@ impl HotStore {
         let n = events.len();
         tx.send(Req::Write(WriteReq {
             id: None,
-            content: BatchContent {
+            content: Box::new(BatchContent {
                 anomalies: events,
                 ..Default::default()
-            },
+            }),
             reply,
         }))
         .await
@@ -995,6 +1010,18 @@ impl Writer {
             if n > 0 {
                 metrics::counter!("heimdall_aggregator_anomalies_total", "kind" => a.kind.as_str())
                     .increment(1);
+            }
+        }
+        // Ends come after their events (a later window, so a later batch); event ids
+        // are 64-bit hashes, unique per agent and in practice across agents.
+        if !content.anomaly_ends.is_empty() {
+            let mut upd = self.conn.prepare_cached(
+                "UPDATE anomalies SET ended = ?2, ended_observed = ?3 WHERE id = ?1 AND ended IS NULL",
+            )?;
+            for e in &content.anomaly_ends {
+                if upd.execute(params![e.id as i64, e.time_ns, e.observed])? > 0 {
+                    metrics::counter!("heimdall_aggregator_anomaly_ends_total").increment(1);
+                }
             }
         }
         Ok(())

@@ -203,7 +203,8 @@ pub fn anomalies(
     let mut stmt = conn.prepare_cached(
         "SELECT agent, id, stream_id, kind, ts, received, score, baseline, observed, templates, samples,
                 (SELECT window_secs FROM aggregates g WHERE g.stream_id = a.stream_id AND g.start <= a.ts
-                 ORDER BY g.start DESC LIMIT 1)
+                 ORDER BY g.start DESC LIMIT 1),
+                ended
          FROM anomalies a WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR kind = ?3) AND score >= ?4
          ORDER BY ts DESC, id",
     )?;
@@ -252,6 +253,7 @@ pub fn anomalies(
             templates,
             samples,
             window_seconds: r.get::<_, Option<u32>>(11)?.unwrap_or(0),
+            ended_ns: r.get(12)?,
         });
         if out.len() >= limit {
             break;
