@@ -156,6 +156,11 @@ struct TemplateSeries {
     /// Window index it was last seen in.
     seen: u64,
     cool: u32,
+    /// Windows left in which a template the miner created after the stream's warm-up
+    /// is judged as new: its baseline stays zero (its first windows must not become
+    /// what is normal for it) and its lines add up in `fresh_total`.
+    fresh: u32,
+    fresh_total: u64,
 }
 
 impl TemplateSeries {
@@ -166,9 +171,17 @@ impl TemplateSeries {
             sample: None,
             seen: now,
             cool: 0,
+            fresh: 0,
+            fresh_total: 0,
         }
     }
 }
+
+/// Windows a new template is judged as new (a minute at the default window).
+const FRESH_WINDOWS: u32 = 6;
+/// Lines a new template must log within [`FRESH_WINDOWS`] to be an anomaly (at
+/// sensitivity 1): a message never seen before that keeps coming, not a one-off.
+const FRESH_LINES: f64 = 20.0;
 
 /// What one stream did in the open window.
 #[derive(Debug, Default)]
@@ -189,6 +202,10 @@ struct Series {
     err_mean: f64,
     err_dev: f64,
     err_n: u64,
+    /// Decaying peak of the error share: a stream whose errors come in bursts (a job
+    /// that retries, a flapping peer) shows that during its warm-up and is not alarmed
+    /// by the same bursts later.
+    err_peak: f64,
     new_ring: [u32; NEW_RING],
     new_ids: Vec<u64>,
     new_mean: f64,
@@ -357,14 +374,19 @@ impl Detector {
         text: &Arc<str>,
         created: bool,
     ) {
+        let warmup = self.warmup_windows;
         let Some(s) = self.tracked(stream, sensitivity, id) else {
             return;
         };
+        let warm = s.windows >= warmup;
         if created {
             s.open.created.push(id);
         }
         if let Some(t) = s.templates.get_mut(&id) {
             t.text = Some(text.clone());
+            if created && warm && t.rate.n == 0 {
+                t.fresh = FRESH_WINDOWS;
+            }
         }
     }
 
@@ -436,6 +458,8 @@ struct SavedSeries {
     err_mean: f64,
     err_dev: f64,
     err_n: u64,
+    #[serde(default)]
+    err_peak: f64,
     new_ring: [u32; NEW_RING],
     new_ids: Vec<u64>,
     new_mean: f64,
@@ -488,6 +512,7 @@ impl Detector {
                     err_mean: s.err_mean,
                     err_dev: s.err_dev,
                     err_n: s.err_n,
+                    err_peak: s.err_peak,
                     new_ring: s.new_ring,
                     new_ids: s.new_ids.clone(),
                     new_mean: s.new_mean,
@@ -551,6 +576,7 @@ impl Detector {
             s.err_mean = ss.err_mean;
             s.err_dev = ss.err_dev;
             s.err_n = ss.err_n;
+            s.err_peak = ss.err_peak;
             s.new_ring = ss.new_ring;
             s.new_ids = ss.new_ids;
             s.new_mean = ss.new_mean;
@@ -597,6 +623,7 @@ impl Series {
             err_mean: 0.0,
             err_dev: 0.0,
             err_n: 0,
+            err_peak: 0.0,
             new_ring: [0; NEW_RING],
             new_ids: Vec::new(),
             new_mean: 0.0,
@@ -687,13 +714,33 @@ impl Series {
                 .is_some_and(|t| c as f64 >= t.rate.spike_threshold(10.0, sens))
         });
         let stream_spiking = x >= self.total.spike_threshold(50.0, sens);
+        // New templates that keep coming: judged on their first windows' lines.
+        let mut fresh_fired: Vec<(f64, u64, f64)> = Vec::new();
+        for (id, t) in self.templates.iter_mut() {
+            if t.fresh == 0 {
+                continue;
+            }
+            t.fresh_total += open.templates.get(id).copied().unwrap_or(0);
+            let need = FRESH_LINES / sens;
+            if t.fresh_total as f64 >= need {
+                fresh_fired.push((t.fresh_total as f64 / need, *id, t.fresh_total as f64));
+                t.fresh = 0;
+                t.cool = COOL_WINDOWS;
+            }
+        }
+        if warm && !fresh_fired.is_empty() {
+            fresh_fired.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let ids: Vec<u64> = fresh_fired.iter().map(|f| f.1).collect();
+            let (score, _, obs) = fresh_fired[0];
+            out.push(self.event(AnomalyKind::NewTemplates, start_ns, score, 0.0, obs, &ids));
+        }
         // Template spikes, largest first.
         if warm {
             let mut spikes: Vec<(f64, u64, f64, f64)> = Vec::new();
             for (id, &c) in &open.templates {
                 if let Some(t) = self.templates.get(id) {
                     let thr = t.rate.spike_threshold(10.0, sens);
-                    if c as f64 >= thr && t.cool == 0 {
+                    if t.fresh == 0 && c as f64 >= thr && t.cool == 0 {
                         spikes.push((c as f64 / thr, *id, t.rate.fast, c as f64));
                     }
                 }
@@ -713,7 +760,10 @@ impl Series {
         let mut dropped = 0;
         self.templates.retain(|id, t| {
             let c = open.templates.get(id).copied().unwrap_or(0) as f64;
-            if t.rate.n > 0 || c > 0.0 {
+            if t.fresh > 0 {
+                // Still judged as new: its baseline learns nothing yet.
+                t.fresh -= 1;
+            } else if t.rate.n > 0 || c > 0.0 {
                 t.rate.update(c, a);
             }
             t.cool = t.cool.saturating_sub(1);
@@ -800,14 +850,17 @@ impl Series {
         let mut errors_high = false;
         if open.total >= 20 {
             let r = open.errors as f64 / x;
+            let peak = (1.0 + 1.0 / sens) * self.err_peak;
             errors_high = self.err_n >= 6
                 && r > (self.err_mean + 0.05 / sens)
                     .max(self.err_mean + 6.0 / sens * self.err_dev)
-                    .max(2.0 * self.err_mean);
+                    .max(2.0 * self.err_mean)
+                    .max(peak);
             if warm && self.err_n >= 6 && self.cool[k(AnomalyKind::ErrorRatio)] == 0 {
                 let thr = (self.err_mean + 0.05 / sens)
                     .max(self.err_mean + 6.0 / sens * self.err_dev)
-                    .max(2.0 * self.err_mean);
+                    .max(2.0 * self.err_mean)
+                    .max(peak);
                 if r > thr && open.errors as f64 >= 10.0 / sens {
                     out.push(self.event(
                         AnomalyKind::ErrorRatio,
@@ -821,6 +874,7 @@ impl Series {
                 }
             }
             self.err_n += 1;
+            self.err_peak = (self.err_peak * a.peak_decay).max(r);
             let ae = a.error.max(1.0 / self.err_n as f64);
             self.err_dev += ae * ((r - self.err_mean).abs() - self.err_dev);
             self.err_mean += ae * (r - self.err_mean);
