@@ -3,6 +3,7 @@
 //! injected incidents with a median delay of at most two windows, and raise at most one
 //! false alarm per source per day; the baseline's figures are printed beside.
 
+mod loghub;
 mod replay;
 
 fn show(name: &str, s: &replay::Score) {

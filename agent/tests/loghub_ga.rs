@@ -8,32 +8,13 @@
 //! The data is read from `$HEIMDALL_LOGHUB_DIR`, else `../shared/data/loghub` beside
 //! the checkout; without it the test says loudly that it skipped.
 
+mod loghub;
+
 use heimdall_agent::pipeline::template::{Miner, MinerConfig};
+use loghub::{data_dir, grouping_accuracy, DATASETS};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-const DATASETS: [&str; 8] = [
-    "HDFS",
-    "Hadoop",
-    "Spark",
-    "Zookeeper",
-    "BGL",
-    "HealthApp",
-    "OpenSSH",
-    "Apache",
-];
 const MIN_AVERAGE_GA: f64 = 0.95;
-
-fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("HEIMDALL_LOGHUB_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let d = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/loghub"
-    ));
-    d.is_dir().then_some(d)
-}
 
 /// A regex for a `formats.json` layout: `<Field>` placeholders around `<Content>`.
 fn header_regex(format: &str) -> regex::Regex {
@@ -50,45 +31,6 @@ fn header_regex(format: &str) -> regex::Regex {
     re.push_str(&rest.split(' ').collect::<Vec<_>>().join(r"\s+"));
     re.push('$');
     regex::Regex::new(&re.replace("(?P<Content>.*?)", "(?P<Content>.*)")).unwrap()
-}
-
-/// Splits one CSV record (RFC 4180 quoting).
-fn csv_fields(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', true) => quoted = false,
-            ('"', false) if cur.is_empty() => quoted = true,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
-fn grouping_accuracy(predicted: &[usize], truth: &[String]) -> f64 {
-    let mut by_pred: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut by_true: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, (p, t)) in predicted.iter().zip(truth).enumerate() {
-        by_pred.entry(*p).or_default().push(i);
-        by_true.entry(t.as_str()).or_default().push(i);
-    }
-    let mut correct = 0;
-    for lines in by_pred.values() {
-        let t = truth[lines[0]].as_str();
-        if by_true[t] == *lines {
-            correct += lines.len();
-        }
-    }
-    correct as f64 / predicted.len() as f64
 }
 
 /// Mines `messages` in order; per message its cluster, the id it was tagged with, and
@@ -141,15 +83,8 @@ fn loghub_grouping_accuracy_averages_at_least_0_95() {
     let mut total = 0.0;
     for d in DATASETS {
         let re = header_regex(formats[d]["log_format"].as_str().unwrap());
-        let raw = std::fs::read_to_string(dir.join(format!("{d}/{d}_2k.log"))).unwrap();
-        let truth_csv =
-            std::fs::read_to_string(dir.join(format!("{d}/{d}_2k.log_structured_corrected.csv")))
-                .unwrap();
-        let mut rows = truth_csv.lines();
-        let header = csv_fields(rows.next().unwrap());
-        let ev = header.iter().position(|h| h == "EventId").unwrap();
-        let truth: Vec<String> = rows.map(|r| csv_fields(r)[ev].clone()).collect();
-        let lines: Vec<&str> = raw.lines().map(|l| l.trim_end_matches('\r')).collect();
+        let (lines, truth) = loghub::read(&dir, d);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         let content: Vec<&str> = lines
             .iter()
             .map(|l| {

@@ -8,6 +8,8 @@
 //! `cargo bench -p heimdall-benches --bench anomaly` (`HEIMDALL_BENCH_REPLAY_DAYS`,
 //! default 7).
 
+#[path = "../../agent/tests/loghub/mod.rs"]
+mod loghub;
 #[path = "../../agent/tests/replay/mod.rs"]
 mod replay;
 

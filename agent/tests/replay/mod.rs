@@ -34,37 +34,16 @@ use heimdall_agent::pipeline::parse::Parser;
 use heimdall_agent::pipeline::template::{Miner, MinerConfig};
 use heimdall_common::record::{Labels, Level};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-pub const DATASETS: [&str; 8] = [
-    "HDFS",
-    "Hadoop",
-    "Spark",
-    "Zookeeper",
-    "BGL",
-    "HealthApp",
-    "OpenSSH",
-    "Apache",
-];
+pub use super::loghub::{data_dir, DATASETS};
 const WINDOW_S: f64 = 10.0;
 const NS: i64 = 1_000_000_000;
 const DAY_W: u64 = 8_640;
 const WARMUP_W: u64 = 180;
 /// Lines a window at each system's mean rate (0.8 to 30 lines a second).
 const RATES: [f64; 8] = [120.0, 40.0, 300.0, 25.0, 60.0, 200.0, 15.0, 8.0];
-
-/// The data directory: `$HEIMDALL_LOGHUB_DIR`, else `../shared/data/loghub`.
-pub fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("HEIMDALL_LOGHUB_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let d = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/loghub"
-    ));
-    d.is_dir().then_some(d)
-}
 
 /// One replayed line: its template id as the agent tags it (after every alias the
 /// miner made, as the aggregator resolves them), its level, its true event.
@@ -85,58 +64,14 @@ struct System {
     burst: usize,
 }
 
-fn csv_event_ids(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut rows = text.lines();
-    let header: Vec<&str> = rows.next().expect("header").split(',').collect();
-    let back = header.len()
-        - header
-            .iter()
-            .position(|h| *h == "EventId")
-            .expect("EventId");
-    // EventId and EventTemplate are the last two fields; the template may hold commas.
-    rows.map(|r| {
-        let fields = split_csv(r);
-        fields[fields.len() - back].clone()
-    })
-    .collect()
-}
-
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', true) => quoted = false,
-            ('"', false) if cur.is_empty() => quoted = true,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
 fn load(dir: &Path, name: &str) -> System {
-    let raw = std::fs::read_to_string(dir.join(format!("{name}/{name}_2k.log"))).expect("log");
-    let mut truth = dir.join(format!("{name}/{name}_2k.log_structured_corrected.csv"));
-    if !truth.exists() {
-        truth = dir.join(format!("{name}/{name}_2k.log_structured.csv"));
-    }
-    let events = csv_event_ids(&truth);
+    let (raw, events) = super::loghub::read(dir, name);
     let mut event_ix: HashMap<String, usize> = HashMap::new();
     let mut miner = Miner::new(MinerConfig::default());
     let parser = Parser::default();
     let mut next: HashMap<u64, u64> = HashMap::new();
     let mut raw_lines = Vec::new();
-    for (i, l) in raw.lines().enumerate() {
-        let l = l.trim_end_matches('\r');
+    for (i, l) in raw.iter().enumerate() {
         let m = miner.add(l);
         if let Some(old) = m.replaced {
             next.insert(old, m.id);
