@@ -5,6 +5,7 @@
 
 mod loghub;
 mod replay;
+mod sim;
 
 fn show(name: &str, s: &replay::Score) {
     eprintln!(

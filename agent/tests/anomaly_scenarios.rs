@@ -18,8 +18,11 @@
 //! the injected incidents, or above one false alarm per source per simulated day on
 //! incident-free traffic.
 
+mod sim;
+
 use heimdall_agent::pipeline::anomaly::{Detector, DetectorConfig};
 use heimdall_common::record::{Anomaly, AnomalyKind, Labels, Level};
+use sim::{gauss, poisson};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -56,32 +59,6 @@ struct Source {
     seen: HashSet<u64>,
     /// Next id for templates made up by a storm.
     next_new: u64,
-}
-
-fn poisson(rng: &mut fastrand::Rng, lambda: f64) -> u64 {
-    if lambda <= 0.0 {
-        return 0;
-    }
-    if lambda > 40.0 {
-        // Normal approximation (Box-Muller).
-        let (u1, u2) = (rng.f64().max(1e-12), rng.f64());
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        return (lambda + z * lambda.sqrt()).round().max(0.0) as u64;
-    }
-    let l = (-lambda).exp();
-    let (mut k, mut p) = (0u64, 1.0);
-    loop {
-        p *= rng.f64();
-        if p <= l {
-            return k;
-        }
-        k += 1;
-    }
-}
-
-fn gauss(rng: &mut fastrand::Rng) -> f64 {
-    let (u1, u2) = (rng.f64().max(1e-12), rng.f64());
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 fn sources(rng: &mut fastrand::Rng, n: usize) -> Vec<Source> {

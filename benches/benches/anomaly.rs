@@ -12,6 +12,8 @@
 mod loghub;
 #[path = "../../agent/tests/replay/mod.rs"]
 mod replay;
+#[path = "../../agent/tests/sim/mod.rs"]
+mod sim;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

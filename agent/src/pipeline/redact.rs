@@ -1674,6 +1674,16 @@ fn finish(
 
 // ---- numbers ----
 
+/// Where the name of a key ends when the value at `i` follows it across one to four of
+/// `"' =:` (`version=`, `"phone": "`, `Tel.: `); `None` when nothing separates them.
+fn key_end(line: &[u8], i: usize) -> Option<usize> {
+    let mut k = i;
+    while k > 0 && i - k < 4 && matches!(line[k - 1], b'=' | b':' | b' ' | b'"' | b'\'') {
+        k -= 1;
+    }
+    (k < i).then_some(k)
+}
+
 /// Whether a dotted quad at `i` is a version by what comes before it: the value of a key
 /// that names a version (`version=`, `ver:`, `v `, `release `, `build=`, `firmware `,
 /// `fw=`, `rev `), a pinned requirement (`==`, `>=`, `<=`, `~=`, `!=`), a name it is
@@ -1704,14 +1714,10 @@ fn version_context(line: &[u8], i: usize) -> bool {
     if i >= 2 && prev == b'=' && matches!(line[i - 2], b'=' | b'>' | b'<' | b'~' | b'!') {
         return true;
     }
-    let mut k = i;
-    while k > 0 && i - k < 4 && matches!(line[k - 1], b'=' | b':' | b' ' | b'"' | b'\'') {
-        k -= 1;
-    }
-    if k == i {
+    let Some(e) = key_end(line, i) else {
         return false;
-    }
-    let e = k;
+    };
+    let mut k = e;
     while k > 0 && e - k < 9 && line[k - 1].is_ascii_alphabetic() {
         k -= 1;
     }
@@ -2150,14 +2156,10 @@ fn grouped_at(line: &[u8], i: usize, min: usize) -> Option<usize> {
 /// of `tel`, `fax`, `cell`, `handy`, `mobil`, `gsm`, `tlf` with `_`, `-`, `.` and a
 /// trailing `no`/`nr` ignored): `phone=`, `"mobile": "`, `Tel.: `, `customer_phone: `.
 fn phone_context(line: &[u8], i: usize) -> bool {
-    let mut k = i;
-    while k > 0 && i - k < 4 && matches!(line[k - 1], b'"' | b'\'' | b' ' | b'=' | b':') {
-        k -= 1;
-    }
-    if k == i {
+    let Some(e) = key_end(line, i) else {
         return false;
-    }
-    let e = k;
+    };
+    let mut k = e;
     while k > 0
         && e - k < 40
         && (line[k - 1].is_ascii_alphanumeric() || matches!(line[k - 1], b'_' | b'-' | b'.'))

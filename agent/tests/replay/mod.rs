@@ -38,6 +38,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use super::loghub::{data_dir, DATASETS};
+use super::sim::{gauss, poisson};
 const WINDOW_S: f64 = 10.0;
 const NS: i64 = 1_000_000_000;
 const DAY_W: u64 = 8_640;
@@ -242,30 +243,6 @@ impl Baseline {
         self.mean[s] = m + a * (x - m);
         alarms
     }
-}
-
-fn poisson(rng: &mut fastrand::Rng, lambda: f64) -> u64 {
-    if lambda <= 0.0 {
-        return 0;
-    }
-    if lambda > 50.0 {
-        let g = gauss(rng);
-        return (lambda + g * lambda.sqrt()).round().max(0.0) as u64;
-    }
-    let l = (-lambda).exp();
-    let (mut k, mut p) = (0u64, 1.0);
-    loop {
-        p *= rng.f64();
-        if p <= l {
-            return k;
-        }
-        k += 1;
-    }
-}
-
-fn gauss(rng: &mut fastrand::Rng) -> f64 {
-    let (u, v) = (rng.f64().max(1e-12), rng.f64());
-    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
 /// Replays `days` of traffic with the incidents on the second day and scores the

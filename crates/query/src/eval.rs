@@ -1080,15 +1080,34 @@ mod tests {
         store_meta(rows, with_aggregates, |_| Labels::default())
     }
 
+    /// A hot store in a new directory holding `content`, written as one batch.
+    fn store_content(content: BatchContent) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        let mut s = HotStore::open(&path, 100_000).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(s.write(
+            BatchId {
+                agent: "t".into(),
+                epoch: 1,
+                seq: 1,
+                floor: 1,
+            },
+            content,
+        ))
+        .unwrap();
+        s.close();
+        (dir, path)
+    }
+
     /// As [`store`], row `i` with structured metadata `meta(i)`.
     fn store_meta(
         rows: &[RowSpec],
         with_aggregates: bool,
         meta: impl Fn(usize) -> Labels,
     ) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hot.db");
-        let mut s = HotStore::open(&path, 100_000).unwrap();
         let mut content = BatchContent {
             streams: streams(),
             ..Default::default()
@@ -1128,21 +1147,7 @@ mod tests {
                 })
                 .collect();
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(s.write(
-            BatchId {
-                agent: "t".into(),
-                epoch: 1,
-                seq: 1,
-                floor: 1,
-            },
-            content,
-        ))
-        .unwrap();
-        s.close();
-        (dir, path)
+        store_content(content)
     }
 
     fn eval(
@@ -1245,9 +1250,6 @@ mod tests {
     /// pre-aggregates, which count the lines not shipped too.
     #[test]
     fn sampled_streams_count_from_pre_aggregates_others_from_stored_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hot.db");
-        let mut s = HotStore::open(&path, 100_000).unwrap();
         let mut content = BatchContent {
             streams: streams(),
             ..Default::default()
@@ -1279,20 +1281,7 @@ mod tests {
                 shipped: 10,
             });
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(s.write(
-            BatchId {
-                agent: "t".into(),
-                epoch: 1,
-                seq: 1,
-                floor: 1,
-            },
-            content,
-        ))
-        .unwrap();
-        s.close();
+        let (_dir, path) = store_content(content);
         let t = T0 + 60 * S;
         let (v, stats) = eval(
             &path,
