@@ -791,6 +791,16 @@ impl Redactor {
                         i = skip_word(line, i);
                         continue;
                     }
+                    // `blk_-1608999687919862906`: a number glued to a name by `-` is
+                    // the rest of an identifier, not a card or a phone.
+                    if prev == b'-'
+                        && i >= 2
+                        && is_word(line[i - 2])
+                        && !line[i - 2].is_ascii_digit()
+                    {
+                        i = skip_word(line, i);
+                        continue;
+                    }
                     if i >= 2
                         && matches!(prev, b'.' | b'-' | b':')
                         && line[i - 2].is_ascii_digit()
@@ -2478,6 +2488,18 @@ mod tests {
             "jane%2Bnews%40example.co.uk",
         );
         none("GET /img/icon%402x.png and progress=40%40 total");
+    }
+
+    #[test]
+    fn numbers_glued_to_a_name_are_identifiers() {
+        // Luhn-valid with a Visa prefix, but a block id.
+        none("Receiving block blk_-4111111111111111 src: ok");
+        none("job-4111111111111111 done; trace_-4012888888881881");
+        one(
+            "card 4111 1111 1111 1111 declined",
+            "card",
+            "4111 1111 1111 1111",
+        );
     }
 
     #[test]
