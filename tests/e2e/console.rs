@@ -184,6 +184,18 @@ fn browser(scenario: &str, base: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Every named page's screenshot was written by this run.
+fn assert_screenshots(names: &[&str]) {
+    for name in names {
+        let f = screenshots().join(format!("{name}.png"));
+        assert!(
+            f.metadata().map(|m| m.len() > 1000).unwrap_or(false),
+            "{}",
+            f.display()
+        );
+    }
+}
+
 /// Where the browser test writes its screenshots (kept after the run).
 fn screenshots() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -263,7 +275,6 @@ fn console_in_a_real_browser() {
         }) >= 1,
         "no anomaly for the burst"
     );
-    let shots = screenshots();
     let seen = browser("tour", &c.agg.url(), &[write_tok, read_tok]);
     assert_eq!(seen["who"], "oncall (write)", "{seen}");
     assert!(
@@ -319,7 +330,7 @@ fn console_in_a_real_browser() {
         let e = e.as_str().unwrap();
         assert!(e.contains("401"), "browser console: {e}");
     }
-    for page in [
+    assert_screenshots(&[
         "explore",
         "explore-context",
         "explore-100k",
@@ -333,14 +344,7 @@ fn console_in_a_real_browser() {
         "incidents",
         "storage",
         "alerts-readonly",
-    ] {
-        let f = shots.join(format!("{page}.png"));
-        assert!(
-            f.metadata().map(|m| m.len() > 1000).unwrap_or(false),
-            "{}",
-            f.display()
-        );
-    }
+    ]);
 }
 
 /// The alerting tests' database outage, followed in the browser: the SRE opens the
@@ -434,17 +438,10 @@ fn console_follows_a_page_to_its_incident_and_acks_it() {
         .unwrap();
     assert_eq!(shown["data"]["state"], "open", "{shown:#}");
     assert_eq!(shown["data"]["acked_by"], "oncall", "{shown:#}");
-    for shot in [
+    assert_screenshots(&[
         "incident",
         "incident-acked",
         "fleet-outage",
         "storage-outage",
-    ] {
-        let f = screenshots().join(format!("{shot}.png"));
-        assert!(
-            f.metadata().map(|m| m.len() > 1000).unwrap_or(false),
-            "{}",
-            f.display()
-        );
-    }
+    ]);
 }
