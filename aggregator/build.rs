@@ -19,7 +19,10 @@ fn mime(name: &str) -> &'static str {
 }
 
 fn main() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+    // Read at run time: a build script's binary is shared by checkouts in other
+    // directories that use the same target directory.
+    let src = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"))
+        .join("console");
     let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("console");
     std::fs::create_dir_all(&out).expect("create OUT_DIR/console");
     println!("cargo:rerun-if-changed=console");

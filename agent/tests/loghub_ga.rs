@@ -1,9 +1,9 @@
 //! Grouping Accuracy of the template miner on the Loghub-2k benchmark (eight
-//! datasets, corrected ground truth), with the one configuration the agent runs,
-//! scored from the template ids as the aggregator resolves them (the ids lines were
-//! tagged with, joined through the aliases a template leaves as it generalises).
-//! Also printed: the miner's clusters, the ids as tagged, and whole lines (header
-//! included, as the agent mines a file).
+//! datasets, corrected ground truth), with the one configuration the agent runs, on
+//! whole lines as the agent reads them (header included), scored from the template ids
+//! as the aggregator resolves them (the ids lines were tagged with, joined through the
+//! aliases a template leaves as it generalises). Also printed: the miner's clusters, the
+//! ids as tagged, and the Content column alone (Loghub's header removed).
 //!
 //! The data is read from `$HEIMDALL_LOGHUB_DIR`, else `../shared/data/loghub` beside
 //! the checkout; without it the test says loudly that it skipped.
@@ -14,7 +14,10 @@ use heimdall_agent::pipeline::template::{Miner, MinerConfig};
 use loghub::{data_dir, grouping_accuracy, DATASETS};
 use std::collections::HashMap;
 
-const MIN_AVERAGE_GA: f64 = 0.95;
+/// Each system, whole lines as the agent reads them.
+const MIN_GA: f64 = 0.95;
+/// The average over the eight, whole lines.
+const MIN_AVERAGE_GA: f64 = 0.97;
 
 /// A regex for a `formats.json` layout: `<Field>` placeholders around `<Content>`.
 fn header_regex(format: &str) -> regex::Regex {
@@ -39,26 +42,16 @@ fn header_regex(format: &str) -> regex::Regex {
 fn mine(messages: &[&str]) -> (Vec<usize>, Vec<usize>, Vec<usize>, usize) {
     let mut miner = Miner::new(MinerConfig::default());
     let (mut clusters, mut ids) = (Vec::new(), Vec::new());
-    let mut next: HashMap<u64, u64> = HashMap::new();
+    let mut aliases = loghub::Aliases::default();
     for m in messages {
         let r = miner.add(m);
-        if let Some(old) = r.replaced {
-            next.insert(old, r.id);
+        for &old in &r.replaced {
+            aliases.link(old, r.id);
         }
         clusters.push(r.cluster);
         ids.push(r.id);
     }
-    let resolve = |mut id: u64| {
-        let mut hops = 0;
-        while let Some(&n) = next.get(&id) {
-            if n == id || hops > 64 {
-                break;
-            }
-            id = n;
-            hops += 1;
-        }
-        id
-    };
+    let resolve = |id: u64| aliases.resolve(id);
     let as_group = |v: Vec<u64>| -> Vec<usize> {
         let mut names: HashMap<u64, usize> = HashMap::new();
         v.into_iter()
@@ -73,14 +66,14 @@ fn mine(messages: &[&str]) -> (Vec<usize>, Vec<usize>, Vec<usize>, usize) {
 }
 
 #[test]
-fn loghub_grouping_accuracy_averages_at_least_0_95() {
+fn loghub_grouping_accuracy_on_whole_lines_is_at_least_0_95_each_and_0_97_on_average() {
     let Some(dir) = data_dir() else {
         eprintln!("\n*** SKIPPED: no Loghub data (set HEIMDALL_LOGHUB_DIR or provide ../shared/data/loghub) ***\n");
         return;
     };
     let formats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("formats.json")).unwrap()).unwrap();
-    let mut total = 0.0;
+    let (mut total, mut low) = (0.0, Vec::new());
     for d in DATASETS {
         let re = header_regex(formats[d]["log_format"].as_str().unwrap());
         let (lines, truth) = loghub::read(&dir, d);
@@ -92,20 +85,24 @@ fn loghub_grouping_accuracy_averages_at_least_0_95() {
                     .map_or(*l, |c| c.name("Content").unwrap().as_str())
             })
             .collect();
-        let (clusters, shipped, resolved, n) = mine(&content);
+        let (clusters, shipped, resolved, n) = mine(&lines);
         assert_eq!(clusters.len(), truth.len(), "{d}: lines vs ground truth");
         let ga = grouping_accuracy(&resolved, &truth);
-        let (_, _, raw_resolved, _) = mine(&lines);
+        let (_, _, content_resolved, _) = mine(&content);
         eprintln!(
-            "{d:<10} GA {ga:.3} from ids as resolved ({:.3} clusters, {:.3} ids as tagged; whole lines {:.3}) ({n} templates)",
+            "{d:<10} GA {ga:.3} whole lines, from ids as resolved ({:.3} clusters, {:.3} ids as tagged; Content column {:.3}) ({n} templates)",
             grouping_accuracy(&clusters, &truth),
             grouping_accuracy(&shipped, &truth),
-            grouping_accuracy(&raw_resolved, &truth),
+            grouping_accuracy(&content_resolved, &truth),
         );
+        if ga < MIN_GA {
+            low.push(format!("{d} {ga:.3}"));
+        }
         total += ga;
     }
     let avg = total / DATASETS.len() as f64;
-    eprintln!("average    GA {avg:.3} from ids as resolved");
+    eprintln!("average    GA {avg:.3} whole lines, from ids as resolved");
+    assert!(low.is_empty(), "GA below {MIN_GA}: {low:?}");
     assert!(
         avg >= MIN_AVERAGE_GA,
         "average GA {avg:.3} is below {MIN_AVERAGE_GA}"

@@ -427,12 +427,13 @@ async function detail(r) {
 }
 
 // The template the agents mined for a line: the most specific of its stream's patterns
-// around its time that matches it (`<_>` stands for any text).
+// around its time that matches it (`<_>` stands for any text; a space for the
+// whitespace or `|` that separated the tokens the miner saw).
 async function template(r, stream) {
   const ts = Number(BigInt(r.ts) / 1000000n) * 1e6;
   const res = await api(`/loki/api/v1/patterns?${qs({ query: stream, start: ts - 3600 * NS, end: ts + 60 * NS, step: '60s' })}`);
   const fits = (res.data || []).filter(x => {
-    const re = `^${x.pattern.split('<_>').map(p => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('[\\s\\S]*?')}$`;
+    const re = `^${x.pattern.split('<_>').map(p => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/ /g, '[\\s|]+')).join('[\\s\\S]*?')}$`;
     return new RegExp(re).test(r.line);
   }).sort((a, b) => b.pattern.replace(/<_>/g, '').length - a.pattern.replace(/<_>/g, '').length);
   const box = $('#tpl');

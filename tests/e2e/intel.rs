@@ -205,13 +205,36 @@ fn templates_aggregates_and_anomalies_reach_the_aggregator() {
     // The miner's templates survive the agent.
     agent.proc.terminate(Duration::from_secs(20)).unwrap();
     let dir = agent.state_dir.join("templates");
-    let saved: String = std::fs::read_dir(&dir)
+    // One JSON object per template after the header: its tree leaf and its tokens.
+    let saved: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .flat_map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            assert!(text.starts_with("# heimdall templates v2\n"), "{text}");
+            text.lines()
+                .skip(1)
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let toks: Vec<&str> = v["tokens"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_str().unwrap())
+                        .collect();
+                    toks.join(" ")
+                })
+                .collect::<Vec<_>>()
+        })
         .collect();
-    assert!(saved.contains("user <*> logged in from <*>"), "{saved}");
-    assert!(saved.contains("debug tick <*> queue depth <*>"), "{saved}");
+    assert!(
+        saved.iter().any(|t| t == "user <*> logged in from <*>"),
+        "{saved:?}"
+    );
+    assert!(
+        saved.iter().any(|t| t == "debug tick <*> queue depth <*>"),
+        "{saved:?}"
+    );
     c.agg.proc.terminate(Duration::from_secs(20)).unwrap();
 }
 

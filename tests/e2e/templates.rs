@@ -35,9 +35,12 @@ fn a_generalised_template_keeps_one_identity_in_patterns() {
         .iter()
         .map(|r| r.template_id)
         .collect();
+    // `webmaster`, then `admin` (a second value: maybe an enumeration, so a sibling
+    // template), then `oracle` (a third: a variable, the first template generalises and
+    // absorbs the sibling): three ids were tagged, one pattern.
     assert_eq!(
         ids.len(),
-        2,
+        3,
         "tagged before and after generalising: {ids:?}"
     );
     let sel = enc(r#"{agent="ident-a"}"#);
@@ -79,9 +82,12 @@ fn resolve(agents: &[&Run]) -> rusqlite::Connection {
             )
             .unwrap();
         }
-        for (from, to) in &run.aliases {
-            heimdall_store::templates::link(&c, *from, *to).unwrap();
-        }
+        heimdall_store::templates::announce(
+            &c,
+            run.texts.iter().map(|(id, t)| (*id, t.as_str())),
+            &run.aliases,
+        )
+        .unwrap();
     }
     c
 }
@@ -94,7 +100,7 @@ fn mine(lines: &[(usize, String)]) -> Run {
         let r = m.add(line);
         tagged.push((*ev, r.id));
         texts.push((r.id, m.template(r.cluster).unwrap()));
-        if let Some(old) = r.replaced {
+        for &old in &r.replaced {
             aliases.push((old, r.id));
         }
     }
@@ -110,7 +116,9 @@ proptest! {
     /// Event types with word-valued slots (user names, hosts: variables no digit
     /// gives away, so templates generalise as their values arrive), seen by two agents
     /// in different orders: after the aggregator resolves aliases, each event type has
-    /// one id on each agent, and the same id on both.
+    /// the same ids on both agents, one id once each of its word slots has shown three
+    /// values (a slot that has shown two may be an enumeration, which the miner keeps
+    /// apart until a third value shows), and no two event types ever share an id.
     #[test]
     fn every_event_type_has_one_id_whatever_the_order(
         picks in proptest::collection::vec((0usize..4, 0usize..5, 0usize..5, 0u32..100_000), 8..120),
@@ -137,14 +145,67 @@ proptest! {
         let (a, b) = (mine(&lines), mine(&shuffled));
         let db = resolve(&[&a, &b]);
         let root = |id: u64| heimdall_store::templates::root(&db, id).unwrap();
-        let mut per_event: HashMap<usize, HashSet<u64>> = HashMap::new();
-        for (ev, id) in a.tagged.iter().chain(&b.tagged) {
-            per_event.entry(*ev).or_default().insert(root(*id));
+        // Per event type: the roots on each agent.
+        let mut per_event: HashMap<usize, [HashSet<u64>; 2]> = HashMap::new();
+        for (agent, run) in [&a, &b].into_iter().enumerate() {
+            for (ev, id) in &run.tagged {
+                per_event.entry(*ev).or_default()[agent].insert(root(*id));
+            }
         }
+        let mut values: HashMap<usize, [HashSet<usize>; 2]> = HashMap::new();
+        for (k, u, h, _) in &picks {
+            let v = values.entry(*k).or_default();
+            v[0].insert(*u);
+            v[1].insert(*h);
+        }
+        for (ev, [on_a, on_b]) in &per_event {
+            prop_assert_eq!(on_a, on_b, "event type {}: the agents differ", ev);
+            if values[ev].iter().all(|v| v.len() >= 3) {
+                prop_assert_eq!(on_a.len(), 1, "event type {} has ids {:?}", ev, on_a);
+            }
+        }
+        let mut owner: HashMap<u64, usize> = HashMap::new();
         for (ev, roots) in &per_event {
-            prop_assert_eq!(roots.len(), 1, "event type {} has ids {:?}", ev, roots);
+            for id in roots.iter().flatten() {
+                let o = *owner.entry(*id).or_insert(*ev);
+                prop_assert_eq!(o, *ev, "event types {} and {} share an id", o, ev);
+            }
         }
-        let distinct: HashSet<u64> = per_event.values().flatten().copied().collect();
-        prop_assert_eq!(distinct.len(), per_event.len(), "event types share an id");
+    }
+}
+
+/// Grouping Accuracy where users meet it: the eight Loghub-2k systems' raw logs tailed
+/// by a real agent and shipped to a real aggregator, scored from the template ids the
+/// aggregator stored, resolved through its aliases: at least 0.95 on each system and
+/// 0.97 on average, with the one configuration every agent runs. Then the same lines
+/// dealt over three agents, each seeing a third of every system: the ids they store
+/// must agree as well.
+#[test]
+fn loghub_grouping_accuracy_end_to_end() {
+    use heimdall_tests::loghub_ga::{loghub, ship_and_score};
+    let Some(dir) = loghub::data_dir() else {
+        eprintln!("\n*** SKIPPED: no Loghub data (set HEIMDALL_LOGHUB_DIR or provide ../shared/data/loghub) ***\n");
+        return;
+    };
+    for agents in [1, 3] {
+        let scores = ship_and_score(&dir, agents).unwrap();
+        for s in &scores {
+            eprintln!(
+                "{agents} agent(s) {:<10} GA {:.3} resolved ({:.3} as stored)",
+                s.name, s.resolved, s.as_stored
+            );
+        }
+        let avg = scores.iter().map(|s| s.resolved).sum::<f64>() / scores.len() as f64;
+        eprintln!("{agents} agent(s) average    GA {avg:.3}");
+        let low: Vec<String> = scores
+            .iter()
+            .filter(|s| s.resolved < 0.95)
+            .map(|s| format!("{} {:.3}", s.name, s.resolved))
+            .collect();
+        assert!(low.is_empty(), "{agents} agent(s): GA below 0.95: {low:?}");
+        assert!(
+            avg >= 0.97,
+            "{agents} agent(s): average GA {avg:.3} below 0.97"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! running. Each process logs to a file in the test's directory; [`Proc::log_tail`]
 //! shows it when an assertion fails.
 
+pub mod loghub_ga;
 pub mod sinks;
 
 use anyhow::{bail, Context};

@@ -146,7 +146,7 @@ impl Batcher {
         });
         self.bytes += new_stream;
         for t in &chunk.templates {
-            if let Some(from) = t.replaces {
+            for &from in &t.replaces {
                 self.bytes += 16;
                 self.content.aliases.push(TemplateAlias { from, to: t.id });
             }

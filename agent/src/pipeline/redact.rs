@@ -2039,6 +2039,13 @@ fn phone_at(line: &[u8], i: usize) -> Option<usize> {
         && line.get(i + 1) == Some(&b'0')
         && line.get(i + 2).is_some_and(|c| (b'1'..=b'9').contains(c))
     {
+        // `0049 30 1234567`: the country code stands alone in the first group. A longer
+        // first group is a phone only in a phone's field (`001250 4631` in a compact
+        // header is a time and a process id).
+        let cc = skip_digits(line, i + 2) - (i + 2);
+        if cc > 3 && !phone_context(line, i) {
+            return None;
+        }
         return intl_at(line, i + 2);
     }
     if line[i] == b'1' && matches!(line.get(i + 1), Some(b'-' | b' ' | b'.')) {

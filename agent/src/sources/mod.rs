@@ -238,8 +238,9 @@ pub struct NewTemplate {
     /// The miner made it from one of the chunk's lines (a never-seen message), rather
     /// than knowing it from before this run.
     pub created: bool,
-    /// The template's former id when one of the chunk's lines generalised it.
-    pub replaces: Option<u64>,
+    /// Ids that now mean this template, when one of the chunk's lines generalised it:
+    /// its former id and those of the templates it absorbed.
+    pub replaces: Vec<u64>,
 }
 
 /// What a source ships of the records it reads.

@@ -92,3 +92,28 @@ pub fn grouping_accuracy<P: std::hash::Hash + Eq>(predicted: &[P], truth: &[Stri
     }
     correct as f64 / predicted.len().max(1) as f64
 }
+
+/// Template ids joined by the aliases an agent ships, as the aggregator joins them: every
+/// id linked to another, directly or through others, reads as one.
+#[derive(Default)]
+pub struct Aliases {
+    parent: HashMap<u64, u64>,
+}
+
+impl Aliases {
+    /// Records that `from` now means `to`.
+    pub fn link(&mut self, from: u64, to: u64) {
+        let (a, b) = (self.resolve(from), self.resolve(to));
+        if a != b {
+            self.parent.insert(a, b);
+        }
+    }
+
+    /// The one id `id` reads as.
+    pub fn resolve(&self, mut id: u64) -> u64 {
+        while let Some(&p) = self.parent.get(&id) {
+            id = p;
+        }
+        id
+    }
+}

@@ -70,27 +70,19 @@ fn load(dir: &Path, name: &str) -> System {
     let mut event_ix: HashMap<String, usize> = HashMap::new();
     let mut miner = Miner::new(MinerConfig::default());
     let parser = Parser::default();
-    let mut next: HashMap<u64, u64> = HashMap::new();
+    let mut aliases = super::loghub::Aliases::default();
     let mut raw_lines = Vec::new();
     for (i, l) in raw.iter().enumerate() {
         let m = miner.add(l);
-        if let Some(old) = m.replaced {
-            next.insert(old, m.id);
+        for &old in &m.replaced {
+            aliases.link(old, m.id);
         }
         let n = event_ix.len();
         let ev = *event_ix.entry(events[i].clone()).or_insert(n);
         let level = parser.parse(l.as_bytes(), 1_800_000_000 * NS).level;
         raw_lines.push((m.id, level, ev, l.to_owned()));
     }
-    let resolve = |mut id: u64| {
-        for _ in 0..64 {
-            match next.get(&id) {
-                Some(&n) if n != id => id = n,
-                _ => break,
-            }
-        }
-        id
-    };
+    let resolve = |id: u64| aliases.resolve(id);
     let mut texts = HashMap::new();
     let mut lines = Vec::new();
     let mut per_event: HashMap<usize, (usize, bool, String)> = HashMap::new();

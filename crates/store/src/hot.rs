@@ -947,8 +947,13 @@ impl Writer {
             }
         }
         // After the texts: the more general text names a joined set.
-        for a in &content.aliases {
-            super::templates::link(&self.conn, a.from, a.to)?;
+        if !content.templates.is_empty() || !content.aliases.is_empty() {
+            let aliases: Vec<(u64, u64)> = content.aliases.iter().map(|a| (a.from, a.to)).collect();
+            super::templates::announce(
+                &self.conn,
+                content.templates.iter().map(|t| (t.id, t.text.as_str())),
+                &aliases,
+            )?;
         }
         if !content.aggregates.is_empty() {
             let mut ins = self.conn.prepare_cached(

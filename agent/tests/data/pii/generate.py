@@ -1480,7 +1480,8 @@ def scan(text, spans):
                 if (j > i and len(set(seps)) == 1 and all(2 <= x <= 4 for x in lens) and 8 <= nd <= 12
                         and after != ":" and phone_context(text[:s])):
                     phone_like = True
-                if j > i and g0.startswith("00") and 10 <= nd <= 17:
+                if (j > i and g0.startswith("00") and 10 <= nd <= 17
+                        and (len(g0) <= 5 or phone_context(text[:s]))):
                     phone_like = True
                 if s > 0 and text[s - 1] == "+" and nd >= 7:
                     phone_like = True
@@ -3050,6 +3051,21 @@ def national_phone_look_alikes():
 # --------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------
+
+@tpl("app", 60, neg=True)
+def app_compact_header():
+    """README: a compact `yymmdd hhmmss pid` header (HDFS) is not a phone, even when
+    the time starts with `00`."""
+    day = f"{ri(8, 25):02d}{ri(1, 12):02d}{ri(1, 28):02d}"
+    t = f"{ri(0, 1) and ri(0, 23) or 0:02d}{ri(0, 59):02d}{ri(0, 59):02d}"
+    msg = ch([
+        f"dfs.DataNode$PacketResponder: PacketResponder {ri(0, 2)} for block blk_{ri(10 ** 17, 10 ** 18)} terminating",
+        f"dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/root/part-{ri(0, 99999):05d}",
+        f"dfs.DataBlockScanner: Verification succeeded for blk_-{ri(10 ** 17, 10 ** 18)}",
+        f"worker.Pool: {ri(1, 64)} of {ri(64, 128)} threads busy",
+    ])
+    return [f"{day} {t} {ri(1, 99999)} {ch(['INFO', 'WARN'])} {msg}"]
+
 
 def main():
     stats = "--stats" in sys.argv
