@@ -178,7 +178,7 @@ proptest! {
 /// by a real agent and shipped to a real aggregator, scored from the template ids the
 /// aggregator stored, resolved through its aliases: at least 0.95 on each system and
 /// 0.97 on average, with the one configuration every agent runs. Then the same lines
-/// dealt over three agents, each seeing a third of every system: the ids they store
+/// dealt over four agents, each seeing a quarter of every system: the ids they store
 /// must agree as well.
 #[test]
 fn loghub_grouping_accuracy_end_to_end() {
@@ -187,7 +187,7 @@ fn loghub_grouping_accuracy_end_to_end() {
         eprintln!("\n*** SKIPPED: no Loghub data (set HEIMDALL_LOGHUB_DIR or provide ../shared/data/loghub) ***\n");
         return;
     };
-    for agents in [1, 3] {
+    for agents in [1, 4] {
         let scores = ship_and_score(&dir, agents).unwrap();
         for s in &scores {
             eprintln!(

@@ -90,8 +90,19 @@ pub enum FilterOp {
 }
 
 /// The regular expression of a pattern filter: anchored at both ends, literal text as
-/// it is, each `<_>` or `<name>` any text (shortest first).
+/// it is, each `<_>` or `<name>` any text (shortest first). A space stands for any run
+/// of whitespace and `|`: the separators the agents' template miner splits on, which
+/// a template's text shows as single spaces, so that a pattern Heimdall reports
+/// (`<_> Step_LSC <_>`) matches its lines (`…|Step_LSC|…`, columns padded with spaces).
 pub fn pattern_regex(pattern: &str) -> String {
+    fn literal(out: &mut String, text: &str) {
+        for (k, part) in text.split(' ').enumerate() {
+            if k > 0 {
+                out.push_str("[ \\t\\n\\r\\x0c|]+");
+            }
+            out.push_str(&regex::escape(part));
+        }
+    }
     let mut out = String::from("(?s)^");
     let mut rest = pattern;
     while let Some(i) = rest.find('<') {
@@ -104,17 +115,17 @@ pub fn pattern_regex(pattern: &str) -> String {
         });
         match name_len {
             Some(n) => {
-                out.push_str(&regex::escape(&rest[..i]));
+                literal(&mut out, &rest[..i]);
                 out.push_str(".*?");
                 rest = &after[n + 1..];
             }
             None => {
-                out.push_str(&regex::escape(&rest[..=i]));
+                literal(&mut out, &rest[..=i]);
                 rest = after;
             }
         }
     }
-    out.push_str(&regex::escape(rest));
+    literal(&mut out, rest);
     out.push('$');
     out
 }
@@ -1648,6 +1659,12 @@ mod tests {
         assert!(filters(&b)[0].matches(b"a <= b (ok) [*]"));
         assert!(!filters(&b)[0].matches(b"a <= b ok [*]"));
         assert_eq!(pattern_regex("<_>"), "(?s)^.*?$");
+        // A space is any run of the miner's separators.
+        let c = log(r#"{app="x"} |> "<_> Step_LSC <_> onStandStepChanged <_>""#);
+        let c = filters(&c)[0];
+        assert!(c.matches(b"20171223-22:15:29:606|Step_LSC|30002312|onStandStepChanged 3579"));
+        assert!(c.matches(b"t  Step_LSC\tx onStandStepChanged 1"));
+        assert!(!c.matches(b"t Step_LSCx onStandStepChanged 1"));
         assert_eq!(
             parse(r#"{app="x"} |> "<_> GET <_>""#).unwrap().to_string(),
             r#"{app="x"} |> "<_> GET <_>""#

@@ -24,9 +24,10 @@
 //! (`Invalid user root from <*>`) where another generalised (`Invalid user <*> from
 //! <*>`). A text is therefore also joined to the most specific *generalised* text (one
 //! an agent produced by generalising) that covers it: the same tokens, each either
-//! `<*>` or equal. Only a general text at least half literal subsumes others, so that
-//! a text of mostly `<*>` never swallows unrelated events. Checked once per text, when
-//! it is first announced, and once per generalised text, when it first is one.
+//! `<*>` or equal, keeping more than half of the text's literal tokens (the share the
+//! miner asks of a line it takes into a template), so that a text of mostly `<*>`
+//! never swallows unrelated events. Checked once per text, when it is first announced,
+//! and once per generalised text, when it first is one.
 //!
 //! Bounded: an alias row exists per id that ever generalised, at most one per
 //! template text an agent announced; a shape row per text.
@@ -104,15 +105,17 @@ fn note(conn: &Connection, id: u64, text: &str) -> Result<bool, rusqlite::Error>
 }
 
 /// The most specific generalised text that covers `id`'s (most literal tokens, the
-/// lowest id among equals), if one at least half literal does.
+/// lowest id among equals), if one keeps more than half of its literal tokens (as the
+/// agents' miner takes a line into a template only when more than half of the line's
+/// literal tokens agree).
 fn best_cover(conn: &Connection, id: u64, text: &str) -> Result<Option<u64>, rusqlite::Error> {
-    let n = pieces(text).count() as i64;
+    let (n, lit) = pieces(text).fold((0i64, 0i64), |(n, l), p| (n + 1, l + i64::from(p != "<*>")));
     let mut stmt = conn.prepare_cached(
         "SELECT s.id, s.literals, t.text FROM template_shape s JOIN templates t ON t.id = s.id
-         WHERE s.pieces = ?1 AND s.general = 1 AND s.literals * 2 >= s.pieces AND s.id != ?2
+         WHERE s.pieces = ?1 AND s.general = 1 AND s.literals * 2 > ?3 AND s.id != ?2
          ORDER BY s.literals DESC, s.id",
     )?;
-    let mut rows = stmt.query(params![n, id as i64])?;
+    let mut rows = stmt.query(params![n, id as i64, lit])?;
     while let Some(r) = rows.next()? {
         let g: String = r.get(2)?;
         if covers(&g, text) {
