@@ -643,6 +643,13 @@ fn load_big(state: &std::path::Path, n: u64, now: i64) -> anyhow::Result<u64> {
         }
     }
     let compact_secs = started.elapsed().as_secs_f64();
+    let peak = std::fs::metadata(&db)?.len();
+    lc.release_space(&tokio_util::sync::CancellationToken::new())?;
+    println!(
+        "== hot database: {:.0} MB after the load, {:.0} MB once compaction's space is returned",
+        peak as f64 / 1e6,
+        std::fs::metadata(&db)?.len() as f64 / 1e6
+    );
     drop(lc);
     drop(conn);
     match Arc::try_unwrap(store) {

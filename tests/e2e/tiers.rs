@@ -785,3 +785,119 @@ print(total, u5, host)
     );
     assert_eq!(heimdall(), 2010 - by_user, "only the erased lines are gone");
 }
+
+/// The hot database returns the space of the partitions compaction emptied: its file
+/// shrinks to a fraction of its peak once the lines are in warm segments (they are all
+/// there), and a database made before space was returned is converted when it is
+/// opened mostly free.
+#[test]
+fn hot_database_shrinks_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hot.db");
+    let store = Arc::new(HotStore::open_with(&db, 100_000, PARTITION).unwrap());
+    let (parts, per) = (6i64, 8_000usize);
+    for p in 0..parts {
+        let content = BatchContent {
+            streams: streams(),
+            records: (0..per)
+                .map(|i| LogRecord {
+                    stream: (i % 3) as u32,
+                    time_ns: T0 + p * PARTITION + i as i64 * 1_000_000,
+                    observed_ns: T0,
+                    level: Level::Info,
+                    template_id: 7,
+                    flags: 0,
+                    redacted: 0,
+                    line: bytes::Bytes::from(format!(
+                        "request {p}-{i} served in {i} ms by worker {} {}",
+                        i % 17,
+                        "x".repeat(200)
+                    )),
+                    metadata: Default::default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let id = BatchId {
+            agent: "space".into(),
+            epoch: 1,
+            seq: p as u64 + 1,
+            floor: 1,
+        };
+        runtime().block_on(store.write(id, content)).unwrap();
+    }
+    store.checkpoint_blocking().unwrap();
+    let peak = std::fs::metadata(&db).unwrap().len();
+    let warm_dir = dir.path().join("segments");
+    std::fs::create_dir_all(&warm_dir).unwrap();
+    let lifecycle = Lifecycle {
+        store: store.clone(),
+        db_path: db.clone(),
+        cfg: LifecycleConfig {
+            interval: Duration::from_secs(3600),
+            warm_dir,
+            compact_after: Duration::from_secs(0),
+            hot_max_rows: u64::MAX,
+            segment_rows: 100_000,
+            zstd_level: 1,
+            upload_after: None,
+            retention: None,
+        },
+        cold: None,
+    };
+    let conn = hot::open_reader(&db).unwrap();
+    for p in hot::partitions(&conn).unwrap() {
+        lifecycle.compact_named(&p.name).unwrap();
+    }
+    drop(conn);
+    let returned = lifecycle
+        .release_space(&tokio_util::sync::CancellationToken::new())
+        .unwrap();
+    let after = std::fs::metadata(&db).unwrap().len();
+    eprintln!("hot.db: {peak} bytes at its peak, {after} after compaction");
+    assert!(
+        after * 4 < peak,
+        "hot.db {peak} bytes at its peak, {after} after compaction ({returned} returned)"
+    );
+    let conn = hot::open_reader(&db).unwrap();
+    let warm = catalog::totals(&conn).unwrap()["warm"];
+    assert_eq!(
+        warm.1,
+        parts as u64 * per as u64,
+        "every line is in a segment"
+    );
+    drop(conn);
+    drop(lifecycle);
+    match Arc::try_unwrap(store) {
+        Ok(mut s) => s.close(),
+        Err(_) => panic!("store still shared"),
+    }
+
+    // A database made without incremental vacuum (as before), mostly free.
+    let old = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&old).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE filler(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000)
+             INSERT INTO filler SELECT randomblob(1000) FROM n;
+             DROP TABLE filler;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+        let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, 0);
+    }
+    let before = std::fs::metadata(&old).unwrap().len();
+    let mut s = HotStore::open(&old, 1000).unwrap();
+    s.close();
+    let c = rusqlite::Connection::open(&old).unwrap();
+    let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, 2, "converted to incremental vacuum");
+    let now = std::fs::metadata(&old).unwrap().len();
+    assert!(
+        now * 4 < before,
+        "{before} bytes before, {now} after conversion"
+    );
+}

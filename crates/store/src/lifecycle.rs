@@ -19,8 +19,12 @@
 //!
 //! Metrics: `heimdall_aggregator_lifecycle_runs_total{step,outcome}`,
 //! `heimdall_aggregator_lifecycle_rows_total{step}`,
-//! `heimdall_aggregator_lifecycle_seconds{step}`, and per tier
-//! `heimdall_aggregator_tier_segments`, `_rows`, `_bytes`.
+//! `heimdall_aggregator_lifecycle_seconds{step}`, per tier
+//! `heimdall_aggregator_tier_segments`, `_rows`, `_bytes`, and the hot database's
+//! `heimdall_aggregator_hot_db_bytes` and `_free_bytes`.
+//!
+//! **Space** returns the pages of dropped partitions to the file system (see
+//! [`hot::space`]), so the hot database shrinks after compaction and retention.
 
 use super::catalog::{self, Tier};
 use super::cold::ColdStore;
@@ -415,6 +419,9 @@ impl Lifecycle {
         let t = Instant::now();
         let r = self.compact(shutdown);
         record("compact", t, &r, log);
+        let t = Instant::now();
+        let r = self.release_space(shutdown);
+        record("space", t, &r, log);
         if self.cold.is_some() {
             let t = Instant::now();
             let r = self.upload(shutdown);
@@ -649,6 +656,35 @@ impl Lifecycle {
         failpoint("compact-committed");
         tracing::info!(partition = %name, rows = n, segments = pieces.len(), "compacted a hot partition");
         Ok(n as u64)
+    }
+
+    /// Returns the hot database's free pages (left by dropped partitions) to the file
+    /// system, 64 MB at a time between the writer's batches. Returns the bytes
+    /// returned.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn release_space(&self, shutdown: &CancellationToken) -> Result<u64, Error> {
+        /// Pages per writer job (4 KiB pages: 64 MiB).
+        const STEP: u32 = 16_384;
+        let (before, _) = hot::space::usage(&self.reader()?)?;
+        loop {
+            let left = self
+                .store
+                .job_blocking_value(move |c| hot::space::release(c, STEP))?;
+            if left == 0 || shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // The file shrinks at the checkpoint; its size is what users see. (A reader
+        // still on older pages can hold it back until the next run.)
+        if let Err(e) = self.store.checkpoint_blocking() {
+            tracing::debug!(error = %e, "hot database checkpoint after returning space");
+        }
+        let (after, free) = hot::space::usage(&self.reader()?)?;
+        metrics::gauge!("heimdall_aggregator_hot_db_bytes").set(after as f64);
+        metrics::gauge!("heimdall_aggregator_hot_db_free_bytes").set(free as f64);
+        Ok(before.saturating_sub(after))
     }
 
     /// Deletes everything older than the retention period. Returns the rows deleted
