@@ -10,8 +10,6 @@
 use super::segment::{Bloom, SegmentInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
-#[cfg(test)]
-use std::collections::HashSet;
 
 /// Where a segment's file lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,9 +389,9 @@ mod tests {
 
     #[test]
     fn row_group_filters_round_trip_and_damage_reads_everything() {
-        let mut a = HashSet::new();
+        let mut a = super::super::segment::EntrySet::default();
         super::super::segment::index_line(b"alpha beta", &mut a);
-        let mut b = HashSet::new();
+        let mut b = super::super::segment::EntrySet::default();
         super::super::segment::index_line(b"gamma delta", &mut b);
         let blooms = vec![Bloom::from_entries(a.iter()), Bloom::from_entries(b.iter())];
         let raw = encode_blooms(&blooms);

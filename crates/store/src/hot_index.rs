@@ -31,7 +31,7 @@ pub struct Block {
 struct PartIndex {
     blocks: Vec<Block>,
     /// Entries of the block being filled, before its filter is built.
-    pending: HashSet<u64>,
+    pending: crate::segment::EntrySet,
     /// Whether every row of the partition is in a block (false after a restart until
     /// the partition is indexed again).
     complete: bool,
@@ -188,7 +188,7 @@ impl HotIndex {
     }
 }
 
-fn seal(b: &mut Block, pending: &mut HashSet<u64>) {
+fn seal(b: &mut Block, pending: &mut crate::segment::EntrySet) {
     if pending.is_empty() {
         return;
     }

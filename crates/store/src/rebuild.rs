@@ -59,8 +59,8 @@ fn add(store: &HotStore, cold: &ColdStore, name: &str, size: u64) -> Result<u64,
     let footer = file.footer()?;
     let labels = file.stream_labels()?;
     // Statistics and the bloom filter from the rows; the footer's content hash must hold.
-    let mut entries = HashSet::new();
-    let mut rg_entries = HashSet::new();
+    let mut entries = super::segment::EntrySet::default();
+    let mut rg_entries = super::segment::EntrySet::default();
     let mut row_group_blooms = Vec::new();
     let mut bounds = file.row_group_rows().into_iter();
     let mut left = bounds.next().unwrap_or(usize::MAX);
