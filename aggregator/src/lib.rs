@@ -350,6 +350,8 @@ fn ingest_listener(
     registry: &Arc<ingest::Registry>,
 ) -> ingest::listener::Listener {
     let memory_kib = u32::try_from(cfg.max_memory_bytes / 1024).unwrap_or(u32::MAX);
+    metrics::gauge!("heimdall_aggregator_ingest_memory_limit_bytes")
+        .set(f64::from(memory_kib) * 1024.0);
     ingest::listener::Listener {
         endpoint,
         store: storage.store.clone(),

@@ -14,6 +14,7 @@ mod intel;
 mod journald;
 mod loki;
 mod operator;
+mod overload;
 mod push;
 mod redact;
 mod reload;

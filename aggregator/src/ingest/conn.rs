@@ -278,6 +278,49 @@ impl Handler {
 /// How long a batch stream may take to arrive whole.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Memory taken from the ingest budget (`ingest.max_memory`); given back on drop.
+/// `heimdall_aggregator_ingest_memory_bytes` is what is taken,
+/// `heimdall_aggregator_ingest_memory_waits_total` counts the batches that waited for
+/// it (backpressure: their stream is not read meanwhile, so QUIC's flow control slows
+/// the agent).
+struct Reserved {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    memory: Arc<Semaphore>,
+    budget: u32,
+}
+
+impl Reserved {
+    /// Takes `kib` KiB (at most the whole budget of `budget` KiB), waiting while the
+    /// budget is spent; `None` when the budget is closed (shutdown).
+    async fn take(memory: &Arc<Semaphore>, kib: u32, budget: u32) -> Option<Reserved> {
+        let kib = kib.min(budget);
+        if memory.available_permits() < kib as usize {
+            metrics::counter!("heimdall_aggregator_ingest_memory_waits_total").increment(1);
+        }
+        let permit = memory.clone().acquire_many_owned(kib).await.ok()?;
+        let r = Reserved {
+            permit,
+            memory: memory.clone(),
+            budget,
+        };
+        r.report(0);
+        Some(r)
+    }
+
+    fn report(&self, leaving: usize) {
+        let used = (self.budget as usize)
+            .saturating_sub(self.memory.available_permits())
+            .saturating_sub(leaving);
+        metrics::gauge!("heimdall_aggregator_ingest_memory_bytes").set(used as f64 * 1024.0);
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.report(self.permit.num_permits());
+    }
+}
+
 /// Reads one frame from a batch stream: the header first, so the memory it needs is
 /// reserved from the global budget before the body is buffered.
 async fn read_batch_frame(
@@ -285,7 +328,7 @@ async fn read_batch_frame(
     limits: &wire::Limits,
     memory: &Arc<Semaphore>,
     budget: u32,
-) -> Result<(Frame, tokio::sync::OwnedSemaphorePermit), (u16, String)> {
+) -> Result<(Frame, Reserved), (u16, String)> {
     let mut header = [0u8; wire::HEADER_LEN];
     match tokio::time::timeout(READ_TIMEOUT, recv.read_exact(&mut header)).await {
         Err(_) => return Err((0, "no frame header within 30s".into())),
@@ -305,11 +348,9 @@ async fn read_batch_frame(
         }
         Err(e) => return Err((reason::MALFORMED, e.to_string())),
     };
-    let permit = memory
-        .clone()
-        .acquire_many_owned(kib(len).min(budget))
+    let permit = Reserved::take(memory, kib(len), budget)
         .await
-        .map_err(|_| (0u16, "shutting down".to_owned()))?;
+        .ok_or_else(|| (0u16, "shutting down".to_owned()))?;
     let rest =
         match tokio::time::timeout(READ_TIMEOUT, recv.read_to_end(len - wire::HEADER_LEN)).await {
             Err(_) => return Err((0, "frame body not received within 30s".into())),
@@ -418,10 +459,8 @@ async fn handle_batch(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     let (epoch, seq, floor) = (batch.epoch, batch.seq, batch.floor);
     // Decoded records share the decompressed buffer; reserve it, and as much again for
     // the record structures, from the global budget.
-    let Ok(_payload_permit) = memory
-        .clone()
-        .acquire_many_owned(kib(batch.raw_len as usize * 2).min(budget))
-        .await
+    let Some(_payload_permit) =
+        Reserved::take(&memory, kib(batch.raw_len as usize * 2), budget).await
     else {
         return;
     };
