@@ -438,11 +438,7 @@ fn receivers_get_documented_payloads() {
             .count(),
         1
     );
-    let metrics = ureq::get(&format!("{}/metrics", c.agg.url()))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = heimdall_tests::get_text(&format!("{}/metrics", c.agg.url()));
     assert!(
         metrics.contains("heimdall_aggregator_notifications_sent_total{receiver=\"slack\"} 2"),
         "{metrics}"

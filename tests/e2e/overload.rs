@@ -86,11 +86,7 @@ fn agents_faster_than_the_store_wait_within_the_memory_budget() {
         .map(|(_, l)| l)
         .collect();
     assert_eq!(distinct.len() as u64, total, "every line once");
-    let metrics = ureq::get(&format!("{}/metrics", c.agg.url()))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = heimdall_tests::get_text(&format!("{}/metrics", c.agg.url()));
     assert!(
         !metrics.lines().any(
             |l| l.starts_with("heimdall_aggregator_ingest_batches_total") && l.contains("rejected")

@@ -691,6 +691,19 @@ pub fn get_json(url: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
+/// `GET url` as text (a metrics page), with a 10 s timeout.
+///
+/// # Panics
+/// On HTTP errors (for tests).
+pub fn get_text(url: &str) -> String {
+    ureq::get(url)
+        .timeout(Duration::from_secs(10))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .into_string()
+        .unwrap_or_else(|e| panic!("GET {url}: not text: {e}"))
+}
+
 /// The value of a Prometheus counter or gauge (summed over its label sets) at `url`.
 pub fn metric(url: &str, name: &str) -> Option<f64> {
     let body = ureq::get(url).call().ok()?.into_string().ok()?;
