@@ -1,7 +1,7 @@
-//! Overload: agents with large backlogs ship at once, faster than the aggregator can
-//! store. Its memory for batches in flight stays within `ingest.max_memory`, the agents
-//! wait (backpressure: none of their batches is refused), and every line is stored
-//! exactly once.
+//! Agents with large backlogs shipping at once, faster than the aggregator can store:
+//! its memory for batches in flight stays within `ingest.max_memory`, the agents wait
+//! (backpressure: none of their batches is refused), and every line is stored exactly
+//! once, also when the aggregator is killed in the middle of it.
 
 use heimdall_tests::{metric, stored_lines, AgentOptions, Cluster};
 use std::collections::HashSet;
@@ -102,4 +102,72 @@ fn agents_faster_than_the_store_wait_within_the_memory_budget() {
         peak_kib.saturating_sub(idle_kib) / 1024
     );
     drop(agents);
+}
+
+/// The aggregator `kill -9`ed twice while agents with backlogs ship at full rate, and
+/// restarted: every line is stored exactly once (batches acknowledged only once
+/// durable, resent when not, recognised when they were).
+#[test]
+fn killed_during_full_rate_ingest_loses_and_doubles_nothing() {
+    const AGENTS: usize = 6;
+    const LINES: usize = 50_000;
+    let mut c = Cluster::start().unwrap();
+    let mut want = HashSet::new();
+    for k in 0..AGENTS {
+        let dir = c.logs.join(format!("host{k}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("app.log")).unwrap());
+        for i in 0..LINES {
+            let line = format!(
+                "host{k} seq={i:07} payment accepted for order {}",
+                i * 7 + k
+            );
+            writeln!(f, "{line}").unwrap();
+            want.insert(line.into_bytes());
+        }
+    }
+    let _agents: Vec<_> = (0..AGENTS)
+        .map(|k| {
+            c.agent(
+                &format!("fullrate-{k}"),
+                AgentOptions {
+                    include: vec![format!("{}/host{k}/*.log", c.logs.display())],
+                    ..AgentOptions::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    let total = want.len() as u64;
+    let started = Instant::now();
+    for share in [5, 2] {
+        // Kill at a fifth, then at a half, of the lines stored.
+        let at = total / share;
+        while c.count() < at {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "stalled before the kill"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.agg.proc.kill9();
+        let before = c.count();
+        eprintln!("killed with {before} of {total} lines stored");
+        assert!(before < total, "the kill came after the last line");
+        c.agg.restart(&c.root, &c.pki).unwrap();
+    }
+    let stored = heimdall_tests::wait_for_count(total, Duration::from_secs(300), || c.count());
+    assert_eq!(stored, total, "{}", c.agg.proc.log_tail(20));
+    let lines: Vec<Vec<u8>> = stored_lines(&c.agg.db())
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(lines.len() as u64, total, "no line twice");
+    let got: HashSet<Vec<u8>> = lines.into_iter().collect();
+    assert!(
+        got == want,
+        "{} lines missing",
+        want.difference(&got).count()
+    );
 }
