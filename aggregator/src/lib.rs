@@ -194,12 +194,23 @@ pub async fn run(
     tracing::info!(ingest = %addrs.ingest, api = %addrs.api, db = %cfg.db_path.display(), "aggregator listening");
 
     let registry = Arc::new(ingest::Registry::default());
+    // One memory budget for batches and pushes in flight, over QUIC and HTTP.
+    let memory_kib = u32::try_from(cfg.max_memory_bytes / 1024).unwrap_or(u32::MAX);
+    metrics::gauge!("heimdall_aggregator_ingest_memory_limit_bytes")
+        .set(f64::from(memory_kib) * 1024.0);
+    let memory = Arc::new(tokio::sync::Semaphore::new(memory_kib as usize));
     let alerting = Stage::new("alerting");
     let alert_api = start_alerting(&cfg, addrs, &storage, &registry, &alerting)?;
     let serving = Stage::child_of("serving", &shutdown);
     serving.spawn(
-        ingest_listener(&cfg, endpoint, &storage, &registry)
-            .run(serving.token(), cfg.shutdown_grace),
+        ingest_listener(
+            &cfg,
+            endpoint,
+            &storage,
+            &registry,
+            (memory.clone(), memory_kib),
+        )
+        .run(serving.token(), cfg.shutdown_grace),
     );
     serving.spawn(reload_on_hangup(alert_api.clone(), serving.token()));
     let state = Arc::new(api::ApiState {
@@ -221,6 +232,7 @@ pub async fn run(
         push: cfg.push.clone(),
         otlp: cfg.otlp.clone(),
         retention: cfg.lifecycle.retention,
+        memory: (memory, memory_kib),
     });
     let tls = match &cfg.api_tls {
         Some((c, k)) => Some(api::tls::server_config(c, k)?),
@@ -348,10 +360,8 @@ fn ingest_listener(
     endpoint: quinn::Endpoint,
     storage: &Storage,
     registry: &Arc<ingest::Registry>,
+    (memory, memory_kib): (Arc<tokio::sync::Semaphore>, u32),
 ) -> ingest::listener::Listener {
-    let memory_kib = u32::try_from(cfg.max_memory_bytes / 1024).unwrap_or(u32::MAX);
-    metrics::gauge!("heimdall_aggregator_ingest_memory_limit_bytes")
-        .set(f64::from(memory_kib) * 1024.0);
     ingest::listener::Listener {
         endpoint,
         store: storage.store.clone(),
@@ -361,7 +371,7 @@ fn ingest_listener(
             limits: Limits::default(),
             max_streams_per_connection: cfg.max_streams_per_connection,
             max_connections_per_agent: cfg.max_connections_per_agent,
-            memory: Arc::new(tokio::sync::Semaphore::new(memory_kib as usize)),
+            memory,
             memory_kib,
             service_name_from: cfg.push.service_name_from.clone(),
         },

@@ -171,3 +171,83 @@ fn killed_during_full_rate_ingest_loses_and_doubles_nothing() {
         want.difference(&got).count()
     );
 }
+
+/// Loki pushes share the same budget: sixteen clients pushing 10 MB bodies at once
+/// against 200 MiB wait their turn (none is refused), the budget is never exceeded, and
+/// every pushed line is stored once.
+#[test]
+fn pushes_wait_within_the_memory_budget() {
+    const CLIENTS: usize = 16;
+    const PUSHES: usize = 2;
+    const LINES: usize = 10_000;
+    let c = Cluster::start_with(&format!("[ingest]\nmax_memory = \"{BUDGET_MIB}MiB\"\n")).unwrap();
+    let idle_kib = c.agg.proc.status_kib("VmRSS").unwrap();
+    let url = format!("{}/loki/api/v1/push", c.agg.url());
+    let metrics_url = format!("{}/metrics", c.agg.url());
+    let now = heimdall_common::record::now_ns();
+    let filler = "y".repeat(900);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|t| {
+            let (url, filler) = (url.clone(), filler.clone());
+            std::thread::spawn(move || {
+                for p in 0..PUSHES {
+                    let values: Vec<serde_json::Value> = (0..LINES)
+                        .map(|i| {
+                            serde_json::json!([
+                                (now + (i * 1000 + p) as i64).to_string(),
+                                format!("client {t} push {p} line {i:05} {filler}")
+                            ])
+                        })
+                        .collect();
+                    let body = serde_json::json!({"streams": [{"stream": {"job": format!("client{t}")}, "values": values}]});
+                    let r = ureq::post(&url)
+                        .timeout(Duration::from_secs(120))
+                        .send_json(body)
+                        .unwrap_or_else(|e| panic!("push refused: {e}"));
+                    assert_eq!(r.status(), 204);
+                }
+            })
+        })
+        .collect();
+    let mut in_use_peak = 0.0f64;
+    while clients.iter().any(|h| !h.is_finished()) {
+        in_use_peak = in_use_peak
+            .max(metric(&metrics_url, "heimdall_aggregator_ingest_memory_bytes").unwrap_or(0.0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for h in clients {
+        h.join().unwrap();
+    }
+    let total = (CLIENTS * PUSHES * LINES) as u64;
+    let waits = metric(
+        &metrics_url,
+        "heimdall_aggregator_ingest_memory_waits_total",
+    )
+    .unwrap_or(0.0);
+    let peak_kib = c.agg.proc.status_kib("VmHWM").unwrap();
+    eprintln!(
+        "pushes: {:.0} MiB of the budget in use at most (sampled), {waits} waited; aggregator {} MiB idle, {} MiB at its peak",
+        in_use_peak / 1048576.0,
+        idle_kib / 1024,
+        peak_kib / 1024
+    );
+    assert_eq!(c.count(), total);
+    let distinct: HashSet<Vec<u8>> = stored_lines(&c.agg.db())
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(distinct.len() as u64, total, "every line once");
+    assert!(in_use_peak <= (BUDGET_MIB << 20) as f64);
+    assert!(
+        waits > 0.0,
+        "sixteen 10 MB pushes do not fit in {BUDGET_MIB} MiB at once"
+    );
+    // As for agents: the budget plus what the aggregator holds whatever the load.
+    let slack_mib = 160;
+    assert!(
+        peak_kib.saturating_sub(idle_kib) < (BUDGET_MIB + slack_mib) * 1024,
+        "aggregator grew by {} MiB under pushes (budget {BUDGET_MIB} MiB)",
+        peak_kib.saturating_sub(idle_kib) / 1024
+    );
+}

@@ -62,6 +62,9 @@ pub struct ApiState {
     pub otlp: otlp::OtlpMapping,
     /// How long data is kept (`None`: forever), as `drilldown-limits` reports it.
     pub retention: Option<Duration>,
+    /// The ingest memory budget (`ingest.max_memory`, in KiB) pushes share with the
+    /// agents' batches.
+    pub memory: (Arc<tokio::sync::Semaphore>, u32),
 }
 
 /// The router.
@@ -107,8 +110,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/loki/api/v1/format_query",
             get(drilldown::format_query).post(drilldown::format_query),
         )
-        .route("/loki/api/v1/push", post(push::loki_push))
-        .route("/otlp/v1/logs", post(otlp::logs))
+        .route(
+            "/loki/api/v1/push",
+            post(push::loki_push).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                push::within_budget,
+            )),
+        )
+        .route(
+            "/otlp/v1/logs",
+            post(otlp::logs).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                push::within_budget,
+            )),
+        )
         .route("/loki/api/v1/tail", get(loki::tail))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .route("/loki/api/v1/patterns", get(patterns))
@@ -157,6 +172,10 @@ pub fn otlp_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/logs", post(otlp::logs))
         .route("/otlp/v1/logs", post(otlp::logs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            push::within_budget,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(push::MAX_PUSH_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

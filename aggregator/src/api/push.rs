@@ -831,6 +831,92 @@ pub async fn store(
     })
 }
 
+/// Holds a push to the ingest memory budget it shares with the agents' batches:
+/// the body's size is taken before it is read, and what it will decode to (the size a
+/// gzip or snappy body announces, at most [`MAX_PUSH_BYTES`], twice: the text and the
+/// records; three times for JSON, read into a tree first) before the handler runs. A push that does not fit waits, unread, so TCP's
+/// flow control slows the client: it is never refused for want of memory.
+pub async fn within_budget(
+    State(st): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::ingest::conn::{kib, Reserved};
+    let (memory, budget) = (&st.memory.0, st.memory.1);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(MAX_PUSH_BYTES)
+        .min(MAX_PUSH_BYTES);
+    let Some(_body) = Reserved::take(memory, kib(declared), budget).await else {
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response();
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_PUSH_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            rejected("too_large");
+            return ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("push body larger than {MAX_PUSH_BYTES} bytes, or cut short ({e})"),
+            )
+            .into_response();
+        }
+    };
+    // JSON is read into a tree before it becomes records: a third copy.
+    let copies = if media_type(&parts.headers).1 == "application/json" {
+        3
+    } else {
+        2
+    };
+    let decoded = copies * decoded_size(&parts.headers, &bytes).min(MAX_PUSH_BYTES);
+    let Some(_decoded) = Reserved::take(memory, kib(decoded), budget).await else {
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response();
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// What a push body decodes to, as far as its header says: a gzip body's trailer, a
+/// snappy block's preamble (protobuf pushes, and `Content-Encoding: snappy`), else the
+/// body's own size, or the most a push may hold for an encoding that does not say.
+fn decoded_size(headers: &HeaderMap, body: &[u8]) -> usize {
+    let enc = header_str(headers, header::CONTENT_ENCODING)
+        .trim()
+        .to_ascii_lowercase();
+    let (_, mime) = media_type(headers);
+    let snappy_len = |b: &[u8]| {
+        // The uncompressed length, a varint.
+        let (mut n, mut shift) = (0usize, 0u32);
+        for &c in b.iter().take(5) {
+            n |= usize::from(c & 0x7f) << shift;
+            if c & 0x80 == 0 {
+                return Some(n);
+            }
+            shift += 7;
+        }
+        None
+    };
+    match enc.as_str() {
+        "gzip" | "x-gzip" if body.len() >= 18 => {
+            let t = &body[body.len() - 4..];
+            u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize
+        }
+        "snappy" => snappy_len(body).unwrap_or(MAX_PUSH_BYTES),
+        "" | "identity" => match mime.as_str() {
+            "application/x-protobuf" | "application/protobuf" | "application/octet-stream" => {
+                snappy_len(body).unwrap_or(MAX_PUSH_BYTES)
+            }
+            _ => body.len(),
+        },
+        _ => MAX_PUSH_BYTES,
+    }
+}
+
 /// `POST /loki/api/v1/push`: JSON (`application/json`, optionally under gzip, deflate
 /// or snappy) or protobuf (`application/x-protobuf`, snappy, with or without
 /// `Content-Encoding: snappy`). A body without a

@@ -280,10 +280,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Memory taken from the ingest budget (`ingest.max_memory`); given back on drop.
 /// `heimdall_aggregator_ingest_memory_bytes` is what is taken,
-/// `heimdall_aggregator_ingest_memory_waits_total` counts the batches that waited for
-/// it (backpressure: their stream is not read meanwhile, so QUIC's flow control slows
-/// the agent).
-struct Reserved {
+/// `heimdall_aggregator_ingest_memory_waits_total` counts the batches (and HTTP pushes)
+/// that waited for it (backpressure: their stream is not read meanwhile, so QUIC's or
+/// TCP's flow control slows the sender).
+pub(crate) struct Reserved {
     permit: tokio::sync::OwnedSemaphorePermit,
     memory: Arc<Semaphore>,
     budget: u32,
@@ -292,7 +292,7 @@ struct Reserved {
 impl Reserved {
     /// Takes `kib` KiB (at most the whole budget of `budget` KiB), waiting while the
     /// budget is spent; `None` when the budget is closed (shutdown).
-    async fn take(memory: &Arc<Semaphore>, kib: u32, budget: u32) -> Option<Reserved> {
+    pub(crate) async fn take(memory: &Arc<Semaphore>, kib: u32, budget: u32) -> Option<Reserved> {
         let kib = kib.min(budget);
         if memory.available_permits() < kib as usize {
             metrics::counter!("heimdall_aggregator_ingest_memory_waits_total").increment(1);
@@ -402,7 +402,7 @@ pub fn validate(
 }
 
 /// Budget units: KiB, rounded up, at least one.
-fn kib(bytes: usize) -> u32 {
+pub(crate) fn kib(bytes: usize) -> u32 {
     u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
 }
 
