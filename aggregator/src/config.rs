@@ -155,8 +155,8 @@ pub struct IngestConfig {
     pub max_connections: Option<u32>,
     /// Connections one agent identity may hold at once. Default 4.
     pub max_connections_per_agent: Option<u32>,
-    /// Memory for frames and decoded batches in flight, across all connections; beyond
-    /// it, agents wait (backpressure). Default 1GiB.
+    /// Memory for frames, decoded batches and HTTP pushes in flight, across all
+    /// connections; beyond it, agents and push clients wait (backpressure). Default 1GiB.
     pub max_memory: Option<ByteSize>,
 }
 
