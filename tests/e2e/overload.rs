@@ -12,23 +12,30 @@ const AGENTS: usize = 12;
 const LINES: usize = 40_000;
 const BUDGET_MIB: u64 = 200;
 
-#[test]
-fn agents_faster_than_the_store_wait_within_the_memory_budget() {
-    let c = Cluster::start_with(&format!("[ingest]\nmax_memory = \"{BUDGET_MIB}MiB\"\n")).unwrap();
-    let idle_kib = c.agg.proc.status_kib("VmRSS").unwrap();
-    let filler = "x".repeat(240);
-    for k in 0..AGENTS {
+/// `agents` agents named `name-<k>`, each with a backlog of `lines` lines (`line(k, i)`)
+/// written before it starts; and the set of every line.
+fn backlogged_agents(
+    c: &Cluster,
+    name: &str,
+    agents: usize,
+    lines: usize,
+    line: impl Fn(usize, usize) -> String,
+) -> (Vec<heimdall_tests::Agent>, HashSet<Vec<u8>>) {
+    let mut want = HashSet::new();
+    for k in 0..agents {
         let dir = c.logs.join(format!("host{k}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("app.log")).unwrap());
-        for i in 0..LINES {
-            writeln!(f, "host{k} seq={i:07} request served {filler}").unwrap();
+        for i in 0..lines {
+            let l = line(k, i);
+            writeln!(f, "{l}").unwrap();
+            want.insert(l.into_bytes());
         }
     }
-    let agents: Vec<_> = (0..AGENTS)
+    let started = (0..agents)
         .map(|k| {
             c.agent(
-                &format!("overload-{k}"),
+                &format!("{name}-{k}"),
                 AgentOptions {
                     include: vec![format!("{}/host{k}/*.log", c.logs.display())],
                     ..AgentOptions::default()
@@ -37,6 +44,17 @@ fn agents_faster_than_the_store_wait_within_the_memory_budget() {
             .unwrap()
         })
         .collect();
+    (started, want)
+}
+
+#[test]
+fn agents_faster_than_the_store_wait_within_the_memory_budget() {
+    let c = Cluster::start_with(&format!("[ingest]\nmax_memory = \"{BUDGET_MIB}MiB\"\n")).unwrap();
+    let idle_kib = c.agg.proc.status_kib("VmRSS").unwrap();
+    let filler = "x".repeat(240);
+    let (agents, _) = backlogged_agents(&c, "overload", AGENTS, LINES, |k, i| {
+        format!("host{k} seq={i:07} request served {filler}")
+    });
     let total = (AGENTS * LINES) as u64;
     let metrics_url = format!("{}/metrics", c.agg.url());
     let started = Instant::now();
@@ -112,32 +130,12 @@ fn killed_during_full_rate_ingest_loses_and_doubles_nothing() {
     const AGENTS: usize = 6;
     const LINES: usize = 50_000;
     let mut c = Cluster::start().unwrap();
-    let mut want = HashSet::new();
-    for k in 0..AGENTS {
-        let dir = c.logs.join(format!("host{k}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("app.log")).unwrap());
-        for i in 0..LINES {
-            let line = format!(
-                "host{k} seq={i:07} payment accepted for order {}",
-                i * 7 + k
-            );
-            writeln!(f, "{line}").unwrap();
-            want.insert(line.into_bytes());
-        }
-    }
-    let _agents: Vec<_> = (0..AGENTS)
-        .map(|k| {
-            c.agent(
-                &format!("fullrate-{k}"),
-                AgentOptions {
-                    include: vec![format!("{}/host{k}/*.log", c.logs.display())],
-                    ..AgentOptions::default()
-                },
-            )
-            .unwrap()
-        })
-        .collect();
+    let (_agents, want) = backlogged_agents(&c, "fullrate", AGENTS, LINES, |k, i| {
+        format!(
+            "host{k} seq={i:07} payment accepted for order {}",
+            i * 7 + k
+        )
+    });
     let total = want.len() as u64;
     let started = Instant::now();
     for share in [5, 2] {
