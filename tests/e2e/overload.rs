@@ -12,6 +12,26 @@ const AGENTS: usize = 12;
 const LINES: usize = 40_000;
 const BUDGET_MIB: u64 = 200;
 
+/// Every stored line is distinct and there are `total` of them.
+fn assert_each_line_once(c: &Cluster, total: u64) {
+    let lines = stored_lines(&c.agg.db()).unwrap();
+    assert_eq!(lines.len() as u64, total, "lines stored");
+    let distinct: HashSet<Vec<u8>> = lines.into_iter().map(|(_, l)| l).collect();
+    assert_eq!(distinct.len() as u64, total, "every line once");
+}
+
+/// The aggregator grew, from `idle_kib` to `peak_kib`, by at most the budget plus what
+/// it holds whatever the load: SQLite's page cache (64 MiB), the hot token index and
+/// the allocator's slack.
+fn assert_growth_within_budget(idle_kib: u64, peak_kib: u64) {
+    let slack_mib = 160;
+    assert!(
+        peak_kib.saturating_sub(idle_kib) < (BUDGET_MIB + slack_mib) * 1024,
+        "aggregator grew by {} MiB under load (budget {BUDGET_MIB} MiB)",
+        peak_kib.saturating_sub(idle_kib) / 1024
+    );
+}
+
 /// `agents` agents named `name-<k>`, each with a backlog of `lines` lines (`line(k, i)`)
 /// written before it starts; and the set of every line.
 fn backlogged_agents(
@@ -98,12 +118,7 @@ fn agents_faster_than_the_store_wait_within_the_memory_budget() {
         waits > 0.0,
         "the agents outran the store: some batches waited for memory"
     );
-    let distinct: HashSet<Vec<u8>> = stored_lines(&c.agg.db())
-        .unwrap()
-        .into_iter()
-        .map(|(_, l)| l)
-        .collect();
-    assert_eq!(distinct.len() as u64, total, "every line once");
+    assert_each_line_once(&c, total);
     let metrics = heimdall_tests::get_text(&format!("{}/metrics", c.agg.url()));
     assert!(
         !metrics.lines().any(
@@ -111,14 +126,7 @@ fn agents_faster_than_the_store_wait_within_the_memory_budget() {
         ),
         "no batch refused"
     );
-    // The budget, plus what the aggregator holds whatever the load: SQLite's page
-    // cache (64 MiB), the hot token index and the allocator's slack.
-    let slack_mib = 160;
-    assert!(
-        peak_kib.saturating_sub(idle_kib) < (BUDGET_MIB + slack_mib) * 1024,
-        "aggregator grew by {} MiB under overload (budget {BUDGET_MIB} MiB)",
-        peak_kib.saturating_sub(idle_kib) / 1024
-    );
+    assert_growth_within_budget(idle_kib, peak_kib);
     drop(agents);
 }
 
@@ -156,13 +164,12 @@ fn killed_during_full_rate_ingest_loses_and_doubles_nothing() {
     }
     let stored = heimdall_tests::wait_for_count(total, Duration::from_secs(300), || c.count());
     assert_eq!(stored, total, "{}", c.agg.proc.log_tail(20));
-    let lines: Vec<Vec<u8>> = stored_lines(&c.agg.db())
+    assert_each_line_once(&c, total);
+    let got: HashSet<Vec<u8>> = stored_lines(&c.agg.db())
         .unwrap()
         .into_iter()
         .map(|(_, l)| l)
         .collect();
-    assert_eq!(lines.len() as u64, total, "no line twice");
-    let got: HashSet<Vec<u8>> = lines.into_iter().collect();
     assert!(
         got == want,
         "{} lines missing",
@@ -230,22 +237,11 @@ fn pushes_wait_within_the_memory_budget() {
         peak_kib / 1024
     );
     assert_eq!(c.count(), total);
-    let distinct: HashSet<Vec<u8>> = stored_lines(&c.agg.db())
-        .unwrap()
-        .into_iter()
-        .map(|(_, l)| l)
-        .collect();
-    assert_eq!(distinct.len() as u64, total, "every line once");
+    assert_each_line_once(&c, total);
     assert!(in_use_peak <= (BUDGET_MIB << 20) as f64);
     assert!(
         waits > 0.0,
         "sixteen 10 MB pushes do not fit in {BUDGET_MIB} MiB at once"
     );
-    // As for agents: the budget plus what the aggregator holds whatever the load.
-    let slack_mib = 160;
-    assert!(
-        peak_kib.saturating_sub(idle_kib) < (BUDGET_MIB + slack_mib) * 1024,
-        "aggregator grew by {} MiB under pushes (budget {BUDGET_MIB} MiB)",
-        peak_kib.saturating_sub(idle_kib) / 1024
-    );
+    assert_growth_within_budget(idle_kib, peak_kib);
 }
