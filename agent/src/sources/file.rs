@@ -545,7 +545,10 @@ impl FileTailer {
             if h.state != State::Active || h.fp.map(|f| f.hash) != Some(fp.hash) {
                 continue;
             }
-            if !h.intact() {
+            // The size first, then the check: a truncation between the two would
+            // otherwise pass the check and then compare against an empty file.
+            let h_size = h.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if h_size < h.offset || !h.intact() {
                 // Truncated since it was last read (copytruncate in progress): this may
                 // be its copy; wait until the truncation is processed.
                 wait = Some(None);
@@ -553,7 +556,6 @@ impl FileTailer {
             }
             // A copy of a file that still holds what was read is no longer than it
             // (it only grows); it holds its first `size` bytes.
-            let h_size = h.file.metadata().map(|m| m.len()).unwrap_or(0);
             if size > h_size {
                 // This file holds all of the other and goes on: the other is a copy of
                 // it, found first and read as new (both appeared at once).
@@ -589,17 +591,17 @@ impl FileTailer {
             let path = t.path.clone();
             let h = self.tracked.get_mut(&hid).expect("found above");
             let cp = h.checkpoint().expect("active files have a key");
-            tracing::info!(path = %path.display(), copy = %h.path.display(), offset = cp.offset, "a file and its copy appeared together; reading on in the original");
-            // The copy is read: whatever of it was not read yet, the original holds.
-            let tail = fingerprint::tail_at(&h.file, h_size)
-                .ok()
-                .flatten()
-                .unwrap_or(0);
-            h.gen = new_gen();
-            h.start_at(h_size, tail);
-            self.record_position(hid);
-            self.announce.push(hid);
-            self.stats.copies_read_already += 1;
+            tracing::info!(path = %path.display(), copy = %h.path.display(), offset = cp.offset, "a file and its copy appeared together; reading on in the original, the copy waits");
+            // The original takes the copy's position. The copy may still be being
+            // written (a copy grows from empty), so it is never started at a size it
+            // happened to have: it waits as a copy of the original until the
+            // original's truncation tells where it goes on (step 2) or that it holds
+            // only what was read (step 4).
+            let orig_gen = cp.key.gen;
+            h.start_at(cp.offset, cp.tail);
+            h.state = State::Deferred;
+            h.gen = 0;
+            h.copy_of = Some((orig_gen, h_size));
             let source = self.tracked[&id].source.clone();
             self.take_over(id, Checkpoint { source, ..cp }, true);
             return;
@@ -1744,6 +1746,63 @@ java.lang.IllegalStateException: x
         std::fs::copy(&p, dir.path().join("backup.log")).unwrap();
         append(&p, b"x3\n");
         assert_eq!(pump(&mut t), vec!["x3"]);
+    }
+
+    /// A copy found while it was still being written, before its original (waiting
+    /// for a first line after a truncation) was identified: the copy was restarted at
+    /// the size it happened to have, mid-line, and read on from there as the copy
+    /// grew, so the original's lines past that size were read twice.
+    #[test]
+    fn a_copy_found_while_it_is_written_adds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        let copy = dir.path().join("app.log.1");
+        append(&p, b"header\n");
+        let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
+        assert_eq!(pump(&mut t), vec!["header"]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(pump(&mut t).is_empty());
+        let body: String = (0..1000).map(|i| format!("{i:05},value\n")).collect();
+        let body = body.as_bytes();
+        // 8192 bytes of the copy are written (in the middle of a line) when it is found.
+        append(&copy, &body[..8192]);
+        let mut got = pump(&mut t);
+        append(&p, body);
+        got.extend(pump(&mut t));
+        append(&copy, &body[8192..]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        got.extend(pump(&mut t));
+        append(&p, b"next\n");
+        got.extend(pump(&mut t));
+        let mut want: Vec<String> = (0..1000).map(|i| format!("{i:05},value")).collect();
+        want.push("next".into());
+        let mut count: HashMap<&str, i32> = want.iter().map(|l| (l.as_str(), 0)).collect();
+        let mut unknown = Vec::new();
+        for l in &got {
+            match count.get_mut(l.as_str()) {
+                Some(n) => *n += 1,
+                None => unknown.push(l.clone()),
+            }
+        }
+        let wrong: Vec<(&str, i32)> = count.into_iter().filter(|(_, n)| *n != 1).collect();
+        assert!(
+            wrong.is_empty() && unknown.is_empty(),
+            "{} lines not read once (first: {:?}), {} lines never written (first: {:?})",
+            wrong.len(),
+            wrong.iter().min(),
+            unknown.len(),
+            unknown.first()
+        );
     }
 
     #[test]
