@@ -591,22 +591,21 @@ pub fn stored_lines(db: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    let labels: std::collections::HashMap<i64, heimdall_common::record::Labels> =
+        heimdall_store::hot::load_streams(&conn)?
+            .into_iter()
+            .collect();
     let mut raw = Vec::new();
     for p in heimdall_store::hot::partitions(&conn)? {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT s.labels, l.line FROM \"{}\" l JOIN streams s ON s.id = l.stream_id",
-            p.name
-        ))?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
-        for r in rows {
-            raw.push(r?);
+        for r in heimdall_store::hot_block::all_rows(&conn, &p.name, i64::MAX)? {
+            raw.push((
+                labels.get(&r.stream_id).cloned().unwrap_or_default(),
+                r.line,
+            ));
         }
     }
     let mut out = Vec::new();
-    for (labels, line) in raw {
-        let l = heimdall_store::hot::parse_labels_key(&labels);
+    for (l, line) in raw {
         out.push((l.get("source").unwrap_or("").to_owned(), line));
     }
     Ok(out)
@@ -630,38 +629,28 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    let labels: std::collections::HashMap<i64, heimdall_common::record::Labels> =
+        heimdall_store::hot::load_streams(&conn)?
+            .into_iter()
+            .collect();
     let mut raw = Vec::new();
     for p in heimdall_store::hot::partitions(&conn)? {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT s.labels, l.level, l.ts, l.line, l.template_id, l.id FROM \"{}\" l JOIN streams s ON s.id = l.stream_id",
-            p.name
-        ))?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
-        })?;
-        for r in rows {
-            raw.push(r?);
-        }
+        raw.extend(heimdall_store::hot_block::all_rows(
+            &conn,
+            &p.name,
+            i64::MAX,
+        )?);
     }
     // In storage order, as one table would give them.
-    raw.sort_by_key(|r| r.5);
+    raw.sort_by_key(|r| r.id);
     let mut out = Vec::new();
-    for (labels, level, ts, line, template_id, _) in raw {
+    for r in raw {
         out.push(Row {
-            labels: heimdall_store::hot::parse_labels_key(&labels),
-            level: heimdall_common::record::Level::from_u8(level as u8)
-                .unwrap_or_default()
-                .to_string(),
-            ts,
-            line,
-            template_id: template_id as u64,
+            labels: labels.get(&r.stream_id).cloned().unwrap_or_default(),
+            level: r.level.to_string(),
+            ts: r.ts,
+            line: r.line,
+            template_id: r.template_id,
         });
     }
     Ok(out)

@@ -10,6 +10,7 @@
 
 use super::catalog::{self, Tier};
 use super::hot;
+use super::hot_block;
 use super::lifecycle::{failpoint, Error, Lifecycle};
 use super::segment::{SegmentFile, SegmentInfo, SegmentWriter, Selection};
 use heimdall_logql::{self as parse, LineFilter, LogQuery, Stage};
@@ -162,33 +163,31 @@ fn erase_one(
         if p.end <= start || p.start >= end {
             continue;
         }
-        let mut ids = Vec::new();
-        let mut after = None;
-        loop {
-            let rows = hot::page_ids(
-                conn, &p.name, &streams, start, end, false, after, 4096, None,
-            )?;
-            let Some(last) = rows.last() else { break };
-            after = Some((last.ts, last.id));
-            ids.extend(
-                rows.iter()
-                    .filter(|r| matches(&filters, &r.line))
-                    .map(|r| r.id),
-            );
+        // Matching ids by section; each section rewritten without them.
+        let mut hits: Vec<(i64, HashSet<i64>)> = Vec::new();
+        for m in hot_block::list(conn, &p.name, Some(&streams), start, end)? {
+            let ids: HashSet<i64> = hot_block::read(conn, &p.name, m.id, |r| {
+                r.ts >= start && r.ts < end && matches(&filters, &r.line)
+            })?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+            if !ids.is_empty() {
+                hits.push((m.id, ids));
+            }
         }
-        for chunk in ids.chunks(1000) {
-            let list = chunk
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+        let found: u64 = hits.iter().map(|(_, ids)| ids.len() as u64).sum();
+        for chunk in hits.chunks(64) {
+            let chunk = chunk.to_vec();
             let part = p.name.clone();
             lc.store.job_blocking(Box::new(move |c| {
-                c.execute(&format!("DELETE FROM \"{part}\" WHERE id IN ({list})"), [])?;
+                for (id, ids) in &chunk {
+                    hot_block::remove_ids(c, &part, *id, ids)?;
+                }
                 Ok(())
             }))?;
         }
-        lines += ids.len() as u64;
+        lines += found;
     }
     // Segments: rewrite those holding a matching line.
     let mut rewritten = 0;

@@ -3,7 +3,8 @@
 //!
 //! Lines go to one table per partition of event time (`logs_p<start seconds>`, an hour
 //! by default), so moving or deleting a partition is a `DROP TABLE`, not millions of row
-//! deletes. Row ids come from one counter across partitions (kept in `meta`), so they
+//! deletes. A partition keeps a batch's lines as compressed sections, one per stream,
+//! not one SQLite row per line (see [`crate::hot_block`]). Row ids come from one counter across partitions (kept in `meta`), so they
 //! order every line ever stored and `tail` can follow them. The same database holds the segment catalog (see
 //! [`crate::catalog`]), so a compaction's "segment active, partition gone" is one
 //! transaction.
@@ -65,7 +66,7 @@ pub enum Error {
     },
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS streams (
     id      INTEGER PRIMARY KEY,
@@ -192,6 +193,8 @@ struct WriteReq {
     id: Option<BatchId>,
     /// Boxed: a batch's content is large beside a job, and requests queue by value.
     content: Box<BatchContent>,
+    /// The content's lines, encoded by the caller for the writer to store.
+    prepared: super::hot_block::Prepared,
     reply: oneshot::Sender<Result<Outcome, Error>>,
 }
 
@@ -228,6 +231,7 @@ pub struct HotStore {
     writer: Option<std::thread::JoinHandle<()>>,
     index: super::hot_index::HotIndex,
     hook: Arc<std::sync::OnceLock<CommitHook>>,
+    partition_ns: i64,
 }
 
 /// Default partition length: an hour of event time.
@@ -269,17 +273,11 @@ pub fn partitions(conn: &Connection) -> Result<Vec<Partition>, rusqlite::Error> 
     rows.collect()
 }
 
-const LOG_COLUMNS: &str = "id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL, observed INTEGER NOT NULL, level INTEGER NOT NULL, template_id INTEGER NOT NULL, flags INTEGER NOT NULL, line BLOB NOT NULL, meta TEXT";
-
 /// Creates the partition `[start, end)` if it does not exist (inside the caller's
 /// transaction).
 fn create_partition(conn: &Connection, start: i64, end: i64) -> Result<String, rusqlite::Error> {
     let name = partition_name(start);
-    conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS \"{name}\" ({LOG_COLUMNS});
-         CREATE INDEX IF NOT EXISTS \"{name}_ts\" ON \"{name}\"(ts);
-         CREATE INDEX IF NOT EXISTS \"{name}_stream_ts\" ON \"{name}\"(stream_id, ts);"
-    ))?;
+    super::hot_block::create_table(conn, &name)?;
     conn.execute(
         "INSERT OR IGNORE INTO partitions(name, start, end) VALUES (?1, ?2, ?3)",
         params![name, start, end],
@@ -337,6 +335,88 @@ fn migrate_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
         [next],
     )?;
     conn.execute_batch("COMMIT")
+}
+
+/// Brings schema-2 partitions (one SQLite row per line) to sections
+/// ([`crate::hot_block`]), a partition at a time, each in its own transaction: rows are
+/// read in id order, 65,536 at a time, and each chunk's rows of one stream become one
+/// section.
+fn migrate_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
+    for p in partitions(conn)? {
+        let old: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{}') WHERE name = 'line'",
+                p.name
+            ))?
+            .exists([])?;
+        if !old {
+            continue;
+        }
+        let rows_table = format!("{}_rows", p.name);
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; ALTER TABLE \"{}\" RENAME TO \"{rows_table}\";",
+            p.name
+        ))?;
+        let res = (|| {
+            super::hot_block::create_table(conn, &p.name)?;
+            let mut after = i64::MIN;
+            loop {
+                let chunk: Vec<crate::segment::SegmentRow> = conn
+                    .prepare(&format!(
+                        "SELECT id, stream_id, ts, observed, level, template_id, flags, line, meta
+                         FROM \"{rows_table}\" WHERE id > ?1 ORDER BY id LIMIT 65536"
+                    ))?
+                    .query_map([after], |r| {
+                        Ok(crate::segment::SegmentRow {
+                            id: r.get(0)?,
+                            stream_id: r.get(1)?,
+                            ts: r.get(2)?,
+                            observed: r.get(3)?,
+                            level: Level::from_u8(r.get::<_, u8>(4)?).unwrap_or_default(),
+                            template_id: r.get::<_, i64>(5)? as u64,
+                            flags: r.get(6)?,
+                            line: r.get(7)?,
+                            metadata: parse_metadata_json(r.get_ref(8)?.as_str_or_null()?),
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let Some(last) = chunk.last() else { break };
+                after = last.id;
+                let mut by_stream: HashMap<i64, Vec<crate::segment::SegmentRow>> = HashMap::new();
+                for r in chunk {
+                    by_stream.entry(r.stream_id).or_default().push(r);
+                }
+                for (stream_id, mut rows) in by_stream {
+                    let id = rows.iter().map(|r| r.id).min().unwrap_or(0);
+                    let (data, (last_id, n, min_ts, max_ts, bytes)) =
+                        super::hot_block::encode_rows(id, &mut rows);
+                    super::hot_block::insert(
+                        conn,
+                        &p.name,
+                        &super::hot_block::Meta {
+                            id,
+                            last_id,
+                            stream_id,
+                            rows: n,
+                            min_ts,
+                            max_ts,
+                            bytes,
+                        },
+                        &data,
+                    )?;
+                }
+            }
+            conn.execute_batch(&format!("DROP TABLE \"{rows_table}\""))
+        })();
+        match res {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn sqlite(path: &Path) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -419,7 +499,7 @@ impl HotStore {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sqlite(path))?;
-        if version != 0 && version != 1 && version != SCHEMA_VERSION {
+        if !(0..=SCHEMA_VERSION).contains(&version) {
             return Err(Error::Schema {
                 path: path.to_owned(),
                 found: version,
@@ -456,18 +536,20 @@ impl HotStore {
         }
         // Partitions made before structured metadata get its column (NULL: none).
         for p in partitions(&conn).map_err(sqlite(path))? {
-            let has_meta: bool = conn
-                .prepare(&format!(
-                    "SELECT 1 FROM pragma_table_info('{}') WHERE name = 'meta'",
+            let column = |c: &str| {
+                conn.prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{}') WHERE name = '{c}'",
                     p.name
                 ))
                 .and_then(|mut s| s.exists([]))
-                .map_err(sqlite(path))?;
-            if !has_meta {
+                .map_err(sqlite(path))
+            };
+            if column("line")? && !column("meta")? {
                 conn.execute_batch(&format!("ALTER TABLE \"{}\" ADD COLUMN meta TEXT", p.name))
                     .map_err(sqlite(path))?;
             }
         }
+        migrate_v2(&conn).map_err(sqlite(path))?;
         // Lines live in partition tables only (a view over them would hit SQLite's
         // limit of 500 terms in a compound SELECT once there are many hours).
         conn.execute_batch("DROP VIEW IF EXISTS logs")
@@ -514,6 +596,7 @@ impl HotStore {
             writer: Some(writer),
             index,
             hook,
+            partition_ns: partition_ns.max(1_000_000_000),
         })
     }
 
@@ -532,6 +615,26 @@ impl HotStore {
         &self.path
     }
 
+    /// Encodes a batch's lines for the writer ([`crate::hot_block::prepare`]): on a
+    /// blocking thread for a large batch, so that encoding, compressing and indexing
+    /// do not hold up the async workers reading other connections.
+    async fn prepare(
+        &self,
+        content: BatchContent,
+    ) -> Result<(BatchContent, super::hot_block::Prepared), Error> {
+        let ns = self.partition_ns;
+        if content.records.len() < 256 {
+            let p = super::hot_block::prepare(&content, ns);
+            return Ok((content, p));
+        }
+        tokio::task::spawn_blocking(move || {
+            let p = super::hot_block::prepare(&content, ns);
+            (content, p)
+        })
+        .await
+        .map_err(|_| Error::WriterGone)
+    }
+
     /// Stores a batch durably (or recognises it as a duplicate).
     ///
     /// # Errors
@@ -542,9 +645,11 @@ impl HotStore {
         let (reply, rx) = oneshot::channel();
         metrics::gauge!("heimdall_aggregator_store_queue_depth")
             .set((tx.max_capacity() - tx.capacity()) as f64);
+        let (content, prepared) = self.prepare(content).await?;
         tx.send(Req::Write(WriteReq {
             id: Some(id),
             content: Box::new(content),
+            prepared,
             reply,
         }))
         .await
@@ -561,9 +666,11 @@ impl HotStore {
     pub async fn write_unidentified(&self, content: BatchContent) -> Result<Outcome, Error> {
         let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
         let (reply, rx) = oneshot::channel();
+        let (content, prepared) = self.prepare(content).await?;
         tx.send(Req::Write(WriteReq {
             id: None,
             content: Box::new(content),
+            prepared,
             reply,
         }))
         .await
@@ -587,6 +694,7 @@ impl HotStore {
                 anomalies: events,
                 ..Default::default()
             }),
+            prepared: super::hot_block::Prepared::default(),
             reply,
         }))
         .await
@@ -727,12 +835,7 @@ impl Writer {
             .optional()?;
         let mut max = 0i64;
         for name in self.parts.values() {
-            let m: i64 = self.conn.query_row(
-                &format!("SELECT coalesce(max(id), 0) FROM \"{name}\""),
-                [],
-                |r| r.get(0),
-            )?;
-            max = max.max(m);
+            max = max.max(super::hot_block::max_id(&self.conn, name)?);
         }
         self.next_id = stored.unwrap_or(1).max(max + 1);
         let live: std::collections::HashSet<String> = self.parts.values().cloned().collect();
@@ -810,7 +913,7 @@ impl Writer {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             for req in &group {
                 self.conn.execute_batch("SAVEPOINT batch")?;
-                match self.store_one(&req.id, &req.content) {
+                match self.store_one(&req.id, &req.content, &req.prepared) {
                     Ok(o) => {
                         self.conn.execute_batch("RELEASE batch")?;
                         results.push(Ok(o));
@@ -898,7 +1001,11 @@ impl Writer {
     }
 
     /// Stores a batch's streams and lines; returns the stream ids of its stream table.
-    fn store_records(&mut self, content: &BatchContent) -> Result<Vec<i64>, rusqlite::Error> {
+    fn store_records(
+        &mut self,
+        content: &BatchContent,
+        prepared: &super::hot_block::Prepared,
+    ) -> Result<Vec<i64>, rusqlite::Error> {
         let mut ids = Vec::with_capacity(content.streams.len());
         for s in &content.streams {
             ids.push(self.stream_id(s)?);
@@ -916,41 +1023,51 @@ impl Writer {
                 .map(|(id, _)| *id),
         );
         self.touched.anomalies |= !content.anomalies.is_empty();
-        for r in &content.records {
-            let start = r.time_ns.div_euclid(self.partition_ns) * self.partition_ns;
-            let table = match self.parts.get(&start) {
+        // The batch's records get consecutive ids in batch order.
+        let base = self.next_id;
+        self.next_id += content.records.len() as i64;
+        for part in &prepared.parts {
+            let table = match self.parts.get(&part.start) {
                 Some(t) => t.clone(),
                 None => {
                     let t = create_partition(
                         &self.conn,
-                        start,
-                        start.saturating_add(self.partition_ns),
+                        part.start,
+                        part.start.saturating_add(self.partition_ns),
                     )?;
-                    self.parts.insert(start, t.clone());
+                    self.parts.insert(part.start, t.clone());
+                    self.made.insert(t.clone());
                     metrics::gauge!("heimdall_aggregator_hot_partitions")
                         .set(self.parts.len() as f64);
                     t
                 }
             };
-            let id = self.next_id;
-            self.next_id += 1;
-            self.conn
-                .prepare_cached(&format!(
-                    "INSERT INTO \"{table}\"(id, stream_id, ts, observed, level, template_id, flags, line, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                ))?
-                .execute(params![
-                    id,
-                    ids[r.stream as usize],
-                    r.time_ns,
-                    r.observed_ns,
-                    r.level as u8,
-                    r.template_id as i64,
-                    r.flags,
-                    &r.line[..],
-                    metadata_json(&r.metadata),
-                ])?;
-            self.index
-                .add(&table, self.made.contains(&table), id, r.time_ns, &r.line);
+            for sec in &part.sections {
+                super::hot_block::insert(
+                    &self.conn,
+                    &table,
+                    &super::hot_block::Meta {
+                        id: base + i64::from(sec.first),
+                        last_id: base + i64::from(sec.last),
+                        stream_id: ids[sec.stream as usize],
+                        rows: i64::from(sec.rows),
+                        min_ts: sec.min_ts,
+                        max_ts: sec.max_ts,
+                        bytes: sec.bytes as i64,
+                    },
+                    &sec.data,
+                )?;
+            }
+            self.index.add_set(
+                &table,
+                self.made.contains(&table),
+                (base + i64::from(part.first), base + i64::from(part.last)),
+                (part.min_ts, part.max_ts),
+                part.rows,
+                &part.entries,
+            );
+        }
+        for r in &content.records {
             self.volume.add(
                 ids[r.stream as usize],
                 r.time_ns,
@@ -1067,9 +1184,10 @@ impl Writer {
         &mut self,
         id: &Option<BatchId>,
         content: &BatchContent,
+        prepared: &super::hot_block::Prepared,
     ) -> Result<Outcome, rusqlite::Error> {
         let Some(id) = id else {
-            let ids = self.store_records(content)?;
+            let ids = self.store_records(content, prepared)?;
             self.store_extras(&ids, content)?;
             return Ok(Outcome::Stored(content.records.len()));
         };
@@ -1093,7 +1211,7 @@ impl Writer {
         if seen {
             return Ok(Outcome::Duplicate);
         }
-        let ids = self.store_records(content)?;
+        let ids = self.store_records(content, prepared)?;
         self.store_extras(&ids, content)?;
         // Record the identity: everything below `floor` is settled on the agent's side,
         // then advance the contiguous mark over ids seen above it.
@@ -1189,71 +1307,6 @@ pub fn load_streams(conn: &Connection) -> Result<Vec<(i64, Labels)>, rusqlite::E
         .collect()
 }
 
-/// A page of rows of one partition: rows of `streams` in `[start, end)` after the
-/// keyset position `after` (`(ts, id)`; exclusive), in (ts, id) order (descending when
-/// `backward`), at most `limit`; only rows with ids in `ids` (inclusive), when given.
-///
-/// # Errors
-/// [`rusqlite::Error`].
-#[allow(clippy::too_many_arguments)]
-pub fn page_ids(
-    conn: &Connection,
-    partition: &str,
-    streams: &[i64],
-    start: i64,
-    end: i64,
-    backward: bool,
-    after: Option<(i64, i64)>,
-    limit: usize,
-    ids: Option<(i64, i64)>,
-) -> Result<Vec<Row>, rusqlite::Error> {
-    if streams.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list = streams
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let (cmp, order) = if backward {
-        ("<", "DESC")
-    } else {
-        (">", "ASC")
-    };
-    let (id_lo, id_hi) = ids.unwrap_or((i64::MIN, i64::MAX));
-    let by_id = if ids.is_some() {
-        "AND id >= ?6 AND id <= ?7"
-    } else {
-        "AND ?6 <= ?7"
-    };
-    let sql = format!(
-        "SELECT id, stream_id, ts, level, flags, line, meta FROM \"{partition}\"
-         WHERE stream_id IN ({list}) AND ts >= ?1 AND ts < ?2 AND (ts, id) {cmp} (?3, ?4) {by_id}
-         ORDER BY ts {order}, id {order} LIMIT ?5"
-    );
-    let (cur_ts, cur_id) = after.unwrap_or(if backward {
-        (i64::MAX, i64::MAX)
-    } else {
-        (i64::MIN, i64::MIN)
-    });
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        params![start, end, cur_ts, cur_id, limit as i64, id_lo, id_hi],
-        |r| {
-            Ok(Row {
-                id: r.get(0)?,
-                stream_id: r.get(1)?,
-                ts: r.get(2)?,
-                level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
-                flags: r.get(4)?,
-                line: r.get(5)?,
-                metadata: parse_metadata_json(r.get_ref(6)?.as_str_or_null()?),
-            })
-        },
-    )?;
-    rows.collect()
-}
-
 /// Lines in the hot tier, across partitions.
 ///
 /// # Errors
@@ -1261,10 +1314,7 @@ pub fn page_ids(
 pub fn count_rows(conn: &Connection) -> Result<u64, rusqlite::Error> {
     let mut n = 0u64;
     for p in partitions(conn)? {
-        let c: i64 = conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
-            r.get(0)
-        })?;
-        n += c as u64;
+        n += super::hot_block::totals(conn, &p.name, i64::MAX)?.0 as u64;
     }
     Ok(n)
 }
@@ -1277,11 +1327,7 @@ pub fn summary(conn: &Connection) -> Result<(u64, u64, i64, i64), rusqlite::Erro
     let parts = partitions(conn)?;
     let (mut rows, mut min, mut max) = (0u64, i64::MAX, i64::MIN);
     for p in &parts {
-        let (n, lo, hi): (i64, Option<i64>, Option<i64>) = conn.query_row(
-            &format!("SELECT count(*), min(ts), max(ts) FROM \"{}\"", p.name),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (n, _, lo, hi) = super::hot_block::totals(conn, &p.name, i64::MAX)?;
         rows += n as u64;
         min = min.min(lo.unwrap_or(i64::MAX));
         max = max.max(hi.unwrap_or(i64::MIN));
@@ -1299,14 +1345,23 @@ pub fn summary(conn: &Connection) -> Result<(u64, u64, i64, i64), rusqlite::Erro
 pub fn max_row_id(conn: &Connection) -> Result<i64, rusqlite::Error> {
     let mut max = 0i64;
     for p in partitions(conn)? {
-        let m: i64 = conn.query_row(
-            &format!("SELECT coalesce(max(id), 0) FROM \"{}\"", p.name),
-            [],
-            |r| r.get(0),
-        )?;
-        max = max.max(m);
+        max = max.max(super::hot_block::max_id(conn, &p.name)?);
     }
     Ok(max)
+}
+
+impl From<crate::segment::SegmentRow> for Row {
+    fn from(r: crate::segment::SegmentRow) -> Row {
+        Row {
+            id: r.id,
+            stream_id: r.stream_id,
+            ts: r.ts,
+            level: r.level,
+            flags: r.flags,
+            line: r.line,
+            metadata: r.metadata,
+        }
+    }
 }
 
 /// Rows of `streams` stored after row `after` (in storage order), at most `limit`,
@@ -1320,43 +1375,29 @@ pub fn rows_after(
     after: i64,
     limit: usize,
 ) -> Result<Vec<(i64, Row)>, rusqlite::Error> {
-    if streams.is_empty() {
+    if streams.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let list = streams
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut out: Vec<(i64, Row)> = Vec::new();
+    let mut sections: Vec<(String, super::hot_block::Meta)> = Vec::new();
     for p in partitions(conn)? {
-        let sql = format!(
-            "SELECT id, stream_id, ts, level, flags, line, meta FROM \"{}\"
-             WHERE id > ?1 AND stream_id IN ({list}) ORDER BY id LIMIT ?2",
-            p.name
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![after, limit as i64], |r| {
-            let id: i64 = r.get(0)?;
-            Ok((
-                id,
-                Row {
-                    id,
-                    stream_id: r.get(1)?,
-                    ts: r.get(2)?,
-                    level: Level::from_u8(r.get::<_, u8>(3)?).unwrap_or_default(),
-                    flags: r.get(4)?,
-                    line: r.get(5)?,
-                    metadata: parse_metadata_json(r.get_ref(6)?.as_str_or_null()?),
-                },
-            ))
-        })?;
-        for r in rows {
-            out.push(r?);
+        for m in super::hot_block::list_after(conn, &p.name, streams, after)? {
+            sections.push((p.name.clone(), m));
         }
     }
-    out.sort_by_key(|(id, _)| *id);
-    out.truncate(limit);
+    // A section's rows have ids from its id up: once `limit` rows are in hand and the
+    // next section starts above the last of them, nothing later can displace them.
+    sections.sort_unstable_by_key(|(_, m)| m.id);
+    let mut out: Vec<(i64, Row)> = Vec::new();
+    for (table, m) in sections {
+        if out.len() >= limit && out.last().is_some_and(|(id, _)| *id < m.id) {
+            break;
+        }
+        for r in super::hot_block::read(conn, &table, m.id, |r| r.id > after)? {
+            out.push((r.id, r.into()));
+        }
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out.truncate(limit);
+    }
     Ok(out)
 }
 
@@ -1580,39 +1621,100 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rows_read_back_newest_first_in_pages() {
+    async fn batches_overlapping_in_time_read_back_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hot.db");
         let mut s = HotStore::open(&path, 1000).unwrap();
-        let lines: Vec<String> = (0..5000).map(|i| format!("l{i}")).collect();
-        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        s.write(id(1, 1), content(&refs)).await.unwrap();
+        // Three batches whose times interleave.
+        for b in 0..3u64 {
+            let lines: Vec<String> = (0..2000).map(|i| format!("b{b} l{i}")).collect();
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let mut c = content(&refs);
+            for (i, r) in c.records.iter_mut().enumerate() {
+                r.time_ns = 1_000_000_000 + (i as i64 * 3 + b as i64) * 1_000;
+            }
+            s.write(id(b + 1, 1), c).await.unwrap();
+        }
         s.close();
         let conn = open_reader(&path).unwrap();
         let streams = load_streams(&conn).unwrap();
-        assert_eq!(streams.len(), 1);
         let parts = partitions(&conn).unwrap();
         assert_eq!(parts.len(), 1);
+        let sections =
+            crate::hot_block::list(&conn, &parts[0].name, Some(&[streams[0].0]), 0, i64::MAX)
+                .unwrap();
+        assert_eq!(sections.len(), 3);
+        let mut m = crate::hot_block::Merge::new(&parts[0].name, sections, true);
         let mut got = Vec::new();
-        let mut after = None;
-        loop {
-            let rows = page_ids(
-                &conn,
-                &parts[0].name,
-                &[streams[0].0],
-                0,
-                i64::MAX,
-                true,
-                after,
-                2048,
-                None,
+        while let Some(r) = m.next(&conn, &mut |_| true).unwrap() {
+            got.push(r.ts);
+        }
+        assert_eq!(got.len(), 6000);
+        assert!(got.windows(2).all(|w| w[0] > w[1]));
+        let tail = rows_after(&conn, &[streams[0].0], 1990, 20).unwrap();
+        let ids: Vec<i64> = tail.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (1991..=2010).collect::<Vec<_>>());
+        assert_eq!(tail[10].1.line, b"b1 l0");
+    }
+
+    /// A database written by the build that kept one row per line opens, and its
+    /// lines read back as they were.
+    #[test]
+    fn a_schema_2_database_is_converted_to_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hot.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(
+                "CREATE TABLE logs_p3600 (id INTEGER PRIMARY KEY, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL, observed INTEGER NOT NULL, level INTEGER NOT NULL, template_id INTEGER NOT NULL, flags INTEGER NOT NULL, line BLOB NOT NULL, meta TEXT);
+                 INSERT INTO partitions VALUES ('logs_p3600', 3600000000000, 7200000000000);
+                 INSERT INTO streams VALUES (1, '[[\"a\",\"1\"]]'), (2, '[[\"a\",\"2\"]]');
+                 INSERT INTO meta VALUES ('next_row_id', 4);
+                 PRAGMA user_version = 2;",
             )
             .unwrap();
-            let Some(last) = rows.last() else { break };
-            after = Some((last.ts, last.id));
-            got.extend(rows.iter().map(|r| r.ts));
+            for (id, stream, line, meta) in [
+                (1, 1, "one", None),
+                (2, 2, "two", Some(r#"{"trace_id":"x"}"#)),
+                (3, 1, "three", None),
+            ] {
+                c.execute(
+                    "INSERT INTO logs_p3600 VALUES (?1, ?2, ?3, ?3, 4, 77, 1, ?4, ?5)",
+                    params![id, stream, 3_600_000_000_000i64 + id, line.as_bytes(), meta],
+                )
+                .unwrap();
+            }
         }
-        assert_eq!(got.len(), 5000);
-        assert!(got.windows(2).all(|w| w[0] > w[1]));
+        let mut s = HotStore::open(&path, 1000).unwrap();
+        s.close();
+        let conn = open_reader(&path).unwrap();
+        let rows = crate::hot_block::all_rows(&conn, "logs_p3600", i64::MAX).unwrap();
+        type Seen<'a> = (i64, i64, &'a [u8], u64, Option<&'a str>);
+        let got: Vec<Seen> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    r.stream_id,
+                    &r.line[..],
+                    r.template_id,
+                    r.metadata.get("trace_id"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 1, &b"one"[..], 77, None),
+                (2, 2, &b"two"[..], 77, Some("x")),
+                (3, 1, &b"three"[..], 77, None),
+            ]
+        );
+        assert_eq!(max_row_id(&conn).unwrap(), 3);
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 }

@@ -56,38 +56,55 @@ impl HotIndex {
     /// Adds a stored line of `partition`; `new` says the writer made the partition in
     /// this process (so the index covers all of it).
     pub fn add(&self, partition: &str, new: bool, id: i64, ts: i64, line: &[u8]) {
+        let mut entries = crate::segment::EntrySet::default();
+        index_line(line, &mut entries);
+        self.add_set(partition, new, (id, id), (ts, ts), 1, &entries);
+    }
+
+    /// Adds `rows` stored rows of `partition` at once: their ids lie in `ids`
+    /// (inclusive), their times in `times`, and `entries` are their lines' entries
+    /// (see [`index_line`]). A block's id range is the union of what was added to it,
+    /// so ranges of neighbouring blocks may overlap; a query reads both then.
+    pub fn add_set(
+        &self,
+        partition: &str,
+        new: bool,
+        ids: (i64, i64),
+        times: (i64, i64),
+        rows: usize,
+        entries: &crate::segment::EntrySet,
+    ) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let p = g.entry(partition.to_owned()).or_insert_with(|| PartIndex {
             complete: new,
             ..Default::default()
         });
-        let open = p
-            .blocks
-            .last()
-            .is_some_and(|b| b.rows < BLOCK_ROWS && b.last_id < id);
+        let open = p.blocks.last().is_some_and(|b| b.rows < BLOCK_ROWS);
         if !open {
             if let Some(b) = p.blocks.last_mut() {
                 seal(b, &mut p.pending);
             }
             p.blocks.push(Block {
-                first_id: id,
-                last_id: id,
-                min_ts: ts,
-                max_ts: ts,
+                first_id: ids.0,
+                last_id: ids.1,
+                min_ts: times.0,
+                max_ts: times.1,
                 rows: 0,
                 bloom: Bloom::with_capacity(0),
             });
         }
         let b = p.blocks.last_mut().expect("just ensured");
-        b.last_id = id;
-        b.min_ts = b.min_ts.min(ts);
-        b.max_ts = b.max_ts.max(ts);
-        b.rows += 1;
-        index_line(line, &mut p.pending);
+        b.first_id = b.first_id.min(ids.0);
+        b.last_id = b.last_id.max(ids.1);
+        b.min_ts = b.min_ts.min(times.0);
+        b.max_ts = b.max_ts.max(times.1);
+        b.rows += rows;
+        p.pending.extend(entries.iter().copied());
     }
 
     /// Indexes a partition's rows with ids up to `max_id` (read after a restart) and
     /// marks it complete; blocks the writer made meanwhile for newer rows are kept.
+    /// `rows` are `(id, ts, line)`.
     pub fn rebuild(
         &self,
         partition: &str,
@@ -98,6 +115,12 @@ impl HotIndex {
         for (id, ts, line) in rows {
             built.add(partition, true, id, ts, &line);
         }
+        self.install(partition, &built, max_id);
+    }
+
+    /// As [`HotIndex::rebuild`], from an index built elsewhere (with
+    /// [`HotIndex::add_set`]) for the rows with ids up to `max_id`.
+    pub fn install(&self, partition: &str, built: &HotIndex, max_id: i64) {
         let mut b = built.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = b.remove(partition).unwrap_or_default();
         if let Some(last) = fresh.blocks.last_mut() {

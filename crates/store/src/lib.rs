@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod cold;
 pub mod erase;
 pub mod hot;
+pub mod hot_block;
 pub mod hot_index;
 pub mod intel;
 pub mod lifecycle;

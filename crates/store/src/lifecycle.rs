@@ -29,10 +29,11 @@
 use super::catalog::{self, Tier};
 use super::cold::ColdStore;
 use super::hot::{self, HotStore};
-use super::segment::{SegmentFile, SegmentRow, SegmentWriter};
-use heimdall_common::record::Level;
+use super::hot_block;
+use super::hot_index::HotIndex;
+use super::segment::{index_line, EntrySet, SegmentFile, SegmentWriter};
 use heimdall_common::tasks::Stage;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -379,20 +380,33 @@ impl Lifecycle {
             if ix.is_complete(&p.name) {
                 continue;
             }
-            let max_id: i64 = conn.query_row(
-                &format!("SELECT coalesce(max(id), 0) FROM \"{}\"", p.name),
-                [],
-                |r| r.get(0),
-            )?;
-            let mut stmt = conn.prepare(&format!(
-                "SELECT id, ts, line FROM \"{}\" WHERE id <= ?1 ORDER BY id",
-                p.name
-            ))?;
-            let all: Vec<(i64, i64, Vec<u8>)> = stmt
-                .query_map([max_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            rows += all.len() as u64;
-            ix.rebuild(&p.name, all, max_id);
+            // Sections in id order, one at a time: a partition can be large.
+            let max_id = hot_block::max_id(&conn, &p.name)?;
+            let built = HotIndex::default();
+            for m in hot_block::list(&conn, &p.name, None, i64::MIN, i64::MAX)? {
+                if m.id > max_id {
+                    continue;
+                }
+                let mut entries = EntrySet::default();
+                let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+                for r in hot_block::read(&conn, &p.name, m.id, |_| true)? {
+                    index_line(&r.line, &mut entries);
+                    lo = lo.min(r.ts);
+                    hi = hi.max(r.ts);
+                    rows += 1;
+                }
+                if lo <= hi {
+                    built.add_set(
+                        &p.name,
+                        true,
+                        (m.id, m.last_id),
+                        (lo, hi),
+                        m.rows as usize,
+                        &entries,
+                    );
+                }
+            }
+            ix.install(&p.name, &built, max_id);
         }
         metrics::gauge!("heimdall_aggregator_hot_index_bytes").set(ix.bytes() as f64);
         Ok(rows)
@@ -453,10 +467,7 @@ impl Lifecycle {
         let mut counts = Vec::with_capacity(parts.len());
         let mut total = 0u64;
         for p in &parts {
-            let n: i64 =
-                conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
-                    r.get(0)
-                })?;
+            let n = hot_block::totals(&conn, &p.name, i64::MAX)?.0;
             total += n as u64;
             counts.push(n as u64);
         }
@@ -529,11 +540,8 @@ impl Lifecycle {
 
     fn compact_partition(&self, conn: &Connection, p: &hot::Partition) -> Result<u64, Error> {
         let name = p.name.clone();
-        let (max_id, n): (i64, i64) = conn.query_row(
-            &format!("SELECT coalesce(max(id), 0), count(*) FROM \"{name}\""),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let max_id = hot_block::max_id(conn, &name)?;
+        let n = hot_block::totals(conn, &name, max_id)?.0;
         if n == 0 {
             let part = name.clone();
             self.store
@@ -548,34 +556,23 @@ impl Lifecycle {
         // segments of at most segment_rows.
         let mut pieces: Vec<(i64, String, super::segment::SegmentInfo)> = Vec::new();
         let mut writer: Option<(i64, String, SegmentWriter)> = None;
-        let mut after: (i64, i64, i64) = (i64::MIN, i64::MIN, i64::MIN);
-        let sql = format!(
-            "SELECT id, stream_id, ts, observed, level, template_id, flags, line, meta FROM \"{name}\"
-             WHERE id <= ?1 AND (stream_id, ts, id) > (?2, ?3, ?4) ORDER BY stream_id, ts, id LIMIT 8192"
-        );
-        let mut stmt = conn.prepare(&sql)?;
+        // Stream by stream; each stream's sections merged in (ts, id) order, decoded
+        // only as the merge reaches them.
+        let streams: Vec<i64> = conn
+            .prepare(&format!(
+                "SELECT DISTINCT stream_id FROM \"{name}\" WHERE id <= ?1 ORDER BY stream_id"
+            ))?
+            .query_map([max_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         let mut written = 0u64;
-        loop {
-            let rows: Vec<SegmentRow> = stmt
-                .query_map(params![max_id, after.0, after.1, after.2], |r| {
-                    Ok(SegmentRow {
-                        id: r.get(0)?,
-                        stream_id: r.get(1)?,
-                        ts: r.get(2)?,
-                        observed: r.get(3)?,
-                        level: Level::from_u8(r.get::<_, u8>(4)?).unwrap_or_default(),
-                        template_id: r.get::<_, i64>(5)? as u64,
-                        flags: r.get(6)?,
-                        line: r.get(7)?,
-                        metadata: hot::parse_metadata_json(r.get_ref(8)?.as_str_or_null()?),
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in rows {
-                after = (row.stream_id, row.ts, row.id);
+        for stream in streams {
+            let sections: Vec<hot_block::Meta> =
+                hot_block::list(conn, &name, Some(&[stream]), i64::MIN, i64::MAX)?
+                    .into_iter()
+                    .filter(|m| m.id <= max_id)
+                    .collect();
+            let mut merge = hot_block::Merge::new(&name, sections, false);
+            while let Some(row) = merge.next(conn, &mut |_| true)? {
                 if writer
                     .as_ref()
                     .is_some_and(|w| w.2.rows() >= self.cfg.segment_rows)
@@ -634,11 +631,7 @@ impl Lifecycle {
             .collect();
         let unchanged = self.store.job_blocking_value(move |c| {
             // The rows this compaction read must all still be there.
-            let still: i64 = c.query_row(
-                &format!("SELECT count(*) FROM \"{part}\" WHERE id <= ?1"),
-                [max_id],
-                |r| r.get(0),
-            )?;
+            let still = hot_block::totals(c, &part, max_id)?.0;
             if still != want {
                 return Ok(false);
             }
@@ -703,10 +696,7 @@ impl Lifecycle {
             if p.end > cutoff {
                 continue;
             }
-            let n: i64 =
-                conn.query_row(&format!("SELECT count(*) FROM \"{}\"", p.name), [], |r| {
-                    r.get(0)
-                })?;
+            let n = hot_block::totals(&conn, &p.name, i64::MAX)?.0;
             let part = p.name.clone();
             self.store.job_blocking(Box::new(move |c| {
                 c.execute_batch(&format!("DROP TABLE IF EXISTS \"{part}\""))?;
@@ -776,9 +766,7 @@ impl Lifecycle {
 /// # Errors
 /// [`rusqlite::Error`].
 pub fn drop_if_empty(c: &Connection, part: &str) -> Result<bool, rusqlite::Error> {
-    let left: i64 = c.query_row(&format!("SELECT count(*) FROM \"{part}\""), [], |r| {
-        r.get(0)
-    })?;
+    let left = hot_block::totals(c, part, i64::MAX)?.0;
     if left > 0 {
         return Ok(false);
     }

@@ -7,8 +7,9 @@
 //! and stream (the catalog keeps each stream's time range per segment) and by the
 //! segments' token bloom filters for `|=` filters. Ordered scans merge every source
 //! lazily in `(ts, id)` order, newest first or oldest first: a segment is opened only
-//! when the merge reaches its time range and is read in time slices, and hot
-//! partitions are read in keyset pages, so memory stays bounded. Unordered scans (for
+//! when the merge reaches its time range and is read in time slices, and a hot
+//! section is decoded only when the merge reaches its time range, so memory stays
+//! bounded. Unordered scans (for
 //! metric queries) read each source once, streaming.
 //!
 //! A query runs in one SQLite read transaction, so a compaction committing meanwhile
@@ -17,6 +18,7 @@
 use crate::catalog::{self, Candidate, Tier};
 use crate::cold::ColdStore;
 use crate::hot;
+use crate::hot_block::{self, Merge};
 use crate::hot_index::{HotIndex, Plan};
 use crate::segment::{self, SegmentFile, Selection};
 use heimdall_common::record::Labels;
@@ -171,15 +173,25 @@ pub struct Source<'a> {
 /// Rows per hot page and the smallest segment slice worth reading.
 const PAGE: usize = 2048;
 
-/// A part of a hot partition to read: an id range (none for all of it) and its time
-/// range `[min, max]`.
-type HotPart = (Option<(i64, i64)>, i64, i64);
+/// What to read of a hot partition: its sections that may hold wanted rows, and the
+/// id ranges (sorted, disjoint, inclusive) the rows must fall in when the token index
+/// pruned it.
+struct HotPart {
+    sections: Vec<hot_block::Meta>,
+    ids: Option<Vec<(i64, i64)>>,
+}
+
+impl HotPart {
+    fn wants(&self, id: i64) -> bool {
+        let Some(r) = &self.ids else { return true };
+        let i = r.partition_point(|&(_, hi)| hi < id);
+        r.get(i).is_some_and(|&(lo, _)| lo <= id)
+    }
+}
 
 struct HotRun {
-    name: String,
-    /// Only rows with ids in this range (one indexed block).
-    ids: Option<(i64, i64)>,
-    after: Option<(i64, i64)>,
+    part: HotPart,
+    merge: Merge,
     buf: VecDeque<Row>,
     done: bool,
 }
@@ -198,7 +210,7 @@ struct SegRun {
 }
 
 enum Run {
-    Hot(HotRun),
+    Hot(Box<HotRun>),
     Seg(Box<SegRun>),
 }
 
@@ -330,26 +342,55 @@ impl<'a> Source<'a> {
         Ok(out)
     }
 
-    /// The parts of a hot partition to read for `filters`: `(ids, min_ts, max_ts)`,
-    /// the whole partition as one part when it is not indexed or nothing prunes.
-    fn hot_parts(&self, p: &hot::Partition, filters: &[&LineFilter]) -> Vec<HotPart> {
+    /// What to read of hot partition `p` for `streams` in `[start, end)` and
+    /// `filters`: sections by stream and time, then by the token index's blocks.
+    fn hot_part(
+        &self,
+        p: &hot::Partition,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        filters: &[&LineFilter],
+    ) -> Result<HotPart, Error> {
+        let mut sections = hot_block::list(self.hot, &p.name, Some(streams), start, end)?;
         let needles: Vec<&[u8]> = filters
             .iter()
             .filter(|f| f.op == FilterOp::Contains)
             .map(|f| f.pattern.as_bytes())
             .collect();
-        let whole = vec![(None, p.start, p.end.saturating_sub(1))];
         let Some(ix) = self.tiers.and_then(|t| t.hot_index.as_ref()) else {
-            return whole;
+            return Ok(HotPart {
+                sections,
+                ids: None,
+            });
         };
         match ix.plan(&p.name, &needles) {
-            Plan::All => whole,
+            Plan::All => Ok(HotPart {
+                sections,
+                ids: None,
+            }),
             Plan::Blocks(b) => {
                 metrics::counter!("heimdall_aggregator_query_hot_blocks_read_total")
                     .increment(b.len() as u64);
-                b.into_iter()
-                    .map(|(a, z, lo, hi)| (Some((a, z)), lo, hi))
-                    .collect()
+                let mut r: Vec<(i64, i64)> = b.into_iter().map(|(a, z, _, _)| (a, z)).collect();
+                r.sort_unstable();
+                let mut ids: Vec<(i64, i64)> = Vec::with_capacity(r.len());
+                for (a, z) in r {
+                    match ids.last_mut() {
+                        Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(z),
+                        _ => ids.push((a, z)),
+                    }
+                }
+                let part = HotPart {
+                    sections: Vec::new(),
+                    ids: Some(ids),
+                };
+                sections.retain(|m| {
+                    let r = part.ids.as_deref().unwrap_or_default();
+                    let i = r.partition_point(|&(_, hi)| hi < m.id);
+                    r.get(i).is_some_and(|&(lo, _)| lo <= m.last_id)
+                });
+                Ok(HotPart { sections, ..part })
             }
         }
     }
@@ -409,15 +450,20 @@ impl<'a> Source<'a> {
                 if has {
                     break;
                 }
-                has = self
-                    .hot
-                    .prepare_cached(&format!(
-                        "SELECT 1 FROM \"{}\" WHERE stream_id = ?1 AND ts >= ?2 AND ts < ?3 LIMIT 1",
-                        p.name
-                    ))?
-                    .query_row(rusqlite::params![id, start, end], |_| Ok(()))
-                    .optional()?
-                    .is_some();
+                // A section overlapping the range may still hold no line inside it.
+                for m in hot_block::list(self.hot, &p.name, Some(&[id]), start, end)? {
+                    if m.min_ts >= start && m.max_ts < end {
+                        has = true;
+                    } else {
+                        has = !hot_block::read(self.hot, &p.name, m.id, |r| {
+                            r.ts >= start && r.ts < end
+                        })?
+                        .is_empty();
+                    }
+                    if has {
+                        break;
+                    }
+                }
             }
             if has {
                 out.push((id, l));
@@ -444,15 +490,19 @@ impl<'a> Source<'a> {
         let parts = hot::partitions(self.hot)?;
         for s in lines {
             for p in parts.iter().filter(|p| p.end > start && p.start < end) {
-                let (c, b): (i64, i64) = self
-                    .hot
-                    .prepare_cached(&format!(
-                        "SELECT count(*), coalesce(sum(length(line)), 0) FROM \"{}\" WHERE stream_id = ?1 AND ts >= ?2 AND ts < ?3",
-                        p.name
-                    ))?
-                    .query_row(rusqlite::params![s, start, end], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                entries += c as u64;
-                bytes += b as u64;
+                for m in hot_block::list(self.hot, &p.name, Some(&[s]), start, end)? {
+                    if m.min_ts >= start && m.max_ts < end {
+                        entries += m.rows as u64;
+                        bytes += m.bytes as u64;
+                        continue;
+                    }
+                    for r in
+                        hot_block::read(self.hot, &p.name, m.id, |r| r.ts >= start && r.ts < end)?
+                    {
+                        entries += 1;
+                        bytes += r.line.len() as u64;
+                    }
+                }
             }
             for c in catalog::candidates(self.hot, &[s], start, end)? {
                 entries += c.rows();
@@ -510,29 +560,24 @@ impl<'a> Source<'a> {
         deadline: Option<Instant>,
         each: &mut impl FnMut(Row) -> bool,
     ) -> Result<(), Error> {
+        let wanted: HashSet<i64> = streams.iter().copied().collect();
         for p in hot::partitions(self.hot)? {
             if p.end <= start || p.start >= end {
                 continue;
             }
-            for (ids, lo, hi) in self.hot_parts(&p, filters) {
-                if hi < start || lo >= end {
-                    continue;
-                }
-                let mut after = None;
-                loop {
-                    self.check(deadline)?;
-                    let rows = hot::page_ids(
-                        self.hot, &p.name, streams, start, end, false, after, PAGE, ids,
-                    )?;
-                    let n = rows.len();
-                    for r in rows {
-                        after = Some((r.ts, r.id));
-                        if !each(r) {
-                            return Ok(());
-                        }
-                    }
-                    if n < PAGE {
-                        break;
+            let part = self.hot_part(&p, streams, start, end, filters)?;
+            for m in &part.sections {
+                self.check(deadline)?;
+                let rows = hot_block::read(self.hot, &p.name, m.id, |r| {
+                    wanted.contains(&r.stream_id)
+                        && r.ts >= start
+                        && r.ts < end
+                        && part.wants(r.id)
+                        && filters.iter().all(|f| f.matches(&r.line))
+                })?;
+                for r in rows {
+                    if !each(r.into()) {
+                        return Ok(());
                     }
                 }
             }
@@ -607,6 +652,7 @@ impl<'a> Source<'a> {
     ) -> Result<(), Error> {
         let mut runs: Vec<Run> = Vec::new();
         let mut heap = BinaryHeap::new();
+        let wanted: HashSet<i64> = streams.iter().copied().collect();
         let bound = |lo: i64, hi_incl: i64| -> (i64, i64) {
             if backward {
                 (hi_incl, i64::MAX)
@@ -618,25 +664,36 @@ impl<'a> Source<'a> {
             if p.end <= start || p.start >= end {
                 continue;
             }
-            for (ids, lo, hi) in self.hot_parts(&p, filters) {
-                let (lo, hi) = (lo.max(start).max(p.start), hi.min(end.saturating_sub(1)));
-                if lo > hi {
-                    continue;
-                }
-                let key = bound(lo, hi);
-                runs.push(Run::Hot(HotRun {
-                    name: p.name.clone(),
-                    ids,
-                    after: None,
-                    buf: VecDeque::new(),
-                    done: false,
-                }));
-                heap.push(HeapEntry {
-                    key,
-                    run: runs.len() - 1,
-                    backward,
-                });
+            let part = self.hot_part(&p, streams, start, end, filters)?;
+            if part.sections.is_empty() {
+                continue;
             }
+            let lo = part
+                .sections
+                .iter()
+                .map(|m| m.min_ts)
+                .min()
+                .unwrap_or(start);
+            let hi = part
+                .sections
+                .iter()
+                .map(|m| m.max_ts)
+                .max()
+                .unwrap_or(start);
+            let (lo, hi) = (lo.max(start), hi.min(end.saturating_sub(1)));
+            let key = bound(lo, hi);
+            let merge = Merge::new(&p.name, part.sections.clone(), backward);
+            runs.push(Run::Hot(Box::new(HotRun {
+                part,
+                merge,
+                buf: VecDeque::new(),
+                done: false,
+            })));
+            heap.push(HeapEntry {
+                key,
+                run: runs.len() - 1,
+                backward,
+            });
         }
         for c in self.segments(streams, start, end, filters)? {
             let (lo, hi) = c.range();
@@ -700,16 +757,19 @@ impl<'a> Source<'a> {
             if empty {
                 match run {
                     Run::Hot(h) => {
-                        if !h.done {
-                            let rows = hot::page_ids(
-                                self.hot, &h.name, streams, start, end, backward, h.after, PAGE,
-                                h.ids,
-                            )?;
-                            h.done = rows.len() < PAGE;
-                            if let Some(last) = rows.last() {
-                                h.after = Some((last.ts, last.id));
+                        let part = &h.part;
+                        let mut keep = |r: &segment::SegmentRow| {
+                            wanted.contains(&r.stream_id)
+                                && r.ts >= start
+                                && r.ts < end
+                                && part.wants(r.id)
+                                && filters.iter().all(|f| f.matches(&r.line))
+                        };
+                        while !h.done && h.buf.len() < PAGE {
+                            match h.merge.next(self.hot, &mut keep)? {
+                                Some(r) => h.buf.push_back(r.into()),
+                                None => h.done = true,
                             }
-                            h.buf.extend(rows);
                         }
                     }
                     Run::Seg(s) => self.fill_segment(s, backward, filters)?,
@@ -820,7 +880,7 @@ impl<'a> Source<'a> {
                 let t: Option<i64> = self
                     .hot
                     .prepare_cached(&format!(
-                        "SELECT min(ts) FROM \"{}\" WHERE stream_id = ?1",
+                        "SELECT min(min_ts) FROM \"{}\" WHERE stream_id = ?1",
                         p.name
                     ))?
                     .query_row([s], |r| r.get(0))?;
