@@ -19,7 +19,8 @@
 //!
 //! `cargo bench -p heimdall-benches --bench storage` (`HEIMDALL_BENCH_STORED_LINES` to
 //! change the 50,000,000, 0 to skip; `HEIMDALL_BENCH_INGEST_LINES`, default 2,000,000,
-//! 0 to skip; `HEIMDALL_BENCH_DIR` to keep the loaded 50,000,000 lines for another run).
+//! 0 to skip; `HEIMDALL_BENCH_DIR` to keep the loaded 50,000,000 lines for another run;
+//! `HEIMDALL_BENCH_KEEP_HOT=1` to compact nothing, so the queries read the hot tier only).
 
 use bytes::{Bytes, BytesMut};
 use heimdall_common::record::{Aggregate, Labels, Level, LogRecord};
@@ -216,6 +217,11 @@ fn http_push(
         PushFormat::Json => "application/json",
     };
     let queue = std::sync::Mutex::new(bodies);
+    let agg_pid = agg.proc.pid().unwrap_or(0);
+    let cpu0 = (
+        heimdall_tests::cpu_secs(agg_pid).unwrap_or(0.0),
+        heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0),
+    );
     let started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..CLIENTS)
@@ -242,6 +248,10 @@ fn http_push(
         Ok(())
     })?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = (
+        heimdall_tests::cpu_secs(agg_pid).unwrap_or(0.0) - cpu0.0,
+        heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0) - cpu0.1,
+    );
     let stored = heimdall_tests::stored_count(&agg.db());
     anyhow::ensure!(stored == n as u64, "stored {stored} of {n}");
     let rate = n as f64 / secs;
@@ -252,7 +262,72 @@ fn http_push(
         raw as f64 / 1e6 / secs,
         rate / quic_rate
     );
+    println!(
+        "  CPU: aggregator {:.1} s ({:.2} cores), clients {:.1} s ({:.2} cores)",
+        cpu.0,
+        cpu.0 / secs,
+        cpu.1,
+        cpu.1 / secs
+    );
     Ok(())
+}
+
+/// The baseline for segment size and write speed: DuckDB (from PyPI, run here) writing
+/// the same rows, in the same (stream, time) order, to Parquet with zstd, its default
+/// settings otherwise. `rows` are `(labels, ts, level, line)`. Returns the file's bytes
+/// and DuckDB's rows/s for sorting and writing (the load from JSON not counted).
+fn duckdb_parquet(
+    root: &std::path::Path,
+    name: &str,
+    rows: &[(String, i64, &str, &[u8])],
+) -> anyhow::Result<(u64, f64)> {
+    use std::io::Write as _;
+    let src = root.join(format!("{name}.ndjson"));
+    let dst = root.join(format!("{name}-duckdb.parquet"));
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src)?);
+        for (labels, ts, level, line) in rows {
+            serde_json::to_writer(
+                &mut f,
+                &serde_json::json!({
+                    "labels": labels,
+                    "ts": ts,
+                    "level": level,
+                    "line": String::from_utf8_lossy(line),
+                }),
+            )?;
+            f.write_all(b"\n")?;
+        }
+        f.flush()?;
+    }
+    let script = r#"
+import os, sys, time, duckdb
+src, dst = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads TO 2")
+con.execute("CREATE TABLE t AS SELECT * FROM read_json(?, format='newline_delimited', columns={'labels': 'VARCHAR', 'ts': 'BIGINT', 'level': 'VARCHAR', 'line': 'VARCHAR'})", [src])
+n = con.execute("SELECT count(*) FROM t").fetchone()[0]
+t = time.time()
+con.execute(f"COPY (SELECT * FROM t ORDER BY labels, ts) TO '{dst}' (FORMAT parquet, COMPRESSION zstd)")
+secs = time.time() - t
+print(os.path.getsize(dst), n / secs)
+"#;
+    let out = std::process::Command::new(heimdall_tests::python())
+        .args(["-c", script])
+        .arg(&src)
+        .arg(&dst)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let bytes: u64 = it.next().unwrap_or("0").parse()?;
+    let rate: f64 = it.next().unwrap_or("0").parse()?;
+    let _ = std::fs::remove_file(&src);
+    Ok((bytes, rate))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -333,6 +408,11 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         .collect();
     let wire_bytes: u64 = sealed.iter().map(|b| b.len() as u64).sum();
     let (cert, key) = pki.agent_cert("bench")?;
+    let agg_pid = agg.proc.pid().unwrap_or(0);
+    let cpu0 = (
+        heimdall_tests::cpu_secs(agg_pid).unwrap_or(0.0),
+        heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0),
+    );
     let started = Instant::now();
     rt.block_on(async {
         let ep = quic_client(&pki.ca_pem, &cert, &key)?;
@@ -372,6 +452,10 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let quic_secs = started.elapsed().as_secs_f64();
+    let cpu = (
+        heimdall_tests::cpu_secs(agg_pid).unwrap_or(0.0) - cpu0.0,
+        heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0) - cpu0.1,
+    );
     let stored = heimdall_tests::stored_count(&agg.db());
     anyhow::ensure!(
         stored == lines.len() as u64,
@@ -394,6 +478,14 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         lines.len() as f64 / base_secs
     );
     println!("ratio QUIC / in-process: {:.2}", base_secs / quic_secs);
+    println!(
+        "CPU during the QUIC run: aggregator {:.1} s ({:.2} cores, {:.2} µs a line), sender {:.1} s ({:.2} cores)",
+        cpu.0,
+        cpu.0 / quic_secs,
+        cpu.0 * 1e6 / lines.len() as f64,
+        cpu.1,
+        cpu.1 / quic_secs
+    );
     drop(agg);
     let quic_rate = lines.len() as f64 / quic_secs;
     for format in [PushFormat::Protobuf, PushFormat::Json] {
@@ -420,6 +512,19 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         })
         .collect();
     rows.sort_by_key(|r| (r.stream_id, r.ts, r.id));
+    let duck_rows: Vec<(String, i64, &str, &[u8])> = rows
+        .iter()
+        .map(|r| {
+            (
+                format!("host=host{}", r.stream_id),
+                r.ts,
+                r.level.as_str(),
+                &r.line[..],
+            )
+        })
+        .collect();
+    let (duck_bytes, duck_rate) = duckdb_parquet(root, "ingest", &duck_rows)?;
+    drop(duck_rows);
     let path = root.join("bench.parquet");
     let started = Instant::now();
     let mut w = SegmentWriter::create(&path, labels, 9)?;
@@ -441,6 +546,11 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "baseline lz4 of 10,000-line blocks: ratio {:.1}x",
         raw as f64 / lz4_bytes as f64
+    );
+    println!(
+        "baseline DuckDB, zstd Parquet of the same rows sorted the same way: {duck_bytes} bytes, ratio {:.1}x (sorted and written at {duck_rate:.0} rows/s); segment / DuckDB = {:.2} (target <= 0.50)",
+        raw as f64 / duck_bytes as f64,
+        info.bytes as f64 / duck_bytes as f64
     );
     println!(
         "bloom filter: {} bytes ({:.1}% of the segment)",
@@ -503,6 +613,19 @@ fn loghub(root: &std::path::Path) -> anyhow::Result<()> {
             });
         }
     }
+    let duck_rows: Vec<(String, i64, &str, &[u8])> = rows
+        .iter()
+        .map(|r| {
+            (
+                format!("app={}", sets[r.stream_id as usize - 1]),
+                r.ts,
+                r.level.as_str(),
+                &r.line[..],
+            )
+        })
+        .collect();
+    let (duck_bytes, _) = duckdb_parquet(root, "loghub", &duck_rows)?;
+    drop(duck_rows);
     let path = root.join("loghub.parquet");
     let mut w = SegmentWriter::create(&path, labels, 9)?;
     let n = rows.len();
@@ -525,6 +648,11 @@ fn loghub(root: &std::path::Path) -> anyhow::Result<()> {
         },
         raw as f64 / lz4_bytes as f64
     );
+    println!(
+        "baseline DuckDB, zstd Parquet of the same rows: {duck_bytes} bytes, ratio {:.1}x; segment / DuckDB = {:.2} (target <= 0.50)",
+        raw as f64 / duck_bytes as f64,
+        info.bytes as f64 / duck_bytes as f64
+    );
     Ok(())
 }
 
@@ -539,7 +667,8 @@ fn big(root: &std::path::Path) -> anyhow::Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.to_owned());
     let pki = Pki::new(&root.join("pki50"))?;
-    let dir = root.join("big");
+    let keep_hot = std::env::var("HEIMDALL_BENCH_KEEP_HOT").as_deref() == Ok("1");
+    let dir = root.join(if keep_hot { "big-hot" } else { "big" });
     let state = dir.join("aggregator");
     let marker = dir.join("loaded");
     let now = heimdall_common::record::now_ns();
@@ -558,7 +687,7 @@ fn big(root: &std::path::Path) -> anyhow::Result<()> {
         None => {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&state)?;
-            let moved = load_big(&state, n, now)?;
+            let moved = load_big(&state, n, now, keep_hot)?;
             std::fs::write(&marker, format!("{n} {now} {moved}"))?;
             (now, moved)
         }
@@ -567,8 +696,8 @@ fn big(root: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Loads `n` lines over the 24 h before `now` and compacts all but the last two
-/// hours; returns how many lines were moved to warm segments.
-fn load_big(state: &std::path::Path, n: u64, now: i64) -> anyhow::Result<u64> {
+/// hours (none when `keep_hot`); returns how many lines were moved to warm segments.
+fn load_big(state: &std::path::Path, n: u64, now: i64, keep_hot: bool) -> anyhow::Result<u64> {
     let db = state.join("hot.db");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -638,7 +767,7 @@ fn load_big(state: &std::path::Path, n: u64, now: i64) -> anyhow::Result<u64> {
     let conn = heimdall_store::hot::open_reader(&db)?;
     let mut moved = 0;
     for p in heimdall_store::hot::partitions(&conn)? {
-        if p.end <= now - 3_600 * S {
+        if p.end <= now - 3_600 * S && !keep_hot {
             moved += lc.compact_named(&p.name)?;
         }
     }

@@ -656,6 +656,18 @@ pub fn stored_rows(db: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(out)
 }
 
+/// CPU seconds (user and system) process `pid` has used, from `/proc/<pid>/stat`
+/// (clock ticks of 1/100 s, Linux's USER_HZ).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: the state is field 3,
+    // utime and stime are fields 14 and 15.
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// A free TCP port on loopback (bound and released).
 ///
 /// # Panics
