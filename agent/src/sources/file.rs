@@ -1368,6 +1368,16 @@ mod tests {
         f.write_all(s).unwrap();
     }
 
+    /// Truncates a file to nothing (as copytruncate does after its copy).
+    fn truncate(p: impl AsRef<Path>) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
     /// Scans and reads until nothing changes; returns lines as strings.
     fn pump(t: &mut FileTailer) -> Vec<String> {
         let mut out = Vec::new();
@@ -1605,12 +1615,7 @@ java.lang.IllegalStateException: x
                 append(&p, format!("{line}\n").as_bytes());
                 want.push(line);
                 std::fs::copy(&p, dir.path().join(format!("{n}.{round}"))).unwrap();
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .unwrap()
-                    .set_len(0)
-                    .unwrap();
+                truncate(&p);
                 let line = format!("{i},h,{round}1 after");
                 append(&p, format!("{header}{line}\n").as_bytes());
                 want.push("time,host,value".to_owned());
@@ -1722,12 +1727,7 @@ java.lang.IllegalStateException: x
         // Written after our last read, then rotated by copy + truncate.
         append(&p, b"line3\nline4\n");
         std::fs::copy(&p, dir.path().join("app.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&p);
         append(&p, b"new1\n");
         let mut got = pump(&mut t);
         got.sort();
@@ -1760,12 +1760,7 @@ java.lang.IllegalStateException: x
         append(&p, b"header\n");
         let mut t = FileTailer::new(cfg(dir.path()), Labels::default(), vec![]);
         assert_eq!(pump(&mut t), vec!["header"]);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&p);
         assert!(pump(&mut t).is_empty());
         let body: String = (0..1000).map(|i| format!("{i:05},value\n")).collect();
         let body = body.as_bytes();
@@ -1775,12 +1770,7 @@ java.lang.IllegalStateException: x
         append(&p, body);
         got.extend(pump(&mut t));
         append(&copy, &body[8192..]);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&p);
         got.extend(pump(&mut t));
         append(&p, b"next\n");
         got.extend(pump(&mut t));
@@ -2084,7 +2074,7 @@ java.lang.IllegalStateException: x
                             w.rotations += 1;
                             let to = w.dir.path().join(format!("f{f}.log.{}", w.rotations));
                             std::fs::copy(w.path(f), &to).unwrap();
-                            std::fs::OpenOptions::new().write(true).open(w.path(f)).unwrap().set_len(0).unwrap();
+                            truncate(w.path(f));
                         }
                         Action::DeleteRecreate(f) if w.path(f).exists() => {
                             w.pump(&mut t);
@@ -2106,14 +2096,14 @@ java.lang.IllegalStateException: x
                             }
                             append(&w.path(f), text.as_bytes());
                             w.pump(&mut t);
-                            std::fs::OpenOptions::new().write(true).open(w.path(f)).unwrap().set_len(0).unwrap();
+                            truncate(w.path(f));
                             // A crash before the agent sees the truncation cannot be exact
                             // here (the README gives the bound); the test stays clear of it.
                             w.pump(&mut t);
                         }
                         Action::TruncateInPlace(f) if w.path(f).exists() => {
                             w.pump(&mut t);
-                            std::fs::OpenOptions::new().write(true).open(w.path(f)).unwrap().set_len(0).unwrap();
+                            truncate(w.path(f));
                         }
                         Action::Pump => {
                             w.pump(&mut t);
