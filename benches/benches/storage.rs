@@ -1,7 +1,8 @@
 //! Storage and query benchmark, one run on this machine:
 //!
 //! 1. **Durable ingest through QUIC**: pre-sealed batches of realistic lines sent by a
-//!    QUIC client (mutual TLS) to the real aggregator, 32 batches in flight, counted
+//!    QUIC client (mutual TLS) to the real aggregator, 32 batches in flight
+//!    (`HEIMDALL_BENCH_INFLIGHT` to change; one agent keeps up to 16), counted
 //!    when acknowledged (after the SQLite commit). Baseline in the same run: the same
 //!    batches written straight into a hot store in-process, no network.
 //! 2. **Compression** of warm segments on the mixed corpus (nginx, JSON, syslog, Java
@@ -345,6 +346,10 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
     }
     let lines = corpus(n, 7);
     let per = 10_000;
+    let inflight: usize = std::env::var("HEIMDALL_BENCH_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     let now = heimdall_common::record::now_ns();
     let contents: Vec<BatchContent> = lines
         .chunks(per)
@@ -386,7 +391,7 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
                 )
                 .await
             });
-            while set.len() >= 32 {
+            while set.len() >= inflight {
                 set.join_next().await.expect("non-empty")??;
             }
         }
@@ -440,7 +445,7 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
                     other => anyhow::bail!("unexpected answer {other:?}"),
                 }
             });
-            while set.len() >= 32 {
+            while set.len() >= inflight {
                 set.join_next().await.expect("non-empty")??;
             }
         }
@@ -463,7 +468,7 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         lines.len()
     );
     println!(
-        "== durable ingest, {} lines ({:.0} MB raw, {:.0} MB on the wire, lz4)",
+        "== durable ingest, {} lines ({:.0} MB raw, {:.0} MB on the wire, lz4), {inflight} batches of {per} lines in flight",
         lines.len(),
         raw as f64 / 1e6,
         wire_bytes as f64 / 1e6

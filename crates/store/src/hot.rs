@@ -787,6 +787,9 @@ struct Writer {
     touched: Committed,
     /// Per-second counts of the batch being stored.
     volume: super::volume::Tally,
+    /// Per-second counts of the group's batches stored so far, written once before the
+    /// group commits (a key written once per group, not once per batch).
+    group_volume: super::volume::Tally,
 }
 
 /// Most stream ids cached by the writer; the cache is cleared when it grows past this.
@@ -813,6 +816,7 @@ impl Writer {
             hook: Arc::default(),
             touched: Committed::default(),
             volume: super::volume::Tally::default(),
+            group_volume: super::volume::Tally::default(),
         };
         w.reload()?;
         Ok(w)
@@ -916,9 +920,12 @@ impl Writer {
                 match self.store_one(&req.id, &req.content, &req.prepared) {
                     Ok(o) => {
                         self.conn.execute_batch("RELEASE batch")?;
+                        let batch = std::mem::take(&mut self.volume);
+                        self.group_volume.absorb(batch);
                         results.push(Ok(o));
                     }
                     Err(e) => {
+                        self.volume = super::volume::Tally::default();
                         self.conn
                             .execute_batch("ROLLBACK TO batch; RELEASE batch")?;
                         self.streams.clear();
@@ -931,6 +938,7 @@ impl Writer {
                     }
                 }
             }
+            self.group_volume.write(&self.conn)?;
             self.conn
                 .prepare_cached(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_row_id', ?1)",
@@ -940,6 +948,8 @@ impl Writer {
         })();
         if let Err(e) = res {
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.volume = super::volume::Tally::default();
+            self.group_volume = super::volume::Tally::default();
             self.touched = Committed::default();
             // Stream ids and partitions made in the failed transaction do not exist.
             self.streams.clear();
@@ -1067,17 +1077,8 @@ impl Writer {
                 &part.entries,
             );
         }
-        for r in &content.records {
-            self.volume.add(
-                ids[r.stream as usize],
-                r.time_ns,
-                r.level as u8,
-                r.flags,
-                !r.metadata.is_empty(),
-                r.line.len(),
-            );
-        }
-        self.volume.write(&self.conn)?;
+        self.volume
+            .absorb_mapped(&prepared.volume, |s| ids[s as usize]);
         Ok(ids)
     }
 

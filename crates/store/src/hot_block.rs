@@ -80,6 +80,9 @@ pub struct Part {
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub parts: Vec<Part>,
+    /// The per-second counts of the batch's lines ([`crate::volume`]), keyed by the
+    /// stream's index in the batch until the writer knows the stream ids.
+    pub volume: crate::volume::Tally,
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -183,6 +186,14 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
                 let r = &content.records[g.3 as usize];
                 bytes += r.line.len() as u64;
                 index_line(&r.line, &mut part.entries);
+                out.volume.add(
+                    i64::from(r.stream),
+                    r.time_ns,
+                    r.level as u8,
+                    r.flags,
+                    !r.metadata.is_empty(),
+                    r.line.len(),
+                );
             }
             let data = encode(
                 group.iter().map(|g| {

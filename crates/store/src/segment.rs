@@ -362,7 +362,8 @@ fn row_hash(h: &mut u64, r: &SegmentRow) {
 pub struct SegmentWriter {
     path: PathBuf,
     writer: Option<SerializedFileWriter<BufWriter<File>>>,
-    labels: HashMap<i64, String>,
+    /// Each stream's labels, one shared buffer for every row of the labels column.
+    label_bytes: HashMap<i64, bytes::Bytes>,
     buf: Vec<SegmentRow>,
     streams: Vec<StreamRange>,
     rows: u64,
@@ -419,7 +420,10 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             path: path.to_owned(),
             writer: Some(writer),
-            labels,
+            label_bytes: labels
+                .into_iter()
+                .map(|(id, l)| (id, bytes::Bytes::from(l.into_bytes())))
+                .collect(),
             buf: Vec::with_capacity(ROW_GROUP_ROWS),
             streams: Vec::new(),
             rows: 0,
@@ -479,7 +483,7 @@ impl SegmentWriter {
             .push(Bloom::from_entries(self.rg_entries.iter()));
         self.entries.extend(self.rg_entries.drain());
         let path = self.path.clone();
-        let rows = std::mem::take(&mut self.buf);
+        let mut rows = std::mem::take(&mut self.buf);
         let w = self.writer.as_mut().expect("open until finish");
         let mut rg = w.next_row_group().map_err(pq(&path))?;
         let mut col = 0;
@@ -515,12 +519,15 @@ impl SegmentWriter {
                     w.write_batch(&v, None, None).map(|_| ())
                 }
                 (COL_LINE, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    // A valid line moves into the column; an invalid one is written
+                    // lossily here and kept whole for `line_raw` (the next column).
                     let v: Vec<ByteArray> = rows
-                        .iter()
-                        .map(|r| {
-                            ByteArray::from(
-                                String::from_utf8_lossy(&r.line).into_owned().into_bytes(),
-                            )
+                        .iter_mut()
+                        .map(|r| match String::from_utf8_lossy(&r.line) {
+                            std::borrow::Cow::Borrowed(_) => {
+                                ByteArray::from(std::mem::take(&mut r.line))
+                            }
+                            std::borrow::Cow::Owned(lossy) => ByteArray::from(lossy.into_bytes()),
                         })
                         .collect();
                     w.write_batch(&v, None, None).map(|_| ())
@@ -538,15 +545,13 @@ impl SegmentWriter {
                     w.write_batch(&v, Some(&def), None).map(|_| ())
                 }
                 (COL_LABELS, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    // One shared buffer per stream, not a copy per row.
+                    let none = bytes::Bytes::from_static(b"[]");
                     let v: Vec<ByteArray> = rows
                         .iter()
                         .map(|r| {
                             ByteArray::from(
-                                self.labels
-                                    .get(&r.stream_id)
-                                    .map_or("[]", String::as_str)
-                                    .as_bytes()
-                                    .to_vec(),
+                                self.label_bytes.get(&r.stream_id).unwrap_or(&none).clone(),
                             )
                         })
                         .collect();

@@ -128,7 +128,7 @@ fn merge(into: &[Second], add: &[Second]) -> Vec<Second> {
     out
 }
 
-/// Counts of one batch, before they are written.
+/// Counts of a batch (or of a group commit's batches), before they are written.
 #[derive(Debug, Default)]
 pub struct Tally(HashMap<Key, [(u64, u64); 60]>);
 
@@ -149,6 +149,40 @@ impl Tally {
         let c = &mut e[usize::from(sec)];
         c.0 += 1;
         c.1 += bytes as u64;
+    }
+
+    /// Adds `other`'s counts into this one, its stream ids mapped by `stream`.
+    pub fn absorb_mapped(&mut self, other: &Tally, stream: impl Fn(i64) -> i64) {
+        for (k, counts) in &other.0 {
+            let e = self
+                .0
+                .entry(Key {
+                    stream_id: stream(k.stream_id),
+                    ..*k
+                })
+                .or_insert([(0, 0); 60]);
+            for (a, b) in e.iter_mut().zip(counts) {
+                a.0 += b.0;
+                a.1 += b.1;
+            }
+        }
+    }
+
+    /// Adds another tally's counts into this one.
+    pub fn absorb(&mut self, other: Tally) {
+        for (k, counts) in other.0 {
+            match self.0.entry(k) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(counts);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    for (a, b) in o.get_mut().iter_mut().zip(counts) {
+                        a.0 += b.0;
+                        a.1 += b.1;
+                    }
+                }
+            }
+        }
     }
 
     /// Adds the counts into the table (inside the caller's transaction) and clears.
