@@ -491,6 +491,19 @@ fn ingest(root: &std::path::Path) -> anyhow::Result<()> {
         cpu.1,
         cpu.1 / quic_secs
     );
+    // Where the writer's time went: its group commits, from the aggregator's metrics.
+    let m = format!("{}/metrics", agg.url());
+    let get = |name: &str| heimdall_tests::metric(&m, name).unwrap_or(0.0);
+    let (commit_secs, commits) = (
+        get("heimdall_aggregator_store_commit_seconds_sum"),
+        get("heimdall_aggregator_store_commit_seconds_count"),
+    );
+    let group = get("heimdall_aggregator_store_group_batches_sum") / commits.max(1.0);
+    println!(
+        "writer: {commits:.0} group commits of {group:.1} batches on average, {:.1} ms each; committing took {:.0}% of the run",
+        1e3 * commit_secs / commits.max(1.0),
+        100.0 * commit_secs / quic_secs
+    );
     drop(agg);
     let quic_rate = lines.len() as f64 / quic_secs;
     for format in [PushFormat::Protobuf, PushFormat::Json] {

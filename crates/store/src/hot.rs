@@ -1068,13 +1068,13 @@ impl Writer {
                     &sec.data,
                 )?;
             }
-            self.index.add_set(
+            self.index.add_bloom(
                 &table,
                 self.made.contains(&table),
                 (base + i64::from(part.first), base + i64::from(part.last)),
                 (part.min_ts, part.max_ts),
                 part.rows,
-                &part.entries,
+                part.bloom.clone(),
             );
         }
         self.volume

@@ -62,7 +62,7 @@ pub struct Section {
     pub data: Vec<u8>,
 }
 
-/// A batch's sections in one partition, with the token entries of their lines.
+/// A batch's sections in one partition, with the token filter of their lines.
 #[derive(Debug)]
 pub struct Part {
     /// The partition's start, ns.
@@ -73,7 +73,9 @@ pub struct Part {
     pub rows: usize,
     pub min_ts: i64,
     pub max_ts: i64,
-    pub entries: EntrySet,
+    /// Token bloom filter of the part's lines (see [`crate::hot_index`]), built here
+    /// rather than by the single writer.
+    pub bloom: crate::segment::Bloom,
 }
 
 /// A batch's records, ready for the writer.
@@ -170,8 +172,9 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
             rows: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
-            entries: EntrySet::default(),
+            bloom: crate::segment::Bloom::with_capacity(0),
         };
+        let mut entries = EntrySet::default();
         while i < order.len() && order[i].0 == start {
             let stream = order[i].1;
             let mut j = i;
@@ -185,7 +188,7 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
             for g in group {
                 let r = &content.records[g.3 as usize];
                 bytes += r.line.len() as u64;
-                index_line(&r.line, &mut part.entries);
+                index_line(&r.line, &mut entries);
                 out.volume.add(
                     i64::from(r.stream),
                     r.time_ns,
@@ -229,6 +232,7 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
             part.sections.push(s);
             i = j;
         }
+        part.bloom = crate::segment::Bloom::from_entries(entries.iter());
         out.parts.push(part);
     }
     out

@@ -1,10 +1,13 @@
 //! Token bloom filters over blocks of hot rows, so a needle search skips most of the
 //! hot tier as the segments' filters let it skip most segments.
 //!
-//! The writer adds every line it stores to the filter of its partition's current
-//! block (a run of consecutive row ids), before the commit. A rolled-back write leaves
-//! entries for rows that do not exist, which only costs a useless read; a line is never
-//! stored without its entries, so a block whose filter says "no" holds no match. The
+//! The writer adds, before the commit, the filter of every batch's lines in a
+//! partition (built with the batch's sections, off the writer thread) to the
+//! partition's current block (about 16k rows of neighbouring ids): a block holds one
+//! filter per batch part, and may hold a match if any of them passes every needle. A
+//! rolled-back write leaves a filter for rows that do not exist, which only costs a
+//! useless read; a line is never stored without its filter, so a block whose filters
+//! all say "no" holds no match. The
 //! index lives in memory: after a restart, partitions are indexed again in the
 //! background and read in full until they are. Bounded by the hot tier's size (about
 //! 16 bytes a row); `heimdall_aggregator_hot_index_bytes` shows it.
@@ -24,7 +27,7 @@ pub struct Block {
     pub min_ts: i64,
     pub max_ts: i64,
     pub rows: usize,
-    bloom: Bloom,
+    blooms: Vec<Bloom>,
 }
 
 #[derive(Default)]
@@ -56,50 +59,31 @@ impl HotIndex {
     /// Adds a stored line of `partition`; `new` says the writer made the partition in
     /// this process (so the index covers all of it).
     pub fn add(&self, partition: &str, new: bool, id: i64, ts: i64, line: &[u8]) {
-        let mut entries = crate::segment::EntrySet::default();
-        index_line(line, &mut entries);
-        self.add_set(partition, new, (id, id), (ts, ts), 1, &entries);
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let p = open_block(&mut g, partition, new, (id, id), (ts, ts), 1);
+        index_line(line, &mut p.pending);
     }
 
     /// Adds `rows` stored rows of `partition` at once: their ids lie in `ids`
-    /// (inclusive), their times in `times`, and `entries` are their lines' entries
-    /// (see [`index_line`]). A block's id range is the union of what was added to it,
-    /// so ranges of neighbouring blocks may overlap; a query reads both then.
-    pub fn add_set(
+    /// (inclusive), their times in `times`, and `bloom` is the filter of their lines
+    /// (entries from [`index_line`]). A block's id range is the union of what was added
+    /// to it, so ranges of neighbouring blocks may overlap; a query reads both then.
+    pub fn add_bloom(
         &self,
         partition: &str,
         new: bool,
         ids: (i64, i64),
         times: (i64, i64),
         rows: usize,
-        entries: &crate::segment::EntrySet,
+        bloom: Bloom,
     ) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let p = g.entry(partition.to_owned()).or_insert_with(|| PartIndex {
-            complete: new,
-            ..Default::default()
-        });
-        let open = p.blocks.last().is_some_and(|b| b.rows < BLOCK_ROWS);
-        if !open {
-            if let Some(b) = p.blocks.last_mut() {
-                seal(b, &mut p.pending);
-            }
-            p.blocks.push(Block {
-                first_id: ids.0,
-                last_id: ids.1,
-                min_ts: times.0,
-                max_ts: times.1,
-                rows: 0,
-                bloom: Bloom::with_capacity(0),
-            });
-        }
-        let b = p.blocks.last_mut().expect("just ensured");
-        b.first_id = b.first_id.min(ids.0);
-        b.last_id = b.last_id.max(ids.1);
-        b.min_ts = b.min_ts.min(times.0);
-        b.max_ts = b.max_ts.max(times.1);
-        b.rows += rows;
-        p.pending.extend(entries.iter().copied());
+        let p = open_block(&mut g, partition, new, ids, times, rows);
+        p.blocks
+            .last_mut()
+            .expect("open_block made one")
+            .blooms
+            .push(bloom);
     }
 
     /// Indexes a partition's rows with ids up to `max_id` (read after a restart) and
@@ -119,7 +103,7 @@ impl HotIndex {
     }
 
     /// As [`HotIndex::rebuild`], from an index built elsewhere (with
-    /// [`HotIndex::add_set`]) for the rows with ids up to `max_id`.
+    /// [`HotIndex::add_bloom`]) for the rows with ids up to `max_id`.
     pub fn install(&self, partition: &str, built: &HotIndex, max_id: i64) {
         let mut b = built.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = b.remove(partition).unwrap_or_default();
@@ -178,15 +162,12 @@ impl HotIndex {
         // The open block's entries are not in its filter yet: seal a copy for the check.
         let mut out = Vec::new();
         let n = p.blocks.len();
+        let passes = |bloom: &Bloom| needles.iter().all(|nd| may_contain(bloom, nd));
         for (i, b) in p.blocks.iter().enumerate() {
-            let hit = if i + 1 == n && !p.pending.is_empty() {
-                let mut tmp = b.clone();
-                let mut pend = p.pending.clone();
-                seal(&mut tmp, &mut pend);
-                needles.iter().all(|nd| may_contain(&tmp.bloom, nd))
-            } else {
-                needles.iter().all(|nd| may_contain(&b.bloom, nd))
-            };
+            let mut hit = b.blooms.iter().any(passes);
+            if !hit && i + 1 == n && !p.pending.is_empty() {
+                hit = passes(&Bloom::from_entries(p.pending.iter()));
+            }
             if hit {
                 out.push((b.first_id, b.last_id, b.min_ts, b.max_ts));
             }
@@ -203,7 +184,8 @@ impl HotIndex {
             .map(|p| {
                 p.blocks
                     .iter()
-                    .map(|b| b.bloom.to_bytes().len())
+                    .flat_map(|b| &b.blooms)
+                    .map(Bloom::byte_size)
                     .sum::<usize>()
                     + p.pending.len() * 16
             })
@@ -215,8 +197,45 @@ fn seal(b: &mut Block, pending: &mut crate::segment::EntrySet) {
     if pending.is_empty() {
         return;
     }
-    b.bloom = Bloom::from_entries(pending.iter());
+    b.blooms.push(Bloom::from_entries(pending.iter()));
     pending.clear();
+}
+
+/// The partition's block that takes rows with ids in `ids` and times in `times` (a new
+/// one when the last is full, its pending lines sealed), with them counted.
+fn open_block<'a>(
+    g: &'a mut HashMap<String, PartIndex>,
+    partition: &str,
+    new: bool,
+    ids: (i64, i64),
+    times: (i64, i64),
+    rows: usize,
+) -> &'a mut PartIndex {
+    let p = g.entry(partition.to_owned()).or_insert_with(|| PartIndex {
+        complete: new,
+        ..Default::default()
+    });
+    let open = p.blocks.last().is_some_and(|b| b.rows < BLOCK_ROWS);
+    if !open {
+        if let Some(b) = p.blocks.last_mut() {
+            seal(b, &mut p.pending);
+        }
+        p.blocks.push(Block {
+            first_id: ids.0,
+            last_id: ids.1,
+            min_ts: times.0,
+            max_ts: times.1,
+            rows: 0,
+            blooms: Vec::new(),
+        });
+    }
+    let b = p.blocks.last_mut().expect("just ensured");
+    b.first_id = b.first_id.min(ids.0);
+    b.last_id = b.last_id.max(ids.1);
+    b.min_ts = b.min_ts.min(times.0);
+    b.max_ts = b.max_ts.max(times.1);
+    b.rows += rows;
+    p
 }
 
 #[cfg(test)]

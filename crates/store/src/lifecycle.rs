@@ -30,8 +30,8 @@ use super::catalog::{self, Tier};
 use super::cold::ColdStore;
 use super::hot::{self, HotStore};
 use super::hot_block;
-use super::hot_index::HotIndex;
-use super::segment::{index_line, EntrySet, SegmentFile, SegmentWriter};
+use super::hot_index::{self, HotIndex};
+use super::segment::{index_line, Bloom, EntrySet, SegmentFile, SegmentWriter};
 use heimdall_common::tasks::Stage;
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -380,30 +380,29 @@ impl Lifecycle {
             if ix.is_complete(&p.name) {
                 continue;
             }
-            // Sections in id order, one at a time: a partition can be large.
+            // Sections in id order, one at a time (a partition can be large), their
+            // entries gathered into one filter per block's worth of rows.
             let max_id = hot_block::max_id(&conn, &p.name)?;
             let built = HotIndex::default();
-            for m in hot_block::list(&conn, &p.name, None, i64::MIN, i64::MAX)? {
-                if m.id > max_id {
-                    continue;
+            let mut entries = EntrySet::default();
+            let (mut ids, mut times, mut n) = ((i64::MAX, i64::MIN), (i64::MAX, i64::MIN), 0);
+            let sections = hot_block::list(&conn, &p.name, None, i64::MIN, i64::MAX)?;
+            let last = sections.len();
+            for (i, m) in sections.into_iter().enumerate() {
+                if m.id <= max_id {
+                    for r in hot_block::read(&conn, &p.name, m.id, |_| true)? {
+                        index_line(&r.line, &mut entries);
+                        times = (times.0.min(r.ts), times.1.max(r.ts));
+                        n += 1;
+                        rows += 1;
+                    }
+                    ids = (ids.0.min(m.id), ids.1.max(m.last_id));
                 }
-                let mut entries = EntrySet::default();
-                let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-                for r in hot_block::read(&conn, &p.name, m.id, |_| true)? {
-                    index_line(&r.line, &mut entries);
-                    lo = lo.min(r.ts);
-                    hi = hi.max(r.ts);
-                    rows += 1;
-                }
-                if lo <= hi {
-                    built.add_set(
-                        &p.name,
-                        true,
-                        (m.id, m.last_id),
-                        (lo, hi),
-                        m.rows as usize,
-                        &entries,
-                    );
+                if n > 0 && (n >= hot_index::BLOCK_ROWS || i + 1 == last) {
+                    let bloom = Bloom::from_entries(entries.iter());
+                    built.add_bloom(&p.name, true, ids, times, n, bloom);
+                    entries.clear();
+                    (ids, times, n) = ((i64::MAX, i64::MIN), (i64::MAX, i64::MIN), 0);
                 }
             }
             ix.install(&p.name, &built, max_id);
