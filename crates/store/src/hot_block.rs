@@ -23,11 +23,12 @@
 //! flags byte, varint template id, varint metadata pair count and each name and value
 //! as varint length and bytes, varint line length and the line bytes.
 
+use crate::read::HeapEntry as Front;
 use crate::segment::{index_line, EntrySet, SegmentRow};
+use crate::volume::put_varint;
 use heimdall_common::record::{Labels, Level};
 use heimdall_common::wire::BatchContent;
 use rusqlite::{params, Connection};
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// A partition table's columns.
@@ -85,14 +86,6 @@ pub struct Prepared {
     /// The per-second counts of the batch's lines ([`crate::volume`]), keyed by the
     /// stream's index in the batch until the writer knows the stream ids.
     pub volume: crate::volume::Tally,
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -285,16 +278,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let (&c, rest) = self.b.split_first()?;
-            self.b = rest;
-            v |= u64::from(c & 0x7f) << (7 * i);
-            if c & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
+        crate::volume::varint(&mut self.b)
     }
 
     fn byte(&mut self) -> Option<u8> {
@@ -584,30 +568,6 @@ pub fn remove_ids(
         params![id, last, n, min, max, bytes, data],
     )?;
     Ok(removed)
-}
-
-#[derive(PartialEq, Eq)]
-struct Front {
-    key: (i64, i64),
-    run: usize,
-    backward: bool,
-}
-
-impl Ord for Front {
-    fn cmp(&self, o: &Self) -> Ordering {
-        let c = self.key.cmp(&o.key).then(o.run.cmp(&self.run));
-        if self.backward {
-            c
-        } else {
-            c.reverse()
-        }
-    }
-}
-
-impl PartialOrd for Front {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
 }
 
 /// Sections of one partition read in (time, id) order (descending when backward),

@@ -214,11 +214,14 @@ enum Run {
     Seg(Box<SegRun>),
 }
 
+/// A run's place in a merge: the key `(ts, id)` of its next row; the heap pops the
+/// smallest key first, or the largest when `backward` (ties: the lower run first).
+/// Shared by the tiers' merge here and the hot sections' ([`crate::hot_block::Merge`]).
 #[derive(PartialEq, Eq)]
-struct HeapEntry {
-    key: (i64, i64),
-    run: usize,
-    backward: bool,
+pub(crate) struct HeapEntry {
+    pub(crate) key: (i64, i64),
+    pub(crate) run: usize,
+    pub(crate) backward: bool,
 }
 
 impl Ord for HeapEntry {

@@ -49,7 +49,8 @@ pub fn instant(minute: i64, sec: u8) -> i64 {
     minute + i64::from(sec) * SECOND
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint (also the hot sections' encoding).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -57,7 +58,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn varint(b: &mut &[u8]) -> Option<u64> {
+/// Reads a LEB128 varint off the front of `b`; `None` when it is cut or too long.
+pub(crate) fn varint(b: &mut &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for i in 0..10 {
         let (&c, rest) = b.split_first()?;
