@@ -480,6 +480,8 @@ pub struct AgentOptions {
     pub metrics_listen: String,
     /// Lines added to the `[[files]]` section, e.g. `labels = { app = "api" }`.
     pub files_extra: String,
+    /// Lines added to the `[output]` section, e.g. `window = 1`.
+    pub output_extra: String,
     /// Appended to the config (start it with a section header).
     pub extra: String,
     /// Extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
@@ -498,6 +500,7 @@ impl Default for AgentOptions {
             journald: "enabled = false".into(),
             metrics_listen: String::new(),
             files_extra: String::new(),
+            output_extra: String::new(),
             extra: String::new(),
             env: Vec::new(),
         }
@@ -532,7 +535,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\n{}\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\npolicy = {:?}\n[journald]\n{}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n[metrics]\nlisten = {:?}\n[shutdown]\ngrace = \"5s\"\n{}",
+                "state_dir = {:?}\nhost = {name:?}\n[[files]]\ninclude = [{}]\n{}\npoll_interval = {:?}\nrotate_wait = {:?}\n[batch]\ntimeout = {:?}\n[spool]\nmax_bytes = {:?}\npolicy = {:?}\n[journald]\n{}\n[output]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nmax_backoff = \"1s\"\nheartbeat = \"1s\"\n{}\n[metrics]\nlisten = {:?}\n[shutdown]\ngrace = \"5s\"\n{}",
                 state_dir.display().to_string(),
                 include.join(", "),
                 opts.files_extra,
@@ -545,6 +548,7 @@ impl Agent {
                 pki.ca_pem.display().to_string(),
                 cert.0.display().to_string(),
                 cert.1.display().to_string(),
+                opts.output_extra,
                 opts.metrics_listen,
                 opts.extra,
             ),

@@ -34,6 +34,11 @@ pub fn ship_and_score(dir: &Path, agents: usize) -> anyhow::Result<Vec<SystemGa>
         std::fs::create_dir_all(&logs)?;
         let opts = AgentOptions {
             include: vec![format!("{}/*.log", logs.display())],
+            // One batch in flight, so that the aggregator stores a file's lines in
+            // the order they were read and each stored row can be paired with its
+            // line by position (with several in flight, batches may commit in any
+            // order).
+            output_extra: "window = 1".into(),
             ..AgentOptions::default()
         };
         running.push(c.agent(&format!("loghub-{k}"), opts)?);
@@ -64,7 +69,8 @@ pub fn ship_and_score(dir: &Path, agents: usize) -> anyhow::Result<Vec<SystemGa>
         let mut as_stored = vec![0u64; truth.len()];
         for k in 0..agents {
             let agent = format!("loghub-{k}");
-            // Storage order is arrival order, and one file's lines arrive in order.
+            // Storage order is arrival order, and with one batch in flight one file's
+            // lines arrive in order.
             let ids: Vec<u64> = rows
                 .iter()
                 .filter(|r| {
