@@ -45,6 +45,11 @@ enum Command {
     /// was lost, or to take over another aggregator's prefix in the bucket). Run it with
     /// the aggregator stopped.
     RebuildCatalog(RunArgs),
+    /// Rewrite segments for other Parquet engines (DuckDB, Spark, pandas): segments
+    /// store most lines as templates and variables, which only Heimdall rebuilds; each
+    /// SEGMENT is written into DIR, under its own name, with every line whole in its
+    /// `line` column. Safe while the aggregator runs.
+    ExportSegments(ExportArgs),
     /// Write man pages and shell completions into DIR (used to build the packages).
     #[command(hide = true)]
     GenerateDocs {
@@ -96,6 +101,16 @@ struct InitArgs {
     /// Identity of the local agent's certificate. Default: the hostname.
     #[arg(long)]
     agent_name: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// Directory to write the exported segments into (made if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Segment files (`.parquet`), from the warm directory or fetched from the bucket.
+    #[arg(required = true, value_name = "SEGMENT")]
+    segments: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -218,6 +233,7 @@ fn main() -> ExitCode {
         Some(Command::Init(a)) => return init(a),
         Some(Command::IssueAgentCert(a)) => return issue(a),
         Some(Command::RebuildCatalog(a)) => return rebuild_catalog(merged(&top, a)),
+        Some(Command::ExportSegments(a)) => return export_segments(a),
         Some(Command::GenerateDocs { out }) => {
             return generate_docs(<Cli as clap::CommandFactory>::command(), &out)
         }
@@ -346,6 +362,50 @@ fn rebuild_catalog(args: RunArgs) -> ExitCode {
             eprintln!("heimdall-aggregator rebuild-catalog: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `export-segments`: each segment rewritten with its lines whole, for other engines.
+fn export_segments(a: ExportArgs) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&a.out) {
+        eprintln!(
+            "heimdall-aggregator export-segments: {}: {e}",
+            a.out.display()
+        );
+        return ExitCode::from(1);
+    }
+    let mut failed = 0;
+    for src in &a.segments {
+        let Some(name) = src.file_name() else {
+            eprintln!(
+                "heimdall-aggregator export-segments: {}: not a file",
+                src.display()
+            );
+            failed += 1;
+            continue;
+        };
+        let dst = a.out.join(name);
+        let same = std::fs::canonicalize(src).ok() == std::fs::canonicalize(&dst).ok();
+        if same {
+            eprintln!(
+                "heimdall-aggregator export-segments: {} would overwrite itself; choose another --out",
+                src.display()
+            );
+            failed += 1;
+            continue;
+        }
+        match heimdall_store::segment::export(src, &dst, 3) {
+            Ok(rows) => println!("{}: {rows} lines", dst.display()),
+            Err(e) => {
+                eprintln!("heimdall-aggregator export-segments: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -7,6 +7,7 @@
 //!   batch is never stored twice.
 //! - [`segment`]: the Parquet segment format of the warm and cold tiers, with its
 //!   statistics and token bloom filter.
+//! - [`columnar`]: the segments' template-columnar encoding of lines.
 //! - [`catalog`]: which segments exist, where, in which state (in the hot database).
 //! - [`cold`]: segments on S3-compatible object storage, and the local cache.
 //! - [`lifecycle`]: compaction, upload, retention, crash recovery.
@@ -21,6 +22,7 @@
 
 pub mod catalog;
 pub mod cold;
+pub mod columnar;
 pub mod erase;
 pub mod hot;
 pub mod hot_block;

@@ -65,10 +65,11 @@ message heimdall_segment {
     required int32 level;
     required int64 template_id;
     required int32 flags;
-    required binary line (STRING);
+    optional binary line (STRING);
     optional binary line_raw;
     required binary labels (STRING);
     optional binary metadata (JSON);
+    optional binary template_block;
 }";
 
 const COL_ID: usize = 0;
@@ -84,6 +85,10 @@ const COL_LABELS: usize = 9;
 /// Structured metadata as a JSON object of strings; null for lines without. Segments
 /// written before it existed have ten columns.
 const COL_META: usize = 10;
+/// The row group's template-columnar block ([`crate::columnar`]), on its first row;
+/// null on every other row. Rows it rebuilds have a null `line`. Segments written
+/// before it existed have eleven columns and a `line` on every row.
+const COL_BLOCK: usize = 11;
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 65_536;
@@ -376,6 +381,9 @@ pub struct SegmentWriter {
     /// Entries of the row group being filled.
     rg_entries: EntrySet,
     rg_blooms: Vec<Bloom>,
+    /// Lines stored template-columnar ([`crate::columnar`]); otherwise every line is
+    /// in the `line` column (what [`export`] writes for other engines).
+    columnar: bool,
 }
 
 impl SegmentWriter {
@@ -403,6 +411,8 @@ impl SegmentWriter {
         }
         let props = props
             .set_column_encoding(col("line"), parquet::basic::Encoding::DELTA_BYTE_ARRAY)
+            // Statistics of the block would copy it into the footer.
+            .set_column_statistics_enabled(col("template_block"), EnabledStatistics::None)
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(zstd_level).map_err(pq(path))?,
             ))
@@ -435,7 +445,22 @@ impl SegmentWriter {
             entries: EntrySet::default(),
             rg_entries: EntrySet::default(),
             rg_blooms: Vec::new(),
+            columnar: true,
         })
+    }
+
+    /// Like [`SegmentWriter::create`], with every line whole in the `line` column.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn create_plain(
+        path: &Path,
+        labels: HashMap<i64, String>,
+        zstd_level: i32,
+    ) -> Result<SegmentWriter, Error> {
+        let mut w = SegmentWriter::create(path, labels, zstd_level)?;
+        w.columnar = false;
+        Ok(w)
     }
 
     /// Rows pushed so far.
@@ -484,6 +509,13 @@ impl SegmentWriter {
         self.entries.extend(self.rg_entries.drain());
         let path = self.path.clone();
         let mut rows = std::mem::take(&mut self.buf);
+        // Lines the block rebuilds leave the `line` column null; the others are kept
+        // whole there (and in `line_raw` when they are not valid UTF-8).
+        let (templated, mut block) = if self.columnar {
+            crate::columnar::encode(rows.iter().map(|r| &r.line[..]))
+        } else {
+            (vec![false; rows.len()], Vec::new())
+        };
         let w = self.writer.as_mut().expect("open until finish");
         let mut rg = w.next_row_group().map_err(pq(&path))?;
         let mut col = 0;
@@ -520,28 +552,46 @@ impl SegmentWriter {
                 }
                 (COL_LINE, ColumnWriter::ByteArrayColumnWriter(w)) => {
                     // A valid line moves into the column; an invalid one is written
-                    // lossily here and kept whole for `line_raw` (the next column).
+                    // lossily here and kept whole for `line_raw` (the next column),
+                    // which it is moved into then.
+                    let def: Vec<i16> = templated.iter().map(|t| i16::from(!t)).collect();
                     let v: Vec<ByteArray> = rows
                         .iter_mut()
-                        .map(|r| match String::from_utf8_lossy(&r.line) {
+                        .zip(&templated)
+                        .filter(|(_, t)| !**t)
+                        .map(|(r, _)| match String::from_utf8_lossy(&r.line) {
                             std::borrow::Cow::Borrowed(_) => {
                                 ByteArray::from(std::mem::take(&mut r.line))
                             }
                             std::borrow::Cow::Owned(lossy) => ByteArray::from(lossy.into_bytes()),
                         })
                         .collect();
-                    w.write_batch(&v, None, None).map(|_| ())
+                    w.write_batch(&v, Some(&def), None).map(|_| ())
                 }
                 (COL_RAW, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    // Valid lines kept whole were moved out above (left empty, which
+                    // is valid UTF-8); what is still invalid here is the raw line.
+                    let raw = |r: &SegmentRow, t: bool| !t && std::str::from_utf8(&r.line).is_err();
                     let def: Vec<i16> = rows
                         .iter()
-                        .map(|r| i16::from(std::str::from_utf8(&r.line).is_err()))
+                        .zip(&templated)
+                        .map(|(r, t)| i16::from(raw(r, *t)))
                         .collect();
                     let v: Vec<ByteArray> = rows
-                        .iter()
-                        .filter(|r| std::str::from_utf8(&r.line).is_err())
-                        .map(|r| ByteArray::from(r.line.clone()))
+                        .iter_mut()
+                        .zip(&templated)
+                        .filter(|(r, t)| raw(r, **t))
+                        .map(|(r, _)| ByteArray::from(std::mem::take(&mut r.line)))
                         .collect();
+                    w.write_batch(&v, Some(&def), None).map(|_| ())
+                }
+                (COL_BLOCK, ColumnWriter::ByteArrayColumnWriter(w)) => {
+                    let mut def = vec![0i16; rows.len()];
+                    let mut v = Vec::new();
+                    if templated.iter().any(|t| *t) {
+                        def[0] = 1;
+                        v.push(ByteArray::from(std::mem::take(&mut block)));
+                    }
                     w.write_batch(&v, Some(&def), None).map(|_| ())
                 }
                 (COL_LABELS, ColumnWriter::ByteArrayColumnWriter(w)) => {
@@ -593,7 +643,7 @@ impl SegmentWriter {
         self.flush()?;
         let path = self.path.clone();
         let meta = FooterMeta {
-            version: 1,
+            version: 2,
             rows: self.rows,
             min_ts: self.min_ts,
             max_ts: self.max_ts,
@@ -851,7 +901,22 @@ impl SegmentFile {
             let levels = read_i32(COL_LEVEL)?;
             let templates = read_i64(COL_TEMPLATE)?;
             let flags = read_i32(COL_FLAGS)?;
-            let (lines, _) = read_bytes(COL_LINE, false)?;
+            let schema = md.file_metadata().schema_descr();
+            // Before the template block, `line` was required and on every row.
+            let line_optional = schema.column(COL_LINE).max_def_level() > 0;
+            let (lines, line_def) = read_bytes(COL_LINE, line_optional)?;
+            let mut rebuilt = if schema.num_columns() > COL_BLOCK {
+                let (block, _) = read_bytes(COL_BLOCK, true)?;
+                match block.first() {
+                    Some(b) => crate::columnar::decode(b.data()).map_err(|e| Error::Corrupt {
+                        path: path.clone(),
+                        what: format!("row group {g}: {e}"),
+                    })?,
+                    None => vec![None; n],
+                }
+            } else {
+                vec![None; n]
+            };
             let (raw, raw_def) = read_bytes(COL_RAW, true)?;
             let labels = if with_labels {
                 Some(read_bytes(COL_LABELS, false)?.0)
@@ -863,7 +928,17 @@ impl SegmentFile {
             } else {
                 (Vec::new(), vec![0; n])
             };
-            if ids.len() != n || lines.len() != n || raw_def.len() != n || meta_def.len() != n {
+            let line_rows = if line_optional {
+                line_def.len()
+            } else {
+                lines.len()
+            };
+            if ids.len() != n
+                || line_rows != n
+                || raw_def.len() != n
+                || meta_def.len() != n
+                || rebuilt.len() != n
+            {
                 return Err(Error::Corrupt {
                     path: path.clone(),
                     what: format!("row group {g} is short"),
@@ -871,7 +946,14 @@ impl SegmentFile {
             }
             let mut raw_i = 0;
             let mut meta_i = 0;
+            let mut line_i = 0;
             for i in 0..n {
+                let line_here = if !line_optional || line_def[i] == 1 {
+                    line_i += 1;
+                    lines.get(line_i - 1)
+                } else {
+                    None
+                };
                 let meta_here = if meta_def[i] == 1 {
                     meta_i += 1;
                     meta.get(meta_i - 1)
@@ -888,9 +970,16 @@ impl SegmentFile {
                 if !keep[i] {
                     continue;
                 }
-                let line = match raw_line {
-                    Some(r) => r.data().to_vec(),
-                    None => lines[i].data().to_vec(),
+                let line = match (raw_line, line_here, rebuilt[i].take()) {
+                    (Some(r), _, _) => r.data().to_vec(),
+                    (None, Some(l), _) => l.data().to_vec(),
+                    (None, None, Some(l)) => l,
+                    (None, None, None) => {
+                        return Err(Error::Corrupt {
+                            path: path.clone(),
+                            what: format!("row group {g}: row {i} has no line"),
+                        })
+                    }
                 };
                 let row = SegmentRow {
                     id: ids[i],
@@ -970,6 +1059,44 @@ fn read_plain<T: DataType>(
         }
     }
     Ok(v)
+}
+
+/// Rewrites the segment `src` as `dst` with every line whole in its `line` column (the
+/// template-columnar block left out), for engines that read Parquet but not that
+/// block: DuckDB, Spark, pandas. Returns the rows written.
+///
+/// # Errors
+/// [`Error`]; `dst` is removed when it fails.
+pub fn export(src: &Path, dst: &Path, zstd_level: i32) -> Result<u64, Error> {
+    let f = SegmentFile::open(src)?;
+    let footer = f.footer()?;
+    let labels = f.stream_labels()?;
+    let res = (|| {
+        let mut w = SegmentWriter::create_plain(dst, labels, zstd_level)?;
+        let mut failed = None;
+        f.read_all(&footer, |r| match w.push(r) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let info = w.finish()?;
+        if info.content_hash != footer.content_hash {
+            return Err(Error::Corrupt {
+                path: dst.to_owned(),
+                what: "the export differs from its source".into(),
+            });
+        }
+        Ok(info.rows)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    res
 }
 
 /// Labels as stored in the `labels` column.
