@@ -103,25 +103,37 @@ enum Var<'a> {
 /// Splits `line` into its template (appended to `tmpl`) and variables (appended to
 /// `vars`); `false` when the line is kept whole.
 fn split<'a>(line: &'a [u8], tmpl: &mut Vec<u8>, vars: &mut Vec<Var<'a>>) -> bool {
-    if line.len() > MAX_LINE || line.iter().any(|b| (P_DEC..=P_STR).contains(b)) {
+    if line.len() > MAX_LINE {
         return false;
     }
+    // Literal text is copied in runs: from `lit` up to the next variable.
+    let mut lit = 0;
     let mut i = 0;
     while i < line.len() {
-        if !line[i].is_ascii_alphanumeric() {
-            tmpl.push(line[i]);
+        let class = CLASS[usize::from(line[i])];
+        if class == OTHER {
             i += 1;
             continue;
+        }
+        if class == MARK {
+            return false;
         }
         let start = i;
-        while i < line.len() && line[i].is_ascii_alphanumeric() {
+        let mut digits = false;
+        while i < line.len() {
+            match CLASS[usize::from(line[i])] {
+                DIGIT => digits = true,
+                LETTER => {}
+                _ => break,
+            }
             i += 1;
         }
-        let t = &line[start..i];
-        if !t.iter().any(u8::is_ascii_digit) {
-            tmpl.extend_from_slice(t);
+        if !digits {
             continue;
         }
+        let t = &line[start..i];
+        tmpl.extend_from_slice(&line[lit..start]);
+        lit = i;
         if vars.len() == MAX_VARS {
             return false;
         }
@@ -132,8 +144,62 @@ fn split<'a>(line: &'a [u8], tmpl: &mut Vec<u8>, vars: &mut Vec<Var<'a>>) -> boo
         }
         vars.push(var);
     }
+    tmpl.extend_from_slice(&line[lit..]);
     true
 }
+
+const OTHER: u8 = 0;
+const LETTER: u8 = 1;
+const DIGIT: u8 = 2;
+/// A placeholder byte: the line is kept whole.
+const MARK: u8 = 3;
+
+/// Each byte's class, for [`split`].
+static CLASS: [u8; 256] = {
+    let mut c = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let x = b as u8;
+        c[b] = if x.is_ascii_digit() {
+            DIGIT
+        } else if x.is_ascii_alphabetic() {
+            LETTER
+        } else if x >= P_DEC && x <= P_STR {
+            MARK
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    c
+};
+
+/// Hashes byte strings eight bytes at a step (templates and dictionary entries are
+/// hashed once per line; SipHash took a tenth of the encoding).
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0;
+        (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        let v = u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 59);
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// The kind of a token holding a digit: its value, placeholder and width byte.
 fn classify(t: &[u8]) -> (Var<'_>, u8, Option<u8>) {
@@ -263,7 +329,7 @@ fn put_numbers(out: &mut Vec<u8>, v: &[u64]) {
 }
 
 fn put_strings(out: &mut Vec<u8>, v: &[&[u8]]) {
-    let mut dict: HashMap<&[u8], u32> = HashMap::new();
+    let mut dict: FastMap<&[u8], u32> = FastMap::default();
     let mut entries: Vec<&[u8]> = Vec::new();
     for s in v {
         dict.entry(s).or_insert_with(|| {
@@ -300,7 +366,7 @@ fn put_strings(out: &mut Vec<u8>, v: &[&[u8]]) {
 /// rebuilds it; otherwise the caller keeps it whole), and the block.
 pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>, Vec<u8>) {
     let n = lines.len();
-    let mut templates: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut templates: FastMap<Vec<u8>, usize> = FastMap::default();
     let mut order: Vec<Vec<u8>> = Vec::new();
     // Per template, per slot: the values in row order.
     let mut columns: Vec<Vec<Vec<Var<'a>>>> = Vec::new();
@@ -527,16 +593,25 @@ fn get_strings<'a>(c: &mut Cursor<'a>, tag: u8, n: usize) -> Result<Vec<&'a [u8]
     Ok(v)
 }
 
-fn render(out: &mut Vec<u8>, v: u64, p: u8, w: u8) {
-    use std::io::Write as _;
-    let w = w as usize;
-    // Writing into a Vec cannot fail.
-    let _ = match p {
-        P_DEC => write!(out, "{v}"),
-        P_DEC_PAD => write!(out, "{v:0w$}"),
-        P_HEX_LOWER => write!(out, "{v:0w$x}"),
-        _ => write!(out, "{v:0w$X}"),
+fn render(out: &mut Vec<u8>, mut v: u64, p: u8, w: u8) {
+    // Digits from the right into a buffer, then zero padding up to the width.
+    let mut buf = [b'0'; 24];
+    let mut i = buf.len();
+    let (base, digits): (u64, &[u8; 16]) = match p {
+        P_DEC | P_DEC_PAD => (10, b"0123456789abcdef"),
+        P_HEX_LOWER => (16, b"0123456789abcdef"),
+        _ => (16, b"0123456789ABCDEF"),
     };
+    loop {
+        i -= 1;
+        buf[i] = digits[(v % base) as usize];
+        v /= base;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = buf.len().saturating_sub(usize::from(w)).min(i);
+    out.extend_from_slice(&buf[start..]);
 }
 
 /// Rebuilds the lines of a block: per row, `Some(line)` for a templated row, `None`

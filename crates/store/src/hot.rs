@@ -452,7 +452,37 @@ fn open_rw(path: &Path) -> Result<Connection, Error> {
         .map_err(sqlite(path))?;
     conn.pragma_update(None, "cache_size", -65536)
         .map_err(sqlite(path))?;
+    // Savepoints' sub-journals (one per batch in a group commit) in memory, not in a
+    // temporary file written page by page.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(sqlite(path))?;
     Ok(conn)
+}
+
+/// How often the checkpointer copies the log into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Log pages past which the writer checkpoints itself (when the checkpointer falls
+/// behind): 64 MiB of 4 KiB pages.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Copies the write-ahead log into the database from its own thread and connection
+/// (passive: never waiting for the writer), so that the writer's commits do not pay
+/// for it, until `stop` is set.
+fn checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let conn = match Connection::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "hot store checkpointer cannot open the database; the writer checkpoints");
+            return;
+        }
+    };
+    let _ = conn.pragma_update(None, "busy_timeout", 1000);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "hot store checkpoint skipped");
+        }
+    }
 }
 
 /// Opens a read-only connection for queries.
@@ -578,17 +608,27 @@ impl HotStore {
         let writer_index = index.clone();
         let hook: Arc<std::sync::OnceLock<CommitHook>> = Arc::default();
         let writer_hook = hook.clone();
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(sqlite(path))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpoint_stop = stop.clone();
+        let checkpoint_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("hot-store-ckpt".into())
+            .spawn(move || checkpointer(checkpoint_path, checkpoint_stop))
+            .map_err(Error::Thread)?;
         let writer = std::thread::Builder::new()
             .name("hot-store-writer".into())
-            .spawn(
-                move || match Writer::new(conn, p, max_group_rows, partition_ns, writer_index) {
+            .spawn(move || {
+                match Writer::new(conn, p, max_group_rows, partition_ns, writer_index) {
                     Ok(mut w) => {
                         w.hook = writer_hook;
                         w.run(rx);
                     }
                     Err(e) => tracing::error!(error = %e, "hot store writer cannot start"),
-                },
-            )
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
             .map_err(Error::Thread)?;
         Ok(HotStore {
             path: path.to_owned(),
@@ -920,12 +960,11 @@ impl Writer {
                 match self.store_one(&req.id, &req.content, &req.prepared) {
                     Ok(o) => {
                         self.conn.execute_batch("RELEASE batch")?;
-                        let batch = std::mem::take(&mut self.volume);
-                        self.group_volume.absorb(batch);
+                        self.group_volume.absorb(&mut self.volume);
                         results.push(Ok(o));
                     }
                     Err(e) => {
-                        self.volume = super::volume::Tally::default();
+                        self.volume.clear();
                         self.conn
                             .execute_batch("ROLLBACK TO batch; RELEASE batch")?;
                         self.streams.clear();
@@ -1115,7 +1154,18 @@ impl Writer {
             let mut partial = self
                 .conn
                 .prepare_cached("INSERT OR IGNORE INTO aggregate_partial(stream_id) VALUES (?1)")?;
-            for a in &content.aggregates {
+            // In key order, so the b-tree is walked forwards instead of at random (a
+            // batch holds a window's counts for each of its streams).
+            let mut order: Vec<_> = content.aggregates.iter().collect();
+            order.sort_unstable_by_key(|a| {
+                (
+                    ids[a.stream as usize],
+                    a.start_ns,
+                    a.level as u8,
+                    a.template_id as i64,
+                )
+            });
+            for a in order {
                 if a.shipped < a.count {
                     partial.execute([ids[a.stream as usize]])?;
                 }

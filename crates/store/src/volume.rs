@@ -22,7 +22,7 @@ use std::collections::HashMap;
 pub type Second = (u8, u64, u64);
 
 /// The key of a row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub stream_id: i64,
     /// Start of the minute, ns.
@@ -170,9 +170,15 @@ impl Tally {
         }
     }
 
-    /// Adds another tally's counts into this one.
-    pub fn absorb(&mut self, other: Tally) {
-        for (k, counts) in other.0 {
+    /// Forgets every count, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Moves another tally's counts into this one, leaving it empty with its capacity
+    /// (a writer reuses one per batch instead of growing a new map every time).
+    pub fn absorb(&mut self, other: &mut Tally) {
+        for (k, counts) in other.0.drain() {
             match self.0.entry(k) {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(counts);
@@ -195,10 +201,21 @@ impl Tally {
         let mut get = conn.prepare_cached(
             "SELECT seconds FROM volume WHERE stream_id = ?1 AND minute = ?2 AND level = ?3 AND flags = ?4 AND meta = ?5",
         )?;
-        let mut put = conn.prepare_cached(
-            "INSERT OR REPLACE INTO volume(stream_id, minute, level, flags, meta, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        // An existing row changes only its counts (the index on `minute` is left
+        // alone, which a REPLACE would delete from and insert into again).
+        let mut update = conn.prepare_cached(
+            "UPDATE volume SET seconds = ?6 WHERE stream_id = ?1 AND minute = ?2 AND level = ?3 AND flags = ?4 AND meta = ?5",
         )?;
-        for (k, counts) in self.0.drain() {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO volume(stream_id, minute, level, flags, meta, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        // In key order, so the b-tree is walked forwards instead of at random.
+        let mut keys: Vec<Key> = self.0.keys().copied().collect();
+        keys.sort_unstable();
+        for k in keys {
+            let Some(counts) = self.0.remove(&k) else {
+                continue;
+            };
             let add: Vec<Second> = counts
                 .iter()
                 .enumerate()
@@ -207,11 +224,11 @@ impl Tally {
                 .collect();
             let p = params![k.stream_id, k.minute, k.level, k.flags, k.meta];
             let old: Option<Vec<u8>> = get.query_row(p, |r| r.get(0)).optional()?;
-            let secs = match old {
-                Some(o) => merge(&decode(&o), &add),
-                None => add,
+            let (secs, stmt) = match old {
+                Some(o) => (merge(&decode(&o), &add), &mut update),
+                None => (add, &mut insert),
             };
-            put.execute(params![
+            stmt.execute(params![
                 k.stream_id,
                 k.minute,
                 k.level,
