@@ -460,10 +460,24 @@ fn open_rw(path: &Path) -> Result<Connection, Error> {
 }
 
 /// How often the checkpointer copies the log into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// Log pages past which the writer checkpoints itself (when the checkpointer falls
 /// behind): 64 MiB of 4 KiB pages.
 const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Copies the whole log into the database and empties it, retrying for up to two
+/// seconds while the checkpointer thread holds the checkpoint (SQLite then answers
+/// "busy" without waiting).
+fn checkpoint_truncate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    for _ in 0..100 {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
 
 /// Copies the write-ahead log into the database from its own thread and connection
 /// (passive: never waiting for the writer), so that the writer's commits do not pay
@@ -771,7 +785,7 @@ impl HotStore {
         let tx = self.tx.as_ref().ok_or(Error::WriterGone)?;
         let (reply, rx) = oneshot::channel();
         tx.blocking_send(Req::Job(Job {
-            f: Box::new(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")),
+            f: Box::new(checkpoint_truncate),
             reply,
             plain: true,
         }))
@@ -922,7 +936,7 @@ impl Writer {
             }
             self.commit_group(group);
         }
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        let _ = checkpoint_truncate(&self.conn);
     }
 
     fn run_job(&mut self, job: Job) {
