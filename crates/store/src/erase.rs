@@ -233,28 +233,12 @@ fn erase_one(
         let new_id = begin(lc, &name, &source)?;
         let tmp = lc.warm_path(&format!("{name}.tmp"));
         let mut w = SegmentWriter::create(&tmp, labels, lc.cfg.zstd_level)?;
-        let mut kept = 0u64;
-        let mut failed = None;
-        file.read_all(&footer, |r| {
-            let hit = wanted.contains(&r.stream_id)
+        let kept = w.copy_from(&file, &footer, |r| {
+            !(wanted.contains(&r.stream_id)
                 && r.ts >= start
                 && r.ts < end
-                && matches(&filters, &r.line);
-            if hit {
-                return true;
-            }
-            kept += 1;
-            match w.push(r) {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
+                && matches(&filters, &r.line))
         })?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
         let info: SegmentInfo = w.finish()?;
         SegmentFile::open(&tmp)?.verify(&info)?;
         let fin = lc.warm_path(&name);

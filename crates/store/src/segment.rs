@@ -492,6 +492,38 @@ impl SegmentWriter {
         Ok(w)
     }
 
+    /// Pushes the rows of `file` (whose footer is `footer`) that `keep` accepts, in
+    /// file order; returns how many.
+    ///
+    /// # Errors
+    /// [`Error`] from reading or writing.
+    pub fn copy_from(
+        &mut self,
+        file: &SegmentFile,
+        footer: &FooterMeta,
+        mut keep: impl FnMut(&SegmentRow) -> bool,
+    ) -> Result<u64, Error> {
+        let mut kept = 0u64;
+        let mut failed = None;
+        file.read_all(footer, |r| {
+            if !keep(&r) {
+                return true;
+            }
+            kept += 1;
+            match self.push(r) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(kept),
+        }
+    }
+
     /// Rows pushed so far.
     pub fn rows(&self) -> u64 {
         self.rows
@@ -1102,17 +1134,7 @@ pub fn export(src: &Path, dst: &Path, zstd_level: i32) -> Result<u64, Error> {
     let labels = f.stream_labels()?;
     let res = (|| {
         let mut w = SegmentWriter::create_plain(dst, labels, zstd_level)?;
-        let mut failed = None;
-        f.read_all(&footer, |r| match w.push(r) {
-            Ok(()) => true,
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        w.copy_from(&f, &footer, |_| true)?;
         let info = w.finish()?;
         if info.rows != footer.rows {
             return Err(Error::Corrupt {
