@@ -1200,6 +1200,16 @@ mod tests {
         rows
     }
 
+    fn every_row(f: &SegmentFile) -> Vec<SegmentRow> {
+        let mut out = Vec::new();
+        f.read_all(&f.footer().unwrap(), |r| {
+            out.push(r);
+            true
+        })
+        .unwrap();
+        out
+    }
+
     /// A segment written before the template block (footer version 1: `line` on every
     /// row, the content hash taken byte by byte) reads back row for row, verifies, and
     /// exports.
@@ -1212,12 +1222,7 @@ mod tests {
         let f = SegmentFile::open(path).unwrap();
         let footer = f.footer().unwrap();
         assert_eq!(footer.version, 1);
-        let mut got = Vec::new();
-        f.read_all(&footer, |r| {
-            got.push(r);
-            true
-        })
-        .unwrap();
+        let got = every_row(&f);
         assert_eq!(got, fixture_rows());
         let info = SegmentInfo {
             rows: footer.rows,
@@ -1236,14 +1241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("export.parquet");
         assert_eq!(export(path, &out, 3).unwrap(), 60);
-        let back = SegmentFile::open(&out).unwrap();
-        let mut again = Vec::new();
-        back.read_all(&back.footer().unwrap(), |r| {
-            again.push(r);
-            true
-        })
-        .unwrap();
-        assert_eq!(again, got);
+        assert_eq!(every_row(&SegmentFile::open(&out).unwrap()), got);
     }
 
     /// The same rows written now: most lines go into the template block, the rest
@@ -1265,14 +1263,8 @@ mod tests {
         let info = w.finish().unwrap();
         let f = SegmentFile::open(&path).unwrap();
         f.verify(&info).unwrap();
-        let footer = f.footer().unwrap();
-        assert_eq!(footer.version, VERSION);
-        let mut got = Vec::new();
-        f.read_all(&footer, |r| {
-            got.push(r);
-            true
-        })
-        .unwrap();
+        assert_eq!(f.footer().unwrap().version, VERSION);
+        let got = every_row(&f);
         assert_eq!(got, fixture_rows());
         let (templated, _) = crate::columnar::encode(got.iter().map(|r| &r.line[..]));
         assert!(
