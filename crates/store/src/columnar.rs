@@ -41,8 +41,7 @@
 //!   numbers: 0 = frame of reference: min, width byte w, then each (v - min) in w bytes LE
 //!            1 = deltas (values never decrease): first, min delta, width byte w,
 //!                then each later (delta - min delta) in w bytes LE
-//!            4 = each value (for columns of fewer than 8 values)
-//!   either:  5 = the same values as an earlier slot k of the template (k given), for a
+//!   either:  4 = the same values as an earlier slot k of the template (k given), for a
 //!                value logged twice in a line
 //!   strings: 2 = plain: each length, then the bytes one after the other
 //!            3 = dictionary: entries, each entry's length, the entries' bytes, width
@@ -76,13 +75,9 @@ const C_FOR: u8 = 0;
 const C_DELTA: u8 = 1;
 const C_PLAIN: u8 = 2;
 const C_DICT: u8 = 3;
-const C_VARINT: u8 = 4;
-const C_SAME: u8 = 5;
+const C_SAME: u8 = 4;
 /// How many earlier slots a column is compared with for [`C_SAME`].
 const SAME_LOOKBACK: usize = 16;
-/// Number columns shorter than this are plain varints: a frame's header (its minimum
-/// and width) would cost more than it saves.
-const SHORT: usize = 8;
 
 /// A block that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -292,13 +287,6 @@ fn put_fixed(out: &mut Vec<u8>, v: u64, w: u8) {
 }
 
 fn put_numbers(out: &mut Vec<u8>, v: &[u64]) {
-    if v.len() < SHORT {
-        out.push(C_VARINT);
-        for x in v {
-            put_varint(out, *x);
-        }
-        return;
-    }
     let (min, max) = v
         .iter()
         .fold((u64::MAX, 0), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
@@ -430,17 +418,11 @@ pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>,
         put_varint(&mut out, t.len() as u64);
         out.extend_from_slice(t);
     }
-    #[cfg(test)]
-    let mut marks = vec![out.len()];
     for t in &row_template {
         put_varint(&mut out, *t as u64);
     }
-    #[cfg(test)]
-    marks.push(out.len());
     for slots in &columns {
         for (j, col) in slots.iter().enumerate() {
-            #[cfg(test)]
-            marks.push(out.len());
             // A value logged twice in a line (a host name at both ends) is stored once.
             if let Some(k) = (j.saturating_sub(SAME_LOOKBACK)..j).find(|&k| slots[k] == *col) {
                 out.push(C_SAME);
@@ -471,15 +453,7 @@ pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>,
             }
         }
     }
-    #[cfg(test)]
-    SECTIONS.with(|s| *s.borrow_mut() = marks);
     (templated, out)
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Where the last block's sections start (for the size breakdown test).
-    static SECTIONS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -552,11 +526,6 @@ fn get_numbers(c: &mut Cursor<'_>, tag: u8, n: usize) -> Result<Vec<u64>, Corrup
                 v.push(x);
             }
         }
-        C_VARINT => {
-            for _ in 0..n {
-                v.push(c.varint()?);
-            }
-        }
         _ => return Err(corrupt("unknown number column")),
     }
     Ok(v)
@@ -614,12 +583,12 @@ fn render(out: &mut Vec<u8>, mut v: u64, p: u8, w: u8) {
     out.extend_from_slice(&buf[start..]);
 }
 
-/// Rebuilds the lines of a block: per row, `Some(line)` for a templated row, `None`
-/// for a row the caller kept whole.
+/// Rebuilds the lines of a block that `want` asks for (by row): per row, `Some(line)`
+/// for a wanted templated row, `None` for a row the caller kept whole or did not want.
 ///
 /// # Errors
 /// [`Corrupt`] when the block is malformed.
-pub fn decode(block: &[u8]) -> Result<Vec<Option<Vec<u8>>>, Corrupt> {
+pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<Vec<u8>>>, Corrupt> {
     let mut c = Cursor(block);
     if c.byte()? != VERSION {
         return Err(corrupt("unknown version"));
@@ -674,14 +643,18 @@ pub fn decode(block: &[u8]) -> Result<Vec<Option<Vec<u8>>>, Corrupt> {
     }
     let mut next = vec![0usize; k];
     let mut out = Vec::with_capacity(n);
-    for t in rows {
+    for (row, t) in rows.into_iter().enumerate() {
         if t == 0 {
             out.push(None);
             continue;
         }
-        let (text, ps) = &templates[t - 1];
         let i = next[t - 1];
         next[t - 1] += 1;
+        if !want(row) {
+            out.push(None);
+            continue;
+        }
+        let (text, ps) = &templates[t - 1];
         let mut line = Vec::with_capacity(text.len() + 16);
         let mut slot = 0;
         for p in ps {
@@ -708,7 +681,7 @@ mod tests {
 
     fn round_trip(lines: &[Vec<u8>]) -> (Vec<bool>, usize) {
         let (templated, block) = encode(lines.iter().map(|l| &l[..]));
-        let back = decode(&block).unwrap();
+        let back = decode(&block, |_| true).unwrap();
         assert_eq!(back.len(), lines.len());
         for ((l, t), b) in lines.iter().zip(&templated).zip(&back) {
             assert_eq!(*t, b.is_some());
@@ -790,95 +763,14 @@ mod tests {
             .collect();
         let (_, block) = encode(lines.iter().map(|l| &l[..]));
         for cut in 0..block.len() {
-            let _ = decode(&block[..cut]);
+            let _ = decode(&block[..cut], |_| true);
         }
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..2_000 {
             let mut b = block.clone();
             let i = rng.usize(..b.len());
             b[i] = rng.u8(..);
-            let _ = decode(&b);
-        }
-    }
-
-    /// Where a Loghub row group's bytes go (zstd 9 per part):
-    /// `cargo test -p heimdall-store --lib loghub_breakdown -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn loghub_breakdown() {
-        const SETS: [&str; 8] = [
-            "Apache",
-            "BGL",
-            "HDFS",
-            "Hadoop",
-            "HealthApp",
-            "OpenSSH",
-            "Spark",
-            "Zookeeper",
-        ];
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/loghub");
-        let mut lines = Vec::new();
-        for name in SETS {
-            let text = std::fs::read(format!("{dir}/{name}/{name}_2k.log")).unwrap();
-            lines.extend(
-                text.split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(<[u8]>::to_vec),
-            );
-        }
-        let raw: usize = lines.iter().map(Vec::len).sum();
-        let (templated, block) = encode(lines.iter().map(|l| &l[..]));
-        let marks = SECTIONS.with(|s| s.borrow().clone());
-        let whole: Vec<u8> = lines
-            .iter()
-            .zip(&templated)
-            .filter(|(_, t)| !**t)
-            .flat_map(|(l, _)| l.iter().copied().chain([b'\n']))
-            .collect();
-        let z = |b: &[u8]| zstd::bulk::compress(b, 9).unwrap().len();
-        let (mut nums, mut strs) = (Vec::new(), Vec::new());
-        for w in marks[2..]
-            .windows(2)
-            .chain([[marks[marks.len() - 1], block.len()].as_slice()])
-        {
-            let part = &block[w[0]..w[1]];
-            if part[0] <= C_DELTA || part[0] >= C_VARINT {
-                nums.extend_from_slice(part)
-            } else {
-                strs.extend_from_slice(part)
-            }
-        }
-        let joined: Vec<u8> = lines.join(&b'\n');
-        println!("lines {} raw {raw} zstd(lines) {}", lines.len(), z(&joined));
-        println!(
-            "block {} zstd {}; lines kept whole {} zstd {}; total {}",
-            block.len(),
-            z(&block),
-            whole.len(),
-            z(&whole),
-            z(&block) + z(&whole)
-        );
-        println!("templates {} zstd {}", marks[0], z(&block[..marks[0]]));
-        println!(
-            "rows {} zstd {}",
-            marks[1] - marks[0],
-            z(&block[marks[0]..marks[1]])
-        );
-        println!("numbers {} zstd {}", nums.len(), z(&nums));
-        println!("strings {} zstd {}", strs.len(), z(&strs));
-        println!("columns {}", marks.len() - 2);
-        for name in SETS {
-            let text = std::fs::read(format!("{dir}/{name}/{name}_2k.log")).unwrap();
-            let ls: Vec<&[u8]> = text
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .collect();
-            let (_, block) = encode(ls.iter().copied());
-            let m = SECTIONS.with(|s| s.borrow().clone());
-            println!(
-                "{name:<10} zstd(lines) {:>6} block {:>6} templates {:>5} ({}) rows {:>5} columns {:>6} ({})",
-                z(&text), z(&block), z(&block[..m[0]]), m.len(), z(&block[m[0]..m[1]]), z(&block[m[1]..]), m.len() - 2
-            );
+            let _ = decode(&b, |_| true);
         }
     }
 

@@ -969,10 +969,13 @@ impl SegmentFile {
             let mut rebuilt = if schema.num_columns() > COL_BLOCK {
                 let (block, _) = read_bytes(COL_BLOCK, true)?;
                 match block.first() {
-                    Some(b) => crate::columnar::decode(b.data()).map_err(|e| Error::Corrupt {
-                        path: path.clone(),
-                        what: format!("row group {g}: {e}"),
-                    })?,
+                    Some(b) => {
+                        crate::columnar::decode(b.data(), |i| keep.get(i).copied().unwrap_or(false))
+                            .map_err(|e| Error::Corrupt {
+                                path: path.clone(),
+                                what: format!("row group {g}: {e}"),
+                            })?
+                    }
                     None => vec![None; n],
                 }
             } else {
@@ -1200,6 +1203,15 @@ mod tests {
         rows
     }
 
+    /// The labels of streams 1 (`app=a`) and 2 (`app=b`).
+    fn two_streams() -> HashMap<i64, String> {
+        [
+            (1, "[[\"app\",\"a\"]]".to_owned()),
+            (2, "[[\"app\",\"b\"]]".to_owned()),
+        ]
+        .into()
+    }
+
     fn every_row(f: &SegmentFile) -> Vec<SegmentRow> {
         let mut out = Vec::new();
         f.read_all(&f.footer().unwrap(), |r| {
@@ -1250,13 +1262,7 @@ mod tests {
     fn rows_round_trip_through_the_template_block() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v2.parquet");
-        let labels: HashMap<i64, String> = [
-            (1, "[[\"app\",\"a\"]]".to_owned()),
-            (2, "[[\"app\",\"b\"]]".to_owned()),
-        ]
-        .into_iter()
-        .collect();
-        let mut w = SegmentWriter::create(&path, labels, 3).unwrap();
+        let mut w = SegmentWriter::create(&path, two_streams(), 3).unwrap();
         for r in fixture_rows() {
             w.push(r).unwrap();
         }
@@ -1291,12 +1297,7 @@ mod tests {
     fn rows_round_trip_with_pruning_and_raw_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.parquet");
-        let labels: HashMap<i64, String> = [
-            (1, "[[\"app\",\"a\"]]".to_owned()),
-            (2, "[[\"app\",\"b\"]]".to_owned()),
-        ]
-        .into();
-        let mut w = SegmentWriter::create(&path, labels, 3).unwrap();
+        let mut w = SegmentWriter::create(&path, two_streams(), 3).unwrap();
         let mut want = Vec::new();
         for s in [1i64, 2] {
             for i in 0..100_000i64 {
