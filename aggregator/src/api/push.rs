@@ -227,35 +227,68 @@ fn check_labels(si: usize, labels: Labels) -> Result<Labels, BadLabels> {
 
 /// A level word: `error`, `WARN`, `Information`…
 pub fn level_word(w: &str) -> Option<Level> {
-    Some(match w.to_ascii_lowercase().as_str() {
-        "trace" | "trc" => Level::Trace,
-        "debug" | "dbug" | "dbg" => Level::Debug,
-        "info" | "inf" | "information" | "informational" | "notice" => Level::Info,
-        "warn" | "wrn" | "warning" => Level::Warn,
-        "error" | "err" | "eror" => Level::Error,
-        "fatal" | "critical" | "crit" | "panic" | "emerg" | "emergency" | "alert" => Level::Fatal,
+    level_bytes(w.as_bytes())
+}
+
+/// [`level_word`] over bytes, without allocating (it runs on words of every line).
+fn level_bytes(w: &[u8]) -> Option<Level> {
+    const LONGEST: usize = "informational".len();
+    if w.len() > LONGEST {
+        return None;
+    }
+    let mut buf = [0u8; LONGEST];
+    for (d, s) in buf.iter_mut().zip(w) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(match &buf[..w.len()] {
+        b"trace" | b"trc" => Level::Trace,
+        b"debug" | b"dbug" | b"dbg" => Level::Debug,
+        b"info" | b"inf" | b"information" | b"informational" | b"notice" => Level::Info,
+        b"warn" | b"wrn" | b"warning" => Level::Warn,
+        b"error" | b"err" | b"eror" => Level::Error,
+        b"fatal" | b"critical" | b"crit" | b"panic" | b"emerg" | b"emergency" | b"alert" => {
+            Level::Fatal
+        }
         _ => return None,
     })
 }
 
-/// A level from a pushed stream's labels or structured metadata, else from the line.
-fn push_level(labels: &Labels, meta: &Labels, line: &[u8]) -> Level {
-    for n in [
-        "level",
-        "detected_level",
-        "severity",
-        "lvl",
-        "severity_text",
-    ] {
-        if let Some(l) = labels.get(n).or_else(|| meta.get(n)).and_then(level_word) {
+/// Where a pushed line's level may be named, in order of precedence.
+const LEVEL_NAMES: [&str; 5] = [
+    "level",
+    "detected_level",
+    "severity",
+    "lvl",
+    "severity_text",
+];
+
+/// The level a stream's labels name, if any: a line without structured metadata gets
+/// it (computed once per stream, not per line).
+fn labels_level(labels: &Labels) -> Option<Level> {
+    LEVEL_NAMES
+        .iter()
+        .find_map(|n| labels.get(n).and_then(level_word))
+}
+
+/// A level from a pushed stream's labels or structured metadata, else from the line;
+/// `from_labels` is [`labels_level`] of `labels`.
+fn push_level(labels: &Labels, from_labels: Option<Level>, meta: &Labels, line: &[u8]) -> Level {
+    if meta.is_empty() {
+        if let Some(l) = from_labels {
             return l;
+        }
+    } else {
+        for n in LEVEL_NAMES {
+            if let Some(l) = labels.get(n).or_else(|| meta.get(n)).and_then(level_word) {
+                return l;
+            }
         }
     }
     // The first level word in the line's first 256 bytes.
     let head = &line[..line.len().min(256)];
     head.split(|c| !c.is_ascii_alphabetic())
         .filter(|w| (3..=11).contains(&w.len()))
-        .find_map(|w| std::str::from_utf8(w).ok().and_then(level_word))
+        .find_map(level_bytes)
         .unwrap_or(Level::Unknown)
 }
 
@@ -267,6 +300,8 @@ pub struct StreamRef {
     /// As stored: with identity and `service_name`.
     stored: Labels,
     index: Option<u32>,
+    /// [`labels_level`] of `labels`.
+    level: Option<Level>,
 }
 
 /// Admits the streams and entries of one push, whatever its wire form.
@@ -316,6 +351,7 @@ impl<'p> Intake<'p> {
                 crate::ingest::stamp_identity(&mut stored, self.caller);
                 discover_service_name(&mut stored, &self.policy.service_name_from);
                 Some(StreamRef {
+                    level: labels_level(&labels),
                     labels,
                     stored,
                     index: None,
@@ -419,7 +455,8 @@ impl<'p> Intake<'p> {
         if std::str::from_utf8(bytes).is_err() {
             fl |= flags::INVALID_UTF8;
         }
-        let level = level.unwrap_or_else(|| push_level(&stream.labels, &metadata, bytes));
+        let level =
+            level.unwrap_or_else(|| push_level(&stream.labels, stream.level, &metadata, bytes));
         self.out.content.records.push(LogRecord {
             stream: index,
             time_ns: ts,
@@ -502,6 +539,14 @@ fn json_labels(si: usize, s: &Value) -> Result<Labels, BadLabels> {
 /// `streams`, an entry that is not `[ts, line]`) is an error naming where; the rest is
 /// admitted entry by entry.
 pub fn decode_json(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded, BadPush> {
+    match fast_json::decode(body, policy, caller) {
+        Some(d) => Ok(d),
+        None => decode_json_tree(body, policy, caller),
+    }
+}
+
+/// [`decode_json`] through a JSON tree: any body, with errors that name the problem.
+fn decode_json_tree(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Decoded, BadPush> {
     let v: Value = serde_json::from_slice(body)?;
     let streams = v
         .get("streams")
@@ -568,6 +613,223 @@ pub fn decode_json(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<Dec
         }
     }
     Ok(intake.finish())
+}
+
+/// The usual JSON push (`{"streams": [{"stream": {…}, "values": [[ts, line], …]}]}`)
+/// parsed straight into its parts, strings borrowed from the body where they have no
+/// escapes, instead of through a JSON tree that copies every line. Anything else, or
+/// anything wrong, is left to the tree-based decoding, which names the problem; for a
+/// body both accept they admit the same entries.
+mod fast_json {
+    use super::{selector_labels, BadLabels, Decoded, Intake, PushPolicy};
+    use heimdall_common::record::Labels;
+    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+    use std::fmt;
+
+    /// A JSON string, borrowed when it has no escapes.
+    struct Str<'a>(Cow<'a, str>);
+
+    impl<'de: 'a, 'a> de::Deserialize<'de> for Str<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Str<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'a>, E> {
+                    Ok(Str(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Str<'a>, E> {
+                    Ok(Str(Cow::Owned(v.to_owned())))
+                }
+                fn visit_string<E>(self, v: String) -> Result<Str<'a>, E> {
+                    Ok(Str(Cow::Owned(v)))
+                }
+            }
+            d.deserialize_str(V(std::marker::PhantomData))
+        }
+    }
+
+    /// An object of strings, sorted by name, the last of equal names kept: what a
+    /// parsed JSON object holds.
+    struct Pairs<'a>(Vec<(Str<'a>, Str<'a>)>);
+
+    impl<'a> Pairs<'a> {
+        fn owned(self) -> Vec<(String, String)> {
+            self.0
+                .into_iter()
+                .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
+                .collect()
+        }
+    }
+
+    impl<'de: 'a, 'a> de::Deserialize<'de> for Pairs<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Pairs<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object of strings")
+                }
+                fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Pairs<'a>, M::Error> {
+                    let mut v: Vec<(Str<'a>, Str<'a>)> = Vec::new();
+                    while let Some(kv) = m.next_entry()? {
+                        v.push(kv);
+                    }
+                    // Stable: equal names stay in body order, and the last is kept.
+                    v.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+                    let mut out: Vec<(Str<'a>, Str<'a>)> = Vec::with_capacity(v.len());
+                    for kv in v {
+                        match out.last_mut() {
+                            Some(last) if last.0 .0 == kv.0 .0 => *last = kv,
+                            _ => out.push(kv),
+                        }
+                    }
+                    Ok(Pairs(out))
+                }
+            }
+            d.deserialize_map(V(std::marker::PhantomData))
+        }
+    }
+
+    /// One `values` item: `[ts, line]`, `[ts, line, {metadata}]` or `[ts, line, null]`.
+    struct Value<'a> {
+        ts: Str<'a>,
+        line: Str<'a>,
+        meta: Option<Pairs<'a>>,
+    }
+
+    impl<'de: 'a, 'a> de::Deserialize<'de> for Value<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Value<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("[ts, line] or [ts, line, {metadata}]")
+                }
+                fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Value<'a>, S::Error> {
+                    let ts = s
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                    let line = s
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                    let meta: Option<Option<Pairs<'a>>> = s.next_element()?;
+                    if s.next_element::<IgnoredAny>()?.is_some() {
+                        return Err(de::Error::invalid_length(4, &self));
+                    }
+                    Ok(Value {
+                        ts,
+                        line,
+                        meta: meta.flatten(),
+                    })
+                }
+            }
+            d.deserialize_seq(V(std::marker::PhantomData))
+        }
+    }
+
+    /// One item of `streams`.
+    struct Stream<'a> {
+        stream: Option<Pairs<'a>>,
+        labels: Option<Str<'a>>,
+        values: Option<Vec<Value<'a>>>,
+    }
+
+    impl<'de: 'a, 'a> de::Deserialize<'de> for Stream<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Stream<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a stream object")
+                }
+                fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Stream<'a>, M::Error> {
+                    let mut s = Stream {
+                        stream: None,
+                        labels: None,
+                        values: None,
+                    };
+                    // A repeated key: the last counts, as in a parsed object.
+                    while let Some(k) = m.next_key::<Str<'a>>()? {
+                        match &*k.0 {
+                            "stream" => s.stream = m.next_value()?,
+                            "labels" => s.labels = m.next_value()?,
+                            "values" => s.values = m.next_value()?,
+                            _ => {
+                                m.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(s)
+                }
+            }
+            d.deserialize_map(V(std::marker::PhantomData))
+        }
+    }
+
+    /// The body: an object whose `streams` is an array of [`Stream`].
+    struct Body<'a>(Option<Vec<Stream<'a>>>);
+
+    impl<'de: 'a, 'a> de::Deserialize<'de> for Body<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Body<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a push object")
+                }
+                fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Body<'a>, M::Error> {
+                    let mut streams = None;
+                    while let Some(k) = m.next_key::<Str<'a>>()? {
+                        if k.0 == "streams" {
+                            streams = m.next_value()?;
+                        } else {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    Ok(Body(streams))
+                }
+            }
+            d.deserialize_map(V(std::marker::PhantomData))
+        }
+    }
+
+    /// The push admitted, or `None` when the body is not of the usual shape or has a
+    /// problem (the caller decodes it the general way, which names it).
+    pub(super) fn decode(body: &[u8], policy: &PushPolicy, caller: &str) -> Option<Decoded> {
+        let Body(streams) = serde_json::from_slice::<Body<'_>>(body).ok()?;
+        let streams = streams?;
+        // The whole body's shape first, as the general decoding checks it.
+        let mut times: Vec<Vec<i64>> = Vec::with_capacity(streams.len());
+        for s in &streams {
+            let values = s.values.as_ref()?;
+            let mut t = Vec::with_capacity(values.len());
+            for v in values {
+                t.push(v.ts.0.parse::<i64>().ok()?);
+            }
+            times.push(t);
+        }
+        let mut intake = Intake::new(policy, caller);
+        for (si, (s, times)) in streams.into_iter().zip(times).enumerate() {
+            let labels = match (s.stream, s.labels) {
+                (Some(p), _) => Ok(Labels::new(p.owned())),
+                (None, Some(sel)) => selector_labels(si, &sel.0),
+                (None, None) => Err(BadLabels::Missing(si)),
+            };
+            let values = s.values.unwrap_or_default();
+            let Some(mut stream) = intake.stream(si, labels, values.len()) else {
+                continue;
+            };
+            for (v, ts) in values.into_iter().zip(times) {
+                let meta = v.meta.map(Pairs::owned).unwrap_or_default();
+                intake.entry(&mut stream, ts, v.line.0.as_bytes(), meta, None);
+            }
+        }
+        Some(intake.finish())
+    }
 }
 
 fn utf8<'a>(b: &'a [u8], what: &'static str) -> Result<&'a str, BadPush> {
@@ -1026,6 +1288,7 @@ pub async fn loki_push(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     #[test]
@@ -1313,5 +1576,117 @@ mod tests {
         let mut off = Labels::new([("host", "h")]);
         discover_service_name(&mut off, &[]);
         assert_eq!(off.get("service_name"), None);
+    }
+
+    /// Comparable parts of a decoded push (the receiving time left out).
+    fn comparable(d: &Decoded) -> (BatchContent, usize, BTreeMap<Refusal, usize>, Vec<String>) {
+        let mut c = d.content.clone();
+        for r in &mut c.records {
+            r.observed_ns = 0;
+        }
+        (c, d.total, d.refused.clone(), d.errors.clone())
+    }
+
+    fn json_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z_]{1,6}",
+            "[ -~]{0,12}",
+            "\\PC{0,8}",
+            Just(String::new()),
+            Just("level".to_owned()),
+            Just("error".to_owned()),
+            Just("a\"b\\c\n".to_owned()),
+        ]
+    }
+
+    fn json_item() -> impl Strategy<Value = serde_json::Value> {
+        let now = crate::ingest::now_ns();
+        let ts = prop_oneof![
+            8 => (0i64..1_000_000_000_000).prop_map(move |d| json!((now - d).to_string())),
+            1 => Just(json!("12x")),
+            1 => Just(json!(5)),
+        ];
+        let meta = prop_oneof![
+            Just(None),
+            Just(Some(serde_json::Value::Null)),
+            proptest::collection::vec((json_string(), json_string()), 0..3).prop_map(|p| {
+                Some(serde_json::Value::Object(
+                    p.into_iter().map(|(k, v)| (k, json!(v))).collect(),
+                ))
+            }),
+            Just(Some(json!({"n": 1}))),
+        ];
+        (ts, json_string(), meta, 0..12u8).prop_map(|(ts, line, meta, odd)| match (meta, odd) {
+            (_, 0) => json!([ts]),
+            (_, 1) => json!([ts, line, null, 1]),
+            (_, 2) => json!({"ts": ts, "line": line}),
+            (None, _) => json!([ts, line]),
+            (Some(m), _) => json!([ts, line, m]),
+        })
+    }
+
+    fn json_stream() -> impl Strategy<Value = serde_json::Value> {
+        let labels = proptest::collection::vec((json_string(), json_string()), 0..4);
+        (
+            labels,
+            proptest::collection::vec(json_item(), 0..6),
+            0..10u8,
+        )
+            .prop_map(|(labels, values, odd)| {
+                let obj: serde_json::Map<String, serde_json::Value> =
+                    labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                match odd {
+                    0 => json!({"labels": "{app=\"x\"}", "values": values}),
+                    1 => json!({"stream": {"app": 1}, "values": values}),
+                    2 => json!({"stream": obj, "extra": [1, {"a": null}], "values": values}),
+                    3 => json!({"stream": obj}),
+                    4 => json!({"stream": obj, "values": null}),
+                    _ => json!({"stream": obj, "values": values}),
+                }
+            })
+    }
+
+    proptest! {
+        /// The direct JSON decoding admits exactly what the tree-based decoding admits,
+        /// for every body it takes; it takes every body of the usual shape.
+        #[test]
+        fn direct_json_decoding_agrees_with_the_tree(
+            streams in proptest::collection::vec(json_stream(), 0..4),
+            dup in any::<bool>(),
+        ) {
+            let mut text = serde_json::to_string(&json!({"streams": streams})).unwrap();
+            if dup {
+                // A repeated key, which a parsed object keeps the last of.
+                text = text.replacen("{\"streams\":", "{\"streams\": [], \"streams\":", 1);
+            }
+            let policy = PushPolicy::default();
+            let tree = decode_json_tree(text.as_bytes(), &policy, "push");
+            match fast_json::decode(text.as_bytes(), &policy, "push") {
+                Some(d) => {
+                    let t = tree.expect("the tree takes what the direct decoding takes");
+                    prop_assert_eq!(comparable(&d), comparable(&t));
+                }
+                None => {
+                    let usual = streams.iter().all(|s| {
+                        s.get("values").and_then(|v| v.as_array()).is_some_and(|v| {
+                            v.iter().all(|e| {
+                                e.as_array().is_some_and(|a| {
+                                    (2..=3).contains(&a.len())
+                                        && a[0].as_str().is_some_and(|t| t.parse::<i64>().is_ok())
+                                        && a[1].is_string()
+                                        && a.get(2).is_none_or(|m| {
+                                            m.is_null()
+                                                || m.as_object().is_some_and(|o| o.values().all(|v| v.is_string()))
+                                        })
+                                })
+                            })
+                        }) && s.get("stream").is_none_or(|o| {
+                            o.as_object().is_some_and(|o| o.values().all(|v| v.is_string()))
+                        })
+                    });
+                    prop_assert!(!usual, "the direct decoding refused a usual body: {}", text);
+                }
+            }
+        }
     }
 }

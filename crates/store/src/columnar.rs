@@ -172,7 +172,7 @@ static CLASS: [u8; 256] = {
 /// Hashes byte strings eight bytes at a step (templates and dictionary entries are
 /// hashed once per line; SipHash took a tenth of the encoding).
 #[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn finish(&self) -> u64 {
@@ -194,7 +194,7 @@ impl std::hash::Hasher for FastHasher {
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// The kind of a token holding a digit: its value, placeholder and width byte.
 fn classify(t: &[u8]) -> (Var<'_>, u8, Option<u8>) {

@@ -275,7 +275,71 @@ fn tokens(s: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
 /// A set of filter entries. They are hashes already, so the set only spreads them
 /// (one multiply) instead of hashing them again with SipHash, which took a tenth of
 /// compaction's time.
-pub type EntrySet = HashSet<u64, std::hash::BuildHasherDefault<EntryHasher>>;
+///
+/// Most entries repeat (a template's words, a host name on every line), so a small
+/// direct-mapped table of entries already in the set answers most inserts before the
+/// hash set is probed. Every entry in it is in the set; clearing the set clears it.
+#[derive(Default, Clone)]
+pub struct EntrySet {
+    set: HashSet<u64, std::hash::BuildHasherDefault<EntryHasher>>,
+    /// Slot `i` holds an entry whose low bits are `i`, or `i ^ 1` (which no entry for
+    /// that slot can equal) when empty. Allocated on first insert.
+    recent: Vec<u64>,
+}
+
+/// Slots of [`EntrySet`]'s table of recent entries (32 KiB).
+const RECENT: usize = 4096;
+
+impl EntrySet {
+    /// Adds an entry.
+    #[inline]
+    pub fn insert(&mut self, h: u64) {
+        if self.recent.is_empty() {
+            self.recent = (0..RECENT as u64).map(|i| i ^ 1).collect();
+        }
+        let slot = &mut self.recent[h as usize & (RECENT - 1)];
+        if *slot != h {
+            *slot = h;
+            self.set.insert(h);
+        }
+    }
+
+    /// Distinct entries.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &u64> + '_ {
+        self.set.iter()
+    }
+
+    pub fn clear(&mut self) {
+        self.set.clear();
+        self.forget_recent();
+    }
+
+    /// Removes and yields every entry.
+    pub fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
+        self.forget_recent();
+        self.set.drain()
+    }
+
+    fn forget_recent(&mut self) {
+        for (i, s) in self.recent.iter_mut().enumerate() {
+            *s = i as u64 ^ 1;
+        }
+    }
+}
+
+impl Extend<u64> for EntrySet {
+    fn extend<I: IntoIterator<Item = u64>>(&mut self, it: I) {
+        self.set.extend(it);
+    }
+}
 
 /// The hasher of [`EntrySet`].
 #[derive(Default, Clone, Copy)]
@@ -1408,6 +1472,33 @@ mod tests {
     }
 
     proptest! {
+        /// The entry set holds exactly the distinct entries inserted since it was last
+        /// cleared or drained, whatever its table of recent entries remembers.
+        #[test]
+        fn entry_set_holds_exactly_what_was_inserted(
+            rounds in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![0u64..8, any::<u64>(), Just(1u64), Just(4097u64)], 0..200),
+                1..4,
+            ),
+            drain in any::<bool>(),
+        ) {
+            let mut set = EntrySet::default();
+            for r in &rounds {
+                if drain {
+                    let _ = set.drain().count();
+                } else {
+                    set.clear();
+                }
+                for &h in r {
+                    set.insert(h);
+                }
+                let want: HashSet<u64> = r.iter().copied().collect();
+                let got: HashSet<u64> = set.iter().copied().collect();
+                prop_assert_eq!(set.len(), want.len());
+                prop_assert_eq!(got, want);
+            }
+        }
+
         /// The bloom filter never rules out a segment holding a line that contains the
         /// needle, wherever in the line the needle starts and ends.
         #[test]
