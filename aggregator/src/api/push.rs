@@ -233,7 +233,9 @@ pub fn level_word(w: &str) -> Option<Level> {
 /// [`level_word`] over bytes, without allocating (it runs on words of every line).
 fn level_bytes(w: &[u8]) -> Option<Level> {
     const LONGEST: usize = "informational".len();
-    if w.len() > LONGEST {
+    // Every level word starts with one of these (most words of a line do not).
+    let first = w.first()?.to_ascii_lowercase();
+    if w.len() > LONGEST || !b"acdefinptw".contains(&first) {
         return None;
     }
     let mut buf = [0u8; LONGEST];
@@ -1590,6 +1592,74 @@ mod tests {
         let mut off = Labels::new([("host", "h")]);
         discover_service_name(&mut off, &[]);
         assert_eq!(off.get("service_name"), None);
+    }
+
+    #[test]
+    fn level_words_match_in_any_case_and_nothing_else_does() {
+        let table = [
+            (Level::Trace, &["trace", "trc"][..]),
+            (Level::Debug, &["debug", "dbug", "dbg"]),
+            (
+                Level::Info,
+                &["info", "inf", "information", "informational", "notice"],
+            ),
+            (Level::Warn, &["warn", "wrn", "warning"]),
+            (Level::Error, &["error", "err", "eror"]),
+            (
+                Level::Fatal,
+                &[
+                    "fatal",
+                    "critical",
+                    "crit",
+                    "panic",
+                    "emerg",
+                    "emergency",
+                    "alert",
+                ],
+            ),
+        ];
+        for (level, words) in table {
+            for w in words {
+                assert_eq!(level_word(w), Some(level), "{w}");
+                assert_eq!(level_word(&w.to_uppercase()), Some(level), "{w}");
+                let mixed: String = w
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i % 2 == 0 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                assert_eq!(level_word(&mixed), Some(level), "{mixed}");
+                assert_eq!(level_word(&format!("{w}s")), None, "{w}s");
+                assert_eq!(level_word(&w[1..]), None, "{}", &w[1..]);
+            }
+        }
+        for w in [
+            "",
+            "x",
+            "informationals",
+            "errors",
+            "ok",
+            "é",
+            "warné",
+            "INFO ",
+        ] {
+            assert_eq!(level_word(w), None, "{w:?}");
+        }
+        let l = Labels::default();
+        assert_eq!(
+            push_level(&l, None, &l, b"2024-01-01 [WARN] disk"),
+            Level::Warn
+        );
+        assert_eq!(
+            push_level(&l, None, &l, b"Something terrible: panic"),
+            Level::Fatal
+        );
+        assert_eq!(push_level(&l, None, &l, b"nothing here"), Level::Unknown);
     }
 
     /// Comparable parts of a decoded push (the receiving time left out).

@@ -143,38 +143,56 @@ fn merge(into: &[Second], add: &[Second]) -> Vec<Second> {
 }
 
 /// Counts of a batch (or of a group commit's batches), before they are written.
+///
+/// The map holds each key's place; the 60-second arrays sit in a vector beside it, so
+/// growing the map moves small entries, not a kilobyte a key.
 #[derive(Debug, Default)]
-pub struct Tally(crate::columnar::FastMap<Key, [(u64, u64); 60]>);
+pub struct Tally {
+    index: crate::columnar::FastMap<Key, u32>,
+    keys: Vec<Key>,
+    counts: Vec<[(u64, u64); 60]>,
+    /// The key counted last and its place: a batch's lines come in runs of a stream.
+    last: Option<(Key, u32)>,
+}
 
 impl Tally {
+    fn slot(&mut self, k: Key) -> &mut [(u64, u64); 60] {
+        if let Some((lk, i)) = self.last {
+            if lk == k {
+                return &mut self.counts[i as usize];
+            }
+        }
+        let n = self.keys.len() as u32;
+        let i = *self.index.entry(k).or_insert(n);
+        if i == n {
+            self.keys.push(k);
+            self.counts.push([(0, 0); 60]);
+        }
+        self.last = Some((k, i));
+        &mut self.counts[i as usize]
+    }
+
     /// Counts a line.
     pub fn add(&mut self, stream_id: i64, ts: i64, level: u8, flags: u8, meta: bool, bytes: usize) {
         let (minute, sec) = locate(ts);
-        let e = self
-            .0
-            .entry(Key {
-                stream_id,
-                minute,
-                level,
-                flags,
-                meta,
-            })
-            .or_insert([(0, 0); 60]);
-        let c = &mut e[usize::from(sec)];
+        let c = &mut self.slot(Key {
+            stream_id,
+            minute,
+            level,
+            flags,
+            meta,
+        })[usize::from(sec)];
         c.0 += 1;
         c.1 += bytes as u64;
     }
 
     /// Adds `other`'s counts into this one, its stream ids mapped by `stream`.
     pub fn absorb_mapped(&mut self, other: &Tally, stream: impl Fn(i64) -> i64) {
-        for (k, counts) in &other.0 {
-            let e = self
-                .0
-                .entry(Key {
-                    stream_id: stream(k.stream_id),
-                    ..*k
-                })
-                .or_insert([(0, 0); 60]);
+        for (k, counts) in other.keys.iter().zip(&other.counts) {
+            let e = self.slot(Key {
+                stream_id: stream(k.stream_id),
+                ..*k
+            });
             for (a, b) in e.iter_mut().zip(counts) {
                 a.0 += b.0;
                 a.1 += b.1;
@@ -184,25 +202,23 @@ impl Tally {
 
     /// Forgets every count, keeping the capacity.
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.index.clear();
+        self.keys.clear();
+        self.counts.clear();
+        self.last = None;
     }
 
     /// Moves another tally's counts into this one, leaving it empty with its capacity
     /// (a writer reuses one per batch instead of growing a new map every time).
     pub fn absorb(&mut self, other: &mut Tally) {
-        for (k, counts) in other.0.drain() {
-            match self.0.entry(k) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(counts);
-                }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    for (a, b) in o.get_mut().iter_mut().zip(counts) {
-                        a.0 += b.0;
-                        a.1 += b.1;
-                    }
-                }
+        for (k, counts) in other.keys.iter().zip(&other.counts) {
+            let e = self.slot(*k);
+            for (a, b) in e.iter_mut().zip(counts) {
+                a.0 += b.0;
+                a.1 += b.1;
             }
         }
+        other.clear();
     }
 
     /// Adds the counts into the table (inside the caller's transaction) and clears.
@@ -222,12 +238,10 @@ impl Tally {
             "INSERT INTO volume(stream_id, minute, level, flags, meta, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         // In key order, so the b-tree is walked forwards instead of at random.
-        let mut keys: Vec<Key> = self.0.keys().copied().collect();
-        keys.sort_unstable();
-        for k in keys {
-            let Some(counts) = self.0.remove(&k) else {
-                continue;
-            };
+        let mut order: Vec<usize> = (0..self.keys.len()).collect();
+        order.sort_unstable_by_key(|i| self.keys[*i]);
+        for i in order {
+            let (k, counts) = (self.keys[i], &self.counts[i]);
             let add: Vec<Second> = counts
                 .iter()
                 .enumerate()
@@ -249,6 +263,7 @@ impl Tally {
                 encode(&secs)
             ])?;
         }
+        self.clear();
         Ok(())
     }
 }
