@@ -10,8 +10,10 @@
 //! transaction.
 //!
 //! Batches from all connections queue to the writer, which commits as many as are
-//! waiting (up to a row budget) in one transaction, each inside its own savepoint so
-//! that one bad batch does not fail the others. A batch's identity
+//! waiting (up to a row budget) in one transaction. If a batch fails, the transaction
+//! is rolled back and the group stored again with each batch in its own savepoint, so
+//! that one bad batch does not fail the others (a savepoint for every batch of every
+//! group would copy each page the batch touches again). A batch's identity
 //! `(agent, epoch, seq)` is recorded in the same transaction as its rows: the highest
 //! contiguous `seq` per `(agent, epoch)` plus the few seen above it. A batch whose
 //! identity is already recorded is answered as a duplicate without storing anything.
