@@ -55,8 +55,8 @@
 //! well on bytes of equal meaning side by side: a plane of high bytes that barely
 //! change costs almost nothing.
 
+use crate::fast_hash::FastMap;
 use crate::volume::{put_varint, varint};
-use std::collections::HashMap;
 
 /// Longest line templated; longer lines are kept whole.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -173,33 +173,6 @@ static CLASS: [u8; 256] = {
     }
     c
 };
-
-/// Hashes byte strings eight bytes at a step (templates and dictionary entries are
-/// hashed once per line; SipHash took a tenth of the encoding).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        let h = self.0;
-        (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-        let mut tail = [0u8; 8];
-        let rest = chunks.remainder();
-        tail[..rest.len()].copy_from_slice(rest);
-        let v = u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 59);
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// The kind of a token holding a digit: its value, placeholder and width byte.
 fn classify(t: &[u8]) -> (Var<'_>, u8, Option<u8>) {

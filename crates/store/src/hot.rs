@@ -454,8 +454,8 @@ fn open_rw(path: &Path) -> Result<Connection, Error> {
         .map_err(sqlite(path))?;
     conn.pragma_update(None, "cache_size", -65536)
         .map_err(sqlite(path))?;
-    // Savepoints' sub-journals (one per batch in a group commit) in memory, not in a
-    // temporary file written page by page.
+    // Savepoints' sub-journals (one per batch when a failed group is stored again
+    // batch by batch) in memory, not in a temporary file written page by page.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sqlite(path))?;
     Ok(conn)
@@ -857,7 +857,7 @@ struct Writer {
 /// group instead of once per batch saves most of the writes.
 #[derive(Default)]
 struct AggTally {
-    rows: crate::columnar::FastMap<(i64, i64, u8, i64), AggSum>,
+    rows: crate::fast_hash::FastMap<(i64, i64, u8, i64), AggSum>,
     /// Streams with aggregates that were not all shipped as lines.
     partial: std::collections::BTreeSet<i64>,
 }
@@ -1828,8 +1828,7 @@ mod tests {
             }
         }
         // Its identity was not recorded: sent again without the poison, it is stored.
-        let (id3, _) = batch(3, false);
-        let (_, c3) = batch(3, false);
+        let (id3, c3) = batch(3, false);
         assert_eq!(s.write(id3, c3).await.unwrap(), Outcome::Stored(10));
         Arc::try_unwrap(s).ok().expect("one owner").close();
         let conn = open_reader(&path).unwrap();

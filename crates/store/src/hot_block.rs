@@ -419,19 +419,18 @@ pub fn list(
     // statement is prepared once, not once a stream.
     let (by_stream, one) = match streams {
         Some([]) => return Ok(Vec::new()),
-        Some([s]) => ("stream_id = ?3 AND".to_owned(), *s),
-        Some(s) => (format!("stream_id IN ({}) AND", stream_list(s)), 0),
-        None => (String::new(), 0),
+        Some([s]) => ("stream_id = ?3 AND".to_owned(), Some(*s)),
+        Some(s) => (format!("stream_id IN ({}) AND", stream_list(s)), None),
+        None => (String::new(), None),
     };
     let sql = format!(
         "SELECT id, last_id, stream_id, rows, min_ts, max_ts, bytes FROM \"{table}\"
          WHERE {by_stream} max_ts >= ?1 AND min_ts < ?2 ORDER BY id"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = if matches!(streams, Some([_])) {
-        stmt.query_map(params![start, end, one], meta)?
-    } else {
-        stmt.query_map(params![start, end], meta)?
+    let rows = match one {
+        Some(stream) => stmt.query_map(params![start, end, stream], meta)?,
+        None => stmt.query_map(params![start, end], meta)?,
     };
     rows.collect()
 }

@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod cold;
 pub mod columnar;
 pub mod erase;
+mod fast_hash;
 pub mod hot;
 pub mod hot_block;
 pub mod hot_index;

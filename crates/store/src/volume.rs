@@ -148,7 +148,7 @@ fn merge(into: &[Second], add: &[Second]) -> Vec<Second> {
 /// growing the map moves small entries, not a kilobyte a key.
 #[derive(Debug, Default)]
 pub struct Tally {
-    index: crate::columnar::FastMap<Key, u32>,
+    index: crate::fast_hash::FastMap<Key, u32>,
     keys: Vec<Key>,
     counts: Vec<[(u64, u64); 60]>,
     /// The key counted last and its place: a batch's lines come in runs of a stream.
