@@ -331,6 +331,44 @@ print(os.path.getsize(dst), n / secs)
     Ok((bytes, rate))
 }
 
+/// Compressed bytes per column of a Parquet file, as DuckDB's `parquet_metadata` reports
+/// them, with what the footer and page headers take beside them: where a file's bytes go.
+fn parquet_columns(path: &std::path::Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let script = r#"
+import os, sys, duckdb
+p = sys.argv[1]
+rows = duckdb.connect().execute(
+    "SELECT path_in_schema, sum(total_compressed_size) FROM parquet_metadata(?) GROUP BY 1 ORDER BY 2 DESC",
+    [p]).fetchall()
+for name, size in rows:
+    print(name, size)
+print("(footer)", os.path.getsize(p) - sum(s for _, s in rows))
+"#;
+    let out = std::process::Command::new(heimdall_tests::python())
+        .args(["-c", script])
+        .arg(path)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, size) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), size.parse().ok()?))
+        })
+        .collect())
+}
+
+fn print_columns(what: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    let cols = parquet_columns(path)?;
+    let text: Vec<String> = cols.iter().map(|(c, b)| format!("{c} {b}")).collect();
+    println!("  {what} bytes by column: {}", text.join(", "));
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
@@ -671,6 +709,8 @@ fn loghub(root: &std::path::Path) -> anyhow::Result<()> {
         raw as f64 / duck_bytes as f64,
         info.bytes as f64 / duck_bytes as f64
     );
+    print_columns("segment", &path)?;
+    print_columns("DuckDB", &root.join("loghub-duckdb.parquet"))?;
     Ok(())
 }
 

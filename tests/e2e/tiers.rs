@@ -344,6 +344,10 @@ fn word() -> impl Strategy<Value = Vec<u8>> {
             format!("user u{n} took {n:0w$} ms span {hex} from 10.0.{}.{}", n % 256, n % 7, w = pad as usize)
                 .into_bytes()
         }),
+        // Words that vary within one shape, and free text after a header.
+        4 => ("[a-z]{1,8}", "[a-z :=]{0,40}", 0u32..100_000).prop_map(|(user, tail, n)| {
+            format!("session for {user} on host{n} at {:06} said {tail}", n % 240_000).into_bytes()
+        }),
         1 => proptest::collection::vec(any::<u8>(), 1..200),
         1 => (0u32..1000).prop_map(|n| {
             let mut v = format!("bad {n} ").into_bytes();

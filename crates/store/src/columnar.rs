@@ -11,49 +11,73 @@
 //! # Splitting a line
 //!
 //! A token is a maximal run of ASCII letters and digits. A token without a digit is
-//! part of the template; a token with one is a variable, of one of these kinds, each
-//! marked in the template by a placeholder byte:
+//! part of the template; a token with one is a variable, marked in the template by the
+//! placeholder byte `0x01`. Each slot's values are stored together, as numbers when
+//! every one of them prints back from one number format, else as strings:
 //!
-//! | placeholder | token | stored as |
-//! |---|---|---|
-//! | `0x01` | decimal without leading zeros, up to 19 digits, below 2^64 | number |
-//! | `0x02 w` | decimal with leading zeros, `w` digits (up to 19) | number |
-//! | `0x03 w` | lowercase hex (a letter `a`–`f` and a digit), `w` ≤ 16 digits | number |
-//! | `0x04 w` | uppercase hex, likewise | number |
-//! | `0x05` | anything else (`x86`, `v2`, `3rd`) | string |
+//! | format | tokens |
+//! |---|---|
+//! | decimal, width `w` | digits, below 2^64; a token with a leading zero is `w` long, any other at least `w` |
+//! | lowercase hex, width `w` | digits and `a`–`f`, up to 16, likewise |
+//! | uppercase hex, width `w` | digits and `A`–`F`, likewise |
 //!
-//! Rebuilding prints each number back at its width, so every line comes back byte for
-//! byte. Lines are templated as bytes (valid UTF-8 or not); a line is kept whole
-//! instead (in the segment's `line` column, as before this encoding) when it holds a
-//! placeholder byte, is longer than [`MAX_LINE`], has more than [`MAX_VARS`] variables,
-//! or would add a template past [`MAX_TEMPLATES`] in its row group.
+//! A number prints in at least its width's digits, zero-padded: `07` and `23` are
+//! decimal at width 2, `7` and `23` at width 1; `x86` or `v2` make their slot a column
+//! of strings. So every line comes back byte for byte. Lines are templated as bytes
+//! (valid UTF-8 or not); a line is kept whole instead (in the segment's `line` column)
+//! when it holds a byte `0x01`–`0x05`, is longer than [`MAX_LINE`], has more than
+//! [`MAX_VARS`] variables, or would add a template past [`MAX_TEMPLATES`] in its row
+//! group.
+//!
+//! # Templates of a few rows
+//!
+//! Words vary too: a user name, a node name, a severity, a message after a structured
+//! header. Each variant is a template of its own, and a template of a few rows costs
+//! more as columns than its lines do as text. Templates of fewer than [`SHAPE_ROWS`]
+//! rows are therefore grouped by shape (see [`merge_shapes`]): lines with the same
+//! punctuation around the same number of tokens share one template whose slots are the
+//! tokens that differ among them, and what is still left is grouped by the shape of its
+//! first tokens, the rest of each line one slot. A template still under [`MIN_ROWS`]
+//! rows leaves its lines whole.
 //!
 //! # The block
 //!
 //! One block per row group, all integers LEB128 varints unless said otherwise:
 //!
 //! ```text
-//! version (1 byte, 2)   rows   templates
+//! version (1 byte, 3)   rows   templates
 //! per template: length, bytes
 //! per row: its template number, 0 for a line kept whole, else 1 + its index
 //! per template, per slot in the template's order: the column of the values of the
-//!   rows with that template, in row order:
-//!   numbers: 0 = frame of reference: min, width byte w, then each (v - min) in w bytes
-//!            1 = deltas (values never decrease): first, min delta, width byte w,
-//!                then each later (delta - min delta) in w bytes
-//!   either:  4 = the same values as an earlier slot k of the template (k given), for a
-//!                value logged twice in a line
-//!   strings: 2 = plain: each length, then the bytes one after the other
-//!            3 = dictionary: entries, each entry's length, the entries' bytes, width
-//!                byte w, then each row's entry number in w bytes
+//!   rows with that template, in row order, after a tag byte:
+//!   5 = numbers: format byte (2 decimal, 3 lowercase hex, 4 uppercase hex), width
+//!       byte, then the values after one of these tags:
+//!         0 = frame of reference: min, width byte w, then each (v - min) in w bytes
+//!         1 = deltas (values never decrease): first, min delta, width byte w, then
+//!             each later (delta - min delta) in w bytes
+//!         6 = wandering: each value's difference from the one before (the first's
+//!             from 0), zigzag-folded (0, -1, 1, -2 … as 0, 1, 2, 3 …), as a varint
+//!   2 = strings, plain: each length, then the bytes one after the other
+//!   3 = strings, dictionary: entries, each entry's length, the entries' bytes, width
+//!       byte w, then each row's entry number in w bytes
+//!   4 = the same values as an earlier slot k of the template (k given), for a value
+//!       logged twice in a line
 //! ```
 //!
 //! A run of `n` values in `w` bytes is stored as `w` byte planes: the lowest byte of
-//! every value, then the next byte of every value, and so on (version 1 blocks, still
-//! read, stored each value's bytes together, little-endian). The entropy coding is left
-//! to the compression of the Parquet page that carries the block (zstd), which does
-//! well on bytes of equal meaning side by side: a plane of high bytes that barely
+//! every value, then the next byte of every value, and so on. The entropy coding is
+//! left to the compression of the Parquet page that carries the block (zstd), which
+//! does well on bytes of equal meaning side by side: a plane of high bytes that barely
 //! change costs almost nothing.
+//!
+//! # Earlier versions, still read
+//!
+//! - Version 2 marked each variable's format in the template: `0x01` decimal without
+//!   leading zeros, `0x02 w` decimal of `w` digits, `0x03 w` and `0x04 w` lower- and
+//!   uppercase hex of `w` digits, `0x05` a string; a slot's column then had no tag 5
+//!   and no format of its own, and tag 6 did not exist.
+//! - Version 1 was version 2 with fixed-width runs stored value by value, each value's
+//!   bytes together, little-endian.
 
 use crate::fast_hash::FastMap;
 use crate::volume::{put_varint, varint};
@@ -64,12 +88,19 @@ pub const MAX_LINE: usize = 16 * 1024;
 pub const MAX_VARS: usize = 255;
 /// Fewest rows a template needs in its row group to be stored as columns.
 pub const MIN_ROWS: usize = 8;
+/// Templates of fewer rows are tried against others of their shape (see
+/// [`merge_shapes`]).
+pub const SHAPE_ROWS: usize = 64;
 /// Most templates in one row group.
 pub const MAX_TEMPLATES: usize = 65_535;
 
-/// The block version written: 2 stores fixed-width runs as byte planes; 1 (read)
-/// stored them value by value.
-const VERSION: u8 = 2;
+/// The block version written: 3 marks every variable with one placeholder and keeps
+/// its number format in its column; 2 (read) marked the format in the template; 1
+/// (read) also stored fixed-width runs value by value, not as byte planes.
+const VERSION: u8 = 3;
+/// A variable's placeholder in a version 3 template.
+const P_VAR: u8 = 1;
+// Version 2's placeholders; the last three name a number column's format in version 3.
 const P_DEC: u8 = 1;
 const P_DEC_PAD: u8 = 2;
 const P_HEX_LOWER: u8 = 3;
@@ -81,6 +112,8 @@ const C_DELTA: u8 = 1;
 const C_PLAIN: u8 = 2;
 const C_DICT: u8 = 3;
 const C_SAME: u8 = 4;
+const C_NUM: u8 = 5;
+const C_WANDER: u8 = 6;
 /// How many earlier slots a column is compared with for [`C_SAME`].
 const SAME_LOOKBACK: usize = 16;
 
@@ -93,16 +126,9 @@ fn corrupt(what: &str) -> Corrupt {
     Corrupt(what.to_owned())
 }
 
-/// One variable cut out of a line.
-#[derive(PartialEq)]
-enum Var<'a> {
-    Num(u64),
-    Str(&'a [u8]),
-}
-
 /// Splits `line` into its template (appended to `tmpl`) and variables (appended to
 /// `vars`); `false` when the line is kept whole.
-fn split<'a>(line: &'a [u8], tmpl: &mut Vec<u8>, vars: &mut Vec<Var<'a>>) -> bool {
+fn split<'a>(line: &'a [u8], tmpl: &mut Vec<u8>, vars: &mut Vec<&'a [u8]>) -> bool {
     if line.len() > MAX_LINE {
         return false;
     }
@@ -137,12 +163,8 @@ fn split<'a>(line: &'a [u8], tmpl: &mut Vec<u8>, vars: &mut Vec<Var<'a>>) -> boo
         if vars.len() == MAX_VARS {
             return false;
         }
-        let (var, mark, width) = classify(t);
-        tmpl.push(mark);
-        if let Some(w) = width {
-            tmpl.push(w);
-        }
-        vars.push(var);
+        tmpl.push(P_VAR);
+        vars.push(t);
     }
     tmpl.extend_from_slice(&line[lit..]);
     true
@@ -174,39 +196,6 @@ static CLASS: [u8; 256] = {
     c
 };
 
-/// The kind of a token holding a digit: its value, placeholder and width byte.
-fn classify(t: &[u8]) -> (Var<'_>, u8, Option<u8>) {
-    let n = t.len();
-    if t.iter().all(u8::is_ascii_digit) && n <= 19 {
-        let v = t.iter().try_fold(0u64, |acc, d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        });
-        if let Some(v) = v {
-            return if t[0] == b'0' && n > 1 {
-                (Var::Num(v), P_DEC_PAD, Some(n as u8))
-            } else {
-                (Var::Num(v), P_DEC, None)
-            };
-        }
-    }
-    if n <= 16 {
-        let lower = t
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-        let upper = t
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
-        if lower || upper {
-            let v = t.iter().fold(0u64, |acc, b| {
-                (acc << 4) | u64::from(char::from(*b).to_digit(16).unwrap_or(0))
-            });
-            let mark = if lower { P_HEX_LOWER } else { P_HEX_UPPER };
-            return (Var::Num(v), mark, Some(n as u8));
-        }
-    }
-    (Var::Str(t), P_STR, None)
-}
-
 /// A template's parts: literal byte ranges of the template text, and slots.
 #[derive(Clone, Copy)]
 enum Part {
@@ -215,7 +204,7 @@ enum Part {
     Slot(u8, u8),
 }
 
-fn parts(t: &[u8]) -> Result<Vec<Part>, Corrupt> {
+fn parts(t: &[u8], version: u8) -> Result<Vec<Part>, Corrupt> {
     let mut out = Vec::new();
     let mut i = 0;
     let mut lit = 0;
@@ -228,7 +217,10 @@ fn parts(t: &[u8]) -> Result<Vec<Part>, Corrupt> {
         if lit < i {
             out.push(Part::Lit(lit, i));
         }
-        let w = if matches!(b, P_DEC_PAD | P_HEX_LOWER | P_HEX_UPPER) {
+        if version >= 3 && b != P_VAR {
+            return Err(corrupt("a version 2 placeholder in a version 3 template"));
+        }
+        let w = if version < 3 && matches!(b, P_DEC_PAD | P_HEX_LOWER | P_HEX_UPPER) {
             i += 1;
             let w = *t
                 .get(i)
@@ -267,17 +259,57 @@ fn put_planes(out: &mut Vec<u8>, v: impl Iterator<Item = u64> + Clone, w: u8) {
     }
 }
 
+/// A difference between neighbours, signed, folded so that small ones of either sign
+/// are small numbers.
+fn zigzag(from: u64, to: u64) -> u64 {
+    let d = to.wrapping_sub(from) as i64;
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(from: u64, z: u64) -> u64 {
+    let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+    from.wrapping_add(d as u64)
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
 fn put_numbers(out: &mut Vec<u8>, v: &[u64]) {
     let (min, max) = v
         .iter()
         .fold((u64::MAX, 0), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
     let for_width = width(max.wrapping_sub(min));
-    if v.len() > 1 && v.windows(2).all(|p| p[0] <= p[1]) {
+    // Values that wander (a clock read as `hhmmss`, an offset): each one's signed
+    // difference from the one before, in as many bytes as it needs.
+    let mut prev = 0;
+    let wander: usize = v
+        .iter()
+        .map(|x| {
+            let z = zigzag(prev, *x);
+            prev = *x;
+            varint_len(z)
+        })
+        .sum();
+    let monotonic = v.len() > 1 && v.windows(2).all(|p| p[0] <= p[1]);
+    let delta_width = monotonic.then(|| {
         let (dmin, dmax) = v
             .windows(2)
             .map(|p| p[1] - p[0])
             .fold((u64::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
-        let dw = width(dmax - dmin);
+        (dmin, width(dmax - dmin))
+    });
+    let fixed = for_width.min(delta_width.map_or(8, |(_, w)| w));
+    if wander < v.len() * usize::from(fixed) {
+        out.push(C_WANDER);
+        let mut prev = 0;
+        for x in v {
+            put_varint(out, zigzag(prev, *x));
+            prev = *x;
+        }
+        return;
+    }
+    if let Some((dmin, dw)) = delta_width {
         if dw < for_width {
             out.push(C_DELTA);
             put_varint(out, v[0]);
@@ -326,6 +358,231 @@ fn put_strings(out: &mut Vec<u8>, v: &[&[u8]]) {
     }
 }
 
+/// The values of a column of tokens read as numbers of `kind` ([`P_DEC_PAD`],
+/// [`P_HEX_LOWER`] or [`P_HEX_UPPER`]), and the one width that prints every token
+/// back as it was: `None` when some token is not such a number or no width fits.
+///
+/// A number prints in at least its width's digits, zero-padded: a token with a
+/// leading zero fixes the width at its length, and every other token must be at least
+/// that long (`07` and `12` print at width 2, `7` and `12` at width 1).
+fn fit(col: &[&[u8]], kind: u8) -> Option<(u8, Vec<u64>)> {
+    let (base, longest): (u64, usize) = if kind == P_DEC_PAD {
+        (10, 20)
+    } else {
+        (16, 16)
+    };
+    let mut fixed = None;
+    let mut shortest_unpadded = usize::MAX;
+    let mut values = Vec::with_capacity(col.len());
+    for t in col {
+        if t.is_empty() || t.len() > longest {
+            return None;
+        }
+        let mut v = 0u64;
+        for &b in *t {
+            let d = match (kind, b) {
+                (_, b'0'..=b'9') => b - b'0',
+                (P_HEX_LOWER, b'a'..=b'f') => b - b'a' + 10,
+                (P_HEX_UPPER, b'A'..=b'F') => b - b'A' + 10,
+                _ => return None,
+            };
+            v = v.checked_mul(base)?.checked_add(u64::from(d))?;
+        }
+        if t[0] == b'0' && t.len() > 1 {
+            if *fixed.get_or_insert(t.len()) != t.len() {
+                return None;
+            }
+        } else {
+            shortest_unpadded = shortest_unpadded.min(t.len());
+        }
+        values.push(v);
+    }
+    let w = fixed.unwrap_or(1);
+    (shortest_unpadded >= w).then_some((w as u8, values))
+}
+
+/// Writes one slot's column: numbers when every token reads back from one number
+/// format, else strings.
+fn put_column(out: &mut Vec<u8>, col: &[&[u8]]) {
+    for kind in [P_DEC_PAD, P_HEX_LOWER, P_HEX_UPPER] {
+        if let Some((w, v)) = fit(col, kind) {
+            out.push(C_NUM);
+            out.push(kind);
+            out.push(w);
+            put_numbers(out, &v);
+            return;
+        }
+    }
+    put_strings(out, col);
+}
+
+/// The shape of a line's first `depth` tokens (runs of letters and digits): its text up
+/// to the end of that token, each token replaced by one placeholder, and where in the
+/// line that text ends; `None` for a line of fewer tokens. `usize::MAX` is the whole
+/// line.
+fn shape(line: &[u8], depth: usize, out: &mut Vec<u8>) -> Option<usize> {
+    out.clear();
+    let mut in_token = false;
+    let mut count = 0;
+    for (i, &b) in line.iter().enumerate() {
+        if CLASS[usize::from(b)] == OTHER {
+            if in_token && count == depth {
+                return Some(i);
+            }
+            out.push(b);
+            in_token = false;
+        } else if !in_token {
+            out.push(P_VAR);
+            in_token = true;
+            count += 1;
+        }
+    }
+    (depth == usize::MAX || (count == depth && in_token)).then_some(line.len())
+}
+
+/// The first `depth` tokens of a line, in order.
+fn tokens<'a>(line: &'a [u8], depth: usize, out: &mut Vec<&'a [u8]>) {
+    out.clear();
+    let mut start = None;
+    for (i, &b) in line.iter().enumerate() {
+        match (CLASS[usize::from(b)] == OTHER, start) {
+            (true, Some(s)) => {
+                out.push(&line[s..i]);
+                if out.len() == depth {
+                    return;
+                }
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push(&line[s..]);
+    }
+}
+
+/// How many leading tokens the lines of rare templates are grouped by, in turn: all of
+/// them, then fewer and fewer, the rest of each line one slot.
+const DEPTHS: [usize; 7] = [usize::MAX, 24, 16, 12, 8, 6, 4];
+
+/// Rows, each with a byte offset into its line.
+type Rows = Vec<(usize, usize)>;
+
+/// Templates the lines of templates of fewer than [`SHAPE_ROWS`] rows by their shape.
+/// A line's variables otherwise split templates on any word that varies (a user name,
+/// a node name, a message after a structured header), and each of those templates is
+/// too rare to be worth columns.
+///
+/// Lines of the same shape (the same punctuation around the same tokens), if at least
+/// [`MIN_ROWS`] of them, share one template whose slots are the tokens that differ
+/// among them: `RAS KERNEL INFO` and `RAS APP FATAL` differ in two words, so both are
+/// slots. Lines left are grouped likewise by the shape of their first tokens only, for
+/// each of [`DEPTHS`], the rest of each line one more slot: a structured header with a
+/// free-text message keeps its header's numbers as columns.
+fn merge_shapes<'a>(
+    lines: &[&'a [u8]],
+    row_template: &mut [usize],
+    templates: &mut FastMap<Vec<u8>, usize>,
+    order: &mut Vec<Vec<u8>>,
+    columns: &mut Vec<Vec<Vec<&'a [u8]>>>,
+    counts: &mut Vec<usize>,
+) {
+    let mut left: Vec<usize> = (0..row_template.len())
+        .filter(|r| row_template[*r] != 0 && counts[row_template[*r] - 1] < SHAPE_ROWS)
+        .collect();
+    let mut index: FastMap<Vec<u8>, usize> = FastMap::default();
+    // Per group of one shape: the shape, and each row with where its shape ends.
+    let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
+    let mut buf = Vec::new();
+    let mut first = Vec::new();
+    let mut other = Vec::new();
+    for depth in DEPTHS {
+        if left.len() < MIN_ROWS {
+            return;
+        }
+        index.clear();
+        groups.clear();
+        for &row in &left {
+            let Some(end) = shape(lines[row], depth, &mut buf) else {
+                continue;
+            };
+            let g = match index.get(&buf) {
+                Some(g) => *g,
+                None => {
+                    index.insert(buf.clone(), groups.len());
+                    groups.push((buf.clone(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push((row, end));
+        }
+        for (shape, rows) in &groups {
+            if rows.len() < MIN_ROWS || order.len() >= MAX_TEMPLATES {
+                continue;
+            }
+            tokens(lines[rows[0].0], depth, &mut first);
+            let mut varies = vec![false; first.len()];
+            for &(r, _) in &rows[1..] {
+                tokens(lines[r], depth, &mut other);
+                for (v, (a, b)) in varies.iter_mut().zip(first.iter().zip(&other)) {
+                    *v |= a != b;
+                }
+            }
+            let rest = depth != usize::MAX;
+            let slots = varies.iter().filter(|v| **v).count() + usize::from(rest);
+            if slots > MAX_VARS {
+                continue;
+            }
+            let mut text = Vec::with_capacity(shape.len() + 64);
+            let mut j = 0;
+            for &b in shape {
+                if b != P_VAR {
+                    text.push(b);
+                    continue;
+                }
+                if varies[j] {
+                    text.push(P_VAR);
+                } else {
+                    text.extend_from_slice(first[j]);
+                }
+                j += 1;
+            }
+            if rest {
+                text.push(P_VAR);
+            }
+            // The same text as a template of the first pass would need these rows'
+            // values merged into its columns in row order: such a group is left.
+            if templates.contains_key(&text) {
+                continue;
+            }
+            let t = order.len();
+            templates.insert(text.clone(), t);
+            order.push(text);
+            let mut cols: Vec<Vec<&'a [u8]>> =
+                (0..slots).map(|_| Vec::with_capacity(rows.len())).collect();
+            for &(r, end) in rows {
+                tokens(lines[r], depth, &mut other);
+                let vals = other
+                    .iter()
+                    .zip(&varies)
+                    .filter(|(_, v)| **v)
+                    .map(|(x, _)| *x)
+                    .chain(rest.then(|| &lines[r][end..]));
+                for (col, x) in cols.iter_mut().zip(vals) {
+                    col.push(x);
+                }
+                // The template the row leaves is dropped: its columns hold the row.
+                counts[row_template[r] - 1] = 0;
+                row_template[r] = t + 1;
+            }
+            columns.push(cols);
+            counts.push(rows.len());
+        }
+        left.retain(|r| counts[row_template[*r] - 1] < MIN_ROWS);
+    }
+}
+
 /// Encodes a row group's lines. Returns, per line, whether it is templated (the block
 /// rebuilds it; otherwise the caller keeps it whole), and the block.
 pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>, Vec<u8>) {
@@ -333,13 +590,15 @@ pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>,
     let mut templates: FastMap<Vec<u8>, usize> = FastMap::default();
     let mut order: Vec<Vec<u8>> = Vec::new();
     // Per template, per slot: the values in row order.
-    let mut columns: Vec<Vec<Vec<Var<'a>>>> = Vec::new();
+    let mut columns: Vec<Vec<Vec<&'a [u8]>>> = Vec::new();
     let mut row_template = Vec::with_capacity(n);
     let mut counts: Vec<usize> = Vec::new();
     let mut templated = Vec::with_capacity(n);
     let mut tmpl = Vec::new();
     let mut vars = Vec::new();
+    let mut all = Vec::with_capacity(n);
     for line in lines {
+        all.push(line);
         tmpl.clear();
         vars.clear();
         let mut which = 0usize;
@@ -366,6 +625,14 @@ pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>,
         }
         row_template.push(which);
     }
+    merge_shapes(
+        &all,
+        &mut row_template,
+        &mut templates,
+        &mut order,
+        &mut columns,
+        &mut counts,
+    );
     // A template of a few rows costs more as columns than its lines do as text beside
     // similar lines: those lines are kept whole.
     let mut renumber = vec![0usize; order.len()];
@@ -405,28 +672,7 @@ pub fn encode<'a>(lines: impl ExactSizeIterator<Item = &'a [u8]>) -> (Vec<bool>,
                 put_varint(&mut out, k as u64);
                 continue;
             }
-            match col.first() {
-                Some(Var::Str(_)) => {
-                    let v: Vec<&[u8]> = col
-                        .iter()
-                        .map(|x| match x {
-                            Var::Str(s) => *s,
-                            Var::Num(_) => &[][..],
-                        })
-                        .collect();
-                    put_strings(&mut out, &v);
-                }
-                _ => {
-                    let v: Vec<u64> = col
-                        .iter()
-                        .map(|x| match x {
-                            Var::Num(v) => *v,
-                            Var::Str(_) => 0,
-                        })
-                        .collect();
-                    put_numbers(&mut out, &v);
-                }
-            }
+            put_column(&mut out, col);
         }
     }
     (templated, out)
@@ -489,14 +735,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A decoded column.
+/// A decoded column: numbers with their placeholder kind and width, or strings.
 #[derive(Clone)]
 enum Column<'a> {
-    Num(Vec<u64>),
+    Num(Vec<u64>, u8, u8),
     Str(Vec<&'a [u8]>),
 }
 
-fn get_numbers(c: &mut Cursor<'_>, tag: u8, n: usize, planar: bool) -> Result<Vec<u64>, Corrupt> {
+fn get_numbers(c: &mut Cursor<'_>, tag: u8, n: usize, version: u8) -> Result<Vec<u64>, Corrupt> {
+    let planar = version >= 2;
     match tag {
         C_FOR => {
             let min = c.varint()?;
@@ -522,6 +769,15 @@ fn get_numbers(c: &mut Cursor<'_>, tag: u8, n: usize, planar: bool) -> Result<Ve
                 }
             }
             Ok(v)
+        }
+        C_WANDER if version >= 3 => {
+            let mut prev = 0;
+            (0..n)
+                .map(|_| {
+                    prev = unzigzag(prev, c.varint()?);
+                    Ok(prev)
+                })
+                .collect()
         }
         _ => Err(corrupt("unknown number column")),
     }
@@ -590,18 +846,18 @@ fn render(out: &mut Vec<u8>, mut v: u64, p: u8, w: u8) {
 /// [`Corrupt`] when the block is malformed.
 pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<Vec<u8>>>, Corrupt> {
     let mut c = Cursor(block);
-    let planar = match c.byte()? {
-        1 => false,
-        VERSION => true,
-        _ => return Err(corrupt("unknown version")),
-    };
+    let version = c.byte()?;
+    if !(1..=VERSION).contains(&version) {
+        return Err(corrupt("unknown version"));
+    }
+    let planar = version >= 2;
     let n = c.len()?;
     let k = c.len()?;
     let mut templates = Vec::with_capacity(k);
     for _ in 0..k {
         let l = c.len()?;
         let t = c.take(l)?;
-        templates.push((t, parts(t)?));
+        templates.push((t, parts(t, version)?));
     }
     let mut rows = Vec::with_capacity(n);
     let mut counts = vec![0usize; k];
@@ -620,23 +876,44 @@ pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<V
     for (t, (_, ps)) in templates.iter().enumerate() {
         let mut cols = Vec::new();
         for p in ps {
-            if let Part::Slot(kind, _) = p {
+            if let Part::Slot(kind, w) = p {
                 let tag = c.byte()?;
+                let n = counts[t];
                 let col = if tag == C_SAME {
                     let k = c.len()?;
                     let same = cols
                         .get(k)
                         .filter(|_| k + SAME_LOOKBACK >= cols.len())
                         .cloned();
+                    // Before version 3 the values were alike but each slot's format
+                    // was its template's.
                     match same {
+                        Some(col) if version >= 3 => col,
                         Some(Column::Str(v)) if is_str(*kind) => Column::Str(v),
-                        Some(Column::Num(v)) if !is_str(*kind) => Column::Num(v),
+                        Some(Column::Num(v, ..)) if !is_str(*kind) => Column::Num(v, *kind, *w),
                         _ => return Err(corrupt("column refers to an unlike column")),
                     }
+                } else if version >= 3 {
+                    match tag {
+                        C_NUM => {
+                            let (kind, w) = (c.byte()?, c.byte()?);
+                            let longest = match kind {
+                                P_DEC_PAD => 20,
+                                P_HEX_LOWER | P_HEX_UPPER => 16,
+                                _ => return Err(corrupt("unknown number format")),
+                            };
+                            if w == 0 || w > longest {
+                                return Err(corrupt("number width out of range"));
+                            }
+                            let tag = c.byte()?;
+                            Column::Num(get_numbers(&mut c, tag, n, version)?, kind, w)
+                        }
+                        _ => Column::Str(get_strings(&mut c, tag, n, planar)?),
+                    }
                 } else if is_str(*kind) {
-                    Column::Str(get_strings(&mut c, tag, counts[t], planar)?)
+                    Column::Str(get_strings(&mut c, tag, n, planar)?)
                 } else {
-                    Column::Num(get_numbers(&mut c, tag, counts[t], planar)?)
+                    Column::Num(get_numbers(&mut c, tag, n, version)?, *kind, *w)
                 };
                 cols.push(col);
             }
@@ -662,9 +939,9 @@ pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<V
         for p in ps {
             match *p {
                 Part::Lit(a, b) => line.extend_from_slice(&text[a..b]),
-                Part::Slot(kind, w) => {
+                Part::Slot(..) => {
                     match &columns[t - 1][slot] {
-                        Column::Num(v) => render(&mut line, v[i], kind, w),
+                        Column::Num(v, kind, w) => render(&mut line, v[i], *kind, *w),
                         Column::Str(v) => line.extend_from_slice(v[i]),
                     }
                     slot += 1;
@@ -730,32 +1007,35 @@ mod tests {
         out
     }
 
-    /// A block written by version 1 (values stored byte after byte, not as planes),
-    /// from `fixture_lines`, still reads back line for line, and today's encoder
-    /// templates the same rows.
+    /// Blocks written by versions 1 and 2 (formats in the template; version 1 values
+    /// stored byte after byte, not as planes), from `fixture_lines`, still read back
+    /// line for line, and today's encoder templates every row they templated.
     #[test]
-    fn a_version_1_block_still_decodes() {
-        let block = include_bytes!("../tests/data/block-v1.bin");
-        assert_eq!(block[0], 1);
+    fn blocks_of_earlier_versions_still_decode() {
+        let v1 = include_bytes!("../tests/data/block-v1.bin");
+        let v2 = include_bytes!("../tests/data/block-v2.bin");
+        assert_eq!((v1[0], v2[0]), (1, 2));
+        // The same bytes, laid out as planes.
+        assert_eq!(v1.len(), v2.len());
+        assert_ne!(&v1[1..], &v2[1..]);
         let lines = fixture_lines();
-        let back = decode(block, |_| true).unwrap();
-        assert_eq!(back.len(), lines.len());
         let (templated, now) = encode(lines.iter().map(|l| &l[..]));
         assert_eq!(now[0], VERSION);
-        let mut rebuilt = 0;
-        for (i, (b, l)) in back.iter().zip(&lines).enumerate() {
-            assert_eq!(b.is_some(), templated[i], "row {i}");
-            if let Some(b) = b {
-                assert_eq!(b, l, "row {i}");
-                rebuilt += 1;
-            }
-        }
-        assert!(rebuilt >= 400, "{rebuilt} rows rebuilt");
-        // The same bytes, laid out as planes.
-        assert_eq!(now.len(), block.len());
-        assert_ne!(&now[1..], &block[1..]);
         let again = decode(&now, |_| true).unwrap();
-        assert_eq!(again, back);
+        for block in [&v1[..], &v2[..]] {
+            let back = decode(block, |_| true).unwrap();
+            assert_eq!(back.len(), lines.len());
+            let mut rebuilt = 0;
+            for (i, (b, l)) in back.iter().zip(&lines).enumerate() {
+                if let Some(b) = b {
+                    assert_eq!(b, l, "row {i}");
+                    assert!(templated[i], "row {i} was templated before");
+                    assert_eq!(again[i].as_ref(), Some(l), "row {i}");
+                    rebuilt += 1;
+                }
+            }
+            assert!(rebuilt >= 400, "{rebuilt} rows rebuilt");
+        }
     }
 
     fn round_trip(lines: &[Vec<u8>]) -> (Vec<bool>, usize) {
@@ -838,7 +1118,14 @@ mod tests {
     #[test]
     fn a_damaged_block_is_an_error_not_a_panic() {
         let lines: Vec<Vec<u8>> = (0..50)
-            .map(|i| format!("user u{i} took {i} ms from 10.0.0.{i}").into_bytes())
+            .map(|i| {
+                let t = (i * 37) % 1000 + 100_000 * (i / 25);
+                format!(
+                    "user u{i} took {i} ms from 10.0.0.{i} at {t:06} {:x}",
+                    i * 17
+                )
+                .into_bytes()
+            })
             .collect();
         let (_, block) = encode(lines.iter().map(|l| &l[..]));
         for cut in 0..block.len() {
@@ -851,6 +1138,119 @@ mod tests {
             b[i] = rng.u8(..);
             let _ = decode(&b, |_| true);
         }
+    }
+
+    #[test]
+    fn a_number_column_takes_the_one_width_that_prints_every_token() {
+        let dec = |t: &[&str]| {
+            let col: Vec<&[u8]> = t.iter().map(|x| x.as_bytes()).collect();
+            fit(&col, P_DEC_PAD)
+        };
+        assert_eq!(dec(&["07", "23", "123"]), Some((2, vec![7, 23, 123])));
+        assert_eq!(dec(&["7", "23"]), Some((1, vec![7, 23])));
+        assert_eq!(dec(&["0", "10"]), Some((1, vec![0, 10])));
+        // `7` would print as `07`, and no one width holds `07` and `007`.
+        assert_eq!(dec(&["07", "7"]), None);
+        assert_eq!(dec(&["07", "007"]), None);
+        assert_eq!(dec(&["18446744073709551615"]), Some((1, vec![u64::MAX])));
+        assert_eq!(dec(&["18446744073709551616"]), None);
+        assert_eq!(dec(&["12", "x86"]), None);
+        assert_eq!(dec(&[""]), None);
+        let hex = |t: &[&str], kind| {
+            let col: Vec<&[u8]> = t.iter().map(|x| x.as_bytes()).collect();
+            fit(&col, kind)
+        };
+        assert_eq!(
+            hex(&["00ff", "1234", "beef"], P_HEX_LOWER),
+            Some((4, vec![0xff, 0x1234, 0xbeef]))
+        );
+        assert_eq!(hex(&["00ff", "BEEF"], P_HEX_LOWER), None);
+        assert_eq!(
+            hex(&["00FF", "BEEF"], P_HEX_UPPER),
+            Some((4, vec![0xff, 0xbeef]))
+        );
+        assert_eq!(hex(&["0123456789abcdef0"], P_HEX_LOWER), None);
+        // A column that is not all one kind of number is a column of strings.
+        let lines: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("id {} at {:02}", ["7", "07", "x1", "ff"][i % 4], i).into_bytes())
+            .collect();
+        let (templated, _) = round_trip(&lines);
+        assert!(templated.iter().all(|t| *t));
+    }
+
+    #[test]
+    fn numbers_that_wander_come_back_across_wraps_and_extremes() {
+        // A clock read as `hhmmss` wraps at midnight; values jumping between 0 and the
+        // largest number fold to differences of one.
+        let lines: Vec<Vec<u8>> = (0..500u64)
+            .map(|i| {
+                let t = (235_000 + i * 7) % 240_000;
+                let x = if i % 2 == 0 { 0 } else { u64::MAX };
+                format!("at {t:06} value {x} seq {}", 1_000 - i).into_bytes()
+            })
+            .collect();
+        let (templated, size) = round_trip(&lines);
+        assert!(templated.iter().all(|t| *t));
+        // About a byte for each of the three numbers of a line: their differences, not
+        // their 3 + 8 + 2 bytes of range.
+        assert!(size < lines.len() * 5, "{size} bytes");
+    }
+
+    #[test]
+    fn lines_of_one_shape_share_a_template_whatever_their_words() {
+        // Forty users, each seen twice: eighty templates of two rows as words go, one
+        // template of the same shape.
+        let users: Vec<String> = (0..40)
+            .map(|i| format!("user{}", "abcdefgh".repeat(i % 3 + 1)))
+            .collect();
+        let mut lines = Vec::new();
+        for r in 0..2 {
+            for (i, u) in users.iter().enumerate() {
+                let name: String = u.chars().filter(|c| c.is_ascii_alphabetic()).collect();
+                let name = format!("{name}{}", ["x", "y", "z", "w"][i % 4].repeat(i + 1));
+                lines.push(
+                    format!(
+                        "session opened for {name} by {} uid={}",
+                        ["root", "cron"][r],
+                        1000 + i
+                    )
+                    .into_bytes(),
+                );
+            }
+        }
+        let (templated, _) = round_trip(&lines);
+        assert!(templated.iter().all(|t| *t));
+        // Free text after a structured header of the same shape: the header's numbers
+        // are columns, the rest of each line one slot.
+        let words = [
+            "cache",
+            "parity",
+            "error",
+            "corrected",
+            "node",
+            "card",
+            "failed",
+            "to",
+        ];
+        let mut rng = fastrand::Rng::with_seed(3);
+        let lines: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                let msg: Vec<&str> = (0..rng.usize(1..12))
+                    .map(|_| words[rng.usize(..words.len())])
+                    .collect();
+                format!(
+                    "- {} 2005.06.{:02} R{:02}-M{} RAS KERNEL INFO {}",
+                    1_117_838_570 + i * 13,
+                    i % 28 + 1,
+                    i % 64,
+                    i % 2,
+                    msg.join(" ")
+                )
+                .into_bytes()
+            })
+            .collect();
+        let (templated, _) = round_trip(&lines);
+        assert!(templated.iter().filter(|t| **t).count() >= 190);
     }
 
     proptest! {
@@ -871,8 +1271,20 @@ mod tests {
                             .replace("{n:X}", &format!("{n:X}"))
                             .into_bytes()
                     }),
+                    // Shapes shared by lines whose words differ, and a structured
+                    // header before free text.
+                    (0usize..3, "[a-z]{1,3}", "[a-zA-Z0-9 :=-]{0,30}", 0u64..100_000).prop_map(
+                        |(k, w, tail, n)| {
+                            let f = ["- {n} node {w} says {tail}", "{w} {w}-{n}: {tail}", "{w} id={n:05}"];
+                            f[k].replace("{n}", &n.to_string())
+                                .replace("{n:05}", &format!("{n:05}"))
+                                .replace("{w}", &w)
+                                .replace("{tail}", &tail)
+                                .into_bytes()
+                        }
+                    ),
                 ],
-                0..60,
+                0..150,
             )
         ) {
             round_trip(&lines);
