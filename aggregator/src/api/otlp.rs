@@ -596,7 +596,7 @@ pub fn admit(
                     .map_or(intake.now(), |t| i64::try_from(t).unwrap_or(i64::MAX));
                 let line = r.body.as_ref().map(Any::text).unwrap_or_default();
                 let lvl = level(r.severity_number, &r.severity_text);
-                intake.entry(&mut stream, ts, line.as_bytes(), meta, lvl);
+                intake.text_entry(&mut stream, ts, &line, meta, lvl);
             }
         }
     }

@@ -374,14 +374,39 @@ impl<'p> Intake<'p> {
         }
     }
 
-    /// Admits one entry of `stream`; `level` when the sender said it (OTLP's
-    /// severity), else it is read from the labels, metadata or line. Metadata names
-    /// are sanitized here.
+    /// Admits one entry of `stream` whose line may be any bytes (it is flagged when it
+    /// is not UTF-8); `level` when the sender said it (OTLP's severity), else it is
+    /// read from the labels, metadata or line. Metadata names are sanitized here.
     pub fn entry(
         &mut self,
         stream: &mut StreamRef,
         ts: i64,
         line: &[u8],
+        metadata: Vec<(String, String)>,
+        level: Option<Level>,
+    ) {
+        self.admit(stream, ts, line, false, metadata, level);
+    }
+
+    /// [`Intake::entry`] for a line already known to be text (a JSON string), which
+    /// is not checked again.
+    pub fn text_entry(
+        &mut self,
+        stream: &mut StreamRef,
+        ts: i64,
+        line: &str,
+        metadata: Vec<(String, String)>,
+        level: Option<Level>,
+    ) {
+        self.admit(stream, ts, line.as_bytes(), true, metadata, level);
+    }
+
+    fn admit(
+        &mut self,
+        stream: &mut StreamRef,
+        ts: i64,
+        line: &[u8],
+        text: bool,
         metadata: Vec<(String, String)>,
         level: Option<Level>,
     ) {
@@ -450,10 +475,11 @@ impl<'p> Intake<'p> {
         };
         let mut fl = 0;
         let mut bytes = line;
+        let text = text || std::str::from_utf8(bytes).is_ok();
         if bytes.len() > limits::MAX_LINE_BYTES {
             let mut end = limits::MAX_LINE_BYTES;
             // Cut on a character boundary when the line is text.
-            if std::str::from_utf8(bytes).is_ok() {
+            if text {
                 while end > 0 && (bytes[end] & 0xc0) == 0x80 {
                     end -= 1;
                 }
@@ -461,7 +487,7 @@ impl<'p> Intake<'p> {
             bytes = &bytes[..end];
             fl |= flags::TRUNCATED;
         }
-        if std::str::from_utf8(bytes).is_err() {
+        if !text {
             fl |= flags::INVALID_UTF8;
         }
         let level =
@@ -625,7 +651,7 @@ fn decode_json_tree(body: &[u8], policy: &PushPolicy, caller: &str) -> Result<De
             continue;
         };
         for (ts, line, meta) in entries {
-            intake.entry(&mut stream, ts, line.as_bytes(), meta, None);
+            intake.text_entry(&mut stream, ts, line, meta, None);
         }
     }
     Ok(intake.finish())
@@ -841,7 +867,7 @@ mod fast_json {
             };
             for (v, ts) in values.into_iter().zip(times) {
                 let meta = v.meta.map(Pairs::owned).unwrap_or_default();
-                intake.entry(&mut stream, ts, v.line.0.as_bytes(), meta, None);
+                intake.text_entry(&mut stream, ts, &v.line.0, meta, None);
             }
         }
         Some(intake.finish())

@@ -276,29 +276,29 @@ fn varint_len(v: u64) -> usize {
 }
 
 fn put_numbers(out: &mut Vec<u8>, v: &[u64]) {
-    let (min, max) = v
-        .iter()
-        .fold((u64::MAX, 0), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    let for_width = width(max.wrapping_sub(min));
-    // Values that wander (a clock read as `hhmmss`, an offset): each one's signed
-    // difference from the one before, in as many bytes as it needs.
+    // One pass for every encoding's size: the range; whether values never decrease,
+    // and the range of their steps; and, for values that wander (a clock read as
+    // `hhmmss`, an offset), the bytes of each one's signed difference from the one
+    // before.
+    let (mut min, mut max) = (u64::MAX, 0);
+    let (mut dmin, mut dmax) = (u64::MAX, 0);
+    let mut monotonic = v.len() > 1;
+    let mut wander = 0;
     let mut prev = 0;
-    let wander: usize = v
-        .iter()
-        .map(|x| {
-            let z = zigzag(prev, *x);
-            prev = *x;
-            varint_len(z)
-        })
-        .sum();
-    let monotonic = v.len() > 1 && v.windows(2).all(|p| p[0] <= p[1]);
-    let delta_width = monotonic.then(|| {
-        let (dmin, dmax) = v
-            .windows(2)
-            .map(|p| p[1] - p[0])
-            .fold((u64::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
-        (dmin, width(dmax - dmin))
-    });
+    for (i, x) in v.iter().copied().enumerate() {
+        min = min.min(x);
+        max = max.max(x);
+        wander += varint_len(zigzag(prev, x));
+        if i > 0 {
+            monotonic &= prev <= x;
+            let d = x.wrapping_sub(prev);
+            dmin = dmin.min(d);
+            dmax = dmax.max(d);
+        }
+        prev = x;
+    }
+    let for_width = width(max.wrapping_sub(min));
+    let delta_width = monotonic.then(|| (dmin, width(dmax - dmin)));
     let fixed = for_width.min(delta_width.map_or(8, |(_, w)| w));
     if wander < v.len() * usize::from(fixed) {
         out.push(C_WANDER);
@@ -358,6 +358,46 @@ fn put_strings(out: &mut Vec<u8>, v: &[&[u8]]) {
     }
 }
 
+/// Digit values per byte for each number format: decimal, lowercase hex, uppercase
+/// hex; `NOT_DIGIT` for a byte that is not a digit of that format.
+static DIGITS: [[u8; 256]; 3] = {
+    let mut t = [[NOT_DIGIT; 256]; 3];
+    let mut b = 0;
+    while b < 256 {
+        let x = b as u8;
+        if x.is_ascii_digit() {
+            t[0][b] = x - b'0';
+            t[1][b] = x - b'0';
+            t[2][b] = x - b'0';
+        } else if x >= b'a' && x <= b'f' {
+            t[1][b] = x - b'a' + 10;
+        } else if x >= b'A' && x <= b'F' {
+            t[2][b] = x - b'A' + 10;
+        }
+        b += 1;
+    }
+    t
+};
+const NOT_DIGIT: u8 = 0xff;
+/// Per byte, the formats it is a digit of, bit `f` for `DIGITS[f]`.
+static FORMAT_BITS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut f = 0;
+        while f < 3 {
+            if DIGITS[f][b] != NOT_DIGIT {
+                t[b] |= 1 << f;
+            }
+            f += 1;
+        }
+        b += 1;
+    }
+    t
+};
+/// The formats, in the order [`DIGITS`] has them.
+const FORMATS: [u8; 3] = [P_DEC_PAD, P_HEX_LOWER, P_HEX_UPPER];
+
 /// The values of a column of tokens read as numbers of `kind` ([`P_DEC_PAD`],
 /// [`P_HEX_LOWER`] or [`P_HEX_UPPER`]), and the one width that prints every token
 /// back as it was: `None` when some token is not such a number or no width fits.
@@ -366,11 +406,9 @@ fn put_strings(out: &mut Vec<u8>, v: &[&[u8]]) {
 /// leading zero fixes the width at its length, and every other token must be at least
 /// that long (`07` and `12` print at width 2, `7` and `12` at width 1).
 fn fit(col: &[&[u8]], kind: u8) -> Option<(u8, Vec<u64>)> {
-    let (base, longest): (u64, usize) = if kind == P_DEC_PAD {
-        (10, 20)
-    } else {
-        (16, 16)
-    };
+    let f = FORMATS.iter().position(|k| *k == kind)?;
+    let digits = &DIGITS[f];
+    let (base, longest): (u64, usize) = if f == 0 { (10, 20) } else { (16, 16) };
     let mut fixed = None;
     let mut shortest_unpadded = usize::MAX;
     let mut values = Vec::with_capacity(col.len());
@@ -379,13 +417,19 @@ fn fit(col: &[&[u8]], kind: u8) -> Option<(u8, Vec<u64>)> {
             return None;
         }
         let mut v = 0u64;
-        for &b in *t {
-            let d = match (kind, b) {
-                (_, b'0'..=b'9') => b - b'0',
-                (P_HEX_LOWER, b'a'..=b'f') => b - b'a' + 10,
-                (P_HEX_UPPER, b'A'..=b'F') => b - b'A' + 10,
-                _ => return None,
-            };
+        for &b in &t[..t.len().min(19)] {
+            let d = digits[usize::from(b)];
+            if d == NOT_DIGIT {
+                return None;
+            }
+            // 19 decimal or 16 hex digits cannot overflow.
+            v = v * base + u64::from(d);
+        }
+        if t.len() == 20 {
+            let d = digits[usize::from(t[19])];
+            if d == NOT_DIGIT {
+                return None;
+            }
             v = v.checked_mul(base)?.checked_add(u64::from(d))?;
         }
         if t[0] == b'0' && t.len() > 1 {
@@ -404,10 +448,24 @@ fn fit(col: &[&[u8]], kind: u8) -> Option<(u8, Vec<u64>)> {
 /// Writes one slot's column: numbers when every token reads back from one number
 /// format, else strings.
 fn put_column(out: &mut Vec<u8>, col: &[&[u8]]) {
-    for kind in [P_DEC_PAD, P_HEX_LOWER, P_HEX_UPPER] {
-        if let Some((w, v)) = fit(col, kind) {
+    // Which formats every byte of every token allows, one bit each, before any is
+    // parsed: a column of words is known for strings at its first letter.
+    let mut allowed = 0b111u8;
+    for t in col {
+        for &b in *t {
+            allowed &= FORMAT_BITS[usize::from(b)];
+        }
+        if allowed == 0 {
+            break;
+        }
+    }
+    for (f, kind) in FORMATS.iter().enumerate() {
+        if allowed & (1 << f) == 0 {
+            continue;
+        }
+        if let Some((w, v)) = fit(col, *kind) {
             out.push(C_NUM);
-            out.push(kind);
+            out.push(*kind);
             out.push(w);
             put_numbers(out, &v);
             return;
