@@ -91,6 +91,9 @@ pub const MIN_ROWS: usize = 8;
 /// Templates of fewer rows are tried against others of their shape (see
 /// [`merge_shapes`]).
 pub const SHAPE_ROWS: usize = 64;
+/// Longest shape a line is grouped by (see [`merge_shapes`]); lines of longer shapes
+/// are grouped only by their first-pass template.
+pub const MAX_SHAPE: usize = 1024;
 /// Most templates in one row group.
 pub const MAX_TEMPLATES: usize = 65_535;
 
@@ -477,7 +480,8 @@ fn put_column(out: &mut Vec<u8>, col: &[&[u8]]) {
 /// The shape of a line's first `depth` tokens (runs of letters and digits): its text up
 /// to the end of that token, each token replaced by one placeholder, and where in the
 /// line that text ends; `None` for a line of fewer tokens. `usize::MAX` is the whole
-/// line.
+/// line. A shape longer than [`MAX_SHAPE`] is `None` too: shapes are kept as keys while
+/// a row group is grouped, and this bounds them.
 fn shape(line: &[u8], depth: usize, out: &mut Vec<u8>) -> Option<usize> {
     out.clear();
     let mut in_token = false;
@@ -493,6 +497,9 @@ fn shape(line: &[u8], depth: usize, out: &mut Vec<u8>) -> Option<usize> {
             out.push(P_VAR);
             in_token = true;
             count += 1;
+        }
+        if out.len() > MAX_SHAPE {
+            return None;
         }
     }
     (depth == usize::MAX || (count == depth && in_token)).then_some(line.len())
@@ -1234,6 +1241,24 @@ mod tests {
             .collect();
         let (templated, _) = round_trip(&lines);
         assert!(templated.iter().all(|t| *t));
+    }
+
+    #[test]
+    fn shapes_are_bounded_and_count_tokens() {
+        let mut out = Vec::new();
+        assert_eq!(shape(b"a=1, b c", usize::MAX, &mut out), Some(8));
+        assert_eq!(out, b"\x01=\x01, \x01 \x01");
+        assert_eq!(shape(b"a=1, b c", 2, &mut out), Some(3));
+        assert_eq!(out, b"\x01=\x01");
+        assert_eq!(shape(b"a=1, b c", 4, &mut out), Some(8));
+        assert_eq!(shape(b"a=1, b c", 5, &mut out), None);
+        let long = format!("x{}y", ".".repeat(MAX_SHAPE));
+        assert_eq!(shape(long.as_bytes(), usize::MAX, &mut out), None);
+        // Lines of such a shape still come back, whole or by their own template.
+        let lines: Vec<Vec<u8>> = (0..20)
+            .map(|i| format!("{long} {i} {}", "w".repeat(i % 3 + 1)).into_bytes())
+            .collect();
+        round_trip(&lines);
     }
 
     #[test]
