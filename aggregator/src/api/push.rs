@@ -475,11 +475,11 @@ impl<'p> Intake<'p> {
         };
         let mut fl = 0;
         let mut bytes = line;
-        let text = text || std::str::from_utf8(bytes).is_ok();
+        let whole_text = text || std::str::from_utf8(bytes).is_ok();
         if bytes.len() > limits::MAX_LINE_BYTES {
             let mut end = limits::MAX_LINE_BYTES;
             // Cut on a character boundary when the line is text.
-            if text {
+            if whole_text {
                 while end > 0 && (bytes[end] & 0xc0) == 0x80 {
                     end -= 1;
                 }
@@ -487,7 +487,8 @@ impl<'p> Intake<'p> {
             bytes = &bytes[..end];
             fl |= flags::TRUNCATED;
         }
-        if !text {
+        // What is kept is checked: bytes past the cut do not flag the line.
+        if !whole_text && std::str::from_utf8(bytes).is_err() {
             fl |= flags::INVALID_UTF8;
         }
         let level =
@@ -1500,6 +1501,28 @@ mod tests {
         assert!(r.line.len() <= limits::MAX_LINE_BYTES);
         assert!(std::str::from_utf8(&r.line).is_ok());
         assert_eq!(r.flags, heimdall_common::record::flags::TRUNCATED);
+    }
+
+    #[test]
+    fn only_the_kept_bytes_of_a_line_decide_its_utf8_flag() {
+        use heimdall_common::record::flags::{INVALID_UTF8, TRUNCATED};
+        let policy = any_age();
+        let mut intake = Intake::new(&policy, "push");
+        let mut s = intake
+            .stream(0, selector_labels(0, r#"{app="x"}"#), 4)
+            .unwrap();
+        let mut past = vec![b'a'; limits::MAX_LINE_BYTES];
+        past.extend_from_slice(b"\xff\xfe");
+        let mut within = b"\xff".to_vec();
+        within.extend(vec![b'a'; limits::MAX_LINE_BYTES]);
+        let ts = 1_700_000_000_000_000_000;
+        intake.entry(&mut s, ts, &past, Vec::new(), None);
+        intake.entry(&mut s, ts, &within, Vec::new(), None);
+        intake.entry(&mut s, ts, b"short \xff", Vec::new(), None);
+        intake.text_entry(&mut s, ts, "short text", Vec::new(), None);
+        let d = intake.finish();
+        let got: Vec<u8> = d.content.records.iter().map(|r| r.flags).collect();
+        assert_eq!(got, [TRUNCATED, TRUNCATED | INVALID_UTF8, INVALID_UTF8, 0]);
     }
 
     /// A `logproto.PushRequest` as Promtail writes it.
