@@ -306,6 +306,7 @@ import os, sys, time, duckdb
 src, dst = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 con.execute("CREATE TABLE t AS SELECT * FROM read_json(?, format='newline_delimited', columns={'labels': 'VARCHAR', 'ts': 'BIGINT', 'level': 'VARCHAR', 'line': 'VARCHAR'})", [src])
 n = con.execute("SELECT count(*) FROM t").fetchone()[0]
 t = time.time()
@@ -323,9 +324,14 @@ print(os.path.getsize(dst), n / secs)
         "duckdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The figures are the last line; anything DuckDB printed before it is not ours.
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace();
-    let bytes: u64 = it.next().unwrap_or("0").parse()?;
+    let mut it = text.lines().last().unwrap_or_default().split_whitespace();
+    let bytes: u64 = it
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("duckdb printed {text:?}: {e}"))?;
     let rate: f64 = it.next().unwrap_or("0").parse()?;
     let _ = std::fs::remove_file(&src);
     Ok((bytes, rate))
@@ -841,6 +847,9 @@ fn load_big(state: &std::path::Path, n: u64, now: i64, keep_hot: bool) -> anyhow
         peak as f64 / 1e6,
         std::fs::metadata(&db)?.len() as f64 / 1e6
     );
+    if moved > 0 {
+        filter_report(&conn, &state.join("segments"), &pool)?;
+    }
     drop(lc);
     drop(conn);
     match Arc::try_unwrap(store) {
@@ -859,6 +868,121 @@ fn load_big(state: &std::path::Path, n: u64, now: i64, keep_hot: bool) -> anyhow
         moved as f64 / compact_cpu.max(0.01)
     );
     Ok(moved)
+}
+
+/// The needle filters of the compacted segments: their bytes next to the segments',
+/// and their false-positive rate by needle length: over the row groups of up to 6
+/// segments, the share of those without a needle whose filter still lets it through.
+/// Half the needles are near misses (a piece of a stored line with one byte changed),
+/// half random lowercase words and digits.
+fn filter_report(
+    conn: &rusqlite::Connection,
+    seg_dir: &std::path::Path,
+    pool: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    use heimdall_store::catalog;
+    use heimdall_store::filter::Probe;
+    use heimdall_store::segment::{SegmentFile, Selection};
+    let segs = catalog::in_state(conn, "active")?;
+    let (mut filter_bytes, mut seg_bytes) = (0usize, 0u64);
+    for s in &segs {
+        filter_bytes += catalog::bloom(conn, s.id)?.map_or(0, |b| b.to_bytes().len());
+        filter_bytes += catalog::row_group_blooms(conn, s.id)?
+            .iter()
+            .map(|b| b.to_bytes().len() + 4)
+            .sum::<usize>();
+        seg_bytes += s.bytes;
+    }
+    println!(
+        "needle filters: {:.1} MB for {:.1} MB of segments ({:.1}%)",
+        filter_bytes as f64 / 1e6,
+        seg_bytes as f64 / 1e6,
+        100.0 * filter_bytes as f64 / seg_bytes.max(1) as f64
+    );
+    let mut rng = fastrand::Rng::with_seed(23);
+    let lens = [3usize, 4, 5, 6, 8, 11, 16, 24];
+    let mut needles: Vec<(usize, Vec<u8>)> = Vec::new();
+    for &len in &lens {
+        for i in 0..24 {
+            let n: Vec<u8> = if i % 2 == 0 {
+                let line = loop {
+                    let l = &pool[rng.usize(..pool.len())];
+                    if l.len() > len {
+                        break l;
+                    }
+                };
+                let at = rng.usize(..=line.len() - len);
+                let mut n = line[at..at + len].to_vec();
+                let k = rng.usize(..len);
+                n[k] = rng.alphanumeric() as u8;
+                n
+            } else {
+                (0..len).map(|_| rng.lowercase() as u8).collect()
+            };
+            needles.push((len, n));
+        }
+    }
+    let probes: Vec<Probe> = needles.iter().map(|(_, n)| Probe::new(n)).collect();
+    let finders: Vec<memchr::memmem::Finder> = needles
+        .iter()
+        .map(|(_, n)| memchr::memmem::Finder::new(n))
+        .collect();
+    let (mut absent, mut passed) = (vec![0u64; needles.len()], vec![0u64; needles.len()]);
+    for s in segs.iter().take(6) {
+        let f = SegmentFile::open(&seg_dir.join(&s.name))?;
+        let filters = catalog::row_group_blooms(conn, s.id)?;
+        let streams: std::collections::HashSet<i64> =
+            f.footer()?.streams.iter().map(|s| s.stream_id).collect();
+        let groups = f.row_group_rows().len();
+        anyhow::ensure!(filters.len() == groups, "a filter for each row group");
+        for (g, filter) in filters.iter().enumerate() {
+            // Only needles that pass can be present: the filter has no false negatives.
+            let pass: Vec<usize> = (0..needles.len())
+                .filter(|&i| probes[i].may_match(filter))
+                .collect();
+            let mut present = vec![false; needles.len()];
+            if !pass.is_empty() {
+                let mask: Vec<bool> = (0..groups).map(|i| i == g).collect();
+                f.read(
+                    &Selection {
+                        streams: &streams,
+                        start: i64::MIN,
+                        end: i64::MAX,
+                        row_groups: Some(&mask),
+                    },
+                    false,
+                    |r, _| {
+                        for &i in &pass {
+                            if !present[i] && finders[i].find(&r.line).is_some() {
+                                present[i] = true;
+                            }
+                        }
+                        true
+                    },
+                )?;
+            }
+            for i in 0..needles.len() {
+                if !present[i] {
+                    absent[i] += 1;
+                    passed[i] += u64::from(pass.contains(&i));
+                }
+            }
+        }
+    }
+    let rates: Vec<String> = lens
+        .iter()
+        .map(|&len| {
+            let (a, p) = (0..needles.len())
+                .filter(|&i| needles[i].0 == len)
+                .fold((0, 0), |(a, p), i| (a + absent[i], p + passed[i]));
+            format!("{len} B {:.1}%", 100.0 * p as f64 / a.max(1) as f64)
+        })
+        .collect();
+    println!(
+        "needle filter false positives (row groups without the needle that are read): {}",
+        rates.join(", ")
+    );
+    Ok(())
 }
 
 fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> anyhow::Result<()> {

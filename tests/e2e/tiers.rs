@@ -180,22 +180,64 @@ fn selector_matches(sel: &str, l: &Labels) -> bool {
     }
 }
 
+/// A line filter of a case: `!x` is `!= "x"`, `~x` is `|~ "x"` and anything else
+/// `|= "x"`.
 fn passes(filter: &Option<String>, line: &[u8]) -> bool {
     let has = |f: &str| memchr::memmem::find(line, f.as_bytes()).is_some();
     match filter {
         None => true,
         Some(f) if f.starts_with('!') => !has(&f[1..]),
+        Some(f) if f.starts_with('~') => regex::bytes::Regex::new(&f[1..])
+            .expect("the case's regex")
+            .is_match(line),
         Some(f) => has(f),
     }
 }
 
+/// The filter in LogQL, in backquotes (a needle holds any character but a backquote).
 fn filter_text(filter: &Option<String>) -> String {
     match filter {
         None => String::new(),
-        Some(f) if f.starts_with('!') => format!(r#" != "{}""#, &f[1..]),
-        Some(f) => format!(r#" |= "{f}""#),
+        Some(f) if f.starts_with('!') => format!(" != `{}`", &f[1..]),
+        Some(f) if f.starts_with('~') => format!(" |~ `{}`", &f[1..]),
+        Some(f) => format!(" |= `{f}`"),
     }
 }
+
+/// A short needle: 3 to 12 characters of a line, anywhere in it (inside tokens or
+/// across punctuation), in the line's case or upper-cased (so mostly absent), or with
+/// one character changed (a near miss).
+fn short_needle(line: &[u8], at: usize, len: usize, twist: u8) -> String {
+    let text: Vec<char> = String::from_utf8_lossy(line)
+        .chars()
+        .map(|c| if c == '`' || c.is_control() { '.' } else { c })
+        .collect();
+    if text.len() < 3 {
+        return "abc".to_owned();
+    }
+    let len = len.clamp(3, text.len());
+    let at = at % (text.len() - len + 1);
+    let mut n: Vec<char> = text[at..at + len].to_vec();
+    match twist {
+        0 => {}
+        1 => n.iter_mut().for_each(|c| *c = c.to_ascii_uppercase()),
+        _ => n[len / 2] = if n[len / 2] == 'q' { 'z' } else { 'q' },
+    }
+    n.into_iter().collect()
+}
+
+/// Regexes of the kinds people write: alternations, classes, case-insensitive
+/// literals, anchors, and ones with no literal to prefilter on.
+const REGEXES: [&str; 8] = [
+    "err(or)?: db",
+    "u[0-9]+ took",
+    "(?i)get /health",
+    "^session for [a-z]+ on",
+    "[0-9a-f]{16} done",
+    "timeout|x1 x1",
+    "span [0-9A-F]{3,}",
+    "\\d{6} said",
+];
 
 type Grouped = BTreeMap<Labels, Vec<(i64, Vec<u8>)>>;
 
@@ -280,8 +322,10 @@ fn reference_counts(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_counts(
     s: &Setup,
+    threads: usize,
     sel: &str,
     filter: &Option<String>,
     range: i64,
@@ -290,7 +334,9 @@ fn run_counts(
     step: i64,
 ) -> BTreeMap<String, Vec<f64>> {
     let conn = hot::open_reader(&s.db).unwrap();
-    let src = Source::hot(&conn).with_tiers(&s.tiers);
+    let src = Source::hot(&conn)
+        .with_tiers(&s.tiers)
+        .with_threads(threads);
     let q = format!(
         "sum by (level) (count_over_time({sel}{} [{}s]))",
         filter_text(filter),
@@ -387,12 +433,13 @@ fn queries_agree_across_hot_warm_and_cold() {
                     Just(r#"{app=~"a|b"}"#),
                     Just(r#"{host="h1"}"#)
                 ],
-                0u8..4,
+                0u8..7,
                 any::<bool>(),
                 1usize..60,
                 0i64..300,
                 0i64..300,
                 any::<prop::sample::Index>(),
+                (0usize..400, 3usize..13, 0u8..3),
             ),
             4,
         ),
@@ -414,11 +461,22 @@ fn queries_agree_across_hot_warm_and_cold() {
             let s = setup(&rows, &format!("prop-{n}-{:08x}", fastrand::u32(..)), &s3);
             let log_cases: Vec<LogCase> = cases
                 .iter()
-                .map(|(sel, f, backward, limit, a, b, pick)| {
+                .map(|(sel, f, backward, limit, a, b, pick, (at, len, twist))| {
                     let filter = match f {
                         0 => None,
                         1 => Some("error".to_owned()),
                         2 => Some("!GET".to_owned()),
+                        4 => Some(short_needle(
+                            &rows[pick.index(rows.len())].3,
+                            *at,
+                            *len,
+                            *twist,
+                        )),
+                        5 => Some(format!("~{}", REGEXES[*at % REGEXES.len()])),
+                        6 => Some(format!(
+                            "!{}",
+                            short_needle(&rows[pick.index(rows.len())].3, *at, *len, *twist)
+                        )),
                         _ => {
                             // A rare token: the id of one line (bloom filters prune the rest).
                             let line = String::from_utf8_lossy(&rows[pick.index(rows.len())].3)
@@ -479,27 +537,30 @@ fn queries_agree_across_hot_warm_and_cold() {
                     c
                 );
             }
-            for (sel, f, ..) in &cases {
-                let filter = match f {
-                    1 => Some("error".to_owned()),
-                    2 => Some("!GET".to_owned()),
-                    _ => None,
-                };
-                let (start, end, step, range) = (T0, T0 + 300 * S, 30 * S, 60 * S);
+            // Metric queries with the same filters, over a random range and step, read
+            // serially and with a worker per segment: the same answer.
+            for (c, (sel, _, _, _, a, b, _, (at, ..))) in log_cases.iter().zip(&cases) {
+                let filter = &c.filter;
+                let step = (1 + *at as i64 % 60) * S;
+                let range = (1 + (a + b) % 120) * S;
+                let (start, end) = (c.from, c.to);
                 let times: Vec<i64> = (0..)
                     .map(|i| start + i * step)
                     .take_while(|t| *t <= end)
                     .collect();
-                let want = reference_counts(&rows, sel, &filter, range, &times);
-                let got = run_counts(&s, sel, &filter, range, start, end, step);
-                prop_assert!(
-                    same(&got, &want),
-                    "{} {:?}: {:?} vs {:?}",
-                    sel,
-                    filter,
-                    got,
-                    want
-                );
+                let want = reference_counts(&rows, sel, filter, range, &times);
+                for threads in [1, 4] {
+                    let got = run_counts(&s, threads, sel, filter, range, start, end, step);
+                    prop_assert!(
+                        same(&got, &want),
+                        "{} {:?} ({} threads): {:?} vs {:?}",
+                        sel,
+                        filter,
+                        threads,
+                        got,
+                        want
+                    );
+                }
             }
             Ok(())
         })

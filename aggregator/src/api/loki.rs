@@ -20,6 +20,7 @@ use heimdall_api::{format_value, Envelope};
 use heimdall_common::record::Labels;
 use heimdall_logql::{self as parse, LogQuery, Query};
 use heimdall_query::eval::{self, EvalRequest, Value as EvalValue};
+use heimdall_query::exec::ScanCounts;
 use heimdall_query::exec::{self, LogRequest, LogResult};
 use heimdall_query::pipeline::Pipeline;
 use serde_json::{json, Value};
@@ -156,7 +157,14 @@ pub(super) fn label_set(l: &Labels) -> LabelSet {
         .collect()
 }
 
-pub(super) fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usize) -> Value {
+/// Loki's `stats` object, from what the query's scans read (`scan`), with Heimdall's
+/// own account of it under `heimdall`: segments and row groups read and pruned by the
+/// needle filters, hot sections read and pruned. A segment or hot section is what
+/// Loki calls a chunk.
+pub(super) fn stats_json(started: Instant, scan: &ScanCounts, returned: usize) -> Value {
+    let (lines, bytes) = (scan.lines, scan.bytes);
+    let chunks_read = scan.segments_read + scan.hot_sections_read;
+    let chunks_ref = chunks_read + scan.segments_pruned + scan.hot_sections_pruned;
     let exec = started.elapsed().as_secs_f64();
     let per_sec = |x: u64| {
         if exec > 0.0 {
@@ -187,14 +195,15 @@ pub(super) fn stats_json(started: Instant, lines: u64, bytes: u64, returned: usi
             "totalStructuredMetadataBytesProcessed": 0
         },
         "querier": {"store": {
-            "totalChunksRef": 0, "totalChunksDownloaded": 0, "chunksDownloadTime": 0,
+            "totalChunksRef": chunks_ref, "totalChunksDownloaded": chunks_read, "chunksDownloadTime": 0,
             "queryReferencedStructuredMetadata": false, "chunk": chunk
         }},
         "ingester": {
             "totalReached": 0, "totalChunksMatched": 0, "totalBatches": 0, "totalLinesSent": 0,
             "store": {"totalChunksRef": 0, "totalChunksDownloaded": 0, "chunksDownloadTime": 0,
                       "queryReferencedStructuredMetadata": false, "chunk": {}}
-        }
+        },
+        "heimdall": scan
     })
 }
 
@@ -274,10 +283,7 @@ async fn instant(st: Arc<ApiState>, p: Params) -> Result<Json<Envelope<QueryData
             (QueryResult::Vector(r), n)
         }
     };
-    Ok(success(
-        result,
-        stats_json(started, stats.lines, stats.bytes, n),
-    ))
+    Ok(success(result, stats_json(started, &stats.scan, n)))
 }
 
 /// Whether the client asked for Loki 3's `categorize-labels` encoding (Grafana does).
@@ -314,7 +320,7 @@ async fn ranged(
             let res = on_source(&st, move |src, _| exec::run_log_query(src, &lq, &req)).await?;
             metrics::histogram!("heimdall_aggregator_query_seconds", "kind" => "log")
                 .record(started.elapsed().as_secs_f64());
-            let mut stats = stats_json(started, res.scanned, res.scanned_bytes, res.lines);
+            let mut stats = stats_json(started, &res.scan, res.lines);
             stats["summary"]["partial"] = json!(res.partial);
             let mut data = QueryData {
                 result: QueryResult::Streams(streams_of(&res, categorize)),
@@ -375,7 +381,7 @@ async fn ranged(
                 .collect();
             Ok(success(
                 QueryResult::Matrix(result),
-                stats_json(started, stats.lines, stats.bytes, points),
+                stats_json(started, &stats.scan, points),
             ))
         }
     }

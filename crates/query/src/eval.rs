@@ -88,6 +88,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Aggregate rows read instead of lines.
     pub aggregate_rows: u64,
+    /// What the scans read and skipped.
+    pub scan: heimdall_store::read::ScanCounts,
 }
 
 struct Ctx<'a, 'b> {
@@ -126,6 +128,7 @@ pub fn evaluate(src: &Source<'_>, expr: &Expr, req: EvalRequest) -> Result<(Valu
         group_by: None,
     };
     let v = cx.eval(expr)?;
+    cx.stats.scan = src.scanned();
     Ok((v, cx.stats))
 }
 
@@ -150,6 +153,7 @@ pub fn evaluate_with(
         group_by: None,
     };
     let v = cx.eval(expr)?;
+    cx.stats.scan = src.scanned();
     Ok((v, cx.stats))
 }
 
@@ -641,7 +645,7 @@ impl Ctx<'_, '_> {
                 ),
             }
         };
-        let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+        let mut series: HashMap<Labels, Vec<(i64, i64, f64)>> = HashMap::new();
         let (mut lines, mut bytes, mut samples) = (0u64, 0u64, 0usize);
         let mut failed: Option<Error> = None;
         let complete = self.src.scan(
@@ -685,7 +689,10 @@ impl Ctx<'_, '_> {
                     )));
                     return false;
                 }
-                series.entry(k).or_default().push((row.ts + offset_ns, v));
+                series
+                    .entry(k)
+                    .or_default()
+                    .push((row.ts + offset_ns, row.id, v));
                 true
             },
         )?;
@@ -700,7 +707,10 @@ impl Ctx<'_, '_> {
         let mut out: Vec<Series> = series
             .into_iter()
             .map(|(labels, mut s)| {
-                s.sort_by_key(|x| x.0);
+                // In `(ts, id)` order whatever order the scan read the lines in (segments
+                // are read in parallel): first, last and float sums do not vary by run.
+                s.sort_unstable_by_key(|x| (x.0, x.1));
+                let s: Vec<(i64, f64)> = s.into_iter().map(|(t, _, v)| (t, v)).collect();
                 let values = (0..steps)
                     .map(|i| {
                         let t = t0 + i as i64 * step;

@@ -5,7 +5,7 @@
 use crate::pipeline::{base_labels, Pipeline};
 use heimdall_common::record::Labels;
 use heimdall_logql::{LineFilter, LogQuery};
-pub use heimdall_store::read::{Error, Order, Row, Source};
+pub use heimdall_store::read::{Error, Order, Row, ScanCounts, Source};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -73,6 +73,8 @@ pub struct LogResult {
     pub scanned: u64,
     /// Bytes read.
     pub scanned_bytes: u64,
+    /// What the scan read from storage and what it skipped.
+    pub scan: ScanCounts,
     /// The deadline or the byte cap stopped the scan before the limit or the end of
     /// the range.
     pub partial: bool,
@@ -149,6 +151,7 @@ pub fn run_log_query(src: &Source<'_>, q: &LogQuery, req: &LogRequest) -> Result
         lines,
         scanned,
         scanned_bytes,
+        scan: src.scanned(),
         partial: !complete || bytes >= req.max_bytes,
     })
 }

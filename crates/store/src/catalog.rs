@@ -7,7 +7,8 @@
 //! is being removed). A restart finishes or rolls back whatever state it finds (see
 //! [`crate::lifecycle`]).
 
-use super::segment::{Bloom, SegmentInfo};
+use super::filter::Bloom;
+use super::segment::SegmentInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 
@@ -389,11 +390,14 @@ mod tests {
 
     #[test]
     fn row_group_filters_round_trip_and_damage_reads_everything() {
-        let mut a = super::super::segment::EntrySet::default();
-        super::super::segment::index_line(b"alpha beta", &mut a);
-        let mut b = super::super::segment::EntrySet::default();
-        super::super::segment::index_line(b"gamma delta", &mut b);
-        let blooms = vec![Bloom::from_entries(a.iter()), Bloom::from_entries(b.iter())];
+        let blooms: Vec<Bloom> = [&b"alpha beta"[..], b"gamma delta"]
+            .iter()
+            .map(|l| {
+                let mut g = crate::filter::GramBuilder::for_bytes(l.len());
+                g.add_line(l);
+                g.finish()
+            })
+            .collect();
         let raw = encode_blooms(&blooms);
         assert_eq!(decode_blooms(&raw), blooms);
         assert!(decode_blooms(&raw[..raw.len() - 1]).is_empty());

@@ -23,8 +23,9 @@
 //! flags byte, varint template id, varint metadata pair count and each name and value
 //! as varint length and bytes, varint line length and the line bytes.
 
+use crate::filter::GramBuilder;
 use crate::read::HeapEntry as Front;
-use crate::segment::{index_line, EntrySet, SegmentRow};
+use crate::segment::SegmentRow;
 use crate::volume::put_varint;
 use heimdall_common::record::{Labels, Level};
 use heimdall_common::wire::BatchContent;
@@ -76,7 +77,7 @@ pub struct Part {
     pub max_ts: i64,
     /// Token bloom filter of the part's lines (see [`crate::hot_index`]), built here
     /// rather than by the single writer.
-    pub bloom: crate::segment::Bloom,
+    pub bloom: crate::filter::Bloom,
 }
 
 /// A batch's records, ready for the writer.
@@ -165,9 +166,14 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
             rows: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
-            bloom: crate::segment::Bloom::with_capacity(0),
+            bloom: GramBuilder::for_bytes(0).finish(),
         };
-        let mut entries = EntrySet::default();
+        let part_bytes: usize = order[i..]
+            .iter()
+            .take_while(|o| o.0 == start)
+            .map(|o| content.records[o.3 as usize].line.len())
+            .sum();
+        let mut grams = GramBuilder::for_bytes(part_bytes);
         while i < order.len() && order[i].0 == start {
             let stream = order[i].1;
             let mut j = i;
@@ -181,7 +187,7 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
             for g in group {
                 let r = &content.records[g.3 as usize];
                 bytes += r.line.len() as u64;
-                index_line(&r.line, &mut entries);
+                grams.add_line(&r.line);
                 out.volume.add(
                     i64::from(r.stream),
                     r.time_ns,
@@ -225,7 +231,7 @@ pub fn prepare(content: &BatchContent, partition_ns: i64) -> Prepared {
             part.sections.push(s);
             i = j;
         }
-        part.bloom = crate::segment::Bloom::from_entries(entries.iter());
+        part.bloom = grams.finish();
         out.parts.push(part);
     }
     out
@@ -586,9 +592,16 @@ pub struct Merge {
     heads: Vec<Option<SegmentRow>>,
     heap: BinaryHeap<Front>,
     backward: bool,
+    /// Sections decoded so far.
+    decoded: usize,
 }
 
 impl Merge {
+    /// Sections decoded so far.
+    pub fn decoded(&self) -> usize {
+        self.decoded
+    }
+
     /// A merge over `sections` of `table`.
     pub fn new(table: &str, mut sections: Vec<Meta>, backward: bool) -> Merge {
         // Popped from the end: forward needs the smallest min_ts first, backward the
@@ -605,6 +618,7 @@ impl Merge {
             heads: Vec::new(),
             heap: BinaryHeap::new(),
             backward,
+            decoded: 0,
         }
     }
 
@@ -641,6 +655,7 @@ impl Merge {
             }
             let m = self.pending.pop().expect("bound checked");
             let mut rows = read(conn, &self.table, m.id, &mut *keep)?;
+            self.decoded += 1;
             if self.backward {
                 rows.reverse();
             }

@@ -1,4 +1,4 @@
-//! Token bloom filters over blocks of hot rows, so a needle search skips most of the
+//! Needle filters over blocks of hot rows, so a needle search skips most of the
 //! hot tier as the segments' filters let it skip most segments.
 //!
 //! The writer adds, before the commit, the filter of every batch's lines in a
@@ -12,7 +12,7 @@
 //! background and read in full until they are. Bounded by the hot tier's size (about
 //! 16 bytes a row); `heimdall_aggregator_hot_index_bytes` shows it.
 
-use super::segment::{index_line, may_contain, Bloom};
+use super::filter::{Bloom, GramBuilder, Probe};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -33,8 +33,9 @@ pub struct Block {
 #[derive(Default)]
 struct PartIndex {
     blocks: Vec<Block>,
-    /// Entries of the block being filled, before its filter is built.
-    pending: crate::segment::EntrySet,
+    /// Grams of lines added one at a time to the block being filled, before its
+    /// filter is built.
+    pending: Option<GramBuilder>,
     /// Whether every row of the partition is in a block (false after a restart until
     /// the partition is indexed again).
     complete: bool,
@@ -61,12 +62,13 @@ impl HotIndex {
     pub fn add(&self, partition: &str, new: bool, id: i64, ts: i64, line: &[u8]) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let p = open_block(&mut g, partition, new, (id, id), (ts, ts), 1);
-        index_line(line, &mut p.pending);
+        p.pending
+            .get_or_insert_with(GramBuilder::largest)
+            .add_line(line);
     }
 
     /// Adds `rows` stored rows of `partition` at once: their ids lie in `ids`
-    /// (inclusive), their times in `times`, and `bloom` is the filter of their lines
-    /// (entries from [`index_line`]). A block's id range is the union of what was added
+    /// (inclusive), their times in `times`, and `bloom` is the filter of their lines. A block's id range is the union of what was added
     /// to it, so ranges of neighbouring blocks may overlap; a query reads both then.
     pub fn add_bloom(
         &self,
@@ -118,7 +120,7 @@ impl HotIndex {
             .filter(|b| b.last_id > max_id)
             .collect();
         if kept.is_empty() {
-            entry.pending.clear();
+            entry.pending = None;
         }
         fresh.blocks.extend(kept);
         entry.blocks = fresh.blocks;
@@ -151,22 +153,23 @@ impl HotIndex {
     }
 
     /// The blocks of `partition` that may hold a line containing every needle.
-    pub fn plan(&self, partition: &str, needles: &[&[u8]]) -> Plan {
+    pub fn plan(&self, partition: &str, probes: &[Probe]) -> Plan {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = g.get_mut(partition) else {
             return Plan::All;
         };
-        if !p.complete || needles.is_empty() {
+        if !p.complete || probes.is_empty() {
             return Plan::All;
         }
-        // The open block's entries are not in its filter yet: seal a copy for the check.
+        // The open block's lines added one at a time are not in a filter yet: their
+        // builder is checked as it stands.
         let mut out = Vec::new();
         let n = p.blocks.len();
-        let passes = |bloom: &Bloom| needles.iter().all(|nd| may_contain(bloom, nd));
+        let passes = |bloom: &Bloom| probes.iter().all(|pr| pr.may_match(bloom));
         for (i, b) in p.blocks.iter().enumerate() {
             let mut hit = b.blooms.iter().any(passes);
-            if !hit && i + 1 == n && !p.pending.is_empty() {
-                hit = passes(&Bloom::from_entries(p.pending.iter()));
+            if let Some(g) = p.pending.as_ref().filter(|_| !hit && i + 1 == n) {
+                hit = !g.is_empty() && probes.iter().all(|pr| pr.may_match_building(g));
             }
             if hit {
                 out.push((b.first_id, b.last_id, b.min_ts, b.max_ts));
@@ -187,18 +190,16 @@ impl HotIndex {
                     .flat_map(|b| &b.blooms)
                     .map(Bloom::byte_size)
                     .sum::<usize>()
-                    + p.pending.len() * 16
+                    + p.pending.as_ref().map_or(0, GramBuilder::byte_size)
             })
             .sum()
     }
 }
 
-fn seal(b: &mut Block, pending: &mut crate::segment::EntrySet) {
-    if pending.is_empty() {
-        return;
+fn seal(b: &mut Block, pending: &mut Option<GramBuilder>) {
+    if let Some(g) = pending.take().filter(|g| !g.is_empty()) {
+        b.blooms.push(g.finish());
     }
-    b.blooms.push(Bloom::from_entries(pending.iter()));
-    pending.clear();
 }
 
 /// The partition's block that takes rows with ids in `ids` and times in `times` (a new
@@ -242,6 +243,10 @@ fn open_block<'a>(
 mod tests {
     use super::*;
 
+    fn probes(needles: &[&[u8]]) -> Vec<Probe> {
+        needles.iter().map(|n| Probe::new(n)).collect()
+    }
+
     #[test]
     fn blocks_without_the_needle_are_skipped() {
         let ix = HotIndex::default();
@@ -253,19 +258,19 @@ mod tests {
             };
             ix.add("p", true, i + 1, i, line.as_bytes());
         }
-        let Plan::Blocks(b) = ix.plan("p", &[b"needle-7f3a9c2e51b04d8d"]) else {
+        let Plan::Blocks(b) = ix.plan("p", &probes(&[b"needle-7f3a9c2e51b04d8d"])) else {
             panic!()
         };
         assert_eq!(b.len(), 1);
         assert!(b[0].0 <= 20_001 && 20_001 <= b[0].1);
         // The open (last) block is checked too.
         ix.add("p", true, 60_000, 60_000, b"late needle-7f3a9c2e51b04d8d");
-        let Plan::Blocks(b) = ix.plan("p", &[b"needle-7f3a9c2e51b04d8d"]) else {
+        let Plan::Blocks(b) = ix.plan("p", &probes(&[b"needle-7f3a9c2e51b04d8d"])) else {
             panic!()
         };
         assert_eq!(b.len(), 2);
-        assert_eq!(ix.plan("p", &[]), Plan::All);
-        assert_eq!(ix.plan("other", &[b"x"]), Plan::All);
+        assert_eq!(ix.plan("p", &probes(&[])), Plan::All);
+        assert_eq!(ix.plan("other", &probes(&[b"x"])), Plan::All);
     }
 
     #[test]
@@ -273,18 +278,18 @@ mod tests {
         let ix = HotIndex::default();
         // After a restart the writer adds new rows to an old partition: not complete.
         ix.add("p", false, 101, 5, b"new needle-aaaaaaaaaaaa");
-        assert_eq!(ix.plan("p", &[b"needle-aaaaaaaaaaaa"]), Plan::All);
+        assert_eq!(ix.plan("p", &probes(&[b"needle-aaaaaaaaaaaa"])), Plan::All);
         let old = (1..=100).map(|i| (i, i, format!("old line {i}").into_bytes()));
         ix.rebuild(
             "p",
             old.chain([(50_000, 3, b"x".to_vec())].into_iter().filter(|_| false)),
             100,
         );
-        let Plan::Blocks(b) = ix.plan("p", &[b"needle-aaaaaaaaaaaa"]) else {
+        let Plan::Blocks(b) = ix.plan("p", &probes(&[b"needle-aaaaaaaaaaaa"])) else {
             panic!()
         };
         assert_eq!(b, vec![(101, 101, 5, 5)]);
-        let Plan::Blocks(b) = ix.plan("p", &[b" old "]) else {
+        let Plan::Blocks(b) = ix.plan("p", &probes(&[b" old "])) else {
             panic!()
         };
         assert_eq!(b.len(), 1);

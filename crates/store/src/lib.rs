@@ -6,7 +6,8 @@
 //!   time partitions; every batch is committed together with its identity, so a resent
 //!   batch is never stored twice.
 //! - [`segment`]: the Parquet segment format of the warm and cold tiers, with its
-//!   statistics and token bloom filter.
+//!   statistics.
+//! - [`filter`]: needle filters of row groups, segments and hot blocks.
 //! - [`columnar`]: the segments' template-columnar encoding of lines.
 //! - [`catalog`]: which segments exist, where, in which state (in the hot database).
 //! - [`cold`]: segments on S3-compatible object storage, and the local cache.
@@ -25,6 +26,7 @@ pub mod cold;
 pub mod columnar;
 pub mod erase;
 mod fast_hash;
+pub mod filter;
 pub mod hot;
 pub mod hot_block;
 pub mod hot_index;

@@ -28,10 +28,11 @@
 
 use super::catalog::{self, Tier};
 use super::cold::ColdStore;
+use super::filter::GramBuilder;
 use super::hot::{self, HotStore};
 use super::hot_block;
 use super::hot_index::{self, HotIndex};
-use super::segment::{index_line, Bloom, EntrySet, SegmentFile, SegmentWriter};
+use super::segment::{SegmentFile, SegmentWriter};
 use heimdall_common::tasks::Stage;
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -384,14 +385,14 @@ impl Lifecycle {
             // entries gathered into one filter per block's worth of rows.
             let max_id = hot_block::max_id(&conn, &p.name)?;
             let built = HotIndex::default();
-            let mut entries = EntrySet::default();
+            let mut grams = GramBuilder::largest();
             let (mut ids, mut times, mut n) = ((i64::MAX, i64::MIN), (i64::MAX, i64::MIN), 0);
             let sections = hot_block::list(&conn, &p.name, None, i64::MIN, i64::MAX)?;
             let last = sections.len();
             for (i, m) in sections.into_iter().enumerate() {
                 if m.id <= max_id {
                     for r in hot_block::read(&conn, &p.name, m.id, |_| true)? {
-                        index_line(&r.line, &mut entries);
+                        grams.add_line(&r.line);
                         times = (times.0.min(r.ts), times.1.max(r.ts));
                         n += 1;
                         rows += 1;
@@ -399,9 +400,8 @@ impl Lifecycle {
                     ids = (ids.0.min(m.id), ids.1.max(m.last_id));
                 }
                 if n > 0 && (n >= hot_index::BLOCK_ROWS || i + 1 == last) {
-                    let bloom = Bloom::from_entries(entries.iter());
-                    built.add_bloom(&p.name, true, ids, times, n, bloom);
-                    entries.clear();
+                    built.add_bloom(&p.name, true, ids, times, n, grams.finish());
+                    grams.clear();
                     (ids, times, n) = ((i64::MAX, i64::MIN), (i64::MAX, i64::MIN), 0);
                 }
             }

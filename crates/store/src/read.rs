@@ -9,8 +9,11 @@
 //! lazily in `(ts, id)` order, newest first or oldest first: a segment is opened only
 //! when the merge reaches its time range and is read in time slices, and a hot
 //! section is decoded only when the merge reaches its time range, so memory stays
-//! bounded. Unordered scans (for
-//! metric queries) read each source once, streaming.
+//! bounded. Unordered scans (for metric queries) read each source once, streaming:
+//! segments in parallel, one worker thread per core, each taking the next segment and
+//! sending the lines that pass the filters to the query's thread in bounded batches.
+//!
+//! [`ScanStats`] counts what a scan read and what the filters let it skip.
 //!
 //! A query runs in one SQLite read transaction, so a compaction committing meanwhile
 //! cannot make it see a line twice or miss it.
@@ -26,7 +29,7 @@ use heimdall_logql::{FilterOp, LineFilter, Matcher};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -101,7 +104,7 @@ pub struct BloomCache {
     inner: Arc<std::sync::Mutex<BloomLru>>,
 }
 
-type Blooms = Arc<Vec<segment::Bloom>>;
+type Blooms = Arc<Vec<crate::filter::Bloom>>;
 
 #[derive(Default)]
 struct BloomLru {
@@ -115,7 +118,7 @@ impl BloomCache {
     fn cached(
         &self,
         key: (i64, u8),
-        load: impl FnOnce() -> Result<Vec<segment::Bloom>, rusqlite::Error>,
+        load: impl FnOnce() -> Result<Vec<crate::filter::Bloom>, rusqlite::Error>,
     ) -> Result<Blooms, rusqlite::Error> {
         {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,7 +130,7 @@ impl BloomCache {
             }
         }
         let b: Blooms = Arc::new(load()?);
-        let size: usize = b.iter().map(segment::Bloom::byte_size).sum::<usize>() + 64;
+        let size: usize = b.iter().map(crate::filter::Bloom::byte_size).sum::<usize>() + 64;
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         while g.bytes + size > BLOOM_CACHE_BYTES && !g.map.is_empty() {
             let oldest = g
@@ -168,7 +171,72 @@ pub struct Source<'a> {
     tiers: Option<&'a Tiers>,
     /// Set when the query's client has gone away.
     cancel: Option<&'a AtomicBool>,
+    stats: ScanStats,
+    /// Worker threads of unordered segment scans.
+    threads: usize,
 }
+
+/// What a query's scans read, and what the planner let them skip.
+#[derive(Debug, Default)]
+pub struct ScanStats {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    segments_read: AtomicU64,
+    segments_pruned: AtomicU64,
+    row_groups_read: AtomicU64,
+    row_groups_pruned: AtomicU64,
+    hot_sections_read: AtomicU64,
+    hot_sections_pruned: AtomicU64,
+}
+
+/// A copy of [`ScanStats`]' counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanCounts {
+    /// Lines decoded and checked against the query, before its line filters.
+    pub lines: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Segments opened.
+    pub segments_read: u64,
+    /// Segments in the time range and streams whose needle filter ruled them out.
+    pub segments_pruned: u64,
+    /// Row groups decoded.
+    pub row_groups_read: u64,
+    /// Row groups of opened segments whose needle filter ruled them out.
+    pub row_groups_pruned: u64,
+    /// Hot sections decoded.
+    pub hot_sections_read: u64,
+    /// Hot sections whose block's needle filters ruled them out.
+    pub hot_sections_pruned: u64,
+}
+
+impl ScanStats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> ScanCounts {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ScanCounts {
+            lines: l(&self.lines),
+            bytes: l(&self.bytes),
+            segments_read: l(&self.segments_read),
+            segments_pruned: l(&self.segments_pruned),
+            row_groups_read: l(&self.row_groups_read),
+            row_groups_pruned: l(&self.row_groups_pruned),
+            hot_sections_read: l(&self.hot_sections_read),
+            hot_sections_pruned: l(&self.hot_sections_pruned),
+        }
+    }
+}
+
+/// Most worker threads an unordered scan uses.
+pub const MAX_SCAN_THREADS: usize = 16;
+
+/// Lines a scan worker sends in one batch.
+const SCAN_BATCH: usize = 1024;
 
 /// Rows per hot page and the smallest segment slice worth reading.
 const PAGE: usize = 2048;
@@ -241,6 +309,153 @@ impl PartialOrd for HeapEntry {
     }
 }
 
+/// An unordered scan of segments, shared by its workers: each takes the next
+/// candidate and reads it whole.
+struct SegmentScan<'s> {
+    tiers: &'s Tiers,
+    cands: &'s [Candidate],
+    start: i64,
+    end: i64,
+    filters: &'s [&'s LineFilter],
+    deadline: Option<Instant>,
+    cancel: Option<&'s AtomicBool>,
+    stats: &'s ScanStats,
+    next: AtomicUsize,
+    /// Set when the query needs no more lines (or failed).
+    stop: AtomicBool,
+}
+
+impl SegmentScan<'_> {
+    fn check(&self) -> Result<(), Error> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::Timeout);
+        }
+        Ok(())
+    }
+
+    /// Reads candidates until none is left or `send` returns `false`; lines that pass
+    /// the filters go to `send` in batches, and an error ends the work after it is
+    /// sent.
+    fn work(&self, send: &mut dyn FnMut(Result<Vec<Row>, Error>) -> bool) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(c) = self.cands.get(i) else { return };
+            match self.one(c, send) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    self.stop.store(true, Ordering::Relaxed);
+                    send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads one candidate; `Ok(false)` when `send` wants no more.
+    fn one(
+        &self,
+        c: &Candidate,
+        send: &mut dyn FnMut(Result<Vec<Row>, Error>) -> bool,
+    ) -> Result<bool, Error> {
+        self.check()?;
+        let file = open_segment(self.tiers, c)?;
+        ScanStats::add(&self.stats.segments_read, 1);
+        let wanted: HashSet<i64> = c.streams.iter().map(|s| s.file_stream_id).collect();
+        let map: HashMap<i64, i64> = c
+            .streams
+            .iter()
+            .map(|s| (s.file_stream_id, s.stream_id))
+            .collect();
+        let mut batch: Vec<Row> = Vec::with_capacity(SCAN_BATCH);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        let mut late: Option<Error> = None;
+        let mut open = true;
+        let groups = file.read(
+            &Selection {
+                streams: &wanted,
+                start: self.start,
+                end: self.end,
+                row_groups: c.row_groups.as_deref().map(Vec::as_slice),
+            },
+            false,
+            |r, _| {
+                n += 1;
+                bytes += r.line.len() as u64;
+                if n % 4096 == 0 {
+                    if let Err(e) = self.check() {
+                        late = Some(e);
+                        return false;
+                    }
+                    if self.stop.load(Ordering::Relaxed) {
+                        open = false;
+                        return false;
+                    }
+                }
+                if !self.filters.iter().all(|f| f.matches(&r.line)) {
+                    return true;
+                }
+                batch.push(Row {
+                    id: r.id,
+                    stream_id: map[&r.stream_id],
+                    ts: r.ts,
+                    level: r.level,
+                    flags: r.flags,
+                    line: r.line,
+                    metadata: r.metadata,
+                });
+                if batch.len() >= SCAN_BATCH {
+                    open = send(Ok(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(SCAN_BATCH),
+                    )));
+                }
+                open
+            },
+        )?;
+        ScanStats::add(&self.stats.row_groups_read, groups as u64);
+        ScanStats::add(&self.stats.lines, n);
+        ScanStats::add(&self.stats.bytes, bytes);
+        if let Some(e) = late {
+            return Err(e);
+        }
+        if open && !batch.is_empty() {
+            open = send(Ok(batch));
+        }
+        Ok(open)
+    }
+}
+
+/// Opens a candidate segment: warm from its directory (or, uploaded and removed since
+/// the query's snapshot, from the cold tier, which holds the same bytes), cold through
+/// the local cache.
+fn open_segment(tiers: &Tiers, c: &Candidate) -> Result<SegmentFile, Error> {
+    let path = match c.segment.tier {
+        Tier::Warm => {
+            let p = tiers.warm_dir.join(&c.segment.name);
+            match (&tiers.cold, p.exists()) {
+                (Some(cold), false) => {
+                    cold.fetch(&c.segment.name, c.segment.bytes, c.segment.checksum)?
+                }
+                _ => p,
+            }
+        }
+        Tier::Cold => match &tiers.cold {
+            Some(cold) => cold.fetch(&c.segment.name, c.segment.bytes, c.segment.checksum)?,
+            None => {
+                return Err(Error::Eval(format!(
+                    "segment {} is in the cold tier, which is not configured",
+                    c.segment.name
+                )))
+            }
+        },
+    };
+    Ok(SegmentFile::open(&path)?)
+}
+
 impl<'a> Source<'a> {
     /// A source over the hot store only.
     pub fn hot(conn: &'a Connection) -> Source<'a> {
@@ -248,7 +463,23 @@ impl<'a> Source<'a> {
             hot: conn,
             tiers: None,
             cancel: None,
+            stats: ScanStats::default(),
+            threads: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_SCAN_THREADS),
         }
+    }
+
+    /// Unordered scans read segments with `n` worker threads (1: in the query's
+    /// thread); the default is one per core.
+    pub fn with_threads(mut self, n: usize) -> Source<'a> {
+        self.threads = n.clamp(1, MAX_SCAN_THREADS);
+        self
+    }
+
+    /// What this source's scans have read so far.
+    pub fn scanned(&self) -> ScanCounts {
+        self.stats.counts()
     }
 
     /// Reads segments too.
@@ -299,17 +530,16 @@ impl<'a> Source<'a> {
         if self.tiers.is_none() {
             return Ok(Vec::new());
         }
-        let needles: Vec<&[u8]> = filters
+        let needles: Vec<crate::filter::Probe> = filters
             .iter()
             .filter(|f| f.op == FilterOp::Contains)
-            .map(|f| f.pattern.as_bytes())
+            .map(|f| crate::filter::Probe::new(f.pattern.as_bytes()))
             .collect();
         let mut out = Vec::new();
         let cache = self.tiers.map(|t| &t.blooms);
         for mut c in catalog::candidates(self.hot, streams, start, end)? {
             if !needles.is_empty() {
-                let passes =
-                    |b: &segment::Bloom| needles.iter().all(|n| segment::may_contain(b, n));
+                let passes = |b: &crate::filter::Bloom| needles.iter().all(|n| n.may_match(b));
                 let seg = match cache {
                     Some(cache) => cache.segment(self.hot, c.segment.id)?,
                     None => Arc::new(
@@ -321,6 +551,7 @@ impl<'a> Source<'a> {
                 if seg.first().is_some_and(|b| !passes(b)) {
                     metrics::counter!("heimdall_aggregator_query_segments_pruned_total")
                         .increment(1);
+                    ScanStats::add(&self.stats.segments_pruned, 1);
                     continue;
                 }
                 let groups = match cache {
@@ -332,7 +563,9 @@ impl<'a> Source<'a> {
                     let skipped = keep.iter().filter(|k| !**k).count();
                     metrics::counter!("heimdall_aggregator_query_row_groups_pruned_total")
                         .increment(skipped as u64);
+                    ScanStats::add(&self.stats.row_groups_pruned, skipped as u64);
                     if skipped == keep.len() {
+                        ScanStats::add(&self.stats.segments_pruned, 1);
                         continue;
                     }
                     if skipped > 0 {
@@ -356,10 +589,10 @@ impl<'a> Source<'a> {
         filters: &[&LineFilter],
     ) -> Result<HotPart, Error> {
         let mut sections = hot_block::list(self.hot, &p.name, Some(streams), start, end)?;
-        let needles: Vec<&[u8]> = filters
+        let needles: Vec<crate::filter::Probe> = filters
             .iter()
             .filter(|f| f.op == FilterOp::Contains)
-            .map(|f| f.pattern.as_bytes())
+            .map(|f| crate::filter::Probe::new(f.pattern.as_bytes()))
             .collect();
         let Some(ix) = self.tiers.and_then(|t| t.hot_index.as_ref()) else {
             return Ok(HotPart {
@@ -388,11 +621,16 @@ impl<'a> Source<'a> {
                     sections: Vec::new(),
                     ids: Some(ids),
                 };
+                let before = sections.len();
                 sections.retain(|m| {
                     let r = part.ids.as_deref().unwrap_or_default();
                     let i = r.partition_point(|&(_, hi)| hi < m.id);
                     r.get(i).is_some_and(|&(lo, _)| lo <= m.last_id)
                 });
+                ScanStats::add(
+                    &self.stats.hot_sections_pruned,
+                    (before - sections.len()) as u64,
+                );
                 Ok(HotPart { sections, ..part })
             }
         }
@@ -400,29 +638,9 @@ impl<'a> Source<'a> {
 
     fn open_segment(&self, c: &Candidate) -> Result<SegmentFile, Error> {
         let tiers = self.tiers.expect("segments are listed only with tiers");
-        let path = match c.segment.tier {
-            Tier::Warm => {
-                let p = tiers.warm_dir.join(&c.segment.name);
-                match (&tiers.cold, p.exists()) {
-                    // Uploaded and removed since this query's snapshot: the object
-                    // holds the same bytes.
-                    (Some(cold), false) => {
-                        cold.fetch(&c.segment.name, c.segment.bytes, c.segment.checksum)?
-                    }
-                    _ => p,
-                }
-            }
-            Tier::Cold => match &tiers.cold {
-                Some(cold) => cold.fetch(&c.segment.name, c.segment.bytes, c.segment.checksum)?,
-                None => {
-                    return Err(Error::Eval(format!(
-                        "segment {} is in the cold tier, which is not configured",
-                        c.segment.name
-                    )))
-                }
-            },
-        };
-        Ok(SegmentFile::open(&path)?)
+        let f = open_segment(tiers, c)?;
+        ScanStats::add(&self.stats.segments_read, 1);
+        Ok(f)
     }
 
     /// Streams matching `matchers` with at least one line in `[start, end)`.
@@ -571,13 +789,21 @@ impl<'a> Source<'a> {
             let part = self.hot_part(&p, streams, start, end, filters)?;
             for m in &part.sections {
                 self.check(deadline)?;
+                ScanStats::add(&self.stats.hot_sections_read, 1);
+                let (mut lines, mut bytes) = (0u64, 0u64);
                 let rows = hot_block::read(self.hot, &p.name, m.id, |r| {
-                    wanted.contains(&r.stream_id)
+                    let keep = wanted.contains(&r.stream_id)
                         && r.ts >= start
                         && r.ts < end
-                        && part.wants(r.id)
-                        && filters.iter().all(|f| f.matches(&r.line))
+                        && part.wants(r.id);
+                    if keep {
+                        lines += 1;
+                        bytes += r.line.len() as u64;
+                    }
+                    keep && filters.iter().all(|f| f.matches(&r.line))
                 })?;
+                ScanStats::add(&self.stats.lines, lines);
+                ScanStats::add(&self.stats.bytes, bytes);
                 for r in rows {
                     if !each(r.into()) {
                         return Ok(());
@@ -585,61 +811,62 @@ impl<'a> Source<'a> {
                 }
             }
         }
-        for c in self.segments(streams, start, end, filters)? {
-            self.check(deadline)?;
-            let file = self.open_segment(&c)?;
-            let wanted: HashSet<i64> = c.streams.iter().map(|s| s.file_stream_id).collect();
-            let map: HashMap<i64, i64> = c
-                .streams
-                .iter()
-                .map(|s| (s.file_stream_id, s.stream_id))
-                .collect();
-            let mut stopped = false;
-            let mut n = 0u32;
-            let mut late: Option<Error> = None;
-            file.read(
-                &Selection {
-                    streams: &wanted,
-                    start,
-                    end,
-                    row_groups: c.row_groups.as_deref().map(Vec::as_slice),
-                },
-                false,
-                |r, _| {
-                    n = n.wrapping_add(1);
-                    if n % 4096 == 0 {
-                        if let Err(e) = self.check(deadline) {
-                            late = Some(e);
-                            return false;
+        let cands = self.segments(streams, start, end, filters)?;
+        if cands.is_empty() {
+            return Ok(());
+        }
+        let tiers = self.tiers.expect("segments are listed only with tiers");
+        let job = SegmentScan {
+            tiers,
+            cands: &cands,
+            start,
+            end,
+            filters,
+            deadline,
+            cancel: self.cancel,
+            stats: &self.stats,
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        };
+        let workers = self.threads.min(cands.len());
+        if workers <= 1 {
+            let mut failed = None;
+            job.work(&mut |batch| match batch {
+                Ok(rows) => rows.into_iter().all(&mut *each),
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            });
+            return failed.map_or(Ok(()), Err);
+        }
+        std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Row>, Error>>(workers * 2);
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let job = &job;
+                sc.spawn(move || job.work(&mut |batch| tx.send(batch).is_ok()));
+            }
+            drop(tx);
+            // Returning drops the receiver, so workers blocked on sending stop.
+            for batch in rx {
+                match batch {
+                    Ok(rows) => {
+                        for r in rows {
+                            if !each(r) {
+                                job.stop.store(true, Ordering::Relaxed);
+                                return Ok(());
+                            }
                         }
                     }
-                    if !filters.iter().all(|f| f.matches(&r.line)) {
-                        return true;
+                    Err(e) => {
+                        job.stop.store(true, Ordering::Relaxed);
+                        return Err(e);
                     }
-                    let row = Row {
-                        id: r.id,
-                        stream_id: map[&r.stream_id],
-                        ts: r.ts,
-                        level: r.level,
-                        flags: r.flags,
-                        line: r.line,
-                        metadata: r.metadata,
-                    };
-                    if !each(row) {
-                        stopped = true;
-                        return false;
-                    }
-                    true
-                },
-            )?;
-            if let Some(e) = late {
-                return Err(e);
+                }
             }
-            if stopped {
-                return Ok(());
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -761,19 +988,31 @@ impl<'a> Source<'a> {
                 match run {
                     Run::Hot(h) => {
                         let part = &h.part;
+                        let (mut lines, mut bytes) = (0u64, 0u64);
                         let mut keep = |r: &segment::SegmentRow| {
-                            wanted.contains(&r.stream_id)
+                            let keep = wanted.contains(&r.stream_id)
                                 && r.ts >= start
                                 && r.ts < end
-                                && part.wants(r.id)
-                                && filters.iter().all(|f| f.matches(&r.line))
+                                && part.wants(r.id);
+                            if keep {
+                                lines += 1;
+                                bytes += r.line.len() as u64;
+                            }
+                            keep && filters.iter().all(|f| f.matches(&r.line))
                         };
+                        let decoded = h.merge.decoded();
                         while !h.done && h.buf.len() < PAGE {
                             match h.merge.next(self.hot, &mut keep)? {
                                 Some(r) => h.buf.push_back(r.into()),
                                 None => h.done = true,
                             }
                         }
+                        ScanStats::add(&self.stats.lines, lines);
+                        ScanStats::add(&self.stats.bytes, bytes);
+                        ScanStats::add(
+                            &self.stats.hot_sections_read,
+                            (h.merge.decoded() - decoded) as u64,
+                        );
                     }
                     Run::Seg(s) => self.fill_segment(s, backward, filters)?,
                 }
@@ -812,7 +1051,8 @@ impl<'a> Source<'a> {
                 (s.lo, (s.lo.saturating_add(s.width)).min(s.hi))
             };
             let mut rows: Vec<Row> = Vec::new();
-            file.read(
+            let (mut n, mut bytes) = (0u64, 0u64);
+            let groups = file.read(
                 &Selection {
                     streams: &s.wanted,
                     start: a,
@@ -821,6 +1061,8 @@ impl<'a> Source<'a> {
                 },
                 false,
                 |r, _| {
+                    n += 1;
+                    bytes += r.line.len() as u64;
                     if filters.iter().all(|f| f.matches(&r.line)) {
                         rows.push(Row {
                             id: r.id,
@@ -835,6 +1077,9 @@ impl<'a> Source<'a> {
                     true
                 },
             )?;
+            ScanStats::add(&self.stats.row_groups_read, groups as u64);
+            ScanStats::add(&self.stats.lines, n);
+            ScanStats::add(&self.stats.bytes, bytes);
             if backward {
                 s.hi = a;
                 rows.sort_by_key(|r| std::cmp::Reverse((r.ts, r.id)));

@@ -6,9 +6,10 @@
 
 use super::catalog::{self, Tier};
 use super::cold::ColdStore;
+use super::filter::GramBuilder;
 use super::hot::{self, HotStore};
 use super::lifecycle::Error;
-use super::segment::{index_line, Bloom, SegmentFile, SegmentInfo};
+use super::segment::{SegmentFile, SegmentInfo};
 use std::collections::{HashMap, HashSet};
 
 /// What a rebuild did.
@@ -59,8 +60,8 @@ fn add(store: &HotStore, cold: &ColdStore, name: &str, size: u64) -> Result<u64,
     let footer = file.footer()?;
     let labels = file.stream_labels()?;
     // Statistics and the bloom filter from the rows; the footer's content hash must hold.
-    let mut entries = super::segment::EntrySet::default();
-    let mut rg_entries = super::segment::EntrySet::default();
+    let mut grams = GramBuilder::largest();
+    let mut rg_grams = GramBuilder::largest();
     let mut row_group_blooms = Vec::new();
     let mut bounds = file.row_group_rows().into_iter();
     let mut left = bounds.next().unwrap_or(usize::MAX);
@@ -68,20 +69,21 @@ fn add(store: &HotStore, cold: &ColdStore, name: &str, size: u64) -> Result<u64,
     file.read_all(&footer, |r| {
         levels |= 1 << (r.level as u8);
         raw_bytes += r.line.len() as u64;
-        index_line(&r.line, &mut rg_entries);
+        rg_grams.add_line(&r.line);
         left = left.saturating_sub(1);
         if left == 0 {
-            row_group_blooms.push(Bloom::from_entries(rg_entries.iter()));
-            entries.extend(rg_entries.drain());
+            row_group_blooms.push(rg_grams.finish());
+            grams.union(&rg_grams);
+            rg_grams.clear();
             left = bounds.next().unwrap_or(usize::MAX);
         }
         true
     })?;
-    if !rg_entries.is_empty() {
-        row_group_blooms.push(Bloom::from_entries(rg_entries.iter()));
-        entries.extend(rg_entries.drain());
+    if !rg_grams.is_empty() {
+        row_group_blooms.push(rg_grams.finish());
+        grams.union(&rg_grams);
     }
-    let bloom = Bloom::from_entries(entries.iter());
+    let bloom = grams.finish();
     let info = SegmentInfo {
         rows: footer.rows,
         min_ts: footer.min_ts,

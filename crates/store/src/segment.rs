@@ -9,14 +9,11 @@
 //! any Parquet engine and the catalog can be rebuilt from the files). The footer's
 //! key-value metadata `heimdall.segment` repeats the segment's statistics.
 //!
-//! The token bloom filter answers "can this segment hold a line containing this
-//! text?" for `|=` filters without reading it. It indexes each token (a run of ASCII
-//! letters, digits and `_`) and the 8-byte grams of long tokens at every fourth offset.
-//! A needle's tokens bounded by other characters inside the needle must appear whole;
-//! a token at the needle's edge may be part of a longer token, so for those of 11 bytes
-//! or more, for one of the four alignments, all its grams at that alignment must
-//! appear. Either test failing means no line of the segment can contain the needle.
+//! Each row group, and the segment as a whole, has a needle filter
+//! ([`crate::filter`]): whether it may hold a line containing a given substring, for
+//! `|=` filters, without reading it. Filters live in the catalog, not in the file.
 
+use crate::filter::{Bloom, GramBuilder};
 use heimdall_common::record::{Labels, Level};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::reader::{get_typed_column_reader, ColumnReader};
@@ -153,87 +150,10 @@ pub struct FooterMeta {
     pub streams: Vec<StreamRange>,
 }
 
-/// A Bloom filter over 64-bit hashes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bloom {
-    bits: Vec<u64>,
-    k: u32,
-}
-
-impl Bloom {
-    /// Sized for `n` entries at about 1% false positives.
-    pub fn with_capacity(n: usize) -> Bloom {
-        let words = (n.max(64) * 10).div_ceil(64);
-        Bloom {
-            bits: vec![0; words],
-            k: 7,
-        }
-    }
-
-    fn positions(&self, h: u64) -> impl Iterator<Item = usize> + '_ {
-        let m = (self.bits.len() * 64) as u64;
-        let h1 = h;
-        let h2 = h.rotate_left(32) | 1;
-        (0..self.k as u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
-    }
-
-    /// A filter holding `entries`, sized for them.
-    pub fn from_entries<'a>(entries: impl ExactSizeIterator<Item = &'a u64>) -> Bloom {
-        let mut b = Bloom::with_capacity(entries.len());
-        for h in entries {
-            b.insert(*h);
-        }
-        b
-    }
-
-    pub fn insert(&mut self, h: u64) {
-        // The positions `positions` gives, without borrowing `self` across the writes.
-        let m = (self.bits.len() * 64) as u64;
-        let h2 = h.rotate_left(32) | 1;
-        for i in 0..u64::from(self.k) {
-            let p = (h.wrapping_add(i.wrapping_mul(h2)) % m) as usize;
-            self.bits[p / 64] |= 1 << (p % 64);
-        }
-    }
-
-    pub fn contains(&self, h: u64) -> bool {
-        self.positions(h)
-            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
-    }
-
-    /// Memory it takes.
-    pub fn byte_size(&self) -> usize {
-        self.bits.len() * 8 + 16
-    }
-
-    /// Serialised: `k` (4 bytes LE) then the words (LE).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + self.bits.len() * 8);
-        out.extend_from_slice(&self.k.to_le_bytes());
-        for w in &self.bits {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out
-    }
-
-    /// Parses [`Bloom::to_bytes`]; `None` when malformed.
-    pub fn from_bytes(b: &[u8]) -> Option<Bloom> {
-        if b.len() < 12 || (b.len() - 4) % 8 != 0 {
-            return None;
-        }
-        let k = u32::from_le_bytes(b[..4].try_into().ok()?);
-        if k == 0 || k > 32 {
-            return None;
-        }
-        let bits = b[4..]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        Some(Bloom { bits, k })
-    }
-}
-
-fn hash(tag: u8, bytes: &[u8]) -> u64 {
+/// FNV-1a over `bytes` with a tag, then fmix64 (FNV's low bits are weak for short
+/// keys): the content hash of segments of footer version 1, and the token filters
+/// written before gram filters.
+pub(crate) fn tagged_hash(tag: u8, bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(tag);
     for &b in bytes {
         h ^= u64::from(b);
@@ -245,157 +165,6 @@ fn hash(tag: u8, bytes: &[u8]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
-}
-
-const GRAM: usize = 8;
-const STRIDE: usize = 4;
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// Tokens of `s` as (start, end) byte ranges.
-fn tokens(s: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i < s.len() && !is_token_byte(s[i]) {
-            i += 1;
-        }
-        if i >= s.len() {
-            return None;
-        }
-        let start = i;
-        while i < s.len() && is_token_byte(s[i]) {
-            i += 1;
-        }
-        Some((start, i))
-    })
-}
-
-/// A set of filter entries. They are hashes already, so the set only spreads them
-/// (one multiply) instead of hashing them again with SipHash, which took a tenth of
-/// compaction's time.
-///
-/// Most entries repeat (a template's words, a host name on every line), so a small
-/// direct-mapped table of entries already in the set answers most inserts before the
-/// hash set is probed. Every entry in it is in the set; clearing the set clears it.
-#[derive(Default, Clone)]
-pub struct EntrySet {
-    set: HashSet<u64, std::hash::BuildHasherDefault<EntryHasher>>,
-    /// Slot `i` holds an entry whose low bits are `i`, or `i ^ 1` (which no entry for
-    /// that slot can equal) when empty. Allocated on first insert.
-    recent: Vec<u64>,
-}
-
-/// Slots of [`EntrySet`]'s table of recent entries (32 KiB).
-const RECENT: usize = 4096;
-
-impl EntrySet {
-    /// Adds an entry.
-    #[inline]
-    pub fn insert(&mut self, h: u64) {
-        if self.recent.is_empty() {
-            self.recent = (0..RECENT as u64).map(|i| i ^ 1).collect();
-        }
-        let slot = &mut self.recent[h as usize & (RECENT - 1)];
-        if *slot != h {
-            *slot = h;
-            self.set.insert(h);
-        }
-    }
-
-    /// Distinct entries.
-    pub fn len(&self) -> usize {
-        self.set.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &u64> + '_ {
-        self.set.iter()
-    }
-
-    pub fn clear(&mut self) {
-        self.set.clear();
-        self.forget_recent();
-    }
-
-    /// Removes and yields every entry.
-    pub fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
-        self.forget_recent();
-        self.set.drain()
-    }
-
-    fn forget_recent(&mut self) {
-        for (i, s) in self.recent.iter_mut().enumerate() {
-            *s = i as u64 ^ 1;
-        }
-    }
-}
-
-impl Extend<u64> for EntrySet {
-    fn extend<I: IntoIterator<Item = u64>>(&mut self, it: I) {
-        self.set.extend(it);
-    }
-}
-
-/// The hasher of [`EntrySet`].
-#[derive(Default, Clone, Copy)]
-pub struct EntryHasher(u64);
-
-impl std::hash::Hasher for EntryHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// The bloom entries of one line.
-pub fn index_line(line: &[u8], out: &mut EntrySet) {
-    for (a, b) in tokens(line) {
-        let t = &line[a..b];
-        out.insert(hash(0, t));
-        let mut p = 0;
-        while p + GRAM <= t.len() {
-            out.insert(hash(1, &t[p..p + GRAM]));
-            p += STRIDE;
-        }
-    }
-}
-
-/// Whether a segment whose bloom is `bloom` may hold a line containing `needle`.
-pub fn may_contain(bloom: &Bloom, needle: &[u8]) -> bool {
-    let toks: Vec<(usize, usize)> = tokens(needle).collect();
-    for &(a, b) in &toks {
-        let t = &needle[a..b];
-        let whole = a > 0 && b < needle.len();
-        if whole {
-            if !bloom.contains(hash(0, t)) {
-                return false;
-            }
-        } else if t.len() >= GRAM + STRIDE - 1 {
-            let aligned = (0..STRIDE).any(|r| {
-                (r..=t.len() - GRAM)
-                    .step_by(STRIDE)
-                    .all(|q| bloom.contains(hash(1, &t[q..q + GRAM])))
-            });
-            if !aligned {
-                return false;
-            }
-        }
-    }
-    true
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -449,10 +218,13 @@ fn row_hash(h: &mut u64, r: &SegmentRow, version: u32) {
     mix(if version >= 2 {
         line_hash(&r.line)
     } else {
-        hash(2, &r.line)
+        tagged_hash(2, &r.line)
     });
     if !r.metadata.is_empty() {
-        mix(hash(3, super::hot::labels_key(&r.metadata).as_bytes()));
+        mix(tagged_hash(
+            3,
+            super::hot::labels_key(&r.metadata).as_bytes(),
+        ));
     }
 }
 
@@ -470,9 +242,9 @@ pub struct SegmentWriter {
     levels: u8,
     raw_bytes: u64,
     content_hash: u64,
-    entries: EntrySet,
+    grams: GramBuilder,
     /// Entries of the row group being filled.
-    rg_entries: EntrySet,
+    rg_grams: GramBuilder,
     rg_blooms: Vec<Bloom>,
     /// Lines stored template-columnar ([`crate::columnar`]); otherwise every line is
     /// in the `line` column (what [`export`] writes for other engines).
@@ -535,8 +307,8 @@ impl SegmentWriter {
             levels: 0,
             raw_bytes: 0,
             content_hash: 0xcbf2_9ce4_8422_2325,
-            entries: EntrySet::default(),
-            rg_entries: EntrySet::default(),
+            grams: GramBuilder::largest(),
+            rg_grams: GramBuilder::largest(),
             rg_blooms: Vec::new(),
             columnar: true,
         })
@@ -617,7 +389,7 @@ impl SegmentWriter {
         self.levels |= 1 << (row.level as u8);
         self.raw_bytes += row.line.len() as u64;
         row_hash(&mut self.content_hash, &row, VERSION);
-        index_line(&row.line, &mut self.rg_entries);
+        self.rg_grams.add_line(&row.line);
         self.buf.push(row);
         if self.buf.len() >= ROW_GROUP_ROWS {
             self.flush()?;
@@ -629,9 +401,9 @@ impl SegmentWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.rg_blooms
-            .push(Bloom::from_entries(self.rg_entries.iter()));
-        self.entries.extend(self.rg_entries.drain());
+        self.rg_blooms.push(self.rg_grams.finish());
+        self.grams.union(&self.rg_grams);
+        self.rg_grams.clear();
         let path = self.path.clone();
         let mut rows = std::mem::take(&mut self.buf);
         // Lines the block rebuilds leave the `line` column null; the others are kept
@@ -788,7 +560,7 @@ impl SegmentWriter {
         file.sync_all().map_err(io(&path))?;
         drop(file);
         let (bytes, checksum) = file_crc(&path)?;
-        let bloom = Bloom::from_entries(self.entries.iter());
+        let bloom = self.grams.finish();
         Ok(SegmentInfo {
             rows: self.rows,
             min_ts: self.min_ts,
@@ -933,12 +705,14 @@ impl SegmentFile {
             },
             false,
             |r, _| each(r),
-        )
+        )?;
+        Ok(())
     }
 
     /// Calls `each(row, labels)` for the selected rows in file order (by stream, then
     /// time) until it returns `false`; row groups whose statistics exclude the
-    /// selection are not read. `labels` is given only when `with_labels`.
+    /// selection are not read. `labels` is given only when `with_labels`. Returns how
+    /// many row groups were read.
     ///
     /// # Errors
     /// [`Error`].
@@ -947,13 +721,14 @@ impl SegmentFile {
         sel: &Selection<'_>,
         with_labels: bool,
         mut each: impl FnMut(SegmentRow, Option<&str>) -> bool,
-    ) -> Result<(), Error> {
+    ) -> Result<usize, Error> {
         let path = &self.path;
         let md = self.reader.metadata();
         let (smin, smax) = match (sel.streams.iter().min(), sel.streams.iter().max()) {
             (Some(a), Some(b)) => (*a, *b),
-            _ => return Ok(()),
+            _ => return Ok(0),
         };
+        let mut decoded = 0;
         for g in 0..md.num_row_groups() {
             if sel
                 .row_groups
@@ -974,6 +749,7 @@ impl SegmentFile {
             }
             let n = rgm.num_rows() as usize;
             let rg = self.reader.get_row_group(g).map_err(pq(path))?;
+            decoded += 1;
             let read_i64 = |c: usize| read_plain::<Int64Type>(rg.as_ref(), c, n, path);
             let read_i32 = |c: usize| read_plain::<Int32Type>(rg.as_ref(), c, n, path);
             let read_bytes =
@@ -1126,11 +902,11 @@ impl SegmentFile {
                     .as_ref()
                     .and_then(|l| std::str::from_utf8(l[i].data()).ok());
                 if !each(row, l) {
-                    return Ok(());
+                    return Ok(decoded);
                 }
             }
         }
-        Ok(())
+        Ok(decoded)
     }
 
     /// Reads every row back and checks it against `info`: row count, content hash and
@@ -1226,7 +1002,7 @@ pub fn labels_json(l: &Labels) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use crate::filter::may_contain;
 
     /// The rows of the version-1 segment fixture (`tests/data/segment-v1.parquet`), made
     /// by the segment writer of the version before the template block.
@@ -1310,7 +1086,7 @@ mod tests {
             raw_bytes: 0,
             checksum: 0,
             content_hash: footer.content_hash,
-            bloom: Bloom::with_capacity(0),
+            bloom: GramBuilder::for_bytes(0).finish(),
             row_group_blooms: Vec::new(),
         };
         f.verify(&info).unwrap();
@@ -1386,9 +1162,9 @@ mod tests {
         );
         let f = SegmentFile::open(&path).unwrap();
         f.verify(&info).unwrap();
-        // One token filter per row group: the needle (the last line of each stream)
-        // passes only the filters of the second and last row groups, and reading those
-        // alone finds both lines.
+        // One needle filter per row group: the needle (the last line of each stream)
+        // passes the filters of the second and last row groups, and reading only the
+        // row groups that pass finds both lines. Rows of another stream's id pass none.
         let groups = f.row_group_rows();
         assert_eq!(groups.len(), 4);
         assert_eq!(info.row_group_blooms.len(), groups.len());
@@ -1398,7 +1174,12 @@ mod tests {
             .iter()
             .map(|b| may_contain(b, needle))
             .collect();
-        assert_eq!(pass, [false, true, false, true]);
+        assert!(pass[1] && pass[3], "{pass:?}");
+        assert!(!pass.iter().all(|p| *p), "{pass:?}");
+        assert!(info
+            .row_group_blooms
+            .iter()
+            .all(|b| !may_contain(b, b"GET /api/3/")));
         let both: HashSet<i64> = [1, 2].into();
         let mut found = Vec::new();
         f.read(
@@ -1469,60 +1250,5 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let broken = SegmentFile::open(&path).and_then(|f| f.verify(&info));
         assert!(broken.is_err());
-    }
-
-    proptest! {
-        /// The entry set holds exactly the distinct entries inserted since it was last
-        /// cleared or drained, whatever its table of recent entries remembers.
-        #[test]
-        fn entry_set_holds_exactly_what_was_inserted(
-            rounds in proptest::collection::vec(
-                proptest::collection::vec(prop_oneof![0u64..8, any::<u64>(), Just(1u64), Just(4097u64)], 0..200),
-                1..4,
-            ),
-            drain in any::<bool>(),
-        ) {
-            let mut set = EntrySet::default();
-            for r in &rounds {
-                if drain {
-                    let _ = set.drain().count();
-                } else {
-                    set.clear();
-                }
-                for &h in r {
-                    set.insert(h);
-                }
-                let want: HashSet<u64> = r.iter().copied().collect();
-                let got: HashSet<u64> = set.iter().copied().collect();
-                prop_assert_eq!(set.len(), want.len());
-                prop_assert_eq!(got, want);
-            }
-        }
-
-        /// The bloom filter never rules out a segment holding a line that contains the
-        /// needle, wherever in the line the needle starts and ends.
-        #[test]
-        fn bloom_has_no_false_negatives(
-            lines in proptest::collection::vec("[a-z0-9_ =/.-]{0,60}", 1..40),
-            pick in any::<prop::sample::Index>(),
-            a in any::<prop::sample::Index>(),
-            b in any::<prop::sample::Index>(),
-        ) {
-            let mut set = EntrySet::default();
-            for l in &lines {
-                index_line(l.as_bytes(), &mut set);
-            }
-            let bloom = Bloom::from_entries(set.iter());
-            let line = lines[pick.index(lines.len())].as_bytes();
-            if !line.is_empty() {
-                let (mut i, mut j) = (a.index(line.len()), b.index(line.len() + 1));
-                if i > j {
-                    std::mem::swap(&mut i, &mut j);
-                }
-                prop_assert!(may_contain(&bloom, &line[i..j]), "{:?} in {:?}", &line[i..j], line);
-            }
-            let back = Bloom::from_bytes(&bloom.to_bytes()).unwrap();
-            prop_assert_eq!(back, bloom);
-        }
     }
 }
