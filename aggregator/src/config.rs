@@ -168,7 +168,9 @@ pub struct ApiConfig {
     pub listen: Option<String>,
     /// Most lines a log query may return. Default 5000.
     pub max_limit: Option<u32>,
-    /// Longest a query may run. Default 30s.
+    /// Longest a query may run, 100ms to 1h. Default 30s. Segments replaced or deleted
+    /// meanwhile keep their files this long (and at least 2 minutes), and a query holds
+    /// the hot database's write-ahead log from being checkpointed while it runs.
     pub query_timeout: Option<HumanDuration>,
     /// Most series a metric query may hold at any step. Default 50000.
     pub max_series: Option<u32>,
@@ -350,8 +352,8 @@ impl AggregatorConfig {
             p.push("api.max_limit", "must be at least 1");
         }
         if let Some(t) = &raw.api.query_timeout {
-            if t.0 < Duration::from_millis(100) || t.0 > heimdall_store::lifecycle::REAP_GRACE {
-                p.push("api.query_timeout", "must be between 100ms and 2m");
+            if t.0 < Duration::from_millis(100) || t.0 > MAX_QUERY_TIMEOUT {
+                p.push("api.query_timeout", "must be between 100ms and 1h");
             }
         }
         let api_tls = api_tls(&mut p, &raw.api);
@@ -380,7 +382,14 @@ impl AggregatorConfig {
             p.push("store.partition", "must be between 1m and 7d");
         }
         let cold = cold_tier(&mut p, &raw.cold, &raw.server_id, &state_dir);
-        let lifecycle = lifecycle(&mut p, &raw, cold.is_some(), &state_dir);
+        let mut lifecycle = lifecycle(&mut p, &raw, cold.is_some(), &state_dir);
+        // A file a running query may still read outlives the query.
+        lifecycle.reap_grace = raw
+            .api
+            .query_timeout
+            .map_or(heimdall_store::lifecycle::REAP_GRACE, |d| {
+                (d.0 + Duration::from_secs(30)).max(heimdall_store::lifecycle::REAP_GRACE)
+            });
         let alerting = raw.alerting.validate(&mut p, &state_dir, api_listen);
         let rule_groups = match heimdall_rules::load(&alerting.rules, alerting.evaluation_interval)
         {
@@ -642,6 +651,9 @@ fn cold_tier(
     }
 }
 
+/// Longest `api.query_timeout` an operator may set.
+const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// `[warm]`, `[store] partition` and `[retention]`: the lifecycle's settings.
 fn lifecycle(
     p: &mut ConfigProblems,
@@ -685,6 +697,7 @@ fn lifecycle(
                 .map_or(Duration::from_secs(86_400), |d| d.0)
         }),
         retention,
+        reap_grace: heimdall_store::lifecycle::REAP_GRACE,
     }
 }
 
@@ -805,5 +818,30 @@ index_labels = [""]
         let e =
             AggregatorConfig::load("[ingest]\nlisten_on = 1\n", &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn an_operator_may_allow_queries_up_to_an_hour() {
+        let c = AggregatorConfig::load("[api]\nquery_timeout = \"45m\"\n", &Overrides::default())
+            .unwrap();
+        assert_eq!(c.query_timeout, Duration::from_secs(45 * 60));
+        // Segments a running query may read keep their files longer than it runs.
+        assert_eq!(c.lifecycle.reap_grace, Duration::from_secs(45 * 60 + 30));
+        let d = AggregatorConfig::load("", &Overrides::default()).unwrap();
+        assert_eq!(
+            d.lifecycle.reap_grace,
+            heimdall_store::lifecycle::REAP_GRACE
+        );
+        for bad in ["2h", "10ms"] {
+            let Error::Invalid(p) = AggregatorConfig::load(
+                &format!("[api]\nquery_timeout = \"{bad}\"\n"),
+                &Overrides::default(),
+            )
+            .unwrap_err() else {
+                panic!("expected validation errors")
+            };
+            assert_eq!(p.0[0].key, "api.query_timeout");
+            assert!(p.0[0].to_string().contains("1h"), "{}", p.0[0]);
+        }
     }
 }

@@ -825,6 +825,7 @@ fn load_big(state: &std::path::Path, n: u64, now: i64, keep_hot: bool) -> anyhow
             zstd_level: 9,
             upload_after: None,
             retention: None,
+            reap_grace: heimdall_store::lifecycle::REAP_GRACE,
         },
         cold: None,
     };

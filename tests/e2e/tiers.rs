@@ -120,6 +120,7 @@ fn setup(rows: &[Spec], prefix: &str, s3: &S3Server) -> Setup {
             zstd_level: 1,
             upload_after: None,
             retention: None,
+            reap_grace: heimdall_store::lifecycle::REAP_GRACE,
         },
         cold: Some(cold.clone()),
     };
@@ -799,6 +800,41 @@ fn duckdb_counts_cold_segments_like_heimdall_and_erasure_reaches_every_tier() {
         r#"sum(count_over_time({host="tier-a"} |= "user=u5 " [2h]))"#,
     );
 
+    // A query's stats say what it read, and what the needle filters let it skip.
+    let stats = |q: &str| -> serde_json::Value {
+        let url = format!(
+            "{base}/loki/api/v1/query?query={}&time={}",
+            enc(q),
+            heimdall_common::record::now_ns()
+        );
+        let v: serde_json::Value = ureq::get(&url).call().unwrap().into_json().unwrap();
+        v["data"]["stats"].clone()
+    };
+    let all = stats(r#"sum(count_over_time({host="tier-a"} |= "duck" [2h]))"#);
+    assert!(
+        all["summary"]["totalLinesProcessed"].as_u64().unwrap() >= 2010,
+        "{all}"
+    );
+    assert!(
+        all["heimdall"]["segmentsRead"].as_u64().unwrap() >= 1,
+        "{all}"
+    );
+    assert!(
+        all["heimdall"]["rowGroupsRead"].as_u64().unwrap() >= 1,
+        "{all}"
+    );
+    assert_eq!(all["heimdall"]["segmentsPruned"], 0, "{all}");
+    let none = stats(r#"sum(count_over_time({host="tier-a"} |= "zebra-crossing" [2h]))"#);
+    assert_eq!(none["heimdall"]["segmentsRead"], 0, "{none}");
+    assert!(
+        none["heimdall"]["segmentsPruned"].as_u64().unwrap() >= 1,
+        "{none}"
+    );
+    assert!(
+        none["summary"]["totalLinesProcessed"].as_u64().unwrap() <= 10,
+        "only hot lines are read: {none}"
+    );
+
     // DuckDB reads the objects as they are in the bucket: every row with its labels,
     // time and level; the lines stored as templates and variables it reads after
     // `heimdall-aggregator export-segments` rewrote the segments with lines whole.
@@ -948,6 +984,7 @@ fn hot_database_shrinks_after_compaction() {
             zstd_level: 1,
             upload_after: None,
             retention: None,
+            reap_grace: heimdall_store::lifecycle::REAP_GRACE,
         },
         cold: None,
     };

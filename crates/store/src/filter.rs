@@ -384,6 +384,89 @@ pub fn may_contain(b: &Bloom, needle: &[u8]) -> bool {
     Probe::new(needle).may_match(b)
 }
 
+/// What a query's line filters need of a line, as filters can check it: groups of
+/// needles, every group with at least one needle in the line. A `|= "x"` filter is a
+/// group of one; a regular expression gives the literals each match starts with, and
+/// those it ends with, when few enough (see [`regex_literals`]).
+#[derive(Clone, Debug, Default)]
+pub struct Needles {
+    groups: Vec<Vec<Probe>>,
+}
+
+impl Needles {
+    /// Adds a needle every wanted line contains.
+    pub fn contains(&mut self, needle: &[u8]) {
+        if needle.len() >= 3 {
+            self.groups.push(vec![Probe::new(needle)]);
+        }
+    }
+
+    /// Adds what every line a regular expression matches must contain.
+    pub fn regex(&mut self, pattern: &str) {
+        for group in regex_literals(pattern) {
+            self.groups
+                .push(group.iter().map(|l| Probe::new(l)).collect());
+        }
+    }
+
+    /// Whether there is nothing to check (every filter passes).
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Whether the filter may hold a wanted line; `false` is certain.
+    pub fn may_match(&self, b: &Bloom) -> bool {
+        self.groups.iter().all(|g| g.iter().any(|p| p.may_match(b)))
+    }
+
+    /// As [`Needles::may_match`], for the grams a builder holds so far.
+    pub fn may_match_building(&self, b: &GramBuilder) -> bool {
+        self.groups
+            .iter()
+            .all(|g| g.iter().any(|p| p.may_match_building(b)))
+    }
+}
+
+/// Most literals a group drawn from a regular expression holds.
+const MAX_REGEX_LITERALS: usize = 64;
+
+/// Groups of literals a regular expression's matches contain: the literals every
+/// match starts with, and those every match ends with, each kept when it is a finite
+/// set of at most [`MAX_REGEX_LITERALS`] literals of 3 bytes or more (a shorter one
+/// would let every filter through). The pattern is parsed as LogQL's `|~` compiles
+/// it (a byte regex). Look-arounds (`^`, `\b`) are taken to match anywhere, which can
+/// only keep more literals' lines. An invalid pattern gives nothing.
+pub fn regex_literals(pattern: &str) -> Vec<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let Ok(hir) = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
+        let mut ex = Extractor::new();
+        ex.kind(kind);
+        let seq = ex.extract(&hir);
+        let Some(lits) = seq.literals() else { continue };
+        if lits.is_empty()
+            || lits.len() > MAX_REGEX_LITERALS
+            || lits.iter().any(|l| l.as_bytes().len() < 3)
+        {
+            continue;
+        }
+        let mut group: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_vec()).collect();
+        group.sort();
+        group.dedup();
+        if !out.contains(&group) {
+            out.push(group);
+        }
+    }
+    out
+}
+
 /// The token filters written before gram filters: read, and (for tests) built.
 mod tokens {
     /// FNV-1a with a tag, then fmix64.
@@ -600,7 +683,79 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn regexes_give_the_literals_their_matches_start_and_end_with() {
+        let lits = |p: &str| -> Vec<Vec<String>> {
+            regex_literals(p)
+                .into_iter()
+                .map(|g| {
+                    g.into_iter()
+                        .map(|l| String::from_utf8(l).unwrap())
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(lits("err(or)?: db"), vec![vec!["err: db", "error: db"]]);
+        assert_eq!(lits("timeout|x1 x1"), vec![vec!["timeout", "x1 x1"]]);
+        assert_eq!(lits("[0-9a-f]+ done"), vec![vec![" done"]]);
+        // Nothing to prune on: literals too short, or none.
+        assert!(lits("u[0-9]+").is_empty());
+        assert!(lits(".*").is_empty());
+        assert!(lits("(unclosed").is_empty());
+        let f = build(&[b"GET /health 200", b"db timeout after 3s"]);
+        let pass = |p: &str| {
+            let mut n = Needles::default();
+            n.regex(p);
+            n.may_match(&f)
+        };
+        assert!(pass("(?i)get /HEALTH"));
+        assert!(pass("time(out|d)"));
+        assert!(!pass("zebra|giraffe"));
+        assert!(!pass("^panic: .*"));
+    }
+
+    /// Regular expressions of the pieces people write them with.
+    fn regex() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            4 => "[a-eA-E ]{1,5}",
+            1 => Just("[a-c]".to_owned()),
+            1 => Just("[0-9]+".to_owned()),
+            1 => Just(".".to_owned()),
+            1 => Just("\\d".to_owned()),
+            1 => Just("\\b".to_owned()),
+            1 => Just("^".to_owned()),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 1..4).prop_map(|v| v.concat()),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(?:{a}|{b})")),
+                inner.clone().prop_map(|a| format!("(?:{a})?")),
+                inner.clone().prop_map(|a| format!("(?:{a})*")),
+                inner.clone().prop_map(|a| format!("(?:{a}){{2,3}}")),
+                inner.prop_map(|a| format!("(?i:{a})")),
+            ]
+        })
+    }
+
     proptest! {
+        /// A line a regular expression matches always passes the filter of its lines,
+        /// checked by the literals drawn from the expression.
+        #[test]
+        fn regex_literals_never_rule_out_a_match(
+            pattern in regex(),
+            lines in proptest::collection::vec("[a-eA-E0-9 ]{0,40}", 1..30),
+        ) {
+            let re = regex::bytes::Regex::new(&pattern).unwrap();
+            let mut needles = Needles::default();
+            needles.regex(&pattern);
+            for l in &lines {
+                if re.is_match(l.as_bytes()) {
+                    let f = build(&[l.as_bytes()]);
+                    prop_assert!(needles.may_match(&f), "{:?} matches {:?}", pattern, l);
+                }
+            }
+        }
+
         /// No filter ever rules out a line that contains the needle: any substring of
         /// any line, whatever its length, bytes or case, and whether the filter was
         /// folded, serialised or read while building.

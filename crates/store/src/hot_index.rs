@@ -12,7 +12,7 @@
 //! background and read in full until they are. Bounded by the hot tier's size (about
 //! 16 bytes a row); `heimdall_aggregator_hot_index_bytes` shows it.
 
-use super::filter::{Bloom, GramBuilder, Probe};
+use super::filter::{Bloom, GramBuilder, Needles};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -152,24 +152,24 @@ impl HotIndex {
             .is_some_and(|p| p.complete)
     }
 
-    /// The blocks of `partition` that may hold a line containing every needle.
-    pub fn plan(&self, partition: &str, probes: &[Probe]) -> Plan {
+    /// The blocks of `partition` that may hold a line with what `needles` ask.
+    pub fn plan(&self, partition: &str, needles: &Needles) -> Plan {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = g.get_mut(partition) else {
             return Plan::All;
         };
-        if !p.complete || probes.is_empty() {
+        if !p.complete || needles.is_empty() {
             return Plan::All;
         }
         // The open block's lines added one at a time are not in a filter yet: their
         // builder is checked as it stands.
         let mut out = Vec::new();
         let n = p.blocks.len();
-        let passes = |bloom: &Bloom| probes.iter().all(|pr| pr.may_match(bloom));
+        let passes = |bloom: &Bloom| needles.may_match(bloom);
         for (i, b) in p.blocks.iter().enumerate() {
             let mut hit = b.blooms.iter().any(passes);
             if let Some(g) = p.pending.as_ref().filter(|_| !hit && i + 1 == n) {
-                hit = !g.is_empty() && probes.iter().all(|pr| pr.may_match_building(g));
+                hit = !g.is_empty() && needles.may_match_building(g);
             }
             if hit {
                 out.push((b.first_id, b.last_id, b.min_ts, b.max_ts));
@@ -243,8 +243,12 @@ fn open_block<'a>(
 mod tests {
     use super::*;
 
-    fn probes(needles: &[&[u8]]) -> Vec<Probe> {
-        needles.iter().map(|n| Probe::new(n)).collect()
+    fn probes(needles: &[&[u8]]) -> Needles {
+        let mut n = Needles::default();
+        for x in needles {
+            n.contains(x);
+        }
+        n
     }
 
     #[test]

@@ -82,10 +82,13 @@ pub struct LifecycleConfig {
     pub upload_after: Option<Duration>,
     /// Data older than this is deleted from every tier.
     pub retention: Option<Duration>,
+    /// How long a segment that left the catalog keeps its file: longer than any query
+    /// runs (at least [`REAP_GRACE`]).
+    pub reap_grace: Duration,
 }
 
-/// How long a segment that left the catalog keeps its file: longer than any query
-/// (`api.query_timeout` is at most this in practice).
+/// The shortest time a segment that left the catalog keeps its file (see
+/// [`LifecycleConfig::reap_grace`]).
 pub const REAP_GRACE: Duration = Duration::from_secs(120);
 
 /// Crashes the process at a named point when `HEIMDALL_FAILPOINT` names it: how the
@@ -418,7 +421,7 @@ impl Lifecycle {
 
     fn run_logged(&self, shutdown: &CancellationToken, log: Option<&RunLog>) {
         let t = Instant::now();
-        let r = self.reap(REAP_GRACE);
+        let r = self.reap(self.cfg.reap_grace.max(REAP_GRACE));
         record("reap", t, &r, log);
         let t = Instant::now();
         let r = self.index_hot(shutdown);

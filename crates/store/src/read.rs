@@ -20,6 +20,7 @@
 
 use crate::catalog::{self, Candidate, Tier};
 use crate::cold::ColdStore;
+use crate::filter::Needles;
 use crate::hot;
 use crate::hot_block::{self, Merge};
 use crate::hot_index::{HotIndex, Plan};
@@ -309,6 +310,20 @@ impl PartialOrd for HeapEntry {
     }
 }
 
+/// What `filters` (every line of use passes them) need of a line, as needle filters
+/// can check it: their needles, and the literals of their regular expressions.
+fn needles(filters: &[&LineFilter]) -> Needles {
+    let mut n = Needles::default();
+    for f in filters {
+        match f.op {
+            FilterOp::Contains => n.contains(f.pattern.as_bytes()),
+            FilterOp::Re => n.regex(&f.pattern),
+            _ => {}
+        }
+    }
+    n
+}
+
 /// An unordered scan of segments, shared by its workers: each takes the next
 /// candidate and reads it whole.
 struct SegmentScan<'s> {
@@ -530,16 +545,12 @@ impl<'a> Source<'a> {
         if self.tiers.is_none() {
             return Ok(Vec::new());
         }
-        let needles: Vec<crate::filter::Probe> = filters
-            .iter()
-            .filter(|f| f.op == FilterOp::Contains)
-            .map(|f| crate::filter::Probe::new(f.pattern.as_bytes()))
-            .collect();
+        let needles = needles(filters);
         let mut out = Vec::new();
         let cache = self.tiers.map(|t| &t.blooms);
         for mut c in catalog::candidates(self.hot, streams, start, end)? {
             if !needles.is_empty() {
-                let passes = |b: &crate::filter::Bloom| needles.iter().all(|n| n.may_match(b));
+                let passes = |b: &crate::filter::Bloom| needles.may_match(b);
                 let seg = match cache {
                     Some(cache) => cache.segment(self.hot, c.segment.id)?,
                     None => Arc::new(
@@ -589,11 +600,7 @@ impl<'a> Source<'a> {
         filters: &[&LineFilter],
     ) -> Result<HotPart, Error> {
         let mut sections = hot_block::list(self.hot, &p.name, Some(streams), start, end)?;
-        let needles: Vec<crate::filter::Probe> = filters
-            .iter()
-            .filter(|f| f.op == FilterOp::Contains)
-            .map(|f| crate::filter::Probe::new(f.pattern.as_bytes()))
-            .collect();
+        let needles = needles(filters);
         let Some(ix) = self.tiers.and_then(|t| t.hot_index.as_ref()) else {
             return Ok(HotPart {
                 sections,
