@@ -186,6 +186,7 @@ pub struct ScanStats {
     segments_pruned: AtomicU64,
     row_groups_read: AtomicU64,
     row_groups_pruned: AtomicU64,
+    row_groups_passed: AtomicU64,
     hot_sections_read: AtomicU64,
     hot_sections_pruned: AtomicU64,
 }
@@ -202,10 +203,14 @@ pub struct ScanCounts {
     pub segments_read: u64,
     /// Segments in the time range and streams whose needle filter ruled them out.
     pub segments_pruned: u64,
-    /// Row groups decoded.
+    /// Row groups decoded (an ordered scan reads a segment in time slices, so a row
+    /// group may be decoded once per slice it overlaps).
     pub row_groups_read: u64,
-    /// Row groups of opened segments whose needle filter ruled them out.
+    /// Row groups whose needle filter ruled them out.
     pub row_groups_pruned: u64,
+    /// Row groups whose needle filter let them through (with `row_groups_pruned`,
+    /// every row group of the candidate segments, when the query has a needle).
+    pub row_groups_passed: u64,
     /// Hot sections decoded.
     pub hot_sections_read: u64,
     /// Hot sections whose block's needle filters ruled them out.
@@ -227,6 +232,7 @@ impl ScanStats {
             segments_pruned: l(&self.segments_pruned),
             row_groups_read: l(&self.row_groups_read),
             row_groups_pruned: l(&self.row_groups_pruned),
+            row_groups_passed: l(&self.row_groups_passed),
             hot_sections_read: l(&self.hot_sections_read),
             hot_sections_pruned: l(&self.hot_sections_pruned),
         }
@@ -235,6 +241,19 @@ impl ScanStats {
 
 /// Most worker threads an unordered scan uses.
 pub const MAX_SCAN_THREADS: usize = 16;
+
+/// Most lines passing a query's line filters that an ordered scan reads from a
+/// segment in one go (see `fill_segment`).
+const WHOLE_READ_ROWS: usize = 65_536;
+
+/// In merge order: `(ts, id)` ascending, or descending when `backward`.
+fn sort_rows(rows: &mut [Row], backward: bool) {
+    if backward {
+        rows.sort_by_key(|r| std::cmp::Reverse((r.ts, r.id)));
+    } else {
+        rows.sort_by_key(|r| (r.ts, r.id));
+    }
+}
 
 /// Lines a scan worker sends in one batch.
 const SCAN_BATCH: usize = 1024;
@@ -575,6 +594,7 @@ impl<'a> Source<'a> {
                     metrics::counter!("heimdall_aggregator_query_row_groups_pruned_total")
                         .increment(skipped as u64);
                     ScanStats::add(&self.stats.row_groups_pruned, skipped as u64);
+                    ScanStats::add(&self.stats.row_groups_passed, (keep.len() - skipped) as u64);
                     if skipped == keep.len() {
                         ScanStats::add(&self.stats.segments_pruned, 1);
                         continue;
@@ -1047,59 +1067,93 @@ impl<'a> Source<'a> {
         backward: bool,
         filters: &[&LineFilter],
     ) -> Result<(), Error> {
-        if s.file.is_none() {
+        let first = s.file.is_none();
+        if first {
             s.file = Some(self.open_segment(&s.cand)?);
         }
-        let file = s.file.as_ref().expect("just opened");
+        // A row group holds many streams over the segment's whole time range, so each
+        // time slice decodes it again. With line filters few rows may pass: the whole
+        // range is read at once, every row group once, unless more than
+        // `WHOLE_READ_ROWS` pass (then it is read in slices, as without filters).
+        if first && !filters.is_empty() && s.lo < s.hi {
+            if let Some(mut rows) =
+                self.read_range(s, s.lo, s.hi, filters, Some(WHOLE_READ_ROWS))?
+            {
+                s.lo = s.hi;
+                sort_rows(&mut rows, backward);
+                s.buf.extend(rows);
+                return Ok(());
+            }
+        }
         while s.buf.is_empty() && s.lo < s.hi {
             let (a, b) = if backward {
                 ((s.hi.saturating_sub(s.width)).max(s.lo), s.hi)
             } else {
                 (s.lo, (s.lo.saturating_add(s.width)).min(s.hi))
             };
-            let mut rows: Vec<Row> = Vec::new();
-            let (mut n, mut bytes) = (0u64, 0u64);
-            let groups = file.read(
-                &Selection {
-                    streams: &s.wanted,
-                    start: a,
-                    end: b,
-                    row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
-                },
-                false,
-                |r, _| {
-                    n += 1;
-                    bytes += r.line.len() as u64;
-                    if filters.iter().all(|f| f.matches(&r.line)) {
-                        rows.push(Row {
-                            id: r.id,
-                            stream_id: s.map[&r.stream_id],
-                            ts: r.ts,
-                            level: r.level,
-                            flags: r.flags,
-                            line: r.line,
-                            metadata: r.metadata,
-                        });
-                    }
-                    true
-                },
-            )?;
-            ScanStats::add(&self.stats.row_groups_read, groups as u64);
-            ScanStats::add(&self.stats.lines, n);
-            ScanStats::add(&self.stats.bytes, bytes);
+            let mut rows = self
+                .read_range(s, a, b, filters, None)?
+                .expect("no cap, no stop");
             if backward {
                 s.hi = a;
-                rows.sort_by_key(|r| std::cmp::Reverse((r.ts, r.id)));
             } else {
                 s.lo = b;
-                rows.sort_by_key(|r| (r.ts, r.id));
             }
+            sort_rows(&mut rows, backward);
             if rows.len() < 4096 {
                 s.width = s.width.saturating_mul(2);
             }
             s.buf.extend(rows);
         }
         Ok(())
+    }
+
+    /// The rows of a segment run in `[a, b)` passing `filters`, in file order; `None`
+    /// when more than `cap` pass (the read stops there).
+    fn read_range(
+        &self,
+        s: &SegRun,
+        a: i64,
+        b: i64,
+        filters: &[&LineFilter],
+        cap: Option<usize>,
+    ) -> Result<Option<Vec<Row>>, Error> {
+        let file = s.file.as_ref().expect("opened before reading");
+        let mut rows: Vec<Row> = Vec::new();
+        let (mut n, mut bytes, mut over) = (0u64, 0u64, false);
+        let groups = file.read(
+            &Selection {
+                streams: &s.wanted,
+                start: a,
+                end: b,
+                row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
+            },
+            false,
+            |r, _| {
+                n += 1;
+                bytes += r.line.len() as u64;
+                if filters.iter().all(|f| f.matches(&r.line)) {
+                    if cap.is_some_and(|c| rows.len() >= c) {
+                        over = true;
+                        return false;
+                    }
+                    rows.push(Row {
+                        id: r.id,
+                        stream_id: s.map[&r.stream_id],
+                        ts: r.ts,
+                        level: r.level,
+                        flags: r.flags,
+                        line: r.line,
+                        metadata: r.metadata,
+                    });
+                }
+                true
+            },
+        )?;
+        ScanStats::add(&self.stats.row_groups_read, groups as u64);
+        ScanStats::add(&self.stats.lines, n);
+        ScanStats::add(&self.stats.bytes, bytes);
+        Ok((!over).then_some(rows))
     }
 
     /// For each of `streams` whose lines the agents' pre-aggregates cover (its first
