@@ -19,8 +19,7 @@ use bytes::Bytes;
 use heimdall_common::record::{Labels, Level, LogRecord};
 use heimdall_common::wire::BatchContent;
 use heimdall_store::hot::{BatchId, HotStore};
-use heimdall_store::lifecycle::{Lifecycle, LifecycleConfig};
-use heimdall_tests::{Aggregator, Pki};
+use heimdall_tests::{url_encode, Aggregator, Pki};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -258,22 +257,7 @@ fn main() -> anyhow::Result<()> {
         raw_bytes as f64 / 1e9,
         started.elapsed().as_secs_f64()
     );
-    let lc = Lifecycle {
-        store: store.clone(),
-        db_path: db.clone(),
-        cfg: LifecycleConfig {
-            interval: Duration::from_secs(3600),
-            warm_dir: state.join("segments"),
-            compact_after: Duration::from_secs(0),
-            hot_max_rows: u64::MAX,
-            segment_rows: 1_000_000,
-            zstd_level: 9,
-            upload_after: None,
-            retention: None,
-            reap_grace: heimdall_store::lifecycle::REAP_GRACE,
-        },
-        cold: None,
-    };
+    let lc = heimdall_benches::compactor(store.clone(), &db, &state.join("segments"));
     let started = Instant::now();
     let conn = heimdall_store::hot::open_reader(&db)?;
     let mut moved = 0;
@@ -312,7 +296,7 @@ fn main() -> anyhow::Result<()> {
     let pki = Pki::new(&dir.join("pki"))?;
     let agg = Aggregator::start_with(&dir, &pki, None, "[warm]\ncompact_after = \"100d\"\n")?;
     let base = agg.url();
-    wait_indexed(&base)?;
+    heimdall_benches::wait_hot_indexed(&base)?;
     let rg = which_rg();
     let end = now + S;
     let (h0, h1) = (t0 - S, end);
@@ -321,14 +305,7 @@ fn main() -> anyhow::Result<()> {
     // (1) The rare needle: every line holding it, newest first.
     let q = format!("{{host=~\".+\"}} |= \"{NEEDLE}\"");
     let (secs, v) = heimdall_range(&base, &q, h0, h1, None, 100)?;
-    let got: u64 = v["data"]["result"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| s["values"].as_array().map_or(0, Vec::len) as u64)
-                .sum()
-        })
-        .unwrap_or(0);
+    let got = entries(&v);
     let stats = v["data"]["stats"]["heimdall"].clone();
     let (dsecs, want) = duck_timed(&format!(
         "SELECT count(*) FROM (SELECT ts FROM read_parquet('{}') WHERE contains(line, '{NEEDLE}') ORDER BY ts DESC LIMIT 100)",
@@ -451,14 +428,7 @@ fn main() -> anyhow::Result<()> {
     {
         let q = q.as_str();
         let (secs, v) = heimdall_range(&base, q, h0, h1, None, 1000)?;
-        let got: u64 = v["data"]["result"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|s| s["values"].as_array().map_or(0, Vec::len) as u64)
-                    .sum()
-            })
-            .unwrap_or(0);
+        let got = entries(&v);
         let (dsecs, want) = duck_timed(&format!(
             "SELECT count(*) FROM (SELECT ts FROM read_parquet('{}') WHERE labels = '{}' ORDER BY ts DESC LIMIT 1000)",
             parquet.display(),
@@ -493,37 +463,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for the hot tier's needle index to be rebuilt after the start.
-fn wait_indexed(base: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let m = ureq::get(&format!("{base}/metrics"))
-            .call()?
-            .into_string()?;
-        if m.lines().any(|l| {
-            l.starts_with("heimdall_aggregator_lifecycle_runs_total")
-                && l.contains("step=\"index\"")
-        }) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "hot index not rebuilt in 10 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn enc(q: &str) -> String {
-    q.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
+/// Lines in a log query's answer.
+fn entries(v: &serde_json::Value) -> u64 {
+    v["data"]["result"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["values"].as_array().map_or(0, Vec::len) as u64)
+                .sum()
         })
-        .collect()
+        .unwrap_or(0)
 }
 
 /// One warm-up, then the median of five runs; the last answer.
@@ -553,7 +502,7 @@ fn heimdall_range(
 ) -> anyhow::Result<(f64, serde_json::Value)> {
     let mut url = format!(
         "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}",
-        enc(q)
+        url_encode(q)
     );
     if let Some(s) = step {
         url.push_str(&format!("&step={s}"));
@@ -567,7 +516,7 @@ fn heimdall_range(
 fn heimdall_instant(base: &str, q: &str, time: i64) -> anyhow::Result<(f64, serde_json::Value)> {
     timed(&format!(
         "{base}/loki/api/v1/query?query={}&time={time}",
-        enc(q)
+        url_encode(q)
     ))
 }
 

@@ -27,7 +27,6 @@ use bytes::{Bytes, BytesMut};
 use heimdall_common::record::{Aggregate, Labels, Level, LogRecord};
 use heimdall_common::wire::{self, Batch, BatchContent, Codec, Frame, Hello, Limits};
 use heimdall_store::hot::{BatchId, HotStore};
-use heimdall_store::lifecycle::{Lifecycle, LifecycleConfig};
 use heimdall_store::segment::{SegmentRow, SegmentWriter};
 use heimdall_tests::{quic_client, Aggregator, Pki};
 use std::collections::HashMap;
@@ -813,22 +812,7 @@ fn load_big(state: &std::path::Path, n: u64, now: i64, keep_hot: bool) -> anyhow
     // The CPU of every thread of this process while compacting (the compacting thread,
     // the store's writer, its checkpointer): the per-core figure.
     let cpu_before = heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0);
-    let lc = Lifecycle {
-        store: store.clone(),
-        db_path: db.clone(),
-        cfg: LifecycleConfig {
-            interval: Duration::from_secs(3600),
-            warm_dir: state.join("segments"),
-            compact_after: Duration::from_secs(0),
-            hot_max_rows: u64::MAX,
-            segment_rows: 1_000_000,
-            zstd_level: 9,
-            upload_after: None,
-            retention: None,
-            reap_grace: heimdall_store::lifecycle::REAP_GRACE,
-        },
-        cold: None,
-    };
+    let lc = heimdall_benches::compactor(store.clone(), &db, &state.join("segments"));
     std::fs::create_dir_all(state.join("segments"))?;
     // Compact every partition that ended more than an hour ago (the default keeps two:
     // with hour partitions the current one and the one before stay hot).
@@ -989,40 +973,12 @@ fn filter_report(
 fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> anyhow::Result<()> {
     let agg = Aggregator::start_with(dir, pki, None, "[warm]\ncompact_after = \"100d\"\n")?;
     let base = agg.url();
-    // Wait for the hot-tier token index to be rebuilt after the restart, as it
-    // would be on a running aggregator.
     let started = Instant::now();
-    loop {
-        let m = ureq::get(&format!("{base}/metrics"))
-            .call()?
-            .into_string()?;
-        if m.lines().any(|l| {
-            l.starts_with("heimdall_aggregator_lifecycle_runs_total")
-                && l.contains("step=\"index\"")
-        }) {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "hot index not rebuilt in 10 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    heimdall_benches::wait_hot_indexed(&base)?;
     eprintln!(
         "hot index rebuilt in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let enc = |q: &str| -> String {
-        q.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
     let (start, end) = (now - 86_400 * S, now);
     let timed = |what: &str,
                  url: String,
@@ -1060,7 +1016,7 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
         "(a) rare-token search `{app=~\".+\"} |= \"<id>\"` over 24h",
         format!(
             "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=100",
-            enc(&format!("{{app=~\".+\"}} |= \"{NEEDLE}\""))
+            heimdall_tests::url_encode(&format!("{{app=~\".+\"}} |= \"{NEEDLE}\""))
         ),
         &|v| v["data"]["result"].as_array().is_some_and(|r| r.len() == 1),
     )?;
@@ -1068,7 +1024,7 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
         "(b) sum by (level) (count_over_time({app=\"api\"}[5m])) 24h",
         format!(
             "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&step=300",
-            enc("sum by (level) (count_over_time({app=\"api\"}[5m]))")
+            heimdall_tests::url_encode("sum by (level) (count_over_time({app=\"api\"}[5m]))")
         ),
         &|v| {
             v["data"]["result"]
@@ -1091,7 +1047,7 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
             let what = format!("(v) Grafana volume, {{app=\"api\"}}, {label}, step {step}s");
             let url = format!(
                 "{base}/loki/api/v1/query_range?query={}&start={}&end={end}&step={step}000ms",
-                enc(&q),
+                heimdall_tests::url_encode(&q),
                 end - span
             );
             timed(&what, url, 0.3, &|v| {
@@ -1103,15 +1059,17 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
     }
     run(
         "(c) newest 1,000 lines of {host=\"host07\", app=\"db\"}",
-        format!("{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=1000&direction=backward", enc("{host=\"host07\", app=\"db\"}")),
+        format!("{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=1000&direction=backward", heimdall_tests::url_encode("{host=\"host07\", app=\"db\"}")),
         &|v| v["data"]["result"].as_array().is_some_and(|r| r.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum::<usize>() == 1000),
     )?;
-    console(&base, start, end, &enc)?;
+    console(&base, start, end)?;
     run(
         "comparison: (b) from lines (`|= \"\"` forces a scan), 1 of 200 streams' 24h",
         format!(
             "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&step=300",
-            enc("sum by (level) (count_over_time({app=\"api\", host=\"host03\"} |= \"\" [5m]))")
+            heimdall_tests::url_encode(
+                "sum by (level) (count_over_time({app=\"api\", host=\"host03\"} |= \"\" [5m]))"
+            )
         ),
         &|v| {
             v["data"]["result"]
@@ -1126,7 +1084,7 @@ fn query_big(dir: &std::path::Path, pki: &Pki, n: u64, now: i64, moved: u64) -> 
 /// gzip-compressed as served), and Explore's first screen for a 24 h query over every
 /// stream, both requests the page sends at once (the level histogram and the newest
 /// 1,000 lines), timed until both answers are in; warm, 5 runs.
-fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+fn console(base: &str, start: i64, end: i64) -> anyhow::Result<()> {
     let mut first_load = 0usize;
     for f in [
         "/",
@@ -1156,13 +1114,13 @@ fn console(base: &str, start: i64, end: i64, enc: &dyn Fn(&str) -> String) -> an
     let hist_end = (end + step * S - 1) / (step * S) * (step * S);
     let hist = format!(
         "{base}/loki/api/v1/query_range?query={}&start={start}&end={hist_end}&step={step}s",
-        enc(&format!(
+        heimdall_tests::url_encode(&format!(
             "sum by (detected_level) (count_over_time({selector} [{step}s]))"
         ))
     );
     let lines = format!(
         "{base}/loki/api/v1/query_range?query={}&start={start}&end={end}&limit=1000&direction=backward",
-        enc(selector)
+        heimdall_tests::url_encode(selector)
     );
     let mut times = Vec::new();
     for _ in 0..6 {

@@ -242,3 +242,54 @@ impl CountingReceiver {
         Ok(CountingReceiver { addr, records })
     }
 }
+
+/// A lifecycle that compacts the partitions it is asked to into `warm_dir` (zstd 9,
+/// segments of up to 1M rows), as the storage and query benchmarks run it in-process.
+pub fn compactor(
+    store: std::sync::Arc<heimdall_store::hot::HotStore>,
+    db: &Path,
+    warm_dir: &Path,
+) -> heimdall_store::lifecycle::Lifecycle {
+    heimdall_store::lifecycle::Lifecycle {
+        store,
+        db_path: db.to_owned(),
+        cfg: heimdall_store::lifecycle::LifecycleConfig {
+            interval: std::time::Duration::from_secs(3600),
+            warm_dir: warm_dir.to_owned(),
+            compact_after: std::time::Duration::from_secs(0),
+            hot_max_rows: u64::MAX,
+            segment_rows: 1_000_000,
+            zstd_level: 9,
+            upload_after: None,
+            retention: None,
+            reap_grace: heimdall_store::lifecycle::REAP_GRACE,
+        },
+        cold: None,
+    }
+}
+
+/// Waits until the aggregator at `base` has run its lifecycle's `index` step (the hot
+/// tier's needle filters rebuilt after a start), as it would have on a running
+/// aggregator.
+///
+/// # Errors
+/// When the API fails, or after 10 minutes.
+pub fn wait_hot_indexed(base: &str) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let m = ureq::get(&format!("{base}/metrics"))
+            .call()?
+            .into_string()?;
+        if m.lines().any(|l| {
+            l.starts_with("heimdall_aggregator_lifecycle_runs_total")
+                && l.contains("step=\"index\"")
+        }) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(600),
+            "hot index not rebuilt in 10 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -253,7 +253,10 @@ fn agents_faster_than_the_store_wait_within_the_memory_budget() {
 fn killed_during_full_rate_ingest_loses_and_doubles_nothing() {
     const AGENTS: usize = 6;
     const LINES: usize = 50_000;
-    let mut c = Cluster::start().unwrap();
+    // Group commits of at most 20,000 lines (the default allows 200,000): the stored
+    // count rises in steps small enough for each kill to land while lines are still
+    // arriving, however fast this machine stores them.
+    let mut c = Cluster::start_with("[store]\nmax_group_rows = 20000\n").unwrap();
     let (_agents, want) = backlogged_agents(&c, "fullrate", AGENTS, LINES, |k, i| {
         format!(
             "host{k} seq={i:07} payment accepted for order {}",

@@ -16,7 +16,9 @@ use heimdall_store::cold::{ColdConfig, ColdStore};
 use heimdall_store::hot::{self, BatchId, HotStore};
 use heimdall_store::lifecycle::{Lifecycle, LifecycleConfig};
 use heimdall_store::read::{Source, Tiers};
-use heimdall_tests::{python, wait_for_count, AgentOptions, Aggregator, Cluster, S3Server};
+use heimdall_tests::{
+    python, url_encode, wait_for_count, AgentOptions, Aggregator, Cluster, S3Server,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
@@ -607,7 +609,7 @@ fn old_lines(n: usize, minutes_ago: i64, tag: &str) -> String {
 fn query_count(base: &str, q: &str) -> u64 {
     let url = format!(
         "{base}/loki/api/v1/query?query={}&time={}",
-        enc(q),
+        url_encode(q),
         heimdall_common::record::now_ns()
     );
     let v: serde_json::Value = ureq::get(&url).call().unwrap().into_json().unwrap();
@@ -617,23 +619,11 @@ fn query_count(base: &str, q: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn enc(q: &str) -> String {
-    q.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn distinct_lines(db: &Path, base: &str) -> (u64, u64) {
     // Every line once: a distinct count over the API (all tiers) equals the total.
     let url = format!(
         "{base}/loki/api/v1/query_range?query={}&start=0&end={}&limit=5000&direction=forward",
-        enc(r#"{host="tier-a"}"#),
+        url_encode(r#"{host="tier-a"}"#),
         heimdall_common::record::now_ns()
     );
     let v: serde_json::Value = ureq::get(&url).call().unwrap().into_json().unwrap();
@@ -804,7 +794,7 @@ fn duckdb_counts_cold_segments_like_heimdall_and_erasure_reaches_every_tier() {
     let stats = |q: &str| -> serde_json::Value {
         let url = format!(
             "{base}/loki/api/v1/query?query={}&time={}",
-            enc(q),
+            url_encode(q),
             heimdall_common::record::now_ns()
         );
         let v: serde_json::Value = ureq::get(&url).call().unwrap().into_json().unwrap();

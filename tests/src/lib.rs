@@ -1140,3 +1140,17 @@ pub fn append(path: &Path, data: &[u8]) {
     f.write_all(data)
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// `q` percent-encoded for a URL's query string (everything but letters, digits and
+/// `-_.~`).
+pub fn url_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -274,6 +274,24 @@ fn is_token_byte(b: u8) -> bool {
     TOKEN[usize::from(b)]
 }
 
+/// Tokens of `s` as (start, end) byte ranges.
+fn token_ranges(s: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < s.len() && !is_token_byte(s[i]) {
+            i += 1;
+        }
+        if i >= s.len() {
+            return None;
+        }
+        let start = i;
+        while i < s.len() && is_token_byte(s[i]) {
+            i += 1;
+        }
+        Some((start, i))
+    })
+}
+
 /// Whether each byte is a token byte: an ASCII letter or digit, or `_`.
 static TOKEN: [bool; 256] = {
     let mut t = [false; 256];
@@ -317,16 +335,7 @@ impl Probe {
             })
             .collect();
         let mut lead = Vec::new();
-        let mut i = 0;
-        while i < n {
-            if !is_token_byte(needle[i]) {
-                i += 1;
-                continue;
-            }
-            let s = i;
-            while i < n && is_token_byte(needle[i]) {
-                i += 1;
-            }
+        for (s, i) in token_ranges(needle) {
             if s > 0 {
                 all.extend(
                     (s..)
@@ -477,25 +486,7 @@ mod tokens {
     const GRAM: usize = 8;
     const STRIDE: usize = 4;
 
-    use super::is_token_byte;
-
-    /// Tokens of `s` as (start, end) byte ranges.
-    fn tokens(s: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let mut i = 0;
-        std::iter::from_fn(move || {
-            while i < s.len() && !is_token_byte(s[i]) {
-                i += 1;
-            }
-            if i >= s.len() {
-                return None;
-            }
-            let start = i;
-            while i < s.len() && is_token_byte(s[i]) {
-                i += 1;
-            }
-            Some((start, i))
-        })
-    }
+    use super::token_ranges as tokens;
 
     fn positions(m: u64, k: u32, h: u64) -> impl Iterator<Item = usize> {
         let h2 = h.rotate_left(32) | 1;
