@@ -361,13 +361,7 @@ struct SegmentScan<'s> {
 
 impl SegmentScan<'_> {
     fn check(&self) -> Result<(), Error> {
-        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::Cancelled);
-        }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(Error::Timeout);
-        }
-        Ok(())
+        interrupted(self.cancel, self.deadline)
     }
 
     /// Reads candidates until none is left or `send` returns `false`; lines that pass
@@ -432,15 +426,7 @@ impl SegmentScan<'_> {
                 if !self.filters.iter().all(|f| f.matches(&r.line)) {
                     return true;
                 }
-                batch.push(Row {
-                    id: r.id,
-                    stream_id: map[&r.stream_id],
-                    ts: r.ts,
-                    level: r.level,
-                    flags: r.flags,
-                    line: r.line,
-                    metadata: r.metadata,
-                });
+                batch.push(row_of(r, &map));
                 if batch.len() >= SCAN_BATCH {
                     open = send(Ok(std::mem::replace(
                         &mut batch,
@@ -461,6 +447,52 @@ impl SegmentScan<'_> {
         }
         Ok(open)
     }
+}
+
+/// [`Error::Cancelled`] once the client has gone, [`Error::Timeout`] past the deadline.
+fn interrupted(cancel: Option<&AtomicBool>, deadline: Option<Instant>) -> Result<(), Error> {
+    if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        return Err(Error::Cancelled);
+    }
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(Error::Timeout);
+    }
+    Ok(())
+}
+
+/// A segment's row as a query's, its stream id mapped from the file's to the
+/// catalog's.
+fn row_of(r: segment::SegmentRow, map: &HashMap<i64, i64>) -> Row {
+    Row {
+        id: r.id,
+        stream_id: map[&r.stream_id],
+        ts: r.ts,
+        level: r.level,
+        flags: r.flags,
+        line: r.line,
+        metadata: r.metadata,
+    }
+}
+
+/// Whether a hot row is one a scan wants (its stream, `[start, end)`, an id the
+/// needle filters kept), counting such rows and their bytes as read; and whether it
+/// passes `filters`.
+#[allow(clippy::too_many_arguments)]
+fn hot_row_passes(
+    r: &segment::SegmentRow,
+    wanted: &HashSet<i64>,
+    start: i64,
+    end: i64,
+    part: &HotPart,
+    filters: &[&LineFilter],
+    read: &mut (u64, u64),
+) -> bool {
+    let keep = wanted.contains(&r.stream_id) && r.ts >= start && r.ts < end && part.wants(r.id);
+    if keep {
+        read.0 += 1;
+        read.1 += r.line.len() as u64;
+    }
+    keep && filters.iter().all(|f| f.matches(&r.line))
 }
 
 /// Opens a candidate segment: warm from its directory (or, uploaded and removed since
@@ -528,18 +560,8 @@ impl<'a> Source<'a> {
         self
     }
 
-    fn cancelled(&self) -> bool {
-        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
-    }
-
     fn check(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        if self.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(Error::Timeout);
-        }
-        Ok(())
+        interrupted(self.cancel, deadline)
     }
 
     /// Streams whose labels satisfy every matcher.
@@ -817,20 +839,12 @@ impl<'a> Source<'a> {
             for m in &part.sections {
                 self.check(deadline)?;
                 ScanStats::add(&self.stats.hot_sections_read, 1);
-                let (mut lines, mut bytes) = (0u64, 0u64);
+                let mut read = (0u64, 0u64);
                 let rows = hot_block::read(self.hot, &p.name, m.id, |r| {
-                    let keep = wanted.contains(&r.stream_id)
-                        && r.ts >= start
-                        && r.ts < end
-                        && part.wants(r.id);
-                    if keep {
-                        lines += 1;
-                        bytes += r.line.len() as u64;
-                    }
-                    keep && filters.iter().all(|f| f.matches(&r.line))
+                    hot_row_passes(r, &wanted, start, end, &part, filters, &mut read)
                 })?;
-                ScanStats::add(&self.stats.lines, lines);
-                ScanStats::add(&self.stats.bytes, bytes);
+                ScanStats::add(&self.stats.lines, read.0);
+                ScanStats::add(&self.stats.bytes, read.1);
                 for r in rows {
                     if !each(r.into()) {
                         return Ok(());
@@ -1015,17 +1029,9 @@ impl<'a> Source<'a> {
                 match run {
                     Run::Hot(h) => {
                         let part = &h.part;
-                        let (mut lines, mut bytes) = (0u64, 0u64);
+                        let mut read = (0u64, 0u64);
                         let mut keep = |r: &segment::SegmentRow| {
-                            let keep = wanted.contains(&r.stream_id)
-                                && r.ts >= start
-                                && r.ts < end
-                                && part.wants(r.id);
-                            if keep {
-                                lines += 1;
-                                bytes += r.line.len() as u64;
-                            }
-                            keep && filters.iter().all(|f| f.matches(&r.line))
+                            hot_row_passes(r, &wanted, start, end, part, filters, &mut read)
                         };
                         let decoded = h.merge.decoded();
                         while !h.done && h.buf.len() < PAGE {
@@ -1034,8 +1040,8 @@ impl<'a> Source<'a> {
                                 None => h.done = true,
                             }
                         }
-                        ScanStats::add(&self.stats.lines, lines);
-                        ScanStats::add(&self.stats.bytes, bytes);
+                        ScanStats::add(&self.stats.lines, read.0);
+                        ScanStats::add(&self.stats.bytes, read.1);
                         ScanStats::add(
                             &self.stats.hot_sections_read,
                             (h.merge.decoded() - decoded) as u64,
@@ -1137,15 +1143,7 @@ impl<'a> Source<'a> {
                         over = true;
                         return false;
                     }
-                    rows.push(Row {
-                        id: r.id,
-                        stream_id: s.map[&r.stream_id],
-                        ts: r.ts,
-                        level: r.level,
-                        flags: r.flags,
-                        line: r.line,
-                        metadata: r.metadata,
-                    });
+                    rows.push(row_of(r, &s.map));
                 }
                 true
             },
