@@ -14,6 +14,9 @@
 //!
 //! Needs `rg` (ripgrep) on the path (`apt-get install ripgrep`); without it the
 //! ripgrep column is left out.
+//!
+//! With `HEIMDALL_BENCH_DIR` set, the data set is kept there; `HEIMDALL_BENCH_QUERY_REUSE=1`
+//! then queries the kept data set of the same size instead of building it again.
 
 use bytes::Bytes;
 use heimdall_common::record::{Labels, Level, LogRecord};
@@ -165,133 +168,29 @@ fn main() -> anyhow::Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tmp.path().to_owned());
     let dir = root.join("query");
-    let _ = std::fs::remove_dir_all(&dir);
-    let state = dir.join("aggregator");
-    std::fs::create_dir_all(state.join("segments"))?;
-    let now = heimdall_common::record::now_ns() / S * S;
-    let t0 = now - 86_400 * S;
-    let dt = 86_400 * S / n as i64;
-
-    // The rows: into the hot store in batches (as pushes land), and into the JSON
-    // DuckDB loads and the text ripgrep reads.
-    let mut rng = fastrand::Rng::with_seed(0x5eed);
-    let mut needles: Vec<u64> = (0..NEEDLE_ROWS).map(|_| rng.u64(..n)).collect();
-    needles.sort_unstable();
-    needles.dedup();
-    let labels = streams();
-    let db = state.join("hot.db");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let store = Arc::new(HotStore::open(&db, 200_000)?);
-    let json_path = dir.join("rows.json");
-    let text_path = dir.join("lines.txt");
-    let mut json = std::io::BufWriter::new(std::fs::File::create(&json_path)?);
-    let mut text = std::io::BufWriter::new(std::fs::File::create(&text_path)?);
-    let labels_json: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-    let started = Instant::now();
-    let mut raw_bytes = 0u64;
-    rt.block_on(async {
-        let mut set = tokio::task::JoinSet::new();
-        let mut i = 0u64;
-        let mut seq = 1;
-        while i < n {
-            let k = 20_000.min(n - i);
-            let mut c = BatchContent {
-                streams: labels.clone(),
-                ..Default::default()
-            };
-            for j in i..i + k {
-                let (stream, level, line) = line(&mut rng, j, &needles);
-                let ts = t0 + j as i64 * dt;
-                raw_bytes += line.len() as u64 + 1;
-                serde_json::to_writer(
-                    &mut json,
-                    &serde_json::json!({
-                        "labels": labels_json[stream as usize],
-                        "ts": ts,
-                        "level": level.as_str(),
-                        "line": line,
-                    }),
-                )?;
-                json.write_all(b"\n")?;
-                text.write_all(line.as_bytes())?;
-                text.write_all(b"\n")?;
-                c.records.push(LogRecord {
-                    stream,
-                    time_ns: ts,
-                    observed_ns: ts,
-                    level,
-                    template_id: 0,
-                    flags: 0,
-                    redacted: 0,
-                    line: Bytes::from(line),
-                    metadata: Default::default(),
-                });
-            }
-            let s = store.clone();
-            let id = BatchId {
-                agent: "push".into(),
-                epoch: 1,
-                seq,
-                floor: 1,
-            };
-            set.spawn(async move { s.write(id, c).await });
-            seq += 1;
-            i += k;
-            while set.len() >= 4 {
-                set.join_next().await.expect("non-empty")??;
-            }
-        }
-        while let Some(r) = set.join_next().await {
-            r??;
-        }
-        anyhow::Ok(())
-    })?;
-    json.flush()?;
-    text.flush()?;
-    drop((json, text));
-    eprintln!(
-        "stored {n} lines ({:.1} GB) in {:.0}s",
-        raw_bytes as f64 / 1e9,
-        started.elapsed().as_secs_f64()
-    );
-    let lc = heimdall_benches::compactor(store.clone(), &db, &state.join("segments"));
-    let started = Instant::now();
-    let conn = heimdall_store::hot::open_reader(&db)?;
-    let mut moved = 0;
-    for p in heimdall_store::hot::partitions(&conn)? {
-        if p.end <= now - 2 * 3_600 * S {
-            moved += lc.compact_named(&p.name)?;
-        }
-    }
-    lc.release_space(&tokio_util::sync::CancellationToken::new())?;
-    eprintln!(
-        "compacted {moved} lines in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    drop(lc);
-    drop(conn);
-    match Arc::try_unwrap(store) {
-        Ok(mut s) => s.close(),
-        Err(_) => anyhow::bail!("store still shared"),
-    }
-
-    // DuckDB's copy: the same rows, sorted by stream and time, zstd Parquet.
     let parquet = dir.join("rows.parquet");
-    let started = Instant::now();
-    duck(&format!(
-        "con.execute(\"COPY (SELECT * FROM read_json('{}', format='newline_delimited', columns={{'labels': 'VARCHAR', 'ts': 'BIGINT', 'level': 'VARCHAR', 'line': 'VARCHAR'}}) ORDER BY labels, ts) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")\nprint(0)",
-        json_path.display(),
-        parquet.display()
-    ))?;
-    std::fs::remove_file(&json_path)?;
-    eprintln!(
-        "DuckDB wrote {:.0} MB of Parquet in {:.0}s",
-        std::fs::metadata(&parquet)?.len() as f64 / 1e6,
-        started.elapsed().as_secs_f64()
-    );
+    let text_path = dir.join("lines.txt");
+    let kept_path = dir.join("kept.json");
+    let kept: Option<serde_json::Value> = std::env::var_os("HEIMDALL_BENCH_QUERY_REUSE")
+        .and_then(|_| std::fs::read(&kept_path).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|v: &serde_json::Value| v["n"].as_u64() == Some(n));
+    let (now, raw_bytes, moved) = match kept {
+        Some(k) => {
+            eprintln!("reusing the data set kept in {}", dir.display());
+            (
+                k["now"].as_i64().unwrap_or_default(),
+                k["raw_bytes"].as_u64().unwrap_or_default(),
+                k["moved"].as_u64().unwrap_or_default(),
+            )
+        }
+        None => build(n, &dir, &kept_path)?,
+    };
+    let labels = streams();
+    let labels_json: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+    let t0 = now - 86_400 * S;
+    let mut needles = needle_rows(n);
+    needles.dedup();
 
     let pki = Pki::new(&dir.join("pki"))?;
     let agg = Aggregator::start_with(&dir, &pki, None, "[warm]\ncompact_after = \"100d\"\n")?;
@@ -461,6 +360,159 @@ fn main() -> anyhow::Result<()> {
     }
     drop(agg);
     Ok(())
+}
+
+/// Builds the data set in `dir` (the hot store, its compaction, DuckDB's Parquet and
+/// ripgrep's text) and notes it in `kept`; (now, raw bytes, lines moved to warm).
+fn build(n: u64, dir: &Path, kept: &Path) -> anyhow::Result<(i64, u64, u64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let state = dir.join("aggregator");
+    let parquet = dir.join("rows.parquet");
+    std::fs::create_dir_all(state.join("segments"))?;
+    let now = heimdall_common::record::now_ns() / S * S;
+    let t0 = now - 86_400 * S;
+    let dt = 86_400 * S / n as i64;
+
+    // The rows: into the hot store in batches (as pushes land), and into the JSON
+    // DuckDB loads and the text ripgrep reads.
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut needles = needle_rows_from(&mut rng, n);
+    needles.dedup();
+    let labels = streams();
+    let db = state.join("hot.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Arc::new(HotStore::open(&db, 200_000)?);
+    let json_path = dir.join("rows.json");
+    let text_path = dir.join("lines.txt");
+    let mut json = std::io::BufWriter::new(std::fs::File::create(&json_path)?);
+    let mut text = std::io::BufWriter::new(std::fs::File::create(&text_path)?);
+    let labels_json: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+    let started = Instant::now();
+    let mut raw_bytes = 0u64;
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        let mut i = 0u64;
+        let mut seq = 1;
+        while i < n {
+            let k = 20_000.min(n - i);
+            let mut c = BatchContent {
+                streams: labels.clone(),
+                ..Default::default()
+            };
+            for j in i..i + k {
+                let (stream, level, line) = line(&mut rng, j, &needles);
+                let ts = t0 + j as i64 * dt;
+                raw_bytes += line.len() as u64 + 1;
+                serde_json::to_writer(
+                    &mut json,
+                    &serde_json::json!({
+                        "labels": labels_json[stream as usize],
+                        "ts": ts,
+                        "level": level.as_str(),
+                        "line": line,
+                    }),
+                )?;
+                json.write_all(b"\n")?;
+                text.write_all(line.as_bytes())?;
+                text.write_all(b"\n")?;
+                c.records.push(LogRecord {
+                    stream,
+                    time_ns: ts,
+                    observed_ns: ts,
+                    level,
+                    template_id: 0,
+                    flags: 0,
+                    redacted: 0,
+                    line: Bytes::from(line),
+                    metadata: Default::default(),
+                });
+            }
+            let s = store.clone();
+            let id = BatchId {
+                agent: "push".into(),
+                epoch: 1,
+                seq,
+                floor: 1,
+            };
+            set.spawn(async move { s.write(id, c).await });
+            seq += 1;
+            i += k;
+            while set.len() >= 4 {
+                set.join_next().await.expect("non-empty")??;
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    })?;
+    json.flush()?;
+    text.flush()?;
+    drop((json, text));
+    eprintln!(
+        "stored {n} lines ({:.1} GB) in {:.0}s",
+        raw_bytes as f64 / 1e9,
+        started.elapsed().as_secs_f64()
+    );
+    let lc = heimdall_benches::compactor(store.clone(), &db, &state.join("segments"));
+    let started = Instant::now();
+    let conn = heimdall_store::hot::open_reader(&db)?;
+    let mut moved = 0;
+    for p in heimdall_store::hot::partitions(&conn)? {
+        if p.end <= now - 2 * 3_600 * S {
+            moved += lc.compact_named(&p.name)?;
+        }
+    }
+    lc.release_space(&tokio_util::sync::CancellationToken::new())?;
+    eprintln!(
+        "compacted {moved} lines in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let rolled = lc.roll_up_volume()?;
+    eprintln!(
+        "rolled {rolled} minutes of line counts up by the hour in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(lc);
+    drop(conn);
+    match Arc::try_unwrap(store) {
+        Ok(mut s) => s.close(),
+        Err(_) => anyhow::bail!("store still shared"),
+    }
+
+    // DuckDB's copy: the same rows, sorted by stream and time, zstd Parquet.
+    let started = Instant::now();
+    duck(&format!(
+        "con.execute(\"COPY (SELECT * FROM read_json('{}', format='newline_delimited', columns={{'labels': 'VARCHAR', 'ts': 'BIGINT', 'level': 'VARCHAR', 'line': 'VARCHAR'}}) ORDER BY labels, ts) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")\nprint(0)",
+        json_path.display(),
+        parquet.display()
+    ))?;
+    std::fs::remove_file(&json_path)?;
+    eprintln!(
+        "DuckDB wrote {:.0} MB of Parquet in {:.0}s",
+        std::fs::metadata(&parquet)?.len() as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(
+        kept,
+        serde_json::json!({"n": n, "now": now, "raw_bytes": raw_bytes, "moved": moved}).to_string(),
+    )?;
+    Ok((now, raw_bytes, moved))
+}
+
+/// The rows holding the needle, sorted (the first draws of the data set's generator).
+fn needle_rows(n: u64) -> Vec<u64> {
+    needle_rows_from(&mut fastrand::Rng::with_seed(0x5eed), n)
+}
+
+fn needle_rows_from(rng: &mut fastrand::Rng, n: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..NEEDLE_ROWS).map(|_| rng.u64(..n)).collect();
+    v.sort_unstable();
+    v
 }
 
 /// Lines in a log query's answer.

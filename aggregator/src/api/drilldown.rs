@@ -157,13 +157,13 @@ async fn volume_answer(
         };
         let mut bytes: HashMap<(i64, i64), u64> = HashMap::new();
         let (cov, uncov): (Vec<i64>, Vec<i64>) = ids.iter().partition(|id| covered.contains(id));
-        src.per_second(&cov, start.saturating_sub(1), end, |k, secs| {
-            for (s, _, b) in heimdall_store::volume::seconds(secs) {
+        src.per_second(&cov, start.saturating_sub(1), end, |m| {
+            for (s, _, b) in heimdall_store::volume::seconds(m.seconds) {
                 // Second `s` holds lines in (its instant - 1 s, its instant].
-                let ts = heimdall_store::volume::instant(k.minute, s) - 1;
+                let ts = heimdall_store::volume::instant(m.key.minute, s) - 1;
                 if ts >= start - 1_000_000_000 && ts <= end {
                     *bytes
-                        .entry((k.stream_id, bucket(ts.max(start))))
+                        .entry((m.key.stream_id, bucket(ts.max(start))))
                         .or_default() += b;
                 }
             }
@@ -613,8 +613,8 @@ pub async fn detected_levels(st: &ApiState, p: &Params) -> Result<Vec<String>, A
         let covered = src.volume_covered(&ids)?;
         let mut seen = [false; 8];
         let (cov, uncov): (Vec<i64>, Vec<i64>) = ids.iter().partition(|id| covered.contains(id));
-        src.per_second(&cov, start.saturating_sub(1), end, |k, _| {
-            seen[usize::from(k.level) & 7] = true;
+        src.per_second(&cov, start.saturating_sub(1), end, |m| {
+            seen[usize::from(m.key.level) & 7] = true;
         })?;
         src.aggregates(
             &uncov,

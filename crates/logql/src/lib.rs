@@ -137,6 +137,8 @@ pub struct LineFilter {
     pub pattern: String,
     /// Compiled for `|~` and `!~` (unanchored, as in LogQL).
     pub regex: Option<regex::bytes::Regex>,
+    /// Built once for `|=` and `!=` (building it per line cost more than searching).
+    finder: Option<Box<memchr::memmem::Finder<'static>>>,
 }
 
 /// Equal when they filter the same way (the compiled regex follows from the rest).
@@ -147,11 +149,37 @@ impl PartialEq for LineFilter {
 }
 
 impl LineFilter {
+    /// A filter of `op` with `pattern` (a regular expression for `|~` and `!~`, a
+    /// pattern for `|>` and `!>`).
+    ///
+    /// # Errors
+    /// When the regular expression or the pattern does not compile.
+    pub fn new(op: FilterOp, pattern: String) -> Result<LineFilter, regex::Error> {
+        let regex = match op {
+            FilterOp::Re | FilterOp::NotRe => Some(regex::bytes::Regex::new(&pattern)?),
+            FilterOp::Pattern | FilterOp::NotPattern => {
+                Some(regex::bytes::Regex::new(&pattern_regex(&pattern))?)
+            }
+            FilterOp::Contains | FilterOp::NotContains => None,
+        };
+        let finder = matches!(op, FilterOp::Contains | FilterOp::NotContains)
+            .then(|| Box::new(memchr::memmem::Finder::new(pattern.as_bytes()).into_owned()));
+        Ok(LineFilter {
+            op,
+            pattern,
+            regex,
+            finder,
+        })
+    }
+
     /// Whether `line` passes the filter.
     pub fn matches(&self, line: &[u8]) -> bool {
+        let found = |f: &Option<Box<memchr::memmem::Finder<'static>>>| {
+            f.as_ref().is_some_and(|f| f.find(line).is_some())
+        };
         match self.op {
-            FilterOp::Contains => memmem(line, self.pattern.as_bytes()),
-            FilterOp::NotContains => !memmem(line, self.pattern.as_bytes()),
+            FilterOp::Contains => found(&self.finder),
+            FilterOp::NotContains => !found(&self.finder),
             FilterOp::Re | FilterOp::Pattern => {
                 self.regex.as_ref().is_some_and(|r| r.is_match(line))
             }
@@ -160,10 +188,6 @@ impl LineFilter {
             }
         }
     }
-}
-
-fn memmem(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// A numeric comparison.
@@ -892,18 +916,11 @@ impl<'a> Parser<'a> {
 
     fn line_filter(&mut self, op: FilterOp) -> Result<LineFilter, ParseError> {
         let (vpos, pattern) = self.string_value("a quoted pattern")?;
-        let regex = match op {
-            FilterOp::Re | FilterOp::NotRe => Some(
-                regex::bytes::Regex::new(&pattern)
-                    .map_err(|e| err(vpos, format!("invalid regular expression: {e}")))?,
-            ),
-            FilterOp::Pattern | FilterOp::NotPattern => Some(
-                regex::bytes::Regex::new(&pattern_regex(&pattern))
-                    .map_err(|e| err(vpos, format!("invalid pattern: {e}")))?,
-            ),
-            _ => None,
+        let what = match op {
+            FilterOp::Pattern | FilterOp::NotPattern => "invalid pattern",
+            _ => "invalid regular expression",
         };
-        Ok(LineFilter { op, pattern, regex })
+        LineFilter::new(op, pattern).map_err(|e| err(vpos, format!("{what}: {e}")))
     }
 
     /// Pipeline stages until something that is not one.

@@ -538,11 +538,7 @@ mod tests {
                 name: "x".into(),
                 only: None,
             }]),
-            Stage::Line(LineFilter {
-                op: FilterOp::NotContains,
-                pattern: "y".into(),
-                regex: None,
-            }),
+            Stage::Line(LineFilter::new(FilterOp::NotContains, "y".into()).expect("valid")),
         ];
         assert!(has_ambiguous_drop(&q));
     }
@@ -613,35 +609,16 @@ mod tests {
     }
 
     fn line_filter() -> impl Strategy<Value = LineFilter> {
-        (0..6u8, text(), regex_text()).prop_map(|(op, t, re)| match op {
-            4 | 5 => LineFilter {
-                op: if op == 4 {
-                    FilterOp::Pattern
-                } else {
-                    FilterOp::NotPattern
-                },
-                regex: Some(regex::bytes::Regex::new(&crate::pattern_regex(&t)).expect("valid")),
-                pattern: t,
-            },
-            0 => LineFilter {
-                op: FilterOp::Contains,
-                pattern: t,
-                regex: None,
-            },
-            1 => LineFilter {
-                op: FilterOp::NotContains,
-                pattern: t,
-                regex: None,
-            },
-            o => LineFilter {
-                op: if o == 2 {
-                    FilterOp::Re
-                } else {
-                    FilterOp::NotRe
-                },
-                regex: Some(regex::bytes::Regex::new(&re).expect("valid")),
-                pattern: re,
-            },
+        (0..6u8, text(), regex_text()).prop_map(|(op, t, re)| {
+            let (op, p) = match op {
+                0 => (FilterOp::Contains, t),
+                1 => (FilterOp::NotContains, t),
+                2 => (FilterOp::Re, re),
+                3 => (FilterOp::NotRe, re),
+                4 => (FilterOp::Pattern, t),
+                _ => (FilterOp::NotPattern, t),
+            };
+            LineFilter::new(op, p).expect("valid")
         })
     }
 

@@ -290,16 +290,19 @@ impl Ctx<'_, '_> {
             Ok(cells.len() - 1)
         };
         // Adds a sample at `ts` (already shifted by the offset) to the steps it falls in.
-        let add = |cell: &mut (Labels, Vec<f64>, Vec<f64>), ts: i64, count: f64, bytes: f64| {
+        let add_to = |counts: &mut [f64], sizes: &mut [f64], ts: i64, count: f64, bytes: f64| {
             // Steps t with t - range < ts <= t.
             let lo = (ts - t0 + step - 1).div_euclid(step).max(0);
             let hi = (ts + range_ns - 1 - t0)
                 .div_euclid(step)
                 .min(steps as i64 - 1);
             for i in lo..=hi {
-                cell.1[i as usize] += count;
-                cell.2[i as usize] += bytes;
+                counts[i as usize] += count;
+                sizes[i as usize] += bytes;
             }
+        };
+        let add = |cell: &mut (Labels, Vec<f64>, Vec<f64>), ts: i64, count: f64, bytes: f64| {
+            add_to(&mut cell.1, &mut cell.2, ts, count, bytes);
         };
 
         // Counting without reading lines: the per-second counts of stored lines, or the
@@ -347,103 +350,134 @@ impl Ctx<'_, '_> {
                     })
                 })
             };
-            // Rows come stream by stream: one stream's rows are kept until the next
-            // stream starts, then counted, or left to be read from lines when some of
-            // them carry metadata the aggregation keeps apart.
-            let mut pending: Vec<(heimdall_store::volume::Key, std::ops::Range<usize>)> =
-                Vec::new();
-            let mut blobs: Vec<u8> = Vec::new();
-            let mut unsafe_streams: std::collections::HashSet<i64> =
-                std::collections::HashSet::new();
-            let mut by_key: HashMap<(i64, u8, u8), usize> = HashMap::new();
-            let mut failed: Option<Error> = None;
-            let mut flush =
-                |pending: &mut Vec<(heimdall_store::volume::Key, std::ops::Range<usize>)>,
-                 blobs: &mut Vec<u8>,
-                 unsafe_streams: &mut std::collections::HashSet<i64>,
-                 cells: &mut Vec<(Labels, Vec<f64>, Vec<f64>)>|
-                 -> Result<(), Error> {
-                    let Some((first, _)) = pending.first() else {
-                        return Ok(());
-                    };
-                    let sid = first.stream_id;
-                    if pending.iter().any(|(k, _)| k.meta) && !safe(sid) {
-                        unsafe_streams.insert(sid);
-                    } else {
-                        for (k, r) in pending.iter() {
-                            self.stats.aggregate_rows += 1;
-                            let i = match by_key.get(&(k.stream_id, k.level, k.flags)) {
-                                Some(i) => *i,
-                                None => {
-                                    let lv = Level::from_u8(k.level).unwrap_or_default();
-                                    let i = new_series(
-                                        base_labels(
-                                            labels[&k.stream_id],
-                                            &Labels::default(),
-                                            lv,
-                                            k.flags,
-                                        ),
-                                        cells,
-                                    )?;
-                                    by_key.insert((k.stream_id, k.level, k.flags), i);
-                                    i
-                                }
-                            };
-                            // When every second of the minute falls in the same steps (a step
-                            // of whole minutes, or a minute inside a step), one addition does.
-                            let first_ts = heimdall_store::volume::instant(k.minute, 0) + offset_ns;
-                            let last_ts = heimdall_store::volume::instant(k.minute, 59) + offset_ns;
-                            let lo = |ts: i64| (ts - t0 + step - 1).div_euclid(step);
-                            let hi = |ts: i64| (ts + range_ns - 1 - t0).div_euclid(step);
-                            let secs = heimdall_store::volume::seconds(&blobs[r.clone()]);
-                            if lo(first_ts) == lo(last_ts) && hi(first_ts) == hi(last_ts) {
-                                let (c, b) =
-                                    secs.fold((0u64, 0u64), |(c, b), (_, n, by)| (c + n, b + by));
-                                add(&mut cells[i], first_ts, c as f64, b as f64);
-                            } else {
-                                for (sec, count, bytes) in secs {
-                                    add(
-                                        &mut cells[i],
-                                        heimdall_store::volume::instant(k.minute, sec) + offset_ns,
-                                        count as f64,
-                                        bytes as f64,
-                                    );
-                                }
+            // Minutes come stream by stream. A stream whose labels hold what the
+            // aggregation keeps is counted as its minutes come; another one's minutes
+            // are kept until the next stream starts, then counted, or left to be read
+            // from lines when some of them carry metadata the aggregation keeps apart.
+            let mut st = VolumeCount {
+                by_key: HashMap::new(),
+                last_key: None,
+                steps: MinuteSteps::new(t0, step, range_ns, offset_ns, steps),
+                pending: Vec::new(),
+                blobs: Vec::new(),
+                unsafe_streams: Default::default(),
+                current: None,
+                rows: 0,
+            };
+            type NewSeries<'n> = dyn FnMut(Labels, &mut Vec<(Labels, Vec<f64>, Vec<f64>)>) -> Result<usize, Error>
+                + 'n;
+            let one = |st: &mut VolumeCount,
+                       cells: &mut Vec<(Labels, Vec<f64>, Vec<f64>)>,
+                       new_series: &mut NewSeries<'_>,
+                       m: heimdall_store::volume::Minute<'_>|
+             -> Result<(), Error> {
+                st.rows += 1;
+                let k = m.key;
+                let key = (k.stream_id, k.level, k.flags);
+                let i = match st.last_key {
+                    Some((lk, i)) if lk == key => i,
+                    _ => match st.by_key.get(&key) {
+                        Some(i) => *i,
+                        None => {
+                            let lv = Level::from_u8(k.level).unwrap_or_default();
+                            let i = new_series(
+                                base_labels(labels[&k.stream_id], &Labels::default(), lv, k.flags),
+                                cells,
+                            )?;
+                            st.by_key.insert(key, i);
+                            i
+                        }
+                    },
+                };
+                st.last_key = Some((key, i));
+                match st.steps.get(k.minute) {
+                    Some((lo, hi)) => {
+                        let (c, b) = m.totals();
+                        let cell = &mut cells[i];
+                        for j in lo..=hi {
+                            cell.1[j] += c as f64;
+                            cell.2[j] += b as f64;
+                        }
+                    }
+                    None => {
+                        let cell = &mut cells[i];
+                        for (sec, count, bytes) in heimdall_store::volume::seconds(m.seconds) {
+                            let (lo, hi) = st.steps.second(k.minute, sec);
+                            for j in lo..=hi {
+                                cell.1[j] += count as f64;
+                                cell.2[j] += bytes as f64;
                             }
                         }
                     }
-                    pending.clear();
-                    blobs.clear();
-                    Ok(())
-                };
+                }
+                Ok(())
+            };
+            // Counts a kept stream's minutes, or leaves the stream to its lines.
+            let drain = |st: &mut VolumeCount,
+                         cells: &mut Vec<(Labels, Vec<f64>, Vec<f64>)>,
+                         new_series: &mut NewSeries<'_>|
+             -> Result<(), Error> {
+                let pending = std::mem::take(&mut st.pending);
+                let blobs = std::mem::take(&mut st.blobs);
+                if let Some((first, ..)) = pending.first() {
+                    if pending.iter().any(|(k, ..)| k.meta) {
+                        st.unsafe_streams.insert(first.stream_id);
+                    } else {
+                        for (key, totals, r) in &pending {
+                            let m = heimdall_store::volume::Minute {
+                                key: *key,
+                                totals: *totals,
+                                seconds: &blobs[r.clone()],
+                            };
+                            one(st, cells, new_series, m)?;
+                        }
+                    }
+                }
+                st.pending = pending;
+                st.pending.clear();
+                st.blobs = blobs;
+                st.blobs.clear();
+                Ok(())
+            };
+            let mut failed: Option<Error> = None;
             self.src.per_second(
                 &ids,
                 t0 - range_ns - offset_ns,
                 req.end_ns - offset_ns,
-                |k, secs| {
+                |m| {
                     if failed.is_some() {
                         return;
                     }
-                    if pending
-                        .first()
-                        .is_some_and(|(p, _)| p.stream_id != k.stream_id)
-                    {
-                        if let Err(e) =
-                            flush(&mut pending, &mut blobs, &mut unsafe_streams, &mut cells)
-                        {
-                            failed = Some(e);
-                            return;
+                    let sid = m.key.stream_id;
+                    let res = (|| {
+                        let safe_here = match st.current {
+                            Some((s, safe_here)) if s == sid => safe_here,
+                            _ => {
+                                drain(&mut st, &mut cells, &mut new_series)?;
+                                let safe_here = safe(sid);
+                                st.current = Some((sid, safe_here));
+                                safe_here
+                            }
+                        };
+                        if safe_here {
+                            return one(&mut st, &mut cells, &mut new_series, m);
                         }
+                        let at = st.blobs.len();
+                        st.blobs.extend_from_slice(m.seconds);
+                        st.pending.push((m.key, m.totals, at..st.blobs.len()));
+                        Ok(())
+                    })();
+                    if let Err(e) = res {
+                        failed = Some(e);
                     }
-                    let at = blobs.len();
-                    blobs.extend_from_slice(secs);
-                    pending.push((k, at..blobs.len()));
                 },
             )?;
             if let Some(e) = failed {
                 return Err(e);
             }
-            flush(&mut pending, &mut blobs, &mut unsafe_streams, &mut cells)?;
+            drain(&mut st, &mut cells, &mut new_series)?;
+            self.stats.aggregate_rows += st.rows;
+            let unsafe_streams = st.unsafe_streams;
             from_lines.extend(
                 from_volume
                     .iter()
@@ -505,7 +539,76 @@ impl Ctx<'_, '_> {
             }
         }
 
-        if !from_lines.is_empty() {
+        if !from_lines.is_empty() && log.only_line_filters() {
+            // Only line filters: the labels are the lines' base labels, so every core
+            // counts the lines it reads into its own series, keyed by stream, level
+            // and flags (by all the labels for lines with structured metadata), and
+            // no line is copied.
+            let labels: HashMap<i64, &Labels> = from_lines.iter().map(|(id, l)| (*id, l)).collect();
+            let ids: Vec<i64> = from_lines.iter().map(|(id, _)| *id).collect();
+            let filters: Vec<_> = log.leading_filters().collect();
+            let limits = req.limits;
+            let (accs, complete) = self.src.tally(
+                &ids,
+                scan_start,
+                scan_end,
+                &filters,
+                want_bytes,
+                req.deadline,
+                LineTally::default,
+                |acc, row| {
+                    acc.lines += 1;
+                    acc.bytes += row.line.len() as u64;
+                    let cell = if row.metadata.is_empty() {
+                        let key = (row.stream_id, row.level as u8, row.flags);
+                        if !acc.base.contains_key(&key) {
+                            check_points(limits, steps, acc.base.len() + acc.meta.len() + 1)?;
+                        }
+                        acc.base
+                            .entry(key)
+                            .or_insert_with(|| (vec![0.0; steps], vec![0.0; steps]))
+                    } else {
+                        let l = base_labels(
+                            labels[&row.stream_id],
+                            &row.metadata,
+                            row.level,
+                            row.flags,
+                        );
+                        if !acc.meta.contains_key(&l) {
+                            check_points(limits, steps, acc.base.len() + acc.meta.len() + 1)?;
+                        }
+                        acc.meta
+                            .entry(l)
+                            .or_insert_with(|| (vec![0.0; steps], vec![0.0; steps]))
+                    };
+                    add_to(
+                        &mut cell.0,
+                        &mut cell.1,
+                        row.ts + offset_ns,
+                        1.0,
+                        row.line.len() as f64,
+                    );
+                    Ok(())
+                },
+            )?;
+            if !complete {
+                return Err(Error::Timeout);
+            }
+            for acc in accs {
+                self.stats.lines += acc.lines;
+                self.stats.bytes += acc.bytes;
+                let base = acc.base.into_iter().map(|((sid, level, flags), c)| {
+                    let lv = Level::from_u8(level).unwrap_or_default();
+                    (base_labels(labels[&sid], &Labels::default(), lv, flags), c)
+                });
+                for (l, (counts, sizes)) in base.chain(acc.meta) {
+                    let i = new_series(l, &mut cells)?;
+                    let cell = &mut cells[i];
+                    cell.1.iter_mut().zip(&counts).for_each(|(a, b)| *a += b);
+                    cell.2.iter_mut().zip(&sizes).for_each(|(a, b)| *a += b);
+                }
+            }
+        } else if !from_lines.is_empty() {
             let pipeline = Pipeline::new(log);
             let labels: HashMap<i64, &Labels> = from_lines.iter().map(|(id, l)| (*id, l)).collect();
             let ids: Vec<i64> = from_lines.iter().map(|(id, _)| *id).collect();
@@ -843,8 +946,136 @@ impl Ctx<'_, '_> {
     }
 }
 
-/// Whether the agents' pre-aggregates can answer a range function over `log`: a bare
-/// selector, or one that only drops error labels (which it cannot have).
+/// A minute kept for later: its key, totals and where its seconds are in the blobs.
+type PendingMinute = (
+    heimdall_store::volume::Key,
+    Option<(u64, u64)>,
+    std::ops::Range<usize>,
+);
+
+/// Per step, the count and bytes of one series.
+type StepCells = (Vec<f64>, Vec<f64>);
+
+/// Where a range function counting from per-second line counts stands.
+struct VolumeCount {
+    /// Series by (stream, level, flags).
+    by_key: HashMap<(i64, u8, u8), usize>,
+    /// The key counted last and its series: a key's minutes come in runs.
+    last_key: Option<((i64, u8, u8), usize)>,
+    steps: MinuteSteps,
+    /// The minutes of a stream whose metadata may keep it apart, until it ends.
+    pending: Vec<PendingMinute>,
+    blobs: Vec<u8>,
+    /// Streams left to be read from lines.
+    unsafe_streams: std::collections::HashSet<i64>,
+    /// The stream of the minutes coming, and whether they are counted as they come.
+    current: Option<(i64, bool)>,
+    /// Minutes counted.
+    rows: u64,
+}
+
+/// Which steps a minute of per-second counts adds to when all its seconds add to the
+/// same ones (a step of whole minutes, or a minute inside a step), remembered per
+/// minute in a small direct-mapped cache: every stream has the same minutes, and
+/// finding the steps takes divisions.
+struct MinuteSteps {
+    t0: i64,
+    step: i64,
+    range_ns: i64,
+    offset_ns: i64,
+    steps: usize,
+    /// (minute, the steps, or `None` when its seconds add to different ones).
+    slots: Vec<(i64, Option<(usize, usize)>)>,
+    /// For minutes whose seconds add to different steps (the same slots), each
+    /// second's: (minute, steps by second).
+    #[allow(clippy::type_complexity)]
+    seconds: Vec<Option<(i64, Box<[(usize, usize); 61]>)>>,
+}
+
+impl MinuteSteps {
+    const SLOTS: usize = 4096;
+
+    fn new(t0: i64, step: i64, range_ns: i64, offset_ns: i64, steps: usize) -> MinuteSteps {
+        MinuteSteps {
+            t0,
+            step,
+            range_ns,
+            offset_ns,
+            steps,
+            slots: vec![(i64::MIN, None); Self::SLOTS],
+            seconds: Vec::new(),
+        }
+    }
+
+    /// The steps (first, last) second `sec` of `minute` adds to (first > last when
+    /// none).
+    fn second(&mut self, minute: i64, sec: u8) -> (usize, usize) {
+        if self.seconds.is_empty() {
+            self.seconds = vec![None; Self::SLOTS];
+        }
+        let slot = (minute.div_euclid(60_000_000_000) as usize) % Self::SLOTS;
+        if self.seconds[slot]
+            .as_ref()
+            .is_none_or(|(m, _)| *m != minute)
+        {
+            let (t0, step, steps) = (self.t0, self.step, self.steps as i64);
+            let mut table = [(1, 0); 61];
+            for (s, e) in table.iter_mut().enumerate() {
+                let ts = heimdall_store::volume::instant(minute, s as u8) + self.offset_ns;
+                // Steps t with t - range < ts <= t.
+                let lo = (ts - t0 + step - 1).div_euclid(step).max(0);
+                let hi = (ts + self.range_ns - 1 - t0)
+                    .div_euclid(step)
+                    .min(steps - 1);
+                if lo <= hi {
+                    *e = (lo as usize, hi as usize);
+                }
+            }
+            self.seconds[slot] = Some((minute, Box::new(table)));
+        }
+        self.seconds[slot]
+            .as_ref()
+            .and_then(|(_, t)| t.get(usize::from(sec)).copied())
+            .unwrap_or((1, 0))
+    }
+
+    /// The steps (first, last) the whole of `minute` adds to (first > last when none),
+    /// or `None` when its seconds add to different steps.
+    fn get(&mut self, minute: i64) -> Option<(usize, usize)> {
+        let slot = (minute.div_euclid(60_000_000_000) as usize) % Self::SLOTS;
+        if self.slots[slot].0 == minute {
+            return self.slots[slot].1;
+        }
+        let (t0, step) = (self.t0, self.step);
+        let lo = |ts: i64| (ts - t0 + step - 1).div_euclid(step);
+        let hi = |ts: i64| (ts + self.range_ns - 1 - t0).div_euclid(step);
+        let first = heimdall_store::volume::instant(minute, 0) + self.offset_ns;
+        let last = heimdall_store::volume::instant(minute, 59) + self.offset_ns;
+        let v = (lo(first) == lo(last) && hi(first) == hi(last)).then(|| {
+            let (a, b) = (lo(first).max(0), hi(first).min(self.steps as i64 - 1));
+            // A minute that adds to no step needs no seconds either: (1, 0) is empty.
+            if a <= b {
+                (a as usize, b as usize)
+            } else {
+                (1, 0)
+            }
+        });
+        self.slots[slot] = (minute, v);
+        v
+    }
+}
+
+/// One core's counts of the lines it read for a range function whose pipeline is
+/// only line filters: per (stream, level, flags), or per label set for lines with
+/// structured metadata, the (count, bytes) of each step.
+#[derive(Default)]
+struct LineTally {
+    base: HashMap<(i64, u8, u8), StepCells>,
+    meta: HashMap<Labels, StepCells>,
+    lines: u64,
+    bytes: u64,
+}
+
 /// An unwrapped range function over the samples of one window (in time order); NaN
 /// (no point) when there are none.
 fn over_time(func: RangeFn, param: Option<f64>, s: &[(i64, f64)]) -> f64 {
@@ -889,6 +1120,8 @@ fn over_time(func: RangeFn, param: Option<f64>, s: &[(i64, f64)]) -> f64 {
     }
 }
 
+/// Whether the agents' pre-aggregates can answer a range function over `log`: a bare
+/// selector, or one that only drops error labels (which it cannot have).
 fn aggregates_answer(log: &LogQuery) -> bool {
     log.stages.iter().all(|s| match s {
         Stage::Drop(names) => names.iter().all(|n| n.name.starts_with("__error")),

@@ -884,25 +884,59 @@ fn get_strings<'a>(
 }
 
 fn render(out: &mut Vec<u8>, mut v: u64, p: u8, w: u8) {
-    // Digits from the right into a buffer, then zero padding up to the width.
+    // Digits from the right into a buffer, then zero padding up to the width. The
+    // bases are constants in each loop, so the divisions compile to multiplications
+    // and shifts (a division by a variable base was most of rebuilding a line).
     let mut buf = [b'0'; 24];
     let mut i = buf.len();
-    let (base, digits): (u64, &[u8; 16]) = match p {
-        P_DEC | P_DEC_PAD => (10, b"0123456789abcdef"),
-        P_HEX_LOWER => (16, b"0123456789abcdef"),
-        _ => (16, b"0123456789ABCDEF"),
-    };
-    loop {
-        i -= 1;
-        buf[i] = digits[(v % base) as usize];
-        v /= base;
-        if v == 0 {
-            break;
+    match p {
+        P_DEC | P_DEC_PAD => {
+            while v >= 100 {
+                let d = (v % 100) as usize * 2;
+                v /= 100;
+                i -= 2;
+                buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+            }
+            if v >= 10 {
+                let d = v as usize * 2;
+                i -= 2;
+                buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+            } else {
+                i -= 1;
+                buf[i] = b'0' + v as u8;
+            }
+        }
+        _ => {
+            let digits: &[u8; 16] = if p == P_HEX_LOWER {
+                b"0123456789abcdef"
+            } else {
+                b"0123456789ABCDEF"
+            };
+            loop {
+                i -= 1;
+                buf[i] = digits[(v & 15) as usize];
+                v >>= 4;
+                if v == 0 {
+                    break;
+                }
+            }
         }
     }
     let start = buf.len().saturating_sub(usize::from(w)).min(i);
     out.extend_from_slice(&buf[start..]);
 }
+
+/// "00" to "99", two bytes each.
+const PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Rebuilds the lines of a block that `want` asks for (by row): per row, `Some(line)`
 /// for a wanted templated row, `None` for a row the caller kept whole or did not want.
@@ -910,6 +944,29 @@ fn render(out: &mut Vec<u8>, mut v: u64, p: u8, w: u8) {
 /// # Errors
 /// [`Corrupt`] when the block is malformed.
 pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<Vec<u8>>>, Corrupt> {
+    let mut out: Vec<Option<Vec<u8>>> = Vec::new();
+    let n = decode_each(block, want, true, |row, line| {
+        out.resize(row, None);
+        out.push(Some(line.to_vec()));
+        true
+    })?;
+    out.resize(n, None);
+    Ok(out)
+}
+
+/// Rebuilds the wanted templated rows of a block one by one into one buffer, calling
+/// `each(row, line)` until it returns `false` (no allocation per line): in row order
+/// when `by_row`, else template by template (rows of one template in row order),
+/// which is faster. Returns the block's row count.
+///
+/// # Errors
+/// [`Corrupt`] when the block is malformed.
+pub fn decode_each(
+    block: &[u8],
+    want: impl Fn(usize) -> bool,
+    by_row: bool,
+    mut each: impl FnMut(usize, &[u8]) -> bool,
+) -> Result<usize, Corrupt> {
     let mut c = Cursor(block);
     let version = c.byte()?;
     if !(1..=VERSION).contains(&version) {
@@ -985,37 +1042,70 @@ pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<V
         }
         columns.push(cols);
     }
-    let mut next = vec![0usize; k];
-    let mut out = Vec::with_capacity(n);
-    for (row, t) in rows.into_iter().enumerate() {
-        if t == 0 {
-            out.push(None);
-            continue;
-        }
-        let i = next[t - 1];
-        next[t - 1] += 1;
-        if !want(row) {
-            out.push(None);
-            continue;
-        }
-        let (text, ps) = &templates[t - 1];
-        let mut line = Vec::with_capacity(text.len() + 16);
+    // Line `i` of template `t` into `line`.
+    let build = |t: usize, i: usize, line: &mut Vec<u8>| {
+        let (text, ps) = &templates[t];
+        line.clear();
         let mut slot = 0;
         for p in ps {
             match *p {
                 Part::Lit(a, b) => line.extend_from_slice(&text[a..b]),
                 Part::Slot(..) => {
-                    match &columns[t - 1][slot] {
-                        Column::Num(v, kind, w) => render(&mut line, v[i], *kind, *w),
+                    match &columns[t][slot] {
+                        Column::Num(v, kind, w) => render(line, v[i], *kind, *w),
                         Column::Str(v) => line.extend_from_slice(v[i]),
                     }
                     slot += 1;
                 }
             }
         }
-        out.push(Some(line));
+    };
+    let mut line = Vec::new();
+    if by_row {
+        let mut next = vec![0usize; k];
+        for (row, t) in rows.into_iter().enumerate() {
+            if t == 0 {
+                continue;
+            }
+            let i = next[t - 1];
+            next[t - 1] += 1;
+            if !want(row) {
+                continue;
+            }
+            build(t - 1, i, &mut line);
+            if !each(row, &line) {
+                break;
+            }
+        }
+        return Ok(n);
     }
-    Ok(out)
+    // Template by template: each column is then read front to back, where row order
+    // jumps between the columns of every template in the block.
+    let mut start = Vec::with_capacity(k + 1);
+    start.push(0usize);
+    for c in &counts {
+        start.push(start[start.len() - 1] + c);
+    }
+    let mut fill = start.clone();
+    let mut order = vec![0usize; start[k]];
+    for (row, &t) in rows.iter().enumerate() {
+        if t > 0 {
+            order[fill[t - 1]] = row;
+            fill[t - 1] += 1;
+        }
+    }
+    for t in 0..k {
+        for (i, &row) in order[start[t]..start[t + 1]].iter().enumerate() {
+            if !want(row) {
+                continue;
+            }
+            build(t, i, &mut line);
+            if !each(row, &line) {
+                return Ok(n);
+            }
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -1118,6 +1208,21 @@ mod tests {
                 assert_eq!(b, l);
             }
         }
+        // Template by template: the same rows and lines, each row once, every wanted
+        // one and no other.
+        let want = |i: usize| i % 3 != 1;
+        let mut seen = vec![false; lines.len()];
+        decode_each(&block, want, false, |row, line| {
+            assert!(
+                want(row) && templated[row] && !seen[row],
+                "row {row} out of place"
+            );
+            seen[row] = true;
+            assert_eq!(line, &lines[row][..]);
+            true
+        })
+        .unwrap();
+        assert!((0..lines.len()).all(|i| seen[i] == (want(i) && templated[i])));
         (templated, block.len())
     }
 

@@ -25,7 +25,7 @@
 
 use crate::filter::GramBuilder;
 use crate::read::HeapEntry as Front;
-use crate::segment::SegmentRow;
+use crate::segment::{RowRef, SegmentRow};
 use crate::volume::put_varint;
 use heimdall_common::record::{Labels, Level};
 use heimdall_common::wire::BatchContent;
@@ -282,7 +282,7 @@ struct Reader<'a> {
     b: &'a [u8],
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn varint(&mut self) -> Option<u64> {
         crate::volume::varint(&mut self.b)
     }
@@ -293,7 +293,7 @@ impl Reader<'_> {
         Some(c)
     }
 
-    fn bytes(&mut self) -> Option<&[u8]> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.varint()?).ok()?;
         if n > self.b.len() {
             return None;
@@ -319,10 +319,31 @@ pub fn decode(
     data: &[u8],
     mut keep: impl FnMut(&SegmentRow) -> bool,
 ) -> Result<Vec<SegmentRow>, rusqlite::Error> {
+    let mut out = Vec::new();
+    decode_each(id, stream_id, data, |r| {
+        let r = r.into_row();
+        if keep(&r) {
+            out.push(r);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` for the rows of a section's data in order until it returns `false`,
+/// each borrowing its line from the decompressed section.
+///
+/// # Errors
+/// [`rusqlite::Error`] naming the section when the data is damaged.
+pub fn decode_each(
+    id: i64,
+    stream_id: i64,
+    data: &[u8],
+    mut each: impl FnMut(RowRef<'_>) -> bool,
+) -> Result<(), rusqlite::Error> {
     let raw = lz4_flex::decompress_size_prepended(data).map_err(|_| damaged(id, "lz4"))?;
     let mut r = Reader { b: &raw };
     let n = r.varint().ok_or_else(|| damaged(id, "row count"))?;
-    let mut out = Vec::with_capacity(usize::try_from(n.min(1 << 20)).unwrap_or(0));
     let mut prev = 0i64;
     for _ in 0..n {
         let row = (|| {
@@ -338,8 +359,8 @@ pub fn decode(
             for _ in 0..pairs {
                 meta.push((r.string()?, r.string()?));
             }
-            let line = r.bytes()?.to_vec();
-            Some(SegmentRow {
+            let line = r.bytes()?;
+            Some(RowRef {
                 id: id.wrapping_add(offset as i64),
                 stream_id,
                 ts,
@@ -356,11 +377,11 @@ pub fn decode(
             })
         })()
         .ok_or_else(|| damaged(id, "row"))?;
-        if keep(&row) {
-            out.push(row);
+        if !each(row) {
+            break;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A stored section, without its data.
@@ -485,18 +506,40 @@ pub fn read(
     conn: &Connection,
     table: &str,
     id: i64,
-    keep: impl FnMut(&SegmentRow) -> bool,
+    mut keep: impl FnMut(&SegmentRow) -> bool,
 ) -> Result<Vec<SegmentRow>, rusqlite::Error> {
+    let mut out = Vec::new();
+    read_each(conn, table, id, |r| {
+        let r = r.into_row();
+        if keep(&r) {
+            out.push(r);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Reads one section, calling `each` for its rows in order until it returns `false`
+/// (none when it has gone); rows borrow their lines.
+///
+/// # Errors
+/// [`rusqlite::Error`], damaged data.
+pub fn read_each(
+    conn: &Connection,
+    table: &str,
+    id: i64,
+    each: impl FnMut(RowRef<'_>) -> bool,
+) -> Result<(), rusqlite::Error> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT stream_id, data FROM \"{table}\" WHERE id = ?1"
     ))?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let stream_id: i64 = r.get(0)?;
     let data = r.get_ref(1)?.as_blob()?;
-    decode(id, stream_id, data, keep)
+    decode_each(id, stream_id, data, each)
 }
 
 /// Every row of a partition with ids up to `max_id`, in id order (for tests and

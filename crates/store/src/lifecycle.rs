@@ -87,6 +87,10 @@ pub struct LifecycleConfig {
     pub reap_grace: Duration,
 }
 
+/// How long after an hour ends its per-second line counts are rolled up (lines that
+/// arrive later are counted beside the roll-up, and rolled up the next time).
+pub const VOLUME_ROLL_UP_DELAY: Duration = Duration::from_secs(300);
+
 /// The shortest time a segment that left the catalog keeps its file (see
 /// [`LifecycleConfig::reap_grace`]).
 pub const REAP_GRACE: Duration = Duration::from_secs(120);
@@ -433,6 +437,9 @@ impl Lifecycle {
         let r = self.retention();
         record("retention", t, &r, log);
         let t = Instant::now();
+        let r = self.roll_up_volume();
+        record("volume", t, &r, log);
+        let t = Instant::now();
         let r = self.compact(shutdown);
         record("compact", t, &r, log);
         let t = Instant::now();
@@ -456,6 +463,21 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// Rolls the per-second line counts of the hours that ended at least
+    /// [`VOLUME_ROLL_UP_DELAY`] ago into one row per stream and hour (see
+    /// [`crate::volume::roll_up`]), an hour per writer transaction. Returns the minute
+    /// rows rolled up.
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn roll_up_volume(&self) -> Result<u64, Error> {
+        let conn = self.reader()?;
+        let before = heimdall_common::record::now_ns() - VOLUME_ROLL_UP_DELAY.as_nanos() as i64;
+        crate::volume::roll_up(&conn, before, |f| {
+            self.store.job_blocking(f).map_err(Error::from)
+        })
     }
 
     /// Compacts every hot partition that is old enough, and the oldest ones while the
@@ -724,6 +746,10 @@ impl Lifecycle {
             c.execute(
                 "DELETE FROM volume WHERE minute < ?1",
                 [cutoff.saturating_sub(60_000_000_000)],
+            )?;
+            c.execute(
+                "DELETE FROM volume_hours WHERE hour < ?1",
+                [cutoff.saturating_sub(crate::volume::HOUR)],
             )?;
             c.execute("DELETE FROM anomalies WHERE ts < ?1", [cutoff])?;
             Ok(())

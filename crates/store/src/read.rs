@@ -24,7 +24,7 @@ use crate::filter::Needles;
 use crate::hot;
 use crate::hot_block::{self, Merge};
 use crate::hot_index::{HotIndex, Plan};
-use crate::segment::{self, SegmentFile, Selection};
+use crate::segment::{self, Columns, RowRef, SegmentFile, Selection};
 use heimdall_common::record::Labels;
 use heimdall_logql::{FilterOp, LineFilter, Matcher};
 use rusqlite::{Connection, OptionalExtension};
@@ -364,30 +364,34 @@ impl SegmentScan<'_> {
         interrupted(self.cancel, self.deadline)
     }
 
-    /// Reads candidates until none is left or `send` returns `false`; lines that pass
-    /// the filters go to `send` in batches, and an error ends the work after it is
-    /// sent.
-    fn work(&self, send: &mut dyn FnMut(Result<Vec<Row>, Error>) -> bool) {
+    /// Reads candidates until none is left, the scan is stopped or `sink` returns
+    /// `false`, giving `sink` each line that passes the filters (its stream id the
+    /// catalog's); `Ok(false)` when `sink` wants no more.
+    fn work(
+        &self,
+        cols: Columns,
+        sink: &mut dyn FnMut(RowRef<'_>) -> Result<bool, Error>,
+    ) -> Result<bool, Error> {
         while !self.stop.load(Ordering::Relaxed) {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(c) = self.cands.get(i) else { return };
-            match self.one(c, send) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    self.stop.store(true, Ordering::Relaxed);
-                    send(Err(e));
-                    return;
-                }
+            let Some(c) = self.cands.get(i) else {
+                return Ok(true);
+            };
+            let r = self.one(c, cols, sink);
+            if !matches!(r, Ok(true)) {
+                self.stop.store(true, Ordering::Relaxed);
+                return r;
             }
         }
+        Ok(true)
     }
 
-    /// Reads one candidate; `Ok(false)` when `send` wants no more.
+    /// Reads one candidate; `Ok(false)` when `sink` wants no more.
     fn one(
         &self,
         c: &Candidate,
-        send: &mut dyn FnMut(Result<Vec<Row>, Error>) -> bool,
+        cols: Columns,
+        sink: &mut dyn FnMut(RowRef<'_>) -> Result<bool, Error>,
     ) -> Result<bool, Error> {
         self.check()?;
         let file = open_segment(self.tiers, c)?;
@@ -398,11 +402,10 @@ impl SegmentScan<'_> {
             .iter()
             .map(|s| (s.file_stream_id, s.stream_id))
             .collect();
-        let mut batch: Vec<Row> = Vec::with_capacity(SCAN_BATCH);
         let (mut n, mut bytes) = (0u64, 0u64);
-        let mut late: Option<Error> = None;
+        let mut failed: Option<Error> = None;
         let mut open = true;
-        let groups = file.read(
+        let groups = file.visit(
             &Selection {
                 streams: &wanted,
                 start: self.start,
@@ -410,12 +413,13 @@ impl SegmentScan<'_> {
                 row_groups: c.row_groups.as_deref().map(Vec::as_slice),
             },
             false,
-            |r, _| {
+            cols,
+            |mut r, _| {
                 n += 1;
                 bytes += r.line.len() as u64;
                 if n % 4096 == 0 {
                     if let Err(e) = self.check() {
-                        late = Some(e);
+                        failed = Some(e);
                         return false;
                     }
                     if self.stop.load(Ordering::Relaxed) {
@@ -423,29 +427,21 @@ impl SegmentScan<'_> {
                         return false;
                     }
                 }
-                if !self.filters.iter().all(|f| f.matches(&r.line)) {
+                if !self.filters.iter().all(|f| f.matches(r.line)) {
                     return true;
                 }
-                batch.push(row_of(r, &map));
-                if batch.len() >= SCAN_BATCH {
-                    open = send(Ok(std::mem::replace(
-                        &mut batch,
-                        Vec::with_capacity(SCAN_BATCH),
-                    )));
+                r.stream_id = map[&r.stream_id];
+                match sink(r) {
+                    Ok(more) => open = more,
+                    Err(e) => failed = Some(e),
                 }
-                open
+                open && failed.is_none()
             },
         )?;
         ScanStats::add(&self.stats.row_groups_read, groups as u64);
         ScanStats::add(&self.stats.lines, n);
         ScanStats::add(&self.stats.bytes, bytes);
-        if let Some(e) = late {
-            return Err(e);
-        }
-        if open && !batch.is_empty() {
-            open = send(Ok(batch));
-        }
-        Ok(open)
+        failed.map_or(Ok(open), Err)
     }
 }
 
@@ -460,26 +456,25 @@ fn interrupted(cancel: Option<&AtomicBool>, deadline: Option<Instant>) -> Result
     Ok(())
 }
 
-/// A segment's row as a query's, its stream id mapped from the file's to the
-/// catalog's.
-fn row_of(r: segment::SegmentRow, map: &HashMap<i64, i64>) -> Row {
+/// A stored row as a query's.
+fn row_of(r: RowRef<'_>) -> Row {
     Row {
         id: r.id,
-        stream_id: map[&r.stream_id],
+        stream_id: r.stream_id,
         ts: r.ts,
         level: r.level,
         flags: r.flags,
-        line: r.line,
+        line: r.line.to_vec(),
         metadata: r.metadata,
     }
 }
 
-/// Whether a hot row is one a scan wants (its stream, `[start, end)`, an id the
-/// needle filters kept), counting such rows and their bytes as read; and whether it
-/// passes `filters`.
+/// Whether a hot row (`stream_id`, `ts`, `id`, `line`) is one a scan wants (its
+/// stream, `[start, end)`, an id the needle filters kept), counting such rows and
+/// their bytes as read; and whether it passes `filters`.
 #[allow(clippy::too_many_arguments)]
 fn hot_row_passes(
-    r: &segment::SegmentRow,
+    (stream_id, ts, id, line): (i64, i64, i64, &[u8]),
     wanted: &HashSet<i64>,
     start: i64,
     end: i64,
@@ -487,12 +482,12 @@ fn hot_row_passes(
     filters: &[&LineFilter],
     read: &mut (u64, u64),
 ) -> bool {
-    let keep = wanted.contains(&r.stream_id) && r.ts >= start && r.ts < end && part.wants(r.id);
+    let keep = wanted.contains(&stream_id) && ts >= start && ts < end && part.wants(id);
     if keep {
         read.0 += 1;
-        read.1 += r.line.len() as u64;
+        read.1 += line.len() as u64;
     }
-    keep && filters.iter().all(|f| f.matches(&r.line))
+    keep && filters.iter().all(|f| f.matches(line))
 }
 
 /// Opens a candidate segment: warm from its directory (or, uploaded and removed since
@@ -830,27 +825,10 @@ impl<'a> Source<'a> {
         deadline: Option<Instant>,
         each: &mut impl FnMut(Row) -> bool,
     ) -> Result<(), Error> {
-        let wanted: HashSet<i64> = streams.iter().copied().collect();
-        for p in hot::partitions(self.hot)? {
-            if p.end <= start || p.start >= end {
-                continue;
-            }
-            let part = self.hot_part(&p, streams, start, end, filters)?;
-            for m in &part.sections {
-                self.check(deadline)?;
-                ScanStats::add(&self.stats.hot_sections_read, 1);
-                let mut read = (0u64, 0u64);
-                let rows = hot_block::read(self.hot, &p.name, m.id, |r| {
-                    hot_row_passes(r, &wanted, start, end, &part, filters, &mut read)
-                })?;
-                ScanStats::add(&self.stats.lines, read.0);
-                ScanStats::add(&self.stats.bytes, read.1);
-                for r in rows {
-                    if !each(r.into()) {
-                        return Ok(());
-                    }
-                }
-            }
+        if !self.hot_any(streams, start, end, filters, deadline, &mut |r| {
+            Ok(each(row_of(r)))
+        })? {
+            return Ok(());
         }
         let cands = self.segments(streams, start, end, filters)?;
         if cands.is_empty() {
@@ -871,22 +849,32 @@ impl<'a> Source<'a> {
         };
         let workers = self.threads.min(cands.len());
         if workers <= 1 {
-            let mut failed = None;
-            job.work(&mut |batch| match batch {
-                Ok(rows) => rows.into_iter().all(&mut *each),
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            });
-            return failed.map_or(Ok(()), Err);
+            job.work(Columns::ALL, &mut |r| Ok(each(row_of(r))))?;
+            return Ok(());
         }
         std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Row>, Error>>(workers * 2);
             for _ in 0..workers {
                 let tx = tx.clone();
                 let job = &job;
-                sc.spawn(move || job.work(&mut |batch| tx.send(batch).is_ok()));
+                sc.spawn(move || {
+                    let mut batch: Vec<Row> = Vec::with_capacity(SCAN_BATCH);
+                    let done = job.work(Columns::ALL, &mut |r| {
+                        batch.push(row_of(r));
+                        Ok(batch.len() < SCAN_BATCH
+                            || tx
+                                .send(Ok(std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(SCAN_BATCH),
+                                )))
+                                .is_ok())
+                    });
+                    let _ = match done {
+                        Ok(true) if !batch.is_empty() => tx.send(Ok(batch)),
+                        Err(e) => tx.send(Err(e)),
+                        _ => Ok(()),
+                    };
+                });
             }
             drop(tx);
             // Returning drops the receiver, so workers blocked on sending stop.
@@ -908,6 +896,131 @@ impl<'a> Source<'a> {
             }
             Ok(())
         })
+    }
+
+    /// Gives `sink` the hot lines of `streams` in `[start, end)` that pass `filters`,
+    /// section by section; `Ok(false)` when `sink` wants no more.
+    fn hot_any(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+        sink: &mut dyn FnMut(RowRef<'_>) -> Result<bool, Error>,
+    ) -> Result<bool, Error> {
+        let wanted: HashSet<i64> = streams.iter().copied().collect();
+        for p in hot::partitions(self.hot)? {
+            if p.end <= start || p.start >= end {
+                continue;
+            }
+            let part = self.hot_part(&p, streams, start, end, filters)?;
+            for m in &part.sections {
+                self.check(deadline)?;
+                ScanStats::add(&self.stats.hot_sections_read, 1);
+                let mut read = (0u64, 0u64);
+                let mut res = Ok(true);
+                hot_block::read_each(self.hot, &p.name, m.id, |r| {
+                    if hot_row_passes(
+                        (r.stream_id, r.ts, r.id, r.line),
+                        &wanted,
+                        start,
+                        end,
+                        &part,
+                        filters,
+                        &mut read,
+                    ) {
+                        res = sink(r);
+                    }
+                    matches!(res, Ok(true))
+                })?;
+                ScanStats::add(&self.stats.lines, read.0);
+                ScanStats::add(&self.stats.bytes, read.1);
+                if !res? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Folds the lines of `streams` in `[start, end)` that pass `filters` into
+    /// per-worker accumulators, in no order and on every core, without copying a line:
+    /// each worker starts from `init()` and calls `add` for every line it reads (the
+    /// hot tier's lines go to one more). The line's text is read only when `line` is
+    /// set or there are filters (it is empty otherwise). Returns the accumulators, and
+    /// `false` when the deadline passed first (they are then incomplete).
+    ///
+    /// # Errors
+    /// [`Error`], or the first error `add` returns (the scan stops there).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tally<T: Send>(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        filters: &[&LineFilter],
+        line: bool,
+        deadline: Option<Instant>,
+        init: impl Fn() -> T + Sync,
+        add: impl Fn(&mut T, RowRef<'_>) -> Result<(), Error> + Sync,
+    ) -> Result<(Vec<T>, bool), Error> {
+        if streams.is_empty() || start >= end {
+            return Ok((Vec::new(), true));
+        }
+        let mut out = vec![init()];
+        let res = (|| {
+            self.hot_any(streams, start, end, filters, deadline, &mut |r| {
+                add(&mut out[0], r).map(|()| true)
+            })?;
+            let cands = self.segments(streams, start, end, filters)?;
+            if cands.is_empty() {
+                return Ok(());
+            }
+            let job = SegmentScan {
+                tiers: self.tiers.expect("segments are listed only with tiers"),
+                cands: &cands,
+                start,
+                end,
+                filters,
+                deadline,
+                cancel: self.cancel,
+                stats: &self.stats,
+                next: AtomicUsize::new(0),
+                stop: AtomicBool::new(false),
+            };
+            let cols = Columns {
+                line: line || !filters.is_empty(),
+                extra: false,
+                any_order: true,
+            };
+            let workers = self.threads.min(cands.len()).max(1);
+            let (init, add, job) = (&init, &add, &job);
+            let done: Vec<Result<T, Error>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        sc.spawn(move || {
+                            let mut t = init();
+                            job.work(cols, &mut |r| add(&mut t, r).map(|()| true))
+                                .map(|_| t)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
+            for t in done {
+                out.push(t?);
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => Ok((out, true)),
+            Err(Error::Timeout) => Ok((Vec::new(), false)),
+            Err(e) => Err(e),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1031,7 +1144,15 @@ impl<'a> Source<'a> {
                         let part = &h.part;
                         let mut read = (0u64, 0u64);
                         let mut keep = |r: &segment::SegmentRow| {
-                            hot_row_passes(r, &wanted, start, end, part, filters, &mut read)
+                            hot_row_passes(
+                                (r.stream_id, r.ts, r.id, &r.line),
+                                &wanted,
+                                start,
+                                end,
+                                part,
+                                filters,
+                                &mut read,
+                            )
                         };
                         let decoded = h.merge.decoded();
                         while !h.done && h.buf.len() < PAGE {
@@ -1127,7 +1248,7 @@ impl<'a> Source<'a> {
         let file = s.file.as_ref().expect("opened before reading");
         let mut rows: Vec<Row> = Vec::new();
         let (mut n, mut bytes, mut over) = (0u64, 0u64, false);
-        let groups = file.read(
+        let groups = file.visit(
             &Selection {
                 streams: &s.wanted,
                 start: a,
@@ -1135,15 +1256,17 @@ impl<'a> Source<'a> {
                 row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
             },
             false,
-            |r, _| {
+            Columns::ALL,
+            |mut r, _| {
                 n += 1;
                 bytes += r.line.len() as u64;
-                if filters.iter().all(|f| f.matches(&r.line)) {
+                if filters.iter().all(|f| f.matches(r.line)) {
                     if cap.is_some_and(|c| rows.len() >= c) {
                         over = true;
                         return false;
                     }
-                    rows.push(row_of(r, &s.map));
+                    r.stream_id = s.map[&r.stream_id];
+                    rows.push(row_of(r));
                 }
                 true
             },
@@ -1233,7 +1356,8 @@ impl<'a> Source<'a> {
         Ok(crate::volume::covered(self.hot, streams)?)
     }
 
-    /// The per-second counts of `streams` for lines in `(start, end]`, row by row.
+    /// The per-second counts of `streams` for lines in `(start, end]`, minute by minute
+    /// (see [`crate::volume::read`]).
     ///
     /// # Errors
     /// [`Error::Sqlite`].
@@ -1242,7 +1366,7 @@ impl<'a> Source<'a> {
         streams: &[i64],
         start: i64,
         end: i64,
-        each: impl FnMut(crate::volume::Key, &[u8]),
+        each: impl FnMut(crate::volume::Minute<'_>),
     ) -> Result<(), Error> {
         Ok(crate::volume::read(self.hot, streams, start, end, each)?)
     }

@@ -107,6 +107,61 @@ pub struct SegmentRow {
     pub metadata: Labels,
 }
 
+/// One stored line borrowed from a reader ([`SegmentFile::visit`], the hot tier's
+/// sections): no copy of the line is made until a caller keeps it.
+#[derive(Clone, Debug)]
+pub struct RowRef<'a> {
+    pub id: i64,
+    pub stream_id: i64,
+    pub ts: i64,
+    pub observed: i64,
+    pub level: Level,
+    pub template_id: u64,
+    pub flags: u8,
+    pub line: &'a [u8],
+    /// Structured metadata (empty for most lines).
+    pub metadata: Labels,
+}
+
+impl RowRef<'_> {
+    /// The row, owned.
+    pub fn into_row(self) -> SegmentRow {
+        SegmentRow {
+            id: self.id,
+            stream_id: self.stream_id,
+            ts: self.ts,
+            observed: self.observed,
+            level: self.level,
+            template_id: self.template_id,
+            flags: self.flags,
+            line: self.line.to_vec(),
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// The columns [`SegmentFile::visit`] reads beyond stream, time, level, flags and
+/// metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Columns {
+    /// The line (its column, the exact bytes and the template block).
+    pub line: bool,
+    /// The row id, observed time and template id.
+    pub extra: bool,
+    /// Rows may come in any order (templated lines are then rebuilt template by
+    /// template, which reads each column front to back: faster).
+    pub any_order: bool,
+}
+
+impl Columns {
+    /// Every column, rows in file order.
+    pub const ALL: Columns = Columns {
+        line: true,
+        extra: true,
+        any_order: false,
+    };
+}
+
 /// Rows and time range of one stream in a segment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamRange {
@@ -722,12 +777,33 @@ impl SegmentFile {
         with_labels: bool,
         mut each: impl FnMut(SegmentRow, Option<&str>) -> bool,
     ) -> Result<usize, Error> {
+        self.visit(sel, with_labels, Columns::ALL, |r, l| each(r.into_row(), l))
+    }
+
+    /// [`SegmentFile::read`] without copying: each row borrows its line from the
+    /// reader's buffers (templated lines are rebuilt one by one into one buffer), and
+    /// only the columns in `cols` are read (the others read as 0 or empty).
+    ///
+    /// # Errors
+    /// [`Error`].
+    pub fn visit(
+        &self,
+        sel: &Selection<'_>,
+        with_labels: bool,
+        cols: Columns,
+        mut each: impl FnMut(RowRef<'_>, Option<&str>) -> bool,
+    ) -> Result<usize, Error> {
         let path = &self.path;
         let md = self.reader.metadata();
         let (smin, smax) = match (sel.streams.iter().min(), sel.streams.iter().max()) {
             (Some(a), Some(b)) => (*a, *b),
             _ => return Ok(0),
         };
+        let schema = md.file_metadata().schema_descr();
+        // Before the template block, `line` was required and on every row.
+        let line_optional = schema.column(COL_LINE).max_def_level() > 0;
+        let has_block = schema.num_columns() > COL_BLOCK;
+        let has_meta = schema.num_columns() > COL_META;
         let mut decoded = 0;
         for g in 0..md.num_row_groups() {
             if sel
@@ -750,6 +826,10 @@ impl SegmentFile {
             let n = rgm.num_rows() as usize;
             let rg = self.reader.get_row_group(g).map_err(pq(path))?;
             decoded += 1;
+            let short = || Error::Corrupt {
+                path: path.clone(),
+                what: format!("row group {g} is short"),
+            };
             let read_i64 = |c: usize| read_plain::<Int64Type>(rg.as_ref(), c, n, path);
             let read_i32 = |c: usize| read_plain::<Int32Type>(rg.as_ref(), c, n, path);
             let read_bytes =
@@ -781,15 +861,16 @@ impl SegmentFile {
                             })
                         }
                     }
+                    // A required column has no definition levels: every row is there.
+                    if !optional {
+                        def = vec![1; v.len()];
+                    }
                     Ok((v, def))
                 };
             let streams = read_i64(COL_STREAM)?;
             let ts = read_i64(COL_TS)?;
             if streams.len() != n || ts.len() != n {
-                return Err(Error::Corrupt {
-                    path: path.clone(),
-                    what: format!("row group {g} is short"),
-                });
+                return Err(short());
             }
             let keep: Vec<bool> = (0..n)
                 .map(|i| sel.streams.contains(&streams[i]) && ts[i] >= sel.start && ts[i] < sel.end)
@@ -797,95 +878,70 @@ impl SegmentFile {
             if !keep.iter().any(|k| *k) {
                 continue;
             }
-            let ids = read_i64(COL_ID)?;
-            let observed = read_i64(COL_OBSERVED)?;
-            let levels = read_i32(COL_LEVEL)?;
-            let templates = read_i64(COL_TEMPLATE)?;
-            let flags = read_i32(COL_FLAGS)?;
-            let schema = md.file_metadata().schema_descr();
-            // Before the template block, `line` was required and on every row.
-            let line_optional = schema.column(COL_LINE).max_def_level() > 0;
-            let (lines, line_def) = read_bytes(COL_LINE, line_optional)?;
-            let mut rebuilt = if schema.num_columns() > COL_BLOCK {
-                let (block, _) = read_bytes(COL_BLOCK, true)?;
-                match block.first() {
-                    Some(b) => {
-                        crate::columnar::decode(b.data(), |i| keep.get(i).copied().unwrap_or(false))
-                            .map_err(|e| Error::Corrupt {
-                                path: path.clone(),
-                                what: format!("row group {g}: {e}"),
-                            })?
-                    }
-                    None => vec![None; n],
-                }
+            let zeros = || vec![0; n];
+            let (ids, observed, templates) = if cols.extra {
+                (
+                    read_i64(COL_ID)?,
+                    read_i64(COL_OBSERVED)?,
+                    read_i64(COL_TEMPLATE)?,
+                )
             } else {
-                vec![None; n]
+                (zeros(), zeros(), zeros())
             };
-            let (raw, raw_def) = read_bytes(COL_RAW, true)?;
+            let levels = read_i32(COL_LEVEL)?;
+            let flags = read_i32(COL_FLAGS)?;
+            let absent = || -> (Vec<ByteArray>, Vec<i16>) { (Vec::new(), vec![0; n]) };
+            let (lines, line_def) = if cols.line {
+                read_bytes(COL_LINE, line_optional)?
+            } else {
+                absent()
+            };
+            let (raw, raw_def) = if cols.line {
+                read_bytes(COL_RAW, true)?
+            } else {
+                absent()
+            };
+            let block = if cols.line && has_block {
+                read_bytes(COL_BLOCK, true)?.0.into_iter().next()
+            } else {
+                None
+            };
             let labels = if with_labels {
                 Some(read_bytes(COL_LABELS, false)?.0)
             } else {
                 None
             };
-            let (meta, meta_def) = if md.file_metadata().schema_descr().num_columns() > COL_META {
+            let (meta, meta_def) = if has_meta {
                 read_bytes(COL_META, true)?
             } else {
-                (Vec::new(), vec![0; n])
-            };
-            let line_rows = if line_optional {
-                line_def.len()
-            } else {
-                lines.len()
+                absent()
             };
             if ids.len() != n
-                || line_rows != n
+                || observed.len() != n
+                || templates.len() != n
+                || levels.len() != n
+                || flags.len() != n
+                || line_def.len() != n
                 || raw_def.len() != n
                 || meta_def.len() != n
-                || rebuilt.len() != n
+                || labels.as_ref().is_some_and(|l| l.len() != n)
             {
-                return Err(Error::Corrupt {
-                    path: path.clone(),
-                    what: format!("row group {g} is short"),
-                });
+                return Err(short());
             }
-            let mut raw_i = 0;
-            let mut meta_i = 0;
-            let mut line_i = 0;
+            // Per row, its line when kept whole (the exact bytes first), and its
+            // metadata.
+            let mut at = (0usize, 0usize, 0usize);
+            let mut whole: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+            let mut metas: Vec<Option<&[u8]>> = Vec::with_capacity(n);
             for i in 0..n {
-                let line_here = if !line_optional || line_def[i] == 1 {
-                    line_i += 1;
-                    lines.get(line_i - 1)
-                } else {
-                    None
-                };
-                let meta_here = if meta_def[i] == 1 {
-                    meta_i += 1;
-                    meta.get(meta_i - 1)
-                } else {
-                    None
-                };
-                let raw_here = raw_def[i] == 1;
-                let raw_line = if raw_here {
-                    raw_i += 1;
-                    raw.get(raw_i - 1)
-                } else {
-                    None
-                };
-                if !keep[i] {
-                    continue;
-                }
-                let line = match (raw_line, line_here, rebuilt[i].take()) {
-                    (Some(r), _, _) => r.data().to_vec(),
-                    (None, Some(l), _) => l.data().to_vec(),
-                    (None, None, Some(l)) => l,
-                    (None, None, None) => {
-                        return Err(Error::Corrupt {
-                            path: path.clone(),
-                            what: format!("row group {g}: row {i} has no line"),
-                        })
-                    }
-                };
-                let row = SegmentRow {
+                let line_here = present(&line_def, i, &mut at.0, &lines);
+                let raw_here = present(&raw_def, i, &mut at.1, &raw);
+                whole.push(raw_here.or(line_here));
+                metas.push(present(&meta_def, i, &mut at.2, &meta));
+            }
+            let mut open = true;
+            let mut emit = |i: usize, line: &[u8]| -> bool {
+                let row = RowRef {
                     id: ids[i],
                     stream_id: streams[i],
                     ts: ts[i],
@@ -895,15 +951,65 @@ impl SegmentFile {
                     flags: flags[i] as u8,
                     line,
                     metadata: super::hot::parse_metadata_json(
-                        meta_here.and_then(|m| std::str::from_utf8(m.data()).ok()),
+                        metas[i].and_then(|m| std::str::from_utf8(m).ok()),
                     ),
                 };
                 let l = labels
                     .as_ref()
                     .and_then(|l| std::str::from_utf8(l[i].data()).ok());
-                if !each(row, l) {
-                    return Ok(decoded);
+                open = each(row, l);
+                open
+            };
+            // The rows the block must rebuild: wanted, with no line kept whole.
+            let rebuilt = |i: usize| cols.line && keep[i] && whole[i].is_none();
+            // A wanted row the block does not rebuild is emitted with its whole line.
+            let plain = |i: usize, emit: &mut dyn FnMut(usize, &[u8]) -> bool| {
+                !keep[i] || rebuilt(i) || emit(i, whole[i].unwrap_or_default())
+            };
+            let mut left = (0..n).filter(|&i| rebuilt(i)).count();
+            let decode = |by_row: bool, each: &mut dyn FnMut(usize, &[u8]) -> bool| {
+                let Some(b) = &block else { return Ok(()) };
+                crate::columnar::decode_each(b.data(), rebuilt, by_row, each)
+                    .map(|_| ())
+                    .map_err(|e| Error::Corrupt {
+                        path: path.clone(),
+                        what: format!("row group {g}: {e}"),
+                    })
+            };
+            if cols.any_order {
+                // Rows kept whole, then the block's template by template.
+                if (0..n).all(|i| plain(i, &mut emit)) && left > 0 {
+                    decode(false, &mut |r, line| {
+                        left -= 1;
+                        emit(r, line)
+                    })?;
                 }
+            } else {
+                // In row order: the rows before each rebuilt one, then it.
+                let mut next_row = 0usize;
+                decode(true, &mut |r, line| {
+                    while next_row < r {
+                        if !plain(next_row, &mut emit) {
+                            return false;
+                        }
+                        next_row += 1;
+                    }
+                    next_row = r + 1;
+                    left -= 1;
+                    emit(r, line)
+                })?;
+                while next_row < n && plain(next_row, &mut emit) {
+                    next_row += 1;
+                }
+            }
+            if !open {
+                return Ok(decoded);
+            }
+            if left > 0 {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    what: format!("row group {g}: {left} rows have no line"),
+                });
             }
         }
         Ok(decoded)
@@ -935,6 +1041,15 @@ impl SegmentFile {
         }
         Ok(())
     }
+}
+
+/// The value of an optional column at row `i` (`at` counts the values before it), or
+/// `None` when the row has none.
+fn present<'v>(def: &[i16], i: usize, at: &mut usize, v: &'v [ByteArray]) -> Option<&'v [u8]> {
+    (def[i] == 1).then(|| {
+        *at += 1;
+        v.get(*at - 1).map_or(&[][..], ByteArray::data)
+    })
 }
 
 /// Reads a required primitive column of a row group, refusing a file whose column has
@@ -1232,6 +1347,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raw, vec![b"bad \xff\xfe bytes".to_vec()]);
+        // In any order, with only the line: the same lines of stream 2 in a time
+        // range (the raw one among them), each once.
+        let mut any: Vec<(i64, Vec<u8>)> = Vec::new();
+        f.visit(
+            &Selection {
+                streams: &one,
+                start: 1_000,
+                end: 71_000,
+                row_groups: None,
+            },
+            false,
+            Columns {
+                line: true,
+                extra: false,
+                any_order: true,
+            },
+            |r, _| {
+                any.push((r.ts, r.line.to_vec()));
+                true
+            },
+        )
+        .unwrap();
+        any.sort();
+        let expect: Vec<(i64, Vec<u8>)> = want[100_000..170_000]
+            .iter()
+            .map(|r| (r.ts, r.line.clone()))
+            .collect();
+        assert_eq!(any, expect);
         let labels = f.stream_labels().unwrap();
         assert_eq!(labels[&2], "[[\"app\",\"b\"]]");
         // The bloom filter: present tokens and infixes pass; an absent id does not.

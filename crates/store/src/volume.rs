@@ -11,7 +11,14 @@
 //!
 //! The rows are written by the hot store's writer in the same transaction as the lines
 //! (a batch stored once is counted once) and kept until retention drops them; they
-//! are not moved by compaction, so they cover warm and cold lines too. Streams made
+//! are not moved by compaction, so they cover warm and cold lines too.
+//!
+//! Past hours are rolled up ([`roll_up`]): a stream's minutes of an hour become one
+//! row of `volume_hours`, each minute with its totals beside its seconds, so a day's
+//! histogram reads a few thousand rows instead of millions, and a minute that falls
+//! inside one step is counted from its totals without decoding its seconds. Lines
+//! that arrive later for a rolled-up hour go to `volume` as before and are rolled up
+//! the next time; readers add both tables. Streams made
 //! before the table existed are not covered ([`first_stream`]); queries read their
 //! lines.
 
@@ -47,6 +54,8 @@ impl std::hash::Hash for Key {
 
 const SECOND: i64 = 1_000_000_000;
 const MINUTE: i64 = 60 * SECOND;
+/// The span of a `volume_hours` row.
+pub const HOUR: i64 = 60 * MINUTE;
 
 /// The row and second a line at `ts` counts in.
 pub fn locate(ts: i64) -> (i64, u8) {
@@ -275,7 +284,17 @@ impl Tally {
 /// [`rusqlite::Error`].
 pub fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS volume_uncovered (stream_id INTEGER PRIMARY KEY);",
+        "CREATE TABLE IF NOT EXISTS volume_uncovered (stream_id INTEGER PRIMARY KEY);
+        CREATE TABLE IF NOT EXISTS volume_hours (
+            stream_id INTEGER NOT NULL,
+            hour      INTEGER NOT NULL,
+            level     INTEGER NOT NULL,
+            flags     INTEGER NOT NULL,
+            meta      INTEGER NOT NULL,
+            minutes   BLOB NOT NULL,
+            PRIMARY KEY (stream_id, hour, level, flags, meta)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS volume_hours_hour ON volume_hours(hour);",
     )?;
     let exists: bool = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE name = 'volume' AND type = 'table'")?
@@ -351,8 +370,26 @@ pub fn first_stream(conn: &Connection) -> Result<i64, rusqlite::Error> {
         .unwrap_or(i64::MAX))
 }
 
-/// Calls `each(key, encoded seconds)` for the rows of `streams` whose minute holds any
-/// of `(start, end]`, stream by stream (decode the seconds with [`seconds`]).
+/// One minute of a stream's counts as a reader gets it: its key, its totals (count,
+/// bytes) when stored beside the seconds, and its seconds (decode with [`seconds`]).
+pub struct Minute<'a> {
+    pub key: Key,
+    pub totals: Option<(u64, u64)>,
+    pub seconds: &'a [u8],
+}
+
+impl Minute<'_> {
+    /// The minute's line count and bytes.
+    pub fn totals(&self) -> (u64, u64) {
+        self.totals.unwrap_or_else(|| {
+            seconds(self.seconds).fold((0, 0), |(c, b), (_, n, by)| (c + n, b + by))
+        })
+    }
+}
+
+/// Calls `each` for the minutes of `streams` that hold any of `(start, end]`, stream
+/// by stream (a stream's rolled-up minutes first, then those not yet rolled up; a
+/// minute may come from both).
 ///
 /// # Errors
 /// [`rusqlite::Error`].
@@ -361,36 +398,197 @@ pub fn read(
     streams: &[i64],
     start: i64,
     end: i64,
-    mut each: impl FnMut(Key, &[u8]),
+    mut each: impl FnMut(Minute<'_>),
 ) -> Result<(), rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT minute, level, flags, meta, seconds FROM volume
          WHERE stream_id = ?1 AND minute >= ?2 AND minute <= ?3",
     )?;
+    let mut hours = conn.prepare_cached(
+        "SELECT hour, level, flags, meta, minutes FROM volume_hours
+         WHERE stream_id = ?1 AND hour >= ?2 AND hour <= ?3",
+    )?;
     let lo = locate(start.saturating_add(1)).0;
     let hi = locate(end).0;
     for &s in streams {
+        let mut rows = hours.query(params![s, lo.div_euclid(HOUR) * HOUR, hi])?;
+        while let Some(r) = rows.next()? {
+            let hour: i64 = r.get(0)?;
+            let (level, flags, meta) = (
+                r.get::<_, i64>(1)? as u8,
+                r.get::<_, i64>(2)? as u8,
+                r.get::<_, i64>(3)? != 0,
+            );
+            for (m, count, bytes, secs) in minutes(r.get_ref(4)?.as_blob()?) {
+                let minute = hour + i64::from(m) * MINUTE;
+                if minute < lo || minute > hi {
+                    continue;
+                }
+                each(Minute {
+                    key: Key {
+                        stream_id: s,
+                        minute,
+                        level,
+                        flags,
+                        meta,
+                    },
+                    totals: Some((count, bytes)),
+                    seconds: secs,
+                });
+            }
+        }
         let mut rows = stmt.query(params![s, lo, hi])?;
         while let Some(r) = rows.next()? {
-            let blob = r.get_ref(4)?.as_blob()?;
-            each(
-                Key {
+            each(Minute {
+                key: Key {
                     stream_id: s,
                     minute: r.get(0)?,
                     level: r.get::<_, i64>(1)? as u8,
                     flags: r.get::<_, i64>(2)? as u8,
                     meta: r.get::<_, i64>(3)? != 0,
                 },
-                blob,
-            );
+                totals: None,
+                seconds: r.get_ref(4)?.as_blob()?,
+            });
         }
     }
+    Ok(())
+}
+
+/// Encodes an hour's minutes (sorted by minute, unique): per minute its number in the
+/// hour, count, bytes, the length of its seconds and the seconds ([`encode`]).
+fn encode_hour(mins: &[(u8, Vec<Second>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (m, secs) in mins {
+        let (c, b) = secs.iter().fold((0, 0), |(c, b), s| (c + s.1, b + s.2));
+        let e = encode(secs);
+        out.push(*m);
+        put_varint(&mut out, c);
+        put_varint(&mut out, b);
+        put_varint(&mut out, e.len() as u64);
+        out.extend_from_slice(&e);
+    }
+    out
+}
+
+/// The minutes of [`encode_hour`]'s bytes: (minute of the hour, count, bytes,
+/// seconds); damage ends them.
+fn minutes(mut b: &[u8]) -> impl Iterator<Item = (u8, u64, u64, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&m, rest) = b.split_first()?;
+        b = rest;
+        match minute_head(&mut b) {
+            Some((c, n, secs)) => Some((m, c, n, secs)),
+            None => {
+                b = &[];
+                None
+            }
+        }
+    })
+}
+
+/// A minute's count, bytes and seconds off the front of `b`.
+fn minute_head<'a>(b: &mut &'a [u8]) -> Option<(u64, u64, &'a [u8])> {
+    let c = varint(b)?;
+    let n = varint(b)?;
+    let len = usize::try_from(varint(b)?).ok().filter(|l| *l <= b.len())?;
+    let (secs, rest) = b.split_at(len);
+    *b = rest;
+    Some((c, n, secs))
+}
+
+/// Rolls the minutes of every whole hour before `before` (rounded down to an hour)
+/// into `volume_hours`, one hour per call of `job` (each a transaction of the
+/// caller's writer), merging with what an earlier roll-up of the hour left. Returns
+/// the minute rows rolled up.
+///
+/// # Errors
+/// What `job` or [`rusqlite`] return.
+pub fn roll_up<E: From<rusqlite::Error>>(
+    conn: &Connection,
+    before: i64,
+    mut job: impl FnMut(
+        Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>,
+    ) -> Result<(), E>,
+) -> Result<u64, E> {
+    let before = before.div_euclid(HOUR) * HOUR;
+    let mut first = conn.prepare_cached("SELECT min(minute) FROM volume WHERE minute < ?1")?;
+    let mut count =
+        conn.prepare_cached("SELECT count(*) FROM volume WHERE minute >= ?1 AND minute < ?2")?;
+    let mut rolled = 0u64;
+    loop {
+        let Some(m) = first.query_row([before], |r| r.get::<_, Option<i64>>(0))? else {
+            return Ok(rolled);
+        };
+        let hour = m.div_euclid(HOUR) * HOUR;
+        rolled += count.query_row([hour, hour + HOUR], |r| r.get::<_, i64>(0))? as u64;
+        job(Box::new(move |c| roll_up_hour(c, hour)))?;
+    }
+}
+
+/// Rolls up one hour (see [`roll_up`]), in the caller's transaction.
+fn roll_up_hour(c: &Connection, hour: i64) -> Result<(), rusqlite::Error> {
+    type HourKey = (i64, u8, u8, bool);
+    let mut by: std::collections::BTreeMap<HourKey, Vec<(u8, Vec<Second>)>> = Default::default();
+    {
+        let mut q = c.prepare_cached(
+            "SELECT stream_id, minute, level, flags, meta, seconds FROM volume
+             WHERE minute >= ?1 AND minute < ?2",
+        )?;
+        let mut rows = q.query([hour, hour + HOUR])?;
+        while let Some(r) = rows.next()? {
+            let k = (
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(2)? as u8,
+                r.get::<_, i64>(3)? as u8,
+                r.get::<_, i64>(4)? != 0,
+            );
+            let m = ((r.get::<_, i64>(1)? - hour) / MINUTE) as u8;
+            by.entry(k)
+                .or_default()
+                .push((m, decode(r.get_ref(5)?.as_blob()?)));
+        }
+    }
+    let mut get = c.prepare_cached(
+        "SELECT minutes FROM volume_hours WHERE stream_id = ?1 AND hour = ?2 AND level = ?3 AND flags = ?4 AND meta = ?5",
+    )?;
+    let mut put = c.prepare_cached(
+        "INSERT OR REPLACE INTO volume_hours(stream_id, hour, level, flags, meta, minutes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for ((stream, level, flags, meta), mut mins) in by {
+        let p = params![stream, hour, level, flags, meta];
+        let old: Option<Vec<u8>> = get.query_row(p, |r| r.get(0)).optional()?;
+        if let Some(old) = old {
+            mins.extend(minutes(&old).map(|(m, _, _, secs)| (m, decode(secs))));
+        }
+        mins.sort_by_key(|(m, _)| *m);
+        let mut merged: Vec<(u8, Vec<Second>)> = Vec::with_capacity(mins.len());
+        for (m, secs) in mins {
+            match merged.last_mut() {
+                Some((lm, ls)) if *lm == m => *ls = merge(ls, &secs),
+                _ => merged.push((m, secs)),
+            }
+        }
+        put.execute(params![
+            stream,
+            hour,
+            level,
+            flags,
+            meta,
+            encode_hour(&merged)
+        ])?;
+    }
+    c.execute(
+        "DELETE FROM volume WHERE minute >= ?1 AND minute < ?2",
+        [hour, hour + HOUR],
+    )?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn seconds_hold_the_half_open_interval_ending_on_them() {
@@ -402,6 +600,96 @@ mod tests {
         assert_eq!(locate(-1), (0, 0));
         assert_eq!(locate(-SECOND - 1), (-MINUTE, 59));
         assert_eq!(instant(MINUTE, 0), MINUTE);
+    }
+
+    /// Every minute `read` gives for `streams` from a day before 2023-11-14 22:00 to a
+    /// day after, summed per (key, second).
+    fn counts(conn: &Connection, streams: &[i64]) -> BTreeMap<(Key, u8), (u64, u64)> {
+        let mut out = BTreeMap::new();
+        let h0 = 1_700_000_000 / 3600 * HOUR;
+        read(conn, streams, h0 - 24 * HOUR, h0 + 24 * HOUR, |m| {
+            let mut sum = (0, 0);
+            for (s, c, b) in seconds(m.seconds) {
+                let e: &mut (u64, u64) = out.entry((m.key, s)).or_default();
+                e.0 += c;
+                e.1 += b;
+                sum = (sum.0 + c, sum.1 + b);
+            }
+            assert_eq!(m.totals(), sum);
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn hours_roll_up_and_late_lines_are_counted_beside_them() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value); CREATE TABLE streams (id INTEGER PRIMARY KEY);",
+        )
+        .unwrap();
+        create(&conn).unwrap();
+        let mut rng = 0x9e37_79b9_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let h0 = 1_700_000_000 / 3600 * HOUR;
+        let mut add = |t: &mut Tally, n: usize, from: i64, span: i64| {
+            for _ in 0..n {
+                let ts = from + (next() % span as u64) as i64;
+                let stream = 1 + (next() % 3) as i64;
+                t.add(
+                    stream,
+                    ts,
+                    (next() % 4) as u8,
+                    (next() % 2) as u8,
+                    next() % 9 == 0,
+                    10,
+                );
+            }
+        };
+        let mut t = Tally::default();
+        add(&mut t, 5_000, h0 - 30 * SECOND, 3 * HOUR);
+        t.write(&conn).unwrap();
+        let all = [1, 2, 3];
+        let before = counts(&conn, &all);
+        let job = |f: crate::hot::JobFn| f(&conn);
+        // Before the third hour: the minutes of the first two (and of the 30 s
+        // before them) are rolled up.
+        let rolled = roll_up(&conn, h0 + 2 * HOUR + 17 * SECOND, job).unwrap();
+        assert!(rolled > 0);
+        let left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM volume WHERE minute < ?1",
+                [h0 + 2 * HOUR],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(counts(&conn, &all), before);
+        // Late lines for rolled-up hours: read beside the roll-up, then rolled in.
+        add(&mut t, 700, h0, 2 * HOUR);
+        t.write(&conn).unwrap();
+        let with_late = counts(&conn, &all);
+        assert_ne!(with_late, before);
+        assert_eq!(
+            with_late.values().map(|v| v.0).sum::<u64>(),
+            before.values().map(|v| v.0).sum::<u64>() + 700
+        );
+        roll_up(&conn, h0 + 2 * HOUR, job).unwrap();
+        assert_eq!(counts(&conn, &all), with_late);
+        assert_eq!(roll_up(&conn, h0 + 2 * HOUR, job).unwrap(), 0);
+        // A range inside an hour gets only its minutes.
+        let mut n = 0;
+        read(&conn, &all, h0 + 10 * MINUTE, h0 + 12 * MINUTE, |m| {
+            assert!(m.key.minute >= h0 + 10 * MINUTE && m.key.minute <= h0 + 12 * MINUTE);
+            n += 1;
+        })
+        .unwrap();
+        assert!(n > 0);
     }
 
     #[test]
