@@ -934,6 +934,7 @@ fn filter_report(
                         start: i64::MIN,
                         end: i64::MAX,
                         row_groups: Some(&mask),
+                        prefilter: None,
                     },
                     false,
                     |r, _| {

@@ -561,12 +561,27 @@ impl Ctx<'_, '_> {
                     acc.bytes += row.line.len() as u64;
                     let cell = if row.metadata.is_empty() {
                         let key = (row.stream_id, row.level as u8, row.flags);
-                        if !acc.base.contains_key(&key) {
-                            check_points(limits, steps, acc.base.len() + acc.meta.len() + 1)?;
-                        }
-                        acc.base
-                            .entry(key)
-                            .or_insert_with(|| (vec![0.0; steps], vec![0.0; steps]))
+                        let i = match acc.last {
+                            Some((k, i)) if k == key => i,
+                            _ => {
+                                let i = match acc.base.get(&key) {
+                                    Some(i) => *i,
+                                    None => {
+                                        check_points(
+                                            limits,
+                                            steps,
+                                            acc.base.len() + acc.meta.len() + 1,
+                                        )?;
+                                        acc.cells.push((vec![0.0; steps], vec![0.0; steps]));
+                                        acc.base.insert(key, acc.cells.len() - 1);
+                                        acc.cells.len() - 1
+                                    }
+                                };
+                                acc.last = Some((key, i));
+                                i
+                            }
+                        };
+                        &mut acc.cells[i]
                     } else {
                         let l = base_labels(
                             labels[&row.stream_id],
@@ -597,8 +612,10 @@ impl Ctx<'_, '_> {
             for acc in accs {
                 self.stats.lines += acc.lines;
                 self.stats.bytes += acc.bytes;
-                let base = acc.base.into_iter().map(|((sid, level, flags), c)| {
+                let mut cells_of = acc.cells.into_iter().map(Some).collect::<Vec<_>>();
+                let base = acc.base.into_iter().map(|((sid, level, flags), i)| {
                     let lv = Level::from_u8(level).unwrap_or_default();
+                    let c = cells_of[i].take().unwrap_or_default();
                     (base_labels(labels[&sid], &Labels::default(), lv, flags), c)
                 });
                 for (l, (counts, sizes)) in base.chain(acc.meta) {
@@ -1070,7 +1087,11 @@ impl MinuteSteps {
 /// structured metadata, the (count, bytes) of each step.
 #[derive(Default)]
 struct LineTally {
-    base: HashMap<(i64, u8, u8), StepCells>,
+    /// Lines without metadata: the place in `cells` of each (stream, level, flags).
+    base: HashMap<(i64, u8, u8), usize>,
+    cells: Vec<StepCells>,
+    /// The key counted last and its place: a segment's lines come by stream.
+    last: Option<((i64, u8, u8), usize)>,
     meta: HashMap<Labels, StepCells>,
     lines: u64,
     bytes: u64,

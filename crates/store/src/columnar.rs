@@ -804,7 +804,8 @@ impl<'a> Cursor<'a> {
 #[derive(Clone)]
 enum Column<'a> {
     Num(Vec<u64>, u8, u8),
-    Str(Vec<&'a [u8]>),
+    /// The values, and the bytes they are all taken from.
+    Str(Vec<&'a [u8]>, &'a [u8]),
 }
 
 fn get_numbers(c: &mut Cursor<'_>, tag: u8, n: usize, version: u8) -> Result<Vec<u64>, Corrupt> {
@@ -848,27 +849,34 @@ fn get_numbers(c: &mut Cursor<'_>, tag: u8, n: usize, version: u8) -> Result<Vec
     }
 }
 
+/// A string column's values, and the bytes they are all taken from (values or
+/// dictionary entries lie back to back).
 fn get_strings<'a>(
     c: &mut Cursor<'a>,
     tag: u8,
     n: usize,
     planar: bool,
-) -> Result<Vec<&'a [u8]>, Corrupt> {
+) -> Result<(Vec<&'a [u8]>, &'a [u8]), Corrupt> {
     let mut v = Vec::with_capacity(n);
+    let span;
     match tag {
         C_PLAIN => {
             let lens = (0..n).map(|_| c.len()).collect::<Result<Vec<_>, _>>()?;
+            let from = c.0;
             for l in lens {
                 v.push(c.take(l)?);
             }
+            span = &from[..from.len() - c.0.len()];
         }
         C_DICT => {
             let k = c.len()?;
             let lens = (0..k).map(|_| c.len()).collect::<Result<Vec<_>, _>>()?;
+            let from = c.0;
             let entries = lens
                 .into_iter()
                 .map(|l| c.take(l))
                 .collect::<Result<Vec<_>, _>>()?;
+            span = &from[..from.len() - c.0.len()];
             let w = c.byte()?;
             for i in c.fixed_run(n, w, planar)? {
                 v.push(
@@ -880,7 +888,7 @@ fn get_strings<'a>(
         }
         _ => return Err(corrupt("unknown string column")),
     }
-    Ok(v)
+    Ok((v, span))
 }
 
 fn render(out: &mut Vec<u8>, mut v: u64, p: u8, w: u8) {
@@ -945,19 +953,70 @@ const PAIRS: [u8; 200] = {
 /// [`Corrupt`] when the block is malformed.
 pub fn decode(block: &[u8], want: impl Fn(usize) -> bool) -> Result<Vec<Option<Vec<u8>>>, Corrupt> {
     let mut out: Vec<Option<Vec<u8>>> = Vec::new();
-    let n = decode_each(block, want, true, |row, line| {
+    let n = decode_each(block, want, true, None, |row, line| {
         out.resize(row, None);
-        out.push(Some(line.to_vec()));
+        if let Rebuilt::Line(line) = line {
+            out.push(Some(line.to_vec()));
+        }
         true
     })?;
     out.resize(n, None);
     Ok(out)
 }
 
+/// What a line filter can tell of a template's lines from the template alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every line of the template passes.
+    Every,
+    /// None does.
+    No,
+    /// Each line must be rebuilt and checked.
+    Each,
+}
+
+/// A template as a line filter sees it before any of its lines is rebuilt.
+pub struct TemplateView<'a> {
+    /// Its literal pieces: text each of its lines holds.
+    pub literals: Vec<&'a [u8]>,
+    /// The bytes of its literals and of its numbers' digits.
+    fixed: [bool; 256],
+    /// The bytes its string variables' values are taken from in the block.
+    spans: Vec<&'a [u8]>,
+}
+
+impl TemplateView<'_> {
+    /// Whether `needle` may occur in a line of the template: `false` when one of its
+    /// bytes is in no literal, no number's digits and no string value.
+    pub fn may_hold(&self, needle: &[u8]) -> bool {
+        needle.iter().all(|&b| {
+            self.fixed[usize::from(b)] || self.spans.iter().any(|s| memchr::memchr(b, s).is_some())
+        })
+    }
+
+    /// Whether every line of the template holds `needle` (a literal piece does).
+    pub fn always_holds(&self, needle: &[u8]) -> bool {
+        let f = memchr::memmem::Finder::new(needle);
+        self.literals.iter().any(|l| f.find(l).is_some())
+    }
+}
+
+/// A wanted templated row as [`decode_each`] gives it.
+#[derive(Clone, Copy, Debug)]
+pub enum Rebuilt<'l> {
+    /// The rebuilt line.
+    Line(&'l [u8]),
+    /// Not rebuilt: its template's verdict says it passes.
+    Passes,
+    /// Not rebuilt: its template's verdict says it fails.
+    Fails,
+}
+
 /// Rebuilds the wanted templated rows of a block one by one into one buffer, calling
 /// `each(row, line)` until it returns `false` (no allocation per line): in row order
 /// when `by_row`, else template by template (rows of one template in row order),
-/// which is faster. Returns the block's row count.
+/// which is faster. With `verdict`, a template whose lines all pass or all fail a
+/// filter is not rebuilt (template by template only). Returns the block's row count.
 ///
 /// # Errors
 /// [`Corrupt`] when the block is malformed.
@@ -965,7 +1024,8 @@ pub fn decode_each(
     block: &[u8],
     want: impl Fn(usize) -> bool,
     by_row: bool,
-    mut each: impl FnMut(usize, &[u8]) -> bool,
+    verdict: Option<&dyn Fn(&TemplateView<'_>) -> Verdict>,
+    mut each: impl FnMut(usize, Rebuilt<'_>) -> bool,
 ) -> Result<usize, Corrupt> {
     let mut c = Cursor(block);
     let version = c.byte()?;
@@ -1011,7 +1071,7 @@ pub fn decode_each(
                     // was its template's.
                     match same {
                         Some(col) if version >= 3 => col,
-                        Some(Column::Str(v)) if is_str(*kind) => Column::Str(v),
+                        Some(Column::Str(v, span)) if is_str(*kind) => Column::Str(v, span),
                         Some(Column::Num(v, ..)) if !is_str(*kind) => Column::Num(v, *kind, *w),
                         _ => return Err(corrupt("column refers to an unlike column")),
                     }
@@ -1030,10 +1090,14 @@ pub fn decode_each(
                             let tag = c.byte()?;
                             Column::Num(get_numbers(&mut c, tag, n, version)?, kind, w)
                         }
-                        _ => Column::Str(get_strings(&mut c, tag, n, planar)?),
+                        _ => {
+                            let (v, span) = get_strings(&mut c, tag, n, planar)?;
+                            Column::Str(v, span)
+                        }
                     }
                 } else if is_str(*kind) {
-                    Column::Str(get_strings(&mut c, tag, n, planar)?)
+                    let (v, span) = get_strings(&mut c, tag, n, planar)?;
+                    Column::Str(v, span)
                 } else {
                     Column::Num(get_numbers(&mut c, tag, n, version)?, *kind, *w)
                 };
@@ -1053,7 +1117,7 @@ pub fn decode_each(
                 Part::Slot(..) => {
                     match &columns[t][slot] {
                         Column::Num(v, kind, w) => render(line, v[i], *kind, *w),
-                        Column::Str(v) => line.extend_from_slice(v[i]),
+                        Column::Str(v, _) => line.extend_from_slice(v[i]),
                     }
                     slot += 1;
                 }
@@ -1073,7 +1137,7 @@ pub fn decode_each(
                 continue;
             }
             build(t - 1, i, &mut line);
-            if !each(row, &line) {
+            if !each(row, Rebuilt::Line(&line)) {
                 break;
             }
         }
@@ -1095,17 +1159,60 @@ pub fn decode_each(
         }
     }
     for t in 0..k {
+        let v = verdict.map_or(Verdict::Each, |f| f(&view(&templates[t], &columns[t])));
         for (i, &row) in order[start[t]..start[t + 1]].iter().enumerate() {
             if !want(row) {
                 continue;
             }
-            build(t, i, &mut line);
-            if !each(row, &line) {
+            let r = match v {
+                Verdict::Every => Rebuilt::Passes,
+                Verdict::No => Rebuilt::Fails,
+                Verdict::Each => {
+                    build(t, i, &mut line);
+                    Rebuilt::Line(&line)
+                }
+            };
+            if !each(row, r) {
                 return Ok(n);
             }
         }
     }
     Ok(n)
+}
+
+/// A template and its columns as a filter sees them.
+fn view<'a>((text, ps): &(&'a [u8], Vec<Part>), cols: &[Column<'a>]) -> TemplateView<'a> {
+    let mut fixed = [false; 256];
+    let mut literals = Vec::new();
+    for p in ps {
+        if let Part::Lit(a, b) = *p {
+            literals.push(&text[a..b]);
+            for &c in &text[a..b] {
+                fixed[usize::from(c)] = true;
+            }
+        }
+    }
+    let mut spans = Vec::new();
+    for col in cols {
+        match col {
+            Column::Num(_, kind, _) => {
+                let digits: &[u8] = match *kind {
+                    P_DEC | P_DEC_PAD => b"0123456789",
+                    P_HEX_LOWER => b"0123456789abcdef",
+                    _ => b"0123456789ABCDEF",
+                };
+                for &c in digits {
+                    fixed[usize::from(c)] = true;
+                }
+            }
+            Column::Str(_, span) => spans.push(*span),
+        }
+    }
+    TemplateView {
+        literals,
+        fixed,
+        spans,
+    }
 }
 
 #[cfg(test)]
@@ -1212,16 +1319,56 @@ mod tests {
         // one and no other.
         let want = |i: usize| i % 3 != 1;
         let mut seen = vec![false; lines.len()];
-        decode_each(&block, want, false, |row, line| {
+        decode_each(&block, want, false, None, |row, line| {
             assert!(
                 want(row) && templated[row] && !seen[row],
                 "row {row} out of place"
             );
             seen[row] = true;
+            let Rebuilt::Line(line) = line else {
+                panic!("row {row} not rebuilt")
+            };
             assert_eq!(line, &lines[row][..]);
             true
         })
         .unwrap();
+        // A template's verdict stands for each of its lines, for needles taken from
+        // the lines and others.
+        let mut needles: Vec<Vec<u8>> = vec![b"error".to_vec(), b"_".to_vec(), b"0".to_vec()];
+        for l in lines.iter().take(8) {
+            let k = l.len().min(5);
+            needles.push(l[l.len() - k..].to_vec());
+            needles.push(l[..k].to_vec());
+        }
+        for needle in needles.iter().filter(|n| !n.is_empty()) {
+            let judge = |t: &TemplateView<'_>| {
+                if t.always_holds(needle) {
+                    Verdict::Every
+                } else if !t.may_hold(needle) {
+                    Verdict::No
+                } else {
+                    Verdict::Each
+                }
+            };
+            decode_each(
+                &block,
+                |_| true,
+                false,
+                Some(&judge),
+                |row, line| {
+                    let holds = memchr::memmem::find(&lines[row], needle).is_some();
+                    match line {
+                        Rebuilt::Passes => assert!(holds, "row {row} judged to hold {needle:?}"),
+                        Rebuilt::Fails => {
+                            assert!(!holds, "row {row} judged not to hold {needle:?}")
+                        }
+                        Rebuilt::Line(l) => assert_eq!(l, &lines[row][..]),
+                    }
+                    true
+                },
+            )
+            .unwrap();
+        }
         assert!((0..lines.len()).all(|i| seen[i] == (want(i) && templated[i])));
         (templated, block.len())
     }

@@ -215,6 +215,7 @@ fn erase_one(
                 start,
                 end,
                 row_groups: None,
+                prefilter: None,
             },
             false,
             |r, _| {

@@ -369,6 +369,7 @@ pub fn decode_each(
                 template_id,
                 flags,
                 line,
+                passes: false,
                 metadata: if meta.is_empty() {
                     Labels::default()
                 } else {

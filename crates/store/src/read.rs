@@ -20,6 +20,7 @@
 
 use crate::catalog::{self, Candidate, Tier};
 use crate::cold::ColdStore;
+use crate::columnar::{TemplateView, Verdict};
 use crate::filter::Needles;
 use crate::hot;
 use crate::hot_block::{self, Merge};
@@ -351,6 +352,9 @@ struct SegmentScan<'s> {
     start: i64,
     end: i64,
     filters: &'s [&'s LineFilter],
+    /// What the filters tell from a template alone (reads that need no line but to
+    /// filter it).
+    prefilter: Option<&'s (dyn Fn(&TemplateView<'_>) -> Verdict + Sync)>,
     deadline: Option<Instant>,
     cancel: Option<&'s AtomicBool>,
     stats: &'s ScanStats,
@@ -405,12 +409,17 @@ impl SegmentScan<'_> {
         let (mut n, mut bytes) = (0u64, 0u64);
         let mut failed: Option<Error> = None;
         let mut open = true;
+        // The file's stream id and the catalog's, of the row before.
+        let mut last: Option<(i64, i64)> = None;
         let groups = file.visit(
             &Selection {
                 streams: &wanted,
                 start: self.start,
                 end: self.end,
                 row_groups: c.row_groups.as_deref().map(Vec::as_slice),
+                prefilter: self
+                    .prefilter
+                    .map(|f| f as &dyn Fn(&TemplateView<'_>) -> Verdict),
             },
             false,
             cols,
@@ -427,10 +436,17 @@ impl SegmentScan<'_> {
                         return false;
                     }
                 }
-                if !self.filters.iter().all(|f| f.matches(r.line)) {
+                if !r.passes && !self.filters.iter().all(|f| f.matches(r.line)) {
                     return true;
                 }
-                r.stream_id = map[&r.stream_id];
+                r.stream_id = match last {
+                    Some((file, id)) if file == r.stream_id => id,
+                    _ => {
+                        let id = map[&r.stream_id];
+                        last = Some((r.stream_id, id));
+                        id
+                    }
+                };
                 match sink(r) {
                     Ok(more) => open = more,
                     Err(e) => failed = Some(e),
@@ -442,6 +458,38 @@ impl SegmentScan<'_> {
         ScanStats::add(&self.stats.lines, n);
         ScanStats::add(&self.stats.bytes, bytes);
         failed.map_or(Ok(open), Err)
+    }
+}
+
+/// What `filters` (all of which a line must pass) tell of a template's lines from the
+/// template alone; `literals` are, per filter, the literal groups of a regular
+/// expression (every line it matches holds a literal of each group).
+fn template_verdict(
+    filters: &[&LineFilter],
+    literals: &[Vec<Vec<Vec<u8>>>],
+    t: &TemplateView<'_>,
+) -> Verdict {
+    let mut every = true;
+    for (f, groups) in filters.iter().zip(literals) {
+        let p = f.pattern.as_bytes();
+        let v = match f.op {
+            FilterOp::Contains if t.always_holds(p) => Verdict::Every,
+            FilterOp::Contains if !t.may_hold(p) => Verdict::No,
+            FilterOp::NotContains if t.always_holds(p) => Verdict::No,
+            FilterOp::NotContains if !t.may_hold(p) => Verdict::Every,
+            FilterOp::Re if groups.iter().any(|g| g.iter().all(|l| !t.may_hold(l))) => Verdict::No,
+            _ => Verdict::Each,
+        };
+        match v {
+            Verdict::No => return Verdict::No,
+            Verdict::Each => every = false,
+            Verdict::Every => {}
+        }
+    }
+    if every {
+        Verdict::Every
+    } else {
+        Verdict::Each
     }
 }
 
@@ -841,6 +889,7 @@ impl<'a> Source<'a> {
             start,
             end,
             filters,
+            prefilter: None,
             deadline,
             cancel: self.cancel,
             stats: &self.stats,
@@ -969,20 +1018,32 @@ impl<'a> Source<'a> {
             return Ok((Vec::new(), true));
         }
         let mut out = vec![init()];
+        // Counting needs no line but to filter it: templates decide for their lines
+        // when they can.
+        let literals: Vec<Vec<Vec<Vec<u8>>>> = filters
+            .iter()
+            .map(|f| match f.op {
+                FilterOp::Re => crate::filter::regex_literals(&f.pattern),
+                _ => Vec::new(),
+            })
+            .collect();
+        let judge = |t: &TemplateView<'_>| template_verdict(filters, &literals, t);
+        let prefilter: Option<&(dyn Fn(&TemplateView<'_>) -> Verdict + Sync)> =
+            (!line && !filters.is_empty()).then_some(&judge);
         let res = (|| {
-            self.hot_any(streams, start, end, filters, deadline, &mut |r| {
-                add(&mut out[0], r).map(|()| true)
-            })?;
+            let mut hot_rows = |r: RowRef<'_>| add(&mut out[0], r).map(|()| true);
             let cands = self.segments(streams, start, end, filters)?;
-            if cands.is_empty() {
+            let Some(tiers) = self.tiers.filter(|_| !cands.is_empty()) else {
+                self.hot_any(streams, start, end, filters, deadline, &mut hot_rows)?;
                 return Ok(());
-            }
+            };
             let job = SegmentScan {
-                tiers: self.tiers.expect("segments are listed only with tiers"),
+                tiers,
                 cands: &cands,
                 start,
                 end,
                 filters,
+                prefilter,
                 deadline,
                 cancel: self.cancel,
                 stats: &self.stats,
@@ -994,23 +1055,32 @@ impl<'a> Source<'a> {
                 extra: false,
                 any_order: true,
             };
-            let workers = self.threads.min(cands.len()).max(1);
+            let workers = self.threads.min(cands.len());
             let (init, add, job) = (&init, &add, &job);
-            let done: Vec<Result<T, Error>> = std::thread::scope(|sc| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        sc.spawn(move || {
-                            let mut t = init();
-                            job.work(cols, &mut |r| add(&mut t, r).map(|()| true))
-                                .map(|_| t)
+            // The workers read segments while this thread reads the hot tier (its
+            // connection is this thread's).
+            let (hot, done): (Result<bool, Error>, Vec<Result<T, Error>>) =
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> = (0..workers)
+                        .map(|_| {
+                            sc.spawn(move || {
+                                let mut t = init();
+                                job.work(cols, &mut |r| add(&mut t, r).map(|()| true))
+                                    .map(|_| t)
+                            })
                         })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            });
+                        .collect();
+                    let hot = self.hot_any(streams, start, end, filters, deadline, &mut hot_rows);
+                    if hot.is_err() {
+                        job.stop.store(true, Ordering::Relaxed);
+                    }
+                    let done = handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect();
+                    (hot, done)
+                });
+            hot?;
             for t in done {
                 out.push(t?);
             }
@@ -1254,6 +1324,7 @@ impl<'a> Source<'a> {
                 start: a,
                 end: b,
                 row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
+                prefilter: None,
             },
             false,
             Columns::ALL,

@@ -13,6 +13,7 @@
 //! ([`crate::filter`]): whether it may hold a line containing a given substring, for
 //! `|=` filters, without reading it. Filters live in the catalog, not in the file.
 
+use crate::columnar::{Rebuilt, TemplateView, Verdict};
 use crate::filter::{Bloom, GramBuilder};
 use heimdall_common::record::{Labels, Level};
 use parquet::basic::{Compression, ZstdLevel};
@@ -88,7 +89,7 @@ const COL_META: usize = 10;
 const COL_BLOCK: usize = 11;
 
 /// Rows per Parquet row group.
-pub const ROW_GROUP_ROWS: usize = 65_536;
+pub const ROW_GROUP_ROWS: usize = 16_384;
 /// Footer key of the segment's statistics.
 pub const META_KEY: &str = "heimdall.segment";
 
@@ -119,6 +120,9 @@ pub struct RowRef<'a> {
     pub template_id: u64,
     pub flags: u8,
     pub line: &'a [u8],
+    /// Known to pass the reader's prefilter without its line being rebuilt (see
+    /// [`Selection::prefilter`]); `line` is then empty.
+    pub passes: bool,
     /// Structured metadata (empty for most lines).
     pub metadata: Labels,
 }
@@ -659,6 +663,10 @@ pub struct Selection<'a> {
     pub end: i64,
     /// Row groups to read (by index); `None` for all.
     pub row_groups: Option<&'a [bool]>,
+    /// For reads in any order: what the caller's line filters tell from a template
+    /// alone. Rows of a template every line of which passes come without their line
+    /// ([`RowRef::passes`]); rows of one none of which passes do not come.
+    pub prefilter: Option<&'a dyn Fn(&TemplateView<'_>) -> Verdict>,
 }
 
 /// An open segment.
@@ -720,6 +728,7 @@ impl SegmentFile {
                 start: i64::MIN,
                 end: i64::MAX,
                 row_groups: None,
+                prefilter: None,
             },
             true,
             |r, labels| {
@@ -757,6 +766,7 @@ impl SegmentFile {
                 start: i64::MIN,
                 end: i64::MAX,
                 row_groups: None,
+                prefilter: None,
             },
             false,
             |r, _| each(r),
@@ -872,8 +882,21 @@ impl SegmentFile {
             if streams.len() != n || ts.len() != n {
                 return Err(short());
             }
+            // Rows come by stream: a stream is looked up once per run.
+            let mut last: Option<(i64, bool)> = None;
             let keep: Vec<bool> = (0..n)
-                .map(|i| sel.streams.contains(&streams[i]) && ts[i] >= sel.start && ts[i] < sel.end)
+                .map(|i| {
+                    let s = streams[i];
+                    let wanted = match last {
+                        Some((ls, w)) if ls == s => w,
+                        _ => {
+                            let w = sel.streams.contains(&s);
+                            last = Some((s, w));
+                            w
+                        }
+                    };
+                    wanted && ts[i] >= sel.start && ts[i] < sel.end
+                })
                 .collect();
             if !keep.iter().any(|k| *k) {
                 continue;
@@ -940,7 +963,7 @@ impl SegmentFile {
                 metas.push(present(&meta_def, i, &mut at.2, &meta));
             }
             let mut open = true;
-            let mut emit = |i: usize, line: &[u8]| -> bool {
+            let mut emit = |i: usize, line: &[u8], passes: bool| -> bool {
                 let row = RowRef {
                     id: ids[i],
                     stream_id: streams[i],
@@ -950,6 +973,7 @@ impl SegmentFile {
                     template_id: templates[i] as u64,
                     flags: flags[i] as u8,
                     line,
+                    passes,
                     metadata: super::hot::parse_metadata_json(
                         metas[i].and_then(|m| std::str::from_utf8(m).ok()),
                     ),
@@ -963,13 +987,28 @@ impl SegmentFile {
             // The rows the block must rebuild: wanted, with no line kept whole.
             let rebuilt = |i: usize| cols.line && keep[i] && whole[i].is_none();
             // A wanted row the block does not rebuild is emitted with its whole line.
-            let plain = |i: usize, emit: &mut dyn FnMut(usize, &[u8]) -> bool| {
-                !keep[i] || rebuilt(i) || emit(i, whole[i].unwrap_or_default())
+            let plain = |i: usize, emit: &mut dyn FnMut(usize, &[u8], bool) -> bool| {
+                !keep[i] || rebuilt(i) || emit(i, whole[i].unwrap_or_default(), false)
             };
             let mut left = (0..n).filter(|&i| rebuilt(i)).count();
-            let decode = |by_row: bool, each: &mut dyn FnMut(usize, &[u8]) -> bool| {
+            // A rebuilt row: emitted with its line, or without it when its template
+            // passes the caller's filters, or not at all when it fails them.
+            let rebuilt_row =
+                |r: usize,
+                 line: Rebuilt<'_>,
+                 left: &mut usize,
+                 emit: &mut dyn FnMut(usize, &[u8], bool) -> bool| {
+                    *left -= 1;
+                    match line {
+                        Rebuilt::Line(l) => emit(r, l, false),
+                        Rebuilt::Passes => emit(r, &[], true),
+                        Rebuilt::Fails => true,
+                    }
+                };
+            let decode = |by_row: bool, each: &mut dyn FnMut(usize, Rebuilt<'_>) -> bool| {
                 let Some(b) = &block else { return Ok(()) };
-                crate::columnar::decode_each(b.data(), rebuilt, by_row, each)
+                let verdict = if by_row { None } else { sel.prefilter };
+                crate::columnar::decode_each(b.data(), rebuilt, by_row, verdict, each)
                     .map(|_| ())
                     .map_err(|e| Error::Corrupt {
                         path: path.clone(),
@@ -980,8 +1019,7 @@ impl SegmentFile {
                 // Rows kept whole, then the block's template by template.
                 if (0..n).all(|i| plain(i, &mut emit)) && left > 0 {
                     decode(false, &mut |r, line| {
-                        left -= 1;
-                        emit(r, line)
+                        rebuilt_row(r, line, &mut left, &mut emit)
                     })?;
                 }
             } else {
@@ -995,8 +1033,7 @@ impl SegmentFile {
                         next_row += 1;
                     }
                     next_row = r + 1;
-                    left -= 1;
-                    emit(r, line)
+                    rebuilt_row(r, line, &mut left, &mut emit)
                 })?;
                 while next_row < n && plain(next_row, &mut emit) {
                     next_row += 1;
@@ -1278,10 +1315,11 @@ mod tests {
         let f = SegmentFile::open(&path).unwrap();
         f.verify(&info).unwrap();
         // One needle filter per row group: the needle (the last line of each stream)
-        // passes the filters of the second and last row groups, and reading only the
-        // row groups that pass finds both lines. Rows of another stream's id pass none.
+        // passes the filters of the row groups holding rows 99,999 and 199,999, and
+        // reading only the row groups that pass finds both lines. Rows of another
+        // stream's id pass none.
         let groups = f.row_group_rows();
-        assert_eq!(groups.len(), 4);
+        assert_eq!(groups.len(), 200_000usize.div_ceil(ROW_GROUP_ROWS));
         assert_eq!(info.row_group_blooms.len(), groups.len());
         let needle = b"trace=4bf92f3577b34da6a3ce0000099999";
         let pass: Vec<bool> = info
@@ -1289,7 +1327,10 @@ mod tests {
             .iter()
             .map(|b| may_contain(b, needle))
             .collect();
-        assert!(pass[1] && pass[3], "{pass:?}");
+        assert!(
+            pass[99_999 / ROW_GROUP_ROWS] && pass[199_999 / ROW_GROUP_ROWS],
+            "{pass:?}"
+        );
         assert!(!pass.iter().all(|p| *p), "{pass:?}");
         assert!(info
             .row_group_blooms
@@ -1303,6 +1344,7 @@ mod tests {
                 start: i64::MIN,
                 end: i64::MAX,
                 row_groups: Some(&pass),
+                prefilter: None,
             },
             false,
             |r, _| {
@@ -1322,6 +1364,7 @@ mod tests {
                 start: 1_005,
                 end: 1_010,
                 row_groups: None,
+                prefilter: None,
             },
             false,
             |r, _| {
@@ -1338,6 +1381,7 @@ mod tests {
                 start: 1_007,
                 end: 1_008,
                 row_groups: None,
+                prefilter: None,
             },
             false,
             |r, _| {
@@ -1356,6 +1400,7 @@ mod tests {
                 start: 1_000,
                 end: 71_000,
                 row_groups: None,
+                prefilter: None,
             },
             false,
             Columns {
