@@ -596,6 +596,10 @@ impl HotStore {
             }
         }
         migrate_v2(&conn).map_err(sqlite(path))?;
+        // Partitions made before the sections' covering index get it.
+        for p in partitions(&conn).map_err(sqlite(path))? {
+            super::hot_block::create_table(&conn, &p.name).map_err(sqlite(path))?;
+        }
         // Lines live in partition tables only (a view over them would hit SQLite's
         // limit of 500 terms in a compound SELECT once there are many hours).
         conn.execute_batch("DROP VIEW IF EXISTS logs")

@@ -40,9 +40,13 @@ pub const COLUMNS: &str = "id INTEGER PRIMARY KEY, last_id INTEGER NOT NULL, str
 /// # Errors
 /// [`rusqlite::Error`].
 pub fn create_table(conn: &Connection, name: &str) -> Result<(), rusqlite::Error> {
+    // Listing sections reads only the index `_sections` (it holds every column but
+    // the data): a partition's rows, whose pages hold the data, are not read to list
+    // them. It replaces `_stream` (stream and end time only).
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS \"{name}\" ({COLUMNS});
-         CREATE INDEX IF NOT EXISTS \"{name}_stream\" ON \"{name}\"(stream_id, max_ts);
+         CREATE INDEX IF NOT EXISTS \"{name}_sections\" ON \"{name}\"(stream_id, max_ts, min_ts, id, last_id, rows, bytes);
+         DROP INDEX IF EXISTS \"{name}_stream\";
          CREATE INDEX IF NOT EXISTS \"{name}_last\" ON \"{name}\"(last_id);"
     ))
 }
@@ -507,17 +511,12 @@ pub fn read(
     conn: &Connection,
     table: &str,
     id: i64,
-    mut keep: impl FnMut(&SegmentRow) -> bool,
+    keep: impl FnMut(&SegmentRow) -> bool,
 ) -> Result<Vec<SegmentRow>, rusqlite::Error> {
-    let mut out = Vec::new();
-    read_each(conn, table, id, |r| {
-        let r = r.into_row();
-        if keep(&r) {
-            out.push(r);
-        }
-        true
-    })?;
-    Ok(out)
+    Ok(with_data(conn, table, id, |stream_id, data| {
+        decode(id, stream_id, data, keep)
+    })?
+    .unwrap_or_default())
 }
 
 /// Reads one section, calling `each` for its rows in order until it returns `false`
@@ -531,16 +530,29 @@ pub fn read_each(
     id: i64,
     each: impl FnMut(RowRef<'_>) -> bool,
 ) -> Result<(), rusqlite::Error> {
+    with_data(conn, table, id, |stream_id, data| {
+        decode_each(id, stream_id, data, each)
+    })?;
+    Ok(())
+}
+
+/// Calls `f(stream_id, data)` with a section's stored data; `None` when it has gone.
+fn with_data<R>(
+    conn: &Connection,
+    table: &str,
+    id: i64,
+    f: impl FnOnce(i64, &[u8]) -> Result<R, rusqlite::Error>,
+) -> Result<Option<R>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT stream_id, data FROM \"{table}\" WHERE id = ?1"
     ))?;
     let mut rows = stmt.query([id])?;
     let Some(r) = rows.next()? else {
-        return Ok(());
+        return Ok(None);
     };
     let stream_id: i64 = r.get(0)?;
     let data = r.get_ref(1)?.as_blob()?;
-    decode_each(id, stream_id, data, each)
+    f(stream_id, data).map(Some)
 }
 
 /// Every row of a partition with ids up to `max_id`, in id order (for tests and
