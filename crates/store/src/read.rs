@@ -376,12 +376,15 @@ impl SegmentScan<'_> {
         cols: Columns,
         sink: &mut dyn FnMut(RowRef<'_>) -> Result<bool, Error>,
     ) -> Result<bool, Error> {
+        // The worker's own copy of the filters: a regex shared between threads hands
+        // its search caches out under a lock, a copy keeps its own.
+        let filters: Vec<LineFilter> = self.filters.iter().map(|f| (*f).clone()).collect();
         while !self.stop.load(Ordering::Relaxed) {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(c) = self.cands.get(i) else {
                 return Ok(true);
             };
-            let r = self.one(c, cols, sink);
+            let r = self.one(c, cols, &filters, sink);
             if !matches!(r, Ok(true)) {
                 self.stop.store(true, Ordering::Relaxed);
                 return r;
@@ -395,6 +398,7 @@ impl SegmentScan<'_> {
         &self,
         c: &Candidate,
         cols: Columns,
+        filters: &[LineFilter],
         sink: &mut dyn FnMut(RowRef<'_>) -> Result<bool, Error>,
     ) -> Result<bool, Error> {
         self.check()?;
@@ -436,7 +440,7 @@ impl SegmentScan<'_> {
                         return false;
                     }
                 }
-                if !r.passes && !self.filters.iter().all(|f| f.matches(r.line)) {
+                if !r.passes && !filters.iter().all(|f| f.matches(r.line)) {
                     return true;
                 }
                 r.stream_id = match last {
