@@ -455,16 +455,20 @@ pub fn list(
         Some(s) => (format!("stream_id IN ({}) AND", stream_list(s)), None),
         None => (String::new(), None),
     };
+    // Sorted here: SQLite's sorter took several times as long for a hot tier of many
+    // small sections.
     let sql = format!(
         "SELECT id, last_id, stream_id, rows, min_ts, max_ts, bytes FROM \"{table}\"
-         WHERE {by_stream} max_ts >= ?1 AND min_ts < ?2 ORDER BY id"
+         WHERE {by_stream} max_ts >= ?1 AND min_ts < ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = match one {
         Some(stream) => stmt.query_map(params![start, end, stream], meta)?,
         None => stmt.query_map(params![start, end], meta)?,
     };
-    rows.collect()
+    let mut out: Vec<Meta> = rows.collect::<Result<_, _>>()?;
+    out.sort_unstable_by_key(|m| m.id);
+    Ok(out)
 }
 
 /// The sections of `table` with rows of `streams` holding ids above `after`, in id order.
