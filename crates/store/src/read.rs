@@ -508,17 +508,9 @@ fn interrupted(cancel: Option<&AtomicBool>, deadline: Option<Instant>) -> Result
     Ok(())
 }
 
-/// A stored row as a query's.
+/// A stored row as a query's (its line copied once).
 fn row_of(r: RowRef<'_>) -> Row {
-    Row {
-        id: r.id,
-        stream_id: r.stream_id,
-        ts: r.ts,
-        level: r.level,
-        flags: r.flags,
-        line: r.line.to_vec(),
-        metadata: r.metadata,
-    }
+    Row::from(r.into_row())
 }
 
 /// Whether a hot row (`stream_id`, `ts`, `id`, `line`) is one a scan wants (its
