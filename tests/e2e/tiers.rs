@@ -422,8 +422,13 @@ fn queries_agree_across_hot_warm_and_cold() {
     // stopped, when the test ends.
     let s3dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(s3dir.path(), "heimdall-prop").unwrap();
+    // 12 cases in the suite; `PROPTEST_CASES` runs more.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
     let mut runner = TestRunner::new(Config {
-        cases: 12,
+        cases,
         ..Config::default()
     });
     let strategy = (

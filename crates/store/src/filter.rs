@@ -442,7 +442,7 @@ const MAX_REGEX_LITERALS: usize = 64;
 /// Groups of literals a regular expression's matches contain: the literals every
 /// match starts with, and those every match ends with, each kept when it is a finite
 /// set of at most [`MAX_REGEX_LITERALS`] literals of 3 bytes or more (a shorter one
-/// would let every filter through). The pattern is parsed as LogQL's `|~` compiles
+/// would let every filter through); a larger set is cut to shorter literals first. The pattern is parsed as LogQL's `|~` compiles
 /// it (a byte regex). Look-arounds (`^`, `\b`) are taken to match anywhere, which can
 /// only keep more literals' lines. An invalid pattern gives nothing.
 pub fn regex_literals(pattern: &str) -> Vec<Vec<Vec<u8>>> {
@@ -455,20 +455,41 @@ pub fn regex_literals(pattern: &str) -> Vec<Vec<Vec<u8>>> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
+    for prefix in [true, false] {
         let mut ex = Extractor::new();
-        ex.kind(kind);
+        ex.kind(if prefix {
+            ExtractKind::Prefix
+        } else {
+            ExtractKind::Suffix
+        });
         let seq = ex.extract(&hir);
         let Some(lits) = seq.literals() else { continue };
-        if lits.is_empty()
-            || lits.len() > MAX_REGEX_LITERALS
-            || lits.iter().any(|l| l.as_bytes().len() < 3)
+        let mut group: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_vec()).collect();
+        // Too many (`5[0-9]{2}` is a hundred): every literal is cut to its first bytes
+        // (its last for the literals matches end with), which a match still holds,
+        // until alike ones merge into few enough.
+        let mut keep = group.iter().map(Vec::len).max().unwrap_or(0);
+        loop {
+            group.sort();
+            group.dedup();
+            if group.len() <= MAX_REGEX_LITERALS || keep <= 3 {
+                break;
+            }
+            keep -= 1;
+            for l in &mut group {
+                if l.len() > keep {
+                    if prefix {
+                        l.truncate(keep);
+                    } else {
+                        l.drain(..l.len() - keep);
+                    }
+                }
+            }
+        }
+        if group.is_empty() || group.len() > MAX_REGEX_LITERALS || group.iter().any(|l| l.len() < 3)
         {
             continue;
         }
-        let mut group: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_vec()).collect();
-        group.sort();
-        group.dedup();
         if !out.contains(&group) {
             out.push(group);
         }
@@ -713,6 +734,9 @@ mod tests {
             1 => Just("[0-9]+".to_owned()),
             1 => Just(".".to_owned()),
             1 => Just("\\d".to_owned()),
+            // Classes that multiply into more literals than a group keeps.
+            1 => Just("[0-9]{2}".to_owned()),
+            1 => Just("[a-e][0-9][A-E]".to_owned()),
             1 => Just("\\b".to_owned()),
             1 => Just("^".to_owned()),
         ];
@@ -726,6 +750,18 @@ mod tests {
                 inner.prop_map(|a| format!("(?i:{a})")),
             ]
         })
+    }
+
+    #[test]
+    fn literals_too_many_to_keep_are_cut_shorter() {
+        let groups = regex_literals("status=5[0-9]{2} ");
+        let want: Vec<Vec<u8>> = (0..10)
+            .map(|d| format!("status=5{d}").into_bytes())
+            .collect();
+        assert_eq!(groups, vec![want]);
+        let groups = regex_literals("code [0-9]{3}");
+        let want: Vec<Vec<u8>> = (0..10).map(|d| format!("code {d}").into_bytes()).collect();
+        assert_eq!(groups, vec![want]);
     }
 
     proptest! {

@@ -20,7 +20,7 @@
 
 use crate::catalog::{self, Candidate, Tier};
 use crate::cold::ColdStore;
-use crate::columnar::{TemplateView, Verdict};
+use crate::columnar::{NeedlePlan, Probe, Sieve, TemplateView, Verdict};
 use crate::filter::Needles;
 use crate::hot;
 use crate::hot_block::{self, Merge};
@@ -465,35 +465,167 @@ impl SegmentScan<'_> {
     }
 }
 
-/// What `filters` (all of which a line must pass) tell of a template's lines from the
-/// template alone; `literals` are, per filter, the literal groups of a regular
-/// expression (every line it matches holds a literal of each group).
-fn template_verdict(
-    filters: &[&LineFilter],
-    literals: &[Vec<Vec<Vec<u8>>>],
-    t: &TemplateView<'_>,
-) -> Verdict {
-    let mut every = true;
-    for (f, groups) in filters.iter().zip(literals) {
-        let p = f.pattern.as_bytes();
-        let v = match f.op {
-            FilterOp::Contains if t.always_holds(p) => Verdict::Every,
-            FilterOp::Contains if !t.may_hold(p) => Verdict::No,
-            FilterOp::NotContains if t.always_holds(p) => Verdict::No,
-            FilterOp::NotContains if !t.may_hold(p) => Verdict::Every,
-            FilterOp::Re if groups.iter().any(|g| g.iter().all(|l| !t.may_hold(l))) => Verdict::No,
-            _ => Verdict::Each,
-        };
-        match v {
-            Verdict::No => return Verdict::No,
-            Verdict::Each => every = false,
-            Verdict::Every => {}
+/// Most template texts a [`Judge`] keeps plans for; past it they are dropped and
+/// made again.
+const MAX_PLANNED_TEMPLATES: usize = 16_384;
+
+/// A group of literals as a template is probed for it: the text they all start or
+/// all end with, when it is all but the last byte or two of each (`status=5` for
+/// `status=50` … `status=59`), which a line holding one of them holds too; probing one
+/// needle is a tenth of the work of probing ten, and rules out nearly as much.
+fn shared_affix(group: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let (Some(first), true) = (group.first(), group.len() > 1) else {
+        return group;
+    };
+    let shortest = group.iter().map(Vec::len).min().unwrap_or(0);
+    let mut pre = first.len();
+    let mut suf = first.len();
+    for l in &group[1..] {
+        pre = pre.min(first.iter().zip(l).take_while(|(a, b)| a == b).count());
+        suf = suf.min(
+            first
+                .iter()
+                .rev()
+                .zip(l.iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    let (len, at_start) = if pre >= suf {
+        (pre, true)
+    } else {
+        (suf, false)
+    };
+    if len < 3 || len + 2 < shortest {
+        return group;
+    }
+    let affix = if at_start {
+        first[..len].to_vec()
+    } else {
+        first[first.len() - len..].to_vec()
+    };
+    vec![affix]
+}
+
+/// What line filters (all of which a line must pass) tell of a template's lines from
+/// the template alone, for one read. What a template's text fixes is planned once
+/// per text and kept, since one template is in many blocks.
+struct Judge<'f> {
+    filters: &'f [&'f LineFilter],
+    /// Per filter, the literal groups of a regular expression (every line it
+    /// matches holds a literal of each group).
+    literals: Vec<Vec<Vec<Vec<u8>>>>,
+    /// The read needs every passing line (a template all of whose lines pass is
+    /// still rebuilt).
+    line: bool,
+    /// Per template text, the plans of the needles in the order `verdict` asks.
+    plans: std::sync::Mutex<HashMap<Vec<u8>, Arc<Vec<NeedlePlan>>>>,
+}
+
+impl<'f> Judge<'f> {
+    fn new(filters: &'f [&'f LineFilter], line: bool) -> Judge<'f> {
+        Judge {
+            filters,
+            literals: filters
+                .iter()
+                .map(|f| match f.op {
+                    FilterOp::Re => crate::filter::regex_literals(&f.pattern)
+                        .into_iter()
+                        .map(shared_affix)
+                        .collect(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            line,
+            plans: std::sync::Mutex::new(HashMap::new()),
         }
     }
-    if every {
-        Verdict::Every
-    } else {
-        Verdict::Each
+
+    /// The needles a template is probed for, in order.
+    fn needles(&self) -> impl Iterator<Item = &[u8]> {
+        self.filters
+            .iter()
+            .zip(&self.literals)
+            .flat_map(|(f, groups)| {
+                let own = (f.op == FilterOp::Contains).then_some(f.pattern.as_bytes());
+                own.into_iter()
+                    .chain(groups.iter().flatten().map(Vec::as_slice))
+            })
+    }
+
+    /// The plans of the needles for `t`'s text.
+    fn plans(&self, t: &TemplateView<'_>) -> Arc<Vec<NeedlePlan>> {
+        let lock = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = lock().get(t.text()) {
+            return p.clone();
+        }
+        let made: Arc<Vec<NeedlePlan>> = Arc::new(self.needles().map(|n| t.plan(n)).collect());
+        let mut plans = lock();
+        if plans.len() >= MAX_PLANNED_TEMPLATES {
+            plans.clear();
+        }
+        plans.insert(t.text().to_vec(), made.clone());
+        made
+    }
+
+    /// The verdict for `t`'s lines. When the template cannot decide, the needles'
+    /// checks of each line's variables sieve out the lines that cannot pass before
+    /// any is rebuilt.
+    fn verdict(&self, t: &TemplateView<'_>) -> Verdict {
+        let plans = self.plans(t);
+        let mut plans = plans.iter();
+        let mut probe = |n: &[u8]| match plans.next() {
+            Some(p) => t.probe_planned(n, p),
+            None => t.probe(n),
+        };
+        let mut every = true;
+        let mut sieve = Sieve::default();
+        for (f, groups) in self.filters.iter().zip(&self.literals) {
+            let p = f.pattern.as_bytes();
+            match f.op {
+                FilterOp::Contains => match probe(p) {
+                    Probe::Always => {}
+                    Probe::Never => return Verdict::No,
+                    Probe::Rows(p) => {
+                        every = false;
+                        sieve.clauses.push(vec![*p]);
+                    }
+                },
+                FilterOp::NotContains if t.always_holds(p) => return Verdict::No,
+                FilterOp::NotContains if !t.may_hold(p) => {}
+                _ => every = false,
+            }
+            // Every literal of every group is probed, in order, as `needles` lists
+            // them.
+            let mut no = false;
+            for g in groups {
+                let (mut clause, mut always) = (Vec::with_capacity(g.len()), false);
+                for l in g {
+                    match probe(l) {
+                        Probe::Always => always = true,
+                        Probe::Never => {}
+                        Probe::Rows(p) => clause.push(*p),
+                    }
+                }
+                if always {
+                    continue;
+                }
+                if clause.is_empty() {
+                    no = true;
+                }
+                sieve.clauses.push(clause);
+            }
+            if no {
+                return Verdict::No;
+            }
+        }
+        if every && !self.line {
+            Verdict::Every
+        } else if sieve.clauses.is_empty() {
+            Verdict::Each
+        } else {
+            Verdict::Sieve(sieve)
+        }
     }
 }
 
@@ -879,13 +1011,16 @@ impl<'a> Source<'a> {
             return Ok(());
         }
         let tiers = self.tiers.expect("segments are listed only with tiers");
+        let judge = Judge::new(filters, true);
+        let judge = |t: &TemplateView<'_>| judge.verdict(t);
         let job = SegmentScan {
             tiers,
             cands: &cands,
             start,
             end,
             filters,
-            prefilter: None,
+            prefilter: (!filters.is_empty())
+                .then_some(&judge as &(dyn Fn(&TemplateView<'_>) -> Verdict + Sync)),
             deadline,
             cancel: self.cancel,
             stats: &self.stats,
@@ -1014,18 +1149,12 @@ impl<'a> Source<'a> {
             return Ok((Vec::new(), true));
         }
         let mut out = vec![init()];
-        // Counting needs no line but to filter it: templates decide for their lines
-        // when they can.
-        let literals: Vec<Vec<Vec<Vec<u8>>>> = filters
-            .iter()
-            .map(|f| match f.op {
-                FilterOp::Re => crate::filter::regex_literals(&f.pattern),
-                _ => Vec::new(),
-            })
-            .collect();
-        let judge = |t: &TemplateView<'_>| template_verdict(filters, &literals, t);
+        // Templates decide for their lines when they can; counting needs no line but
+        // to filter it, so a line every line of whose template passes is not rebuilt.
+        let judge = Judge::new(filters, line);
+        let judge = |t: &TemplateView<'_>| judge.verdict(t);
         let prefilter: Option<&(dyn Fn(&TemplateView<'_>) -> Verdict + Sync)> =
-            (!line && !filters.is_empty()).then_some(&judge);
+            (!filters.is_empty()).then_some(&judge);
         let res = (|| {
             let mut hot_rows = |r: RowRef<'_>| add(&mut out[0], r).map(|()| true);
             let cands = self.segments(streams, start, end, filters)?;
@@ -1314,13 +1443,16 @@ impl<'a> Source<'a> {
         let file = s.file.as_ref().expect("opened before reading");
         let mut rows: Vec<Row> = Vec::new();
         let (mut n, mut bytes, mut over) = (0u64, 0u64, false);
+        let judge = Judge::new(filters, true);
+        let judge = |t: &TemplateView<'_>| judge.verdict(t);
         let groups = file.visit(
             &Selection {
                 streams: &s.wanted,
                 start: a,
                 end: b,
                 row_groups: s.cand.row_groups.as_deref().map(Vec::as_slice),
-                prefilter: None,
+                prefilter: (!filters.is_empty())
+                    .then_some(&judge as &dyn Fn(&TemplateView<'_>) -> Verdict),
             },
             false,
             Columns::ALL,
@@ -1478,4 +1610,29 @@ pub fn select_streams(
         .into_iter()
         .filter(|(_, l)| matchers.iter().all(|m| m.matches(l.get(&m.name))))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_affix;
+
+    fn group(v: &[&str]) -> Vec<Vec<u8>> {
+        v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_group_is_probed_by_what_its_literals_share_when_that_is_most_of_them() {
+        let status: Vec<String> = (0..10).map(|d| format!("status=5{d}")).collect();
+        let status: Vec<&str> = status.iter().map(String::as_str).collect();
+        assert_eq!(shared_affix(group(&status)), group(&["status=5"]));
+        assert_eq!(
+            shared_affix(group(&["GET /a 404", "PUT /a 404"])),
+            group(&["T /a 404"])
+        );
+        // Too little shared, or one literal: the group as it is.
+        let apart = group(&["error: disk", "error: net"]);
+        assert_eq!(shared_affix(apart.clone()), apart);
+        assert_eq!(shared_affix(group(&["abcdef"])), group(&["abcdef"]));
+        assert_eq!(shared_affix(group(&["ab1", "ab2"])), group(&["ab1", "ab2"]));
+    }
 }

@@ -663,9 +663,10 @@ pub struct Selection<'a> {
     pub end: i64,
     /// Row groups to read (by index); `None` for all.
     pub row_groups: Option<&'a [bool]>,
-    /// For reads in any order: what the caller's line filters tell from a template
-    /// alone. Rows of a template every line of which passes come without their line
-    /// ([`RowRef::passes`]); rows of one none of which passes do not come.
+    /// What the caller's line filters tell from a template alone. Rows of a template
+    /// every line of which passes come without their line ([`RowRef::passes`]); rows
+    /// of one none of which passes, and rows its sieve rules out, do not come (a
+    /// caller that needs every line answers [`Verdict::Each`] for the first).
     pub prefilter: Option<&'a dyn Fn(&TemplateView<'_>) -> Verdict>,
 }
 
@@ -1007,8 +1008,7 @@ impl SegmentFile {
                 };
             let decode = |by_row: bool, each: &mut dyn FnMut(usize, Rebuilt<'_>) -> bool| {
                 let Some(b) = &block else { return Ok(()) };
-                let verdict = if by_row { None } else { sel.prefilter };
-                crate::columnar::decode_each(b.data(), rebuilt, by_row, verdict, each)
+                crate::columnar::decode_each(b.data(), rebuilt, by_row, sel.prefilter, each)
                     .map(|_| ())
                     .map_err(|e| Error::Corrupt {
                         path: path.clone(),
