@@ -82,6 +82,9 @@ pub struct ListenAddrs {
 /// Name of the file in the state directory that records [`ListenAddrs`].
 pub const LISTEN_FILE: &str = "listen.json";
 
+/// Query connections to the hot database kept idle between queries.
+const QUERY_READERS_KEPT: usize = 4;
+
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -215,6 +218,10 @@ pub async fn run(
     serving.spawn(reload_on_hangup(alert_api.clone(), serving.token()));
     let state = Arc::new(api::ApiState {
         db_path: cfg.db_path.clone(),
+        readers: Arc::new(heimdall_store::hot::ReaderPool::new(
+            &cfg.db_path,
+            QUERY_READERS_KEPT,
+        )),
         registry,
         prometheus,
         max_limit: cfg.max_limit,

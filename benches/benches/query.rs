@@ -17,6 +17,8 @@
 //!
 //! With `HEIMDALL_BENCH_DIR` set, the data set is kept there; `HEIMDALL_BENCH_QUERY_REUSE=1`
 //! then queries the kept data set of the same size instead of building it again.
+//! `HEIMDALL_BENCH_KEEP_HOT=1` compacts nothing, so every query reads the hot tier
+//! (to compare with the warm figures of a run without it).
 
 use bytes::Bytes;
 use heimdall_common::record::{Labels, Level, LogRecord};
@@ -171,10 +173,13 @@ fn main() -> anyhow::Result<()> {
     let parquet = dir.join("rows.parquet");
     let text_path = dir.join("lines.txt");
     let kept_path = dir.join("kept.json");
+    let keep_hot = std::env::var("HEIMDALL_BENCH_KEEP_HOT").as_deref() == Ok("1");
     let kept: Option<serde_json::Value> = std::env::var_os("HEIMDALL_BENCH_QUERY_REUSE")
         .and_then(|_| std::fs::read(&kept_path).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(|v: &serde_json::Value| v["n"].as_u64() == Some(n));
+        .filter(|v: &serde_json::Value| {
+            v["n"].as_u64() == Some(n) && v["hot"].as_bool().unwrap_or(false) == keep_hot
+        });
     let (now, raw_bytes, moved) = match kept {
         Some(k) => {
             eprintln!("reusing the data set kept in {}", dir.display());
@@ -184,7 +189,7 @@ fn main() -> anyhow::Result<()> {
                 k["moved"].as_u64().unwrap_or_default(),
             )
         }
-        None => build(n, &dir, &kept_path)?,
+        None => build(n, &dir, &kept_path, keep_hot)?,
     };
     let labels = streams();
     let labels_json: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
@@ -344,7 +349,11 @@ fn main() -> anyhow::Result<()> {
         ));
     }
 
-    println!("== queries over {n} lines ({:.1} GB raw), {moved} in warm segments, the last 2 h hot; warm runs, median of 5", raw_bytes as f64 / 1e9);
+    println!(
+        "== queries over {n} lines ({:.1} GB raw), {moved} in warm segments, {}; warm runs, median of 5",
+        raw_bytes as f64 / 1e9,
+        if keep_hot { "every line hot" } else { "the last 2 h hot" }
+    );
     println!(
         "{:<92} {:>9} {:>9} {:>9} {:>8}",
         "query", "heimdall", "duckdb", "ripgrep", "h/duckdb"
@@ -364,7 +373,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Builds the data set in `dir` (the hot store, its compaction, DuckDB's Parquet and
 /// ripgrep's text) and notes it in `kept`; (now, raw bytes, lines moved to warm).
-fn build(n: u64, dir: &Path, kept: &Path) -> anyhow::Result<(i64, u64, u64)> {
+/// With `keep_hot`, nothing is compacted.
+fn build(n: u64, dir: &Path, kept: &Path, keep_hot: bool) -> anyhow::Result<(i64, u64, u64)> {
     let _ = std::fs::remove_dir_all(dir);
     let state = dir.join("aggregator");
     let parquet = dir.join("rows.parquet");
@@ -462,7 +472,7 @@ fn build(n: u64, dir: &Path, kept: &Path) -> anyhow::Result<(i64, u64, u64)> {
     let conn = heimdall_store::hot::open_reader(&db)?;
     let mut moved = 0;
     for p in heimdall_store::hot::partitions(&conn)? {
-        if p.end <= now - 2 * 3_600 * S {
+        if p.end <= now - 2 * 3_600 * S && !keep_hot {
             moved += lc.compact_named(&p.name)?;
         }
     }
@@ -499,7 +509,8 @@ fn build(n: u64, dir: &Path, kept: &Path) -> anyhow::Result<(i64, u64, u64)> {
     );
     std::fs::write(
         kept,
-        serde_json::json!({"n": n, "now": now, "raw_bytes": raw_bytes, "moved": moved}).to_string(),
+        serde_json::json!({"n": n, "now": now, "raw_bytes": raw_bytes, "moved": moved, "hot": keep_hot})
+            .to_string(),
     )?;
     Ok((now, raw_bytes, moved))
 }

@@ -38,6 +38,8 @@ use std::time::Duration;
 /// Shared state of the API.
 pub struct ApiState {
     pub db_path: PathBuf,
+    /// Query connections to the hot database, kept between queries.
+    pub readers: Arc<hot::ReaderPool>,
     pub registry: Arc<Registry>,
     pub prometheus: Option<PrometheusHandle>,
     pub max_limit: usize,
@@ -356,7 +358,7 @@ async fn on_source<T: Send + 'static>(
         + Send
         + 'static,
 ) -> Result<T, ApiError> {
-    let path = st.db_path.clone();
+    let readers = st.readers.clone();
     let tiers = st.tiers.clone();
     let gone = Arc::new(AtomicBool::new(false));
     // Dropped with the request: marks the query abandoned.
@@ -368,15 +370,18 @@ async fn on_source<T: Send + 'static>(
     }
     let guard = Abandon(gone.clone());
     let res = tokio::task::spawn_blocking(move || -> Result<T, ApiError> {
-        let conn = hot::open_reader(&path).map_err(internal)?;
+        let conn = readers.get().map_err(internal)?;
         // One read transaction: the query sees one state of the catalog and the hot
         // partitions, whatever the lifecycle commits meanwhile.
         conn.execute_batch("BEGIN").map_err(internal)?;
-        let src = heimdall_query::exec::Source::hot(&conn)
-            .with_tiers(&tiers)
-            .with_cancel(&gone);
-        let res = f(&src, &gone).map_err(ApiError::from);
+        let res = {
+            let src = heimdall_query::exec::Source::hot(&conn)
+                .with_tiers(&tiers)
+                .with_cancel(&gone);
+            f(&src, &gone).map_err(ApiError::from)
+        };
         let _ = conn.execute_batch("COMMIT");
+        readers.put(conn);
         res
     })
     .await

@@ -513,8 +513,67 @@ pub fn open_reader(path: &Path) -> Result<Connection, Error> {
     .map_err(sqlite(path))?;
     conn.pragma_update(None, "busy_timeout", 5000)
         .map_err(sqlite(path))?;
+    // Readers map the file: a hot section's data spans many overflow pages, each a
+    // system call and a copy through the page cache without the map.
+    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)
+        .map_err(sqlite(path))?;
     Ok(conn)
 }
+
+/// Reader connections kept between queries, at most `max` idle: a kept connection
+/// keeps its page cache and its map of the file, which a new one reads in again.
+pub struct ReaderPool {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<Connection>>,
+    max: usize,
+}
+
+impl ReaderPool {
+    /// A pool of readers of `path`, keeping at most `max` idle.
+    pub fn new(path: &Path, max: usize) -> ReaderPool {
+        ReaderPool {
+            path: path.to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    /// An idle reader, or a new one.
+    ///
+    /// # Errors
+    /// As [`open_reader`].
+    pub fn get(&self) -> Result<Connection, Error> {
+        let kept = self.lock().pop();
+        self.gauge();
+        match kept {
+            Some(c) => Ok(c),
+            None => open_reader(&self.path),
+        }
+    }
+
+    /// Takes `conn` back when it is outside any transaction and the pool has room.
+    pub fn put(&self, conn: Connection) {
+        if conn.is_autocommit() {
+            let mut idle = self.lock();
+            if idle.len() < self.max {
+                idle.push(conn);
+            }
+        }
+        self.gauge();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!("heimdall_aggregator_query_readers_idle").set(self.lock().len() as f64);
+    }
+}
+
+/// How much of the hot database a reader maps (address space, not memory; SQLite
+/// caps it at its own build limit).
+const READER_MMAP_BYTES: i64 = 1 << 36;
 
 impl HotStore {
     /// Opens (creating if needed) the database and starts the writer thread.

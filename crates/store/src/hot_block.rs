@@ -540,6 +540,21 @@ pub fn read_each(
     Ok(())
 }
 
+/// A section's stream id and stored data (compressed, for [`decode_each`] on any
+/// thread); `None` when it has gone.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn fetch(
+    conn: &Connection,
+    table: &str,
+    id: i64,
+) -> Result<Option<(i64, Vec<u8>)>, rusqlite::Error> {
+    with_data(conn, table, id, |stream_id, data| {
+        Ok((stream_id, data.to_vec()))
+    })
+}
+
 /// Calls `f(stream_id, data)` with a section's stored data; `None` when it has gone.
 fn with_data<R>(
     conn: &Connection,

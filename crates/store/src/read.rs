@@ -465,6 +465,9 @@ impl SegmentScan<'_> {
     }
 }
 
+/// About how many bytes of hot sections' stored data one thread is handed at a time.
+const HOT_BATCH_BYTES: usize = 1 << 20;
+
 /// Most template texts a [`Judge`] keeps plans for; past it they are dropped and
 /// made again.
 const MAX_PLANNED_TEMPLATES: usize = 16_384;
@@ -1124,6 +1127,161 @@ impl<'a> Source<'a> {
         Ok(true)
     }
 
+    /// [`Source::hot_any`] on every core, into per-thread accumulators: this thread
+    /// (whose connection holds the query's snapshot) fetches each section's stored
+    /// data and hands it to `self.threads` others, which decode and filter it; when
+    /// they are all busy it decodes the section itself. At most a few sections a
+    /// thread wait between them.
+    #[allow(clippy::too_many_arguments)]
+    fn hot_tally<T: Send>(
+        &self,
+        streams: &[i64],
+        start: i64,
+        end: i64,
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+        init: &(impl Fn() -> T + Sync),
+        add: &(impl Fn(&mut T, RowRef<'_>) -> Result<(), Error> + Sync),
+    ) -> Result<Vec<T>, Error> {
+        let wanted: HashSet<i64> = streams.iter().copied().collect();
+        let stop = AtomicBool::new(false);
+        // What the threads use of `self` (its connection stays on this thread).
+        let (stats, cancel) = (&self.stats, self.cancel);
+        // One section's rows into `t`, read with `filters` (the thread's own copies).
+        let decode = |t: &mut T,
+                      filters: &[LineFilter],
+                      part: &HotPart,
+                      id: i64,
+                      stream_id: i64,
+                      data: &[u8]|
+         -> Result<(), Error> {
+            let filters: Vec<&LineFilter> = filters.iter().collect();
+            let mut read = (0u64, 0u64);
+            let mut res = Ok(());
+            hot_block::decode_each(id, stream_id, data, |r| {
+                if hot_row_passes(
+                    (r.stream_id, r.ts, r.id, r.line),
+                    &wanted,
+                    start,
+                    end,
+                    part,
+                    &filters,
+                    &mut read,
+                ) {
+                    res = add(t, r);
+                }
+                res.is_ok()
+            })?;
+            ScanStats::add(&stats.hot_sections_read, 1);
+            ScanStats::add(&stats.lines, read.0);
+            ScanStats::add(&stats.bytes, read.1);
+            res
+        };
+        let own = || -> Vec<LineFilter> { filters.iter().map(|f| (*f).clone()).collect() };
+        let workers = self.threads.max(1);
+        // Sections go in batches of about `HOT_BATCH_BYTES`: one hand-over a section
+        // cost more in waking threads than decoding a small section does.
+        type Job = Vec<(Arc<HotPart>, i64, i64, Vec<u8>)>;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2 * workers);
+        let rx = std::sync::Mutex::new(rx);
+        let (decode, stop, rx) = (&decode, &stop, &rx);
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    sc.spawn(move || -> Result<T, Error> {
+                        let mut t = init();
+                        let filters = own();
+                        loop {
+                            let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok(job) = job else {
+                                return Ok(t);
+                            };
+                            for (part, id, stream_id, data) in job {
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                if let Err(e) = interrupted(cancel, deadline).and_then(|()| {
+                                    decode(&mut t, &filters, &part, id, stream_id, &data)
+                                }) {
+                                    stop.store(true, Ordering::Relaxed);
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut mine = init();
+            let filters = own();
+            let fed = (|| -> Result<(), Error> {
+                let (mut batch, mut bytes): (Job, usize) = (Vec::new(), 0);
+                // Hands `batch` over, or decodes it here when every thread is busy;
+                // `false` when the threads have gone.
+                let hand = |batch: Job, mine: &mut T| -> Result<bool, Error> {
+                    match tx.try_send(batch) {
+                        Ok(()) => Ok(true),
+                        Err(std::sync::mpsc::TrySendError::Full(batch)) => {
+                            for (part, id, sid, data) in batch {
+                                decode(mine, &filters, &part, id, sid, &data)?;
+                            }
+                            Ok(true)
+                        }
+                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Ok(false),
+                    }
+                };
+                for p in hot::partitions(self.hot)? {
+                    if p.end <= start || p.start >= end {
+                        continue;
+                    }
+                    let part = Arc::new(self.hot_part(
+                        &p,
+                        streams,
+                        start,
+                        end,
+                        filters.iter().collect::<Vec<_>>().as_slice(),
+                    )?);
+                    for m in &part.sections {
+                        if stop.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        self.check(deadline)?;
+                        let Some((stream_id, data)) = hot_block::fetch(self.hot, &p.name, m.id)?
+                        else {
+                            continue;
+                        };
+                        bytes += data.len();
+                        batch.push((part.clone(), m.id, stream_id, data));
+                        if bytes >= HOT_BATCH_BYTES {
+                            bytes = 0;
+                            if !hand(std::mem::take(&mut batch), &mut mine)? {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    hand(batch, &mut mine)?;
+                }
+                Ok(())
+            })();
+            if fed.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            drop(tx);
+            let mut out = vec![mine];
+            let mut failed = fed.err();
+            for h in handles {
+                match h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                    Ok(t) => out.push(t),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            failed.map_or(Ok(out), Err)
+        })
+    }
+
     /// Folds the lines of `streams` in `[start, end)` that pass `filters` into
     /// per-worker accumulators, in no order and on every core, without copying a line:
     /// each worker starts from `init()` and calls `add` for every line it reads (the
@@ -1156,10 +1314,9 @@ impl<'a> Source<'a> {
         let prefilter: Option<&(dyn Fn(&TemplateView<'_>) -> Verdict + Sync)> =
             (!filters.is_empty()).then_some(&judge);
         let res = (|| {
-            let mut hot_rows = |r: RowRef<'_>| add(&mut out[0], r).map(|()| true);
             let cands = self.segments(streams, start, end, filters)?;
             let Some(tiers) = self.tiers.filter(|_| !cands.is_empty()) else {
-                self.hot_any(streams, start, end, filters, deadline, &mut hot_rows)?;
+                out = self.hot_tally(streams, start, end, filters, deadline, &init, &add)?;
                 return Ok(());
             };
             let job = SegmentScan {
@@ -1184,28 +1341,27 @@ impl<'a> Source<'a> {
             let (init, add, job) = (&init, &add, &job);
             // The workers read segments while this thread reads the hot tier (its
             // connection is this thread's).
-            let (hot, done): (Result<bool, Error>, Vec<Result<T, Error>>) =
-                std::thread::scope(|sc| {
-                    let handles: Vec<_> = (0..workers)
-                        .map(|_| {
-                            sc.spawn(move || {
-                                let mut t = init();
-                                job.work(cols, &mut |r| add(&mut t, r).map(|()| true))
-                                    .map(|_| t)
-                            })
+            let (hot, done) = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        sc.spawn(move || {
+                            let mut t = init();
+                            job.work(cols, &mut |r| add(&mut t, r).map(|()| true))
+                                .map(|_| t)
                         })
-                        .collect();
-                    let hot = self.hot_any(streams, start, end, filters, deadline, &mut hot_rows);
-                    if hot.is_err() {
-                        job.stop.store(true, Ordering::Relaxed);
-                    }
-                    let done = handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                        .collect();
-                    (hot, done)
-                });
-            hot?;
+                    })
+                    .collect();
+                let hot = self.hot_tally(streams, start, end, filters, deadline, init, add);
+                if hot.is_err() {
+                    job.stop.store(true, Ordering::Relaxed);
+                }
+                let done: Vec<Result<T, Error>> = handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect();
+                (hot, done)
+            });
+            out = hot?;
             for t in done {
                 out.push(t?);
             }
