@@ -469,6 +469,7 @@ fn build(n: u64, dir: &Path, kept: &Path, keep_hot: bool) -> anyhow::Result<(i64
     );
     let lc = heimdall_benches::compactor(store.clone(), &db, &state.join("segments"));
     let started = Instant::now();
+    let cpu_before = heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0);
     let conn = heimdall_store::hot::open_reader(&db)?;
     let mut moved = 0;
     for p in heimdall_store::hot::partitions(&conn)? {
@@ -477,9 +478,14 @@ fn build(n: u64, dir: &Path, kept: &Path, keep_hot: bool) -> anyhow::Result<(i64
         }
     }
     lc.release_space(&tokio_util::sync::CancellationToken::new())?;
+    let (secs, cpu) = (
+        started.elapsed().as_secs_f64(),
+        heimdall_tests::cpu_secs(std::process::id()).unwrap_or(0.0) - cpu_before,
+    );
     eprintln!(
-        "compacted {moved} lines in {:.0}s",
-        started.elapsed().as_secs_f64()
+        "compacted {moved} lines in {secs:.0}s ({:.0} lines/s), using {cpu:.1} CPU-seconds ({:.0} lines per CPU-second)",
+        moved as f64 / secs.max(1e-9),
+        moved as f64 / cpu.max(0.01)
     );
     let started = Instant::now();
     let rolled = lc.roll_up_volume()?;
