@@ -96,6 +96,8 @@ struct World {
     expected: BTreeMap<String, u64>,
     total: u64,
     cut: u64,
+    /// What happened when, for a failure report.
+    history: Vec<String>,
 }
 
 impl World {
@@ -254,12 +256,65 @@ fn catch_up(c: &Cluster, w: &World, why: &str) {
     let got = wait_for_count(w.total, Duration::from_secs(120), || {
         query_count(&c.agg.url(), SELECTOR)
     });
-    assert!(
-        got >= w.total,
-        "seed {}: the agent did not catch up before {why}: {got} of {} lines stored",
-        w.seed,
-        w.total
-    );
+    if got < w.total {
+        let (wrong, _) = compare(c, w);
+        report(c, w, &wrong);
+        panic!(
+            "seed {}: the agent did not catch up before {why}: {got} of {} lines stored; records wrong so far:\n{}",
+            w.seed,
+            w.total,
+            wrong[..wrong.len().min(20)].join("\n")
+        );
+    }
+}
+
+/// The records stored other than as written (missing, doubled or never written),
+/// and how many lines the aggregator holds.
+fn compare(c: &Cluster, w: &World) -> (Vec<String>, usize) {
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    let lines = query_lines(&c.agg.url(), SELECTOR, 1_000_000);
+    for l in &lines {
+        *got.entry(l.line.clone()).or_default() += 1;
+    }
+    let mut wrong = Vec::new();
+    for (l, n) in &w.expected {
+        let g = got.get(l).copied().unwrap_or(0);
+        if g != *n {
+            wrong.push(format!(
+                "written {n}, stored {g}: {:?}",
+                l.chars().take(60).collect::<String>()
+            ));
+        }
+    }
+    for (l, g) in &got {
+        if !w.expected.contains_key(l) {
+            wrong.push(format!(
+                "never written, stored {g}: {:?}",
+                l.chars().take(60).collect::<String>()
+            ));
+        }
+    }
+    (wrong, lines.len())
+}
+
+/// Keeps the operations and the agent's and aggregator's logs of a failed run.
+fn report(c: &Cluster, w: &World, wrong: &[String]) {
+    if wrong.is_empty() {
+        return;
+    }
+    let seed = w.seed;
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}.log"));
+    let _ = std::fs::write(&path, w.history.join("\n"));
+    eprintln!("torture: the operations are in {}", path.display());
+    for (from, name) in [
+        (c.root.join(format!("agent-{AGENT}/agent.log")), "agent"),
+        (c.root.join("aggregator.log"), "aggregator"),
+    ] {
+        let to = path.with_file_name(format!("torture-{seed}-{name}.log"));
+        if std::fs::copy(&from, &to).is_ok() {
+            eprintln!("torture: the {name}'s log is {}", to.display());
+        }
+    }
 }
 
 fn file_count(dir: &Path, ext: &str) -> usize {
@@ -319,10 +374,9 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
         expected: BTreeMap::new(),
         total: 0,
         cut: 0,
+        history: Vec::new(),
     };
     let mut kills = (0u32, 0u32);
-    // What happened when, for a failure report.
-    let mut history: Vec<String> = Vec::new();
     let mut ops: BTreeMap<&str, u32> = BTreeMap::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
@@ -341,7 +395,7 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
         };
         *ops.entry(op).or_default() += 1;
         if op != "write" {
-            history.push(format!("after s{:08}: {op} f{f}", w.seq));
+            w.history.push(format!("after s{:08}: {op} f{f}", w.seq));
         }
         match op {
             "write" => {
@@ -407,49 +461,14 @@ fn every_line_survives_hostile_input_rotations_and_kills() {
     catch_up(&c, &w, "the end");
     // Anything beyond would be a duplicate still arriving.
     std::thread::sleep(Duration::from_secs(3));
-    let mut got: BTreeMap<String, u64> = BTreeMap::new();
-    let lines = query_lines(&c.agg.url(), SELECTOR, 1_000_000);
-    for l in &lines {
-        *got.entry(l.line.clone()).or_default() += 1;
-    }
-    let mut wrong = Vec::new();
-    for (l, n) in &w.expected {
-        let g = got.get(l).copied().unwrap_or(0);
-        if g != *n {
-            wrong.push(format!(
-                "written {n}, stored {g}: {:?}",
-                l.chars().take(60).collect::<String>()
-            ));
-        }
-    }
-    for (l, g) in &got {
-        if !w.expected.contains_key(l) {
-            wrong.push(format!(
-                "never written, stored {g}: {:?}",
-                l.chars().take(60).collect::<String>()
-            ));
-        }
-    }
-    if !wrong.is_empty() {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torture-{seed}.log"));
-        let _ = std::fs::write(&path, history.join("\n"));
-        eprintln!("torture: the operations are in {}", path.display());
-        for (from, name) in [
-            (c.root.join(format!("agent-{AGENT}/agent.log")), "agent"),
-            (c.root.join("aggregator.log"), "aggregator"),
-        ] {
-            let to = path.with_file_name(format!("torture-{seed}-{name}.log"));
-            if std::fs::copy(&from, &to).is_ok() {
-                eprintln!("torture: the {name}'s log is {}", to.display());
-            }
-        }
-    }
+    let (wrong, stored) = compare(&c, &w);
+    report(&c, &w, &wrong);
     assert!(
         wrong.is_empty(),
         "seed {seed}: {} of {} distinct records wrong (stored {} lines, wrote {}):\n{}",
         wrong.len(),
         w.expected.len(),
-        lines.len(),
+        stored,
         w.total,
         wrong[..wrong.len().min(20)].join("\n")
     );
