@@ -669,6 +669,35 @@ fn hot_row_passes(
     keep && filters.iter().all(|f| f.matches(line))
 }
 
+/// Gives `each` the rows of one hot section, as `rows` decodes them, that a scan of
+/// `wanted` streams in `[start, end)` wants and `filters` pass, until `each` returns
+/// `false`; counts the section and what was read in `stats`.
+fn hot_section(
+    stats: &ScanStats,
+    (wanted, start, end): (&HashSet<i64>, i64, i64),
+    part: &HotPart,
+    filters: &[&LineFilter],
+    rows: impl FnOnce(&mut dyn FnMut(RowRef<'_>) -> bool) -> Result<(), rusqlite::Error>,
+    each: &mut dyn FnMut(RowRef<'_>) -> bool,
+) -> Result<(), Error> {
+    let mut read = (0u64, 0u64);
+    rows(&mut |r| {
+        !hot_row_passes(
+            (r.stream_id, r.ts, r.id, r.line),
+            wanted,
+            start,
+            end,
+            part,
+            filters,
+            &mut read,
+        ) || each(r)
+    })?;
+    ScanStats::add(&stats.hot_sections_read, 1);
+    ScanStats::add(&stats.lines, read.0);
+    ScanStats::add(&stats.bytes, read.1);
+    Ok(())
+}
+
 /// Opens a candidate segment: warm from its directory (or, uploaded and removed since
 /// the query's snapshot, from the cold tier, which holds the same bytes), cold through
 /// the local cache.
@@ -1100,25 +1129,18 @@ impl<'a> Source<'a> {
             let part = self.hot_part(&p, streams, start, end, filters)?;
             for m in &part.sections {
                 self.check(deadline)?;
-                ScanStats::add(&self.stats.hot_sections_read, 1);
-                let mut read = (0u64, 0u64);
                 let mut res = Ok(true);
-                hot_block::read_each(self.hot, &p.name, m.id, |r| {
-                    if hot_row_passes(
-                        (r.stream_id, r.ts, r.id, r.line),
-                        &wanted,
-                        start,
-                        end,
-                        &part,
-                        filters,
-                        &mut read,
-                    ) {
+                hot_section(
+                    &self.stats,
+                    (&wanted, start, end),
+                    &part,
+                    filters,
+                    |f| hot_block::read_each(self.hot, &p.name, m.id, f),
+                    &mut |r| {
                         res = sink(r);
-                    }
-                    matches!(res, Ok(true))
-                })?;
-                ScanStats::add(&self.stats.lines, read.0);
-                ScanStats::add(&self.stats.bytes, read.1);
+                        matches!(res, Ok(true))
+                    },
+                )?;
                 if !res? {
                     return Ok(false);
                 }
@@ -1149,32 +1171,24 @@ impl<'a> Source<'a> {
         let (stats, cancel) = (&self.stats, self.cancel);
         // One section's rows into `t`, read with `filters` (the thread's own copies).
         let decode = |t: &mut T,
-                      filters: &[LineFilter],
+                      filters: &[&LineFilter],
                       part: &HotPart,
                       id: i64,
                       stream_id: i64,
                       data: &[u8]|
          -> Result<(), Error> {
-            let filters: Vec<&LineFilter> = filters.iter().collect();
-            let mut read = (0u64, 0u64);
             let mut res = Ok(());
-            hot_block::decode_each(id, stream_id, data, |r| {
-                if hot_row_passes(
-                    (r.stream_id, r.ts, r.id, r.line),
-                    &wanted,
-                    start,
-                    end,
-                    part,
-                    &filters,
-                    &mut read,
-                ) {
+            hot_section(
+                stats,
+                (&wanted, start, end),
+                part,
+                filters,
+                |f| hot_block::decode_each(id, stream_id, data, f),
+                &mut |r| {
                     res = add(t, r);
-                }
-                res.is_ok()
-            })?;
-            ScanStats::add(&stats.hot_sections_read, 1);
-            ScanStats::add(&stats.lines, read.0);
-            ScanStats::add(&stats.bytes, read.1);
+                    res.is_ok()
+                },
+            )?;
             res
         };
         let own = || -> Vec<LineFilter> { filters.iter().map(|f| (*f).clone()).collect() };
@@ -1190,7 +1204,8 @@ impl<'a> Source<'a> {
                 .map(|_| {
                     sc.spawn(move || -> Result<T, Error> {
                         let mut t = init();
-                        let filters = own();
+                        let owned = own();
+                        let filters: Vec<&LineFilter> = owned.iter().collect();
                         loop {
                             let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok(job) = job else {
@@ -1212,7 +1227,8 @@ impl<'a> Source<'a> {
                 })
                 .collect();
             let mut mine = init();
-            let filters = own();
+            let owned = own();
+            let mine_filters: Vec<&LineFilter> = owned.iter().collect();
             let fed = (|| -> Result<(), Error> {
                 let (mut batch, mut bytes): (Job, usize) = (Vec::new(), 0);
                 // Hands `batch` over, or decodes it here when every thread is busy;
@@ -1222,7 +1238,7 @@ impl<'a> Source<'a> {
                         Ok(()) => Ok(true),
                         Err(std::sync::mpsc::TrySendError::Full(batch)) => {
                             for (part, id, sid, data) in batch {
-                                decode(mine, &filters, &part, id, sid, &data)?;
+                                decode(mine, &mine_filters, &part, id, sid, &data)?;
                             }
                             Ok(true)
                         }
@@ -1233,13 +1249,7 @@ impl<'a> Source<'a> {
                     if p.end <= start || p.start >= end {
                         continue;
                     }
-                    let part = Arc::new(self.hot_part(
-                        &p,
-                        streams,
-                        start,
-                        end,
-                        filters.iter().collect::<Vec<_>>().as_slice(),
-                    )?);
+                    let part = Arc::new(self.hot_part(&p, streams, start, end, filters)?);
                     for m in &part.sections {
                         if stop.load(Ordering::Relaxed) {
                             return Ok(());
@@ -1388,6 +1398,8 @@ impl<'a> Source<'a> {
         let mut runs: Vec<Run> = Vec::new();
         let mut heap = BinaryHeap::new();
         let wanted: HashSet<i64> = streams.iter().copied().collect();
+        // One judge for every segment slice read, which keeps its templates' plans.
+        let judge = Judge::new(filters, true);
         let bound = |lo: i64, hi_incl: i64| -> (i64, i64) {
             if backward {
                 (hi_incl, i64::MAX)
@@ -1519,7 +1531,7 @@ impl<'a> Source<'a> {
                             (h.merge.decoded() - decoded) as u64,
                         );
                     }
-                    Run::Seg(s) => self.fill_segment(s, backward, filters)?,
+                    Run::Seg(s) => self.fill_segment(s, backward, filters, &judge)?,
                 }
             }
             let front = match &runs[top.run] {
@@ -1544,6 +1556,7 @@ impl<'a> Source<'a> {
         s: &mut SegRun,
         backward: bool,
         filters: &[&LineFilter],
+        judge: &Judge<'_>,
     ) -> Result<(), Error> {
         let first = s.file.is_none();
         if first {
@@ -1555,7 +1568,7 @@ impl<'a> Source<'a> {
         // `WHOLE_READ_ROWS` pass (then it is read in slices, as without filters).
         if first && !filters.is_empty() && s.lo < s.hi {
             if let Some(mut rows) =
-                self.read_range(s, s.lo, s.hi, filters, Some(WHOLE_READ_ROWS))?
+                self.read_range(s, s.lo, s.hi, filters, judge, Some(WHOLE_READ_ROWS))?
             {
                 s.lo = s.hi;
                 sort_rows(&mut rows, backward);
@@ -1570,7 +1583,7 @@ impl<'a> Source<'a> {
                 (s.lo, (s.lo.saturating_add(s.width)).min(s.hi))
             };
             let mut rows = self
-                .read_range(s, a, b, filters, None)?
+                .read_range(s, a, b, filters, judge, None)?
                 .expect("no cap, no stop");
             if backward {
                 s.hi = a;
@@ -1586,20 +1599,21 @@ impl<'a> Source<'a> {
         Ok(())
     }
 
-    /// The rows of a segment run in `[a, b)` passing `filters`, in file order; `None`
-    /// when more than `cap` pass (the read stops there).
+    /// The rows of a segment run in `[a, b)` passing `filters` (of which `judge`
+    /// judges templates), in file order; `None` when more than `cap` pass (the read
+    /// stops there).
     fn read_range(
         &self,
         s: &SegRun,
         a: i64,
         b: i64,
         filters: &[&LineFilter],
+        judge: &Judge<'_>,
         cap: Option<usize>,
     ) -> Result<Option<Vec<Row>>, Error> {
         let file = s.file.as_ref().expect("opened before reading");
         let mut rows: Vec<Row> = Vec::new();
         let (mut n, mut bytes, mut over) = (0u64, 0u64, false);
-        let judge = Judge::new(filters, true);
         let judge = |t: &TemplateView<'_>| judge.verdict(t);
         let groups = file.visit(
             &Selection {
