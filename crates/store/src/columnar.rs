@@ -477,53 +477,80 @@ fn put_column(out: &mut Vec<u8>, col: &[&[u8]]) {
     put_strings(out, col);
 }
 
-/// The shape of a line's first `depth` tokens (runs of letters and digits): its text up
-/// to the end of that token, each token replaced by one placeholder, and where in the
-/// line that text ends; `None` for a line of fewer tokens. `usize::MAX` is the whole
-/// line. A shape longer than [`MAX_SHAPE`] is `None` too: shapes are kept as keys while
-/// a row group is grouped, and this bounds them.
-fn shape(line: &[u8], depth: usize, out: &mut Vec<u8>) -> Option<usize> {
-    out.clear();
-    let mut in_token = false;
-    let mut count = 0;
-    for (i, &b) in line.iter().enumerate() {
-        if CLASS[usize::from(b)] == OTHER {
-            if in_token && count == depth {
-                return Some(i);
-            }
-            out.push(b);
-            in_token = false;
-        } else if !in_token {
-            out.push(P_VAR);
-            in_token = true;
-            count += 1;
-        }
-        if out.len() > MAX_SHAPE {
-            return None;
-        }
-    }
-    (depth == usize::MAX || (count == depth && in_token)).then_some(line.len())
+/// The shapes of lines, each computed once for every depth [`merge_shapes`] tries: a
+/// line's text with each token (run of letters and digits) replaced by one
+/// placeholder, where each token's placeholder is in it, and each token's place in
+/// the line. A shape is cut where it passes [`MAX_SHAPE`] (shapes are kept as keys
+/// while a row group is grouped, and this bounds them): tokens past that are not used.
+#[derive(Default)]
+struct Shapes {
+    text: Vec<u8>,
+    /// Per token: where its placeholder is in its line's shape (from the shape's
+    /// start), and its start and end in the line.
+    tokens: Vec<(usize, usize, usize)>,
+    /// Per line added: its shape's range in `text`, its tokens' range in `tokens`, and
+    /// whether the shape is whole (not cut).
+    lines: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, bool)>,
 }
 
-/// The first `depth` tokens of a line, in order.
-fn tokens<'a>(line: &'a [u8], depth: usize, out: &mut Vec<&'a [u8]>) {
-    out.clear();
-    let mut start = None;
-    for (i, &b) in line.iter().enumerate() {
-        match (CLASS[usize::from(b)] == OTHER, start) {
-            (true, Some(s)) => {
-                out.push(&line[s..i]);
-                if out.len() == depth {
-                    return;
+impl Shapes {
+    /// Adds a line's shape; lines are then known by the order they were added in.
+    fn add(&mut self, line: &[u8]) {
+        let (at, first) = (self.text.len(), self.tokens.len());
+        let mut token: Option<usize> = None;
+        let mut whole = true;
+        for (i, &b) in line.iter().enumerate() {
+            if CLASS[usize::from(b)] == OTHER {
+                if token.take().is_some() {
+                    self.tokens.last_mut().expect("a token was begun").2 = i;
                 }
-                start = None;
+                self.text.push(b);
+            } else if token.is_none() {
+                token = Some(i);
+                self.tokens.push((self.text.len() - at, i, line.len()));
+                self.text.push(P_VAR);
             }
-            (false, None) => start = Some(i),
-            _ => {}
+            if self.text.len() - at > MAX_SHAPE {
+                // Cut: a token whose placeholder passed the bound is not used.
+                if self.text.last() == Some(&P_VAR) && token == Some(i) {
+                    self.tokens.pop();
+                }
+                self.text.truncate(at + MAX_SHAPE);
+                whole = false;
+                break;
+            }
         }
+        self.lines
+            .push((at..self.text.len(), first..self.tokens.len(), whole));
     }
-    if let Some(s) = start {
-        out.push(&line[s..]);
+
+    /// The shape of line `k`'s first `depth` tokens (`usize::MAX`: the whole line) and
+    /// where in the line that text ends; `None` for a line of fewer tokens, or a shape
+    /// longer than [`MAX_SHAPE`].
+    fn at(&self, k: usize, depth: usize, len: usize) -> Option<(&[u8], usize)> {
+        let (text, toks, whole) = &self.lines[k];
+        if depth == usize::MAX {
+            return whole.then(|| (&self.text[text.clone()], len));
+        }
+        if toks.len() < depth || depth == 0 {
+            return None;
+        }
+        let (mark, _, end) = self.tokens[toks.start + depth - 1];
+        Some((&self.text[text.start..text.start + mark + 1], end))
+    }
+
+    /// Line `k`'s first `depth` tokens (`line` is the line).
+    fn tokens<'s, 'l>(
+        &'s self,
+        k: usize,
+        line: &'l [u8],
+        depth: usize,
+    ) -> impl Iterator<Item = &'l [u8]> + use<'s, 'l> {
+        let toks = self.lines[k].1.clone();
+        self.tokens[toks]
+            .iter()
+            .take(depth)
+            .map(move |&(_, s, e)| &line[s..e])
     }
 }
 
@@ -556,12 +583,19 @@ fn merge_shapes<'a>(
     let mut left: Vec<usize> = (0..row_template.len())
         .filter(|r| row_template[*r] != 0 && counts[row_template[*r] - 1] < SHAPE_ROWS)
         .collect();
-    let mut index: FastMap<Vec<u8>, usize> = FastMap::default();
+    if left.len() < MIN_ROWS {
+        return;
+    }
+    // Each left row's shape, once: `shaped[row]` is its index in `shapes`.
+    let mut shapes = Shapes::default();
+    let mut shaped = vec![usize::MAX; row_template.len()];
+    for (k, &row) in left.iter().enumerate() {
+        shapes.add(lines[row]);
+        shaped[row] = k;
+    }
+    let mut index: FastMap<&[u8], usize> = FastMap::default();
     // Per group of one shape: the shape, and each row with where its shape ends.
-    let mut groups: Vec<(Vec<u8>, Rows)> = Vec::new();
-    let mut buf = Vec::new();
-    let mut first = Vec::new();
-    let mut other = Vec::new();
+    let mut groups: Vec<(&[u8], Rows)> = Vec::new();
     for depth in DEPTHS {
         if left.len() < MIN_ROWS {
             return;
@@ -569,14 +603,14 @@ fn merge_shapes<'a>(
         index.clear();
         groups.clear();
         for &row in &left {
-            let Some(end) = shape(lines[row], depth, &mut buf) else {
+            let Some((key, end)) = shapes.at(shaped[row], depth, lines[row].len()) else {
                 continue;
             };
-            let g = match index.get(&buf) {
+            let g = match index.get(key) {
                 Some(g) => *g,
                 None => {
-                    index.insert(buf.clone(), groups.len());
-                    groups.push((buf.clone(), Vec::new()));
+                    index.insert(key, groups.len());
+                    groups.push((key, Vec::new()));
                     groups.len() - 1
                 }
             };
@@ -586,12 +620,16 @@ fn merge_shapes<'a>(
             if rows.len() < MIN_ROWS || order.len() >= MAX_TEMPLATES {
                 continue;
             }
-            tokens(lines[rows[0].0], depth, &mut first);
+            let first: Vec<&[u8]> = shapes
+                .tokens(shaped[rows[0].0], lines[rows[0].0], depth)
+                .collect();
             let mut varies = vec![false; first.len()];
             for &(r, _) in &rows[1..] {
-                tokens(lines[r], depth, &mut other);
-                for (v, (a, b)) in varies.iter_mut().zip(first.iter().zip(&other)) {
-                    *v |= a != b;
+                for (v, (a, b)) in varies
+                    .iter_mut()
+                    .zip(first.iter().zip(shapes.tokens(shaped[r], lines[r], depth)))
+                {
+                    *v |= *a != b;
                 }
             }
             let rest = depth != usize::MAX;
@@ -601,7 +639,7 @@ fn merge_shapes<'a>(
             }
             let mut text = Vec::with_capacity(shape.len() + 64);
             let mut j = 0;
-            for &b in shape {
+            for &b in *shape {
                 if b != P_VAR {
                     text.push(b);
                     continue;
@@ -627,13 +665,13 @@ fn merge_shapes<'a>(
             let mut cols: Vec<Vec<&'a [u8]>> =
                 (0..slots).map(|_| Vec::with_capacity(rows.len())).collect();
             for &(r, end) in rows {
-                tokens(lines[r], depth, &mut other);
-                let vals = other
-                    .iter()
+                let line: &'a [u8] = lines[r];
+                let vals = shapes
+                    .tokens(shaped[r], line, depth)
                     .zip(&varies)
                     .filter(|(_, v)| **v)
-                    .map(|(x, _)| *x)
-                    .chain(rest.then(|| &lines[r][end..]));
+                    .map(|(x, _)| x)
+                    .chain(rest.then(|| &line[end..]));
                 for (col, x) in cols.iter_mut().zip(vals) {
                     col.push(x);
                 }
@@ -1962,15 +2000,31 @@ mod tests {
 
     #[test]
     fn shapes_are_bounded_and_count_tokens() {
-        let mut out = Vec::new();
-        assert_eq!(shape(b"a=1, b c", usize::MAX, &mut out), Some(8));
-        assert_eq!(out, b"\x01=\x01, \x01 \x01");
-        assert_eq!(shape(b"a=1, b c", 2, &mut out), Some(3));
-        assert_eq!(out, b"\x01=\x01");
-        assert_eq!(shape(b"a=1, b c", 4, &mut out), Some(8));
-        assert_eq!(shape(b"a=1, b c", 5, &mut out), None);
+        let mut shapes = Shapes::default();
+        let line = b"a=1, b c";
+        shapes.add(line);
+        assert_eq!(
+            shapes.at(0, usize::MAX, 8),
+            Some((&b"\x01=\x01, \x01 \x01"[..], 8))
+        );
+        assert_eq!(shapes.at(0, 2, 8), Some((&b"\x01=\x01"[..], 3)));
+        assert_eq!(shapes.at(0, 4, 8), Some((&b"\x01=\x01, \x01 \x01"[..], 8)));
+        assert_eq!(shapes.at(0, 5, 8), None);
+        let toks: Vec<&[u8]> = shapes.tokens(0, line, 3).collect();
+        assert_eq!(toks, [&b"a"[..], b"1", b"b"]);
         let long = format!("x{}y", ".".repeat(MAX_SHAPE));
-        assert_eq!(shape(long.as_bytes(), usize::MAX, &mut out), None);
+        shapes.add(long.as_bytes());
+        assert_eq!(shapes.at(1, usize::MAX, long.len()), None);
+        assert_eq!(shapes.at(1, 1, long.len()), Some((&b"\x01"[..], 1)));
+        // The token whose placeholder passes the bound is not used.
+        assert_eq!(shapes.at(1, 2, long.len()), None);
+        let at_bound = format!("{}y z", ".".repeat(MAX_SHAPE - 1));
+        shapes.add(at_bound.as_bytes());
+        assert_eq!(
+            shapes.at(2, 1, at_bound.len()).map(|s| s.1),
+            Some(MAX_SHAPE)
+        );
+        assert_eq!(shapes.at(2, 2, at_bound.len()), None);
         // Lines of such a shape still come back, whole or by their own template.
         let lines: Vec<Vec<u8>> = (0..20)
             .map(|i| format!("{long} {i} {}", "w".repeat(i % 3 + 1)).into_bytes())

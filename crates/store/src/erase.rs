@@ -167,7 +167,7 @@ fn erase_one(
         let mut hits: Vec<(i64, HashSet<i64>)> = Vec::new();
         for m in hot_block::list(conn, &p.name, Some(&streams), start, end)? {
             let ids: HashSet<i64> = hot_block::read(conn, &p.name, m.id, |r| {
-                r.ts >= start && r.ts < end && matches(&filters, &r.line)
+                r.ts >= start && r.ts < end && matches(&filters, r.line)
             })?
             .into_iter()
             .map(|r| r.id)

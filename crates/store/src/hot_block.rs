@@ -321,13 +321,12 @@ pub fn decode(
     id: i64,
     stream_id: i64,
     data: &[u8],
-    mut keep: impl FnMut(&SegmentRow) -> bool,
+    mut keep: impl FnMut(&RowRef<'_>) -> bool,
 ) -> Result<Vec<SegmentRow>, rusqlite::Error> {
     let mut out = Vec::new();
     decode_each(id, stream_id, data, |r| {
-        let r = r.into_row();
         if keep(&r) {
-            out.push(r);
+            out.push(r.into_row());
         }
         true
     })?;
@@ -515,7 +514,7 @@ pub fn read(
     conn: &Connection,
     table: &str,
     id: i64,
-    keep: impl FnMut(&SegmentRow) -> bool,
+    keep: impl FnMut(&RowRef<'_>) -> bool,
 ) -> Result<Vec<SegmentRow>, rusqlite::Error> {
     Ok(with_data(conn, table, id, |stream_id, data| {
         decode(id, stream_id, data, keep)
@@ -523,36 +522,60 @@ pub fn read(
     .unwrap_or_default())
 }
 
-/// Reads one section, calling `each` for its rows in order until it returns `false`
-/// (none when it has gone); rows borrow their lines.
-///
-/// # Errors
-/// [`rusqlite::Error`], damaged data.
-pub fn read_each(
-    conn: &Connection,
-    table: &str,
-    id: i64,
-    each: impl FnMut(RowRef<'_>) -> bool,
-) -> Result<(), rusqlite::Error> {
-    with_data(conn, table, id, |stream_id, data| {
-        decode_each(id, stream_id, data, each)
-    })?;
-    Ok(())
-}
+/// Unwanted sections a [`scan_data`] steps over before it seeks to the next wanted one.
+const SEEK_AFTER: usize = 8;
 
-/// A section's stream id and stored data (compressed, for [`decode_each`] on any
-/// thread); `None` when it has gone.
+/// Calls `f(index, data)` with the stored data (compressed, for [`decode_each`] on any
+/// thread) of the sections of `table` whose ids are `ids` (ascending), in that order,
+/// until it returns `false`; sections that have gone are left out.
+///
+/// The table is read in id order from the first wanted section: when most of a
+/// partition's sections are wanted one pass over it costs far less than looking each
+/// up. After [`SEEK_AFTER`] unwanted sections in a row the read starts again at the
+/// next wanted one, so a few wanted sections among many cost about a lookup each.
 ///
 /// # Errors
-/// [`rusqlite::Error`].
-pub fn fetch(
+/// [`rusqlite::Error`], or what `f` returns.
+pub fn scan_data(
     conn: &Connection,
     table: &str,
-    id: i64,
-) -> Result<Option<(i64, Vec<u8>)>, rusqlite::Error> {
-    with_data(conn, table, id, |stream_id, data| {
-        Ok((stream_id, data.to_vec()))
-    })
+    ids: &[i64],
+    mut f: impl FnMut(usize, &[u8]) -> Result<bool, rusqlite::Error>,
+) -> Result<(), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, data FROM \"{table}\" WHERE id >= ?1 ORDER BY id"
+    ))?;
+    let mut i = 0;
+    'seek: while i < ids.len() {
+        let mut rows = stmt.query([ids[i]])?;
+        let mut skipped = 0;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            while i < ids.len() && ids[i] < id {
+                i += 1;
+            }
+            let Some(&want) = ids.get(i) else {
+                return Ok(());
+            };
+            if id == want {
+                skipped = 0;
+                if !f(i, r.get_ref(1)?.as_blob()?)? {
+                    return Ok(());
+                }
+                i += 1;
+                if i == ids.len() {
+                    return Ok(());
+                }
+            } else {
+                skipped += 1;
+                if skipped >= SEEK_AFTER {
+                    continue 'seek;
+                }
+            }
+        }
+        return Ok(());
+    }
+    Ok(())
 }
 
 /// Calls `f(stream_id, data)` with a section's stored data; `None` when it has gone.
@@ -711,7 +734,7 @@ impl Merge {
     pub fn next(
         &mut self,
         conn: &Connection,
-        keep: &mut impl FnMut(&SegmentRow) -> bool,
+        keep: &mut impl FnMut(&RowRef<'_>) -> bool,
     ) -> Result<Option<SegmentRow>, rusqlite::Error> {
         // Decode every section that may hold a row at or before the current front.
         while let Some(b) = self.pending_bound() {
@@ -878,6 +901,58 @@ mod tests {
                 assert_eq!(got, want);
                 assert!(m.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn scanned_data_is_each_wanted_section_once_dense_or_sparse() {
+        let conn = Connection::open_in_memory().unwrap();
+        // Many batches of many streams: hundreds of sections in one table.
+        for b in 0..40 {
+            store(&content(300, 40), &conn, 1 + b * 1000);
+        }
+        let t = tables(&conn).remove(0);
+        let all = list(&conn, &t, None, i64::MIN, i64::MAX).unwrap();
+        assert!(all.len() > 300, "{}", all.len());
+        let data = |id: i64| -> Vec<u8> {
+            conn.query_row(
+                &format!("SELECT data FROM \"{t}\" WHERE id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let mut rng = 0x9e37_79b9_u64;
+        for every in [1, 2, 7, 50, 400] {
+            // Every `every`-th section, with ids of sections that do not exist between.
+            let mut ids: Vec<i64> = all.iter().step_by(every).map(|m| m.id).collect();
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let gone = ids[(rng >> 33) as usize % ids.len()] + 1;
+            if !all.iter().any(|m| m.id == gone) {
+                ids.push(gone);
+                ids.sort_unstable();
+            }
+            let mut got = Vec::new();
+            scan_data(&conn, &t, &ids, |i, d| {
+                got.push((ids[i], d.to_vec()));
+                Ok(true)
+            })
+            .unwrap();
+            let want: Vec<(i64, Vec<u8>)> = ids
+                .iter()
+                .filter(|&&id| id != gone || all.iter().any(|m| m.id == id))
+                .map(|&id| (id, data(id)))
+                .collect();
+            assert_eq!(got.len(), want.len(), "every {every}");
+            assert!(got == want, "every {every}");
+            // Stopping early stops.
+            let mut n = 0;
+            scan_data(&conn, &t, &ids, |_, _| {
+                n += 1;
+                Ok(n < 3)
+            })
+            .unwrap();
+            assert_eq!(n, 3.min(want.len()));
         }
     }
 

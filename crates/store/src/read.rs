@@ -279,7 +279,7 @@ impl HotPart {
 }
 
 struct HotRun {
-    part: HotPart,
+    part: Arc<HotPart>,
     merge: Merge,
     buf: VecDeque<Row>,
     done: bool,
@@ -669,30 +669,36 @@ fn hot_row_passes(
     keep && filters.iter().all(|f| f.matches(line))
 }
 
-/// Gives `each` the rows of one hot section, as `rows` decodes them, that a scan of
-/// `wanted` streams in `[start, end)` wants and `filters` pass, until `each` returns
-/// `false`; counts the section and what was read in `stats`.
+/// Gives `each` the rows of one hot section `m`, as `rows` decodes them, that a scan
+/// of `wanted` streams in `[start, end)` wants and `filters` pass, until `each`
+/// returns `false`; counts the section and what was read in `stats`. A section holds
+/// one stream, so the stream (and, for a section inside the range, the time) is
+/// checked once, not for every row.
 fn hot_section(
     stats: &ScanStats,
     (wanted, start, end): (&HashSet<i64>, i64, i64),
     part: &HotPart,
+    m: &hot_block::Meta,
     filters: &[&LineFilter],
     rows: impl FnOnce(&mut dyn FnMut(RowRef<'_>) -> bool) -> Result<(), rusqlite::Error>,
     each: &mut dyn FnMut(RowRef<'_>) -> bool,
-) -> Result<(), Error> {
+) -> Result<(), rusqlite::Error> {
+    ScanStats::add(&stats.hot_sections_read, 1);
+    if !wanted.contains(&m.stream_id) {
+        return Ok(());
+    }
+    let inside = m.min_ts >= start && m.max_ts < end;
+    let by_id = part.ids.is_some();
     let mut read = (0u64, 0u64);
     rows(&mut |r| {
-        !hot_row_passes(
-            (r.stream_id, r.ts, r.id, r.line),
-            wanted,
-            start,
-            end,
-            part,
-            filters,
-            &mut read,
-        ) || each(r)
+        let keep = (inside || (r.ts >= start && r.ts < end)) && (!by_id || part.wants(r.id));
+        if !keep {
+            return true;
+        }
+        read.0 += 1;
+        read.1 += r.line.len() as u64;
+        !filters.iter().all(|f| f.matches(r.line)) || each(r)
     })?;
-    ScanStats::add(&stats.hot_sections_read, 1);
     ScanStats::add(&stats.lines, read.0);
     ScanStats::add(&stats.bytes, read.1);
     Ok(())
@@ -1127,23 +1133,30 @@ impl<'a> Source<'a> {
                 continue;
             }
             let part = self.hot_part(&p, streams, start, end, filters)?;
-            for m in &part.sections {
-                self.check(deadline)?;
-                let mut res = Ok(true);
+            let ids: Vec<i64> = part.sections.iter().map(|m| m.id).collect();
+            let mut res = Ok(true);
+            hot_block::scan_data(self.hot, &p.name, &ids, |i, data| {
+                let m = &part.sections[i];
+                if let Err(e) = self.check(deadline) {
+                    res = Err(e);
+                    return Ok(false);
+                }
                 hot_section(
                     &self.stats,
                     (&wanted, start, end),
                     &part,
+                    m,
                     filters,
-                    |f| hot_block::read_each(self.hot, &p.name, m.id, f),
+                    |f| hot_block::decode_each(m.id, m.stream_id, data, f),
                     &mut |r| {
                         res = sink(r);
                         matches!(res, Ok(true))
                     },
                 )?;
-                if !res? {
-                    return Ok(false);
-                }
+                Ok(matches!(res, Ok(true)))
+            })?;
+            if !res? {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -1165,6 +1178,40 @@ impl<'a> Source<'a> {
         init: &(impl Fn() -> T + Sync),
         add: &(impl Fn(&mut T, RowRef<'_>) -> Result<(), Error> + Sync),
     ) -> Result<Vec<T>, Error> {
+        let mut parts = Vec::new();
+        for p in hot::partitions(self.hot)? {
+            if p.end <= start || p.start >= end {
+                continue;
+            }
+            parts.push(p);
+        }
+        self.hot_parallel(
+            parts.into_iter().map(|p| {
+                let part = self.hot_part(&p, streams, start, end, filters)?;
+                Ok((p.name, Arc::new(part)))
+            }),
+            streams,
+            (start, end),
+            filters,
+            deadline,
+            init,
+            add,
+        )
+    }
+
+    /// [`Source::hot_tally`] over the given partitions' listed sections (each with
+    /// the partition's table name), taken in the order given.
+    #[allow(clippy::too_many_arguments)]
+    fn hot_parallel<T: Send>(
+        &self,
+        parts: impl Iterator<Item = Result<(String, Arc<HotPart>), Error>>,
+        streams: &[i64],
+        (start, end): (i64, i64),
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+        init: &(impl Fn() -> T + Sync),
+        add: &(impl Fn(&mut T, RowRef<'_>) -> Result<(), Error> + Sync),
+    ) -> Result<Vec<T>, Error> {
         let wanted: HashSet<i64> = streams.iter().copied().collect();
         let stop = AtomicBool::new(false);
         // What the threads use of `self` (its connection stays on this thread).
@@ -1173,17 +1220,18 @@ impl<'a> Source<'a> {
         let decode = |t: &mut T,
                       filters: &[&LineFilter],
                       part: &HotPart,
-                      id: i64,
-                      stream_id: i64,
+                      i: usize,
                       data: &[u8]|
          -> Result<(), Error> {
+            let m = &part.sections[i];
             let mut res = Ok(());
             hot_section(
                 stats,
                 (&wanted, start, end),
                 part,
+                m,
                 filters,
-                |f| hot_block::decode_each(id, stream_id, data, f),
+                |f| hot_block::decode_each(m.id, m.stream_id, data, f),
                 &mut |r| {
                     res = add(t, r);
                     res.is_ok()
@@ -1193,12 +1241,28 @@ impl<'a> Source<'a> {
         };
         let own = || -> Vec<LineFilter> { filters.iter().map(|f| (*f).clone()).collect() };
         let workers = self.threads.max(1);
-        // Sections go in batches of about `HOT_BATCH_BYTES`: one hand-over a section
-        // cost more in waking threads than decoding a small section does.
-        type Job = Vec<(Arc<HotPart>, i64, i64, Vec<u8>)>;
+        // Sections go in batches of about `HOT_BATCH_BYTES`, their data in one buffer:
+        // one hand-over a section cost more in waking threads than decoding a small
+        // section does.
+        #[derive(Default)]
+        struct Job {
+            data: Vec<u8>,
+            /// The partition, the section's index in it, its data's place in `data`.
+            sections: Vec<(Arc<HotPart>, usize, std::ops::Range<usize>)>,
+        }
+        let run = |job: &Job, t: &mut T, filters: &[&LineFilter]| -> Result<(), Error> {
+            for (part, i, at) in &job.sections {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                interrupted(cancel, deadline)?;
+                decode(t, filters, part, *i, &job.data[at.clone()])?;
+            }
+            Ok(())
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2 * workers);
         let rx = std::sync::Mutex::new(rx);
-        let (decode, stop, rx) = (&decode, &stop, &rx);
+        let (run, stop, rx) = (&run, &stop, &rx);
         std::thread::scope(|sc| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
@@ -1211,16 +1275,9 @@ impl<'a> Source<'a> {
                             let Ok(job) = job else {
                                 return Ok(t);
                             };
-                            for (part, id, stream_id, data) in job {
-                                if stop.load(Ordering::Relaxed) {
-                                    break;
-                                }
-                                if let Err(e) = interrupted(cancel, deadline).and_then(|()| {
-                                    decode(&mut t, &filters, &part, id, stream_id, &data)
-                                }) {
-                                    stop.store(true, Ordering::Relaxed);
-                                    return Err(e);
-                                }
+                            if let Err(e) = run(&job, &mut t, &filters) {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(e);
                             }
                         }
                     })
@@ -1230,47 +1287,44 @@ impl<'a> Source<'a> {
             let owned = own();
             let mine_filters: Vec<&LineFilter> = owned.iter().collect();
             let fed = (|| -> Result<(), Error> {
-                let (mut batch, mut bytes): (Job, usize) = (Vec::new(), 0);
-                // Hands `batch` over, or decodes it here when every thread is busy;
+                let mut job = Job::default();
+                // Hands `job` over, or decodes it here when every thread is busy;
                 // `false` when the threads have gone.
-                let hand = |batch: Job, mine: &mut T| -> Result<bool, Error> {
-                    match tx.try_send(batch) {
+                let mut hand = |job: Job| -> Result<bool, Error> {
+                    match tx.try_send(job) {
                         Ok(()) => Ok(true),
-                        Err(std::sync::mpsc::TrySendError::Full(batch)) => {
-                            for (part, id, sid, data) in batch {
-                                decode(mine, &mine_filters, &part, id, sid, &data)?;
-                            }
+                        Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                            run(&job, &mut mine, &mine_filters)?;
                             Ok(true)
                         }
                         Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Ok(false),
                     }
                 };
-                for p in hot::partitions(self.hot)? {
-                    if p.end <= start || p.start >= end {
-                        continue;
-                    }
-                    let part = Arc::new(self.hot_part(&p, streams, start, end, filters)?);
-                    for m in &part.sections {
+                for p in parts {
+                    let (name, part) = p?;
+                    let ids: Vec<i64> = part.sections.iter().map(|m| m.id).collect();
+                    let mut res = Ok(true);
+                    hot_block::scan_data(self.hot, &name, &ids, |i, data| {
                         if stop.load(Ordering::Relaxed) {
-                            return Ok(());
+                            res = Ok(false);
+                            return Ok(false);
                         }
-                        self.check(deadline)?;
-                        let Some((stream_id, data)) = hot_block::fetch(self.hot, &p.name, m.id)?
-                        else {
-                            continue;
-                        };
-                        bytes += data.len();
-                        batch.push((part.clone(), m.id, stream_id, data));
-                        if bytes >= HOT_BATCH_BYTES {
-                            bytes = 0;
-                            if !hand(std::mem::take(&mut batch), &mut mine)? {
-                                return Ok(());
-                            }
+                        let at = job.data.len();
+                        job.data.extend_from_slice(data);
+                        job.sections.push((part.clone(), i, at..job.data.len()));
+                        if job.data.len() >= HOT_BATCH_BYTES {
+                            res = self
+                                .check(deadline)
+                                .and_then(|()| hand(std::mem::take(&mut job)));
                         }
+                        Ok(matches!(res, Ok(true)))
+                    })?;
+                    if !res? {
+                        return Ok(());
                     }
                 }
-                if !batch.is_empty() {
-                    hand(batch, &mut mine)?;
+                if !job.sections.is_empty() {
+                    hand(job)?;
                 }
                 Ok(())
             })();
@@ -1429,13 +1483,33 @@ impl<'a> Source<'a> {
                 .unwrap_or(start);
             let (lo, hi) = (lo.max(start), hi.min(end.saturating_sub(1)));
             let key = bound(lo, hi);
-            let merge = Merge::new(&p.name, part.sections.clone(), backward);
-            runs.push(Run::Hot(Box::new(HotRun {
-                part,
-                merge,
-                buf: VecDeque::new(),
-                done: false,
-            })));
+            // With line filters few rows may pass: the partition's sections are read
+            // at once on every core unless more than `WHOLE_READ_ROWS` pass (then
+            // they are merged section by section, as without filters).
+            let part = Arc::new(part);
+            let whole = if filters.is_empty() {
+                None
+            } else {
+                self.hot_whole(&p.name, &part, streams, (start, end), filters, deadline)?
+            };
+            let run = match whole {
+                Some(mut rows) => {
+                    sort_rows(&mut rows, backward);
+                    HotRun {
+                        merge: Merge::new(&p.name, Vec::new(), backward),
+                        part,
+                        buf: rows.into(),
+                        done: true,
+                    }
+                }
+                None => HotRun {
+                    merge: Merge::new(&p.name, part.sections.clone(), backward),
+                    part,
+                    buf: VecDeque::new(),
+                    done: false,
+                },
+            };
+            runs.push(Run::Hot(Box::new(run)));
             heap.push(HeapEntry {
                 key,
                 run: runs.len() - 1,
@@ -1506,9 +1580,9 @@ impl<'a> Source<'a> {
                     Run::Hot(h) => {
                         let part = &h.part;
                         let mut read = (0u64, 0u64);
-                        let mut keep = |r: &segment::SegmentRow| {
+                        let mut keep = |r: &RowRef<'_>| {
                             hot_row_passes(
-                                (r.stream_id, r.ts, r.id, &r.line),
+                                (r.stream_id, r.ts, r.id, r.line),
                                 &wanted,
                                 start,
                                 end,
@@ -1547,6 +1621,42 @@ impl<'a> Source<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The rows of one hot partition's listed sections that pass `filters`, read on
+    /// every core, in no order; `None` when more than `WHOLE_READ_ROWS` pass (the
+    /// read stops soon after).
+    fn hot_whole(
+        &self,
+        table: &str,
+        part: &Arc<HotPart>,
+        streams: &[i64],
+        range: (i64, i64),
+        filters: &[&LineFilter],
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<Row>>, Error> {
+        let passed = AtomicUsize::new(0);
+        let over = AtomicBool::new(false);
+        let got = self.hot_parallel(
+            std::iter::once(Ok((table.to_owned(), part.clone()))),
+            streams,
+            range,
+            filters,
+            deadline,
+            &Vec::new,
+            &|rows: &mut Vec<Row>, r: RowRef<'_>| {
+                if passed.fetch_add(1, Ordering::Relaxed) >= WHOLE_READ_ROWS {
+                    over.store(true, Ordering::Relaxed);
+                    return Err(Error::Cancelled);
+                }
+                rows.push(row_of(r));
+                Ok(())
+            },
+        );
+        if over.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        Ok(Some(got?.into_iter().flatten().collect()))
     }
 
     /// Reads the next time slice of a segment (newest slice first when `backward`)
