@@ -470,6 +470,58 @@ pub fn list(
     Ok(out)
 }
 
+/// The sections of `table` whose ids lie in one of `ranges` (inclusive, ascending,
+/// not overlapping) holding rows of `streams` with times overlapping `[start, end)`,
+/// in id order: a needle's hot blocks, read by id rather than by listing every
+/// section of the streams.
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn list_in(
+    conn: &Connection,
+    table: &str,
+    streams: &std::collections::HashSet<i64>,
+    (start, end): (i64, i64),
+    ranges: &[(i64, i64)],
+) -> Result<Vec<Meta>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, last_id, stream_id, rows, min_ts, max_ts, bytes FROM \"{table}\"
+         WHERE id >= ?1 AND id <= ?2 AND max_ts >= ?3 AND min_ts < ?4 ORDER BY id"
+    ))?;
+    let mut out = Vec::new();
+    for &(a, z) in ranges {
+        for m in stmt.query_map(params![a, z, start, end], meta)? {
+            let m = m?;
+            if streams.contains(&m.stream_id) {
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many sections of `table` hold rows of `streams` with times overlapping
+/// `[start, end)` (what [`list`] would list).
+///
+/// # Errors
+/// [`rusqlite::Error`].
+pub fn count(
+    conn: &Connection,
+    table: &str,
+    streams: &[i64],
+    start: i64,
+    end: i64,
+) -> Result<i64, rusqlite::Error> {
+    if streams.is_empty() {
+        return Ok(0);
+    }
+    conn.prepare(&format!(
+        "SELECT count(*) FROM \"{table}\" WHERE stream_id IN ({}) AND max_ts >= ?1 AND min_ts < ?2",
+        stream_list(streams)
+    ))?
+    .query_row([start, end], |r| r.get(0))
+}
+
 /// The sections of `table` with rows of `streams` holding ids above `after`, in id order.
 ///
 /// # Errors

@@ -39,6 +39,10 @@ struct PartIndex {
     /// Whether every row of the partition is in a block (false after a restart until
     /// the partition is indexed again).
     complete: bool,
+    /// Whether some rows were added one at a time ([`HotIndex::add`]): a section's
+    /// rows may then lie in several blocks. Otherwise rows are added by whole
+    /// sections, each inside one block's id range.
+    by_line: bool,
 }
 
 /// The index, shared by the writer and queries.
@@ -62,14 +66,18 @@ impl HotIndex {
     pub fn add(&self, partition: &str, new: bool, id: i64, ts: i64, line: &[u8]) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let p = open_block(&mut g, partition, new, (id, id), (ts, ts), 1);
+        p.by_line = true;
         p.pending
             .get_or_insert_with(GramBuilder::largest)
             .add_line(line);
     }
 
     /// Adds `rows` stored rows of `partition` at once: their ids lie in `ids`
-    /// (inclusive), their times in `times`, and `bloom` is the filter of their lines. A block's id range is the union of what was added
-    /// to it, so ranges of neighbouring blocks may overlap; a query reads both then.
+    /// (inclusive), their times in `times`, and `bloom` is the filter of their lines.
+    /// The rows are whole sections (every row of a section comes in one call), so
+    /// each section lies inside its block's id range. A block's id range is the union
+    /// of what was added to it, so ranges of neighbouring blocks may overlap; a query
+    /// reads both then.
     pub fn add_bloom(
         &self,
         partition: &str,
@@ -124,6 +132,7 @@ impl HotIndex {
         }
         fresh.blocks.extend(kept);
         entry.blocks = fresh.blocks;
+        entry.by_line |= fresh.by_line;
         entry.complete = true;
     }
 
@@ -150,6 +159,19 @@ impl HotIndex {
             .unwrap_or_else(|p| p.into_inner())
             .get(partition)
             .is_some_and(|p| p.complete)
+    }
+
+    /// Whether every section of `partition` was indexed whole, inside one block's id
+    /// range (from [`HotIndex::add_bloom`] only), so the sections a plan's blocks may
+    /// hold are those whose ids lie in the blocks' ranges.
+    /// Returns the partition's number of blocks then, `None` otherwise.
+    pub fn whole_sections(&self, partition: &str) -> Option<usize> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(partition)
+            .filter(|p| !p.by_line)
+            .map(|p| p.blocks.len())
     }
 
     /// The blocks of `partition` that may hold a line with what `needles` ask.
