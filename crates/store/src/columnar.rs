@@ -512,7 +512,7 @@ impl Shapes {
             }
             if self.text.len() - at > MAX_SHAPE {
                 // Cut: a token whose placeholder passed the bound is not used.
-                if self.text.last() == Some(&P_VAR) && token == Some(i) {
+                if token == Some(i) {
                     self.tokens.pop();
                 }
                 self.text.truncate(at + MAX_SHAPE);

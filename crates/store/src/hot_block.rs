@@ -434,6 +434,19 @@ fn stream_list(streams: &[i64]) -> String {
         .join(",")
 }
 
+/// The condition choosing the sections of `streams` (every stream when `None`), and
+/// the one stream to bind as `?3`; `None` when no section can be chosen. One stream (a
+/// compaction's walk, a stream's query) is a parameter, so the statement is prepared
+/// once, not once a stream.
+fn by_stream(streams: Option<&[i64]>) -> Option<(String, Option<i64>)> {
+    match streams {
+        Some([]) => None,
+        Some([s]) => Some(("stream_id = ?3 AND".to_owned(), Some(*s))),
+        Some(s) => Some((format!("stream_id IN ({}) AND", stream_list(s)), None)),
+        None => Some((String::new(), None)),
+    }
+}
+
 /// The sections of `table` holding rows of `streams` (every stream when `None`)
 /// with times overlapping `[start, end)`, in id order.
 ///
@@ -446,13 +459,8 @@ pub fn list(
     start: i64,
     end: i64,
 ) -> Result<Vec<Meta>, rusqlite::Error> {
-    // One stream (a compaction's walk, a stream's query) is a parameter, so the
-    // statement is prepared once, not once a stream.
-    let (by_stream, one) = match streams {
-        Some([]) => return Ok(Vec::new()),
-        Some([s]) => ("stream_id = ?3 AND".to_owned(), Some(*s)),
-        Some(s) => (format!("stream_id IN ({}) AND", stream_list(s)), None),
-        None => (String::new(), None),
+    let Some((by_stream, one)) = by_stream(streams) else {
+        return Ok(Vec::new());
     };
     // Sorted here: SQLite's sorter took several times as long for a hot tier of many
     // small sections.
@@ -512,14 +520,16 @@ pub fn count(
     start: i64,
     end: i64,
 ) -> Result<i64, rusqlite::Error> {
-    if streams.is_empty() {
+    let Some((by_stream, one)) = by_stream(Some(streams)) else {
         return Ok(0);
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT count(*) FROM \"{table}\" WHERE {by_stream} max_ts >= ?1 AND min_ts < ?2"
+    ))?;
+    match one {
+        Some(stream) => stmt.query_row(params![start, end, stream], |r| r.get(0)),
+        None => stmt.query_row(params![start, end], |r| r.get(0)),
     }
-    conn.prepare(&format!(
-        "SELECT count(*) FROM \"{table}\" WHERE stream_id IN ({}) AND max_ts >= ?1 AND min_ts < ?2",
-        stream_list(streams)
-    ))?
-    .query_row([start, end], |r| r.get(0))
 }
 
 /// The sections of `table` with rows of `streams` holding ids above `after`, in id order.
@@ -1005,6 +1015,23 @@ mod tests {
             })
             .unwrap();
             assert_eq!(n, 3.min(want.len()));
+        }
+    }
+
+    #[test]
+    fn a_count_is_what_a_listing_lists() {
+        let conn = Connection::open_in_memory().unwrap();
+        for b in 0..5 {
+            store(&content(200, 7), &conn, 1 + b * 1000);
+        }
+        for t in tables(&conn) {
+            for streams in [&[][..], &[3], &[1, 2, 5], &[1, 2, 3, 4, 5, 6, 7]] {
+                for (start, end) in [(i64::MIN, i64::MAX), (0, 9_000_000_000), (5, 6)] {
+                    let listed = list(&conn, &t, Some(streams), start, end).unwrap();
+                    let n = count(&conn, &t, streams, start, end).unwrap();
+                    assert_eq!(n as usize, listed.len(), "{t} {streams:?} {start}..{end}");
+                }
+            }
         }
     }
 

@@ -652,20 +652,20 @@ fn row_of(r: RowRef<'_>) -> Row {
     Row::from(r.into_row())
 }
 
-/// Whether a hot row (`stream_id`, `ts`, `id`, `line`) is one a scan wants (its
-/// stream, `[start, end)`, an id the needle filters kept), counting such rows and
-/// their bytes as read; and whether it passes `filters`.
-#[allow(clippy::too_many_arguments)]
+/// Whether a row (`ts`, `id`, `line`) of a hot section listed for a scan of
+/// `[start, end)` is one the scan wants: in the range (known of every row when the
+/// section lies `inside` it) with an id the needle's blocks kept. Such rows and their
+/// bytes are counted as read. Then whether it passes `filters`. The listing already
+/// chose the section's stream.
 fn hot_row_passes(
-    (stream_id, ts, id, line): (i64, i64, i64, &[u8]),
-    wanted: &HashSet<i64>,
-    start: i64,
-    end: i64,
+    (ts, id, line): (i64, i64, &[u8]),
+    (start, end): (i64, i64),
+    inside: bool,
     part: &HotPart,
     filters: &[&LineFilter],
     read: &mut (u64, u64),
 ) -> bool {
-    let keep = wanted.contains(&stream_id) && ts >= start && ts < end && part.wants(id);
+    let keep = (inside || (ts >= start && ts < end)) && part.wants(id);
     if keep {
         read.0 += 1;
         read.1 += line.len() as u64;
@@ -673,14 +673,13 @@ fn hot_row_passes(
     keep && filters.iter().all(|f| f.matches(line))
 }
 
-/// Gives `each` the rows of one hot section `m`, as `rows` decodes them, that a scan
-/// of `wanted` streams in `[start, end)` wants and `filters` pass, until `each`
-/// returns `false`; counts the section and what was read in `stats`. A section holds
-/// one stream, so the stream (and, for a section inside the range, the time) is
-/// checked once, not for every row.
+/// Gives `each` the rows of one listed hot section `m`, as `rows` decodes them, that
+/// a scan of `[start, end)` wants and `filters` pass, until `each` returns `false`;
+/// counts the section and what was read in `stats`. A section inside the range has
+/// no row's time checked.
 fn hot_section(
     stats: &ScanStats,
-    (wanted, start, end): (&HashSet<i64>, i64, i64),
+    (start, end): (i64, i64),
     part: &HotPart,
     m: &hot_block::Meta,
     filters: &[&LineFilter],
@@ -688,20 +687,17 @@ fn hot_section(
     each: &mut dyn FnMut(RowRef<'_>) -> bool,
 ) -> Result<(), rusqlite::Error> {
     ScanStats::add(&stats.hot_sections_read, 1);
-    if !wanted.contains(&m.stream_id) {
-        return Ok(());
-    }
     let inside = m.min_ts >= start && m.max_ts < end;
-    let by_id = part.ids.is_some();
     let mut read = (0u64, 0u64);
     rows(&mut |r| {
-        let keep = (inside || (r.ts >= start && r.ts < end)) && (!by_id || part.wants(r.id));
-        if !keep {
-            return true;
-        }
-        read.0 += 1;
-        read.1 += r.line.len() as u64;
-        !filters.iter().all(|f| f.matches(r.line)) || each(r)
+        !hot_row_passes(
+            (r.ts, r.id, r.line),
+            (start, end),
+            inside,
+            part,
+            filters,
+            &mut read,
+        ) || each(r)
     })?;
     ScanStats::add(&stats.lines, read.0);
     ScanStats::add(&stats.bytes, read.1);
@@ -1145,7 +1141,6 @@ impl<'a> Source<'a> {
         deadline: Option<Instant>,
         sink: &mut dyn FnMut(RowRef<'_>) -> Result<bool, Error>,
     ) -> Result<bool, Error> {
-        let wanted: HashSet<i64> = streams.iter().copied().collect();
         for p in hot::partitions(self.hot)? {
             if p.end <= start || p.start >= end {
                 continue;
@@ -1161,7 +1156,7 @@ impl<'a> Source<'a> {
                 }
                 hot_section(
                     &self.stats,
-                    (&wanted, start, end),
+                    (start, end),
                     &part,
                     m,
                     filters,
@@ -1196,25 +1191,14 @@ impl<'a> Source<'a> {
         init: &(impl Fn() -> T + Sync),
         add: &(impl Fn(&mut T, RowRef<'_>) -> Result<(), Error> + Sync),
     ) -> Result<Vec<T>, Error> {
-        let mut parts = Vec::new();
-        for p in hot::partitions(self.hot)? {
-            if p.end <= start || p.start >= end {
-                continue;
-            }
-            parts.push(p);
-        }
-        self.hot_parallel(
-            parts.into_iter().map(|p| {
+        let parts = hot::partitions(self.hot)?
+            .into_iter()
+            .filter(|p| p.end > start && p.start < end)
+            .map(|p| {
                 let part = self.hot_part(&p, streams, start, end, filters)?;
                 Ok((p.name, Arc::new(part)))
-            }),
-            streams,
-            (start, end),
-            filters,
-            deadline,
-            init,
-            add,
-        )
+            });
+        self.hot_parallel(parts, (start, end), filters, deadline, init, add)
     }
 
     /// [`Source::hot_tally`] over the given partitions' listed sections (each with
@@ -1223,14 +1207,12 @@ impl<'a> Source<'a> {
     fn hot_parallel<T: Send>(
         &self,
         parts: impl Iterator<Item = Result<(String, Arc<HotPart>), Error>>,
-        streams: &[i64],
         (start, end): (i64, i64),
         filters: &[&LineFilter],
         deadline: Option<Instant>,
         init: &(impl Fn() -> T + Sync),
         add: &(impl Fn(&mut T, RowRef<'_>) -> Result<(), Error> + Sync),
     ) -> Result<Vec<T>, Error> {
-        let wanted: HashSet<i64> = streams.iter().copied().collect();
         let stop = AtomicBool::new(false);
         // What the threads use of `self` (its connection stays on this thread).
         let (stats, cancel) = (&self.stats, self.cancel);
@@ -1245,7 +1227,7 @@ impl<'a> Source<'a> {
             let mut res = Ok(());
             hot_section(
                 stats,
-                (&wanted, start, end),
+                (start, end),
                 part,
                 m,
                 filters,
@@ -1469,7 +1451,6 @@ impl<'a> Source<'a> {
     ) -> Result<(), Error> {
         let mut runs: Vec<Run> = Vec::new();
         let mut heap = BinaryHeap::new();
-        let wanted: HashSet<i64> = streams.iter().copied().collect();
         // One judge for every segment slice read, which keeps its templates' plans.
         let judge = Judge::new(filters, true);
         let bound = |lo: i64, hi_incl: i64| -> (i64, i64) {
@@ -1508,7 +1489,7 @@ impl<'a> Source<'a> {
             let whole = if filters.is_empty() {
                 None
             } else {
-                self.hot_whole(&p.name, &part, streams, (start, end), filters, deadline)?
+                self.hot_whole(&p.name, &part, (start, end), filters, deadline)?
             };
             let run = match whole {
                 Some(mut rows) => {
@@ -1600,10 +1581,9 @@ impl<'a> Source<'a> {
                         let mut read = (0u64, 0u64);
                         let mut keep = |r: &RowRef<'_>| {
                             hot_row_passes(
-                                (r.stream_id, r.ts, r.id, r.line),
-                                &wanted,
-                                start,
-                                end,
+                                (r.ts, r.id, r.line),
+                                (start, end),
+                                false,
                                 part,
                                 filters,
                                 &mut read,
@@ -1648,7 +1628,6 @@ impl<'a> Source<'a> {
         &self,
         table: &str,
         part: &Arc<HotPart>,
-        streams: &[i64],
         range: (i64, i64),
         filters: &[&LineFilter],
         deadline: Option<Instant>,
@@ -1657,7 +1636,6 @@ impl<'a> Source<'a> {
         let over = AtomicBool::new(false);
         let got = self.hot_parallel(
             std::iter::once(Ok((table.to_owned(), part.clone()))),
-            streams,
             range,
             filters,
             deadline,
